@@ -1,0 +1,1 @@
+//! GATT codecs for the Bluetooth SIG health profiles (the GATT issue fills this).

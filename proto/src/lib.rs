@@ -1,0 +1,23 @@
+//! hailan-proto: the contract between gateway, broker, ingest and the clinician
+//! API (DESIGN §2). Pure code: no sockets, no files, no async, no clock and no
+//! OS randomness — callers pass time and a CSPRNG in.
+//!
+//! - [`data_type`]: the clinical data-type table (DESIGN §3).
+//! - [`envelope`]: the versioned MQTT envelope and its one CBOR codec (§4).
+//! - [`topic`]: MQTT topic names.
+//! - [`header`]: canonical reading/window headers and the proof context `x` (§5.1).
+//! - [`seal`]: AES-256-GCM sealing of values with the header as associated data.
+//! - [`gatt`]: Bluetooth SIG measurement codecs.
+//! - [`zk`]: the Groth16 statement, prover and batch verifier (§5).
+
+pub mod data_type;
+pub mod envelope;
+pub mod gatt;
+pub mod header;
+pub mod seal;
+pub mod topic;
+pub mod zk;
+
+pub use data_type::{DataType, DataTypeSpec, SlotSpec};
+pub use envelope::{Body, Envelope, ProvenGroup, Reading, Sealed};
+pub use header::{ReadingHeader, WindowHeader};

@@ -1,0 +1,1 @@
+//! The zero-knowledge statement, prover and verifier (the zk issue fills this).

@@ -1,21 +1,35 @@
 //! The envelope codec: round trips, validation, and hostile input.
 
 use hailan_proto::envelope::{
-    self, Body, DecodeError, DeviceState, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup, Reading,
-    ReadingBatch, Registration, Sealed,
+    self, Body, DecodeError, DeviceState, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup,
+    Reading, ReadingBatch, Registration, Sealed,
 };
 use proptest::prelude::*;
 
 fn sealed(n: u8) -> Sealed {
-    Sealed { kid: "owner-key-1".into(), nonce: [n; 12], ciphertext: vec![n; 40] }
+    Sealed {
+        kid: "owner-key-1".into(),
+        nonce: [n; 12],
+        ciphertext: vec![n; 40],
+    }
 }
 
 fn reading(seq: u64, t: i64) -> Reading {
-    Reading { seq, data_type: "HEART_RATE".into(), recorded_at_ms: t, sealed: sealed(seq as u8) }
+    Reading {
+        seq,
+        data_type: "HEART_RATE".into(),
+        recorded_at_ms: t,
+        sealed: sealed(seq as u8),
+    }
 }
 
 fn envelope(body: Body) -> Envelope {
-    Envelope { v: 1, gateway_id: "gw-test-1".into(), sent_at_ms: 1_763_900_000_000, body }
+    Envelope {
+        v: 1,
+        gateway_id: "gw-test-1".into(),
+        sent_at_ms: 1_763_900_000_000,
+        body,
+    }
 }
 
 pub fn registration() -> Envelope {
@@ -84,8 +98,12 @@ fn every_message_round_trips() {
 #[test]
 fn window_header_is_rebuilt_from_the_readings() {
     let e = readings();
-    let Body::Readings(batch) = &e.body else { unreachable!() };
-    let w = batch.groups[0].window_header(&e.gateway_id, &batch.device_id).expect("window");
+    let Body::Readings(batch) = &e.body else {
+        unreachable!()
+    };
+    let w = batch.groups[0]
+        .window_header(&e.gateway_id, &batch.device_id)
+        .expect("window");
     assert_eq!(w.first_seq, 10);
     assert_eq!(w.start_ms, 1000);
     assert_eq!(w.offsets_ms, vec![0, 1000, 2000]);
@@ -110,15 +128,36 @@ fn assert_invalid(e: Envelope, needle: &str) {
 
 #[test]
 fn structural_rules_are_enforced() {
-    assert_invalid(with_batch(|b| b.groups[0].proof = Some(vec![0; 127])), "127 bytes");
-    assert_invalid(with_batch(|b| b.groups[1].no_proof_reason = None), "no proof");
-    assert_invalid(with_batch(|b| b.groups[0].readings[1].seq = 99), "not consecutive");
-    assert_invalid(with_batch(|b| b.groups[0].readings[2].recorded_at_ms = 0), "backwards");
-    assert_invalid(with_batch(|b| b.groups[0].readings[1].data_type = "SPO2".into()), "mixes");
-    assert_invalid(with_batch(|b| b.groups[1].readings.push(reading(14, 5000))), "exactly 1");
+    assert_invalid(
+        with_batch(|b| b.groups[0].proof = Some(vec![0; 127])),
+        "127 bytes",
+    );
+    assert_invalid(
+        with_batch(|b| b.groups[1].no_proof_reason = None),
+        "no proof",
+    );
+    assert_invalid(
+        with_batch(|b| b.groups[0].readings[1].seq = 99),
+        "not consecutive",
+    );
+    assert_invalid(
+        with_batch(|b| b.groups[0].readings[2].recorded_at_ms = 0),
+        "backwards",
+    );
+    assert_invalid(
+        with_batch(|b| b.groups[0].readings[1].data_type = "SPO2".into()),
+        "mixes",
+    );
+    assert_invalid(
+        with_batch(|b| b.groups[1].readings.push(reading(14, 5000))),
+        "exactly 1",
+    );
     assert_invalid(with_batch(|b| b.groups.clear()), "groups");
     assert_invalid(with_batch(|b| b.device_id = "a/b".into()), "device_id");
-    assert_invalid(with_batch(|b| b.groups[0].readings[0].sealed.ciphertext.truncate(3)), "ciphertext");
+    assert_invalid(
+        with_batch(|b| b.groups[0].readings[0].sealed.ciphertext.truncate(3)),
+        "ciphertext",
+    );
     let mut e = readings();
     e.gateway_id = "+".into();
     assert_invalid(e, "gateway_id");
@@ -142,14 +181,20 @@ fn another_version_is_named() {
 #[test]
 fn oversized_input_is_refused_before_decoding() {
     let big = vec![0u8; MAX_ENVELOPE_BYTES + 1];
-    assert!(matches!(envelope::decode(&big), Err(DecodeError::TooLarge(_))));
+    assert!(matches!(
+        envelope::decode(&big),
+        Err(DecodeError::TooLarge(_))
+    ));
 }
 
 #[test]
 fn truncations_never_decode() {
     let bytes = envelope::encode(&readings());
     for n in 0..bytes.len() {
-        assert!(envelope::decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+        assert!(
+            envelope::decode(&bytes[..n]).is_err(),
+            "prefix of {n} bytes decoded"
+        );
     }
 }
 

@@ -49,14 +49,33 @@ fn every_header_field_is_bound() {
     let mut rng = ChaCha20Rng::seed_from_u64(2);
     let sealed = seal::seal(&key(1), &header(), &value(), &mut rng);
     let changed = [
-        ReadingHeader { gateway_id: "gw-2", ..header() },
-        ReadingHeader { device_id: "dev-2", ..header() },
-        ReadingHeader { data_type: "HEART_RATE", ..header() },
-        ReadingHeader { seq: 43, ..header() },
-        ReadingHeader { recorded_at_ms: 1_763_900_000_001, ..header() },
+        ReadingHeader {
+            gateway_id: "gw-2",
+            ..header()
+        },
+        ReadingHeader {
+            device_id: "dev-2",
+            ..header()
+        },
+        ReadingHeader {
+            data_type: "HEART_RATE",
+            ..header()
+        },
+        ReadingHeader {
+            seq: 43,
+            ..header()
+        },
+        ReadingHeader {
+            recorded_at_ms: 1_763_900_000_001,
+            ..header()
+        },
     ];
     for h in changed {
-        assert_eq!(seal::open(&key(1), &h, &sealed), Err(SealError::Authentication), "{h:?}");
+        assert_eq!(
+            seal::open(&key(1), &h, &sealed),
+            Err(SealError::Authentication),
+            "{h:?}"
+        );
     }
 }
 
@@ -67,16 +86,27 @@ fn every_ciphertext_and_nonce_byte_is_bound() {
     for i in 0..sealed.ciphertext.len() {
         let mut s = sealed.clone();
         s.ciphertext[i] ^= 0x01;
-        assert_eq!(seal::open(&key(1), &header(), &s), Err(SealError::Authentication), "byte {i}");
+        assert_eq!(
+            seal::open(&key(1), &header(), &s),
+            Err(SealError::Authentication),
+            "byte {i}"
+        );
     }
     for i in 0..sealed.nonce.len() {
         let mut s = sealed.clone();
         s.nonce[i] ^= 0x80;
-        assert_eq!(seal::open(&key(1), &header(), &s), Err(SealError::Authentication), "nonce {i}");
+        assert_eq!(
+            seal::open(&key(1), &header(), &s),
+            Err(SealError::Authentication),
+            "nonce {i}"
+        );
     }
     let mut s = sealed.clone();
     s.ciphertext.truncate(10);
-    assert_eq!(seal::open(&key(1), &header(), &s), Err(SealError::Authentication));
+    assert_eq!(
+        seal::open(&key(1), &header(), &s),
+        Err(SealError::Authentication)
+    );
 }
 
 #[test]
@@ -84,12 +114,21 @@ fn wrong_key_fails() {
     let mut rng = ChaCha20Rng::seed_from_u64(4);
     let sealed = seal::seal(&key(1), &header(), &value(), &mut rng);
     // Different key id: refused up front, naming both.
-    assert!(matches!(seal::open(&key(2), &header(), &sealed), Err(SealError::WrongKeyId { .. })));
+    assert!(matches!(
+        seal::open(&key(2), &header(), &sealed),
+        Err(SealError::WrongKeyId { .. })
+    ));
     // Same id, different bytes: fails authentication.
     let impostor = DataKey::new("owner-1", [2; 32]);
-    assert_eq!(seal::open(&impostor, &header(), &sealed), Err(SealError::Authentication));
+    assert_eq!(
+        seal::open(&impostor, &header(), &sealed),
+        Err(SealError::Authentication)
+    );
     // Relabelled kid on the wire: the kid is associated data too.
     let mut relabelled = sealed.clone();
     relabelled.kid = "owner-2".into();
-    assert_eq!(seal::open(&key(2), &header(), &relabelled), Err(SealError::Authentication));
+    assert_eq!(
+        seal::open(&key(2), &header(), &relabelled),
+        Err(SealError::Authentication)
+    );
 }

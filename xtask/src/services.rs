@@ -361,7 +361,10 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
     Ok((creds, url))
 }
 
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("cbor2", "cbor2==5.6.5")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("cbor2", "cbor2==5.6.5"),
+    ("cryptography", "cryptography==44.0.2"),
+];
 
 fn ensure_python_tools(say: &dyn Fn(&str)) -> Result<()> {
     let venv = state_dir().join("venv");

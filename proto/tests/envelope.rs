@@ -33,7 +33,7 @@ fn envelope(body: Body) -> Envelope {
 }
 
 pub fn registration() -> Envelope {
-    envelope(Body::Registration(Registration {
+    envelope(Body::Registration(Box::new(Registration {
         device_id: "dev-bp-1".into(),
         device_type: "BLOOD_PRESSURE".into(),
         data_types: vec!["BLOOD_PRESSURE".into()],
@@ -46,7 +46,7 @@ pub fn registration() -> Envelope {
         hardware_version: None,
         device_commitment: [9; 32],
         paired_at_ms: 1_763_900_000_000,
-    }))
+    })))
 }
 
 pub fn readings() -> Envelope {

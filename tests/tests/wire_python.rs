@@ -108,7 +108,7 @@ fn others() -> Vec<Envelope> {
             v: 1,
             gateway_id: GW.into(),
             sent_at_ms: -5,
-            body: Body::Registration(Registration {
+            body: Body::Registration(Box::new(Registration {
                 device_id: DEV.into(),
                 device_type: "HEART_RATE".into(),
                 data_types: vec!["HEART_RATE".into()],
@@ -121,7 +121,7 @@ fn others() -> Vec<Envelope> {
                 hardware_version: None,
                 device_commitment: [3; 32],
                 paired_at_ms: 1_763_800_000_000,
-            }),
+            })),
         },
         Envelope {
             v: 1,

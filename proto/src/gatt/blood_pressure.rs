@@ -120,10 +120,9 @@ impl BloodPressureMeasurement {
     pub fn decode(bytes: &[u8]) -> Result<Self, GattError> {
         let mut r = Reader::new(bytes)?;
         if bytes.len() < 7 {
-            return Err(GattError::Truncated {
-                field: "blood pressure (minimum 7 bytes)",
-                needed: 7,
-                available: bytes.len(),
+            return Err(GattError::TooShort {
+                len: bytes.len(),
+                min: 7,
             });
         }
         let flags = r.u8("flags")?;

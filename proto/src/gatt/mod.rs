@@ -82,6 +82,9 @@ pub enum GattError {
         needed: usize,
         available: usize,
     },
+    /// Shorter than the characteristic's fixed minimum length.
+    #[error("too short: {len} bytes, the minimum is {min}")]
+    TooShort { len: usize, min: usize },
     /// Bytes after the last field the flags announce.
     #[error("{extra} unexpected trailing byte(s) after the last field")]
     TrailingBytes { extra: usize },

@@ -233,11 +233,15 @@ fn check_data_type(name: &str) -> Result<(), String> {
     // look like a data-type name.
     if !name.is_empty()
         && name.len() <= MAX_ID_LEN
-        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     {
         Ok(())
     } else {
-        Err(format!("data type {name:?} must be 1..=64 characters of A-Z 0-9 _"))
+        Err(format!(
+            "data type {name:?} must be 1..=64 characters of A-Z 0-9 _"
+        ))
     }
 }
 
@@ -308,7 +312,9 @@ impl ProvenGroup {
                 return Err(format!("a reading proof covers exactly 1 reading, not {n}"));
             }
             ProofKind::Window if n == 0 || n > MAX_GROUP_READINGS => {
-                return Err(format!("a window covers 1..={MAX_GROUP_READINGS} readings, not {n}"));
+                return Err(format!(
+                    "a window covers 1..={MAX_GROUP_READINGS} readings, not {n}"
+                ));
             }
             _ => {}
         }
@@ -339,15 +345,26 @@ impl ProvenGroup {
     }
 
     /// The canonical header of reading `index` of this group.
-    pub fn reading_header<'a>(&'a self, gateway_id: &'a str, device_id: &'a str, index: usize) -> Option<ReadingHeader<'a>> {
-        self.readings.get(index).map(|r| r.header(gateway_id, device_id))
+    pub fn reading_header<'a>(
+        &'a self,
+        gateway_id: &'a str,
+        device_id: &'a str,
+        index: usize,
+    ) -> Option<ReadingHeader<'a>> {
+        self.readings
+            .get(index)
+            .map(|r| r.header(gateway_id, device_id))
     }
 
     /// The window header of this group (for `kind = window`): the first
     /// reading's seq and time, and each reading's offset from that time.
     /// `None` if the group is empty or its times are out of order (which a
     /// decoded envelope never is).
-    pub fn window_header<'a>(&'a self, gateway_id: &'a str, device_id: &'a str) -> Option<WindowHeader<'a>> {
+    pub fn window_header<'a>(
+        &'a self,
+        gateway_id: &'a str,
+        device_id: &'a str,
+    ) -> Option<WindowHeader<'a>> {
         let first = self.readings.first()?;
         let offsets_ms = self
             .readings

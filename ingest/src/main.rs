@@ -1,5 +1,7 @@
 //! `hailan-ingest`: thin binary over the library crate.
 
+mod zk_cli;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -20,6 +22,9 @@ enum Command {
     Migrate,
     /// Print a summary of the schema: partitions, row level security, migrations.
     Schema,
+    /// Zero-knowledge keys and third-party export.
+    #[command(subcommand)]
+    Zk(zk_cli::ZkCommand),
 }
 
 fn database_url(cli: &Cli) -> Result<&str> {
@@ -40,6 +45,7 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Zk(cmd) => zk_cli::run(cmd)?,
         Command::Migrate => {
             let pool = hailan_ingest::db::connect(database_url(&cli)?, 2).await?;
             hailan_ingest::db::migrate(&pool).await?;

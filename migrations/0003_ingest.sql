@@ -28,3 +28,6 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON device_seq_ranges TO hailan_ingest;
 -- Replaying quarantine (e.g. readings that arrived before their device's
 -- registration) reads and removes rows. Payloads hold sealed values only.
 GRANT SELECT, DELETE ON rejected_readings TO hailan_ingest;
+
+-- The owner role (admin CLI, auditors' tools) reads stored proofs to re-verify them.
+CREATE POLICY zk_proofs_owner ON zk_proofs FOR SELECT TO CURRENT_USER USING (true);

@@ -35,6 +35,9 @@ pub struct MqttConfig {
     pub password: Option<String>,
     /// Keep-alive in seconds.
     pub keep_alive_s: u64,
+    /// Topic filters to subscribe to (QoS 1). The default shared
+    /// subscription lets several ingest processes split the load.
+    pub subscriptions: Vec<String>,
 }
 
 impl Default for MqttConfig {
@@ -46,6 +49,7 @@ impl Default for MqttConfig {
             username: "hailan-ingest".into(),
             password: None,
             keep_alive_s: 30,
+            subscriptions: vec![hailan_proto::topic::INGEST_SHARED_SUBSCRIPTION.to_owned()],
         }
     }
 }

@@ -304,7 +304,9 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
     let mut pending: Vec<Pending> = Vec::new();
     let mut unverifiable: Vec<(usize, usize, Uuid, Uuid, Reject)> = Vec::new();
     let mut keep = Vec::with_capacity(accepted.len());
-    for (pos, d) in accepted.into_iter().enumerate() {
+    for d in accepted {
+        // The index `d` will have in `keep`, which steps 5 and 6 use.
+        let pos = keep.len();
         let msg = &messages[d.index];
         let device_id = match &d.envelope.body {
             Body::Readings(b) => &b.device_id,

@@ -16,7 +16,6 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Message};
 use crate::{quarantine, store};
 use anyhow::{Context, Result};
-use hailan_proto::topic::INGEST_SHARED_SUBSCRIPTION;
 use hailan_proto::zk::{DevKeys, Policy, Verifier};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sqlx::PgPool;
@@ -143,6 +142,7 @@ pub async fn run(
         let epoch = Arc::clone(&epoch);
         let status = Arc::clone(&status);
         let shutdown = loop_stop.clone();
+        let subscriptions = cfg.mqtt.subscriptions.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
@@ -156,8 +156,10 @@ pub async fn run(
                         status.mqtt_connected.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(200);
                         tracing::info!(session_present = ack.session_present, epoch = e, "connected to the broker");
-                        if let Err(err) = client.subscribe(INGEST_SHARED_SUBSCRIPTION, QoS::AtLeastOnce).await {
-                            tracing::error!(%err, "cannot subscribe");
+                        for filter in &subscriptions {
+                            if let Err(err) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                                tracing::error!(%err, filter, "cannot subscribe");
+                            }
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
@@ -167,7 +169,7 @@ pub async fn run(
                         // last acks and the DISCONNECT go out.
                         let _ = tx.send(d).await;
                     }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => tracing::debug!("subscribed to {INGEST_SHARED_SUBSCRIPTION}"),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
                     Err(err) => {

@@ -64,6 +64,18 @@ async fn write_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Resul
     for d in &plan.devices {
         let r = &d.registration;
         if d.new {
+            // Re-pairing: a device at this address on this gateway under
+            // another id is the same hardware, forgotten and paired again.
+            // The old row keeps its readings but gives up the address.
+            sqlx::query(
+                "UPDATE iot_devices SET bluetooth_address = NULL, is_active = false
+                  WHERE gateway_id = $1 AND bluetooth_address = $2 AND device_id <> $3",
+            )
+            .bind(&d.gateway_id)
+            .bind(&r.bluetooth_address)
+            .bind(&r.device_id)
+            .execute(&mut **tx)
+            .await?;
             sqlx::query(
                 "INSERT INTO iot_devices (id, user_id, device_id, device_name, device_type, bluetooth_address,
                         firmware_version, hardware_version, gateway_id, manufacturer, model, serial_number,

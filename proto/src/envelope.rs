@@ -44,7 +44,7 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body {
-    Registration(Registration),
+    Registration(Box<Registration>),
     Readings(ReadingBatch),
     DeviceState(DeviceState),
 }
@@ -186,10 +186,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         Err(err) => {
             // A future version may change the body's shape: say so rather
             // than report a confusing structural error.
-            if let Ok(probe) = ciborium::from_reader::<VersionProbe, _>(bytes) {
-                if probe.v != u64::from(WIRE_VERSION) {
-                    return Err(DecodeError::UnsupportedVersion(probe.v));
-                }
+            if let Ok(probe) = ciborium::from_reader::<VersionProbe, _>(bytes)
+                && probe.v != u64::from(WIRE_VERSION)
+            {
+                return Err(DecodeError::UnsupportedVersion(probe.v));
             }
             return Err(DecodeError::Malformed(err.to_string()));
         }
@@ -276,10 +276,10 @@ impl Envelope {
             }
             Body::DeviceState(s) => {
                 check_id("device_id", &s.device_id)?;
-                if let Some(b) = s.battery_level {
-                    if b > 100 {
-                        return Err(format!("battery_level {b} is more than 100"));
-                    }
+                if let Some(b) = s.battery_level
+                    && b > 100
+                {
+                    return Err(format!("battery_level {b} is more than 100"));
                 }
                 check_text("firmware_version", &s.firmware_version)
             }

@@ -108,3 +108,12 @@ pub fn fr_to_bytes(x: &Fr) -> [u8; 32] {
 pub fn fr_from_bytes(bytes: &[u8; 32]) -> Option<Fr> {
     Fr::deserialize_compressed(&bytes[..]).ok()
 }
+
+/// Runs `f` with tracing switched off for this thread. arkworks' constraint
+/// code (ark-relations, ark-crypto-primitives) opens an INFO-level tracing
+/// span per gadget call; under a subscriber that enables INFO (any service's
+/// default) synthesis becomes ~500× slower — a dev-profile `zk setup` took
+/// 3 min 46 s instead of 0.4 s. Every synthesis in this module goes through here.
+pub(crate) fn quiet<T>(f: impl FnOnce() -> T) -> T {
+    tracing::dispatcher::with_default(&tracing::Dispatch::none(), f)
+}

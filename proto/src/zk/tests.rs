@@ -734,3 +734,44 @@ fn snarkjs_export_pins_the_input_count() {
     assert!(SnarkjsExport::new(&f.window.verifying_key(), &fewer).is_err());
     let _ = Fr::zero();
 }
+
+/// Counts spans and events: arkworks' gadgets must not reach the caller's
+/// tracing subscriber while we synthesise (see `zk::quiet`).
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for Counting {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::span::Id::from_u64(n as u64 + 1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn synthesis_stays_out_of_the_callers_tracing() {
+    let f = fx();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tracing::subscriber::with_default(Counting(seen.clone()), || {
+        let r = reading(DataType::HeartRate, 77, 0);
+        prove_reading(
+            &f.reading,
+            &f.secret,
+            DataType::HeartRate,
+            &[70],
+            &r.header(GW, DEV),
+            &mut rng(77),
+        )
+        .expect("prove");
+        let _ = constraint_count(ProofKind::Window).expect("count");
+    });
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 0);
+}

@@ -43,7 +43,7 @@ pub use prove::{
     reading_commitment, window_commitment,
 };
 pub use snarkjs::ProofBundle;
-pub use verify::{DevKeys, GroupClaim, Policy, Reject, Verifier};
+pub use verify::{BatchWeights, DevKeys, GroupClaim, Policy, Reject, Verifier};
 
 use ark_bn254::Fr;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};

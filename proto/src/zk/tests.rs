@@ -625,15 +625,18 @@ fn batch_with_bad_proofs_bisects_to_exactly_them() {
             corrupt(&mut gs[*b]);
         }
         let claims: Vec<_> = gs.iter().map(claim).collect();
-        let (res, checks) = f.verifier.verify_batch_counted(&claims, &mut rng(2));
-        for (i, r) in res.iter().enumerate() {
-            if bad.contains(&i) {
-                assert_eq!(r, &Err(Reject::InvalidProof), "{i}");
-            } else {
-                assert_eq!(r, &Ok(()), "{i}");
+        let v64 = f.verifier.clone().with_batch_weights(BatchWeights::Bits64);
+        for v in [&f.verifier, &v64] {
+            let (res, checks) = v.verify_batch_counted(&claims, &mut rng(2));
+            for (i, r) in res.iter().enumerate() {
+                if bad.contains(&i) {
+                    assert_eq!(r, &Err(Reject::InvalidProof), "{i}");
+                } else {
+                    assert_eq!(r, &Ok(()), "{i}");
+                }
             }
+            assert!(checks > 1 && checks < 2 * groups.len(), "{checks}");
         }
-        assert!(checks > 1 && checks < 2 * groups.len(), "{checks}");
     }
 }
 

@@ -18,27 +18,42 @@
 -- * RLS on a partitioned parent does not apply when a partition is queried
 --   directly: privileges are granted on the parent only, never on partitions.
 
+-- Roles are cluster-wide, so another database's migration may be creating or
+-- changing them at the same moment: every step is conditional, and a lost race
+-- on creation is ignored (ALTER/GRANT on a role row that another transaction
+-- is updating would fail with "tuple concurrently updated").
 DO $$
 DECLARE r TEXT;
 BEGIN
   FOREACH r IN ARRAY ARRAY['hailan_ingest', 'hailan_api', 'hailan_clinician', 'hailan_patient'] LOOP
-    BEGIN
-      EXECUTE format('CREATE ROLE %I NOLOGIN', r);
-    EXCEPTION WHEN duplicate_object OR unique_violation THEN
-      NULL; -- roles are cluster-wide: another database created it already
-    END;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
+      BEGIN
+        EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN
+        NULL; -- another database created it first
+      END;
+    END IF;
+  END LOOP;
+  -- The API may act as a clinician or as a patient, nothing else — and only
+  -- after SET ROLE: NOINHERIT means forgetting it reads nothing rather than
+  -- the union of both roles' rows.
+  IF (SELECT rolinherit FROM pg_roles WHERE rolname = 'hailan_api') THEN
+    ALTER ROLE hailan_api NOINHERIT;
+  END IF;
+  FOREACH r IN ARRAY ARRAY['hailan_clinician', 'hailan_patient'] LOOP
+    IF NOT pg_has_role('hailan_api', r, 'MEMBER') THEN
+      EXECUTE format('GRANT %I TO hailan_api', r);
+    END IF;
+  END LOOP;
+  -- The migrating (owner) role may assume every role; the dev set-up and the
+  -- tests connect as the owner and SET ROLE.
+  FOREACH r IN ARRAY ARRAY['hailan_ingest', 'hailan_api', 'hailan_clinician', 'hailan_patient'] LOOP
+    IF NOT pg_has_role(current_user, r, 'MEMBER') THEN
+      EXECUTE format('GRANT %I TO %I', r, current_user);
+    END IF;
   END LOOP;
 END
 $$;
-
--- The API may act as a clinician or as a patient, nothing else — and only
--- after SET ROLE: NOINHERIT means forgetting it reads nothing rather than
--- the union of both roles' rows.
-ALTER ROLE hailan_api NOINHERIT;
-GRANT hailan_clinician, hailan_patient TO hailan_api;
--- The migrating (owner) role may assume every role; the dev set-up and the
--- tests connect as the owner and SET ROLE.
-GRANT hailan_ingest, hailan_api, hailan_clinician, hailan_patient TO CURRENT_USER;
 
 -- The caller's identity for this transaction, or NULL.
 CREATE OR REPLACE FUNCTION hailan_current_user() RETURNS UUID

@@ -63,7 +63,14 @@ impl TestDb {
         admin.close().await?;
         let url = with_database(&admin_url, &name);
         let pool = hailan_ingest::db::connect(&url, 4).await?;
-        hailan_ingest::db::migrate(&pool).await?;
+        // Roles are cluster-wide: migrations of parallel test databases would
+        // race on them, so test processes take turns (nextest runs each test
+        // in its own process, hence a file lock rather than a mutex).
+        let lock = std::fs::File::create(std::env::temp_dir().join("hailan-test-migrate.lock"))?;
+        lock.lock()?;
+        let migrated = hailan_ingest::db::migrate(&pool).await;
+        lock.unlock()?;
+        migrated?;
         Ok(TestDb {
             pool,
             name,

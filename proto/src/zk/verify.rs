@@ -452,16 +452,21 @@ impl Verifier {
         Bn254::final_exponentiation(mlo).is_some_and(|out| out.is_zero())
     }
 
-    /// The third-party bundle of a group (key id, proof, public inputs),
-    /// after verifying it: what the export writes as snarkjs JSON.
+    /// The bundle of a group (statement, key id, proof, public inputs): what
+    /// ingest stores once per proof so anyone can re-verify it, and what
+    /// `zk export` reads. Cheap (no pairing): it does **not** verify — call
+    /// [`Self::verify`] / [`Self::verify_batch`] first; the export verifies again.
     pub fn bundle(&self, claim: &GroupClaim) -> Result<ProofBundle, Reject> {
-        self.verify(claim)?;
+        let Some(proof) = &claim.group.proof else {
+            return Err(Reject::NoProof(
+                claim.group.no_proof_reason.clone().unwrap_or_default(),
+            ));
+        };
         let inputs = self.public_inputs(claim)?;
-        let proof = claim.group.proof.clone().unwrap_or_default();
         Ok(ProofBundle::new(
             claim.group.kind,
             KeyId(claim.group.key_id),
-            &proof,
+            proof,
             &inputs,
         ))
     }

@@ -720,6 +720,13 @@ fn snarkjs_export_pins_the_input_count() {
     let f = fx();
     let (g, _) = proven_reading(DataType::Spo2, &[975, 64], 3, 3);
     let bundle = f.verifier.bundle(&claim(&g)).expect("bundle");
+    let mut none = g.clone();
+    none.proof = None;
+    none.no_proof_reason = Some("battery low".into());
+    assert_eq!(
+        f.verifier.bundle(&claim(&none)),
+        Err(Reject::NoProof("battery low".into()))
+    );
     let vk = f.reading.verifying_key();
     let export = SnarkjsExport::new(&vk, &bundle).expect("export");
     assert_eq!(export.vk.n_public, public_input_count(ProofKind::Reading));

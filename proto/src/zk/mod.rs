@@ -40,7 +40,7 @@ pub use circuit::{READING_RANGE_BITS, WINDOW_LEN, WINDOW_VALUE_BITS};
 pub use keys::{KeyId, KeyOrigin, ProvingKey, VerifyingKey};
 pub use prove::{
     DeviceSecret, ReadingProof, WindowProof, device_commitment, prove_reading, prove_window,
-    reading_commitment, window_commitment,
+    reading_commitment, window_commitment, windowable,
 };
 pub use snarkjs::ProofBundle;
 pub use verify::{BatchWeights, DevKeys, GroupClaim, Policy, Reject, Verifier};

@@ -545,6 +545,11 @@ fn window_reorder_move_replay_fail() {
         r.seq += values.len() as u64;
     }
     assert_eq!(f.verifier.verify(&claim(&m)), Err(Reject::InvalidProof));
+    let other_gw = GroupClaim {
+        gateway_id: "gw-2",
+        ..claim(&g)
+    };
+    assert_eq!(f.verifier.verify(&other_gw), Err(Reject::InvalidProof));
     let other_dev = GroupClaim {
         device_id: "dev-2",
         ..claim(&g)

@@ -13,7 +13,12 @@ use uuid::Uuid;
 pub const USER_KINDS: [&str; 4] = ["PATIENT", "CLINICIAN", "AUDITOR", "ADMIN"];
 
 /// Create a user (or return the existing one with this DID).
-pub async fn add_user(pool: &PgPool, did: &str, kind: &str, display_name: Option<&str>) -> Result<Uuid> {
+pub async fn add_user(
+    pool: &PgPool,
+    did: &str,
+    kind: &str,
+    display_name: Option<&str>,
+) -> Result<Uuid> {
     if !USER_KINDS.contains(&kind) {
         bail!("user kind {kind:?} is not one of {}", USER_KINDS.join(", "));
     }
@@ -41,7 +46,12 @@ pub async fn user_id(pool: &PgPool, did: &str) -> Result<Uuid> {
 }
 
 /// Enrol gateway `gateway_id` (its MQTT user name) for the owner `owner_did`.
-pub async fn enrol_gateway(pool: &PgPool, gateway_id: &str, owner_did: &str, name: Option<&str>) -> Result<()> {
+pub async fn enrol_gateway(
+    pool: &PgPool,
+    gateway_id: &str,
+    owner_did: &str,
+    name: Option<&str>,
+) -> Result<()> {
     if !hailan_proto::envelope::is_valid_id(gateway_id) {
         bail!("gateway id {gateway_id:?} must be 1–64 characters of A-Z a-z 0-9 - _ . :");
     }
@@ -106,7 +116,12 @@ pub async fn revoke(pool: &PgPool, patient_did: &str, clinician_did: &str) -> Re
 }
 
 /// Issue an API bearer token for `did`, valid `days`; only its hash is stored.
-pub async fn issue_token(pool: &PgPool, did: &str, days: i64, label: Option<&str>) -> Result<String> {
+pub async fn issue_token(
+    pool: &PgPool,
+    did: &str,
+    days: i64,
+    label: Option<&str>,
+) -> Result<String> {
     let user = user_id(pool, did).await?;
     let mut raw = [0u8; 32];
     OsRng.fill_bytes(&mut raw);

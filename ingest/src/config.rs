@@ -65,7 +65,10 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        BatchConfig { max_messages: 500, max_wait_ms: 50 }
+        BatchConfig {
+            max_messages: 500,
+            max_wait_ms: 50,
+        }
     }
 }
 
@@ -80,7 +83,10 @@ pub struct ZkConfig {
 
 impl Default for ZkConfig {
     fn default() -> Self {
-        ZkConfig { keys_dir: PathBuf::from("/etc/hailan/zk"), allow_dev_keys: false }
+        ZkConfig {
+            keys_dir: PathBuf::from("/etc/hailan/zk"),
+            allow_dev_keys: false,
+        }
     }
 }
 
@@ -93,7 +99,9 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: "127.0.0.1:9464".into() }
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -102,7 +110,11 @@ impl IngestConfig {
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut builder = config::Config::builder();
         if let Some(f) = file {
-            builder = builder.add_source(config::File::from(f).format(config::FileFormat::Toml).required(true));
+            builder = builder.add_source(
+                config::File::from(f)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
         }
         builder = builder.add_source(
             config::Environment::with_prefix("HAILAN_INGEST")

@@ -20,7 +20,10 @@ struct AppState {
 
 async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }
@@ -32,7 +35,11 @@ async fn healthz() -> &'static str {
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
     let mqtt = s.status.mqtt_connected.load(Ordering::Relaxed);
     let db = s.status.db_ok.load(Ordering::Relaxed);
-    let code = if mqtt && db { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if mqtt && db {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, format!("mqtt_connected={mqtt} database_ok={db}\n"))
 }
 

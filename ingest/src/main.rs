@@ -121,7 +121,10 @@ fn load_config(cli: &Cli) -> Result<IngestConfig> {
 
 async fn shutdown_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };
@@ -144,7 +147,12 @@ async fn run_service(cfg: IngestConfig) -> Result<()> {
             .await
             .with_context(|| format!("http.listen = {}", cfg.http.listen))?;
         tracing::info!(addr = %cfg.http.listen, "serving /metrics, /healthz, /readyz");
-        tokio::spawn(hailan_ingest::http::serve(listener, Arc::clone(&metrics), Arc::clone(&status), shutdown.clone()));
+        tokio::spawn(hailan_ingest::http::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&status),
+            shutdown.clone(),
+        ));
     }
     run::run(cfg, pool, verifier, metrics, status, shutdown).await
 }
@@ -153,8 +161,9 @@ async fn run_service(cfg: IngestConfig) -> Result<()> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,sqlx::postgres::notice=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -167,7 +176,10 @@ async fn main() -> Result<()> {
         Command::Migrate => {
             let pool = db::connect(cfg.database_url()?, 2).await?;
             db::migrate(&pool).await?;
-            println!("schema is current ({} migrations)", db::MIGRATOR.iter().count());
+            println!(
+                "schema is current ({} migrations)",
+                db::MIGRATOR.iter().count()
+            );
         }
         Command::Schema => {
             let pool = db::connect(cfg.database_url()?, 2).await?;
@@ -176,7 +188,11 @@ async fn main() -> Result<()> {
         Command::Quarantine(q) => {
             let pool = db::connect(cfg.database_url()?, 2).await?;
             match q {
-                QuarantineCommand::List { reason, limit, json } => {
+                QuarantineCommand::List {
+                    reason,
+                    limit,
+                    json,
+                } => {
                     let rows = quarantine::list(&pool, reason.as_deref(), limit).await?;
                     for r in &rows {
                         if json {
@@ -216,7 +232,12 @@ async fn main() -> Result<()> {
                         .collect();
                     let n = messages.len();
                     let plan = hailan_ingest::plan::plan(&pool, verifier, &messages).await?;
-                    let written = hailan_ingest::store::write(&pool, &plan, "hailan-ingest quarantine replay").await?;
+                    let written = hailan_ingest::store::write(
+                        &pool,
+                        &plan,
+                        "hailan-ingest quarantine replay",
+                    )
+                    .await?;
                     println!(
                         "replayed {n}: {} readings stored, {} already stored, {} quarantined again",
                         written.readings_new, written.readings_duplicate, written.quarantined
@@ -231,12 +252,25 @@ async fn main() -> Result<()> {
                     let id = admin::add_user(&pool, &did, &kind, name.as_deref()).await?;
                     println!("{id}");
                 }
-                AdminCommand::EnrolGateway { gateway_id, owner, name } => {
+                AdminCommand::EnrolGateway {
+                    gateway_id,
+                    owner,
+                    name,
+                } => {
                     admin::enrol_gateway(&pool, &gateway_id, &owner, name.as_deref()).await?;
                     println!("gateway {gateway_id} enrolled for {owner}");
                 }
-                AdminCommand::Grant { patient, clinician, data_types, expires } => {
-                    let types = if data_types.is_empty() { None } else { Some(data_types) };
+                AdminCommand::Grant {
+                    patient,
+                    clinician,
+                    data_types,
+                    expires,
+                } => {
+                    let types = if data_types.is_empty() {
+                        None
+                    } else {
+                        Some(data_types)
+                    };
                     let id = admin::grant(&pool, &patient, &clinician, types, expires).await?;
                     println!("{id}");
                 }
@@ -245,7 +279,10 @@ async fn main() -> Result<()> {
                     println!("{n} grant(s) revoked");
                 }
                 AdminCommand::Token { did, days, label } => {
-                    println!("{}", admin::issue_token(&pool, &did, days, label.as_deref()).await?);
+                    println!(
+                        "{}",
+                        admin::issue_token(&pool, &did, days, label.as_deref()).await?
+                    );
                 }
             }
         }

@@ -57,23 +57,57 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("batches", "Batches committed", m.batches.clone());
-        registry.register("batch_failures", "Batch attempts that failed and were retried", m.batch_failures.clone());
-        registry.register("messages", "MQTT messages committed (and then acknowledged)", m.messages.clone());
-        registry.register("readings", "Readings by outcome (stored, duplicate, unverified)", m.readings.clone());
-        registry.register("quarantined", "Quarantine rows by reason", m.quarantined.clone());
-        registry.register("groups_verified", "Proven groups whose proofs were checked", m.groups_verified.clone());
+        registry.register(
+            "batch_failures",
+            "Batch attempts that failed and were retried",
+            m.batch_failures.clone(),
+        );
+        registry.register(
+            "messages",
+            "MQTT messages committed (and then acknowledged)",
+            m.messages.clone(),
+        );
+        registry.register(
+            "readings",
+            "Readings by outcome (stored, duplicate, unverified)",
+            m.readings.clone(),
+        );
+        registry.register(
+            "quarantined",
+            "Quarantine rows by reason",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "groups_verified",
+            "Proven groups whose proofs were checked",
+            m.groups_verified.clone(),
+        );
         registry.register(
             "stale_acks_skipped",
             "Acks skipped because the message's connection was replaced (redelivered instead)",
             m.stale_acks_skipped.clone(),
         );
         registry.register("batch_messages", "Messages per batch", m.batch_size.clone());
-        registry.register("plan_seconds", "Decode, resolve and batch-verify time per batch", m.verify_seconds.clone());
-        registry.register("commit_seconds", "Transaction time per batch", m.commit_seconds.clone());
+        registry.register(
+            "plan_seconds",
+            "Decode, resolve and batch-verify time per batch",
+            m.verify_seconds.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Transaction time per batch",
+            m.commit_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
-    pub fn record_batch(&self, plan: &Plan, written: &Written, plan_time: Duration, commit_time: Duration) {
+    pub fn record_batch(
+        &self,
+        plan: &Plan,
+        written: &Written,
+        plan_time: Duration,
+        commit_time: Duration,
+    ) {
         let messages = plan_messages(plan);
         self.batches.inc();
         self.messages.inc_by(messages);
@@ -82,13 +116,27 @@ impl Metrics {
         self.commit_seconds.observe(commit_time.as_secs_f64());
         self.groups_verified.inc_by(plan.groups_verified as u64);
         let unverified = plan.readings.iter().filter(|r| !r.verified).count() as u64;
-        self.readings.get_or_create(&OutcomeLabel { outcome: "stored".into() }).inc_by(written.readings_new);
         self.readings
-            .get_or_create(&OutcomeLabel { outcome: "duplicate".into() })
+            .get_or_create(&OutcomeLabel {
+                outcome: "stored".into(),
+            })
+            .inc_by(written.readings_new);
+        self.readings
+            .get_or_create(&OutcomeLabel {
+                outcome: "duplicate".into(),
+            })
             .inc_by(written.readings_duplicate);
-        self.readings.get_or_create(&OutcomeLabel { outcome: "unverified".into() }).inc_by(unverified);
+        self.readings
+            .get_or_create(&OutcomeLabel {
+                outcome: "unverified".into(),
+            })
+            .inc_by(unverified);
         for q in &plan.quarantine {
-            self.quarantined.get_or_create(&ReasonLabel { reason: q.reason.code().into() }).inc();
+            self.quarantined
+                .get_or_create(&ReasonLabel {
+                    reason: q.reason.code().into(),
+                })
+                .inc();
         }
     }
 

@@ -9,10 +9,12 @@
 use crate::quarantine::Reason;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
-use hailan_proto::envelope::{self, Body, DecodeError, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup};
+use hailan_proto::DataType;
+use hailan_proto::envelope::{
+    self, Body, DecodeError, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup,
+};
 use hailan_proto::topic::{self, Topic};
 use hailan_proto::zk::{GroupClaim, Reject, Verifier};
-use hailan_proto::DataType;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -129,6 +131,9 @@ struct Decoded {
     envelope: Envelope,
 }
 
+/// Owner, device, verdict and public inputs (decimal) of one proven group.
+type Outcome = (Uuid, Uuid, Result<(), Reject>, Option<Vec<String>>);
+
 /// A group waiting for verification.
 struct Pending {
     msg: usize,
@@ -139,7 +144,13 @@ struct Pending {
 }
 
 impl Plan {
-    fn quarantine(&mut self, msg: &Message, gateway: Option<&str>, reason: Reason, detail: impl Into<String>) {
+    fn quarantine(
+        &mut self,
+        msg: &Message,
+        gateway: Option<&str>,
+        reason: Reason,
+        detail: impl Into<String>,
+    ) {
         self.quarantine.push(QuarantineRow {
             topic: msg.topic.clone(),
             gateway_id: gateway.map(str::to_owned),
@@ -197,7 +208,12 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
     let mut decoded = Vec::with_capacity(messages.len());
     for (index, msg) in messages.iter().enumerate() {
         let Some(Topic::Up { gateway_id }) = topic::parse(&msg.topic) else {
-            plan.quarantine(msg, None, Reason::BadTopic, format!("{:?} is not hailan/v1/{{gateway}}/up", msg.topic));
+            plan.quarantine(
+                msg,
+                None,
+                Reason::BadTopic,
+                format!("{:?} is not hailan/v1/{{gateway}}/up", msg.topic),
+            );
             continue;
         };
         if msg.payload.len() > MAX_ENVELOPE_BYTES {
@@ -212,7 +228,12 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
         let envelope = match envelope::decode(&msg.payload) {
             Ok(e) => e,
             Err(e @ DecodeError::UnsupportedVersion(_)) => {
-                plan.quarantine(msg, Some(gateway_id), Reason::UnsupportedVersion, e.to_string());
+                plan.quarantine(
+                    msg,
+                    Some(gateway_id),
+                    Reason::UnsupportedVersion,
+                    e.to_string(),
+                );
                 continue;
             }
             Err(e) => {
@@ -225,11 +246,18 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
                 msg,
                 Some(gateway_id),
                 Reason::GatewayMismatch,
-                format!("published on {gateway_id}'s topic by envelope of {}", envelope.gateway_id),
+                format!(
+                    "published on {gateway_id}'s topic by envelope of {}",
+                    envelope.gateway_id
+                ),
             );
             continue;
         }
-        decoded.push(Decoded { index, gateway: gateway_id.to_owned(), envelope });
+        decoded.push(Decoded {
+            index,
+            gateway: gateway_id.to_owned(),
+            envelope,
+        });
     }
 
     // 2. Who are they.
@@ -252,22 +280,38 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
         let gw = match gateways.get(&d.gateway) {
             Some(g) if !g.revoked => g.clone(),
             Some(_) => {
-                plan.quarantine(msg, Some(&d.gateway), Reason::UnknownGateway, "gateway is revoked");
+                plan.quarantine(
+                    msg,
+                    Some(&d.gateway),
+                    Reason::UnknownGateway,
+                    "gateway is revoked",
+                );
                 continue;
             }
             None => {
-                plan.quarantine(msg, Some(&d.gateway), Reason::UnknownGateway, "gateway is not enrolled");
+                plan.quarantine(
+                    msg,
+                    Some(&d.gateway),
+                    Reason::UnknownGateway,
+                    "gateway is not enrolled",
+                );
                 continue;
             }
         };
         if let Body::Registration(r) = &d.envelope.body {
             match devices.get(&r.device_id) {
                 Some(existing) if existing.gateway_id != d.gateway => {
-                    let detail = format!("device {} is registered to gateway {}", r.device_id, existing.gateway_id);
+                    let detail = format!(
+                        "device {} is registered to gateway {}",
+                        r.device_id, existing.gateway_id
+                    );
                     plan.quarantine(msg, Some(&d.gateway), Reason::DeviceGatewayMismatch, detail);
                 }
                 Some(existing) if existing.commitment != r.device_commitment => {
-                    let detail = format!("device {} re-registered with another device commitment", r.device_id);
+                    let detail = format!(
+                        "device {} re-registered with another device commitment",
+                        r.device_id
+                    );
                     plan.quarantine(msg, Some(&d.gateway), Reason::DeviceKeyMismatch, detail);
                 }
                 Some(existing) => plan.devices.push(DeviceUpsert {
@@ -321,7 +365,9 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
                 data_type: None,
                 seq: None,
                 reason: Reason::UnknownDevice,
-                detail: format!("device {device_id} is not registered (replayed when its registration arrives)"),
+                detail: format!(
+                    "device {device_id} is not registered (replayed when its registration arrives)"
+                ),
                 payload: msg.payload.clone(),
             };
             if let Body::Readings(b) = &d.envelope.body {
@@ -338,7 +384,10 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
             continue;
         }
         match &d.envelope.body {
-            Body::DeviceState(s) => plan.states.push(StateUpdate { device: dev.id, state: s.clone() }),
+            Body::DeviceState(s) => plan.states.push(StateUpdate {
+                device: dev.id,
+                state: s.clone(),
+            }),
             Body::Readings(b) => {
                 for (gi, g) in b.groups.iter().enumerate() {
                     let known = DataType::from_name(&g.readings[0].data_type).is_some();
@@ -376,20 +425,32 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
     let keep = Arc::new(keep);
     let verdicts = {
         let keep = Arc::clone(&keep);
-        let claims_of: Vec<(usize, usize, [u8; 32])> = pending.iter().map(|p| (p.msg, p.group, p.commitment)).collect();
+        let claims_of: Vec<(usize, usize, [u8; 32])> = pending
+            .iter()
+            .map(|p| (p.msg, p.group, p.commitment))
+            .collect();
         let verifier = Arc::clone(&verifier);
         tokio::task::spawn_blocking(move || {
             let claims: Vec<GroupClaim<'_>> = claims_of
                 .iter()
                 .map(|(m, g, c)| {
                     let d = &keep[*m];
-                    let Body::Readings(b) = &d.envelope.body else { unreachable!("pending groups are readings") };
-                    GroupClaim { gateway_id: &d.gateway, device_id: &b.device_id, device_commitment: c, group: &b.groups[*g] }
+                    let Body::Readings(b) = &d.envelope.body else {
+                        unreachable!("pending groups are readings")
+                    };
+                    GroupClaim {
+                        gateway_id: &d.gateway,
+                        device_id: &b.device_id,
+                        device_commitment: c,
+                        group: &b.groups[*g],
+                    }
                 })
                 .collect();
             let verdicts = verifier.verify_batch(&claims, &mut rand_core::OsRng);
-            let inputs: Vec<Option<Vec<String>>> =
-                claims.iter().map(|c| verifier.bundle(c).ok().map(|b| b.public_inputs)).collect();
+            let inputs: Vec<Option<Vec<String>>> = claims
+                .iter()
+                .map(|c| verifier.bundle(c).ok().map(|b| b.public_inputs))
+                .collect();
             (verdicts, inputs)
         })
         .await?
@@ -398,7 +459,8 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
 
     // 6. Rows.
     let (verdicts, inputs) = verdicts;
-    let mut outcome: BTreeMap<(usize, usize), (Uuid, Uuid, Result<(), Reject>, Option<Vec<String>>)> = BTreeMap::new();
+    // (message, group) → what became of that group.
+    let mut outcome: BTreeMap<(usize, usize), Outcome> = BTreeMap::new();
     for ((p, v), i) in pending.iter().zip(verdicts).zip(inputs) {
         outcome.insert((p.msg, p.group), (p.user_id, p.device, v, i));
     }
@@ -408,9 +470,14 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
     for ((m, gi), (user_id, device, verdict, inputs)) in outcome {
         let d = &keep[m];
         let msg = &messages[d.index];
-        let Body::Readings(b) = &d.envelope.body else { continue };
+        let Body::Readings(b) = &d.envelope.body else {
+            continue;
+        };
         let g: &ProvenGroup = &b.groups[gi];
-        let stored_unverified = matches!(verdict, Err(Reject::NoProof(_) | Reject::UnknownDataType(_)));
+        let stored_unverified = matches!(
+            verdict,
+            Err(Reject::NoProof(_) | Reject::UnknownDataType(_))
+        );
         if let Err(reject) = &verdict
             && !stored_unverified
         {
@@ -447,8 +514,10 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
             });
         }
         for r in &g.readings {
-            let (Ok(seq), Some(recorded_at)) = (i64::try_from(r.seq), DateTime::from_timestamp_millis(r.recorded_at_ms))
-            else {
+            let (Ok(seq), Some(recorded_at)) = (
+                i64::try_from(r.seq),
+                DateTime::from_timestamp_millis(r.recorded_at_ms),
+            ) else {
                 plan.quarantine.push(QuarantineRow {
                     topic: msg.topic.clone(),
                     gateway_id: Some(d.gateway.clone()),

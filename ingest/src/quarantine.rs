@@ -77,7 +77,9 @@ impl Reason {
             Reject::KindMismatch { .. } => Reason::KeyKindMismatch,
             Reject::Shape(_) | Reject::ProofLength(_) => Reason::BadGroupShape,
             Reject::MalformedProof | Reject::MalformedScalar(_) => Reason::MalformedProof,
-            Reject::InvalidProof | Reject::NoProof(_) | Reject::UnknownDataType(_) => Reason::BadProof,
+            Reject::InvalidProof | Reject::NoProof(_) | Reject::UnknownDataType(_) => {
+                Reason::BadProof
+            }
         }
     }
 }

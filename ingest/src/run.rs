@@ -42,8 +42,13 @@ pub struct Status {
 pub fn load_verifier(cfg: &IngestConfig) -> Result<Verifier> {
     let keys = crate::zk_cli::load_verifying_keys(&cfg.zk.keys_dir)
         .with_context(|| format!("zk.keys_dir = {}", cfg.zk.keys_dir.display()))?;
-    let dev = if cfg.zk.allow_dev_keys { DevKeys::Allow } else { DevKeys::Refuse };
-    Verifier::new(keys, Policy::from_spec(), dev).map_err(|e| anyhow::anyhow!("zk: {e} (set zk.allow_dev_keys only for development)"))
+    let dev = if cfg.zk.allow_dev_keys {
+        DevKeys::Allow
+    } else {
+        DevKeys::Refuse
+    };
+    Verifier::new(keys, Policy::from_spec(), dev)
+        .map_err(|e| anyhow::anyhow!("zk: {e} (set zk.allow_dev_keys only for development)"))
 }
 
 /// Plan and write `messages`, retrying with capped backoff until it commits
@@ -69,7 +74,12 @@ pub async fn process(
         match attempt.await {
             Ok((plan, written, verified_at)) => {
                 status.db_ok.store(true, Ordering::Relaxed);
-                metrics.record_batch(&plan, &written, verified_at - started, verified_at.elapsed());
+                metrics.record_batch(
+                    &plan,
+                    &written,
+                    verified_at - started,
+                    verified_at.elapsed(),
+                );
                 return Some(plan);
             }
             Err(e) => {
@@ -96,14 +106,27 @@ async fn replay_registered(
     status: &Status,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let rows = quarantine::for_replay(pool, Some(quarantine::Reason::UnknownDevice.code()), devices, 10_000).await?;
+    let rows = quarantine::for_replay(
+        pool,
+        Some(quarantine::Reason::UnknownDevice.code()),
+        devices,
+        10_000,
+    )
+    .await?;
     if rows.is_empty() {
         return Ok(());
     }
-    tracing::info!(count = rows.len(), "replaying readings that arrived before their registration");
+    tracing::info!(
+        count = rows.len(),
+        "replaying readings that arrived before their registration"
+    );
     let messages: Vec<Message> = rows
         .into_iter()
-        .map(|r| Message { topic: r.topic, payload: r.payload, from_quarantine: Some(r.id) })
+        .map(|r| Message {
+            topic: r.topic,
+            payload: r.payload,
+            from_quarantine: Some(r.id),
+        })
         .collect();
     process(pool, verifier, &messages, name, metrics, status, shutdown).await;
     Ok(())
@@ -119,7 +142,11 @@ pub async fn run(
     status: Arc<Status>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let name = format!("hailan-ingest/{}/{}", cfg.mqtt.client_id, std::process::id());
+    let name = format!(
+        "hailan-ingest/{}/{}",
+        cfg.mqtt.client_id,
+        std::process::id()
+    );
     let mut opts = MqttOptions::new(&cfg.mqtt.client_id, &cfg.mqtt.host, cfg.mqtt.port);
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
@@ -155,7 +182,11 @@ pub async fn run(
                         let e = epoch.fetch_add(1, Ordering::SeqCst) + 1;
                         status.mqtt_connected.store(true, Ordering::Relaxed);
                         backoff = Duration::from_millis(200);
-                        tracing::info!(session_present = ack.session_present, epoch = e, "connected to the broker");
+                        tracing::info!(
+                            session_present = ack.session_present,
+                            epoch = e,
+                            "connected to the broker"
+                        );
                         for filter in &subscriptions {
                             if let Err(err) = client.subscribe(filter, QoS::AtLeastOnce).await {
                                 tracing::error!(%err, filter, "cannot subscribe");
@@ -163,7 +194,10 @@ pub async fn run(
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let d = Delivery { epoch: epoch.load(Ordering::SeqCst), publish };
+                        let d = Delivery {
+                            epoch: epoch.load(Ordering::SeqCst),
+                            publish,
+                        };
                         // After shutdown nobody takes it: unacknowledged, it is
                         // redelivered to the next session. Keep polling so the
                         // last acks and the DISCONNECT go out.
@@ -211,7 +245,11 @@ pub async fn run(
         // Once a batch is in hand it is finished even if shutdown is asked
         // meanwhile: a fresh token, so only a hard kill interrupts it.
         let finish = CancellationToken::new();
-        let Some(plan) = process(&pool, &verifier, &messages, &name, &metrics, &status, &finish).await else {
+        let Some(plan) = process(
+            &pool, &verifier, &messages, &name, &metrics, &status, &finish,
+        )
+        .await
+        else {
             break;
         };
         let current = epoch.load(Ordering::SeqCst);
@@ -223,7 +261,16 @@ pub async fn run(
             }
         }
         if !plan.registered.is_empty()
-            && let Err(e) = replay_registered(&pool, &verifier, &plan.registered, &name, &metrics, &status, &shutdown).await
+            && let Err(e) = replay_registered(
+                &pool,
+                &verifier,
+                &plan.registered,
+                &name,
+                &metrics,
+                &status,
+                &shutdown,
+            )
+            .await
         {
             tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
         }
@@ -232,7 +279,10 @@ pub async fn run(
     drop(rx);
     let _ = client.disconnect().await;
     let mut loop_handle = loop_handle;
-    if tokio::time::timeout(Duration::from_secs(5), &mut loop_handle).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), &mut loop_handle)
+        .await
+        .is_err()
+    {
         loop_stop.cancel();
         let _ = loop_handle.await;
     }

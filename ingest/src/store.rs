@@ -44,14 +44,31 @@ pub fn missing(ranges: &[(i64, i64)]) -> i64 {
 
 /// Write `plan`; `verifier_name` is recorded in `zk_verifications`.
 pub async fn write(pool: &PgPool, plan: &Plan, verifier_name: &str) -> Result<Written> {
-    let mut tx = pool.begin().await.context("starting the batch transaction")?;
-    sqlx::query("SET LOCAL ROLE hailan_ingest").execute(&mut *tx).await?;
-    write_devices(&mut tx, plan).await.context("writing registrations")?;
-    write_states(&mut tx, plan).await.context("writing device states")?;
-    let new = write_readings(&mut tx, &plan.readings).await.context("writing readings")?;
-    write_proofs(&mut tx, plan, verifier_name).await.context("writing proofs")?;
-    write_seq_ranges(&mut tx, &plan.readings).await.context("updating sync state")?;
-    let quarantined = write_quarantine(&mut tx, plan).await.context("writing quarantine")?;
+    let mut tx = pool
+        .begin()
+        .await
+        .context("starting the batch transaction")?;
+    sqlx::query("SET LOCAL ROLE hailan_ingest")
+        .execute(&mut *tx)
+        .await?;
+    write_devices(&mut tx, plan)
+        .await
+        .context("writing registrations")?;
+    write_states(&mut tx, plan)
+        .await
+        .context("writing device states")?;
+    let new = write_readings(&mut tx, &plan.readings)
+        .await
+        .context("writing readings")?;
+    write_proofs(&mut tx, plan, verifier_name)
+        .await
+        .context("writing proofs")?;
+    write_seq_ranges(&mut tx, &plan.readings)
+        .await
+        .context("updating sync state")?;
+    let quarantined = write_quarantine(&mut tx, plan)
+        .await
+        .context("writing quarantine")?;
     tx.commit().await.context("committing the batch")?;
     Ok(Written {
         readings_new: new,
@@ -128,7 +145,9 @@ async fn write_states(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result
     // overwrites a newer one already stored.
     let mut latest: BTreeMap<Uuid, &hailan_proto::envelope::DeviceState> = BTreeMap::new();
     for s in &plan.states {
-        let keep = latest.get(&s.device).is_none_or(|old| old.observed_at_ms <= s.state.observed_at_ms);
+        let keep = latest
+            .get(&s.device)
+            .is_none_or(|old| old.observed_at_ms <= s.state.observed_at_ms);
         if keep {
             latest.insert(s.device, &s.state);
         }
@@ -137,13 +156,29 @@ async fn write_states(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result
         return Ok(());
     }
     let ids: Vec<Uuid> = latest.keys().copied().collect();
-    let battery: Vec<Option<i32>> = latest.values().map(|s| s.battery_level.map(i32::from)).collect();
+    let battery: Vec<Option<i32>> = latest
+        .values()
+        .map(|s| s.battery_level.map(i32::from))
+        .collect();
     let rssi: Vec<Option<i16>> = latest.values().map(|s| s.rssi).collect();
-    let connection: Vec<&str> =
-        latest.values().map(|s| if s.connected { "CONNECTED" } else { "DISCONNECTED" }).collect();
-    let firmware: Vec<Option<String>> = latest.values().map(|s| s.firmware_version.clone()).collect();
-    let observed: Vec<Option<DateTime<Utc>>> =
-        latest.values().map(|s| DateTime::from_timestamp_millis(s.observed_at_ms)).collect();
+    let connection: Vec<&str> = latest
+        .values()
+        .map(|s| {
+            if s.connected {
+                "CONNECTED"
+            } else {
+                "DISCONNECTED"
+            }
+        })
+        .collect();
+    let firmware: Vec<Option<String>> = latest
+        .values()
+        .map(|s| s.firmware_version.clone())
+        .collect();
+    let observed: Vec<Option<DateTime<Utc>>> = latest
+        .values()
+        .map(|s| DateTime::from_timestamp_millis(s.observed_at_ms))
+        .collect();
     sqlx::query(
         "UPDATE iot_devices d
             SET battery_level = COALESCE(s.battery, d.battery_level), rssi = COALESCE(s.rssi, d.rssi),
@@ -205,7 +240,11 @@ async fn write_readings(tx: &mut Transaction<'_, Postgres>, rows: &[ReadingRow])
     Ok(result.rows_affected())
 }
 
-async fn write_proofs(tx: &mut Transaction<'_, Postgres>, plan: &Plan, verifier_name: &str) -> Result<()> {
+async fn write_proofs(
+    tx: &mut Transaction<'_, Postgres>,
+    plan: &Plan,
+    verifier_name: &str,
+) -> Result<()> {
     if plan.proofs.is_empty() {
         return Ok(());
     }

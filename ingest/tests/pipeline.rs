@@ -6,7 +6,8 @@ use anyhow::Result;
 use hailan_proto::envelope::{self, Body, Envelope};
 use hailan_proto::{DataType, topic};
 use hailan_tests::{
-    DevZk, IngestProcess, Publisher, TestDb, TestDevice, count_readings, enrol, eventually, plausible_slots,
+    DevZk, IngestProcess, Publisher, TestDb, TestDevice, count_readings, enrol, eventually,
+    plausible_slots,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -77,10 +78,12 @@ async fn wait_rows(db: &TestDb, extra: &str, n: i64) -> Result<()> {
 }
 
 async fn quarantine_count(db: &TestDb, reason: &str) -> Result<i64> {
-    Ok(sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = $1")
-        .bind(reason)
-        .fetch_one(&db.pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = $1")
+            .bind(reason)
+            .fetch_one(&db.pool)
+            .await?,
+    )
 }
 
 #[tokio::test]
@@ -96,20 +99,31 @@ async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
     let mut payloads = Vec::new();
     let mut devices = Vec::new();
     for (i, t) in DataType::ALL.into_iter().enumerate() {
-        let mut d = TestDevice::new(gw, &format!("dev-{}", t.as_str().to_lowercase()), t, i as u64);
+        let mut d = TestDevice::new(
+            gw,
+            &format!("dev-{}", t.as_str().to_lowercase()),
+            t,
+            i as u64,
+        );
         payloads.push(enc(&d.registration()));
         payloads.push(enc(&d.proven_reading(&zk.reading, &plausible_slots(t))?));
         payloads.push(enc(&d.state(80 - i as u8, hailan_tests::T0_MS + 5000)));
         devices.push(d);
     }
     // Heart rate also as a window of 16 readings (one proof).
-    let hr = devices.iter_mut().find(|d| d.data_type == DataType::HeartRate).expect("hr device");
+    let hr = devices
+        .iter_mut()
+        .find(|d| d.data_type == DataType::HeartRate)
+        .expect("hr device");
     let values: Vec<u32> = (0..16).map(|i| 60 + i).collect();
     payloads.push(enc(&hr.proven_window(&zk.window, &values)?));
     publisher.publish_all(&topic::up(gw), payloads).await?;
 
     wait_rows(&db, "", 6 + 16).await?;
-    assert_eq!(count_readings(&db.pool, "AND verified AND zk_proof_hash IS NOT NULL").await?, 22);
+    assert_eq!(
+        count_readings(&db.pool, "AND verified AND zk_proof_hash IS NOT NULL").await?,
+        22
+    );
     for t in DataType::ALL {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT count(*) FROM health_data_{} WHERE verified",
@@ -121,11 +135,15 @@ async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
     }
     // The stored value is the sealed one, never the plaintext.
     let value: serde_json::Value =
-        sqlx::query_scalar("SELECT value FROM health_data_blood_pressure").fetch_one(&db.pool).await?;
+        sqlx::query_scalar("SELECT value FROM health_data_blood_pressure")
+            .fetch_one(&db.pool)
+            .await?;
     assert_eq!(value["alg"], "A256GCM");
     assert!(value.get("slots").is_none());
     // One proof row per proof: 6 single + 1 window.
-    let proofs: i64 = sqlx::query_scalar("SELECT count(*) FROM zk_proofs").fetch_one(&db.pool).await?;
+    let proofs: i64 = sqlx::query_scalar("SELECT count(*) FROM zk_proofs")
+        .fetch_one(&db.pool)
+        .await?;
     assert_eq!(proofs, 7);
     // Device state and sync state.
     let (battery, last_seq, status): (Option<i32>, Option<i64>, String) = sqlx::query_as(
@@ -133,8 +151,16 @@ async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
     )
     .fetch_one(&db.pool)
     .await?;
-    assert_eq!((battery, last_seq, status.as_str()), (Some(80), Some(17), "SYNCED"));
-    assert_eq!(sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rejected_readings").fetch_one(&db.pool).await?, 0);
+    assert_eq!(
+        (battery, last_seq, status.as_str()),
+        (Some(80), Some(17), "SYNCED")
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rejected_readings")
+            .fetch_one(&db.pool)
+            .await?,
+        0
+    );
     db.drop().await
 }
 
@@ -157,10 +183,10 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
 
     let mut payloads = vec![
         enc(&good.registration()),
-        b"\xa1garbage".to_vec(),                              // undecodable
-        vec![0u8; envelope::MAX_ENVELOPE_BYTES + 1],          // oversize
-        enc(&late.proven_reading(&zk.reading, &[3700])?),     // unknown device (for now)
-        enc(&forger.registration()),                          // device key mismatch
+        b"\xa1garbage".to_vec(),                               // undecodable
+        vec![0u8; envelope::MAX_ENVELOPE_BYTES + 1],           // oversize
+        enc(&late.proven_reading(&zk.reading, &[3700])?),      // unknown device (for now)
+        enc(&forger.registration()),                           // device key mismatch
         enc(&forger.proven_reading(&zk.reading, &[975, 70])?), // bad proof: wrong device secret
     ];
     let mut foreign = good.state(50, 1);
@@ -171,14 +197,18 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     payloads.push(enc(&v2));
     payloads.push(enc(&good.proven_reading(&zk.reading, &[968, 64])?)); // good, after all the bad
     p.publish_all(&topic::up(gw), payloads).await?;
-    p_stranger.publish_all(&topic::up(stranger), vec![enc(&s_dev.registration())]).await?;
+    p_stranger
+        .publish_all(&topic::up(stranger), vec![enc(&s_dev.registration())])
+        .await?;
 
     wait_rows(&db, "AND data_type = 'SPO2'", 1).await?;
     let pool = db.pool.clone();
     eventually(WAIT, "quarantine rows", || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings").fetch_one(&pool).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
+                .fetch_one(&pool)
+                .await?;
             Ok((n >= 8).then_some(()))
         }
     })
@@ -197,19 +227,25 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     }
     // Exactly one good reading stored, verified; the forged one is not there.
     assert_eq!(count_readings(&db.pool, "").await?, 1);
-    assert_eq!(count_readings(&db.pool, "AND verified AND seq = 1").await?, 1);
+    assert_eq!(
+        count_readings(&db.pool, "AND verified AND seq = 1").await?,
+        1
+    );
 
     // The reading that came before its device's registration is replayed
     // when the registration arrives, and leaves quarantine.
-    p.publish_all(&topic::up(gw), vec![enc(&late.registration())]).await?;
+    p.publish_all(&topic::up(gw), vec![enc(&late.registration())])
+        .await?;
     wait_rows(&db, "AND data_type = 'BODY_TEMPERATURE' AND verified", 1).await?;
     let pool = db.pool.clone();
     eventually(WAIT, "unknown_device row to leave quarantine", || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = 'unknown_device'")
-                .fetch_one(&pool)
-                .await?;
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM rejected_readings WHERE reason = 'unknown_device'",
+            )
+            .fetch_one(&pool)
+            .await?;
             Ok((n == 0).then_some(()))
         }
     })
@@ -235,7 +271,11 @@ async fn the_same_message_twice_is_one_row() -> Result<()> {
     let mut p = Publisher::connect(gw).await?;
     let mut d = TestDevice::new(gw, "dev-scale", DataType::BodyWeight, 4);
     let reading = enc(&d.proven_reading(&zk.reading, &[72_400])?);
-    p.publish_all(&topic::up(gw), vec![enc(&d.registration()), reading.clone(), reading.clone()]).await?;
+    p.publish_all(
+        &topic::up(gw),
+        vec![enc(&d.registration()), reading.clone(), reading.clone()],
+    )
+    .await?;
     wait_rows(&db, "", 1).await?;
     // A later message proves the duplicate was processed, not just late.
     let marker = enc(&d.proven_reading(&zk.reading, &[72_300])?);
@@ -255,7 +295,8 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
     let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
     let mut p = Publisher::connect(gw).await?;
     let mut d = TestDevice::new(gw, "dev-hr-kill", DataType::HeartRate, 5);
-    p.publish_all(&topic::up(gw), vec![enc(&d.registration())]).await?;
+    p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
+        .await?;
     const N: usize = 3000;
     let payloads = unproven(&mut d, N);
     let publish = tokio::spawn(async move { p.publish_all(&topic::up(gw), payloads).await });
@@ -266,16 +307,21 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
     publish.await??;
     ingest.restart()?;
     wait_rows(&db, "", N as i64).await?;
-    assert!(at_kill < N as i64, "the kill came too late to test anything ({at_kill} rows)");
+    assert!(
+        at_kill < N as i64,
+        "the kill came too late to test anything ({at_kill} rows)"
+    );
     assert_eq!(count_readings(&db.pool, "").await?, N as i64);
-    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
-        .fetch_one(&db.pool)
-        .await?;
-    assert_eq!(distinct, N as i64);
-    let (status, missing): (String, i64) =
-        sqlx::query_as("SELECT sync_status, missing_seqs FROM iot_devices WHERE device_id = 'dev-hr-kill'")
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
             .fetch_one(&db.pool)
             .await?;
+    assert_eq!(distinct, N as i64);
+    let (status, missing): (String, i64) = sqlx::query_as(
+        "SELECT sync_status, missing_seqs FROM iot_devices WHERE device_id = 'dev-hr-kill'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
     assert_eq!((status.as_str(), missing), ("SYNCED", 0));
     db.drop().await
 }
@@ -290,18 +336,25 @@ async fn an_outage_longer_than_mosquittos_default_queue_loses_nothing() -> Resul
     let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
     let mut p = Publisher::connect(gw).await?;
     let mut d = TestDevice::new(gw, "dev-ox-outage", DataType::Spo2, 6);
-    p.publish_all(&topic::up(gw), vec![enc(&d.registration())]).await?;
+    p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
+        .await?;
     let pool = db.pool.clone();
     eventually(WAIT, "registration", || {
         let pool = pool.clone();
         async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices").fetch_one(&pool).await?;
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
             Ok((n == 1).then_some(()))
         }
     })
     .await?;
     // Ingest leaves cleanly (its session stays), 1,500 messages queue up.
-    assert!(ingest.terminate()?.success(), "SIGTERM must exit 0:\n{}", ingest.log_text());
+    assert!(
+        ingest.terminate()?.success(),
+        "SIGTERM must exit 0:\n{}",
+        ingest.log_text()
+    );
     const N: usize = 1500;
     p.publish_all(&topic::up(gw), unproven(&mut d, N)).await?;
     ingest.restart()?;
@@ -314,10 +367,16 @@ async fn an_outage_longer_than_mosquittos_default_queue_loses_nothing() -> Resul
 async fn the_broker_refuses_a_gateway_publishing_under_another_gateways_topic() -> Result<()> {
     // Subscribe as ingest would, to both gateways' topics.
     let (host, port) = hailan_tests::mqtt_host_port();
-    let mut opts = rumqttc::MqttOptions::new(format!("acl-{}", uuid::Uuid::new_v4().simple()), host, port);
-    opts.set_credentials("hailan-ingest", hailan_tests::mqtt_password("hailan-ingest")?);
+    let mut opts =
+        rumqttc::MqttOptions::new(format!("acl-{}", uuid::Uuid::new_v4().simple()), host, port);
+    opts.set_credentials(
+        "hailan-ingest",
+        hailan_tests::mqtt_password("hailan-ingest")?,
+    );
     let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
-    client.subscribe("hailan/v1/gw-test-8/up", rumqttc::QoS::AtLeastOnce).await?;
+    client
+        .subscribe("hailan/v1/gw-test-8/up", rumqttc::QoS::AtLeastOnce)
+        .await?;
     // Await the SUBACK before anyone publishes.
     tokio::time::timeout(WAIT, async {
         loop {
@@ -343,10 +402,18 @@ async fn the_broker_refuses_a_gateway_publishing_under_another_gateways_topic() 
         }
     });
     let mut intruder = Publisher::connect("gw-test-7").await?;
-    intruder.publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-7".to_vec()]).await?;
+    intruder
+        .publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-7".to_vec()])
+        .await?;
     let mut owner = Publisher::connect("gw-test-8").await?;
-    owner.publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-8".to_vec()]).await?;
+    owner
+        .publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-8".to_vec()])
+        .await?;
     let got = tokio::time::timeout(WAIT, seen).await??;
-    assert_eq!(got, vec![b"from gw-test-8".to_vec()], "the intruder's message got through");
+    assert_eq!(
+        got,
+        vec![b"from gw-test-8".to_vec()],
+        "the intruder's message got through"
+    );
     Ok(())
 }

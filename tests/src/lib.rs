@@ -128,7 +128,11 @@ pub struct Publisher {
 impl Publisher {
     pub async fn connect(user: &str) -> Result<Publisher> {
         let (host, port) = mqtt_host_port();
-        let mut opts = rumqttc::MqttOptions::new(format!("{user}-{}", uuid::Uuid::new_v4().simple()), host, port);
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("{user}-{}", uuid::Uuid::new_v4().simple()),
+            host,
+            port,
+        );
         opts.set_credentials(user, mqtt_password(user)?);
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
@@ -168,7 +172,9 @@ impl Publisher {
     pub async fn publish_all(&mut self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<()> {
         let n = payloads.len();
         for p in payloads {
-            self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, p).await?;
+            self.client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, p)
+                .await?;
         }
         for _ in 0..n {
             tokio::time::timeout(std::time::Duration::from_secs(30), self.acks.recv())
@@ -188,7 +194,9 @@ impl Drop for Publisher {
 
 // ------------------------------------------------------------------ ZK and devices
 
-use hailan_proto::envelope::{Body, DeviceState, Envelope, ProofKind, ProvenGroup, Reading, ReadingBatch, Registration};
+use hailan_proto::envelope::{
+    Body, DeviceState, Envelope, ProofKind, ProvenGroup, Reading, ReadingBatch, Registration,
+};
 use hailan_proto::seal::{DataKey, SealedValue};
 use hailan_proto::zk::{DeviceSecret, ProvingKey, device_commitment, prove_reading, prove_window};
 use hailan_proto::{DataType, ReadingHeader, WindowHeader};
@@ -207,7 +215,11 @@ impl DevZk {
         hailan_ingest::zk_cli::setup(dir.path(), Some(20261123), true)?;
         let reading = ProvingKey::from_bytes(&std::fs::read(dir.path().join("reading.pk"))?)?;
         let window = ProvingKey::from_bytes(&std::fs::read(dir.path().join("window.pk"))?)?;
-        Ok(DevZk { dir, reading, window })
+        Ok(DevZk {
+            dir,
+            reading,
+            window,
+        })
     }
 }
 
@@ -241,7 +253,12 @@ impl TestDevice {
     }
 
     fn envelope(&self, body: Body) -> Envelope {
-        Envelope { v: 1, gateway_id: self.gateway_id.clone(), sent_at_ms: T0_MS, body }
+        Envelope {
+            v: 1,
+            gateway_id: self.gateway_id.clone(),
+            sent_at_ms: T0_MS,
+            body,
+        }
     }
 
     pub fn registration(&self) -> Envelope {
@@ -250,7 +267,8 @@ impl TestDevice {
             device_type: self.data_type.as_str().into(),
             data_types: vec![self.data_type.as_str().into()],
             bluetooth_address: {
-                let h = hailan_proto::header::context_from_bytes(self.device_id.as_bytes()).to_string();
+                let h =
+                    hailan_proto::header::context_from_bytes(self.device_id.as_bytes()).to_string();
                 let h = h.as_bytes();
                 format!("C0:FF:{:02X}:{:02X}:{:02X}:{:02X}", h[0], h[1], h[2], h[3])
             },
@@ -282,9 +300,28 @@ impl TestDevice {
         self.next_seq += 1;
         let t = T0_MS + 1000 * seq as i64;
         let dt = self.data_type.as_str();
-        let header = ReadingHeader { gateway_id: &self.gateway_id, device_id: &self.device_id, data_type: dt, seq, recorded_at_ms: t };
-        let proof = prove_reading(pk, &self.secret, self.data_type, slots, &header, &mut self.rng)?;
-        let value = SealedValue { slots: slots.to_vec(), blinding: proof.blinding, position: 0, original_unit: None, extras: Default::default() };
+        let header = ReadingHeader {
+            gateway_id: &self.gateway_id,
+            device_id: &self.device_id,
+            data_type: dt,
+            seq,
+            recorded_at_ms: t,
+        };
+        let proof = prove_reading(
+            pk,
+            &self.secret,
+            self.data_type,
+            slots,
+            &header,
+            &mut self.rng,
+        )?;
+        let value = SealedValue {
+            slots: slots.to_vec(),
+            blinding: proof.blinding,
+            position: 0,
+            original_unit: None,
+            extras: Default::default(),
+        };
         let sealed = hailan_proto::seal::seal(&self.key, &header, &value, &mut self.rng);
         let group = ProvenGroup {
             kind: ProofKind::Reading,
@@ -292,9 +329,17 @@ impl TestDevice {
             commitment: proof.commitment,
             proof: Some(proof.proof.to_vec()),
             no_proof_reason: None,
-            readings: vec![Reading { seq, data_type: dt.into(), recorded_at_ms: t, sealed }],
+            readings: vec![Reading {
+                seq,
+                data_type: dt.into(),
+                recorded_at_ms: t,
+                sealed,
+            }],
         };
-        Ok(self.envelope(Body::Readings(ReadingBatch { device_id: self.device_id.clone(), groups: vec![group] })))
+        Ok(self.envelope(Body::Readings(ReadingBatch {
+            device_id: self.device_id.clone(),
+            groups: vec![group],
+        })))
     }
 
     /// A window of one-slot readings, one per second, with one proof.
@@ -311,16 +356,40 @@ impl TestDevice {
             start_ms: start,
             offsets_ms: (0..values.len() as u32).map(|i| i * 1000).collect(),
         };
-        let proof = prove_window(pk, &self.secret, self.data_type, values, &header, &mut self.rng)?;
+        let proof = prove_window(
+            pk,
+            &self.secret,
+            self.data_type,
+            values,
+            &header,
+            &mut self.rng,
+        )?;
         let readings = values
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 let seq = first + i as u64;
                 let t = start + 1000 * i as i64;
-                let h = ReadingHeader { gateway_id: &self.gateway_id, device_id: &self.device_id, data_type: dt, seq, recorded_at_ms: t };
-                let value = SealedValue { slots: vec![*v], blinding: proof.blinding, position: i as u16, original_unit: None, extras: Default::default() };
-                Reading { seq, data_type: dt.into(), recorded_at_ms: t, sealed: hailan_proto::seal::seal(&self.key, &h, &value, &mut self.rng) }
+                let h = ReadingHeader {
+                    gateway_id: &self.gateway_id,
+                    device_id: &self.device_id,
+                    data_type: dt,
+                    seq,
+                    recorded_at_ms: t,
+                };
+                let value = SealedValue {
+                    slots: vec![*v],
+                    blinding: proof.blinding,
+                    position: i as u16,
+                    original_unit: None,
+                    extras: Default::default(),
+                };
+                Reading {
+                    seq,
+                    data_type: dt.into(),
+                    recorded_at_ms: t,
+                    sealed: hailan_proto::seal::seal(&self.key, &h, &value, &mut self.rng),
+                }
             })
             .collect();
         let group = ProvenGroup {
@@ -331,13 +400,20 @@ impl TestDevice {
             no_proof_reason: None,
             readings,
         };
-        Ok(self.envelope(Body::Readings(ReadingBatch { device_id: self.device_id.clone(), groups: vec![group] })))
+        Ok(self.envelope(Body::Readings(ReadingBatch {
+            device_id: self.device_id.clone(),
+            groups: vec![group],
+        })))
     }
 }
 
 /// Plausible in-range slots for a data type (mid-bounds).
 pub fn plausible_slots(t: DataType) -> Vec<u32> {
-    t.spec().slots.iter().map(|s| s.lo + (s.hi - s.lo) / 3).collect()
+    t.spec()
+        .slots
+        .iter()
+        .map(|s| s.lo + (s.hi - s.lo) / 3)
+        .collect()
 }
 
 // ------------------------------------------------------------------ processes
@@ -355,34 +431,73 @@ pub struct IngestProcess {
 
 impl IngestProcess {
     /// Start `binary run` for `gateways` against `db` with keys from `zk`.
-    pub fn start(binary: &std::path::Path, db: &TestDb, zk: &DevZk, gateways: &[&str], log_dir: &std::path::Path) -> Result<IngestProcess> {
+    pub fn start(
+        binary: &std::path::Path,
+        db: &TestDb,
+        zk: &DevZk,
+        gateways: &[&str],
+        log_dir: &std::path::Path,
+    ) -> Result<IngestProcess> {
         let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let group = format!("g{}", uuid::Uuid::new_v4().simple());
-        let subs: Vec<String> = gateways.iter().map(|g| format!("\"$share/{group}/hailan/v1/{g}/up\"")).collect();
+        let subs: Vec<String> = gateways
+            .iter()
+            .map(|g| format!("\"$share/{group}/hailan/v1/{g}/up\""))
+            .collect();
         let (host, port) = mqtt_host_port();
         let env = vec![
             ("DATABASE_URL".to_owned(), db.url.clone()),
             ("HAILAN_INGEST__MQTT__HOST".to_owned(), host),
             ("HAILAN_INGEST__MQTT__PORT".to_owned(), port.to_string()),
-            ("HAILAN_INGEST__MQTT__CLIENT_ID".to_owned(), client_id.clone()),
-            ("HAILAN_INGEST__MQTT__PASSWORD".to_owned(), mqtt_password("hailan-ingest")?),
-            ("HAILAN_INGEST__ZK__KEYS_DIR".to_owned(), zk.dir.path().display().to_string()),
-            ("HAILAN_INGEST__ZK__ALLOW_DEV_KEYS".to_owned(), "true".to_owned()),
+            (
+                "HAILAN_INGEST__MQTT__CLIENT_ID".to_owned(),
+                client_id.clone(),
+            ),
+            (
+                "HAILAN_INGEST__MQTT__PASSWORD".to_owned(),
+                mqtt_password("hailan-ingest")?,
+            ),
+            (
+                "HAILAN_INGEST__ZK__KEYS_DIR".to_owned(),
+                zk.dir.path().display().to_string(),
+            ),
+            (
+                "HAILAN_INGEST__ZK__ALLOW_DEV_KEYS".to_owned(),
+                "true".to_owned(),
+            ),
             ("HAILAN_INGEST__HTTP__LISTEN".to_owned(), String::new()),
-            ("HAILAN_INGEST__BATCH__MAX_WAIT_MS".to_owned(), "20".to_owned()),
+            (
+                "HAILAN_INGEST__BATCH__MAX_WAIT_MS".to_owned(),
+                "20".to_owned(),
+            ),
         ];
         let config = log_dir.join(format!("{client_id}.toml"));
-        std::fs::write(&config, format!("[mqtt]\nsubscriptions = [{}]\n", subs.join(", ")))?;
+        std::fs::write(
+            &config,
+            format!("[mqtt]\nsubscriptions = [{}]\n", subs.join(", ")),
+        )?;
         let mut env = env;
-        env.push(("HAILAN_INGEST_CONFIG".to_owned(), config.display().to_string()));
+        env.push((
+            "HAILAN_INGEST_CONFIG".to_owned(),
+            config.display().to_string(),
+        ));
         let log = log_dir.join(format!("{client_id}.log"));
-        let mut p = IngestProcess { child: spawn_logged(binary, &["run"], &env, &log)?, client_id, log, binary: binary.to_owned(), env };
+        let mut p = IngestProcess {
+            child: spawn_logged(binary, &["run"], &env, &log)?,
+            client_id,
+            log,
+            binary: binary.to_owned(),
+            env,
+        };
         p.wait_subscribed(0)?;
         Ok(p)
     }
 
     fn subscriptions_seen(&self) -> usize {
-        self.log_text().lines().filter(|l| l.contains("hailan_ingest::run: subscribed")).count()
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("hailan_ingest::run: subscribed"))
+            .count()
     }
 
     /// Wait until the log shows more than `before` SUBACKs (the consumer is
@@ -394,7 +509,10 @@ impl IngestProcess {
                 anyhow::bail!("hailan-ingest exited ({status}):\n{}", self.log_text());
             }
             if start.elapsed() > std::time::Duration::from_secs(30) {
-                anyhow::bail!("hailan-ingest did not subscribe within 30 s:\n{}", self.log_text());
+                anyhow::bail!(
+                    "hailan-ingest did not subscribe within 30 s:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -420,7 +538,9 @@ impl IngestProcess {
     /// SIGTERM, and wait for a clean exit.
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
-        std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?;
         Ok(self.child.wait()?)
     }
 
@@ -443,8 +563,16 @@ impl Drop for IngestProcess {
     }
 }
 
-fn spawn_logged(binary: &std::path::Path, args: &[&str], env: &[(String, String)], log: &std::path::Path) -> Result<std::process::Child> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+fn spawn_logged(
+    binary: &std::path::Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> Result<std::process::Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     std::process::Command::new(binary)
         .args(args)
@@ -457,7 +585,11 @@ fn spawn_logged(binary: &std::path::Path, args: &[&str], env: &[(String, String)
 }
 
 /// Poll `probe` until it returns `Some`, or fail after `limit` with `what`.
-pub async fn eventually<T, F, Fut>(limit: std::time::Duration, what: &str, mut probe: F) -> Result<T>
+pub async fn eventually<T, F, Fut>(
+    limit: std::time::Duration,
+    what: &str,
+    mut probe: F,
+) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
@@ -480,12 +612,17 @@ pub async fn count_readings(pool: &PgPool, extra_where: &str) -> Result<i64> {
         "SELECT count(*) FROM ({}) r WHERE true {extra_where}",
         DataType::ALL
             .iter()
-            .map(|t| format!("SELECT * FROM health_data_{}", t.as_str().to_ascii_lowercase()))
+            .map(|t| format!(
+                "SELECT * FROM health_data_{}",
+                t.as_str().to_ascii_lowercase()
+            ))
             .chain(["SELECT * FROM health_data_default".to_owned()])
             .collect::<Vec<_>>()
             .join(" UNION ALL ")
     );
-    Ok(sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?)
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await?)
 }
 
 /// Enrol `gateway` for a fresh patient; returns the patient's id.

@@ -35,6 +35,8 @@ pub struct MqttConfig {
     pub password: Option<String>,
     /// Keep-alive in seconds.
     pub keep_alive_s: u64,
+    /// CA certificate (PEM) of the broker: when set, connect over TLS.
+    pub ca_file: Option<PathBuf>,
     /// Topic filters to subscribe to (QoS 1). The default shared
     /// subscription lets several ingest processes split the load.
     pub subscriptions: Vec<String>,
@@ -49,6 +51,7 @@ impl Default for MqttConfig {
             username: "hailan-ingest".into(),
             password: None,
             keep_alive_s: 30,
+            ca_file: None,
             subscriptions: vec![hailan_proto::topic::INGEST_SHARED_SUBSCRIPTION.to_owned()],
         }
     }
@@ -140,5 +143,31 @@ impl IngestConfig {
         self.database_url
             .as_deref()
             .context("no database: set database_url in the config file, or DATABASE_URL")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingest.example.toml");
+        let cfg = IngestConfig::load(Some(&path)).expect("the shipped example parses");
+        assert_eq!(cfg.mqtt.port, 8883);
+        assert_eq!(cfg.batch.max_messages, 500);
+        assert!(!cfg.zk.allow_dev_keys);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[batch]\nmax_messages = \"lots\"\n").expect("write");
+        let err = IngestConfig::load(Some(&path)).expect_err("must fail").to_string();
+        assert!(err.contains("max_messages"), "{err}");
+        std::fs::write(&path, "[mqtt]\nhots = \"x\"\n").expect("write");
+        let err = IngestConfig::load(Some(&path)).expect_err("must fail").to_string();
+        assert!(err.contains("hots"), "{err}");
     }
 }

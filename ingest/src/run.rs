@@ -155,6 +155,10 @@ pub async fn run(
     if let Some(pw) = &cfg.mqtt.password {
         opts.set_credentials(&cfg.mqtt.username, pw);
     }
+    if let Some(ca) = &cfg.mqtt.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("mqtt.ca_file = {}", ca.display()))?;
+        opts.set_transport(rumqttc::Transport::tls(pem, None, None));
+    }
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
     let capacity = cfg.batch.max_messages.max(1) * 2;
     let (tx, mut rx) = mpsc::channel::<Delivery>(capacity);

@@ -24,10 +24,13 @@ pub enum Reason {
     BadGroupShape,
     MalformedProof,
     BadProof,
+    /// Processing failed for a reason that is not the input's fault (a bug);
+    /// kept so the rest flows on, and replayable once fixed.
+    InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::BadTopic,
         Reason::Oversize,
         Reason::Undecodable,
@@ -42,6 +45,7 @@ impl Reason {
         Reason::BadGroupShape,
         Reason::MalformedProof,
         Reason::BadProof,
+        Reason::InternalError,
     ];
 
     pub fn code(self) -> &'static str {
@@ -60,6 +64,7 @@ impl Reason {
             Reason::BadGroupShape => "bad_group_shape",
             Reason::MalformedProof => "malformed_proof",
             Reason::BadProof => "bad_proof",
+            Reason::InternalError => "internal_error",
         }
     }
 

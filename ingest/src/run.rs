@@ -51,8 +51,18 @@ pub fn load_verifier(cfg: &IngestConfig) -> Result<Verifier> {
         .map_err(|e| anyhow::anyhow!("zk: {e} (set zk.allow_dev_keys only for development)"))
 }
 
+/// Whether an error came from the database (or the connection to it), as
+/// opposed to a bug tripped by some input.
+fn is_database_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some())
+}
+
 /// Plan and write `messages`, retrying with capped backoff until it commits
 /// or `shutdown` fires (then the batch is left unacknowledged, for redelivery).
+///
+/// A batch that keeps failing for a reason other than the database is not
+/// retried for ever: it is split, and a message that fails on its own is
+/// quarantined as `internal_error` so the rest flows on.
 pub async fn process(
     pool: &PgPool,
     verifier: &Arc<Verifier>,
@@ -63,6 +73,7 @@ pub async fn process(
     shutdown: &CancellationToken,
 ) -> Option<plan::Plan> {
     let mut delay = Duration::from_millis(100);
+    let mut input_failures = 0;
     loop {
         let started = Instant::now();
         let attempt = async {
@@ -74,17 +85,19 @@ pub async fn process(
         match attempt.await {
             Ok((plan, written, verified_at)) => {
                 status.db_ok.store(true, Ordering::Relaxed);
-                metrics.record_batch(
-                    &plan,
-                    &written,
-                    verified_at - started,
-                    verified_at.elapsed(),
-                );
+                metrics.record_batch(&plan, &written, verified_at - started, verified_at.elapsed());
                 return Some(plan);
             }
             Err(e) => {
-                status.db_ok.store(false, Ordering::Relaxed);
                 metrics.batch_failures.inc();
+                if is_database_error(&e) {
+                    status.db_ok.store(false, Ordering::Relaxed);
+                } else {
+                    input_failures += 1;
+                    if input_failures >= 3 {
+                        return isolate(pool, verifier, messages, name, metrics, status, shutdown, &e).await;
+                    }
+                }
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "batch not written; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
@@ -94,6 +107,64 @@ pub async fn process(
             }
         }
     }
+}
+
+/// Process a failing batch one message at a time; quarantine the ones that
+/// fail alone. Returns the merged plan of what was written.
+#[allow(clippy::too_many_arguments)]
+async fn isolate(
+    pool: &PgPool,
+    verifier: &Arc<Verifier>,
+    messages: &[Message],
+    name: &str,
+    metrics: &Metrics,
+    status: &Status,
+    shutdown: &CancellationToken,
+    first_error: &anyhow::Error,
+) -> Option<plan::Plan> {
+    tracing::error!(error = %format!("{first_error:#}"), messages = messages.len(), "batch fails on its input; isolating the message");
+    let mut merged = plan::Plan::default();
+    for m in messages {
+        let one = std::slice::from_ref(m);
+        let outcome = async {
+            let plan = plan::plan(pool, Arc::clone(verifier), one).await?;
+            store::write(pool, &plan, name).await?;
+            anyhow::Ok(plan)
+        }
+        .await;
+        let plan = match outcome {
+            Ok(p) => p,
+            Err(e) if is_database_error(&e) => {
+                // The database went away meanwhile: back to the retry loop.
+                return Box::pin(process(pool, verifier, messages, name, metrics, status, shutdown)).await;
+            }
+            Err(e) => {
+                let mut p = plan::Plan { message_count: 1, replayed: m.from_quarantine.into_iter().collect(), ..Default::default() };
+                p.quarantine.push(plan::QuarantineRow {
+                    topic: m.topic.clone(),
+                    gateway_id: hailan_proto::topic::parse(&m.topic).and_then(|t| match t {
+                        hailan_proto::topic::Topic::Up { gateway_id } => Some(gateway_id.to_owned()),
+                        hailan_proto::topic::Topic::Status { .. } => None,
+                    }),
+                    device_id: None,
+                    data_type: None,
+                    seq: None,
+                    reason: quarantine::Reason::InternalError,
+                    detail: format!("{e:#}"),
+                    payload: m.payload.clone(),
+                });
+                if let Err(e) = store::write(pool, &p, name).await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot quarantine; retrying the batch");
+                    return Box::pin(process(pool, verifier, messages, name, metrics, status, shutdown)).await;
+                }
+                p
+            }
+        };
+        merged.message_count += plan.message_count;
+        merged.registered.extend(plan.registered);
+        merged.quarantine.extend(plan.quarantine);
+    }
+    Some(merged)
 }
 
 /// Replay quarantined readings of devices that just registered.

@@ -565,20 +565,21 @@ impl Inner {
             bytes = encode::malform(&bytes);
         }
         *lock(&ch.value) = bytes.clone();
-        self.emit(
-            &ch.path,
-            "org.bluez.GattCharacteristic1",
-            vec![("Value", Value::from(bytes.clone()))],
-        )
-        .await;
-        self.notifications
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let event = if ch.indicates() {
             TruthEvent::Indicate
         } else {
             TruthEvent::Notify
         };
+        // Truth first: a client may see the value before `emit` returns.
         self.record(dev, event, uuid16, &bytes, m, malformed, oor);
+        self.emit(
+            &ch.path,
+            "org.bluez.GattCharacteristic1",
+            vec![("Value", Value::from(bytes))],
+        )
+        .await;
+        self.notifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         true
     }
 
@@ -876,6 +877,12 @@ impl Inner {
             }
             let now = Instant::now();
             let asked = std::mem::take(&mut lock(&dev.st).measure_now);
+            if asked && dev.info.kind == DeviceKind::Spo2 {
+                // the oximeter's button: a spot check now
+                let m = lock(&dev.model).phys.spo2_spot();
+                queue(&dev, m);
+            }
+            let asked = asked && dev.info.kind != DeviceKind::Spo2;
             if asked || now >= next_measure {
                 if now >= next_measure {
                     next_measure += period;

@@ -99,18 +99,17 @@ pub async fn next_on(notes: &mut Notes, uuid16: u16) -> anyhow::Result<Vec<u8>> 
     .await?
 }
 
-/// The D-Bus error name and message inside a btleplug error, if any.
+/// "name: message" of the D-Bus error inside a btleplug error (BlueZ's
+/// error names are what a gateway matches on), else its Display.
 pub fn dbus_error(e: &btleplug::Error) -> String {
-    // btleplug wraps bluez-async's error, which wraps dbus::Error; its Display
-    // carries "name: message" deep in the chain.
-    let mut s = format!("{e}");
-    let mut src = std::error::Error::source(e);
-    while let Some(inner) = src {
-        s.push_str(" | ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+    if let btleplug::Error::Other(inner) = e {
+        if let Some(bluez_async::BluetoothError::DbusError(d)) =
+            inner.downcast_ref::<bluez_async::BluetoothError>()
+        {
+            return format!("{}: {}", d.name().unwrap_or("?"), d.message().unwrap_or(""));
+        }
     }
-    s
+    format!("{e:?}")
 }
 
 /// Hex of bytes (as the truth log writes them).

@@ -120,10 +120,7 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
     let mut every = None;
     let mut duration = None;
     let mut at = Duration::ZERO;
-    loop {
-        let Some(pos) = head.rfind(['%', '+', '@']) else {
-            break;
-        };
+    while let Some(pos) = head.rfind(['%', '+', '@']) {
         let (h, tail) = head.split_at(pos);
         let val = parse_duration(&tail[1..]).map_err(|e| format!("{item}: {e}"))?;
         match &tail[..1] {

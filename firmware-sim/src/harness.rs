@@ -183,14 +183,12 @@ impl SimProcess {
                     let f: Vec<&str> = line.split_whitespace().collect();
                     match f.as_slice() {
                         ["READY"] => return Ok(sim),
-                        ["DEVICE", name, kind, address, path] => {
-                            sim.devices.push(SimDeviceLine {
-                                name: name.to_string(),
-                                kind: kind.to_string(),
-                                address: address.to_string(),
-                                path: path.to_string(),
-                            })
-                        }
+                        ["DEVICE", name, kind, address, path] => sim.devices.push(SimDeviceLine {
+                            name: name.to_string(),
+                            kind: kind.to_string(),
+                            address: address.to_string(),
+                            path: path.to_string(),
+                        }),
                         _ => {}
                     }
                 }

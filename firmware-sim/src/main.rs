@@ -111,7 +111,14 @@ async fn run(bus: String, cfg: SimConfig) -> anyhow::Result<()> {
     {
         let mut out = std::io::stdout().lock();
         for d in sim.devices() {
-            writeln!(out, "DEVICE {} {} {} {}", d.name, d.kind.as_str(), d.address, d.path)?;
+            writeln!(
+                out,
+                "DEVICE {} {} {} {}",
+                d.name,
+                d.kind.as_str(),
+                d.address,
+                d.path
+            )?;
         }
         writeln!(out, "BUS {bus}")?;
         writeln!(out, "READY")?;
@@ -165,7 +172,9 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             }
             Err(e) => Err(anyhow::Error::msg(e)),
         },
-        other => Err(anyhow::anyhow!("unknown command {other:?} (fault SPEC | measure NAME | quit)")),
+        other => Err(anyhow::anyhow!(
+            "unknown command {other:?} (fault SPEC | measure NAME | quit)"
+        )),
     };
     match result {
         Ok(()) => println!("OK {line}"),

@@ -450,7 +450,10 @@ impl Physiology {
     /// Next heart-rate notification (1 s of beats).
     pub fn heart_rate(&mut self) -> Measurement {
         let bpm = self.hr.step(&mut self.rng).round() as u16;
-        let beats = if self.rng.gen_bool((f64::from(bpm) / 60.0).fract().clamp(0.0, 1.0)) {
+        let beats = if self
+            .rng
+            .gen_bool((f64::from(bpm) / 60.0).fract().clamp(0.0, 1.0))
+        {
             (bpm / 60 + 1) as usize
         } else {
             (bpm / 60).max(1) as usize
@@ -561,7 +564,11 @@ impl Physiology {
                 contact: true,
             },
             Measurement::BloodPressure {
-                pulse, user, unit, time, ..
+                pulse,
+                user,
+                unit,
+                time,
+                ..
             } => Measurement::BloodPressure {
                 systolic_x10: 3500,
                 diastolic_x10: 150,
@@ -622,7 +629,10 @@ mod tests {
         );
         // 2026-11-23T17:42:00Z
         let t = DateTime::from_unix(1_795_455_720);
-        assert_eq!((t.year, t.month, t.day, t.hour, t.minute), (2026, 11, 23, 17, 42));
+        assert_eq!(
+            (t.year, t.month, t.day, t.hour, t.minute),
+            (2026, 11, 23, 17, 42)
+        );
     }
 
     #[test]

@@ -129,13 +129,11 @@ impl Inner {
     pub(crate) async fn set_powered(&self, on: bool) -> Result<(), BluezError> {
         {
             let mut a = lock(&self.adapter);
-            if on {
-                if let Some(until) = a.rfkill_until {
-                    if Instant::now() < until {
-                        return Err(BluezError::Failed("Blocked through rfkill".into()));
-                    }
-                    a.rfkill_until = None;
+            if on && let Some(until) = a.rfkill_until {
+                if Instant::now() < until {
+                    return Err(BluezError::Failed("Blocked through rfkill".into()));
                 }
+                a.rfkill_until = None;
             }
             if a.powered == on {
                 return Ok(());
@@ -143,8 +141,12 @@ impl Inner {
         }
         if on {
             lock(&self.adapter).powered = true;
-            self.emit(ADAPTER_PATH, "org.bluez.Adapter1", vec![("Powered", Value::from(true))])
-                .await;
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Powered", Value::from(true))],
+            )
+            .await;
         } else {
             // As BlueZ: discovery ends, every connection drops, then Powered=false.
             let was_discovering = {
@@ -166,8 +168,12 @@ impl Inner {
                 self.drop_link(d).await;
             }
             lock(&self.adapter).powered = false;
-            self.emit(ADAPTER_PATH, "org.bluez.Adapter1", vec![("Powered", Value::from(false))])
-                .await;
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Powered", Value::from(false))],
+            )
+            .await;
         }
         Ok(())
     }
@@ -179,7 +185,9 @@ impl Inner {
                 return Err(BluezError::not_ready());
             }
             if a.discovery_clients.contains(&sender) {
-                return Err(BluezError::InProgress("Operation already in progress".into()));
+                return Err(BluezError::InProgress(
+                    "Operation already in progress".into(),
+                ));
             }
             let first = a.discovery_clients.is_empty();
             a.discovery_clients.insert(sender);
@@ -189,8 +197,12 @@ impl Inner {
             first
         };
         if first {
-            self.emit(ADAPTER_PATH, "org.bluez.Adapter1", vec![("Discovering", Value::from(true))])
-                .await;
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Discovering", Value::from(true))],
+            )
+            .await;
         }
         Ok(())
     }
@@ -319,15 +331,19 @@ impl Inner {
             if st.connected {
                 return Ok(());
             }
-            if let Some(until) = st.refuse_until {
-                if Instant::now() < until {
-                    return Err(BluezError::Failed("le-connection-abort-by-local".into()));
-                }
+            if let Some(until) = st.refuse_until
+                && Instant::now() < until
+            {
+                return Err(BluezError::Failed("le-connection-abort-by-local".into()));
             }
         }
         lock(&dev.st).connected = true;
-        self.emit(&dev.info.path, "org.bluez.Device1", vec![("Connected", Value::from(true))])
-            .await;
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("Connected", Value::from(true))],
+        )
+        .await;
         // The GATT tree must exist before ServicesResolved turns true.
         self.export_gatt(dev).await?;
         lock(&dev.st).services_resolved = true;
@@ -374,8 +390,12 @@ impl Inner {
             vec![("ServicesResolved", Value::from(false))],
         )
         .await;
-        self.emit(&dev.info.path, "org.bluez.Device1", vec![("Connected", Value::from(false))])
-            .await;
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("Connected", Value::from(false))],
+        )
+        .await;
         tracing::info!(device = %dev.info.name, "disconnected");
     }
 
@@ -472,7 +492,9 @@ impl Inner {
             return Err(BluezError::not_connected());
         }
         if !ch.has("notify") && !ch.has("indicate") {
-            return Err(BluezError::NotSupported("Operation is not supported".into()));
+            return Err(BluezError::NotSupported(
+                "Operation is not supported".into(),
+            ));
         }
         self.check_access(dev, ch)?;
         let first = {
@@ -552,11 +574,7 @@ impl Inner {
             if mal {
                 st.malformed_next -= 1;
             }
-            (
-                if oor { Physiology::out_of_range(m) } else { m },
-                oor,
-                mal,
-            )
+            (if oor { Physiology::out_of_range(m) } else { m }, oor, mal)
         } else {
             (m, false, false)
         };
@@ -632,8 +650,12 @@ impl Inner {
     async fn racp(&self, dev: &Device, req: Vec<u8>) {
         const RESP: u8 = 0x06;
         let (Some(&op), Some(&operator)) = (req.first(), req.get(1)) else {
-            self.send_raw(dev, 0x2A52, vec![RESP, 0, req.first().copied().unwrap_or(0), 0x02])
-                .await;
+            self.send_raw(
+                dev,
+                0x2A52,
+                vec![RESP, 0, req.first().copied().unwrap_or(0), 0x02],
+            )
+            .await;
             return;
         };
         let code = |c: u8| vec![RESP, 0x00, op, c];
@@ -649,7 +671,10 @@ impl Inner {
             if req.get(2) != Some(&0x01) {
                 return None; // only filter type 0x01 (sequence number)
             }
-            Some(u16::from_le_bytes([*req.get(3 + 2 * i)?, *req.get(4 + 2 * i)?]))
+            Some(u16::from_le_bytes([
+                *req.get(3 + 2 * i)?,
+                *req.get(4 + 2 * i)?,
+            ]))
         };
         let records: Vec<Measurement> = lock(&dev.model).glucose.clone();
         let seq_of = |m: &Measurement| match m {
@@ -661,7 +686,13 @@ impl Inner {
             0x02 | 0x03 => match seq_operand(0) {
                 Some(n) if req.len() == 5 => records
                     .into_iter()
-                    .filter(|m| if operator == 0x02 { seq_of(m) <= n } else { seq_of(m) >= n })
+                    .filter(|m| {
+                        if operator == 0x02 {
+                            seq_of(m) <= n
+                        } else {
+                            seq_of(m) >= n
+                        }
+                    })
                     .collect(),
                 _ => {
                     self.send_raw(dev, 0x2A52, code(0x05)).await; // invalid operand
@@ -691,7 +722,8 @@ impl Inner {
         };
         if op == 0x04 {
             let n = (selected.len() as u16).to_le_bytes();
-            self.send_raw(dev, 0x2A52, vec![0x05, 0x00, n[0], n[1]]).await;
+            self.send_raw(dev, 0x2A52, vec![0x05, 0x00, n[0], n[1]])
+                .await;
             return;
         }
         if selected.is_empty() {
@@ -753,8 +785,12 @@ impl Inner {
                 let d = find(&device)?;
                 lock(&d.st).rssi = rssi;
                 if lock(&d.st).exported {
-                    self.emit(&d.info.path, "org.bluez.Device1", vec![("RSSI", Value::from(rssi))])
-                        .await;
+                    self.emit(
+                        &d.info.path,
+                        "org.bluez.Device1",
+                        vec![("RSSI", Value::from(rssi))],
+                    )
+                    .await;
                 }
             }
             Fault::PowerOff { duration } => {
@@ -806,10 +842,10 @@ impl Inner {
             tick.tick().await;
             let started = {
                 let mut a = lock(&self.adapter);
-                if let Some(Some(until)) = a.stalled_until {
-                    if Instant::now() >= until {
-                        a.stalled_until = None;
-                    }
+                if let Some(Some(until)) = a.stalled_until
+                    && Instant::now() >= until
+                {
+                    a.stalled_until = None;
                 }
                 if !a.powered || a.stalled_until.is_some() {
                     continue;
@@ -838,8 +874,12 @@ impl Inner {
                         st.rssi = (st.rssi + rng.gen_range(-2i16..=2)).clamp(-100, -30);
                         st.rssi
                     };
-                    self.emit(&d.info.path, "org.bluez.Device1", vec![("RSSI", Value::from(rssi))])
-                        .await;
+                    self.emit(
+                        &d.info.path,
+                        "org.bluez.Device1",
+                        vec![("RSSI", Value::from(rssi))],
+                    )
+                    .await;
                 }
             }
         }
@@ -1040,6 +1080,13 @@ impl Simulator {
                 },
             )
             .await?;
+        // Records already on the meters are part of the truth.
+        for d in &inner.devices {
+            let stored = lock(&d.model).glucose.clone();
+            for m in stored {
+                inner.record(d, TruthEvent::Stored, 0x2A18, &[], m, false, false);
+            }
+        }
         // Own the name last: once a client sees org.bluez, everything is there.
         conn.request_name("org.bluez")
             .await

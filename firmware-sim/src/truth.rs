@@ -68,13 +68,12 @@ impl TruthLog {
 
     /// Record one value.
     pub fn push(&self, rec: TruthRecord) {
-        if let Some(f) = &self.file {
-            if let Ok(mut f) = f.lock() {
-                if let Ok(line) = serde_json::to_string(&rec) {
-                    // Flush per line: the file is read while the simulator runs.
-                    let _ = writeln!(f, "{line}").and_then(|_| f.flush());
-                }
-            }
+        if let Some(f) = &self.file
+            && let Ok(mut f) = f.lock()
+            && let Ok(line) = serde_json::to_string(&rec)
+        {
+            // Flush per line: the file is read while the simulator runs.
+            let _ = writeln!(f, "{line}").and_then(|_| f.flush());
         }
         let _ = self.tx.send(rec.clone());
         if let Ok(mut r) = self.records.lock() {

@@ -24,7 +24,12 @@ fn cfg(devices: &[(DeviceKind, usize)]) -> SimConfig {
 }
 
 /// The truth record for bytes received on `uuid16` from `address`.
-fn truth_for(sim: &Simulator, address: &str, uuid16: u16, bytes: &[u8]) -> anyhow::Result<TruthRecord> {
+fn truth_for(
+    sim: &Simulator,
+    address: &str,
+    uuid16: u16,
+    bytes: &[u8],
+) -> anyhow::Result<TruthRecord> {
     let c = format!("{uuid16:04x}");
     let h = hex(bytes);
     sim.truth()
@@ -38,7 +43,8 @@ fn truth_for(sim: &Simulator, address: &str, uuid16: u16, bytes: &[u8]) -> anyho
 fn check_against_truth(uuid16: u16, bytes: &[u8], truth: &TruthRecord) -> anyhow::Result<()> {
     let v = decode::decode(uuid16, bytes)?;
     let s = &truth.slots;
-    let close = |got: f64, want: u64, scale: f64, tol: f64| (got * scale - want as f64).abs() <= tol;
+    let close =
+        |got: f64, want: u64, scale: f64, tol: f64| (got * scale - want as f64).abs() <= tol;
     let ok = match uuid16 {
         0x2A37 => close(v[0], s[0], 1.0, 0.0),
         0x2A35 => {
@@ -61,351 +67,467 @@ fn check_against_truth(uuid16: u16, bytes: &[u8], truth: &TruthRecord) -> anyhow
 
 #[test]
 fn discovers_every_kind_and_reads_device_information() -> anyhow::Result<()> {
-    isolated("discovers_every_kind_and_reads_device_information", LIMIT, |bus| async move {
-        let sim = Simulator::start(&bus, cfg(&DeviceKind::ALL.map(|k| (k, 1)))).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        let ps = scan(&adapter, &mut events, 6).await?;
-        adapter.stop_scan().await?;
-        for d in sim.devices() {
-            let p = by_address(&ps, &d.address)?;
-            let props = p.properties().await?.expect("properties");
-            assert_eq!(props.local_name.as_deref(), Some(d.local_name.as_str()));
-            let svc = btleplug::api::bleuuid::uuid_from_u16(d.kind.service_uuid16());
-            assert!(props.services.contains(&svc), "{} advertises {svc}", d.name);
-            assert!(props.rssi.is_some());
-            connect(p).await?;
-            let read = |u| async move {
-                let c = ch(p, u)?;
-                anyhow::Ok(String::from_utf8(p.read(&c).await?)?)
-            };
-            assert_eq!(read(0x2A29).await?, "HaiLan Sim Devices");
-            assert_eq!(read(0x2A24).await?, d.kind.model_number());
-            assert_eq!(read(0x2A25).await?, d.serial);
-            assert!(read(0x2A26).await?.starts_with("fw-"));
-            assert!(!read(0x2A27).await?.is_empty());
-            let battery = p.read(&ch(p, 0x2A19)?).await?;
-            assert!(battery.len() == 1 && (1..=100).contains(&battery[0]), "{battery:?}");
-            assert!(p.is_connected().await?);
-            p.disconnect().await?;
-            assert!(!p.is_connected().await?);
-        }
-        Ok(())
-    })
+    isolated(
+        "discovers_every_kind_and_reads_device_information",
+        LIMIT,
+        |bus| async move {
+            let sim = Simulator::start(&bus, cfg(&DeviceKind::ALL.map(|k| (k, 1)))).await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 6).await?;
+            adapter.stop_scan().await?;
+            for d in sim.devices() {
+                let p = by_address(&ps, &d.address)?;
+                let props = p.properties().await?.expect("properties");
+                assert_eq!(props.local_name.as_deref(), Some(d.local_name.as_str()));
+                let svc = btleplug::api::bleuuid::uuid_from_u16(d.kind.service_uuid16());
+                assert!(props.services.contains(&svc), "{} advertises {svc}", d.name);
+                assert!(props.rssi.is_some());
+                connect(p).await?;
+                let read = |u| async move {
+                    let c = ch(p, u)?;
+                    anyhow::Ok(String::from_utf8(p.read(&c).await?)?)
+                };
+                assert_eq!(read(0x2A29).await?, "HaiLan Sim Devices");
+                assert_eq!(read(0x2A24).await?, d.kind.model_number());
+                assert_eq!(read(0x2A25).await?, d.serial);
+                assert!(read(0x2A26).await?.starts_with("fw-"));
+                assert!(!read(0x2A27).await?.is_empty());
+                let battery = p.read(&ch(p, 0x2A19)?).await?;
+                assert!(
+                    battery.len() == 1 && (1..=100).contains(&battery[0]),
+                    "{battery:?}"
+                );
+                assert!(p.is_connected().await?);
+                p.disconnect().await?;
+                assert!(!p.is_connected().await?);
+            }
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn notifications_and_indications_decode_to_ground_truth() -> anyhow::Result<()> {
-    isolated("notifications_and_indications_decode_to_ground_truth", LIMIT, |bus| async move {
-        use DeviceKind::*;
-        let sim = Simulator::start(&bus, cfg(&[(Hr, 1), (Spo2, 1), (Temp, 1), (Scale, 1)])).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        let ps = scan(&adapter, &mut events, 4).await?;
-        // (device, characteristic, how many to check)
-        let plan = [("hr0", 0x2A37, 5), ("spo20", 0x2A5F, 5), ("spo20", 0x2A5E, 1), ("temp0", 0x2A1C, 2), ("scale0", 0x2A9D, 2)];
-        for (name, uuid16, n) in plan {
-            let d = sim.device(name).expect("device");
-            let p = by_address(&ps, &d.address)?;
-            if !p.is_connected().await? {
-                connect(p).await?;
-            }
-            let mut notes: Notes = p.notifications().await?;
-            p.subscribe(&ch(p, uuid16)?).await?;
-            for _ in 0..n {
-                if matches!(uuid16, 0x2A1C | 0x2A9D | 0x2A5E) {
-                    sim.measure_now(name)?;
+    isolated(
+        "notifications_and_indications_decode_to_ground_truth",
+        LIMIT,
+        |bus| async move {
+            use DeviceKind::*;
+            let sim =
+                Simulator::start(&bus, cfg(&[(Hr, 1), (Spo2, 1), (Temp, 1), (Scale, 1)])).await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 4).await?;
+            // (device, characteristic, how many to check)
+            let plan = [
+                ("hr0", 0x2A37, 5),
+                ("spo20", 0x2A5F, 5),
+                ("spo20", 0x2A5E, 1),
+                ("temp0", 0x2A1C, 2),
+                ("scale0", 0x2A9D, 2),
+            ];
+            for (name, uuid16, n) in plan {
+                let d = sim.device(name).expect("device");
+                let p = by_address(&ps, &d.address)?;
+                if !p.is_connected().await? {
+                    connect(p).await?;
                 }
-                let bytes = next_on(&mut notes, uuid16).await?;
-                let truth = truth_for(&sim, &d.address, uuid16, &bytes)?;
-                check_against_truth(uuid16, &bytes, &truth)?;
-                assert!(!truth.malformed && !truth.out_of_range);
+                let mut notes: Notes = p.notifications().await?;
+                p.subscribe(&ch(p, uuid16)?).await?;
+                for _ in 0..n {
+                    if matches!(uuid16, 0x2A1C | 0x2A9D | 0x2A5E) {
+                        sim.measure_now(name)?;
+                    }
+                    let bytes = next_on(&mut notes, uuid16).await?;
+                    let truth = truth_for(&sim, &d.address, uuid16, &bytes)?;
+                    check_against_truth(uuid16, &bytes, &truth)?;
+                    assert!(!truth.malformed && !truth.out_of_range);
+                }
+                p.unsubscribe(&ch(p, uuid16)?).await?;
             }
-            p.unsubscribe(&ch(p, uuid16)?).await?;
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 /// Pair through bluez-async (`Device1.Pair`), as a gateway would: btleplug has no pair call.
 async fn pair(address: &str) -> anyhow::Result<()> {
     let (_conn, session) = bluez_async::BluetoothSession::new().await?;
     let id = bluez_async::DeviceId::from_str(&format!("hci0/dev_{}", address.replace(':', "_")))?;
-    within("pairing", session.pair_with_timeout(&id, Duration::from_secs(10))).await??;
+    within(
+        "pairing",
+        session.pair_with_timeout(&id, Duration::from_secs(10)),
+    )
+    .await??;
     Ok(())
 }
 
 #[test]
 fn pairing_required_characteristics_fail_before_pairing_and_work_after() -> anyhow::Result<()> {
-    isolated("pairing_required_characteristics_fail_before_pairing_and_work_after", LIMIT, |bus| async move {
-        let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Bp, 1), (DeviceKind::Glucose, 1)])).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        let ps = scan(&adapter, &mut events, 2).await?;
-        let bp = sim.device("bp0").expect("bp0");
-        let p = by_address(&ps, &bp.address)?;
-        connect(p).await?;
-        // Device Information needs no pairing; the measurement does.
-        p.read(&ch(p, 0x2A24)?).await?;
-        for u in [0x2A35, 0x2A36] {
-            let e = p.subscribe(&ch(p, u)?).await.expect_err("subscribe before pairing must fail");
-            let e = dbus_error(&e);
-            assert!(e.contains("org.bluez.Error.NotPermitted") && e.contains("Not paired"), "{e}");
-        }
-        let g = sim.device("glucose0").expect("glucose0");
-        let gp = by_address(&ps, &g.address)?;
-        connect(gp).await?;
-        let e = gp
-            .write(&ch(gp, 0x2A52)?, &[0x04, 0x01], WriteType::WithResponse)
-            .await
-            .expect_err("RACP before pairing must fail");
-        assert!(dbus_error(&e).contains("Not paired"), "{}", dbus_error(&e));
-        assert!(gp.subscribe(&ch(gp, 0x2A18)?).await.is_err());
+    isolated(
+        "pairing_required_characteristics_fail_before_pairing_and_work_after",
+        LIMIT,
+        |bus| async move {
+            let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Bp, 1), (DeviceKind::Glucose, 1)]))
+                .await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 2).await?;
+            let bp = sim.device("bp0").expect("bp0");
+            let p = by_address(&ps, &bp.address)?;
+            connect(p).await?;
+            // Device Information needs no pairing; the measurement does.
+            p.read(&ch(p, 0x2A24)?).await?;
+            for u in [0x2A35, 0x2A36] {
+                let e = p
+                    .subscribe(&ch(p, u)?)
+                    .await
+                    .expect_err("subscribe before pairing must fail");
+                let e = dbus_error(&e);
+                assert!(
+                    e.contains("org.bluez.Error.NotPermitted") && e.contains("Not paired"),
+                    "{e}"
+                );
+            }
+            let g = sim.device("glucose0").expect("glucose0");
+            let gp = by_address(&ps, &g.address)?;
+            connect(gp).await?;
+            let e = gp
+                .write(&ch(gp, 0x2A52)?, &[0x04, 0x01], WriteType::WithResponse)
+                .await
+                .expect_err("RACP before pairing must fail");
+            assert!(dbus_error(&e).contains("Not paired"), "{}", dbus_error(&e));
+            assert!(gp.subscribe(&ch(gp, 0x2A18)?).await.is_err());
 
-        pair(&bp.address).await?;
-        let e = pair(&bp.address).await.expect_err("second Pair");
-        assert!(format!("{e:#}").contains("Already Paired"), "{e:#}");
-        let mut notes: Notes = p.notifications().await?;
-        p.subscribe(&ch(p, 0x2A36)?).await?;
-        p.subscribe(&ch(p, 0x2A35)?).await?;
-        sim.measure_now("bp0")?;
-        // intermediate cuff pressure while inflating, then the indicated result
-        let cuff = next_on(&mut notes, 0x2A36).await?;
-        assert!(decode::decode(0x2A36, &cuff)?[0] > 0.0);
-        let result = next_on(&mut notes, 0x2A35).await?;
-        let truth = truth_for(&sim, &bp.address, 0x2A35, &result)?;
-        check_against_truth(0x2A35, &result, &truth)?;
-        assert_eq!(truth.event, hailan_firmware_sim::TruthEvent::Indicate);
-        Ok(())
-    })
+            pair(&bp.address).await?;
+            let e = pair(&bp.address).await.expect_err("second Pair");
+            assert!(format!("{e:#}").contains("Already Paired"), "{e:#}");
+            let mut notes: Notes = p.notifications().await?;
+            p.subscribe(&ch(p, 0x2A36)?).await?;
+            p.subscribe(&ch(p, 0x2A35)?).await?;
+            sim.measure_now("bp0")?;
+            // intermediate cuff pressure while inflating, then the indicated result
+            let cuff = next_on(&mut notes, 0x2A36).await?;
+            assert!(decode::decode(0x2A36, &cuff)?[0] > 0.0);
+            let result = next_on(&mut notes, 0x2A35).await?;
+            let truth = truth_for(&sim, &bp.address, 0x2A35, &result)?;
+            check_against_truth(0x2A35, &result, &truth)?;
+            assert_eq!(truth.event, hailan_firmware_sim::TruthEvent::Indicate);
+            Ok(())
+        },
+    )
 }
 
 /// Glucose RACP: number of records, records ≥ N, all records, bad operands.
 #[test]
 fn racp_returns_exactly_the_stored_glucose_records() -> anyhow::Result<()> {
-    isolated("racp_returns_exactly_the_stored_glucose_records", LIMIT, |bus| async move {
-        let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Glucose, 1)])).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        let ps = scan(&adapter, &mut events, 1).await?;
-        let g = sim.device("glucose0").expect("glucose0");
-        let p = by_address(&ps, &g.address)?;
-        pair(&g.address).await?; // connects too
-        p.discover_services().await?;
-        let racp = ch(p, 0x2A52)?;
-        // RACP without indications enabled: ATT 0xFD
-        let e = p.write(&racp, &[0x04, 0x01], WriteType::WithResponse).await.expect_err("no CCCD");
-        assert!(dbus_error(&e).contains("0xfd"), "{}", dbus_error(&e));
-        let mut notes: Notes = p.notifications().await?;
-        p.subscribe(&ch(p, 0x2A18)?).await?;
-        p.subscribe(&racp).await?;
-        // one more record measured now
-        sim.measure_now("glucose0")?;
-        let stored = within("record stored", async {
-            loop {
-                let r = sim.glucose_records("glucose0");
-                if r.len() == 9 {
-                    return r;
+    isolated(
+        "racp_returns_exactly_the_stored_glucose_records",
+        LIMIT,
+        |bus| async move {
+            let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Glucose, 1)])).await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 1).await?;
+            let g = sim.device("glucose0").expect("glucose0");
+            let p = by_address(&ps, &g.address)?;
+            pair(&g.address).await?; // connects too
+            p.discover_services().await?;
+            let racp = ch(p, 0x2A52)?;
+            // RACP without indications enabled: ATT 0xFD
+            let e = p
+                .write(&racp, &[0x04, 0x01], WriteType::WithResponse)
+                .await
+                .expect_err("no CCCD");
+            assert!(dbus_error(&e).contains("0xfd"), "{}", dbus_error(&e));
+            let mut notes: Notes = p.notifications().await?;
+            p.subscribe(&ch(p, 0x2A18)?).await?;
+            p.subscribe(&racp).await?;
+            // one more record measured now
+            sim.measure_now("glucose0")?;
+            let stored = within("record stored", async {
+                loop {
+                    let r = sim.glucose_records("glucose0");
+                    if r.len() == 9 {
+                        return r;
+                    }
+                    tokio::task::yield_now().await;
                 }
-                tokio::task::yield_now().await;
-            }
-        })
-        .await?;
-        let seqs: Vec<u16> = stored
-            .iter()
-            .map(|m| match m {
-                hailan_firmware_sim::Measurement::Glucose { seq, .. } => *seq,
-                _ => 0,
             })
-            .collect();
-        assert_eq!(seqs, (1..=9).collect::<Vec<u16>>());
+            .await?;
+            let seqs: Vec<u16> = stored
+                .iter()
+                .map(|m| match m {
+                    hailan_firmware_sim::Measurement::Glucose { seq, .. } => *seq,
+                    _ => 0,
+                })
+                .collect();
+            assert_eq!(seqs, (1..=9).collect::<Vec<u16>>());
 
-        // number of stored records
-        p.write(&racp, &[0x04, 0x01], WriteType::WithResponse).await?;
-        assert_eq!(next_on(&mut notes, 0x2A52).await?, vec![0x05, 0x00, 9, 0]);
+            // number of stored records
+            p.write(&racp, &[0x04, 0x01], WriteType::WithResponse)
+                .await?;
+            assert_eq!(next_on(&mut notes, 0x2A52).await?, vec![0x05, 0x00, 9, 0]);
 
-        // records with sequence number >= 6
-        p.write(&racp, &[0x01, 0x03, 0x01, 6, 0], WriteType::WithResponse).await?;
-        let mut got = Vec::new();
-        let u18 = btleplug::api::bleuuid::uuid_from_u16(0x2A18);
-        let u52 = btleplug::api::bleuuid::uuid_from_u16(0x2A52);
-        let response = within("RACP report", async {
-            while let Some(n) = notes.next().await {
-                if n.uuid == u18 {
-                    got.push(n.value);
-                } else if n.uuid == u52 {
-                    return Some(n.value);
+            // records with sequence number >= 6
+            p.write(&racp, &[0x01, 0x03, 0x01, 6, 0], WriteType::WithResponse)
+                .await?;
+            let mut got = Vec::new();
+            let u18 = btleplug::api::bleuuid::uuid_from_u16(0x2A18);
+            let u52 = btleplug::api::bleuuid::uuid_from_u16(0x2A52);
+            let response = within("RACP report", async {
+                while let Some(n) = notes.next().await {
+                    if n.uuid == u18 {
+                        got.push(n.value);
+                    } else if n.uuid == u52 {
+                        return Some(n.value);
+                    }
                 }
+                None
+            })
+            .await?;
+            assert_eq!(
+                response,
+                Some(vec![0x06, 0x00, 0x01, 0x01]),
+                "success response"
+            );
+            let got_seqs: Vec<u16> = got
+                .iter()
+                .map(|b| decode::decode(0x2A18, b).map(|v| v[0] as u16))
+                .collect::<anyhow::Result<_>>()?;
+            assert_eq!(got_seqs, vec![6, 7, 8, 9]);
+            for b in &got {
+                let truth = truth_for(&sim, &g.address, 0x2A18, b)?;
+                check_against_truth(0x2A18, b, &truth)?;
             }
-            None
-        })
-        .await?;
-        assert_eq!(response, Some(vec![0x06, 0x00, 0x01, 0x01]), "success response");
-        let got_seqs: Vec<u16> = got
-            .iter()
-            .map(|b| decode::decode(0x2A18, b).map(|v| v[0] as u16))
-            .collect::<anyhow::Result<_>>()?;
-        assert_eq!(got_seqs, vec![6, 7, 8, 9]);
-        for b in &got {
-            let truth = truth_for(&sim, &g.address, 0x2A18, b)?;
-            check_against_truth(0x2A18, b, &truth)?;
-        }
 
-        // no records >= 100; malformed operand; unsupported op code
-        p.write(&racp, &[0x01, 0x03, 0x01, 100, 0], WriteType::WithResponse).await?;
-        assert_eq!(next_on(&mut notes, 0x2A52).await?, vec![0x06, 0x00, 0x01, 0x06]);
-        p.write(&racp, &[0x01, 0x03, 0x01, 6], WriteType::WithResponse).await?;
-        assert_eq!(next_on(&mut notes, 0x2A52).await?, vec![0x06, 0x00, 0x01, 0x05]);
-        p.write(&racp, &[0x02, 0x01], WriteType::WithResponse).await?;
-        assert_eq!(next_on(&mut notes, 0x2A52).await?, vec![0x06, 0x00, 0x02, 0x02]);
-        Ok(())
-    })
+            // no records >= 100; malformed operand; unsupported op code
+            p.write(&racp, &[0x01, 0x03, 0x01, 100, 0], WriteType::WithResponse)
+                .await?;
+            assert_eq!(
+                next_on(&mut notes, 0x2A52).await?,
+                vec![0x06, 0x00, 0x01, 0x06]
+            );
+            p.write(&racp, &[0x01, 0x03, 0x01, 6], WriteType::WithResponse)
+                .await?;
+            assert_eq!(
+                next_on(&mut notes, 0x2A52).await?,
+                vec![0x06, 0x00, 0x01, 0x05]
+            );
+            p.write(&racp, &[0x02, 0x01], WriteType::WithResponse)
+                .await?;
+            assert_eq!(
+                next_on(&mut notes, 0x2A52).await?,
+                vec![0x06, 0x00, 0x02, 0x02]
+            );
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn fault_drop_connection_and_refuse_connects() -> anyhow::Result<()> {
-    isolated("fault_drop_connection_and_refuse_connects", LIMIT, |bus| async move {
-        let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 1)])).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        let ps = scan(&adapter, &mut events, 1).await?;
-        let d = sim.device("hr0").expect("hr0");
-        let p = by_address(&ps, &d.address)?;
-        connect(p).await?;
-        let mut notes: Notes = p.notifications().await?;
-        p.subscribe(&ch(p, 0x2A37)?).await?;
-        next_on(&mut notes, 0x2A37).await?;
+    isolated(
+        "fault_drop_connection_and_refuse_connects",
+        LIMIT,
+        |bus| async move {
+            let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 1)])).await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 1).await?;
+            let d = sim.device("hr0").expect("hr0");
+            let p = by_address(&ps, &d.address)?;
+            connect(p).await?;
+            let mut notes: Notes = p.notifications().await?;
+            p.subscribe(&ch(p, 0x2A37)?).await?;
+            next_on(&mut notes, 0x2A37).await?;
 
-        sim.inject(Fault::Drop { device: "hr0".into() }).await?;
-        within("DeviceDisconnected", async {
-            while let Some(e) = events.next().await {
-                if matches!(&e, CentralEvent::DeviceDisconnected(id) if *id == p.id()) {
-                    return;
+            sim.inject(Fault::Drop {
+                device: "hr0".into(),
+            })
+            .await?;
+            within("DeviceDisconnected", async {
+                while let Some(e) = events.next().await {
+                    if matches!(&e, CentralEvent::DeviceDisconnected(id) if *id == p.id()) {
+                        return;
+                    }
                 }
-            }
-        })
-        .await?;
-        assert!(!p.is_connected().await?);
-        // GATT calls on a dropped link fail as BlueZ fails them
-        let e = p.read(&ch(p, 0x2A19)?).await.expect_err("read after drop");
-        assert!(dbus_error(&e).contains("Not connected"), "{}", dbus_error(&e));
+            })
+            .await?;
+            assert!(!p.is_connected().await?);
+            // GATT calls on a dropped link fail as BlueZ fails them
+            let e = p.read(&ch(p, 0x2A19)?).await.expect_err("read after drop");
+            assert!(
+                dbus_error(&e).contains("Not connected"),
+                "{}",
+                dbus_error(&e)
+            );
 
-        sim.inject(Fault::RefuseConnects { device: Some("hr0".into()), duration: Duration::from_secs(600) }).await?;
-        let e = p.connect().await.expect_err("refused");
-        let e = dbus_error(&e);
-        assert!(e.contains("org.bluez.Error.Failed") && e.contains("le-connection-abort-by-local"), "{e}");
-        sim.inject(Fault::RefuseConnects { device: Some("hr0".into()), duration: Duration::ZERO }).await?;
-        connect(p).await?;
-        p.subscribe(&ch(p, 0x2A37)?).await?;
-        next_on(&mut notes, 0x2A37).await?;
-        Ok(())
-    })
+            sim.inject(Fault::RefuseConnects {
+                device: Some("hr0".into()),
+                duration: Duration::from_secs(600),
+            })
+            .await?;
+            let e = p.connect().await.expect_err("refused");
+            let e = dbus_error(&e);
+            assert!(
+                e.contains("org.bluez.Error.Failed") && e.contains("le-connection-abort-by-local"),
+                "{e}"
+            );
+            sim.inject(Fault::RefuseConnects {
+                device: Some("hr0".into()),
+                duration: Duration::ZERO,
+            })
+            .await?;
+            connect(p).await?;
+            p.subscribe(&ch(p, 0x2A37)?).await?;
+            next_on(&mut notes, 0x2A37).await?;
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn fault_stall_discovery_keeps_discovering_true() -> anyhow::Result<()> {
-    isolated("fault_stall_discovery_keeps_discovering_true", LIMIT, |bus| async move {
-        let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 3)])).await?;
-        sim.inject(Fault::StallDiscovery { duration: None }).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        adapter.start_scan(btleplug::api::ScanFilter::default()).await?;
-        // Discovering is true on the bus, yet nothing is reported.
-        let conn = zbus::connection::Builder::address(bus.as_str())?.build().await?;
-        let props = zbus::fdo::PropertiesProxy::builder(&conn)
-            .destination("org.bluez")?
-            .path("/org/bluez/hci0")?
-            .build()
-            .await?;
-        let iface = zbus::names::InterfaceName::from_static_str("org.bluez.Adapter1")?;
-        assert_eq!(bool::try_from(props.get(iface.clone(), "Discovering").await?)?, true);
-        // A stalled scanner reports nothing: a bounded look, not a wait for an event.
-        let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
-            while let Some(e) = events.next().await {
-                if let CentralEvent::DeviceDiscovered(id) = e {
-                    return Some(id);
-                }
-            }
-            None
-        })
-        .await;
-        assert!(quiet.is_err(), "a stalled scan reported a device: {quiet:?}");
-        assert!(adapter.peripherals().await?.is_empty());
-        assert_eq!(bool::try_from(props.get(iface, "Discovering").await?)?, true);
-        // The watchdog's cure works: once the stall ends, devices appear.
-        sim.inject(Fault::ResumeDiscovery).await?;
-        let mut n = 0;
-        within("discovery after stall", async {
-            while let Some(e) = events.next().await {
-                if matches!(e, CentralEvent::DeviceDiscovered(_)) {
-                    n += 1;
-                    if n == 3 {
-                        return;
+    isolated(
+        "fault_stall_discovery_keeps_discovering_true",
+        LIMIT,
+        |bus| async move {
+            let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 3)])).await?;
+            sim.inject(Fault::StallDiscovery { duration: None }).await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            adapter
+                .start_scan(btleplug::api::ScanFilter::default())
+                .await?;
+            // Discovering is true on the bus, yet nothing is reported.
+            let conn = zbus::connection::Builder::address(bus.as_str())?
+                .build()
+                .await?;
+            let props = zbus::fdo::PropertiesProxy::builder(&conn)
+                .destination("org.bluez")?
+                .path("/org/bluez/hci0")?
+                .build()
+                .await?;
+            let iface = zbus::names::InterfaceName::from_static_str("org.bluez.Adapter1")?;
+            assert!(bool::try_from(
+                props.get(iface.clone(), "Discovering").await?
+            )?);
+            // A stalled scanner reports nothing: a bounded look, not a wait for an event.
+            let quiet = tokio::time::timeout(Duration::from_millis(1500), async {
+                while let Some(e) = events.next().await {
+                    if let CentralEvent::DeviceDiscovered(id) = e {
+                        return Some(id);
                     }
                 }
-            }
-        })
-        .await?;
-        Ok(())
-    })
+                None
+            })
+            .await;
+            assert!(
+                quiet.is_err(),
+                "a stalled scan reported a device: {quiet:?}"
+            );
+            assert!(adapter.peripherals().await?.is_empty());
+            assert!(bool::try_from(props.get(iface, "Discovering").await?)?);
+            // The watchdog's cure works: once the stall ends, devices appear.
+            sim.inject(Fault::ResumeDiscovery).await?;
+            let mut n = 0;
+            within("discovery after stall", async {
+                while let Some(e) = events.next().await {
+                    if matches!(e, CentralEvent::DeviceDiscovered(_)) {
+                        n += 1;
+                        if n == 3 {
+                            return;
+                        }
+                    }
+                }
+            })
+            .await?;
+            Ok(())
+        },
+    )
 }
 
 #[test]
 fn fault_malformed_out_of_range_and_rssi() -> anyhow::Result<()> {
-    isolated("fault_malformed_out_of_range_and_rssi", LIMIT, |bus| async move {
-        let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 1), (DeviceKind::Temp, 1)])).await?;
-        let adapter = adapter().await?;
-        let mut events = adapter.events().await?;
-        let ps = scan(&adapter, &mut events, 2).await?;
-        // RSSI change while scanning
-        let t = sim.device("temp0").expect("temp0");
-        let tp = by_address(&ps, &t.address)?;
-        sim.inject(Fault::Rssi { device: "temp0".into(), rssi: -97 }).await?;
-        within("RssiUpdate -97", async {
-            while let Some(e) = events.next().await {
-                if matches!(&e, CentralEvent::RssiUpdate { id, rssi: -97 } if *id == tp.id()) {
-                    return;
+    isolated(
+        "fault_malformed_out_of_range_and_rssi",
+        LIMIT,
+        |bus| async move {
+            let sim =
+                Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 1), (DeviceKind::Temp, 1)])).await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 2).await?;
+            // RSSI change while scanning
+            let t = sim.device("temp0").expect("temp0");
+            let tp = by_address(&ps, &t.address)?;
+            sim.inject(Fault::Rssi {
+                device: "temp0".into(),
+                rssi: -97,
+            })
+            .await?;
+            within("RssiUpdate -97", async {
+                while let Some(e) = events.next().await {
+                    if matches!(&e, CentralEvent::RssiUpdate { id, rssi: -97 } if *id == tp.id()) {
+                        return;
+                    }
                 }
-            }
-        })
-        .await?;
-        assert_eq!(tp.properties().await?.and_then(|p| p.rssi), Some(-97));
+            })
+            .await?;
+            assert_eq!(tp.properties().await?.and_then(|p| p.rssi), Some(-97));
 
-        let d = sim.device("hr0").expect("hr0");
-        let p = by_address(&ps, &d.address)?;
-        connect(p).await?;
-        let mut notes: Notes = p.notifications().await?;
-        p.subscribe(&ch(p, 0x2A37)?).await?;
-        let good = next_on(&mut notes, 0x2A37).await?;
-        assert!(decode::decode(0x2A37, &good).is_ok());
-        sim.inject(Fault::Malformed { device: "hr0".into(), count: 1 }).await?;
-        let bad = within("malformed notification", async {
-            loop {
-                let b = next_on(&mut notes, 0x2A37).await?;
-                if truth_for(&sim, &d.address, 0x2A37, &b)?.malformed {
-                    return anyhow::Ok(b);
+            let d = sim.device("hr0").expect("hr0");
+            let p = by_address(&ps, &d.address)?;
+            connect(p).await?;
+            let mut notes: Notes = p.notifications().await?;
+            p.subscribe(&ch(p, 0x2A37)?).await?;
+            let good = next_on(&mut notes, 0x2A37).await?;
+            assert!(decode::decode(0x2A37, &good).is_ok());
+            sim.inject(Fault::Malformed {
+                device: "hr0".into(),
+                count: 1,
+            })
+            .await?;
+            let bad = within("malformed notification", async {
+                loop {
+                    let b = next_on(&mut notes, 0x2A37).await?;
+                    if truth_for(&sim, &d.address, 0x2A37, &b)?.malformed {
+                        return anyhow::Ok(b);
+                    }
                 }
-            }
-        })
-        .await??;
-        assert!(decode::decode(0x2A37, &bad).is_err(), "malformed bytes decoded: {bad:?}");
+            })
+            .await??;
+            assert!(
+                decode::decode(0x2A37, &bad).is_err(),
+                "malformed bytes decoded: {bad:?}"
+            );
 
-        sim.inject(Fault::OutOfRange { device: "hr0".into(), count: 1 }).await?;
-        let oor = within("out-of-range notification", async {
-            loop {
-                let b = next_on(&mut notes, 0x2A37).await?;
-                let t = truth_for(&sim, &d.address, 0x2A37, &b)?;
-                if t.out_of_range {
-                    return anyhow::Ok((b, t));
+            sim.inject(Fault::OutOfRange {
+                device: "hr0".into(),
+                count: 1,
+            })
+            .await?;
+            let oor = within("out-of-range notification", async {
+                loop {
+                    let b = next_on(&mut notes, 0x2A37).await?;
+                    let t = truth_for(&sim, &d.address, 0x2A37, &b)?;
+                    if t.out_of_range {
+                        return anyhow::Ok((b, t));
+                    }
                 }
-            }
-        })
-        .await??;
-        let v = decode::decode(0x2A37, &oor.0)?;
-        assert!(v[0] > 300.0, "out-of-range heart rate {v:?} must exceed the 300 bpm bound");
-        check_against_truth(0x2A37, &oor.0, &oor.1)?;
-        Ok(())
-    })
+            })
+            .await??;
+            let v = decode::decode(0x2A37, &oor.0)?;
+            assert!(
+                v[0] > 300.0,
+                "out-of-range heart rate {v:?} must exceed the 300 bpm bound"
+            );
+            check_against_truth(0x2A37, &oor.0, &oor.1)?;
+            Ok(())
+        },
+    )
 }
 
 #[test]
@@ -419,12 +541,17 @@ fn fault_adapter_power_off_and_on() -> anyhow::Result<()> {
         let p = by_address(&ps, &d.address)?;
         connect(p).await?;
         // rfkill-style: off, and cannot be powered on for a while
-        sim.inject(Fault::PowerOff { duration: Some(Duration::from_secs(600)) }).await?;
+        sim.inject(Fault::PowerOff {
+            duration: Some(Duration::from_secs(600)),
+        })
+        .await?;
         let (mut disconnected, mut off) = (false, false);
         within("disconnect + PoweredOff", async {
             while !(disconnected && off) {
                 match events.next().await {
-                    Some(CentralEvent::DeviceDisconnected(id)) if id == p.id() => disconnected = true,
+                    Some(CentralEvent::DeviceDisconnected(id)) if id == p.id() => {
+                        disconnected = true
+                    }
                     Some(CentralEvent::StateUpdate(CentralState::PoweredOff)) => off = true,
                     Some(_) => {}
                     None => return,
@@ -434,9 +561,18 @@ fn fault_adapter_power_off_and_on() -> anyhow::Result<()> {
         .await?;
         assert_eq!(adapter.adapter_state().await?, CentralState::PoweredOff);
         // btleplug powers the adapter on before scanning: blocked
-        assert!(adapter.start_scan(btleplug::api::ScanFilter::default()).await.is_err());
+        assert!(
+            adapter
+                .start_scan(btleplug::api::ScanFilter::default())
+                .await
+                .is_err()
+        );
         let e = p.connect().await.expect_err("connect while off");
-        assert!(dbus_error(&e).contains("org.bluez.Error.NotReady"), "{}", dbus_error(&e));
+        assert!(
+            dbus_error(&e).contains("org.bluez.Error.NotReady"),
+            "{}",
+            dbus_error(&e)
+        );
         sim.inject(Fault::PowerOn).await?;
         within("PoweredOn", async {
             while let Some(e) = events.next().await {
@@ -446,7 +582,9 @@ fn fault_adapter_power_off_and_on() -> anyhow::Result<()> {
             }
         })
         .await?;
-        adapter.start_scan(btleplug::api::ScanFilter::default()).await?;
+        adapter
+            .start_scan(btleplug::api::ScanFilter::default())
+            .await?;
         connect(p).await?;
         assert!(p.is_connected().await?);
         Ok(())

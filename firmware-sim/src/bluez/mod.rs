@@ -64,9 +64,17 @@ impl Adapter {
         Ok(())
     }
     async fn get_discovery_filters(&self) -> Vec<String> {
-        ["UUIDs", "RSSI", "Pathloss", "Transport", "DuplicateData", "Discoverable", "Pattern"]
-            .map(String::from)
-            .to_vec()
+        [
+            "UUIDs",
+            "RSSI",
+            "Pathloss",
+            "Transport",
+            "DuplicateData",
+            "Discoverable",
+            "Pattern",
+        ]
+        .map(String::from)
+        .to_vec()
     }
     async fn remove_device(&self, device: ObjectPath<'_>) -> Result<(), BluezError> {
         self.inner.remove_device(device.as_str()).await
@@ -159,7 +167,9 @@ impl DeviceIface {
         Err(BluezError::Failed("No pairing in progress".into()))
     }
     async fn connect_profile(&self, _uuid: String) -> Result<(), BluezError> {
-        Err(BluezError::NotSupported("Operation is not supported".into()))
+        Err(BluezError::NotSupported(
+            "Operation is not supported".into(),
+        ))
     }
 
     #[zbus(property(emits_changed_signal = "const"), name = "Address")]

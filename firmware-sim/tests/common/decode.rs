@@ -108,7 +108,11 @@ pub fn decode(uuid16: u16, b: &[u8]) -> anyhow::Result<Vec<f64>> {
                 bail!("temperature: {} bytes, flags say {need}", b.len());
             }
             let t = float32(b, 1)?;
-            Ok(vec![if flags & 1 == 1 { (t - 32.0) * 5.0 / 9.0 } else { t }])
+            Ok(vec![if flags & 1 == 1 {
+                (t - 32.0) * 5.0 / 9.0
+            } else {
+                t
+            }])
         }
         0x2A18 => {
             let mut need = 10;
@@ -130,7 +134,9 @@ pub fn decode(uuid16: u16, b: &[u8]) -> anyhow::Result<Vec<f64>> {
             Ok(vec![f64::from(u16le(b, 1)?), c * 1e5])
         }
         0x2A9D => {
-            let need = 3 + if flags & 2 != 0 { 7 } else { 0 } + if flags & 4 != 0 { 1 } else { 0 }
+            let need = 3
+                + if flags & 2 != 0 { 7 } else { 0 }
+                + if flags & 4 != 0 { 1 } else { 0 }
                 + if flags & 8 != 0 { 4 } else { 0 };
             if b.len() != need {
                 bail!("weight: {} bytes, flags say {need}", b.len());

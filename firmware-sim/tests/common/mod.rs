@@ -6,7 +6,9 @@ pub mod decode;
 
 use anyhow::{Context, bail};
 use btleplug::api::bleuuid::uuid_from_u16;
-use btleplug::api::{Central, CentralEvent, Characteristic, Manager as _, Peripheral as _, ScanFilter};
+use btleplug::api::{
+    Central, CentralEvent, Characteristic, Manager as _, Peripheral as _, ScanFilter,
+};
 use btleplug::platform::{Adapter, Manager, Peripheral};
 use futures::{Stream, StreamExt};
 use std::collections::HashSet;
@@ -37,7 +39,11 @@ pub async fn adapter() -> anyhow::Result<Adapter> {
 pub type Events = Pin<Box<dyn Stream<Item = CentralEvent> + Send>>;
 
 /// Scan until `n` distinct devices were discovered; returns their peripherals.
-pub async fn scan(adapter: &Adapter, events: &mut Events, n: usize) -> anyhow::Result<Vec<Peripheral>> {
+pub async fn scan(
+    adapter: &Adapter,
+    events: &mut Events,
+    n: usize,
+) -> anyhow::Result<Vec<Peripheral>> {
     adapter.start_scan(ScanFilter::default()).await?;
     let mut seen = HashSet::new();
     within("discovering devices", async {
@@ -102,12 +108,11 @@ pub async fn next_on(notes: &mut Notes, uuid16: u16) -> anyhow::Result<Vec<u8>> 
 /// "name: message" of the D-Bus error inside a btleplug error (BlueZ's
 /// error names are what a gateway matches on), else its Display.
 pub fn dbus_error(e: &btleplug::Error) -> String {
-    if let btleplug::Error::Other(inner) = e {
-        if let Some(bluez_async::BluetoothError::DbusError(d)) =
+    if let btleplug::Error::Other(inner) = e
+        && let Some(bluez_async::BluetoothError::DbusError(d)) =
             inner.downcast_ref::<bluez_async::BluetoothError>()
-        {
-            return format!("{}: {}", d.name().unwrap_or("?"), d.message().unwrap_or(""));
-        }
+    {
+        return format!("{}: {}", d.name().unwrap_or("?"), d.message().unwrap_or(""));
     }
     format!("{e:?}")
 }

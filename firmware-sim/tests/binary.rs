@@ -1,0 +1,119 @@
+//! The `hailan-sim` binary as the gateway's tests will use it: a child
+//! process on a private bus, controlled over stdin, writing ground truth.
+
+mod common;
+
+use btleplug::api::{Central, CentralEvent, Peripheral as _};
+use common::*;
+use futures::StreamExt;
+use hailan_firmware_sim::TruthRecord;
+use hailan_firmware_sim::harness::{SimHarness, SimProcess, isolated};
+use std::path::Path;
+use std::time::Duration;
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn harness_starts_bus_and_binary_and_kills_only_them() -> anyhow::Result<()> {
+    let h = SimHarness::start(&["--devices", "hr=2,bp=1", "--seed", "5"])?;
+    let names: Vec<_> = h.sim.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["hr0", "hr1", "bp0"]);
+    assert_eq!(h.sim.devices[2].address, "F0:4A:1A:02:00:00");
+    let (bus_pid, sim_pid) = (h.bus.pid(), h.sim.pid());
+    // org.bluez answers on the private bus
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(h.bus_address())?
+            .build()
+            .await?;
+        let om = zbus::fdo::ObjectManagerProxy::builder(&conn)
+            .destination("org.bluez")?
+            .path("/")?
+            .build()
+            .await?;
+        let objs = om.get_managed_objects().await?;
+        anyhow::ensure!(
+            objs.keys().any(|p| p.as_str() == "/org/bluez/hci0"),
+            "no adapter"
+        );
+        anyhow::Ok(())
+    })?;
+    assert!(alive(bus_pid) && alive(sim_pid));
+    drop(h);
+    assert!(!alive(bus_pid), "dbus-daemon {bus_pid} left behind");
+    assert!(!alive(sim_pid), "hailan-sim {sim_pid} left behind");
+    Ok(())
+}
+
+#[test]
+fn binary_serves_btleplug_takes_faults_on_stdin_and_logs_truth() -> anyhow::Result<()> {
+    isolated(
+        "binary_serves_btleplug_takes_faults_on_stdin_and_logs_truth",
+        Duration::from_secs(120),
+        |bus| async move {
+            let dir = tempfile::tempdir()?;
+            let gt = dir.path().join("truth.jsonl");
+            let gt_arg = gt.display().to_string();
+            let mut sim = SimProcess::spawn(
+                Path::new(env!("CARGO_BIN_EXE_hailan-sim")),
+                &bus,
+                &[
+                    "--devices",
+                    "hr=2,glucose=1",
+                    "--seed",
+                    "9",
+                    "--speed",
+                    "10",
+                    "--ground-truth",
+                    &gt_arg,
+                ],
+            )?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 3).await?;
+            let hr0 = sim
+                .devices
+                .iter()
+                .find(|d| d.name == "hr0")
+                .expect("hr0")
+                .clone();
+            let p = by_address(&ps, &hr0.address)?;
+            connect(p).await?;
+            let mut notes: Notes = p.notifications().await?;
+            p.subscribe(&ch(p, 0x2A37)?).await?;
+            let bytes = next_on(&mut notes, 0x2A37).await?;
+            // the binary's ground truth file has it (written before it is sent)
+            let lines = std::fs::read_to_string(&gt)?;
+            let recs: Vec<TruthRecord> = lines
+                .lines()
+                .map(serde_json::from_str)
+                .collect::<Result<_, _>>()?;
+            let h = hex(&bytes);
+            let t = recs
+                .iter()
+                .find(|r| r.address == hr0.address && r.bytes == h)
+                .ok_or_else(|| anyhow::anyhow!("{h} not in ground truth file"))?;
+            assert_eq!(decode::decode(0x2A37, &bytes)?[0] as u64, t.slots[0]);
+            // the glucose meter's stored records are in the truth too
+            assert!(recs.iter().filter(|r| r.device == "glucose0").count() >= 8);
+
+            sim.command("fault drop=hr0")?;
+            within("DeviceDisconnected after stdin fault", async {
+                while let Some(e) = events.next().await {
+                    if matches!(&e, CentralEvent::DeviceDisconnected(id) if *id == p.id()) {
+                        return;
+                    }
+                }
+            })
+            .await?;
+            let pid = sim.pid();
+            drop(sim);
+            assert!(!alive(pid));
+            Ok(())
+        },
+    )
+}

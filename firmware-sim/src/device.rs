@@ -87,6 +87,8 @@ pub struct DevState {
     pub trusted: bool,
     /// RSSI, dBm.
     pub rssi: i16,
+    /// RSSI set by a fault: no jitter until the next RSSI fault.
+    pub rssi_pinned: bool,
     /// Connects refused until then.
     pub refuse_until: Option<Instant>,
     /// Battery, percent (fractional drain).
@@ -277,6 +279,7 @@ impl Device {
                 paired: false,
                 trusted: false,
                 rssi: -50 - (index % 40) as i16,
+                rssi_pinned: false,
                 refuse_until: None,
                 battery,
                 malformed_next: 0,

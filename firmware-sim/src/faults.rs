@@ -11,7 +11,7 @@
 //! | `stall+20s` | discovery stops reporting devices and RSSI while `Discovering` stays true |
 //! | `malformed=hr0` | hr0's next measurement notification is cut short |
 //! | `out-of-range=temp0` | temp0's next measurement carries an implausible value |
-//! | `rssi=hr0:-95` | hr0's RSSI becomes -95 dBm |
+//! | `rssi=hr0:-95` | hr0's RSSI becomes -95 dBm (and stops jittering) |
 //! | `power-off+2s` | adapter powers off (rfkill-style: cannot be powered on) for 2 s, then on |
 //! | `power-off` / `power-on` | adapter off (a client may power it on again) / on |
 //!

@@ -783,7 +783,11 @@ impl Inner {
             }
             Fault::Rssi { device, rssi } => {
                 let d = find(&device)?;
-                lock(&d.st).rssi = rssi;
+                {
+                    let mut st = lock(&d.st);
+                    st.rssi = rssi;
+                    st.rssi_pinned = true;
+                }
                 if lock(&d.st).exported {
                     self.emit(
                         &d.info.path,
@@ -868,7 +872,7 @@ impl Inner {
                 for d in &self.devices {
                     let rssi = {
                         let mut st = lock(&d.st);
-                        if !st.exported || st.connected {
+                        if !st.exported || st.connected || st.rssi_pinned {
                             continue;
                         }
                         st.rssi = (st.rssi + rng.gen_range(-2i16..=2)).clamp(-100, -30);

@@ -245,17 +245,18 @@ fn racp_returns_exactly_the_stored_glucose_records() -> anyhow::Result<()> {
             p.subscribe(&ch(p, 0x2A18)?).await?;
             p.subscribe(&racp).await?;
             // one more record measured now
+            let mut truth = sim.subscribe_truth();
             sim.measure_now("glucose0")?;
-            let stored = within("record stored", async {
-                loop {
-                    let r = sim.glucose_records("glucose0");
-                    if r.len() == 9 {
-                        return r;
+            within("record stored", async {
+                while let Ok(r) = truth.recv().await {
+                    if r.device == "glucose0" && r.event == hailan_firmware_sim::TruthEvent::Stored
+                    {
+                        return;
                     }
-                    tokio::task::yield_now().await;
                 }
             })
             .await?;
+            let stored = sim.glucose_records("glucose0");
             let seqs: Vec<u16> = stored
                 .iter()
                 .map(|m| match m {

@@ -1,0 +1,366 @@
+//! `cargo xtask services`: install what is missing and start the services
+//! hailan needs on this machine — PostgreSQL 15 and a Mosquitto broker running
+//! the project's own configuration on 127.0.0.1 — plus the small outside tools
+//! the tests use (a Python venv with cbor2, snarkjs from npm).
+//!
+//! Idempotent: each step first looks at what is there and does nothing when it
+//! is already right, so a second run changes nothing. As root it installs
+//! missing Debian packages with apt; as another user it prints the exact
+//! command to run and fails.
+
+use crate::sh::{Cmd, is_root, repo_root, state_dir};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::fs;
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Where the services listen and how to reach them.
+pub struct Endpoints {
+    pub database_url: String,
+    pub mqtt_url: String,
+    pub state_dir: PathBuf,
+    /// MQTT user → password of the development broker.
+    pub mqtt_credentials: BTreeMap<String, String>,
+}
+
+impl Endpoints {
+    /// The environment the project's processes and tests read.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("DATABASE_URL".into(), self.database_url.clone()),
+            ("HAILAN_MQTT_URL".into(), self.mqtt_url.clone()),
+            ("HAILAN_STATE_DIR".into(), self.state_dir.display().to_string()),
+            (
+                "HAILAN_PYTHON".into(),
+                self.state_dir.join("venv/bin/python").display().to_string(),
+            ),
+            (
+                "HAILAN_SNARKJS".into(),
+                self.state_dir
+                    .join("tools/node_modules/.bin/snarkjs")
+                    .display()
+                    .to_string(),
+            ),
+        ];
+        if let Some(pw) = self.mqtt_credentials.get(INGEST_USER) {
+            env.push(("HAILAN_MQTT_INGEST_PASSWORD".into(), pw.clone()));
+        }
+        env
+    }
+}
+
+const DB_USER: &str = "hailan";
+const DB_PASSWORD: &str = "hailan";
+const DB_NAME: &str = "hailan";
+const PG_VERSION: &str = "15";
+const PG_CLUSTER: &str = "main";
+const MQTT_PORT: u16 = 1883;
+const INGEST_USER: &str = "hailan-ingest";
+/// Development MQTT accounts: ingest, and gateways for the demo and tests.
+const MQTT_USERS: &[&str] = &[
+    INGEST_USER,
+    "gw-demo",
+    "gw-test-1",
+    "gw-test-2",
+    "gw-test-3",
+];
+
+/// (command or file that must exist, Debian package that provides it)
+const PACKAGES: &[(&str, &str)] = &[
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
+    ("/usr/bin/pg_ctlcluster", "postgresql-common"),
+    ("/usr/sbin/mosquitto", "mosquitto"),
+    ("/usr/bin/mosquitto_passwd", "mosquitto"),
+    ("/usr/bin/mosquitto_pub", "mosquitto-clients"),
+    ("/usr/bin/dbus-daemon", "dbus"),
+    ("/usr/include/dbus-1.0/dbus/dbus.h", "libdbus-1-dev"),
+    ("/usr/bin/pkg-config", "pkg-config"),
+    ("/usr/bin/npm", "npm"),
+];
+
+pub fn run(quiet: bool) -> Result<Endpoints> {
+    let say = |s: &str| {
+        if !quiet {
+            println!("{s}");
+        }
+    };
+    ensure_packages(&say)?;
+    let database_url = ensure_postgres(&say)?;
+    let (mqtt_credentials, mqtt_url) = ensure_mosquitto(&say)?;
+    ensure_python_tools(&say)?;
+    ensure_node_tools(&say)?;
+    let endpoints = Endpoints {
+        database_url,
+        mqtt_url,
+        state_dir: state_dir(),
+        mqtt_credentials,
+    };
+    write_env_file(&endpoints)?;
+    Ok(endpoints)
+}
+
+fn ensure_packages(say: &dyn Fn(&str)) -> Result<()> {
+    let mut missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(path, _)| !Path::new(path).exists())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        say("packages: all present");
+        return Ok(());
+    }
+    let install = format!(
+        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+        missing.join(" ")
+    );
+    if !is_root() {
+        bail!("missing Debian packages: {}\nrun as root:\n  sudo sh -c '{install}'", missing.join(" "));
+    }
+    say(&format!("packages: installing {}", missing.join(" ")));
+    Cmd::new("apt-get").args(["update", "-q"]).quiet().run()?;
+    Cmd::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(missing.iter().copied())
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .quiet()
+        .run()
+        .context("apt-get install")?;
+    Ok(())
+}
+
+fn psql_as_postgres(sql: &str) -> Result<String> {
+    Cmd::new("runuser")
+        .args(["-u", "postgres", "--", "psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+        .args(["-p", "5432", "-d", "postgres", "-c", sql])
+        .output()
+}
+
+fn ensure_postgres(say: &dyn Fn(&str)) -> Result<String> {
+    let database_url = format!("postgres://{DB_USER}:{DB_PASSWORD}@127.0.0.1:5432/{DB_NAME}");
+    let clusters = Cmd::new("pg_lsclusters").arg("--no-header").output()?;
+    let line = clusters
+        .lines()
+        .find(|l| l.split_whitespace().take(2).eq([PG_VERSION, PG_CLUSTER]));
+    match line {
+        None => {
+            if !is_root() {
+                bail!("no PostgreSQL {PG_VERSION} cluster; run as root:\n  sudo pg_createcluster {PG_VERSION} {PG_CLUSTER} --start");
+            }
+            say("postgresql: creating cluster 15/main");
+            Cmd::new("pg_createcluster").args([PG_VERSION, PG_CLUSTER, "--start"]).quiet().run()?;
+        }
+        Some(l) if l.split_whitespace().nth(3) == Some("online") => {
+            say("postgresql: 15/main already running");
+        }
+        Some(_) => {
+            if !is_root() {
+                bail!("PostgreSQL {PG_VERSION}/{PG_CLUSTER} is stopped; run as root:\n  sudo pg_ctlcluster {PG_VERSION} {PG_CLUSTER} start");
+            }
+            say("postgresql: starting 15/main");
+            Cmd::new("pg_ctlcluster").args([PG_VERSION, PG_CLUSTER, "start"]).run()?;
+        }
+    }
+    wait_for_port(5432, Duration::from_secs(30)).context("PostgreSQL did not start listening on 5432")?;
+    if !is_root() {
+        // Cannot create roles without the postgres account: check it is done.
+        return Ok(database_url);
+    }
+    // The owner role creates the application roles and the test databases.
+    let role_exists = psql_as_postgres(&format!("SELECT 1 FROM pg_roles WHERE rolname = '{DB_USER}'"))?;
+    if role_exists.trim() != "1" {
+        say("postgresql: creating role hailan");
+        psql_as_postgres(&format!(
+            "CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}' CREATEDB CREATEROLE"
+        ))?;
+    }
+    let db_exists = psql_as_postgres(&format!("SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"))?;
+    if db_exists.trim() != "1" {
+        say("postgresql: creating database hailan");
+        psql_as_postgres(&format!("CREATE DATABASE {DB_NAME} OWNER {DB_USER}"))?;
+    }
+    say(&format!("postgresql: ready at {database_url}"));
+    Ok(database_url)
+}
+
+fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("nothing listens on 127.0.0.1:{port} after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    use std::io::Read;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .context("reading /dev/urandom")?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Start (or leave running) the development broker with the shipped config.
+fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, String)> {
+    let dir = state_dir().join("mosquitto");
+    fs::create_dir_all(dir.join("data")).with_context(|| format!("creating {}", dir.display()))?;
+
+    // Credentials: generated once, kept in .hailan/mosquitto/credentials.
+    let cred_path = dir.join("credentials");
+    let mut creds: BTreeMap<String, String> = fs::read_to_string(&cred_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .collect();
+    let mut changed = false;
+    for user in MQTT_USERS {
+        if !creds.contains_key(*user) {
+            creds.insert((*user).to_owned(), random_hex(12)?);
+            changed = true;
+        }
+    }
+    let passwd = dir.join("passwd");
+    if changed || !passwd.exists() {
+        let text: String = creds.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+        fs::write(&cred_path, text)?;
+        fs::write(&passwd, "")?;
+        for (u, p) in &creds {
+            Cmd::new("mosquitto_passwd").arg("-b").arg(&passwd).args([u, p]).run()?;
+        }
+    }
+
+    let root = repo_root();
+    let template = fs::read_to_string(root.join("deploy/mosquitto/dev.conf.in"))
+        .context("reading deploy/mosquitto/dev.conf.in")?;
+    let conf = template
+        .replace("@STATE@", &dir.display().to_string())
+        .replace("@PORT@", &MQTT_PORT.to_string());
+    let acl = fs::read_to_string(root.join("deploy/mosquitto/hailan.acl"))
+        .context("reading deploy/mosquitto/hailan.acl")?;
+    let conf_path = dir.join("mosquitto.conf");
+    let acl_path = dir.join("hailan.acl");
+    let config_changed = fs::read_to_string(&conf_path).ok().as_deref() != Some(conf.as_str())
+        || fs::read_to_string(&acl_path).ok().as_deref() != Some(acl.as_str());
+    if config_changed {
+        fs::write(&conf_path, &conf)?;
+        fs::write(&acl_path, &acl)?;
+    }
+    if is_root() {
+        // Mosquitto drops root privileges to the `mosquitto` user.
+        Cmd::new("chown").args(["-R", "mosquitto:mosquitto"]).arg(&dir).run()?;
+    }
+
+    let pid_path = dir.join("mosquitto.pid");
+    let running_pid = fs::read_to_string(&pid_path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&*conf_path.to_string_lossy()))
+                .unwrap_or(false)
+        });
+    match running_pid {
+        Some(pid) if !config_changed && !changed => {
+            say(&format!("mosquitto: already running (pid {pid})"));
+        }
+        Some(pid) if !config_changed => {
+            // New users only: a reload re-reads the password file.
+            say("mosquitto: reloading credentials");
+            Cmd::new("kill").args(["-HUP", &pid.to_string()]).run()?;
+        }
+        other => {
+            if let Some(pid) = other {
+                say("mosquitto: configuration changed, restarting");
+                Cmd::new("kill").arg(pid.to_string()).run()?;
+                let start = Instant::now();
+                while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            if port_open(MQTT_PORT) {
+                bail!(
+                    "127.0.0.1:{MQTT_PORT} is taken by another broker (not hailan's config); stop it first, e.g. `service mosquitto stop`"
+                );
+            }
+            say("mosquitto: starting with deploy/mosquitto/dev.conf.in");
+            Cmd::new("mosquitto").arg("-c").arg(&conf_path).arg("-d").run()?;
+        }
+    }
+    wait_for_port(MQTT_PORT, Duration::from_secs(15))
+        .with_context(|| format!("mosquitto did not start; see {}", dir.join("mosquitto.log").display()))?;
+    let url = format!("mqtt://127.0.0.1:{MQTT_PORT}");
+    say(&format!("mosquitto: ready at {url} (users in {})", cred_path.display()));
+    Ok((creds, url))
+}
+
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("cbor2", "cbor2==5.6.5")];
+
+fn ensure_python_tools(say: &dyn Fn(&str)) -> Result<()> {
+    let venv = state_dir().join("venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        say("python: creating .hailan/venv");
+        Cmd::new("python3").args(["-m", "venv"]).arg(&venv).run().context(
+            "python3 -m venv failed (on Debian's own python3, install python3-venv)",
+        )?;
+    }
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| Cmd::new(&python).args(["-c", &format!("import {module}")]).quiet().run().is_err())
+        .map(|(_, spec)| *spec)
+        .collect();
+    if missing.is_empty() {
+        say("python: tools present");
+        return Ok(());
+    }
+    say(&format!("python: installing {}", missing.join(" ")));
+    Cmd::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(missing.iter().copied())
+        .run()
+}
+
+const NODE_PACKAGES: &[(&str, &str)] = &[("snarkjs", "snarkjs@0.7.5")];
+
+fn ensure_node_tools(say: &dyn Fn(&str)) -> Result<()> {
+    let prefix = state_dir().join("tools");
+    let missing: Vec<&str> = NODE_PACKAGES
+        .iter()
+        .filter(|(bin, _)| !prefix.join("node_modules/.bin").join(bin).exists())
+        .map(|(_, spec)| *spec)
+        .collect();
+    if missing.is_empty() {
+        say("node: tools present");
+        return Ok(());
+    }
+    fs::create_dir_all(&prefix)?;
+    say(&format!("node: installing {}", missing.join(" ")));
+    Cmd::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .arg(&prefix)
+        .args(missing.iter().copied())
+        .quiet()
+        .run()
+}
+
+fn write_env_file(e: &Endpoints) -> Result<()> {
+    let text: String = e.env().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    let path = state_dir().join("env");
+    if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+        fs::write(&path, text)?;
+    }
+    Ok(())
+}

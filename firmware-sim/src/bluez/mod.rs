@@ -27,6 +27,14 @@ fn sender(hdr: &Header<'_>) -> String {
     hdr.sender().map(|s| s.to_string()).unwrap_or_default()
 }
 
+/// A property setter can only fail with `fdo::Error`, so a refused `Powered`
+/// set arrives as `org.freedesktop.DBus.Error.Failed` with BlueZ's message
+/// (real BlueZ: `org.bluez.Error.Failed`, same message).
+fn setter_error(e: BluezError) -> zbus::fdo::Error {
+    use zbus::DBusError;
+    zbus::fdo::Error::Failed(e.description().unwrap_or("Failed").to_string())
+}
+
 /// `org.bluez.AgentManager1` at `/org/bluez` (accepts agents; pairing is Just Works).
 pub struct AgentManager;
 
@@ -110,10 +118,7 @@ impl Adapter {
     }
     #[zbus(property, name = "Powered")]
     async fn set_powered(&mut self, powered: bool) -> zbus::fdo::Result<()> {
-        self.inner
-            .set_powered(powered)
-            .await
-            .map_err(|e| zbus::fdo::Error::Failed(format!("{e:?}")))
+        self.inner.set_powered(powered).await.map_err(setter_error)
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Discovering")]
     fn discovering(&self) -> bool {

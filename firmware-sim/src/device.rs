@@ -303,3 +303,37 @@ impl Device {
 pub fn uuid128(uuid16: u16) -> String {
     format!("0000{uuid16:04x}-0000-1000-8000-00805f9b34fb")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(d: &Device) -> Vec<u64> {
+        d.model
+            .lock()
+            .map(|m| m.glucose.iter().flat_map(|g| g.slots()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn stored_records_follow_the_seed() {
+        let a = Device::new(DeviceKind::Glucose, 0, 3, 11);
+        let b = Device::new(DeviceKind::Glucose, 0, 3, 11);
+        let c = Device::new(DeviceKind::Glucose, 0, 3, 12);
+        assert_eq!(values(&a).len(), 8);
+        assert_eq!(values(&a), values(&b));
+        assert_ne!(values(&a), values(&c));
+    }
+
+    #[test]
+    fn gatt_paths_are_bluez_shaped() {
+        let d = Device::new(DeviceKind::Bp, 1, 0, 1);
+        assert_eq!(d.info.path, "/org/bluez/hci0/dev_F0_4A_1A_02_00_01");
+        let c = d.char(0x2A35).expect("bp measurement");
+        assert!(c.path.starts_with(&format!("{}/service", d.info.path)));
+        let tail = c.path.rsplit('/').next().unwrap_or_default();
+        assert!(tail.starts_with("char") && tail.len() == 8, "{tail}");
+        assert!(c.cccd_path.as_deref().is_some_and(|p| p.contains("/desc")));
+        assert!(c.secure && c.indicates());
+    }
+}

@@ -70,11 +70,25 @@ fn binary_serves_btleplug_takes_faults_on_stdin_and_logs_truth() -> anyhow::Resu
                     "10",
                     "--ground-truth",
                     &gt_arg,
+                    "--faults",
+                    "rssi=hr1:-91@0s",
                 ],
             )?;
             let adapter = adapter().await?;
             let mut events = adapter.events().await?;
             let ps = scan(&adapter, &mut events, 3).await?;
+            // the scheduled CLI fault took effect before discovery
+            let hr1 = sim
+                .devices
+                .iter()
+                .find(|d| d.name == "hr1")
+                .expect("hr1")
+                .clone();
+            let rssi = by_address(&ps, &hr1.address)?
+                .properties()
+                .await?
+                .and_then(|p| p.rssi);
+            assert_eq!(rssi, Some(-91));
             let hr0 = sim
                 .devices
                 .iter()

@@ -591,3 +591,36 @@ fn fault_adapter_power_off_and_on() -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// 50 devices at once: every one connects, subscribes and delivers.
+#[test]
+fn fifty_devices_all_connect_and_deliver() -> anyhow::Result<()> {
+    isolated(
+        "fifty_devices_all_connect_and_deliver",
+        LIMIT,
+        |bus| async move {
+            let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Hr, 40), (DeviceKind::Spo2, 10)]))
+                .await?;
+            let adapter = adapter().await?;
+            let mut events = adapter.events().await?;
+            let ps = scan(&adapter, &mut events, 50).await?;
+            adapter.stop_scan().await?;
+            let mut streams = Vec::new();
+            for p in &ps {
+                connect(p).await?;
+                let c = ch(p, 0x2A37).or_else(|_| ch(p, 0x2A5F))?;
+                let notes: Notes = p.notifications().await?;
+                p.subscribe(&c).await?;
+                streams.push((p.address().to_string(), c.uuid, notes));
+            }
+            for (address, uuid, mut notes) in streams {
+                let n = within(&format!("first notification from {address}"), notes.next())
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("stream ended"))?;
+                assert_eq!(n.uuid, uuid);
+            }
+            assert!(sim.devices().iter().all(|d| sim.is_connected(&d.name)));
+            Ok(())
+        },
+    )
+}

@@ -431,6 +431,11 @@ impl Physiology {
             WeightUnit::Pound
         };
         let user = rng.gen_range(1..5);
+        let pressure_unit = if rng.gen_bool(0.25) {
+            PressureUnit::KPa
+        } else {
+            PressureUnit::MmHg
+        };
         Physiology {
             hr: Walk::new(hr0, 0.08, 1.5, 38.0, 190.0),
             sys: Walk::new(sys0, 0.3, 4.0, 85.0, 200.0),
@@ -439,7 +444,7 @@ impl Physiology {
             temp: Walk::new(36.8, 0.2, 0.15, 35.5, 39.5),
             glucose: Walk::new(105.0, 0.2, 15.0, 60.0, 320.0),
             weight: Walk::new(kg0, 0.5, 0.2, 30.0, 250.0),
-            pressure_unit: PressureUnit::MmHg,
+            pressure_unit,
             temp_unit,
             weight_unit,
             user,

@@ -15,6 +15,9 @@
 //! | `power-off+2s` | adapter powers off (rfkill-style: cannot be powered on) for 2 s, then on |
 //! | `power-off` / `power-on` | adapter off (a client may power it on again) / on |
 //!
+//! `DEVICE` is a name (`hr0`), an address, or `*` (every device): a
+//! disconnect storm is `drop=*@5s%2s`.
+//!
 //! Example: `--faults 'drop=hr0@10s%30s,stall@60s+20s,power-off@120s+3s'`.
 
 use std::time::Duration;
@@ -208,6 +211,9 @@ mod tests {
                 duration: Some(Duration::from_millis(500))
             }
         );
+        let storm = parse_faults("drop=*@5s%2s").expect("storm");
+        assert_eq!(storm[0].fault, Fault::Drop { device: "*".into() });
+        assert_eq!(storm[0].every, Some(Duration::from_secs(2)));
         assert!(parse_faults("refuse=hr0").is_err());
         assert!(parse_faults("explode").is_err());
         assert!(parse_faults("drop=hr0@soon").is_err());

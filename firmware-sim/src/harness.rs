@@ -112,6 +112,7 @@ pub struct SimDeviceLine {
 pub struct SimProcess {
     child: Child,
     stdin: Option<ChildStdin>,
+    replies: mpsc::Receiver<Option<String>>,
     /// The devices it announced.
     pub devices: Vec<SimDeviceLine>,
 }
@@ -156,25 +157,25 @@ impl SimProcess {
         let stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel::<Option<String>>();
         std::thread::spawn(move || {
-            let mut ready = false;
+            // Protocol lines (DEVICE/BUS/READY, then OK/ERR replies to
+            // commands) go to the channel; anything else is echoed.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if ready {
+                let protocol = ["OK ", "ERR ", "DEVICE ", "BUS "]
+                    .iter()
+                    .any(|p| line.starts_with(p))
+                    || line.trim() == "READY";
+                if !protocol {
                     println!("[hailan-sim] {line}");
                     continue;
                 }
-                ready = line.trim() == "READY";
                 if tx.send(Some(line)).is_err() {
                     break;
                 }
             }
             let _ = tx.send(None);
         });
-        let mut sim = SimProcess {
-            child,
-            stdin,
-            devices: vec![],
-        };
+        let mut devices = vec![];
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -182,8 +183,15 @@ impl SimProcess {
                 Ok(Some(line)) => {
                     let f: Vec<&str> = line.split_whitespace().collect();
                     match f.as_slice() {
-                        ["READY"] => return Ok(sim),
-                        ["DEVICE", name, kind, address, path] => sim.devices.push(SimDeviceLine {
+                        ["READY"] => {
+                            return Ok(SimProcess {
+                                child,
+                                stdin,
+                                replies: rx,
+                                devices,
+                            });
+                        }
+                        ["DEVICE", name, kind, address, path] => devices.push(SimDeviceLine {
                             name: name.to_string(),
                             kind: kind.to_string(),
                             address: address.to_string(),
@@ -192,17 +200,33 @@ impl SimProcess {
                         _ => {}
                     }
                 }
-                Ok(None) => bail!("hailan-sim exited before READY"),
-                Err(_) => bail!("hailan-sim not READY within 20 s"),
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("hailan-sim exited before READY")
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("hailan-sim not READY within 20 s")
+                }
             }
         }
     }
 
-    /// Send a control command (`fault drop=hr0`, `measure bp0`) to its stdin.
+    /// Send a control command (`fault drop=hr0`, `measure bp0`) to its stdin
+    /// and wait for the reply: when this returns Ok a fault has been applied
+    /// (a `measure` has been requested). An `ERR` reply is an error.
     pub fn command(&mut self, line: &str) -> anyhow::Result<()> {
         let stdin = self.stdin.as_mut().context("simulator stdin closed")?;
         writeln!(stdin, "{line}").context("writing to simulator stdin")?;
-        stdin.flush().context("flushing simulator stdin")
+        stdin.flush().context("flushing simulator stdin")?;
+        match self.replies.recv_timeout(Duration::from_secs(10)) {
+            Ok(Some(reply)) if reply.starts_with("OK ") => Ok(()),
+            Ok(Some(reply)) => bail!("hailan-sim: {reply}"),
+            Ok(None) => bail!("hailan-sim exited"),
+            Err(_) => bail!("hailan-sim did not answer {line:?} within 10 s"),
+        }
     }
 
     /// The child's process id.

@@ -742,24 +742,26 @@ impl Inner {
     /// Apply a fault now.
     pub(crate) async fn inject(self: &Arc<Self>, fault: Fault) -> anyhow::Result<()> {
         tracing::info!(?fault, "fault");
-        let find = |r: &str| {
+        // a device name, an address, or `*` for every device
+        let find = |r: &str| -> anyhow::Result<Vec<Arc<Device>>> {
+            if r == "*" {
+                return Ok(self.devices.clone());
+            }
             self.dev_by_ref(r)
                 .cloned()
+                .map(|d| vec![d])
                 .with_context(|| format!("no simulated device {r:?}"))
         };
         match fault {
             Fault::Drop { device } => {
-                let d = find(&device)?;
-                let _op = d.op.lock().await;
-                self.drop_link(&d).await;
+                for d in find(&device)? {
+                    let _op = d.op.lock().await;
+                    self.drop_link(&d).await;
+                }
             }
             Fault::RefuseConnects { device, duration } => {
                 let until = Instant::now() + duration;
-                let targets: Vec<_> = match device {
-                    Some(r) => vec![find(&r)?],
-                    None => self.devices.clone(),
-                };
-                for d in targets {
+                for d in find(device.as_deref().unwrap_or("*"))? {
                     lock(&d.st).refuse_until = Some(until);
                 }
             }
@@ -768,33 +770,38 @@ impl Inner {
             }
             Fault::ResumeDiscovery => lock(&self.adapter).stalled_until = None,
             Fault::Malformed { device, count } => {
-                lock(&find(&device)?.st).malformed_next += count;
+                for d in find(&device)? {
+                    lock(&d.st).malformed_next += count;
+                }
             }
             Fault::OutOfRange { device, count } => {
-                let d = find(&device)?;
-                lock(&d.st).out_of_range_next += count;
-                if d.info.kind == DeviceKind::Glucose {
-                    // A meter stores what it measured: store implausible records.
-                    for _ in 0..count {
-                        self.store_glucose(&d, true);
+                for d in find(&device)? {
+                    lock(&d.st).out_of_range_next += count;
+                    if d.info.kind == DeviceKind::Glucose {
+                        // A meter stores what it measured: store implausible records.
+                        for _ in 0..count {
+                            self.store_glucose(&d, true);
+                        }
+                        lock(&d.st).out_of_range_next = 0;
                     }
-                    lock(&d.st).out_of_range_next = 0;
                 }
             }
             Fault::Rssi { device, rssi } => {
-                let d = find(&device)?;
-                {
-                    let mut st = lock(&d.st);
-                    st.rssi = rssi;
-                    st.rssi_pinned = true;
-                }
-                if lock(&d.st).exported {
-                    self.emit(
-                        &d.info.path,
-                        "org.bluez.Device1",
-                        vec![("RSSI", Value::from(rssi))],
-                    )
-                    .await;
+                for d in find(&device)? {
+                    let exported = {
+                        let mut st = lock(&d.st);
+                        st.rssi = rssi;
+                        st.rssi_pinned = true;
+                        st.exported
+                    };
+                    if exported {
+                        self.emit(
+                            &d.info.path,
+                            "org.bluez.Device1",
+                            vec![("RSSI", Value::from(rssi))],
+                        )
+                        .await;
+                    }
                 }
             }
             Fault::PowerOff { duration } => {

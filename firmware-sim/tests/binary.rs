@@ -115,7 +115,11 @@ fn binary_serves_btleplug_takes_faults_on_stdin_and_logs_truth() -> anyhow::Resu
             // the glucose meter's stored records are in the truth too
             assert!(recs.iter().filter(|r| r.device == "glucose0").count() >= 8);
 
+            assert!(sim.command("fault drop=nosuch").is_err());
+            sim.command("measure glucose0")?;
             sim.command("fault drop=hr0")?;
+            // the reply comes once the fault is applied
+            assert!(!p.is_connected().await?);
             within("DeviceDisconnected after stdin fault", async {
                 while let Some(e) = events.next().await {
                     if matches!(&e, CentralEvent::DeviceDisconnected(id) if *id == p.id()) {

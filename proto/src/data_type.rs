@@ -294,7 +294,9 @@ impl std::str::FromStr for DataType {
 
 /// A data-type name that is not in the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown data type {0:?} (known: HEART_RATE, BLOOD_PRESSURE, SPO2, BODY_TEMPERATURE, GLUCOSE, BODY_WEIGHT)")]
+#[error(
+    "unknown data type {0:?} (known: HEART_RATE, BLOOD_PRESSURE, SPO2, BODY_TEMPERATURE, GLUCOSE, BODY_WEIGHT)"
+)]
 pub struct UnknownDataType(pub String);
 
 #[cfg(test)]
@@ -313,7 +315,10 @@ mod tests {
     fn slots_are_well_formed() {
         for t in DataType::ALL {
             let spec = t.spec();
-            assert!(!spec.slots.is_empty() && spec.slots.len() <= MAX_SLOTS, "{t}");
+            assert!(
+                !spec.slots.is_empty() && spec.slots.len() <= MAX_SLOTS,
+                "{t}"
+            );
             for slot in spec.slots {
                 assert!(slot.lo <= slot.hi, "{t}.{}", slot.name);
                 assert!(slot.scale > 0);

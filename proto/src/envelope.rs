@@ -44,7 +44,7 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body {
-    Registration(Registration),
+    Registration(Box<Registration>),
     Readings(ReadingBatch),
     DeviceState(DeviceState),
 }
@@ -186,10 +186,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
         Err(err) => {
             // A future version may change the body's shape: say so rather
             // than report a confusing structural error.
-            if let Ok(probe) = ciborium::from_reader::<VersionProbe, _>(bytes) {
-                if probe.v != u64::from(WIRE_VERSION) {
-                    return Err(DecodeError::UnsupportedVersion(probe.v));
-                }
+            if let Ok(probe) = ciborium::from_reader::<VersionProbe, _>(bytes)
+                && probe.v != u64::from(WIRE_VERSION)
+            {
+                return Err(DecodeError::UnsupportedVersion(probe.v));
             }
             return Err(DecodeError::Malformed(err.to_string()));
         }
@@ -233,11 +233,15 @@ fn check_data_type(name: &str) -> Result<(), String> {
     // look like a data-type name.
     if !name.is_empty()
         && name.len() <= MAX_ID_LEN
-        && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
     {
         Ok(())
     } else {
-        Err(format!("data type {name:?} must be 1..=64 characters of A-Z 0-9 _"))
+        Err(format!(
+            "data type {name:?} must be 1..=64 characters of A-Z 0-9 _"
+        ))
     }
 }
 
@@ -272,10 +276,10 @@ impl Envelope {
             }
             Body::DeviceState(s) => {
                 check_id("device_id", &s.device_id)?;
-                if let Some(b) = s.battery_level {
-                    if b > 100 {
-                        return Err(format!("battery_level {b} is more than 100"));
-                    }
+                if let Some(b) = s.battery_level
+                    && b > 100
+                {
+                    return Err(format!("battery_level {b} is more than 100"));
                 }
                 check_text("firmware_version", &s.firmware_version)
             }
@@ -308,7 +312,9 @@ impl ProvenGroup {
                 return Err(format!("a reading proof covers exactly 1 reading, not {n}"));
             }
             ProofKind::Window if n == 0 || n > MAX_GROUP_READINGS => {
-                return Err(format!("a window covers 1..={MAX_GROUP_READINGS} readings, not {n}"));
+                return Err(format!(
+                    "a window covers 1..={MAX_GROUP_READINGS} readings, not {n}"
+                ));
             }
             _ => {}
         }
@@ -339,15 +345,26 @@ impl ProvenGroup {
     }
 
     /// The canonical header of reading `index` of this group.
-    pub fn reading_header<'a>(&'a self, gateway_id: &'a str, device_id: &'a str, index: usize) -> Option<ReadingHeader<'a>> {
-        self.readings.get(index).map(|r| r.header(gateway_id, device_id))
+    pub fn reading_header<'a>(
+        &'a self,
+        gateway_id: &'a str,
+        device_id: &'a str,
+        index: usize,
+    ) -> Option<ReadingHeader<'a>> {
+        self.readings
+            .get(index)
+            .map(|r| r.header(gateway_id, device_id))
     }
 
     /// The window header of this group (for `kind = window`): the first
     /// reading's seq and time, and each reading's offset from that time.
     /// `None` if the group is empty or its times are out of order (which a
     /// decoded envelope never is).
-    pub fn window_header<'a>(&'a self, gateway_id: &'a str, device_id: &'a str) -> Option<WindowHeader<'a>> {
+    pub fn window_header<'a>(
+        &'a self,
+        gateway_id: &'a str,
+        device_id: &'a str,
+    ) -> Option<WindowHeader<'a>> {
         let first = self.readings.first()?;
         let offsets_ms = self
             .readings

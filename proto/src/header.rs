@@ -158,8 +158,16 @@ mod tests {
         h.data_type = "SPO2";
         assert_ne!(h.context(), base);
         // Moving bytes between fields is not a collision: lengths are prefixed.
-        let a = ReadingHeader { gateway_id: "ab", device_id: "c", ..header() };
-        let b = ReadingHeader { gateway_id: "a", device_id: "bc", ..header() };
+        let a = ReadingHeader {
+            gateway_id: "ab",
+            device_id: "c",
+            ..header()
+        };
+        let b = ReadingHeader {
+            gateway_id: "a",
+            device_id: "bc",
+            ..header()
+        };
         assert_ne!(a.context(), b.context());
     }
 

@@ -24,14 +24,19 @@ pub struct DataKey {
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DataKey").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("DataKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
 impl DataKey {
     /// A key from its id and 32 bytes.
     pub fn new(kid: impl Into<String>, key: [u8; 32]) -> Self {
-        DataKey { kid: kid.into(), key }
+        DataKey {
+            kid: kid.into(),
+            key,
+        }
     }
 
     /// A fresh random key.
@@ -90,7 +95,9 @@ impl SealedValue {
 pub enum SealError {
     #[error("sealed with key {found:?}, but the key given is {expected:?}")]
     WrongKeyId { expected: String, found: String },
-    #[error("ciphertext does not authenticate: wrong key, or the reading's header or ciphertext was changed")]
+    #[error(
+        "ciphertext does not authenticate: wrong key, or the reading's header or ciphertext was changed"
+    )]
     Authentication,
     #[error("decrypted plaintext is not a sealed value: {0}")]
     BadPlaintext(String),
@@ -118,20 +125,43 @@ pub fn seal(
     let aad = associated_data(header, &key.kid);
     let plaintext = value.to_bytes();
     let ciphertext = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: &plaintext, aad: &aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: &plaintext,
+                aad: &aad,
+            },
+        )
         .expect("AES-GCM encryption fails only past 2^36 bytes");
-    Sealed { kid: key.kid.clone(), nonce, ciphertext }
+    Sealed {
+        kid: key.kid.clone(),
+        nonce,
+        ciphertext,
+    }
 }
 
 /// Open a sealed value of the reading with this header.
-pub fn open(key: &DataKey, header: &ReadingHeader<'_>, sealed: &Sealed) -> Result<SealedValue, SealError> {
+pub fn open(
+    key: &DataKey,
+    header: &ReadingHeader<'_>,
+    sealed: &Sealed,
+) -> Result<SealedValue, SealError> {
     if sealed.kid != key.kid {
-        return Err(SealError::WrongKeyId { expected: key.kid.clone(), found: sealed.kid.clone() });
+        return Err(SealError::WrongKeyId {
+            expected: key.kid.clone(),
+            found: sealed.kid.clone(),
+        });
     }
     let cipher = Aes256Gcm::new(&key.key.into());
     let aad = associated_data(header, &sealed.kid);
     let plaintext = cipher
-        .decrypt(Nonce::from_slice(&sealed.nonce), Payload { msg: &sealed.ciphertext, aad: &aad })
+        .decrypt(
+            Nonce::from_slice(&sealed.nonce),
+            Payload {
+                msg: &sealed.ciphertext,
+                aad: &aad,
+            },
+        )
         .map_err(|_| SealError::Authentication)?;
     SealedValue::from_bytes(&plaintext)
 }

@@ -50,7 +50,10 @@ mod tests {
     fn round_trip() {
         assert_eq!(up("gw-1"), "hailan/v1/gw-1/up");
         assert_eq!(parse(&up("gw-1")), Some(Topic::Up { gateway_id: "gw-1" }));
-        assert_eq!(parse(&status("gw-1")), Some(Topic::Status { gateway_id: "gw-1" }));
+        assert_eq!(
+            parse(&status("gw-1")),
+            Some(Topic::Status { gateway_id: "gw-1" })
+        );
     }
 
     #[test]

@@ -66,7 +66,10 @@ fn test(extra: &[String]) -> Result<()> {
     let e = services::run(false)?;
     let env = e.env();
     println!("== cargo fmt --check");
-    cargo().args(["fmt", "--all", "--", "--check"]).run().context("formatting: run `cargo fmt --all`")?;
+    cargo()
+        .args(["fmt", "--all", "--", "--check"])
+        .run()
+        .context("formatting: run `cargo fmt --all`")?;
     if has_nextest() {
         println!("== cargo nextest run --workspace");
         cargo()
@@ -76,7 +79,11 @@ fn test(extra: &[String]) -> Result<()> {
             .run()?;
     } else {
         println!("== cargo test --workspace (cargo-nextest not found)");
-        cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra).envs(&env).run()?;
+        cargo()
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(extra)
+            .envs(&env)
+            .run()?;
     }
     Ok(())
 }
@@ -85,9 +92,15 @@ fn demo() -> Result<()> {
     let e = services::run(false)?;
     let env = e.env();
     println!("\n== hailan-ingest migrate");
-    cargo().args(["run", "--quiet", "-p", "hailan-ingest", "--", "migrate"]).envs(&env).run()?;
+    cargo()
+        .args(["run", "--quiet", "-p", "hailan-ingest", "--", "migrate"])
+        .envs(&env)
+        .run()?;
     println!("\n== hailan-ingest schema");
-    cargo().args(["run", "--quiet", "-p", "hailan-ingest", "--", "schema"]).envs(&env).run()?;
+    cargo()
+        .args(["run", "--quiet", "-p", "hailan-ingest", "--", "schema"])
+        .envs(&env)
+        .run()?;
     println!("\nDATABASE_URL={}", e.database_url);
     println!("HAILAN_MQTT_URL={}", e.mqtt_url);
     Ok(())

@@ -31,7 +31,10 @@ impl Endpoints {
         let mut env = vec![
             ("DATABASE_URL".into(), self.database_url.clone()),
             ("HAILAN_MQTT_URL".into(), self.mqtt_url.clone()),
-            ("HAILAN_STATE_DIR".into(), self.state_dir.display().to_string()),
+            (
+                "HAILAN_STATE_DIR".into(),
+                self.state_dir.display().to_string(),
+            ),
             (
                 "HAILAN_PYTHON".into(),
                 self.state_dir.join("venv/bin/python").display().to_string(),
@@ -117,7 +120,10 @@ fn ensure_packages(say: &dyn Fn(&str)) -> Result<()> {
         missing.join(" ")
     );
     if !is_root() {
-        bail!("missing Debian packages: {}\nrun as root:\n  sudo sh -c '{install}'", missing.join(" "));
+        bail!(
+            "missing Debian packages: {}\nrun as root:\n  sudo sh -c '{install}'",
+            missing.join(" ")
+        );
     }
     say(&format!("packages: installing {}", missing.join(" ")));
     Cmd::new("apt-get").args(["update", "-q"]).quiet().run()?;
@@ -133,7 +139,18 @@ fn ensure_packages(say: &dyn Fn(&str)) -> Result<()> {
 
 fn psql_as_postgres(sql: &str) -> Result<String> {
     Cmd::new("runuser")
-        .args(["-u", "postgres", "--", "psql", "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "psql",
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ])
         .args(["-p", "5432", "-d", "postgres", "-c", sql])
         .output()
 }
@@ -147,36 +164,50 @@ fn ensure_postgres(say: &dyn Fn(&str)) -> Result<String> {
     match line {
         None => {
             if !is_root() {
-                bail!("no PostgreSQL {PG_VERSION} cluster; run as root:\n  sudo pg_createcluster {PG_VERSION} {PG_CLUSTER} --start");
+                bail!(
+                    "no PostgreSQL {PG_VERSION} cluster; run as root:\n  sudo pg_createcluster {PG_VERSION} {PG_CLUSTER} --start"
+                );
             }
             say("postgresql: creating cluster 15/main");
-            Cmd::new("pg_createcluster").args([PG_VERSION, PG_CLUSTER, "--start"]).quiet().run()?;
+            Cmd::new("pg_createcluster")
+                .args([PG_VERSION, PG_CLUSTER, "--start"])
+                .quiet()
+                .run()?;
         }
         Some(l) if l.split_whitespace().nth(3) == Some("online") => {
             say("postgresql: 15/main already running");
         }
         Some(_) => {
             if !is_root() {
-                bail!("PostgreSQL {PG_VERSION}/{PG_CLUSTER} is stopped; run as root:\n  sudo pg_ctlcluster {PG_VERSION} {PG_CLUSTER} start");
+                bail!(
+                    "PostgreSQL {PG_VERSION}/{PG_CLUSTER} is stopped; run as root:\n  sudo pg_ctlcluster {PG_VERSION} {PG_CLUSTER} start"
+                );
             }
             say("postgresql: starting 15/main");
-            Cmd::new("pg_ctlcluster").args([PG_VERSION, PG_CLUSTER, "start"]).run()?;
+            Cmd::new("pg_ctlcluster")
+                .args([PG_VERSION, PG_CLUSTER, "start"])
+                .run()?;
         }
     }
-    wait_for_port(5432, Duration::from_secs(30)).context("PostgreSQL did not start listening on 5432")?;
+    wait_for_port(5432, Duration::from_secs(30))
+        .context("PostgreSQL did not start listening on 5432")?;
     if !is_root() {
         // Cannot create roles without the postgres account: check it is done.
         return Ok(database_url);
     }
     // The owner role creates the application roles and the test databases.
-    let role_exists = psql_as_postgres(&format!("SELECT 1 FROM pg_roles WHERE rolname = '{DB_USER}'"))?;
+    let role_exists = psql_as_postgres(&format!(
+        "SELECT 1 FROM pg_roles WHERE rolname = '{DB_USER}'"
+    ))?;
     if role_exists.trim() != "1" {
         say("postgresql: creating role hailan");
         psql_as_postgres(&format!(
             "CREATE ROLE {DB_USER} LOGIN PASSWORD '{DB_PASSWORD}' CREATEDB CREATEROLE"
         ))?;
     }
-    let db_exists = psql_as_postgres(&format!("SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"))?;
+    let db_exists = psql_as_postgres(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{DB_NAME}'"
+    ))?;
     if db_exists.trim() != "1" {
         say("postgresql: creating database hailan");
         psql_as_postgres(&format!("CREATE DATABASE {DB_NAME} OWNER {DB_USER}"))?;
@@ -200,7 +231,11 @@ fn wait_for_port(port: u16, limit: Duration) -> Result<()> {
 }
 
 fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
 }
 
 fn random_hex(bytes: usize) -> Result<String> {
@@ -238,7 +273,11 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
         fs::write(&cred_path, text)?;
         fs::write(&passwd, "")?;
         for (u, p) in &creds {
-            Cmd::new("mosquitto_passwd").arg("-b").arg(&passwd).args([u, p]).run()?;
+            Cmd::new("mosquitto_passwd")
+                .arg("-b")
+                .arg(&passwd)
+                .args([u, p])
+                .run()?;
         }
     }
 
@@ -260,7 +299,10 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
     }
     if is_root() {
         // Mosquitto drops root privileges to the `mosquitto` user.
-        Cmd::new("chown").args(["-R", "mosquitto:mosquitto"]).arg(&dir).run()?;
+        Cmd::new("chown")
+            .args(["-R", "mosquitto:mosquitto"])
+            .arg(&dir)
+            .run()?;
     }
 
     let pid_path = dir.join("mosquitto.pid");
@@ -286,7 +328,9 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
                 say("mosquitto: configuration changed, restarting");
                 Cmd::new("kill").arg(pid.to_string()).run()?;
                 let start = Instant::now();
-                while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+                while Path::new(&format!("/proc/{pid}")).exists()
+                    && start.elapsed() < Duration::from_secs(10)
+                {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -296,30 +340,52 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
                 );
             }
             say("mosquitto: starting with deploy/mosquitto/dev.conf.in");
-            Cmd::new("mosquitto").arg("-c").arg(&conf_path).arg("-d").run()?;
+            Cmd::new("mosquitto")
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-d")
+                .run()?;
         }
     }
-    wait_for_port(MQTT_PORT, Duration::from_secs(15))
-        .with_context(|| format!("mosquitto did not start; see {}", dir.join("mosquitto.log").display()))?;
+    wait_for_port(MQTT_PORT, Duration::from_secs(15)).with_context(|| {
+        format!(
+            "mosquitto did not start; see {}",
+            dir.join("mosquitto.log").display()
+        )
+    })?;
     let url = format!("mqtt://127.0.0.1:{MQTT_PORT}");
-    say(&format!("mosquitto: ready at {url} (users in {})", cred_path.display()));
+    say(&format!(
+        "mosquitto: ready at {url} (users in {})",
+        cred_path.display()
+    ));
     Ok((creds, url))
 }
 
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("cbor2", "cbor2==5.6.5")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("cbor2", "cbor2==5.6.5"),
+    ("cryptography", "cryptography==44.0.2"),
+];
 
 fn ensure_python_tools(say: &dyn Fn(&str)) -> Result<()> {
     let venv = state_dir().join("venv");
     let python = venv.join("bin/python");
     if !python.exists() {
         say("python: creating .hailan/venv");
-        Cmd::new("python3").args(["-m", "venv"]).arg(&venv).run().context(
-            "python3 -m venv failed (on Debian's own python3, install python3-venv)",
-        )?;
+        Cmd::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .run()
+            .context("python3 -m venv failed (on Debian's own python3, install python3-venv)")?;
     }
     let missing: Vec<&str> = PYTHON_PACKAGES
         .iter()
-        .filter(|(module, _)| Cmd::new(&python).args(["-c", &format!("import {module}")]).quiet().run().is_err())
+        .filter(|(module, _)| {
+            Cmd::new(&python)
+                .args(["-c", &format!("import {module}")])
+                .quiet()
+                .run()
+                .is_err()
+        })
         .map(|(_, spec)| *spec)
         .collect();
     if missing.is_empty() {
@@ -349,7 +415,13 @@ fn ensure_node_tools(say: &dyn Fn(&str)) -> Result<()> {
     fs::create_dir_all(&prefix)?;
     say(&format!("node: installing {}", missing.join(" ")));
     Cmd::new("npm")
-        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
         .arg(&prefix)
         .args(missing.iter().copied())
         .quiet()

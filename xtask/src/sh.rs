@@ -37,7 +37,10 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Cmd { inner: Command::new(program), quiet: false }
+        Cmd {
+            inner: Command::new(program),
+            quiet: false,
+        }
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
@@ -123,7 +126,11 @@ impl Cmd {
             .output()
             .with_context(|| format!("cannot run `{what}`"))?;
         if !out.status.success() {
-            bail!("`{what}` failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "`{what}` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }

@@ -1,1 +1,110 @@
-//! The zero-knowledge statement, prover and verifier (the zk issue fills this).
+//! The zero-knowledge statements, prover and verifier (DESIGN §5, `ZK.md`).
+//!
+//! Two Groth16 (BN254) statements, one key pair each:
+//!
+//! - **reading** ([`ProofKind::Reading`]): one reading, up to [`MAX_SLOTS`]
+//!   values. Public `D, C, x, lo[4], hi[4]`; private `s, v[4], r`;
+//!   `D = H(tag_dev, s)`, `C = H(tag_rd, pack32(v), r, x)`,
+//!   `lo_i ≤ v_i ≤ hi_i` (unused slots have bounds `0..=0`, so `v_i = 0`).
+//! - **window** ([`ProofKind::Window`]): `n ≤ W` ([`WINDOW_LEN`]) consecutive
+//!   readings of one single-slot data type. Public `D, C, x, n, lo, hi`;
+//!   `C = H(tag_win, pack15(v[0..W]), r, x)` with `x` the window header's
+//!   context; readings `0..n` are in bounds, positions `n..W` are zero.
+//!
+//! `H` is Poseidon (width 3, α = 5, 8 full + 57 partial rounds, arkworks
+//! parameter generation). Everything here is synchronous, pure and `Send`:
+//! randomness comes from the caller, heavy work belongs off any async runtime.
+//!
+//! - [`poseidon`]: parameters, native hash, in-circuit hash, tags.
+//! - [`circuit`]: the two constraint systems.
+//! - [`keys`]: setup, (de)serialisation, key ids, dev keys.
+//! - [`prove`]: the gateway's API and the clinician's commitment recomputation.
+//! - [`verify`]: ingest's verifier: policy, one-by-one, batch, bisection.
+//! - [`snarkjs`]: export to snarkjs's groth16 JSON and the proof bundle.
+//!
+//! [`MAX_SLOTS`]: crate::data_type::MAX_SLOTS
+//! [`ProofKind::Reading`]: crate::envelope::ProofKind::Reading
+//! [`ProofKind::Window`]: crate::envelope::ProofKind::Window
+
+pub mod circuit;
+pub mod keys;
+pub mod poseidon;
+pub mod prove;
+pub mod snarkjs;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use circuit::{READING_RANGE_BITS, WINDOW_LEN, WINDOW_VALUE_BITS};
+pub use keys::{KeyId, KeyOrigin, ProvingKey, VerifyingKey};
+pub use prove::{
+    DeviceSecret, ReadingProof, WindowProof, device_commitment, prove_reading, prove_window,
+    reading_commitment, window_commitment,
+};
+pub use snarkjs::ProofBundle;
+pub use verify::{DevKeys, GroupClaim, Policy, Reject, Verifier};
+
+use ark_bn254::Fr;
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
+
+/// Everything that can go wrong on the proving and key side (the verifier
+/// answers with a [`Reject`] per group instead).
+#[derive(Debug, thiserror::Error)]
+pub enum ZkError {
+    #[error("this is a {key:?} key; the statement needs a {needed:?} key")]
+    WrongKey {
+        key: crate::envelope::ProofKind,
+        needed: crate::envelope::ProofKind,
+    },
+    #[error("{data_type} readings carry {expected} slot(s), got {got}")]
+    SlotCount {
+        data_type: &'static str,
+        expected: usize,
+        got: usize,
+    },
+    #[error("slot {slot} value {value} is outside the bounds {lo}..={hi}")]
+    OutOfBounds {
+        slot: usize,
+        value: u32,
+        lo: u32,
+        hi: u32,
+    },
+    #[error("the header is for data type {header:?}, the values for {values}")]
+    HeaderMismatch {
+        header: String,
+        values: &'static str,
+    },
+    #[error("a window holds 1..={max} readings, got {got}")]
+    WindowSize { got: usize, max: usize },
+    #[error(
+        "{0} cannot be proven in a window: it needs one slot with bounds below 2^{WINDOW_VALUE_BITS}"
+    )]
+    NotWindowable(&'static str),
+    #[error("bounds policy: {0}")]
+    Policy(String),
+    #[error("malformed key: {0}")]
+    MalformedKey(String),
+    #[error("{0} is not a canonical BN254 scalar (32 bytes, little-endian, below the group order)")]
+    MalformedScalar(&'static str),
+    #[error("development keys (dev seed {0}) are refused by this configuration")]
+    DevKeyRefused(u64),
+    #[error("two verifying keys share the id {0}")]
+    DuplicateKey(KeyId),
+    #[error("constraint synthesis failed: {0}")]
+    Synthesis(String),
+}
+
+/// A BN254 scalar as 32 little-endian bytes (arkworks' canonical encoding).
+pub fn fr_to_bytes(x: &Fr) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    // A field element always serialises to exactly 32 bytes.
+    x.serialize_compressed(&mut out[..])
+        .expect("a BN254 scalar serialises into 32 bytes");
+    out
+}
+
+/// The scalar encoded by `bytes`, refusing non-canonical encodings (≥ the order).
+pub fn fr_from_bytes(bytes: &[u8; 32]) -> Option<Fr> {
+    Fr::deserialize_compressed(&bytes[..]).ok()
+}

@@ -1,0 +1,189 @@
+//! Third-party verification: a stored proof as snarkjs 0.7 groth16 JSON
+//! (`vk.json`, `proof.json`, `public.json`), so anyone can check a reading
+//! with `snarkjs groth16 verify vk.json public.json proof.json`.
+//!
+//! Points are decimal affine coordinates; G1 `[x, y, "1"]`, G2
+//! `[[x.c0, x.c1], [y.c0, y.c1], ["1", "0"]]` (c0 first — Solidity/EVM
+//! verifiers want c1 first). snarkjs does not check the number of public
+//! inputs, so [`SnarkjsExport::new`] pins it: the bundle must carry exactly
+//! the key's count.
+
+use super::ZkError;
+use super::keys::{KeyId, VerifyingKey, kind_from_name, kind_name, public_input_count};
+use crate::envelope::{PROOF_LEN, ProofKind};
+use ark_bn254::{Bn254, Fr, G1Affine, G2Affine};
+use ark_groth16::Proof;
+use ark_serialize::{CanonicalDeserialize, Compress, Validate};
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+/// A proof with everything needed to re-verify it: what ingest stores once
+/// per proof, and what the export reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofBundle {
+    /// `reading` or `window`.
+    pub statement: String,
+    /// Hex SHA-256 of the verifying key.
+    pub key_id: String,
+    /// Hex of the 128-byte compressed proof.
+    pub proof: String,
+    /// Public inputs, decimal, in statement order.
+    pub public_inputs: Vec<String>,
+}
+
+impl ProofBundle {
+    pub fn new(kind: ProofKind, key_id: KeyId, proof: &[u8], inputs: &[Fr]) -> Self {
+        ProofBundle {
+            statement: kind_name(kind).to_owned(),
+            key_id: key_id.to_string(),
+            proof: hex::encode(proof),
+            public_inputs: inputs.iter().map(|x| x.to_string()).collect(),
+        }
+    }
+
+    /// The parsed inputs (decimal, each below the field order).
+    pub fn inputs(&self) -> Result<Vec<Fr>, ZkError> {
+        self.public_inputs
+            .iter()
+            .map(|s| {
+                let ok = !s.is_empty() && s.len() <= 78 && s.bytes().all(|b| b.is_ascii_digit());
+                let x = if ok { Fr::from_str(s).ok() } else { None };
+                // Fr::from_str reduces; insist on the canonical decimal.
+                x.filter(|x| x.to_string() == *s)
+                    .ok_or(ZkError::MalformedScalar("public input"))
+            })
+            .collect()
+    }
+
+    /// The parsed proof (subgroup-checked).
+    pub fn proof(&self) -> Result<Proof<Bn254>, ZkError> {
+        let bytes = hex::decode(&self.proof)
+            .map_err(|_| ZkError::MalformedKey("proof is not hex".into()))?;
+        if bytes.len() != PROOF_LEN {
+            return Err(ZkError::MalformedKey(format!(
+                "proof is {} bytes, not {PROOF_LEN}",
+                bytes.len()
+            )));
+        }
+        Proof::deserialize_with_mode(&bytes[..], Compress::Yes, Validate::Yes)
+            .map_err(|e| ZkError::MalformedKey(format!("proof: {e}")))
+    }
+}
+
+/// snarkjs `vk.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnarkjsVk {
+    pub protocol: String,
+    pub curve: String,
+    #[serde(rename = "nPublic")]
+    pub n_public: usize,
+    pub vk_alpha_1: [String; 3],
+    pub vk_beta_2: [[String; 2]; 3],
+    pub vk_gamma_2: [[String; 2]; 3],
+    pub vk_delta_2: [[String; 2]; 3],
+    #[serde(rename = "IC")]
+    pub ic: Vec<[String; 3]>,
+}
+
+/// snarkjs `proof.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnarkjsProof {
+    pub pi_a: [String; 3],
+    pub pi_b: [[String; 2]; 3],
+    pub pi_c: [String; 3],
+    pub protocol: String,
+    pub curve: String,
+}
+
+/// The three snarkjs files of one proof.
+#[derive(Clone, Debug)]
+pub struct SnarkjsExport {
+    pub vk: SnarkjsVk,
+    pub proof: SnarkjsProof,
+    /// `public.json`: decimal strings.
+    pub public: Vec<String>,
+}
+
+fn g1(p: &G1Affine) -> [String; 3] {
+    // Proof and key points are never the identity for a valid proof; the
+    // identity would print as (0, 0), which snarkjs also rejects.
+    let (x, y) = (p.x, p.y);
+    [x.to_string(), y.to_string(), "1".into()]
+}
+
+fn g2(p: &G2Affine) -> [[String; 2]; 3] {
+    [
+        [p.x.c0.to_string(), p.x.c1.to_string()],
+        [p.y.c0.to_string(), p.y.c1.to_string()],
+        ["1".into(), "0".into()],
+    ]
+}
+
+/// snarkjs JSON of a verifying key.
+pub fn vk_json(vk: &VerifyingKey) -> SnarkjsVk {
+    let ark = vk.ark();
+    SnarkjsVk {
+        protocol: "groth16".into(),
+        curve: "bn128".into(),
+        n_public: ark.gamma_abc_g1.len() - 1,
+        vk_alpha_1: g1(&ark.alpha_g1),
+        vk_beta_2: g2(&ark.beta_g2),
+        vk_gamma_2: g2(&ark.gamma_g2),
+        vk_delta_2: g2(&ark.delta_g2),
+        ic: ark.gamma_abc_g1.iter().map(g1).collect(),
+    }
+}
+
+/// snarkjs JSON of a proof.
+pub fn proof_json(proof: &Proof<Bn254>) -> SnarkjsProof {
+    SnarkjsProof {
+        pi_a: g1(&proof.a),
+        pi_b: g2(&proof.b),
+        pi_c: g1(&proof.c),
+        protocol: "groth16".into(),
+        curve: "bn128".into(),
+    }
+}
+
+impl SnarkjsExport {
+    /// Checks the bundle against the key (same id, same statement, exactly
+    /// the key's public-input count, proof verifies natively) and converts.
+    pub fn new(vk: &VerifyingKey, bundle: &ProofBundle) -> Result<Self, ZkError> {
+        if bundle.key_id != vk.id().to_string() {
+            return Err(ZkError::MalformedKey(format!(
+                "the bundle names key {}, the verifying key is {}",
+                bundle.key_id,
+                vk.id()
+            )));
+        }
+        if kind_from_name(&bundle.statement) != Some(vk.kind()) {
+            return Err(ZkError::MalformedKey(format!(
+                "the bundle is a {:?} statement, the key proves {} statements",
+                bundle.statement,
+                kind_name(vk.kind())
+            )));
+        }
+        let inputs = bundle.inputs()?;
+        let expected = public_input_count(vk.kind());
+        if inputs.len() != expected || vk.ark().gamma_abc_g1.len() != expected + 1 {
+            return Err(ZkError::MalformedKey(format!(
+                "{} public inputs given, the {} statement has {expected}",
+                inputs.len(),
+                kind_name(vk.kind())
+            )));
+        }
+        let proof = bundle.proof()?;
+        let ok =
+            ark_groth16::Groth16::<Bn254>::verify_proof(&vk.pvk, &proof, &inputs).unwrap_or(false);
+        if !ok {
+            return Err(ZkError::MalformedKey(
+                "the proof does not verify against this key".into(),
+            ));
+        }
+        Ok(SnarkjsExport {
+            vk: vk_json(vk),
+            proof: proof_json(&proof),
+            public: bundle.public_inputs.clone(),
+        })
+    }
+}

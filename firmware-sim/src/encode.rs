@@ -1,74 +1,99 @@
-//! Characteristic bytes for the simulator's measurements.
-//!
-//! TO BE REPLACED by `hailan_proto::gatt` encoders when the GATT issue lands on
-//! main: there must be exactly one encoder per format (DESIGN §2). Until then
-//! this is the minimal encoding the simulator needs, written from the Bluetooth
-//! SIG GATT Specification Supplement; the tests decode with their own reader
-//! (`tests/common/decode.rs`) which will likewise switch to proto.
+//! Measurement → characteristic bytes, through `hailan_proto::gatt` (the one
+//! encoder per format, DESIGN §2). This module only maps the simulator's
+//! typed values onto proto's characteristic structs, and breaks bytes on
+//! purpose for the malformed-notification fault.
 
 use crate::model::{DateTime, Measurement, PressureUnit, TempUnit, WeightUnit};
+use hailan_proto::gatt::{
+    self, BatteryLevel, BloodPressureMeasurement, Float, GlucoseConcentration, GlucoseMeasurement,
+    GlucoseUnit, HeartRate, HeartRateMeasurement, IntermediateCuffPressure, PlxContinuous,
+    PlxSpotCheck, SFloat, SensorContact, SpO2Pr, TemperatureMeasurement, TemperatureType,
+    TemperatureUnit, WeightMeasurement,
+};
 
-/// IEEE-11073 16-bit SFLOAT: 12-bit signed mantissa, 4-bit signed exponent.
-pub fn sfloat(mantissa: i16, exponent: i8) -> [u8; 2] {
-    let m = (mantissa as u16) & 0x0FFF;
-    let e = ((exponent as u8) & 0x0F) as u16;
-    ((e << 12) | m).to_le_bytes()
-}
+/// 1 mmHg in kPa (the conventional millimetre of mercury, as proto converts).
+const KPA_PER_MMHG: f64 = 0.133_322_387_415;
 
-/// SFLOAT of `value x 10^exponent`, giving up decimals until the mantissa fits
-/// in 12 bits (as firmware does for large values).
-pub fn sfloat_fit(mut value: i64, mut exponent: i8) -> [u8; 2] {
-    while !(-2046..=2046).contains(&value) && exponent < 7 {
+/// SFLOAT of `value × 10^exponent`, giving up decimals until the mantissa
+/// fits in 12 bits (as firmware does for large values).
+pub fn sfloat_fit(mut value: i64, mut exponent: i8) -> SFloat {
+    loop {
+        if let Ok(v) = i32::try_from(value)
+            && let Ok(s) = SFloat::new(v, exponent)
+        {
+            return s;
+        }
+        if exponent >= SFloat::EXPONENT_MAX {
+            return SFloat::NRES;
+        }
         value = (value as f64 / 10.0).round() as i64;
         exponent += 1;
     }
-    sfloat(value.clamp(-2046, 2046) as i16, exponent)
 }
 
-/// SFLOAT NaN (used for the unused fields of an intermediate cuff pressure).
-pub const SFLOAT_NAN: [u8; 2] = [0xFF, 0x07];
-
-/// IEEE-11073 32-bit FLOAT: 24-bit signed mantissa, 8-bit signed exponent.
-pub fn float32(mantissa: i32, exponent: i8) -> [u8; 4] {
-    let m = (mantissa as u32) & 0x00FF_FFFF;
-    let e = (exponent as u8) as u32;
-    ((e << 24) | m).to_le_bytes()
+fn float_fit(mut value: i64, mut exponent: i8) -> Float {
+    loop {
+        if let Ok(v) = i32::try_from(value)
+            && let Ok(f) = Float::new(v, exponent)
+        {
+            return f;
+        }
+        if exponent == Float::EXPONENT_MAX {
+            return Float::NRES;
+        }
+        value = (value as f64 / 10.0).round() as i64;
+        exponent += 1;
+    }
 }
 
-/// GATT Date Time (0x2A08): year u16, month, day, hours, minutes, seconds.
-pub fn date_time(t: &DateTime) -> [u8; 7] {
-    let y = t.year.to_le_bytes();
-    [y[0], y[1], t.month, t.day, t.hour, t.minute, t.second]
+/// The simulator's date-time as proto's GATT Date Time.
+pub fn gatt_time(t: &DateTime) -> gatt::DateTime {
+    gatt::DateTime {
+        year: t.year,
+        month: t.month,
+        day: t.day,
+        hours: t.hour,
+        minutes: t.minute,
+        seconds: t.second,
+    }
+}
+
+fn pressure(mmhg_x10: u32, unit: PressureUnit) -> SFloat {
+    match unit {
+        PressureUnit::MmHg => sfloat_fit(i64::from(mmhg_x10), -1),
+        // kPa with 2 decimals where it fits (1 above 20.47 kPa)
+        PressureUnit::KPa => sfloat_fit(
+            (f64::from(mmhg_x10) * KPA_PER_MMHG * 10.0).round() as i64,
+            -2,
+        ),
+    }
+}
+
+fn pressure_unit(u: PressureUnit) -> gatt::PressureUnit {
+    match u {
+        PressureUnit::MmHg => gatt::PressureUnit::MmHg,
+        PressureUnit::KPa => gatt::PressureUnit::KPa,
+    }
 }
 
 /// Encode one measurement as the bytes of its characteristic.
 pub fn encode(m: &Measurement) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20);
     match m {
         Measurement::HeartRate {
             bpm,
             rr_1024,
             contact,
-        } => {
-            // flags: bit0 u16 format, bits1-2 contact (bit2 supported, bit1 detected), bit4 RR present
-            let wide = *bpm > 255;
-            let mut flags = 0x04u8 | if *contact { 0x02 } else { 0 };
-            if wide {
-                flags |= 0x01;
-            }
-            if !rr_1024.is_empty() {
-                flags |= 0x10;
-            }
-            out.push(flags);
-            if wide {
-                out.extend_from_slice(&bpm.to_le_bytes());
+        } => HeartRateMeasurement {
+            heart_rate: HeartRate::from_bpm(*bpm),
+            sensor_contact: if *contact {
+                SensorContact::Detected
             } else {
-                out.push(*bpm as u8);
-            }
-            for rr in rr_1024 {
-                out.extend_from_slice(&rr.to_le_bytes());
-            }
+                SensorContact::NotDetected
+            },
+            energy_expended_kj: None,
+            rr_intervals_1024: rr_1024.clone(),
         }
+        .encode(),
         Measurement::BloodPressure {
             systolic_x10,
             diastolic_x10,
@@ -76,89 +101,96 @@ pub fn encode(m: &Measurement) -> Vec<u8> {
             pulse,
             user,
             unit,
-            time,
-        } => {
-            // flags: bit0 kPa, bit1 time stamp, bit2 pulse rate, bit3 user id
-            let kpa = *unit == PressureUnit::KPa;
-            out.push(0x02 | 0x04 | 0x08 | u8::from(kpa));
-            for v in [systolic_x10, diastolic_x10, map_x10] {
-                out.extend_from_slice(&pressure(*v, *unit));
-            }
-            out.extend_from_slice(&date_time(time));
-            out.extend_from_slice(&sfloat_fit(*pulse as i64, 0));
-            out.push(*user);
+            time: t,
+        } => BloodPressureMeasurement {
+            unit: pressure_unit(*unit),
+            systolic: pressure(*systolic_x10, *unit),
+            diastolic: pressure(*diastolic_x10, *unit),
+            mean_arterial_pressure: pressure(*map_x10, *unit),
+            timestamp: Some(gatt_time(t)),
+            pulse_rate: Some(sfloat_fit(i64::from(*pulse), 0)),
+            user_id: Some(*user),
+            measurement_status: None,
         }
+        .encode(),
         Measurement::CuffPressure { pressure_x10, unit } => {
-            out.push(u8::from(*unit == PressureUnit::KPa));
-            out.extend_from_slice(&pressure(*pressure_x10, *unit));
-            out.extend_from_slice(&SFLOAT_NAN);
-            out.extend_from_slice(&SFLOAT_NAN);
+            IntermediateCuffPressure::new(pressure_unit(*unit), pressure(*pressure_x10, *unit))
+                .encode()
         }
-        Measurement::SpO2Continuous { spo2_x10, pulse } => {
-            out.push(0x00); // only SpO2PR-Normal
-            out.extend_from_slice(&sfloat_fit(*spo2_x10 as i64, -1));
-            out.extend_from_slice(&sfloat_fit(*pulse as i64, 0));
+        Measurement::SpO2Continuous { spo2_x10, pulse } => PlxContinuous {
+            normal: SpO2Pr {
+                spo2: sfloat_fit(i64::from(*spo2_x10), -1),
+                pulse_rate: sfloat_fit(i64::from(*pulse), 0),
+            },
+            fast: None,
+            slow: None,
+            measurement_status: None,
+            device_and_sensor_status: None,
+            pulse_amplitude_index: None,
         }
+        .encode(),
         Measurement::SpO2Spot {
             spo2_x10,
             pulse,
-            time,
-        } => {
-            out.push(0x01); // timestamp present
-            out.extend_from_slice(&sfloat_fit(*spo2_x10 as i64, -1));
-            out.extend_from_slice(&sfloat_fit(*pulse as i64, 0));
-            out.extend_from_slice(&date_time(time));
+            time: t,
+        } => PlxSpotCheck {
+            spo2: sfloat_fit(i64::from(*spo2_x10), -1),
+            pulse_rate: sfloat_fit(i64::from(*pulse), 0),
+            timestamp: Some(gatt_time(t)),
+            measurement_status: None,
+            device_and_sensor_status: None,
+            pulse_amplitude_index: None,
+            device_clock_not_set: false,
         }
-        Measurement::Temperature {
-            celsius_x100,
-            unit,
-            time,
-        } => {
-            // flags: bit0 Fahrenheit, bit1 time stamp, bit2 temperature type
-            let f = *unit == TempUnit::Fahrenheit;
-            out.push(0x02 | 0x04 | u8::from(f));
-            out.extend_from_slice(&float32(m.wire_temperature_x100().unwrap_or(0), -2));
-            out.extend_from_slice(&date_time(time));
-            out.push(0x02); // temperature type: body (general)
-            let _ = celsius_x100;
+        .encode(),
+        Measurement::Temperature { unit, time: t, .. } => TemperatureMeasurement {
+            unit: match unit {
+                TempUnit::Celsius => TemperatureUnit::Celsius,
+                TempUnit::Fahrenheit => TemperatureUnit::Fahrenheit,
+            },
+            temperature: float_fit(i64::from(m.wire_temperature_x100().unwrap_or(0)), -2),
+            timestamp: Some(gatt_time(t)),
+            temperature_type: Some(TemperatureType(2)), // body (general)
         }
+        .encode(),
         Measurement::Glucose {
             seq,
             mg_dl_x10,
-            time,
-        } => {
-            // flags: bit1 concentration + type/location present, units kg/L (bit2 = 0)
-            out.push(0x02);
-            out.extend_from_slice(&seq.to_le_bytes());
-            out.extend_from_slice(&date_time(time));
-            // 1 mg/dL = 1e-5 kg/L: whole mg/dL as mantissa, exponent -5
-            out.extend_from_slice(&sfloat_fit((*mg_dl_x10 / 10) as i64, -5));
-            out.push(0x11); // type 1 (capillary whole blood), location 1 (finger)
+            time: t,
+        } => GlucoseMeasurement {
+            sequence_number: *seq,
+            base_time: gatt_time(t),
+            time_offset_min: None,
+            // 1 mg/dL = 1e-5 kg/L: whole mg/dL as the mantissa
+            concentration: Some(GlucoseConcentration {
+                unit: GlucoseUnit::KgPerL,
+                value: sfloat_fit(i64::from(*mg_dl_x10 / 10), -5),
+                sample_type: 1,     // capillary whole blood
+                sample_location: 1, // finger
+            }),
+            sensor_status: None,
+            context_follows: false,
         }
+        .encode(),
         Measurement::Weight {
-            grams,
             unit,
             user,
-            time,
-        } => {
-            // flags: bit0 imperial, bit1 time stamp, bit2 user id
-            let lb = *unit == WeightUnit::Pound;
-            out.push(0x02 | 0x04 | u8::from(lb));
-            out.extend_from_slice(&m.wire_weight().unwrap_or(0).to_le_bytes());
-            out.extend_from_slice(&date_time(time));
-            out.push(*user);
-            let _ = grams;
+            time: t,
+            ..
+        } => WeightMeasurement {
+            unit: match unit {
+                WeightUnit::Kilogram => gatt::WeightUnit::Si,
+                WeightUnit::Pound => gatt::WeightUnit::Imperial,
+            },
+            weight_raw: m.wire_weight().unwrap_or(0),
+            timestamp: Some(gatt_time(t)),
+            user_id: Some(*user),
+            bmi_height: None,
         }
-        Measurement::Battery { percent } => out.push(*percent),
-    }
-    out
-}
-
-fn pressure(mmhg_x10: u32, unit: PressureUnit) -> [u8; 2] {
-    match unit {
-        PressureUnit::MmHg => sfloat_fit(mmhg_x10 as i64, -1),
-        // 1 mmHg = 0.133322 kPa; kPa with 2 decimals where it fits
-        PressureUnit::KPa => sfloat_fit(((mmhg_x10 as f64) * 1.33322).round() as i64, -2),
+        .encode(),
+        Measurement::Battery { percent } => BatteryLevel::new((*percent).min(100))
+            .map(|b| b.encode())
+            .unwrap_or_else(|| vec![(*percent).min(100)]),
     }
 }
 
@@ -166,8 +198,7 @@ fn pressure(mmhg_x10: u32, unit: PressureUnit) -> [u8; 2] {
 /// promise fields that are not there (the payload is cut short).
 pub fn malform(bytes: &[u8]) -> Vec<u8> {
     match bytes.len() {
-        0 => vec![0xFF],
-        1 => vec![0xFF],
+        0 | 1 => vec![0xFF],
         n => {
             let mut v = bytes[..n / 2].to_vec();
             v[0] |= 0x1E;
@@ -179,20 +210,60 @@ pub fn malform(bytes: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Physiology;
+    use hailan_proto::gatt::{Characteristic, decode};
 
-    #[test]
-    fn sfloat_vectors() {
-        // 120.5 mmHg = 1205 x 10^-1 -> exponent 0xF, mantissa 0x4B5
-        assert_eq!(sfloat(1205, -1), [0xB5, 0xF4]);
-        assert_eq!(sfloat(72, 0), [72, 0x00]);
-        assert_eq!(sfloat(-1, 0), [0xFF, 0x0F]);
-        // 350.0 mmHg does not fit as 3500 x 10^-1: becomes 350 x 10^0
-        assert_eq!(sfloat_fit(3500, -1), sfloat(350, 0));
+    fn slots(m: &Measurement) -> Vec<u32> {
+        let c = Characteristic::from_uuid16(m.characteristic()).expect("known characteristic");
+        let d = decode(c, &encode(m)).expect("proto decodes the simulator's bytes");
+        d.to_reading().expect("a reading").slots
     }
 
     #[test]
-    fn float32_vector() {
-        // 36.85 = 3685 x 10^-2
-        assert_eq!(float32(3685, -2), [0x65, 0x0E, 0x00, 0xFE]);
+    fn sfloat_fit_gives_up_decimals() {
+        assert_eq!(sfloat_fit(1205, -1), SFloat::new(1205, -1).expect("fits"));
+        assert_eq!(sfloat_fit(3500, -1), SFloat::new(350, 0).expect("fits"));
+    }
+
+    /// Every model's bytes decode with proto to the truth's slots (within
+    /// the wire resolution for °F, lb and kPa devices).
+    #[test]
+    fn proto_reads_back_the_truth() {
+        for seed in 0..40 {
+            let mut p = Physiology::new(seed, seed);
+            let (icp, bp) = p.blood_pressure();
+            let mut ms = vec![
+                p.heart_rate(),
+                bp,
+                p.spo2_continuous(),
+                p.spo2_spot(),
+                p.temperature(),
+                p.glucose(7, DateTime::now()),
+                p.weight(),
+            ];
+            ms.extend(ms.clone().into_iter().map(Physiology::out_of_range));
+            for m in ms {
+                let got = slots(&m);
+                let want = m.slots();
+                assert_eq!(got.len(), want.len(), "{m:?}");
+                let tol: u64 = match m {
+                    Measurement::BloodPressure { .. } => 4, // kPa: ≤ 0.4 mmHg
+                    Measurement::Temperature { .. } => 1,   // °F: ≤ 0.01 °C
+                    Measurement::Weight { .. } => 5,        // lb: ≤ 5 g
+                    _ => 0,
+                };
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        u64::from(*g).abs_diff(*w) <= tol,
+                        "{m:?}: {got:?} vs {want:?}"
+                    );
+                }
+            }
+            for c in icp {
+                let b = encode(&c);
+                let d = IntermediateCuffPressure::decode(&b).expect("cuff pressure");
+                assert!(d.current_cuff_pressure().to_f64().is_some_and(|v| v > 0.0));
+            }
+        }
     }
 }

@@ -645,98 +645,94 @@ impl Inner {
         }
     }
 
-    /// Record Access Control Point (Glucose Profile): report records, report
-    /// number of records, abort; filter by sequence number.
+    /// Record Access Control Point (Glucose Profile), requests decoded and
+    /// responses encoded by `hailan_proto::gatt::Racp`: report records, report
+    /// number of records, abort; filters by sequence number or user-facing
+    /// time; delete is answered "op code not supported".
     async fn racp(&self, dev: &Device, req: Vec<u8>) {
-        const RESP: u8 = 0x06;
-        let (Some(&op), Some(&operator)) = (req.first(), req.get(1)) else {
-            self.send_raw(
-                dev,
-                0x2A52,
-                vec![RESP, 0, req.first().copied().unwrap_or(0), 0x02],
-            )
-            .await;
-            return;
-        };
-        let code = |c: u8| vec![RESP, 0x00, op, c];
-        if op == 0x03 {
-            self.send_raw(dev, 0x2A52, code(0x01)).await;
-            return;
-        }
-        if op != 0x01 && op != 0x04 {
-            self.send_raw(dev, 0x2A52, code(0x02)).await; // op code not supported
-            return;
-        }
-        let seq_operand = |i: usize| -> Option<u16> {
-            if req.get(2) != Some(&0x01) {
-                return None; // only filter type 0x01 (sequence number)
+        use hailan_proto::gatt::{Racp, RacpFilter, RacpOperand};
+        let op = req.first().copied().unwrap_or(0);
+        let respond = |code: u8| {
+            Racp::ResponseCode {
+                request_op_code: op,
+                response: code,
             }
-            Some(u16::from_le_bytes([
-                *req.get(3 + 2 * i)?,
-                *req.get(4 + 2 * i)?,
-            ]))
+            .encode()
         };
-        let records: Vec<Measurement> = lock(&dev.model).glucose.clone();
-        let seq_of = |m: &Measurement| match m {
-            Measurement::Glucose { seq, .. } => *seq,
-            _ => 0,
+        let request = match Racp::decode(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                let operator = req.get(1).copied().unwrap_or(0);
+                let code = if !(1..=4).contains(&op) {
+                    0x02 // op code not supported
+                } else if op != 3 && !(1..=6).contains(&operator) {
+                    0x03 // invalid operator
+                } else {
+                    0x05 // invalid operand
+                };
+                tracing::debug!(device = %dev.info.name, "RACP request {}: {e}", hex(&req));
+                self.send_raw(dev, 0x2A52, respond(code)).await;
+                return;
+            }
         };
-        let selected: Vec<Measurement> = match operator {
-            0x01 if req.len() == 2 => records,
-            0x02 | 0x03 => match seq_operand(0) {
-                Some(n) if req.len() == 5 => records
-                    .into_iter()
-                    .filter(|m| {
-                        if operator == 0x02 {
-                            seq_of(m) <= n
-                        } else {
-                            seq_of(m) >= n
-                        }
-                    })
-                    .collect(),
-                _ => {
-                    self.send_raw(dev, 0x2A52, code(0x05)).await; // invalid operand
-                    return;
-                }
-            },
-            0x04 => match (seq_operand(0), seq_operand(1)) {
-                (Some(a), Some(b)) if req.len() == 7 && a <= b => records
-                    .into_iter()
-                    .filter(|m| (a..=b).contains(&seq_of(m)))
-                    .collect(),
-                _ => {
-                    self.send_raw(dev, 0x2A52, code(0x05)).await;
-                    return;
-                }
-            },
-            0x05 if req.len() == 2 => records.into_iter().take(1).collect(),
-            0x06 if req.len() == 2 => records.into_iter().last().into_iter().collect(),
-            0x00..=0x06 => {
-                self.send_raw(dev, 0x2A52, code(0x05)).await;
+        let (filter, count_only) = match request {
+            Racp::ReportStoredRecords(f) => (f, false),
+            Racp::ReportNumberOfStoredRecords(f) => (f, true),
+            Racp::Abort => {
+                self.send_raw(dev, 0x2A52, respond(0x01)).await;
                 return;
             }
             _ => {
-                self.send_raw(dev, 0x2A52, code(0x04)).await; // operator not supported
+                self.send_raw(dev, 0x2A52, respond(0x02)).await;
                 return;
             }
         };
-        if op == 0x04 {
-            let n = (selected.len() as u16).to_le_bytes();
-            self.send_raw(dev, 0x2A52, vec![0x05, 0x00, n[0], n[1]])
+        let records: Vec<Measurement> = lock(&dev.model).glucose.clone();
+        let key = |m: &Measurement| match m {
+            Measurement::Glucose { seq, time, .. } => (*seq, encode::gatt_time(time)),
+            _ => (0, encode::gatt_time(&crate::model::DateTime::from_unix(0))),
+        };
+        let keep = |m: &Measurement| {
+            let (seq, t) = key(m);
+            match &filter {
+                RacpFilter::All | RacpFilter::First | RacpFilter::Last => true,
+                RacpFilter::LessOrEqual(RacpOperand::SequenceNumber(n)) => seq <= *n,
+                RacpFilter::GreaterOrEqual(RacpOperand::SequenceNumber(n)) => seq >= *n,
+                RacpFilter::LessOrEqual(RacpOperand::UserFacingTime(x)) => t <= *x,
+                RacpFilter::GreaterOrEqual(RacpOperand::UserFacingTime(x)) => t >= *x,
+                RacpFilter::SequenceRange(a, b) => (*a..=*b).contains(&seq),
+                RacpFilter::TimeRange(a, b) => *a <= t && t <= *b,
+            }
+        };
+        if let RacpFilter::SequenceRange(a, b) = filter
+            && a > b
+        {
+            self.send_raw(dev, 0x2A52, respond(0x05)).await;
+            return;
+        }
+        let mut selected: Vec<Measurement> = records.into_iter().filter(keep).collect();
+        match filter {
+            RacpFilter::First => selected.truncate(1),
+            RacpFilter::Last => selected = selected.pop().into_iter().collect(),
+            _ => {}
+        }
+        if count_only {
+            let n = u16::try_from(selected.len()).unwrap_or(u16::MAX);
+            self.send_raw(dev, 0x2A52, Racp::NumberOfStoredRecords(n).encode())
                 .await;
             return;
         }
         if selected.is_empty() {
-            self.send_raw(dev, 0x2A52, code(0x06)).await; // no records found
+            self.send_raw(dev, 0x2A52, respond(0x06)).await; // no records found
             return;
         }
         for m in selected {
             if !self.send(dev, m, true).await {
-                self.send_raw(dev, 0x2A52, code(0x08)).await; // procedure not completed
+                self.send_raw(dev, 0x2A52, respond(0x08)).await; // procedure not completed
                 return;
             }
         }
-        self.send_raw(dev, 0x2A52, code(0x01)).await;
+        self.send_raw(dev, 0x2A52, respond(0x01)).await;
     }
 
     /// Apply a fault now.

@@ -111,7 +111,7 @@ fn binary_serves_btleplug_takes_faults_on_stdin_and_logs_truth() -> anyhow::Resu
                 .iter()
                 .find(|r| r.address == hr0.address && r.bytes == h)
                 .ok_or_else(|| anyhow::anyhow!("{h} not in ground truth file"))?;
-            assert_eq!(decode::decode(0x2A37, &bytes)?[0] as u64, t.slots[0]);
+            assert_eq!(decode::slots(0x2A37, &bytes)?, t.slots);
             // the glucose meter's stored records are in the truth too
             assert!(recs.iter().filter(|r| r.device == "glucose0").count() >= 8);
 

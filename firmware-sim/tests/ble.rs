@@ -9,6 +9,7 @@ use futures::StreamExt;
 use hailan_firmware_sim::harness::isolated;
 use hailan_firmware_sim::model::DeviceKind;
 use hailan_firmware_sim::{Fault, SimConfig, Simulator, TruthRecord};
+use hailan_proto::gatt::{GlucoseMeasurement, HeartRateMeasurement, IntermediateCuffPressure};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -39,30 +40,26 @@ fn truth_for(
         .ok_or_else(|| anyhow::anyhow!("no ground truth for {address} {c} {h}"))
 }
 
-/// Decode with the reference reader and compare with the truth's slots.
+/// Decode with proto and compare its slots with the truth's (within the wire
+/// resolution of kPa cuffs, °F thermometers and lb scales).
 fn check_against_truth(uuid16: u16, bytes: &[u8], truth: &TruthRecord) -> anyhow::Result<()> {
-    let v = decode::decode(uuid16, bytes)?;
-    let s = &truth.slots;
-    let close =
-        |got: f64, want: u64, scale: f64, tol: f64| (got * scale - want as f64).abs() <= tol;
-    let ok = match uuid16 {
-        0x2A37 => close(v[0], s[0], 1.0, 0.0),
-        // kPa cuffs: 0.01 kPa (0.1 kPa above 20.46 kPa) = up to 0.4 mmHg
-        0x2A35 => {
-            close(v[0], s[0], 10.0, 4.0)
-                && close(v[1], s[1], 10.0, 4.0)
-                && close(v[2], s[2], 10.0, 4.0)
-                && close(v[3], s[3], 1.0, 0.0)
-        }
-        0x2A5F | 0x2A5E => close(v[0], s[0], 10.0, 0.01) && close(v[1], s[1], 1.0, 0.0),
-        // °F on the wire: 0.01 °F resolution -> within 0.01 °C
-        0x2A1C => close(v[0], s[0], 100.0, 1.0),
-        0x2A18 => close(v[1], s[0], 10.0, 0.01),
-        // 5 g (kg) or 0.01 lb (≈ 4.5 g) resolution
-        0x2A9D => close(v[0], s[0], 1000.0, 5.0),
-        _ => true,
+    let got = decode::slots(uuid16, bytes)?;
+    let tol = match uuid16 {
+        0x2A35 => 4, // kPa: 0.01 kPa (0.1 above 20.47 kPa) ≤ 0.4 mmHg
+        0x2A1C => 1, // °F: 0.01 °F ≤ 0.01 °C
+        0x2A9D => 5, // lb: 0.01 lb ≈ 4.5 g
+        _ => 0,
     };
-    anyhow::ensure!(ok, "{uuid16:04x}: decoded {v:?} but truth slots {s:?}");
+    let ok = got.len() == truth.slots.len()
+        && got
+            .iter()
+            .zip(&truth.slots)
+            .all(|(g, w)| g.abs_diff(*w) <= tol);
+    anyhow::ensure!(
+        ok,
+        "{uuid16:04x}: proto reads {got:?}, truth is {:?}",
+        truth.slots
+    );
     Ok(())
 }
 
@@ -210,7 +207,12 @@ fn pairing_required_characteristics_fail_before_pairing_and_work_after() -> anyh
             sim.measure_now("bp0")?;
             // intermediate cuff pressure while inflating, then the indicated result
             let cuff = next_on(&mut notes, 0x2A36).await?;
-            assert!(decode::decode(0x2A36, &cuff)?[0] > 0.0);
+            let cuff = IntermediateCuffPressure::decode(&cuff)?;
+            assert!(
+                cuff.current_cuff_pressure()
+                    .to_f64()
+                    .is_some_and(|p| p > 0.0)
+            );
             let result = next_on(&mut notes, 0x2A35).await?;
             let truth = truth_for(&sim, &bp.address, 0x2A35, &result)?;
             check_against_truth(0x2A35, &result, &truth)?;
@@ -296,8 +298,8 @@ fn racp_returns_exactly_the_stored_glucose_records() -> anyhow::Result<()> {
             );
             let got_seqs: Vec<u16> = got
                 .iter()
-                .map(|b| decode::decode(0x2A18, b).map(|v| v[0] as u16))
-                .collect::<anyhow::Result<_>>()?;
+                .map(|b| GlucoseMeasurement::decode(b).map(|g| g.sequence_number))
+                .collect::<Result<_, _>>()?;
             assert_eq!(got_seqs, vec![6, 7, 8, 9]);
             for b in &got {
                 let truth = truth_for(&sim, &g.address, 0x2A18, b)?;
@@ -486,7 +488,7 @@ fn fault_malformed_out_of_range_and_rssi() -> anyhow::Result<()> {
             let mut notes: Notes = p.notifications().await?;
             p.subscribe(&ch(p, 0x2A37)?).await?;
             let good = next_on(&mut notes, 0x2A37).await?;
-            assert!(decode::decode(0x2A37, &good).is_ok());
+            assert!(HeartRateMeasurement::decode(&good).is_ok());
             sim.inject(Fault::Malformed {
                 device: "hr0".into(),
                 count: 1,
@@ -502,7 +504,7 @@ fn fault_malformed_out_of_range_and_rssi() -> anyhow::Result<()> {
             })
             .await??;
             assert!(
-                decode::decode(0x2A37, &bad).is_err(),
+                HeartRateMeasurement::decode(&bad).is_err(),
                 "malformed bytes decoded: {bad:?}"
             );
 
@@ -521,10 +523,10 @@ fn fault_malformed_out_of_range_and_rssi() -> anyhow::Result<()> {
                 }
             })
             .await??;
-            let v = decode::decode(0x2A37, &oor.0)?;
+            let bpm = HeartRateMeasurement::decode(&oor.0)?.heart_rate.bpm();
             assert!(
-                v[0] > 300.0,
-                "out-of-range heart rate {v:?} must exceed the 300 bpm bound"
+                bpm > 300,
+                "out-of-range heart rate {bpm} must exceed the 300 bpm bound"
             );
             check_against_truth(0x2A37, &oor.0, &oor.1)?;
             Ok(())

@@ -325,6 +325,44 @@ mod tests {
         assert_ne!(values(&a), values(&c));
     }
 
+    /// Each simulated device is the kind proto (and so the gateway) takes it
+    /// for: advertised service → kind, GATT table satisfies the kind.
+    #[test]
+    fn devices_satisfy_protos_device_kinds() {
+        use hailan_proto::gatt::DeviceKind as P;
+        for (i, kind) in DeviceKind::ALL.into_iter().enumerate() {
+            let d = Device::new(kind, 0, i, 1);
+            let want = match kind {
+                DeviceKind::Hr => P::HeartRateMonitor,
+                DeviceKind::Bp => P::BloodPressureMonitor,
+                DeviceKind::Spo2 => P::PulseOximeter,
+                DeviceKind::Temp => P::Thermometer,
+                DeviceKind::Glucose => P::GlucoseMeter,
+                DeviceKind::Scale => P::WeightScale,
+            };
+            assert_eq!(P::from_service(kind.service_uuid16()), Some(want));
+            let chars: Vec<u16> = d
+                .services
+                .iter()
+                .flat_map(|s| s.chars.iter().map(|c| c.uuid16))
+                .collect();
+            assert!(want.is_satisfied_by(&chars), "{kind:?}: {chars:04x?}");
+            for u in want.characteristics() {
+                let Some(c) = d.char(u.characteristic.uuid16()) else {
+                    assert!(!u.required);
+                    continue;
+                };
+                let flag = match u.delivery {
+                    hailan_proto::gatt::Delivery::Notify => "notify",
+                    hailan_proto::gatt::Delivery::Indicate => "indicate",
+                    hailan_proto::gatt::Delivery::Read => "read",
+                    hailan_proto::gatt::Delivery::WriteIndicate => "write",
+                };
+                assert!(c.has(flag), "{kind:?} {:04x} lacks {flag}", c.uuid16);
+            }
+        }
+    }
+
     #[test]
     fn gatt_paths_are_bluez_shaped() {
         let d = Device::new(DeviceKind::Bp, 1, 0, 1);

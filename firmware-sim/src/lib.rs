@@ -5,7 +5,7 @@
 //! - [`sim`]: the engine ([`Simulator`]), discovery, connections, RACP.
 //! - [`device`]: one device's identity, state and GATT layout.
 //! - [`model`]: typed measurements and seeded physiology.
-//! - [`encode`]: measurement → characteristic bytes (to be replaced by `hailan_proto::gatt`).
+//! - [`encode`]: measurement → characteristic bytes through `hailan_proto::gatt`.
 //! - [`faults`]: fault injection (library enum and CLI spec).
 //! - [`truth`]: the ground-truth log.
 //! - [`harness`]: private `dbus-daemon`, simulator child process, per-test bus isolation.

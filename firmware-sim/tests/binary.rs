@@ -135,3 +135,76 @@ fn binary_serves_btleplug_takes_faults_on_stdin_and_logs_truth() -> anyhow::Resu
         },
     )
 }
+
+/// `hailan-sim run --private-bus`: starts its own bus, prints it, and on
+/// `quit` takes it down again.
+#[test]
+fn private_bus_mode_prints_its_bus_and_cleans_up() -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Child, Command, Stdio};
+    /// On failure too: ask the simulator to quit (so it removes its own bus),
+    /// kill it only if it does not.
+    struct Quit(Child);
+    impl Drop for Quit {
+        fn drop(&mut self) {
+            if let Some(mut stdin) = self.0.stdin.take() {
+                let _ = writeln!(stdin, "quit");
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hailan-sim"))
+        .args(["run", "--private-bus", "--devices", "scale=2"])
+        .env_remove("DBUS_SYSTEM_BUS_ADDRESS")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut child = Quit(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut bus = None;
+    let mut devices = 0;
+    for line in lines.by_ref() {
+        let line = line?;
+        if let Some(b) = line.strip_prefix("BUS ") {
+            bus = Some(b.to_string());
+        }
+        devices += usize::from(line.starts_with("DEVICE scale"));
+        if line == "READY" {
+            break;
+        }
+    }
+    let bus = bus.expect("a BUS line before READY");
+    assert_eq!(devices, 2);
+    let sock = bus
+        .strip_prefix("unix:path=")
+        .expect("unix path address")
+        .to_string();
+    assert!(Path::new(&sock).exists());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let conn = zbus::connection::Builder::address(bus.as_str())?
+            .build()
+            .await?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await?;
+        let owner = dbus.get_name_owner("org.bluez".try_into()?).await;
+        anyhow::ensure!(owner.is_ok(), "org.bluez not owned on {bus}");
+        anyhow::Ok(())
+    })?;
+    let mut stdin = child.0.stdin.take().expect("piped stdin");
+    writeln!(stdin, "quit")?;
+    let status = child.0.wait()?;
+    assert!(status.success(), "{status}");
+    assert!(!Path::new(&sock).exists(), "private bus socket left behind");
+    Ok(())
+}

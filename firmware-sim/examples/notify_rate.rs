@@ -9,7 +9,8 @@
 //! Starts a private dbus-daemon, re-runs itself with `DBUS_SYSTEM_BUS_ADDRESS`
 //! pointing at it, serves the simulator in-process (its own runtime) and the
 //! btleplug client on another runtime, connects every device, subscribes to
-//! its measurement characteristic and counts what arrives.
+//! its measurement characteristic and counts what arrives. Latency is from
+//! the simulator handing a value to D-Bus to btleplug yielding it.
 
 use btleplug::api::bleuuid::uuid_from_u16;
 use btleplug::api::{Central, CentralEvent, Manager as _, Peripheral as _, ScanFilter};
@@ -17,12 +18,16 @@ use btleplug::platform::Manager;
 use futures::StreamExt;
 use hailan_firmware_sim::harness::PrivateBus;
 use hailan_firmware_sim::{SimConfig, Simulator, sim};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const CHILD: &str = "HAILAN_NOTIFY_RATE_CHILD";
+
+/// (device address, value, when btleplug yielded it)
+type Received = (String, Vec<u8>, Instant);
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -84,6 +89,7 @@ fn measure(bus: &str, args: &[String]) -> anyhow::Result<()> {
         adapter.stop_scan().await?;
         let scanned = t0.elapsed();
         let count = Arc::new(AtomicU64::new(0));
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let t1 = Instant::now();
         let mut tasks = Vec::new();
         for id in seen {
@@ -99,27 +105,68 @@ fn measure(bus: &str, args: &[String]) -> anyhow::Result<()> {
             let mut notes = p.notifications().await?;
             p.subscribe(&c).await?;
             let count = count.clone();
+            let received = received.clone();
+            let address = p.address().to_string();
             tasks.push(tokio::spawn(async move {
-                while notes.next().await.is_some() {
+                while let Some(n) = notes.next().await {
                     count.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    if let Ok(mut r) = received.lock() {
+                        r.push((address.clone(), n.value, now));
+                    }
                 }
             }));
         }
         let connected = t1.elapsed();
-        // steady state: count over the window
+        // steady state: let the backlog built while connecting drain, then count
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let c0 = count.load(Ordering::Relaxed);
+        let r0 = received.lock().map(|r| r.len()).unwrap_or(0);
         let s0 = sim.notifications_sent();
         let t2 = Instant::now();
         tokio::time::sleep(Duration::from_secs(secs)).await;
         let dt = t2.elapsed().as_secs_f64();
         let got = count.load(Ordering::Relaxed) - c0;
         let sent = sim.notifications_sent() - s0;
+        // latency: match each received value with the latest send of the same
+        // bytes by the same device before it
+        // received first: every value received then has its send in the truth
+        let got_values = received
+            .lock()
+            .map(|r| r[r0..].to_vec())
+            .unwrap_or_default();
+        let mut sends: HashMap<(String, String), Vec<Instant>> = HashMap::new();
+        for t in sim.truth() {
+            if let Some(at) = t.sent_at {
+                sends.entry((t.address, t.bytes)).or_default().push(at);
+            }
+        }
+        let mut lat: Vec<f64> = Vec::new();
+        for (addr, value, at) in got_values {
+            let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
+            if let Some(v) = sends.get(&(addr, hex)) {
+                let i = v.partition_point(|s| *s <= at);
+                if i > 0 {
+                    lat.push((at - v[i - 1]).as_secs_f64() * 1e3);
+                }
+            }
+        }
+        lat.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
         println!(
             "devices={n} speed={speed} offered={:.0}/s sent={:.0}/s received={:.0}/s \
+             latency p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
              (window {dt:.1} s; scan {:.0} ms; connect+discover+subscribe all {:.0} ms)",
             n as f64 * speed,
             sent as f64 / dt,
             got as f64 / dt,
+            pct(0.5),
+            pct(0.99),
+            pct(1.0),
             scanned.as_secs_f64() * 1e3,
             connected.as_secs_f64() * 1e3,
         );

@@ -626,6 +626,7 @@ impl Inner {
             measurement: m,
             malformed,
             out_of_range,
+            sent_at: Some(std::time::Instant::now()),
         });
     }
 

@@ -46,6 +46,9 @@ pub struct TruthRecord {
     pub malformed: bool,
     /// The value was deliberately implausible (fault injection).
     pub out_of_range: bool,
+    /// When it was handed to D-Bus (in-process only, for latency measurements).
+    #[serde(skip)]
+    pub sent_at: Option<std::time::Instant>,
 }
 
 /// Sink for truth records: memory, broadcast, and optionally a file.

@@ -12,6 +12,7 @@
 //! | `malformed=hr0` | hr0's next measurement notification is cut short |
 //! | `out-of-range=temp0` | temp0's next measurement carries an implausible value |
 //! | `rssi=hr0:-95` | hr0's RSSI becomes -95 dBm (and stops jittering) |
+//! | `battery=hr0:15` | hr0's battery drops to 15 % (read and notified on 0x2A19) |
 //! | `power-off+2s` | adapter powers off (rfkill-style: cannot be powered on) for 2 s, then on |
 //! | `power-off` / `power-on` | adapter off (a client may power it on again) / on |
 //!
@@ -65,6 +66,13 @@ pub enum Fault {
         device: String,
         /// dBm.
         rssi: i16,
+    },
+    /// Set a device's battery level (a drained or swapped battery).
+    Battery {
+        /// device name, address or `*`.
+        device: String,
+        /// percent.
+        percent: u8,
     },
     /// Power the adapter off; with a duration it stays blocked (as rfkill)
     /// and comes back on by itself afterwards.
@@ -166,6 +174,20 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
                 rssi: r.parse().map_err(|_| format!("{item}: bad dBm {r:?}"))?,
             }
         }
+        "battery" => {
+            let a = need("DEVICE:PERCENT")?;
+            let (d, p) = a
+                .split_once(':')
+                .ok_or(format!("{item}: battery needs =DEVICE:PERCENT"))?;
+            Fault::Battery {
+                device: d.to_string(),
+                percent: p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or(format!("{item}: bad percent {p:?}"))?,
+            }
+        }
         "power-off" => Fault::PowerOff { duration },
         "power-on" => Fault::PowerOn,
         other => return Err(format!("{item}: unknown fault {other:?}")),
@@ -214,6 +236,14 @@ mod tests {
         let storm = parse_faults("drop=*@5s%2s").expect("storm");
         assert_eq!(storm[0].fault, Fault::Drop { device: "*".into() });
         assert_eq!(storm[0].every, Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_faults("battery=scale0:7").expect("battery")[0].fault,
+            Fault::Battery {
+                device: "scale0".into(),
+                percent: 7
+            }
+        );
+        assert!(parse_faults("battery=scale0:101").is_err());
         assert!(parse_faults("refuse=hr0").is_err());
         assert!(parse_faults("explode").is_err());
         assert!(parse_faults("drop=hr0@soon").is_err());

@@ -801,6 +801,11 @@ impl Inner {
                     }
                 }
             }
+            Fault::Battery { device, percent } => {
+                for d in find(&device)? {
+                    self.set_battery(&d, f64::from(percent.min(100))).await;
+                }
+            }
             Fault::PowerOff { duration } => {
                 if let Some(d) = duration {
                     lock(&self.adapter).rfkill_until = Some(Instant::now() + d);
@@ -1002,12 +1007,22 @@ impl Inner {
     }
 
     async fn drain(&self, dev: &Device) {
+        let level = {
+            let st = lock(&dev.st);
+            // per 30 s: ~6 %/h while streaming, ~0.6 %/h idle (advertising)
+            let rate = if st.connected { 0.05 } else { 0.005 };
+            (st.battery - rate).max(1.0)
+        };
+        self.set_battery(dev, level).await;
+    }
+
+    /// Set the battery level; a change of whole percent is readable and
+    /// notified (0x2A19) like on a real device.
+    async fn set_battery(&self, dev: &Device, level: f64) {
         let (before, after) = {
             let mut st = lock(&dev.st);
             let before = st.battery as u8;
-            // per 30 s: ~6 %/h while streaming, ~0.6 %/h idle (advertising)
-            let rate = if st.connected { 0.05 } else { 0.005 };
-            st.battery = (st.battery - rate).max(1.0);
+            st.battery = level.clamp(0.0, 100.0);
             (before, st.battery as u8)
         };
         if before != after {

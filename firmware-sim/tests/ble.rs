@@ -454,9 +454,9 @@ fn fault_stall_discovery_keeps_discovering_true() -> anyhow::Result<()> {
 }
 
 #[test]
-fn fault_malformed_out_of_range_and_rssi() -> anyhow::Result<()> {
+fn fault_malformed_out_of_range_rssi_and_battery() -> anyhow::Result<()> {
     isolated(
-        "fault_malformed_out_of_range_and_rssi",
+        "fault_malformed_out_of_range_rssi_and_battery",
         LIMIT,
         |bus| async move {
             let sim =
@@ -486,6 +486,15 @@ fn fault_malformed_out_of_range_and_rssi() -> anyhow::Result<()> {
             let p = by_address(&ps, &d.address)?;
             connect(p).await?;
             let mut notes: Notes = p.notifications().await?;
+            // a battery running low is notified and readable
+            p.subscribe(&ch(p, 0x2A19)?).await?;
+            sim.inject(Fault::Battery {
+                device: "hr0".into(),
+                percent: 12,
+            })
+            .await?;
+            assert_eq!(next_on(&mut notes, 0x2A19).await?, vec![12]);
+            assert_eq!(p.read(&ch(p, 0x2A19)?).await?, vec![12]);
             p.subscribe(&ch(p, 0x2A37)?).await?;
             let good = next_on(&mut notes, 0x2A37).await?;
             assert!(HeartRateMeasurement::decode(&good).is_ok());

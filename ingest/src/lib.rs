@@ -2,6 +2,23 @@
 //! verifier, PostgreSQL writer, quarantine, device state, admin CLI and the
 //! clinician API. The binary (`src/main.rs`) is a thin layer over this crate.
 //!
+//! - [`config`]: the TOML + environment configuration.
 //! - [`db`]: connecting, the embedded migrations, and the schema summary.
+//! - [`plan`]: one batch of messages → the rows of one transaction (verifies proofs).
+//! - [`store`]: writing a plan in one transaction.
+//! - [`run`]: the consumer loop — ack after commit.
+//! - [`quarantine`]: reasons, listing and replay.
+//! - [`admin`]: users, gateways, grants and tokens.
+//! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`zk_cli`]: `hailan-ingest zk setup / export`.
 
+pub mod admin;
+pub mod config;
 pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod plan;
+pub mod quarantine;
+pub mod run;
+pub mod store;
+pub mod zk_cli;

@@ -1,36 +1,160 @@
 //! `hailan-ingest`: thin binary over the library crate.
 
-mod zk_cli;
-
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hailan_ingest::config::IngestConfig;
+use hailan_ingest::metrics::Metrics;
+use hailan_ingest::run::Status;
+use hailan_ingest::{admin, db, quarantine, run, zk_cli};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// hailan ingestion service: verify sealed, proven readings and store them.
 #[derive(Parser)]
 #[command(name = "hailan-ingest", version)]
 struct Cli {
-    /// PostgreSQL URL.
+    /// PostgreSQL URL (overrides the config file's database_url).
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     database_url: Option<String>,
+    /// Configuration file (TOML); `HAILAN_INGEST__…` variables override it.
+    #[arg(long, short, global = true, env = "HAILAN_INGEST_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume, verify and store readings until SIGTERM/SIGINT.
+    Run,
     /// Apply the embedded schema migrations.
     Migrate,
     /// Print a summary of the schema: partitions, row level security, migrations.
     Schema,
+    /// Inspect and replay quarantined messages.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+    /// Users, gateways, grants and API tokens.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Zero-knowledge keys and third-party export.
     #[command(subcommand)]
     Zk(zk_cli::ZkCommand),
 }
 
-fn database_url(cli: &Cli) -> Result<&str> {
-    cli.database_url
-        .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("no database: set DATABASE_URL or pass --database-url"))
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined messages, newest first.
+    List {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run quarantined messages through the pipeline again (those that now
+    /// pass are stored and leave quarantine; the rest are quarantined anew).
+    Replay {
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a user (PATIENT, CLINICIAN, AUDITOR or ADMIN) by DID.
+    AddUser {
+        did: String,
+        #[arg(long, default_value = "PATIENT")]
+        kind: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Enrol a gateway (its MQTT user name) for an owner.
+    EnrolGateway {
+        gateway_id: String,
+        #[arg(long)]
+        owner: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Let a clinician read a patient's data types (all if none given).
+    Grant {
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        clinician: String,
+        #[arg(long = "data-type")]
+        data_types: Vec<String>,
+        /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Revoke a clinician's active grants from a patient.
+    Revoke {
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        clinician: String,
+    },
+    /// Issue an API bearer token (printed once; only its hash is stored).
+    Token {
+        did: String,
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        #[arg(long)]
+        label: Option<String>,
+    },
+}
+
+fn load_config(cli: &Cli) -> Result<IngestConfig> {
+    let mut cfg = IngestConfig::load(cli.config.as_deref())?;
+    if let Some(url) = &cli.database_url {
+        cfg.database_url = Some(url.clone());
+    }
+    Ok(cfg)
+}
+
+async fn shutdown_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: finishing the batch in hand"),
+        _ = int.recv() => tracing::info!("SIGINT: finishing the batch in hand"),
+    }
+    token.cancel();
+}
+
+async fn run_service(cfg: IngestConfig) -> Result<()> {
+    let pool = db::connect(cfg.database_url()?, 8).await?;
+    let verifier = Arc::new(run::load_verifier(&cfg)?);
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(Status::default());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    if !cfg.http.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
+            .await
+            .with_context(|| format!("http.listen = {}", cfg.http.listen))?;
+        tracing::info!(addr = %cfg.http.listen, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(hailan_ingest::http::serve(
+            listener,
+            Arc::clone(&metrics),
+            Arc::clone(&status),
+            shutdown.clone(),
+        ));
+    }
+    run::run(cfg, pool, verifier, metrics, status, shutdown).await
 }
 
 #[tokio::main]
@@ -42,19 +166,125 @@ async fn main() -> Result<()> {
             }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    let cfg = load_config(&cli)?;
     match cli.command {
         Command::Zk(cmd) => zk_cli::run(cmd)?,
+        Command::Run => run_service(cfg).await?,
         Command::Migrate => {
-            let pool = hailan_ingest::db::connect(database_url(&cli)?, 2).await?;
-            hailan_ingest::db::migrate(&pool).await?;
-            let applied = hailan_ingest::db::MIGRATOR.iter().count();
-            println!("schema is current ({applied} migrations)");
+            let pool = db::connect(cfg.database_url()?, 2).await?;
+            db::migrate(&pool).await?;
+            println!(
+                "schema is current ({} migrations)",
+                db::MIGRATOR.iter().count()
+            );
         }
         Command::Schema => {
-            let pool = hailan_ingest::db::connect(database_url(&cli)?, 2).await?;
-            print!("{}", hailan_ingest::db::schema_summary(&pool).await?);
+            let pool = db::connect(cfg.database_url()?, 2).await?;
+            print!("{}", db::schema_summary(&pool).await?);
+        }
+        Command::Quarantine(q) => {
+            let pool = db::connect(cfg.database_url()?, 2).await?;
+            match q {
+                QuarantineCommand::List {
+                    reason,
+                    limit,
+                    json,
+                } => {
+                    let rows = quarantine::list(&pool, reason.as_deref(), limit).await?;
+                    for r in &rows {
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({
+                                    "id": r.id, "received_at": r.received_at, "topic": r.topic,
+                                    "gateway_id": r.gateway_id, "device_id": r.device_id,
+                                    "reason": r.reason, "detail": r.detail, "payload_bytes": r.payload.len(),
+                                })
+                            );
+                        } else {
+                            println!(
+                                "{}  {}  {:<24} {:<12} {}",
+                                r.received_at.format("%Y-%m-%d %H:%M:%S"),
+                                r.id,
+                                r.reason,
+                                r.gateway_id.as_deref().unwrap_or("-"),
+                                r.detail
+                            );
+                        }
+                    }
+                    if !json {
+                        eprintln!("{} quarantined message(s) shown", rows.len());
+                    }
+                }
+                QuarantineCommand::Replay { reason, limit } => {
+                    let verifier = Arc::new(run::load_verifier(&cfg)?);
+                    let rows = quarantine::for_replay(&pool, reason.as_deref(), &[], limit).await?;
+                    let messages: Vec<_> = rows
+                        .into_iter()
+                        .map(|r| hailan_ingest::plan::Message {
+                            topic: r.topic,
+                            payload: r.payload,
+                            from_quarantine: Some(r.id),
+                        })
+                        .collect();
+                    let n = messages.len();
+                    let plan = hailan_ingest::plan::plan(&pool, verifier, &messages).await?;
+                    let written = hailan_ingest::store::write(
+                        &pool,
+                        &plan,
+                        "hailan-ingest quarantine replay",
+                    )
+                    .await?;
+                    println!(
+                        "replayed {n}: {} readings stored, {} already stored, {} quarantined again",
+                        written.readings_new, written.readings_duplicate, written.quarantined
+                    );
+                }
+            }
+        }
+        Command::Admin(a) => {
+            let pool = db::connect(cfg.database_url()?, 2).await?;
+            match a {
+                AdminCommand::AddUser { did, kind, name } => {
+                    let id = admin::add_user(&pool, &did, &kind, name.as_deref()).await?;
+                    println!("{id}");
+                }
+                AdminCommand::EnrolGateway {
+                    gateway_id,
+                    owner,
+                    name,
+                } => {
+                    admin::enrol_gateway(&pool, &gateway_id, &owner, name.as_deref()).await?;
+                    println!("gateway {gateway_id} enrolled for {owner}");
+                }
+                AdminCommand::Grant {
+                    patient,
+                    clinician,
+                    data_types,
+                    expires,
+                } => {
+                    let types = if data_types.is_empty() {
+                        None
+                    } else {
+                        Some(data_types)
+                    };
+                    let id = admin::grant(&pool, &patient, &clinician, types, expires).await?;
+                    println!("{id}");
+                }
+                AdminCommand::Revoke { patient, clinician } => {
+                    let n = admin::revoke(&pool, &patient, &clinician).await?;
+                    println!("{n} grant(s) revoked");
+                }
+                AdminCommand::Token { did, days, label } => {
+                    println!(
+                        "{}",
+                        admin::issue_token(&pool, &did, days, label.as_deref()).await?
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -81,7 +81,7 @@ fn vk_path(dir: &Path, kind: ProofKind) -> PathBuf {
     dir.join(format!("{}.vk", kind_name(kind)))
 }
 
-fn setup(out: &Path, dev_seed: Option<u64>, force: bool) -> anyhow::Result<()> {
+pub fn setup(out: &Path, dev_seed: Option<u64>, force: bool) -> anyhow::Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let manifest_path = out.join("keys.json");
     if !force {

@@ -92,3 +92,543 @@ impl TestDb {
         Ok(())
     }
 }
+
+// ------------------------------------------------------------------ MQTT
+
+/// The password of a development broker account (`cargo xtask services` made them).
+pub fn mqtt_password(user: &str) -> Result<String> {
+    let path = repo_root().join(".hailan/mosquitto/credentials");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run `cargo xtask services`)", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(u, _)| *u == user)
+        .map(|(_, p)| p.to_owned())
+        .with_context(|| format!("no broker account {user} (run `cargo xtask services`)"))
+}
+
+/// Host and port of the development broker.
+pub fn mqtt_host_port() -> (String, u16) {
+    let url = setting("HAILAN_MQTT_URL").unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    let rest = url.trim_start_matches("mqtt://");
+    match rest.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(1883)),
+        None => (rest.to_owned(), 1883),
+    }
+}
+
+/// A QoS 1 publisher logged in as one gateway; `publish` returns once the
+/// broker has acknowledged the message.
+pub struct Publisher {
+    client: rumqttc::AsyncClient,
+    acks: tokio::sync::mpsc::UnboundedReceiver<u16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(user: &str) -> Result<Publisher> {
+        let (host, port) = mqtt_host_port();
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("{user}-{}", uuid::Uuid::new_v4().simple()),
+            host,
+            port,
+        );
+        opts.set_credentials(user, mqtt_password(user)?);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(a))) => {
+                        let _ = tx.send(a.pkid);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(e.to_string()));
+                            return;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Publisher { client, acks, task }),
+            Ok(Ok(Err(e))) => anyhow::bail!("broker refused {user}: {e}"),
+            _ => anyhow::bail!("no CONNACK from the broker for {user}"),
+        }
+    }
+
+    /// Publish each payload on `topic` at QoS 1 and wait for all PUBACKs.
+    pub async fn publish_all(&mut self, topic: &str, payloads: Vec<Vec<u8>>) -> Result<()> {
+        let n = payloads.len();
+        for p in payloads {
+            self.client
+                .publish(topic, rumqttc::QoS::AtLeastOnce, false, p)
+                .await?;
+        }
+        for _ in 0..n {
+            tokio::time::timeout(std::time::Duration::from_secs(30), self.acks.recv())
+                .await
+                .context("waiting for PUBACK")?
+                .context("publisher stopped")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+// ------------------------------------------------------------------ ZK and devices
+
+use hailan_proto::envelope::{
+    Body, DeviceState, Envelope, ProofKind, ProvenGroup, Reading, ReadingBatch, Registration,
+};
+use hailan_proto::seal::{DataKey, SealedValue};
+use hailan_proto::zk::{DeviceSecret, ProvingKey, device_commitment, prove_reading, prove_window};
+use hailan_proto::{DataType, ReadingHeader, WindowHeader};
+use rand::SeedableRng;
+
+/// Development zk keys in a temporary directory (what `zk.keys_dir` names).
+pub struct DevZk {
+    pub dir: tempfile::TempDir,
+    pub reading: ProvingKey,
+    pub window: ProvingKey,
+}
+
+impl DevZk {
+    pub fn new() -> Result<DevZk> {
+        let dir = tempfile::tempdir()?;
+        hailan_ingest::zk_cli::setup(dir.path(), Some(20261123), true)?;
+        let reading = ProvingKey::from_bytes(&std::fs::read(dir.path().join("reading.pk"))?)?;
+        let window = ProvingKey::from_bytes(&std::fs::read(dir.path().join("window.pk"))?)?;
+        Ok(DevZk {
+            dir,
+            reading,
+            window,
+        })
+    }
+}
+
+/// A simulated paired device as a gateway holds it: secret, owner's data key, seq.
+pub struct TestDevice {
+    pub gateway_id: String,
+    pub device_id: String,
+    pub data_type: DataType,
+    pub secret: DeviceSecret,
+    pub key: DataKey,
+    pub next_seq: u64,
+    pub rng: rand_chacha::ChaCha20Rng,
+}
+
+/// Milliseconds of a fixed, recent instant the test readings count from.
+pub const T0_MS: i64 = 1_763_900_000_000;
+
+impl TestDevice {
+    pub fn new(gateway_id: &str, device_id: &str, data_type: DataType, seed: u64) -> TestDevice {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+        let secret = DeviceSecret::generate(&mut rng);
+        TestDevice {
+            gateway_id: gateway_id.into(),
+            device_id: device_id.into(),
+            data_type,
+            secret,
+            key: DataKey::new("owner-key-1", [7; 32]),
+            next_seq: 1,
+            rng,
+        }
+    }
+
+    fn envelope(&self, body: Body) -> Envelope {
+        Envelope {
+            v: 1,
+            gateway_id: self.gateway_id.clone(),
+            sent_at_ms: T0_MS,
+            body,
+        }
+    }
+
+    pub fn registration(&self) -> Envelope {
+        self.envelope(Body::Registration(Box::new(Registration {
+            device_id: self.device_id.clone(),
+            device_type: self.data_type.as_str().into(),
+            data_types: vec![self.data_type.as_str().into()],
+            bluetooth_address: {
+                let h =
+                    hailan_proto::header::context_from_bytes(self.device_id.as_bytes()).to_string();
+                let h = h.as_bytes();
+                format!("C0:FF:{:02X}:{:02X}:{:02X}:{:02X}", h[0], h[1], h[2], h[3])
+            },
+            name: Some(format!("test {}", self.data_type)),
+            manufacturer: Some("hailan tests".into()),
+            model: None,
+            serial: None,
+            firmware_version: Some("1.0".into()),
+            hardware_version: None,
+            device_commitment: device_commitment(&self.secret),
+            paired_at_ms: T0_MS,
+        })))
+    }
+
+    pub fn state(&self, battery: u8, observed_at_ms: i64) -> Envelope {
+        self.envelope(Body::DeviceState(DeviceState {
+            device_id: self.device_id.clone(),
+            battery_level: Some(battery),
+            rssi: Some(-60),
+            connected: true,
+            firmware_version: None,
+            observed_at_ms,
+        }))
+    }
+
+    /// One reading with its own proof (the next seq, one second apart).
+    pub fn proven_reading(&mut self, pk: &ProvingKey, slots: &[u32]) -> Result<Envelope> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let t = T0_MS + 1000 * seq as i64;
+        let dt = self.data_type.as_str();
+        let header = ReadingHeader {
+            gateway_id: &self.gateway_id,
+            device_id: &self.device_id,
+            data_type: dt,
+            seq,
+            recorded_at_ms: t,
+        };
+        let proof = prove_reading(
+            pk,
+            &self.secret,
+            self.data_type,
+            slots,
+            &header,
+            &mut self.rng,
+        )?;
+        let value = SealedValue {
+            slots: slots.to_vec(),
+            blinding: proof.blinding,
+            position: 0,
+            original_unit: None,
+            extras: Default::default(),
+        };
+        let sealed = hailan_proto::seal::seal(&self.key, &header, &value, &mut self.rng);
+        let group = ProvenGroup {
+            kind: ProofKind::Reading,
+            key_id: pk.id().0,
+            commitment: proof.commitment,
+            proof: Some(proof.proof.to_vec()),
+            no_proof_reason: None,
+            readings: vec![Reading {
+                seq,
+                data_type: dt.into(),
+                recorded_at_ms: t,
+                sealed,
+            }],
+        };
+        Ok(self.envelope(Body::Readings(ReadingBatch {
+            device_id: self.device_id.clone(),
+            groups: vec![group],
+        })))
+    }
+
+    /// A window of one-slot readings, one per second, with one proof.
+    pub fn proven_window(&mut self, pk: &ProvingKey, values: &[u32]) -> Result<Envelope> {
+        let first = self.next_seq;
+        self.next_seq += values.len() as u64;
+        let start = T0_MS + 1000 * first as i64;
+        let dt = self.data_type.as_str();
+        let header = WindowHeader {
+            gateway_id: &self.gateway_id,
+            device_id: &self.device_id,
+            data_type: dt,
+            first_seq: first,
+            start_ms: start,
+            offsets_ms: (0..values.len() as u32).map(|i| i * 1000).collect(),
+        };
+        let proof = prove_window(
+            pk,
+            &self.secret,
+            self.data_type,
+            values,
+            &header,
+            &mut self.rng,
+        )?;
+        let readings = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let seq = first + i as u64;
+                let t = start + 1000 * i as i64;
+                let h = ReadingHeader {
+                    gateway_id: &self.gateway_id,
+                    device_id: &self.device_id,
+                    data_type: dt,
+                    seq,
+                    recorded_at_ms: t,
+                };
+                let value = SealedValue {
+                    slots: vec![*v],
+                    blinding: proof.blinding,
+                    position: i as u16,
+                    original_unit: None,
+                    extras: Default::default(),
+                };
+                Reading {
+                    seq,
+                    data_type: dt.into(),
+                    recorded_at_ms: t,
+                    sealed: hailan_proto::seal::seal(&self.key, &h, &value, &mut self.rng),
+                }
+            })
+            .collect();
+        let group = ProvenGroup {
+            kind: ProofKind::Window,
+            key_id: pk.id().0,
+            commitment: proof.commitment,
+            proof: Some(proof.proof.to_vec()),
+            no_proof_reason: None,
+            readings,
+        };
+        Ok(self.envelope(Body::Readings(ReadingBatch {
+            device_id: self.device_id.clone(),
+            groups: vec![group],
+        })))
+    }
+}
+
+/// Plausible in-range slots for a data type (mid-bounds).
+pub fn plausible_slots(t: DataType) -> Vec<u32> {
+    t.spec()
+        .slots
+        .iter()
+        .map(|s| s.lo + (s.hi - s.lo) / 3)
+        .collect()
+}
+
+// ------------------------------------------------------------------ processes
+
+/// A `hailan-ingest run` child process for one test: its own consumer
+/// group (so parallel tests never take each other's messages), client id,
+/// database and keys. Killed on drop.
+pub struct IngestProcess {
+    pub child: std::process::Child,
+    pub client_id: String,
+    pub log: std::path::PathBuf,
+    binary: std::path::PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl IngestProcess {
+    /// Start `binary run` for `gateways` against `db` with keys from `zk`.
+    pub fn start(
+        binary: &std::path::Path,
+        db: &TestDb,
+        zk: &DevZk,
+        gateways: &[&str],
+        log_dir: &std::path::Path,
+    ) -> Result<IngestProcess> {
+        let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
+        let group = format!("g{}", uuid::Uuid::new_v4().simple());
+        let subs: Vec<String> = gateways
+            .iter()
+            .map(|g| format!("\"$share/{group}/hailan/v1/{g}/up\""))
+            .collect();
+        let (host, port) = mqtt_host_port();
+        let env = vec![
+            ("DATABASE_URL".to_owned(), db.url.clone()),
+            ("HAILAN_INGEST__MQTT__HOST".to_owned(), host),
+            ("HAILAN_INGEST__MQTT__PORT".to_owned(), port.to_string()),
+            (
+                "HAILAN_INGEST__MQTT__CLIENT_ID".to_owned(),
+                client_id.clone(),
+            ),
+            (
+                "HAILAN_INGEST__MQTT__PASSWORD".to_owned(),
+                mqtt_password("hailan-ingest")?,
+            ),
+            (
+                "HAILAN_INGEST__ZK__KEYS_DIR".to_owned(),
+                zk.dir.path().display().to_string(),
+            ),
+            (
+                "HAILAN_INGEST__ZK__ALLOW_DEV_KEYS".to_owned(),
+                "true".to_owned(),
+            ),
+            ("HAILAN_INGEST__HTTP__LISTEN".to_owned(), String::new()),
+            (
+                "HAILAN_INGEST__BATCH__MAX_WAIT_MS".to_owned(),
+                "20".to_owned(),
+            ),
+        ];
+        let config = log_dir.join(format!("{client_id}.toml"));
+        std::fs::write(
+            &config,
+            format!("[mqtt]\nsubscriptions = [{}]\n", subs.join(", ")),
+        )?;
+        let mut env = env;
+        env.push((
+            "HAILAN_INGEST_CONFIG".to_owned(),
+            config.display().to_string(),
+        ));
+        let log = log_dir.join(format!("{client_id}.log"));
+        let mut p = IngestProcess {
+            child: spawn_logged(binary, &["run"], &env, &log)?,
+            client_id,
+            log,
+            binary: binary.to_owned(),
+            env,
+        };
+        p.wait_subscribed(0)?;
+        Ok(p)
+    }
+
+    fn subscriptions_seen(&self) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("hailan_ingest::run: subscribed"))
+            .count()
+    }
+
+    /// Wait until the log shows more than `before` SUBACKs (the consumer is
+    /// subscribed, so nothing published from now on can miss it).
+    fn wait_subscribed(&mut self, before: usize) -> Result<()> {
+        let start = std::time::Instant::now();
+        while self.subscriptions_seen() <= before {
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!("hailan-ingest exited ({status}):\n{}", self.log_text());
+            }
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                anyhow::bail!(
+                    "hailan-ingest did not subscribe within 30 s:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Start the same consumer again (same client id: the broker's session resumes).
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let before = self.subscriptions_seen();
+        self.child = spawn_logged(&self.binary, &["run"], &self.env, &self.log)?;
+        self.wait_subscribed(before)
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?;
+        Ok(self.child.wait()?)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for IngestProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shown by the test harness only when the test fails.
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!("--- last lines of {} ---", self.log.display());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+fn spawn_logged(
+    binary: &std::path::Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &std::path::Path,
+) -> Result<std::process::Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let err = out.try_clone()?;
+    std::process::Command::new(binary)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))
+}
+
+/// Poll `probe` until it returns `Some`, or fail after `limit` with `what`.
+pub async fn eventually<T, F, Fut>(
+    limit: std::time::Duration,
+    what: &str,
+    mut probe: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe().await? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Rows in `health_data` (read as the owner through the partitions, where RLS does not apply).
+pub async fn count_readings(pool: &PgPool, extra_where: &str) -> Result<i64> {
+    let sql = format!(
+        "SELECT count(*) FROM ({}) r WHERE true {extra_where}",
+        DataType::ALL
+            .iter()
+            .map(|t| format!(
+                "SELECT * FROM health_data_{}",
+                t.as_str().to_ascii_lowercase()
+            ))
+            .chain(["SELECT * FROM health_data_default".to_owned()])
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    );
+    Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Enrol `gateway` for a fresh patient; returns the patient's id.
+pub async fn enrol(pool: &PgPool, gateway: &str) -> Result<uuid::Uuid> {
+    let did = format!("did:hailan:test:{}", uuid::Uuid::new_v4().simple());
+    let id = hailan_ingest::admin::add_user(pool, &did, "PATIENT", None).await?;
+    hailan_ingest::admin::enrol_gateway(pool, gateway, &did, None).await?;
+    Ok(id)
+}

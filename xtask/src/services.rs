@@ -68,6 +68,15 @@ const MQTT_USERS: &[&str] = &[
     "gw-test-1",
     "gw-test-2",
     "gw-test-3",
+    "gw-test-4",
+    "gw-test-5",
+    "gw-test-6",
+    "gw-test-7",
+    "gw-test-8",
+    "gw-test-9",
+    "gw-test-10",
+    "gw-test-11",
+    "gw-test-12",
 ];
 
 /// (command or file that must exist, Debian package that provides it)

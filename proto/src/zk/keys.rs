@@ -148,6 +148,10 @@ pub(crate) struct Shape {
 pub(crate) fn blank_circuit_shape<C: ConstraintSynthesizer<Fr>>(
     circuit: C,
 ) -> Result<Shape, ZkError> {
+    super::quiet(|| blank_circuit_shape_inner(circuit))
+}
+
+fn blank_circuit_shape_inner<C: ConstraintSynthesizer<Fr>>(circuit: C) -> Result<Shape, ZkError> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_optimization_goal(OptimizationGoal::Constraints);
     cs.set_mode(SynthesisMode::Setup);
@@ -223,7 +227,7 @@ impl ProvingKey {
         origin: KeyOrigin,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<Self, ZkError> {
-        let pk = match kind {
+        let pk = super::quiet(|| match kind {
             ProofKind::Reading => Groth16::<Bn254>::generate_random_parameters_with_reduction(
                 ReadingCircuit::blank(),
                 rng,
@@ -232,7 +236,7 @@ impl ProvingKey {
                 WindowCircuit::blank(),
                 rng,
             ),
-        }
+        })
         .map_err(|e| ZkError::Synthesis(e.to_string()))?;
         Self::from_parts(kind, origin, pk)
     }

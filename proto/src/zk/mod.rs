@@ -40,10 +40,10 @@ pub use circuit::{READING_RANGE_BITS, WINDOW_LEN, WINDOW_VALUE_BITS};
 pub use keys::{KeyId, KeyOrigin, ProvingKey, VerifyingKey};
 pub use prove::{
     DeviceSecret, ReadingProof, WindowProof, device_commitment, prove_reading, prove_window,
-    reading_commitment, window_commitment,
+    reading_commitment, window_commitment, windowable,
 };
 pub use snarkjs::ProofBundle;
-pub use verify::{DevKeys, GroupClaim, Policy, Reject, Verifier};
+pub use verify::{BatchWeights, DevKeys, GroupClaim, Policy, Reject, Verifier};
 
 use ark_bn254::Fr;
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
@@ -107,4 +107,13 @@ pub fn fr_to_bytes(x: &Fr) -> [u8; 32] {
 /// The scalar encoded by `bytes`, refusing non-canonical encodings (≥ the order).
 pub fn fr_from_bytes(bytes: &[u8; 32]) -> Option<Fr> {
     Fr::deserialize_compressed(&bytes[..]).ok()
+}
+
+/// Runs `f` with tracing switched off for this thread. arkworks' constraint
+/// code (ark-relations, ark-crypto-primitives) opens an INFO-level tracing
+/// span per gadget call; under a subscriber that enables INFO (any service's
+/// default) synthesis becomes ~500× slower — a dev-profile `zk setup` took
+/// 3 min 46 s instead of 0.4 s. Every synthesis in this module goes through here.
+pub(crate) fn quiet<T>(f: impl FnOnce() -> T) -> T {
+    tracing::dispatcher::with_default(&tracing::Dispatch::none(), f)
 }

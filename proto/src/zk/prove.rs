@@ -173,6 +173,14 @@ pub(crate) fn prove_circuit<C: ConstraintSynthesizer<Fr>>(
     circuit: C,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<[u8; PROOF_LEN], ZkError> {
+    super::quiet(|| prove_circuit_inner(pk, circuit, rng))
+}
+
+fn prove_circuit_inner<C: ConstraintSynthesizer<Fr>>(
+    pk: &ProvingKey,
+    circuit: C,
+    rng: &mut (impl RngCore + CryptoRng),
+) -> Result<[u8; PROOF_LEN], ZkError> {
     let cs = ConstraintSystem::<Fr>::new_ref();
     cs.set_optimization_goal(OptimizationGoal::Constraints);
     cs.set_mode(SynthesisMode::Prove {

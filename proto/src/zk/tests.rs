@@ -545,6 +545,11 @@ fn window_reorder_move_replay_fail() {
         r.seq += values.len() as u64;
     }
     assert_eq!(f.verifier.verify(&claim(&m)), Err(Reject::InvalidProof));
+    let other_gw = GroupClaim {
+        gateway_id: "gw-2",
+        ..claim(&g)
+    };
+    assert_eq!(f.verifier.verify(&other_gw), Err(Reject::InvalidProof));
     let other_dev = GroupClaim {
         device_id: "dev-2",
         ..claim(&g)
@@ -625,15 +630,18 @@ fn batch_with_bad_proofs_bisects_to_exactly_them() {
             corrupt(&mut gs[*b]);
         }
         let claims: Vec<_> = gs.iter().map(claim).collect();
-        let (res, checks) = f.verifier.verify_batch_counted(&claims, &mut rng(2));
-        for (i, r) in res.iter().enumerate() {
-            if bad.contains(&i) {
-                assert_eq!(r, &Err(Reject::InvalidProof), "{i}");
-            } else {
-                assert_eq!(r, &Ok(()), "{i}");
+        let v64 = f.verifier.clone().with_batch_weights(BatchWeights::Bits64);
+        for v in [&f.verifier, &v64] {
+            let (res, checks) = v.verify_batch_counted(&claims, &mut rng(2));
+            for (i, r) in res.iter().enumerate() {
+                if bad.contains(&i) {
+                    assert_eq!(r, &Err(Reject::InvalidProof), "{i}");
+                } else {
+                    assert_eq!(r, &Ok(()), "{i}");
+                }
             }
+            assert!(checks > 1 && checks < 2 * groups.len(), "{checks}");
         }
-        assert!(checks > 1 && checks < 2 * groups.len(), "{checks}");
     }
 }
 
@@ -717,6 +725,13 @@ fn snarkjs_export_pins_the_input_count() {
     let f = fx();
     let (g, _) = proven_reading(DataType::Spo2, &[975, 64], 3, 3);
     let bundle = f.verifier.bundle(&claim(&g)).expect("bundle");
+    let mut none = g.clone();
+    none.proof = None;
+    none.no_proof_reason = Some("battery low".into());
+    assert_eq!(
+        f.verifier.bundle(&claim(&none)),
+        Err(Reject::NoProof("battery low".into()))
+    );
     let vk = f.reading.verifying_key();
     let export = SnarkjsExport::new(&vk, &bundle).expect("export");
     assert_eq!(export.vk.n_public, public_input_count(ProofKind::Reading));
@@ -733,4 +748,45 @@ fn snarkjs_export_pins_the_input_count() {
     assert!(SnarkjsExport::new(&vk, &noncanonical).is_err());
     assert!(SnarkjsExport::new(&f.window.verifying_key(), &fewer).is_err());
     let _ = Fr::zero();
+}
+
+/// Counts spans and events: arkworks' gadgets must not reach the caller's
+/// tracing subscriber while we synthesise (see `zk::quiet`).
+struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl tracing::Subscriber for Counting {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::span::Id::from_u64(n as u64 + 1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, _: &tracing::Event<'_>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[test]
+fn synthesis_stays_out_of_the_callers_tracing() {
+    let f = fx();
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tracing::subscriber::with_default(Counting(seen.clone()), || {
+        let r = reading(DataType::HeartRate, 77, 0);
+        prove_reading(
+            &f.reading,
+            &f.secret,
+            DataType::HeartRate,
+            &[70],
+            &r.header(GW, DEV),
+            &mut rng(77),
+        )
+        .expect("prove");
+        let _ = constraint_count(ProofKind::Window).expect("count");
+    });
+    assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 0);
 }

@@ -1,0 +1,144 @@
+//! Ingest configuration: a TOML file (optional) overlaid by environment
+//! variables `HAILAN_INGEST__SECTION__KEY` (e.g. `HAILAN_INGEST__MQTT__HOST`),
+//! and `DATABASE_URL` for the database. A bad value names the key.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Everything `hailan-ingest run` reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// PostgreSQL URL (or the `DATABASE_URL` environment variable).
+    #[serde(default)]
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub zk: ZkConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Fixed client id: the broker keeps this session (and its queue) while
+    /// the process is away. Two processes must not share one.
+    pub client_id: String,
+    pub username: String,
+    pub password: Option<String>,
+    /// Keep-alive in seconds.
+    pub keep_alive_s: u64,
+    /// Topic filters to subscribe to (QoS 1). The default shared
+    /// subscription lets several ingest processes split the load.
+    pub subscriptions: Vec<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "hailan-ingest-1".into(),
+            username: "hailan-ingest".into(),
+            password: None,
+            keep_alive_s: 30,
+            subscriptions: vec![hailan_proto::topic::INGEST_SHARED_SUBSCRIPTION.to_owned()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Most MQTT messages per batch (one transaction, one batched verification).
+    pub max_messages: usize,
+    /// Longest a message waits for its batch to fill, in milliseconds.
+    pub max_wait_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_messages: 500,
+            max_wait_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ZkConfig {
+    /// Directory holding the verifying keys (`*.vk`) written by `hailan-ingest zk setup`.
+    pub keys_dir: PathBuf,
+    /// Accept development (seeded) keys. Never in production.
+    pub allow_dev_keys: bool,
+}
+
+impl Default for ZkConfig {
+    fn default() -> Self {
+        ZkConfig {
+            keys_dir: PathBuf::from("/etc/hailan/zk"),
+            allow_dev_keys: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` listen; empty disables them.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+impl IngestConfig {
+    /// Load from `file` (if given, it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(f) = file {
+            builder = builder.add_source(
+                config::File::from(f)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("HAILAN_INGEST")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder.build().context("reading the configuration")?;
+        let mut cfg: IngestConfig = raw
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if cfg.database_url.is_none() {
+            cfg.database_url = std::env::var("DATABASE_URL").ok();
+        }
+        if cfg.batch.max_messages == 0 {
+            anyhow::bail!("invalid configuration: batch.max_messages must be at least 1");
+        }
+        Ok(cfg)
+    }
+
+    /// The database URL, or an error naming where to set it.
+    pub fn database_url(&self) -> Result<&str> {
+        self.database_url
+            .as_deref()
+            .context("no database: set database_url in the config file, or DATABASE_URL")
+    }
+}

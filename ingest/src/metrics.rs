@@ -1,0 +1,154 @@
+//! Prometheus metrics of the consumer, served at `/metrics`.
+
+use crate::plan::Plan;
+use crate::store::Written;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Every metric the consumer reports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub batches: Counter,
+    pub batch_failures: Counter,
+    pub messages: Counter,
+    pub readings: Family<OutcomeLabel, Counter>,
+    pub quarantined: Family<ReasonLabel, Counter>,
+    pub groups_verified: Counter,
+    pub stale_acks_skipped: Counter,
+    pub batch_size: Histogram,
+    pub verify_seconds: Histogram,
+    pub commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hailan_ingest");
+        let m = Metrics {
+            batches: Counter::default(),
+            batch_failures: Counter::default(),
+            messages: Counter::default(),
+            readings: Family::default(),
+            quarantined: Family::default(),
+            groups_verified: Counter::default(),
+            stale_acks_skipped: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            registry: Registry::default(),
+        };
+        registry.register("batches", "Batches committed", m.batches.clone());
+        registry.register(
+            "batch_failures",
+            "Batch attempts that failed and were retried",
+            m.batch_failures.clone(),
+        );
+        registry.register(
+            "messages",
+            "MQTT messages committed (and then acknowledged)",
+            m.messages.clone(),
+        );
+        registry.register(
+            "readings",
+            "Readings by outcome (stored, duplicate, unverified)",
+            m.readings.clone(),
+        );
+        registry.register(
+            "quarantined",
+            "Quarantine rows by reason",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "groups_verified",
+            "Proven groups whose proofs were checked",
+            m.groups_verified.clone(),
+        );
+        registry.register(
+            "stale_acks_skipped",
+            "Acks skipped because the message's connection was replaced (redelivered instead)",
+            m.stale_acks_skipped.clone(),
+        );
+        registry.register("batch_messages", "Messages per batch", m.batch_size.clone());
+        registry.register(
+            "plan_seconds",
+            "Decode, resolve and batch-verify time per batch",
+            m.verify_seconds.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Transaction time per batch",
+            m.commit_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn record_batch(
+        &self,
+        plan: &Plan,
+        written: &Written,
+        plan_time: Duration,
+        commit_time: Duration,
+    ) {
+        let messages = plan_messages(plan);
+        self.batches.inc();
+        self.messages.inc_by(messages);
+        self.batch_size.observe(messages as f64);
+        self.verify_seconds.observe(plan_time.as_secs_f64());
+        self.commit_seconds.observe(commit_time.as_secs_f64());
+        self.groups_verified.inc_by(plan.groups_verified as u64);
+        let unverified = plan.readings.iter().filter(|r| !r.verified).count() as u64;
+        self.readings
+            .get_or_create(&OutcomeLabel {
+                outcome: "stored".into(),
+            })
+            .inc_by(written.readings_new);
+        self.readings
+            .get_or_create(&OutcomeLabel {
+                outcome: "duplicate".into(),
+            })
+            .inc_by(written.readings_duplicate);
+        self.readings
+            .get_or_create(&OutcomeLabel {
+                outcome: "unverified".into(),
+            })
+            .inc_by(unverified);
+        for q in &plan.quarantine {
+            self.quarantined
+                .get_or_create(&ReasonLabel {
+                    reason: q.reason.code().into(),
+                })
+                .inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn plan_messages(plan: &Plan) -> u64 {
+    plan.message_count as u64
+}

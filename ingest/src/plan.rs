@@ -1,0 +1,559 @@
+//! Turning one batch of MQTT messages into the rows of one transaction.
+//!
+//! Every message ends in exactly one of: rows (readings, proofs,
+//! verifications, device state, a registration) or quarantine rows with a
+//! reason — never nowhere. Proofs are verified here, in one batch on the
+//! blocking pool; the database is only read (gateways and devices), so a
+//! plan can be thrown away and made again if its transaction fails.
+
+use crate::quarantine::Reason;
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use hailan_proto::DataType;
+use hailan_proto::envelope::{
+    self, Body, DecodeError, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup,
+};
+use hailan_proto::topic::{self, Topic};
+use hailan_proto::zk::{GroupClaim, Reject, Verifier};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One MQTT message as received.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// Set when the message is a replay of a quarantine row: that row is
+    /// deleted in the same transaction as the message's new outcome.
+    pub from_quarantine: Option<Uuid>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayRow {
+    pub owner_id: Uuid,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub gateway_id: String,
+    pub commitment: [u8; 32],
+}
+
+/// A device registration to insert or refresh.
+#[derive(Debug, Clone)]
+pub struct DeviceUpsert {
+    pub new: bool,
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub gateway_id: String,
+    pub registration: envelope::Registration,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateUpdate {
+    pub device: Uuid,
+    pub state: envelope::DeviceState,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadingRow {
+    pub user_id: Uuid,
+    pub device: Uuid,
+    pub data_type: String,
+    pub value: serde_json::Value,
+    pub unit: Option<String>,
+    pub recorded_at: DateTime<Utc>,
+    pub proof_hash: Option<String>,
+    pub verified: bool,
+    pub seq: i64,
+    pub gateway_id: String,
+    pub commitment: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProofRow {
+    pub user_id: Uuid,
+    pub proof_hash: String,
+    pub key_id: String,
+    pub statement: &'static str,
+    pub device: Uuid,
+    pub first_seq: i64,
+    pub reading_count: i32,
+    pub proof: Vec<u8>,
+    pub public_inputs: serde_json::Value,
+    pub verified: bool,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct QuarantineRow {
+    pub topic: String,
+    pub gateway_id: Option<String>,
+    pub device_id: Option<String>,
+    pub data_type: Option<String>,
+    pub seq: Option<i64>,
+    pub reason: Reason,
+    pub detail: String,
+    pub payload: Vec<u8>,
+}
+
+/// Everything one batch writes.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub devices: Vec<DeviceUpsert>,
+    pub states: Vec<StateUpdate>,
+    pub readings: Vec<ReadingRow>,
+    pub proofs: Vec<ProofRow>,
+    pub quarantine: Vec<QuarantineRow>,
+    /// Quarantine rows this batch replayed (deleted on commit).
+    pub replayed: Vec<Uuid>,
+    /// Device ids registered by this batch (their quarantined readings are replayed next).
+    pub registered: Vec<String>,
+    /// Proven groups checked by the verifier.
+    pub groups_verified: usize,
+    /// Messages the plan covers.
+    pub message_count: usize,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+struct Decoded {
+    index: usize,
+    gateway: String,
+    envelope: Envelope,
+}
+
+/// Owner, device, verdict and public inputs (decimal) of one proven group.
+type Outcome = (Uuid, Uuid, Result<(), Reject>, Option<Vec<String>>);
+
+/// A group waiting for verification.
+struct Pending {
+    msg: usize,
+    group: usize,
+    user_id: Uuid,
+    device: Uuid,
+    commitment: [u8; 32],
+}
+
+impl Plan {
+    fn quarantine(
+        &mut self,
+        msg: &Message,
+        gateway: Option<&str>,
+        reason: Reason,
+        detail: impl Into<String>,
+    ) {
+        self.quarantine.push(QuarantineRow {
+            topic: msg.topic.clone(),
+            gateway_id: gateway.map(str::to_owned),
+            device_id: None,
+            data_type: None,
+            seq: None,
+            reason,
+            detail: detail.into(),
+            payload: msg.payload.clone(),
+        });
+    }
+}
+
+/// Load the gateways and devices a batch names.
+async fn lookup(
+    pool: &PgPool,
+    gateways: &HashSet<String>,
+    devices: &HashSet<String>,
+) -> Result<(HashMap<String, GatewayRow>, HashMap<String, DeviceRow>)> {
+    let gw_ids: Vec<String> = gateways.iter().cloned().collect();
+    let gw: HashMap<String, GatewayRow> = sqlx::query_as::<_, (String, Uuid, bool)>(
+        "SELECT id, owner_id, revoked_at IS NOT NULL FROM gateways WHERE id = ANY($1)",
+    )
+    .bind(&gw_ids)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(id, owner_id, revoked)| (id, GatewayRow { owner_id, revoked }))
+    .collect();
+    let dev_ids: Vec<String> = devices.iter().cloned().collect();
+    let dev: HashMap<String, DeviceRow> = sqlx::query_as::<_, (Uuid, Uuid, String, String, Vec<u8>)>(
+        "SELECT id, user_id, device_id, gateway_id, zk_device_commitment FROM iot_devices WHERE device_id = ANY($1)",
+    )
+    .bind(&dev_ids)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .filter_map(|(id, user_id, device_id, gateway_id, c)| {
+        let commitment: [u8; 32] = c.try_into().ok()?;
+        Some((device_id, DeviceRow { id, user_id, gateway_id, commitment }))
+    })
+    .collect();
+    Ok((gw, dev))
+}
+
+/// Build the plan for `messages`.
+pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) -> Result<Plan> {
+    let mut plan = Plan {
+        replayed: messages.iter().filter_map(|m| m.from_quarantine).collect(),
+        message_count: messages.len(),
+        ..Plan::default()
+    };
+
+    // 1. Topic, size, decoding, gateway consistency.
+    let mut decoded = Vec::with_capacity(messages.len());
+    for (index, msg) in messages.iter().enumerate() {
+        let Some(Topic::Up { gateway_id }) = topic::parse(&msg.topic) else {
+            plan.quarantine(
+                msg,
+                None,
+                Reason::BadTopic,
+                format!("{:?} is not hailan/v1/{{gateway}}/up", msg.topic),
+            );
+            continue;
+        };
+        if msg.payload.len() > MAX_ENVELOPE_BYTES {
+            plan.quarantine(
+                msg,
+                Some(gateway_id),
+                Reason::Oversize,
+                format!("{} bytes, limit {MAX_ENVELOPE_BYTES}", msg.payload.len()),
+            );
+            continue;
+        }
+        let envelope = match envelope::decode(&msg.payload) {
+            Ok(e) => e,
+            Err(e @ DecodeError::UnsupportedVersion(_)) => {
+                plan.quarantine(
+                    msg,
+                    Some(gateway_id),
+                    Reason::UnsupportedVersion,
+                    e.to_string(),
+                );
+                continue;
+            }
+            Err(e) => {
+                plan.quarantine(msg, Some(gateway_id), Reason::Undecodable, e.to_string());
+                continue;
+            }
+        };
+        if envelope.gateway_id != gateway_id {
+            plan.quarantine(
+                msg,
+                Some(gateway_id),
+                Reason::GatewayMismatch,
+                format!(
+                    "published on {gateway_id}'s topic by envelope of {}",
+                    envelope.gateway_id
+                ),
+            );
+            continue;
+        }
+        decoded.push(Decoded {
+            index,
+            gateway: gateway_id.to_owned(),
+            envelope,
+        });
+    }
+
+    // 2. Who are they.
+    let gateway_ids: HashSet<String> = decoded.iter().map(|d| d.gateway.clone()).collect();
+    let device_ids: HashSet<String> = decoded
+        .iter()
+        .map(|d| match &d.envelope.body {
+            Body::Registration(r) => r.device_id.clone(),
+            Body::Readings(b) => b.device_id.clone(),
+            Body::DeviceState(s) => s.device_id.clone(),
+        })
+        .collect();
+    let (gateways, mut devices) = lookup(pool, &gateway_ids, &device_ids).await?;
+
+    // 3. Registrations first (in arrival order), so a batch holding a device's
+    //    registration and its first readings stores both.
+    let mut accepted = Vec::with_capacity(decoded.len());
+    for d in decoded {
+        let msg = &messages[d.index];
+        let gw = match gateways.get(&d.gateway) {
+            Some(g) if !g.revoked => g.clone(),
+            Some(_) => {
+                plan.quarantine(
+                    msg,
+                    Some(&d.gateway),
+                    Reason::UnknownGateway,
+                    "gateway is revoked",
+                );
+                continue;
+            }
+            None => {
+                plan.quarantine(
+                    msg,
+                    Some(&d.gateway),
+                    Reason::UnknownGateway,
+                    "gateway is not enrolled",
+                );
+                continue;
+            }
+        };
+        if let Body::Registration(r) = &d.envelope.body {
+            match devices.get(&r.device_id) {
+                Some(existing) if existing.gateway_id != d.gateway => {
+                    let detail = format!(
+                        "device {} is registered to gateway {}",
+                        r.device_id, existing.gateway_id
+                    );
+                    plan.quarantine(msg, Some(&d.gateway), Reason::DeviceGatewayMismatch, detail);
+                }
+                Some(existing) if existing.commitment != r.device_commitment => {
+                    let detail = format!(
+                        "device {} re-registered with another device commitment",
+                        r.device_id
+                    );
+                    plan.quarantine(msg, Some(&d.gateway), Reason::DeviceKeyMismatch, detail);
+                }
+                Some(existing) => plan.devices.push(DeviceUpsert {
+                    new: false,
+                    id: existing.id,
+                    user_id: existing.user_id,
+                    gateway_id: d.gateway.clone(),
+                    registration: (**r).clone(),
+                }),
+                None => {
+                    let row = DeviceRow {
+                        id: Uuid::new_v4(),
+                        user_id: gw.owner_id,
+                        gateway_id: d.gateway.clone(),
+                        commitment: r.device_commitment,
+                    };
+                    plan.devices.push(DeviceUpsert {
+                        new: true,
+                        id: row.id,
+                        user_id: row.user_id,
+                        gateway_id: d.gateway.clone(),
+                        registration: (**r).clone(),
+                    });
+                    plan.registered.push(r.device_id.clone());
+                    devices.insert(r.device_id.clone(), row);
+                }
+            }
+            continue;
+        }
+        accepted.push(d);
+    }
+
+    // 4. Device states and readings of known devices; groups to verify.
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut unverifiable: Vec<(usize, usize, Uuid, Uuid, Reject)> = Vec::new();
+    let mut keep = Vec::with_capacity(accepted.len());
+    for d in accepted {
+        // The index `d` will have in `keep`, which steps 5 and 6 use.
+        let pos = keep.len();
+        let msg = &messages[d.index];
+        let device_id = match &d.envelope.body {
+            Body::Readings(b) => &b.device_id,
+            Body::DeviceState(s) => &s.device_id,
+            Body::Registration(_) => continue,
+        };
+        let Some(dev) = devices.get(device_id) else {
+            let mut q = QuarantineRow {
+                topic: msg.topic.clone(),
+                gateway_id: Some(d.gateway.clone()),
+                device_id: Some(device_id.clone()),
+                data_type: None,
+                seq: None,
+                reason: Reason::UnknownDevice,
+                detail: format!(
+                    "device {device_id} is not registered (replayed when its registration arrives)"
+                ),
+                payload: msg.payload.clone(),
+            };
+            if let Body::Readings(b) = &d.envelope.body {
+                let first = b.groups.first().and_then(|g| g.readings.first());
+                q.data_type = first.map(|r| r.data_type.clone());
+                q.seq = first.and_then(|r| i64::try_from(r.seq).ok());
+            }
+            plan.quarantine.push(q);
+            continue;
+        };
+        if dev.gateway_id != d.gateway {
+            let detail = format!("device {device_id} belongs to gateway {}", dev.gateway_id);
+            plan.quarantine(msg, Some(&d.gateway), Reason::DeviceGatewayMismatch, detail);
+            continue;
+        }
+        match &d.envelope.body {
+            Body::DeviceState(s) => plan.states.push(StateUpdate {
+                device: dev.id,
+                state: s.clone(),
+            }),
+            Body::Readings(b) => {
+                for (gi, g) in b.groups.iter().enumerate() {
+                    let known = DataType::from_name(&g.readings[0].data_type).is_some();
+                    match (&g.proof, known) {
+                        (Some(_), true) => pending.push(Pending {
+                            msg: pos,
+                            group: gi,
+                            user_id: dev.user_id,
+                            device: dev.id,
+                            commitment: dev.commitment,
+                        }),
+                        (None, _) => unverifiable.push((
+                            pos,
+                            gi,
+                            dev.user_id,
+                            dev.id,
+                            Reject::NoProof(g.no_proof_reason.clone().unwrap_or_default()),
+                        )),
+                        (Some(_), false) => unverifiable.push((
+                            pos,
+                            gi,
+                            dev.user_id,
+                            dev.id,
+                            Reject::UnknownDataType(g.readings[0].data_type.clone()),
+                        )),
+                    }
+                }
+            }
+            Body::Registration(_) => {}
+        }
+        keep.push(d);
+    }
+
+    // 5. Verify every proven group in one batch, off the async runtime.
+    let keep = Arc::new(keep);
+    let verdicts = {
+        let keep = Arc::clone(&keep);
+        let claims_of: Vec<(usize, usize, [u8; 32])> = pending
+            .iter()
+            .map(|p| (p.msg, p.group, p.commitment))
+            .collect();
+        let verifier = Arc::clone(&verifier);
+        tokio::task::spawn_blocking(move || {
+            let claims: Vec<GroupClaim<'_>> = claims_of
+                .iter()
+                .map(|(m, g, c)| {
+                    let d = &keep[*m];
+                    let Body::Readings(b) = &d.envelope.body else {
+                        unreachable!("pending groups are readings")
+                    };
+                    GroupClaim {
+                        gateway_id: &d.gateway,
+                        device_id: &b.device_id,
+                        device_commitment: c,
+                        group: &b.groups[*g],
+                    }
+                })
+                .collect();
+            let verdicts = verifier.verify_batch(&claims, &mut rand_core::OsRng);
+            let inputs: Vec<Option<Vec<String>>> = claims
+                .iter()
+                .map(|c| verifier.bundle(c).ok().map(|b| b.public_inputs))
+                .collect();
+            (verdicts, inputs)
+        })
+        .await?
+    };
+    plan.groups_verified = pending.len();
+
+    // 6. Rows.
+    let (verdicts, inputs) = verdicts;
+    // (message, group) → what became of that group.
+    let mut outcome: BTreeMap<(usize, usize), Outcome> = BTreeMap::new();
+    for ((p, v), i) in pending.iter().zip(verdicts).zip(inputs) {
+        outcome.insert((p.msg, p.group), (p.user_id, p.device, v, i));
+    }
+    for (m, g, user, device, reject) in unverifiable {
+        outcome.insert((m, g), (user, device, Err(reject), None));
+    }
+    for ((m, gi), (user_id, device, verdict, inputs)) in outcome {
+        let d = &keep[m];
+        let msg = &messages[d.index];
+        let Body::Readings(b) = &d.envelope.body else {
+            continue;
+        };
+        let g: &ProvenGroup = &b.groups[gi];
+        let stored_unverified = matches!(
+            verdict,
+            Err(Reject::NoProof(_) | Reject::UnknownDataType(_))
+        );
+        if let Err(reject) = &verdict
+            && !stored_unverified
+        {
+            plan.quarantine.push(QuarantineRow {
+                topic: msg.topic.clone(),
+                gateway_id: Some(d.gateway.clone()),
+                device_id: Some(b.device_id.clone()),
+                data_type: Some(g.readings[0].data_type.clone()),
+                seq: i64::try_from(g.readings[0].seq).ok(),
+                reason: Reason::from_reject(reject),
+                detail: format!("group {gi} ({} readings): {reject}", g.readings.len()),
+                payload: msg.payload.clone(),
+            });
+            continue;
+        }
+        let verified = verdict.is_ok();
+        let proof_hash = g.proof.as_ref().map(|p| sha256_hex(p));
+        if let (Some(proof), Some(hash)) = (&g.proof, &proof_hash) {
+            plan.proofs.push(ProofRow {
+                user_id,
+                proof_hash: hash.clone(),
+                key_id: hex::encode(g.key_id),
+                statement: match g.kind {
+                    ProofKind::Reading => "reading",
+                    ProofKind::Window => "window",
+                },
+                device,
+                first_seq: i64::try_from(g.readings[0].seq).unwrap_or(i64::MAX),
+                reading_count: g.readings.len() as i32,
+                proof: proof.clone(),
+                public_inputs: serde_json::json!(inputs.unwrap_or_default()),
+                verified,
+                reason: verdict.as_ref().err().map(|r| r.to_string()),
+            });
+        }
+        for r in &g.readings {
+            let (Ok(seq), Some(recorded_at)) = (
+                i64::try_from(r.seq),
+                DateTime::from_timestamp_millis(r.recorded_at_ms),
+            ) else {
+                plan.quarantine.push(QuarantineRow {
+                    topic: msg.topic.clone(),
+                    gateway_id: Some(d.gateway.clone()),
+                    device_id: Some(b.device_id.clone()),
+                    data_type: Some(r.data_type.clone()),
+                    seq: None,
+                    reason: Reason::Undecodable,
+                    detail: format!("seq {} or time {} out of range", r.seq, r.recorded_at_ms),
+                    payload: msg.payload.clone(),
+                });
+                continue;
+            };
+            plan.readings.push(ReadingRow {
+                user_id,
+                device,
+                data_type: r.data_type.clone(),
+                value: sealed_json(&r.sealed),
+                unit: DataType::from_name(&r.data_type).map(|t| t.spec().slots[0].unit.to_owned()),
+                recorded_at,
+                proof_hash: proof_hash.clone(),
+                verified,
+                seq,
+                gateway_id: d.gateway.clone(),
+                commitment: g.commitment.to_vec(),
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// The JSON stored in `health_data.value`: the sealed value, never plaintext.
+pub fn sealed_json(s: &envelope::Sealed) -> serde_json::Value {
+    serde_json::json!({
+        "alg": "A256GCM",
+        "kid": s.kid,
+        "nonce": hex::encode(s.nonce),
+        "ciphertext": hex::encode(&s.ciphertext),
+    })
+}

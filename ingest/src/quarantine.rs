@@ -1,0 +1,133 @@
+//! Quarantine: why a message (or one proven group of it) was not stored as
+//! readings. Nothing is dropped — the raw payload is kept with the reason —
+//! and `hailan-ingest quarantine list/replay` inspect and retry.
+
+use anyhow::Result;
+use hailan_proto::zk::Reject;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A stable reason code (stored in `rejected_readings.reason`, used in metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    BadTopic,
+    Oversize,
+    Undecodable,
+    UnsupportedVersion,
+    GatewayMismatch,
+    UnknownGateway,
+    UnknownDevice,
+    DeviceGatewayMismatch,
+    DeviceKeyMismatch,
+    UnknownKey,
+    KeyKindMismatch,
+    BadGroupShape,
+    MalformedProof,
+    BadProof,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 14] = [
+        Reason::BadTopic,
+        Reason::Oversize,
+        Reason::Undecodable,
+        Reason::UnsupportedVersion,
+        Reason::GatewayMismatch,
+        Reason::UnknownGateway,
+        Reason::UnknownDevice,
+        Reason::DeviceGatewayMismatch,
+        Reason::DeviceKeyMismatch,
+        Reason::UnknownKey,
+        Reason::KeyKindMismatch,
+        Reason::BadGroupShape,
+        Reason::MalformedProof,
+        Reason::BadProof,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::BadTopic => "bad_topic",
+            Reason::Oversize => "oversize",
+            Reason::Undecodable => "undecodable",
+            Reason::UnsupportedVersion => "unsupported_version",
+            Reason::GatewayMismatch => "gateway_mismatch",
+            Reason::UnknownGateway => "unknown_gateway",
+            Reason::UnknownDevice => "unknown_device",
+            Reason::DeviceGatewayMismatch => "device_gateway_mismatch",
+            Reason::DeviceKeyMismatch => "device_key_mismatch",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyKindMismatch => "key_kind_mismatch",
+            Reason::BadGroupShape => "bad_group_shape",
+            Reason::MalformedProof => "malformed_proof",
+            Reason::BadProof => "bad_proof",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// The quarantine reason for a rejected proof. A proof made with other
+    /// bounds than ingest's policy, or for another header (context), or with
+    /// another device secret, does not verify: all are `bad_proof`, and the
+    /// detail says which statement was checked.
+    pub fn from_reject(r: &Reject) -> Reason {
+        match r {
+            Reject::UnknownKey(_) => Reason::UnknownKey,
+            Reject::KindMismatch { .. } => Reason::KeyKindMismatch,
+            Reject::Shape(_) | Reject::ProofLength(_) => Reason::BadGroupShape,
+            Reject::MalformedProof | Reject::MalformedScalar(_) => Reason::MalformedProof,
+            Reject::InvalidProof | Reject::NoProof(_) | Reject::UnknownDataType(_) => {
+                Reason::BadProof
+            }
+        }
+    }
+}
+
+/// One quarantine row, as listed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Rejected {
+    pub id: Uuid,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub topic: String,
+    pub gateway_id: Option<String>,
+    pub device_id: Option<String>,
+    pub reason: String,
+    pub detail: String,
+    pub payload: Vec<u8>,
+}
+
+/// Quarantine rows, newest first, optionally of one reason.
+pub async fn list(pool: &PgPool, reason: Option<&str>, limit: i64) -> Result<Vec<Rejected>> {
+    Ok(sqlx::query_as::<_, Rejected>(
+        "SELECT id, received_at, topic, gateway_id, device_id, reason, detail, payload
+           FROM rejected_readings
+          WHERE ($1::text IS NULL OR reason = $1)
+          ORDER BY received_at DESC LIMIT $2",
+    )
+    .bind(reason)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Quarantine rows to replay: of these ids, or of a reason, or for devices.
+pub async fn for_replay(
+    pool: &PgPool,
+    reason: Option<&str>,
+    device_ids: &[String],
+    limit: i64,
+) -> Result<Vec<Rejected>> {
+    Ok(sqlx::query_as::<_, Rejected>(
+        "SELECT id, received_at, topic, gateway_id, device_id, reason, detail, payload
+           FROM rejected_readings
+          WHERE ($1::text IS NULL OR reason = $1)
+            AND (cardinality($2::text[]) = 0 OR device_id = ANY($2))
+          ORDER BY received_at LIMIT $3",
+    )
+    .bind(reason)
+    .bind(device_ids)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

@@ -1,0 +1,290 @@
+//! `hailan-ingest run`: the consumer loop.
+//!
+//! One MQTT connection with a persistent session (fixed client id, clean
+//! session off) and manual acknowledgements, on the shared subscription.
+//! Messages are gathered into batches bounded by size and time; each batch is
+//! planned (decode, resolve, verify) and written in one transaction; only
+//! after the commit are its messages acknowledged — as Vector's end-to-end
+//! acknowledgements do. A batch that cannot be written is kept and retried
+//! with backoff (PostgreSQL down: nothing is acked, nothing is lost; the
+//! broker's in-flight window bounds what is held in memory). A message whose
+//! connection has since been replaced is not acked: the broker redelivers it
+//! on the new connection, and the unique key absorbs the duplicate.
+
+use crate::config::IngestConfig;
+use crate::metrics::Metrics;
+use crate::plan::{self, Message};
+use crate::{quarantine, store};
+use anyhow::{Context, Result};
+use hailan_proto::zk::{DevKeys, Policy, Verifier};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A received message and the connection it arrived on.
+struct Delivery {
+    epoch: u64,
+    publish: Publish,
+}
+
+/// Shared state for health checks.
+#[derive(Default)]
+pub struct Status {
+    pub mqtt_connected: AtomicBool,
+    pub db_ok: AtomicBool,
+}
+
+/// Load the verifier: every verifying key in `keys_dir`, the table's bounds.
+pub fn load_verifier(cfg: &IngestConfig) -> Result<Verifier> {
+    let keys = crate::zk_cli::load_verifying_keys(&cfg.zk.keys_dir)
+        .with_context(|| format!("zk.keys_dir = {}", cfg.zk.keys_dir.display()))?;
+    let dev = if cfg.zk.allow_dev_keys {
+        DevKeys::Allow
+    } else {
+        DevKeys::Refuse
+    };
+    Verifier::new(keys, Policy::from_spec(), dev)
+        .map_err(|e| anyhow::anyhow!("zk: {e} (set zk.allow_dev_keys only for development)"))
+}
+
+/// Plan and write `messages`, retrying with capped backoff until it commits
+/// or `shutdown` fires (then the batch is left unacknowledged, for redelivery).
+pub async fn process(
+    pool: &PgPool,
+    verifier: &Arc<Verifier>,
+    messages: &[Message],
+    name: &str,
+    metrics: &Metrics,
+    status: &Status,
+    shutdown: &CancellationToken,
+) -> Option<plan::Plan> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let attempt = async {
+            let plan = plan::plan(pool, Arc::clone(verifier), messages).await?;
+            let verified_at = Instant::now();
+            let written = store::write(pool, &plan, name).await?;
+            anyhow::Ok((plan, written, verified_at))
+        };
+        match attempt.await {
+            Ok((plan, written, verified_at)) => {
+                status.db_ok.store(true, Ordering::Relaxed);
+                metrics.record_batch(
+                    &plan,
+                    &written,
+                    verified_at - started,
+                    verified_at.elapsed(),
+                );
+                return Some(plan);
+            }
+            Err(e) => {
+                status.db_ok.store(false, Ordering::Relaxed);
+                metrics.batch_failures.inc();
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "batch not written; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Replay quarantined readings of devices that just registered.
+async fn replay_registered(
+    pool: &PgPool,
+    verifier: &Arc<Verifier>,
+    devices: &[String],
+    name: &str,
+    metrics: &Metrics,
+    status: &Status,
+    shutdown: &CancellationToken,
+) -> Result<()> {
+    let rows = quarantine::for_replay(
+        pool,
+        Some(quarantine::Reason::UnknownDevice.code()),
+        devices,
+        10_000,
+    )
+    .await?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        count = rows.len(),
+        "replaying readings that arrived before their registration"
+    );
+    let messages: Vec<Message> = rows
+        .into_iter()
+        .map(|r| Message {
+            topic: r.topic,
+            payload: r.payload,
+            from_quarantine: Some(r.id),
+        })
+        .collect();
+    process(pool, verifier, &messages, name, metrics, status, shutdown).await;
+    Ok(())
+}
+
+/// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
+/// disconnect (the broker keeps the session and queues for our return).
+pub async fn run(
+    cfg: IngestConfig,
+    pool: PgPool,
+    verifier: Arc<Verifier>,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let name = format!(
+        "hailan-ingest/{}/{}",
+        cfg.mqtt.client_id,
+        std::process::id()
+    );
+    let mut opts = MqttOptions::new(&cfg.mqtt.client_id, &cfg.mqtt.host, cfg.mqtt.port);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
+    opts.set_max_packet_size(hailan_proto::envelope::MAX_ENVELOPE_BYTES + 4096, 4096);
+    if let Some(pw) = &cfg.mqtt.password {
+        opts.set_credentials(&cfg.mqtt.username, pw);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    let capacity = cfg.batch.max_messages.max(1) * 2;
+    let (tx, mut rx) = mpsc::channel::<Delivery>(capacity);
+    let epoch = Arc::new(AtomicU64::new(0));
+
+    // The event loop: connection, subscription, incoming messages, and the
+    // outgoing acks. It outlives `shutdown` until the last batch's acks and
+    // the DISCONNECT have gone out (`loop_stop`).
+    let loop_stop = CancellationToken::new();
+    let loop_handle = {
+        let client = client.clone();
+        let epoch = Arc::clone(&epoch);
+        let status = Arc::clone(&status);
+        let shutdown = loop_stop.clone();
+        let subscriptions = cfg.mqtt.subscriptions.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let event = tokio::select! {
+                    e = eventloop.poll() => e,
+                    _ = shutdown.cancelled() => break,
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        let e = epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                        status.mqtt_connected.store(true, Ordering::Relaxed);
+                        backoff = Duration::from_millis(200);
+                        tracing::info!(
+                            session_present = ack.session_present,
+                            epoch = e,
+                            "connected to the broker"
+                        );
+                        for filter in &subscriptions {
+                            if let Err(err) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                                tracing::error!(%err, filter, "cannot subscribe");
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish))) => {
+                        let d = Delivery {
+                            epoch: epoch.load(Ordering::SeqCst),
+                            publish,
+                        };
+                        // After shutdown nobody takes it: unacknowledged, it is
+                        // redelivered to the next session. Keep polling so the
+                        // last acks and the DISCONNECT go out.
+                        let _ = tx.send(d).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(err) => {
+                        status.mqtt_connected.store(false, Ordering::Relaxed);
+                        tracing::warn!(%err, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+        })
+    };
+
+    let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
+    loop {
+        let first = tokio::select! {
+            d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + max_wait;
+        while batch.len() < cfg.batch.max_messages {
+            tokio::select! {
+                d = rx.recv() => match d { Some(d) => batch.push(d), None => break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let messages: Vec<Message> = batch
+            .iter()
+            .map(|d| Message {
+                topic: d.publish.topic.clone(),
+                payload: d.publish.payload.to_vec(),
+                from_quarantine: None,
+            })
+            .collect();
+        // Once a batch is in hand it is finished even if shutdown is asked
+        // meanwhile: a fresh token, so only a hard kill interrupts it.
+        let finish = CancellationToken::new();
+        let Some(plan) = process(
+            &pool, &verifier, &messages, &name, &metrics, &status, &finish,
+        )
+        .await
+        else {
+            break;
+        };
+        let current = epoch.load(Ordering::SeqCst);
+        for d in &batch {
+            if d.epoch == current {
+                client.ack(&d.publish).await.context("acknowledging")?;
+            } else {
+                metrics.stale_acks_skipped.inc();
+            }
+        }
+        if !plan.registered.is_empty()
+            && let Err(e) = replay_registered(
+                &pool,
+                &verifier,
+                &plan.registered,
+                &name,
+                &metrics,
+                &status,
+                &shutdown,
+            )
+            .await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
+        }
+    }
+    tracing::info!("shutting down: last batch acknowledged");
+    drop(rx);
+    let _ = client.disconnect().await;
+    let mut loop_handle = loop_handle;
+    if tokio::time::timeout(Duration::from_secs(5), &mut loop_handle)
+        .await
+        .is_err()
+    {
+        loop_stop.cancel();
+        let _ = loop_handle.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! hailan-ingest end to end against the real Mosquitto and PostgreSQL: the
+//! `hailan-ingest run` binary consumes what test gateways publish.
+//! Each test uses its own gateways, consumer group, database and keys.
+
+use anyhow::Result;
+use hailan_proto::envelope::{self, Body, Envelope};
+use hailan_proto::{DataType, topic};
+use hailan_tests::{
+    DevZk, IngestProcess, Publisher, TestDb, TestDevice, count_readings, enrol, eventually,
+    plausible_slots,
+};
+use std::path::Path;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hailan-ingest");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn enc(e: &Envelope) -> Vec<u8> {
+    envelope::encode(e)
+}
+
+/// An envelope of `n` readings without proof (stored unverified): cheap volume.
+fn unproven(dev: &mut TestDevice, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let seq = dev.next_seq;
+            dev.next_seq += 1;
+            let t = hailan_tests::T0_MS + 1000 * seq as i64;
+            let header = hailan_proto::ReadingHeader {
+                gateway_id: &dev.gateway_id,
+                device_id: &dev.device_id,
+                data_type: dev.data_type.as_str(),
+                seq,
+                recorded_at_ms: t,
+            };
+            let value = hailan_proto::seal::SealedValue {
+                slots: vec![70],
+                blinding: [0; 32],
+                position: 0,
+                original_unit: None,
+                extras: Default::default(),
+            };
+            let sealed = hailan_proto::seal::seal(&dev.key, &header, &value, &mut dev.rng);
+            enc(&Envelope {
+                v: 1,
+                gateway_id: dev.gateway_id.clone(),
+                sent_at_ms: t,
+                body: Body::Readings(envelope::ReadingBatch {
+                    device_id: dev.device_id.clone(),
+                    groups: vec![envelope::ProvenGroup {
+                        kind: envelope::ProofKind::Reading,
+                        key_id: [0; 32],
+                        commitment: [0; 32],
+                        proof: None,
+                        no_proof_reason: Some("test volume".into()),
+                        readings: vec![envelope::Reading {
+                            seq,
+                            data_type: dev.data_type.as_str().into(),
+                            recorded_at_ms: t,
+                            sealed,
+                        }],
+                    }],
+                }),
+            })
+        })
+        .collect()
+}
+
+async fn wait_rows(db: &TestDb, extra: &str, n: i64) -> Result<()> {
+    let pool = db.pool.clone();
+    let extra = extra.to_owned();
+    eventually(WAIT, &format!("{n} rows {extra}"), move || {
+        let pool = pool.clone();
+        let extra = extra.clone();
+        async move { Ok((count_readings(&pool, &extra).await? >= n).then_some(())) }
+    })
+    .await
+}
+
+async fn quarantine_count(db: &TestDb, reason: &str) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = $1")
+            .bind(reason)
+            .fetch_one(&db.pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-1";
+    enrol(&db.pool, gw).await?;
+    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let mut publisher = Publisher::connect(gw).await?;
+
+    let mut payloads = Vec::new();
+    let mut devices = Vec::new();
+    for (i, t) in DataType::ALL.into_iter().enumerate() {
+        let mut d = TestDevice::new(
+            gw,
+            &format!("dev-{}", t.as_str().to_lowercase()),
+            t,
+            i as u64,
+        );
+        payloads.push(enc(&d.registration()));
+        payloads.push(enc(&d.proven_reading(&zk.reading, &plausible_slots(t))?));
+        payloads.push(enc(&d.state(80 - i as u8, hailan_tests::T0_MS + 5000)));
+        devices.push(d);
+    }
+    // Heart rate also as a window of 16 readings (one proof).
+    let hr = devices
+        .iter_mut()
+        .find(|d| d.data_type == DataType::HeartRate)
+        .expect("hr device");
+    let values: Vec<u32> = (0..16).map(|i| 60 + i).collect();
+    payloads.push(enc(&hr.proven_window(&zk.window, &values)?));
+    publisher.publish_all(&topic::up(gw), payloads).await?;
+
+    wait_rows(&db, "", 6 + 16).await?;
+    assert_eq!(
+        count_readings(&db.pool, "AND verified AND zk_proof_hash IS NOT NULL").await?,
+        22
+    );
+    for t in DataType::ALL {
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM health_data_{} WHERE verified",
+            t.as_str().to_lowercase()
+        )))
+        .fetch_one(&db.pool)
+        .await?;
+        assert_eq!(n, if t == DataType::HeartRate { 17 } else { 1 }, "{t}");
+    }
+    // The stored value is the sealed one, never the plaintext.
+    let value: serde_json::Value =
+        sqlx::query_scalar("SELECT value FROM health_data_blood_pressure")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(value["alg"], "A256GCM");
+    assert!(value.get("slots").is_none());
+    // One proof row per proof: 6 single + 1 window.
+    let proofs: i64 = sqlx::query_scalar("SELECT count(*) FROM zk_proofs")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(proofs, 7);
+    // Device state and sync state.
+    let (battery, last_seq, status): (Option<i32>, Option<i64>, String) = sqlx::query_as(
+        "SELECT battery_level, last_seq, sync_status FROM iot_devices WHERE device_id = 'dev-heart_rate'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(
+        (battery, last_seq, status.as_str()),
+        (Some(80), Some(17), "SYNCED")
+    );
+    assert_eq!(
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM rejected_readings")
+            .fetch_one(&db.pool)
+            .await?,
+        0
+    );
+    db.drop().await
+}
+
+#[tokio::test]
+async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-2";
+    let stranger = "gw-test-3"; // a broker account, but not enrolled
+    enrol(&db.pool, gw).await?;
+    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw, stranger], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut p_stranger = Publisher::connect(stranger).await?;
+
+    let mut good = TestDevice::new(gw, "dev-good", DataType::Spo2, 1);
+    let mut late = TestDevice::new(gw, "dev-late", DataType::BodyTemperature, 2);
+    let mut forger = TestDevice::new(gw, "dev-good", DataType::Spo2, 99); // same id, other secret
+    let s_dev = TestDevice::new(stranger, "dev-stranger", DataType::Glucose, 3);
+
+    let mut payloads = vec![
+        enc(&good.registration()),
+        b"\xa1garbage".to_vec(),                               // undecodable
+        vec![0u8; envelope::MAX_ENVELOPE_BYTES + 1],           // oversize
+        enc(&late.proven_reading(&zk.reading, &[3700])?),      // unknown device (for now)
+        enc(&forger.registration()),                           // device key mismatch
+        enc(&forger.proven_reading(&zk.reading, &[975, 70])?), // bad proof: wrong device secret
+    ];
+    let mut foreign = good.state(50, 1);
+    foreign.gateway_id = "gw-test-9".into(); // envelope names another gateway
+    payloads.push(enc(&foreign));
+    let mut v2 = good.state(50, 1);
+    v2.v = 2;
+    payloads.push(enc(&v2));
+    payloads.push(enc(&good.proven_reading(&zk.reading, &[968, 64])?)); // good, after all the bad
+    p.publish_all(&topic::up(gw), payloads).await?;
+    p_stranger
+        .publish_all(&topic::up(stranger), vec![enc(&s_dev.registration())])
+        .await?;
+
+    wait_rows(&db, "AND data_type = 'SPO2'", 1).await?;
+    let pool = db.pool.clone();
+    eventually(WAIT, "quarantine rows", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n >= 8).then_some(()))
+        }
+    })
+    .await?;
+    for (reason, n) in [
+        ("undecodable", 1),
+        ("oversize", 1),
+        ("unknown_device", 1),
+        ("device_key_mismatch", 1),
+        ("bad_proof", 1),
+        ("gateway_mismatch", 1),
+        ("unsupported_version", 1),
+        ("unknown_gateway", 1),
+    ] {
+        assert_eq!(quarantine_count(&db, reason).await?, n, "{reason}");
+    }
+    // Exactly one good reading stored, verified; the forged one is not there.
+    assert_eq!(count_readings(&db.pool, "").await?, 1);
+    assert_eq!(
+        count_readings(&db.pool, "AND verified AND seq = 1").await?,
+        1
+    );
+
+    // The reading that came before its device's registration is replayed
+    // when the registration arrives, and leaves quarantine.
+    p.publish_all(&topic::up(gw), vec![enc(&late.registration())])
+        .await?;
+    wait_rows(&db, "AND data_type = 'BODY_TEMPERATURE' AND verified", 1).await?;
+    let pool = db.pool.clone();
+    eventually(WAIT, "unknown_device row to leave quarantine", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM rejected_readings WHERE reason = 'unknown_device'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            Ok((n == 0).then_some(()))
+        }
+    })
+    .await?;
+    // The raw payload is kept for every quarantined message.
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rejected_readings WHERE octet_length(payload) > 0 AND payload_sha256 = encode(sha256(payload), 'hex')",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!(kept, 7);
+    db.drop().await
+}
+
+#[tokio::test]
+async fn the_same_message_twice_is_one_row() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-4";
+    enrol(&db.pool, gw).await?;
+    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut d = TestDevice::new(gw, "dev-scale", DataType::BodyWeight, 4);
+    let reading = enc(&d.proven_reading(&zk.reading, &[72_400])?);
+    p.publish_all(
+        &topic::up(gw),
+        vec![enc(&d.registration()), reading.clone(), reading.clone()],
+    )
+    .await?;
+    wait_rows(&db, "", 1).await?;
+    // A later message proves the duplicate was processed, not just late.
+    let marker = enc(&d.proven_reading(&zk.reading, &[72_300])?);
+    p.publish_all(&topic::up(gw), vec![reading, marker]).await?;
+    wait_rows(&db, "", 2).await?;
+    assert_eq!(count_readings(&db.pool, "").await?, 2);
+    db.drop().await
+}
+
+#[tokio::test]
+async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-5";
+    enrol(&db.pool, gw).await?;
+    let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut d = TestDevice::new(gw, "dev-hr-kill", DataType::HeartRate, 5);
+    p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
+        .await?;
+    const N: usize = 3000;
+    let payloads = unproven(&mut d, N);
+    let publish = tokio::spawn(async move { p.publish_all(&topic::up(gw), payloads).await });
+    // Kill while rows are arriving.
+    wait_rows(&db, "", 200).await?;
+    ingest.kill9()?;
+    let at_kill = count_readings(&db.pool, "").await?;
+    publish.await??;
+    ingest.restart()?;
+    wait_rows(&db, "", N as i64).await?;
+    assert!(
+        at_kill < N as i64,
+        "the kill came too late to test anything ({at_kill} rows)"
+    );
+    assert_eq!(count_readings(&db.pool, "").await?, N as i64);
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(distinct, N as i64);
+    let (status, missing): (String, i64) = sqlx::query_as(
+        "SELECT sync_status, missing_seqs FROM iot_devices WHERE device_id = 'dev-hr-kill'",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    assert_eq!((status.as_str(), missing), ("SYNCED", 0));
+    db.drop().await
+}
+
+#[tokio::test]
+async fn an_outage_longer_than_mosquittos_default_queue_loses_nothing() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-6";
+    enrol(&db.pool, gw).await?;
+    let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut d = TestDevice::new(gw, "dev-ox-outage", DataType::Spo2, 6);
+    p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
+        .await?;
+    let pool = db.pool.clone();
+    eventually(WAIT, "registration", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 1).then_some(()))
+        }
+    })
+    .await?;
+    // Ingest leaves cleanly (its session stays), 1,500 messages queue up.
+    assert!(
+        ingest.terminate()?.success(),
+        "SIGTERM must exit 0:\n{}",
+        ingest.log_text()
+    );
+    const N: usize = 1500;
+    p.publish_all(&topic::up(gw), unproven(&mut d, N)).await?;
+    ingest.restart()?;
+    wait_rows(&db, "", N as i64).await?;
+    assert_eq!(count_readings(&db.pool, "").await?, N as i64);
+    db.drop().await
+}
+
+#[tokio::test]
+async fn the_broker_refuses_a_gateway_publishing_under_another_gateways_topic() -> Result<()> {
+    // Subscribe as ingest would, to both gateways' topics.
+    let (host, port) = hailan_tests::mqtt_host_port();
+    let mut opts =
+        rumqttc::MqttOptions::new(format!("acl-{}", uuid::Uuid::new_v4().simple()), host, port);
+    opts.set_credentials(
+        "hailan-ingest",
+        hailan_tests::mqtt_password("hailan-ingest")?,
+    );
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 100);
+    client
+        .subscribe("hailan/v1/gw-test-8/up", rumqttc::QoS::AtLeastOnce)
+        .await?;
+    // Await the SUBACK before anyone publishes.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) = events.poll().await? {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await??;
+    let seen = tokio::spawn(async move {
+        let mut got = Vec::new();
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    got.push(p.payload.to_vec());
+                    if p.payload.as_ref() == b"from gw-test-8" {
+                        return got;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return got,
+            }
+        }
+    });
+    let mut intruder = Publisher::connect("gw-test-7").await?;
+    intruder
+        .publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-7".to_vec()])
+        .await?;
+    let mut owner = Publisher::connect("gw-test-8").await?;
+    owner
+        .publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-8".to_vec()])
+        .await?;
+    let got = tokio::time::timeout(WAIT, seen).await??;
+    assert_eq!(
+        got,
+        vec![b"from gw-test-8".to_vec()],
+        "the intruder's message got through"
+    );
+    Ok(())
+}

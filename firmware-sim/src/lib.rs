@@ -1,7 +1,29 @@
 //! hailan-firmware-sim: simulated health-device firmware behind a fake BlueZ
-//! on a private D-Bus (see `../shared/BLUEZ-SIMULATION.md`).
+//! on a private D-Bus (see `shared/BLUEZ-SIMULATION.md`).
 //!
-//! The device models arrive with the firmware-sim issue.
+//! - [`bluez`]: the D-Bus objects (`org.bluez` names, types, errors).
+//! - [`sim`]: the engine ([`Simulator`]), discovery, connections, RACP.
+//! - [`device`]: one device's identity, state and GATT layout.
+//! - [`model`]: typed measurements and seeded physiology.
+//! - [`encode`]: measurement → characteristic bytes through `hailan_proto::gatt`.
+//! - [`faults`]: fault injection (library enum and CLI spec).
+//! - [`truth`]: the ground-truth log.
+//! - [`harness`]: private `dbus-daemon`, simulator child process, per-test bus isolation.
+
+pub mod bluez;
+pub mod device;
+pub mod encode;
+pub mod faults;
+pub mod harness;
+pub mod model;
+pub mod sim;
+pub mod truth;
+
+pub use device::DeviceInfo;
+pub use faults::Fault;
+pub use model::{DeviceKind, Measurement};
+pub use sim::{SimConfig, Simulator};
+pub use truth::{TruthEvent, TruthRecord};
 
 /// The simulator's version string.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,13 +1,184 @@
-//! `hailan-sim`: thin binary over the library crate.
+//! `hailan-sim`: simulated BLE health devices served as BlueZ on a D-Bus.
+//!
+//! ```text
+//! hailan-sim run --devices hr=5,bp=1,spo2=1,temp=1,glucose=1,scale=1 \
+//!     [--seed N] [--speed X] [--faults SPEC] [--ground-truth FILE] \
+//!     [--bus ADDRESS | --private-bus]
+//! ```
+//! Prints `DEVICE name kind address path` per device, `BUS address`, then
+//! `READY` (stdout); logs go to stderr. Reads commands on stdin:
+//! `fault SPEC` (see `faults`), `measure NAME`, `quit`.
 
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hailan_firmware_sim::harness::PrivateBus;
+use hailan_firmware_sim::{SimConfig, Simulator, faults, sim};
+use std::io::Write;
+use std::path::PathBuf;
+use tokio::io::AsyncBufReadExt;
 
 /// Simulated BLE health devices served as BlueZ on a private D-Bus.
 #[derive(Parser)]
 #[command(name = "hailan-sim", version = hailan_firmware_sim::VERSION)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the simulator until killed (or `quit` on stdin).
+    Run {
+        /// Devices per kind: hr, bp, spo2, temp, glucose, scale.
+        #[arg(long, default_value = "hr=1,bp=1,spo2=1,temp=1,glucose=1,scale=1")]
+        devices: String,
+        /// Physiology seed (same seed, same values).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Time acceleration of device schedules (1 = real time).
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Faults: KIND[=ARG][@AT][+FOR][%EVERY],… (drop, refuse, stall,
+        /// malformed, out-of-range, rssi, power-off, power-on).
+        #[arg(long)]
+        faults: Option<String>,
+        /// Write every value sent (and every stored glucose record) as JSON lines.
+        #[arg(long)]
+        ground_truth: Option<PathBuf>,
+        /// Bus address to serve on.
+        #[arg(long, env = "DBUS_SYSTEM_BUS_ADDRESS", conflicts_with = "private_bus")]
+        bus: Option<String>,
+        /// Start a private dbus-daemon and serve on it (its address is printed).
+        #[arg(long)]
+        private_bus: bool,
+    },
+}
 
 fn main() -> anyhow::Result<()> {
-    let _cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Run {
+            devices,
+            seed,
+            speed,
+            faults,
+            ground_truth,
+            bus,
+            private_bus,
+        } => {
+            let cfg = SimConfig {
+                devices: sim::parse_devices(&devices).map_err(anyhow::Error::msg)?,
+                seed,
+                speed,
+                ground_truth,
+                faults: match faults {
+                    Some(s) => faults::parse_faults(&s).map_err(anyhow::Error::msg)?,
+                    None => vec![],
+                },
+            };
+            let private = if private_bus {
+                Some(PrivateBus::start()?)
+            } else {
+                None
+            };
+            let bus = match (&private, bus) {
+                (Some(p), _) => p.address().to_string(),
+                (None, Some(b)) => b,
+                (None, None) => anyhow::bail!(
+                    "no bus: give --bus, set DBUS_SYSTEM_BUS_ADDRESS, or use --private-bus"
+                ),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("tokio runtime")?;
+            let r = rt.block_on(run(bus, cfg));
+            drop(private);
+            r
+        }
+    }
+}
+
+async fn run(bus: String, cfg: SimConfig) -> anyhow::Result<()> {
+    let sim = Simulator::start(&bus, cfg).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        for d in sim.devices() {
+            writeln!(
+                out,
+                "DEVICE {} {} {} {}",
+                d.name,
+                d.kind.as_str(),
+                d.address,
+                d.path
+            )?;
+        }
+        writeln!(out, "BUS {bus}")?;
+        writeln!(out, "READY")?;
+        out.flush()?;
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut stdin_open = true;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    let mut bus_check = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = bus_check.tick() => {
+                if !sim.bus_alive().await {
+                    tracing::warn!("bus gone; exiting");
+                    break;
+                }
+            }
+            line = lines.next_line(), if stdin_open => match line {
+                Ok(Some(l)) => {
+                    if !command(&sim, l.trim()).await {
+                        break;
+                    }
+                }
+                _ => stdin_open = false,
+            },
+        }
+    }
+    sim.shutdown().await;
     Ok(())
+}
+
+/// One stdin command; false = quit.
+async fn command(sim: &Simulator, line: &str) -> bool {
+    let (cmd, arg) = line.split_once(' ').unwrap_or((line, ""));
+    let result = match cmd {
+        "" => Ok(()),
+        "quit" => return false,
+        "measure" => sim.measure_now(arg.trim()),
+        "fault" => match faults::parse_faults(arg) {
+            Ok(fs) => {
+                let mut r = Ok(());
+                for f in fs {
+                    if let Err(e) = sim.inject(f.fault).await {
+                        r = Err(e);
+                    }
+                }
+                r
+            }
+            Err(e) => Err(anyhow::Error::msg(e)),
+        },
+        other => Err(anyhow::anyhow!(
+            "unknown command {other:?} (fault SPEC | measure NAME | quit)"
+        )),
+    };
+    match result {
+        Ok(()) => println!("OK {line}"),
+        Err(e) => println!("ERR {line}: {e:#}"),
+    }
+    true
 }

@@ -1,0 +1,393 @@
+//! The fake `org.bluez`: D-Bus interfaces with BlueZ's names, property types
+//! and error names. Each interface object is a thin view; the behaviour lives
+//! in [`crate::sim::Inner`].
+
+pub mod error;
+
+use crate::device::{Char, Device, uuid128};
+use crate::sim::Inner;
+pub use error::BluezError;
+use std::collections::HashMap;
+use std::sync::Arc;
+use zbus::message::Header;
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
+
+/// Adapter path.
+pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
+/// Adapter address.
+pub const ADAPTER_ADDRESS: &str = "00:1A:7D:DA:71:13";
+
+type Options = HashMap<String, OwnedValue>;
+
+fn opath(s: &str) -> OwnedObjectPath {
+    OwnedObjectPath::from(ObjectPath::from_string_unchecked(s.to_string()))
+}
+
+fn sender(hdr: &Header<'_>) -> String {
+    hdr.sender().map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// A property setter can only fail with `fdo::Error`, so a refused `Powered`
+/// set arrives as `org.freedesktop.DBus.Error.Failed` with BlueZ's message
+/// (real BlueZ: `org.bluez.Error.Failed`, same message).
+fn setter_error(e: BluezError) -> zbus::fdo::Error {
+    use zbus::DBusError;
+    zbus::fdo::Error::Failed(e.description().unwrap_or("Failed").to_string())
+}
+
+/// `org.bluez.AgentManager1` at `/org/bluez` (accepts agents; pairing is Just Works).
+pub struct AgentManager;
+
+#[zbus::interface(name = "org.bluez.AgentManager1", introspection_docs = false)]
+impl AgentManager {
+    async fn register_agent(
+        &self,
+        _agent: ObjectPath<'_>,
+        _capability: String,
+    ) -> Result<(), BluezError> {
+        Ok(())
+    }
+    async fn unregister_agent(&self, _agent: ObjectPath<'_>) -> Result<(), BluezError> {
+        Ok(())
+    }
+    async fn request_default_agent(&self, _agent: ObjectPath<'_>) -> Result<(), BluezError> {
+        Ok(())
+    }
+}
+
+/// `org.bluez.Adapter1` at `/org/bluez/hci0`.
+pub struct Adapter {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[zbus::interface(name = "org.bluez.Adapter1", introspection_docs = false)]
+impl Adapter {
+    async fn start_discovery(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
+        self.inner.start_discovery(sender(&hdr)).await
+    }
+    async fn stop_discovery(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
+        self.inner.stop_discovery(&sender(&hdr)).await
+    }
+    async fn set_discovery_filter(&self, _filter: Options) -> Result<(), BluezError> {
+        Ok(())
+    }
+    async fn get_discovery_filters(&self) -> Vec<String> {
+        [
+            "UUIDs",
+            "RSSI",
+            "Pathloss",
+            "Transport",
+            "DuplicateData",
+            "Discoverable",
+            "Pattern",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    async fn remove_device(&self, device: ObjectPath<'_>) -> Result<(), BluezError> {
+        self.inner.remove_device(device.as_str()).await
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "Address")]
+    fn address(&self) -> String {
+        ADAPTER_ADDRESS.into()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "AddressType")]
+    fn address_type(&self) -> String {
+        "public".into()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Name")]
+    fn name(&self) -> String {
+        "hailan-sim".into()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Alias")]
+    fn alias(&self) -> String {
+        "hailan-sim".into()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Class")]
+    fn class(&self) -> u32 {
+        0
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Modalias")]
+    fn modalias(&self) -> String {
+        "usb:v1D6Bp0246d0548".into()
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Powered")]
+    fn powered(&self) -> bool {
+        self.inner.powered()
+    }
+    #[zbus(property, name = "Powered")]
+    async fn set_powered(&mut self, powered: bool) -> zbus::fdo::Result<()> {
+        self.inner.set_powered(powered).await.map_err(setter_error)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Discovering")]
+    fn discovering(&self) -> bool {
+        self.inner.discovering()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Discoverable")]
+    fn discoverable(&self) -> bool {
+        false
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Pairable")]
+    fn pairable(&self) -> bool {
+        true
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "UUIDs")]
+    fn uuids(&self) -> Vec<String> {
+        vec![uuid128(0x1800), uuid128(0x1801)]
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Roles")]
+    fn roles(&self) -> Vec<String> {
+        vec!["central".into()]
+    }
+}
+
+/// `org.bluez.Device1`.
+pub struct DeviceIface {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) dev: Arc<Device>,
+}
+
+impl DeviceIface {
+    fn st<T>(&self, f: impl FnOnce(&crate::device::DevState) -> T) -> T {
+        match self.dev.st.lock() {
+            Ok(s) => f(&s),
+            Err(p) => f(&p.into_inner()),
+        }
+    }
+}
+
+#[zbus::interface(name = "org.bluez.Device1", introspection_docs = false)]
+impl DeviceIface {
+    async fn connect(&self) -> Result<(), BluezError> {
+        self.inner.connect(&self.dev).await
+    }
+    async fn disconnect(&self) -> Result<(), BluezError> {
+        self.inner.disconnect(&self.dev).await
+    }
+    async fn pair(&self) -> Result<(), BluezError> {
+        self.inner.pair(&self.dev).await
+    }
+    async fn cancel_pairing(&self) -> Result<(), BluezError> {
+        Err(BluezError::Failed("No pairing in progress".into()))
+    }
+    async fn connect_profile(&self, _uuid: String) -> Result<(), BluezError> {
+        Err(BluezError::NotSupported(
+            "Operation is not supported".into(),
+        ))
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "Address")]
+    fn address(&self) -> String {
+        self.dev.info.address.clone()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "AddressType")]
+    fn address_type(&self) -> String {
+        "random".into()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Name")]
+    fn name(&self) -> String {
+        self.dev.info.local_name.clone()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Alias")]
+    fn alias(&self) -> String {
+        self.dev.info.local_name.clone()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Appearance")]
+    fn appearance(&self) -> u16 {
+        self.dev.info.kind.appearance()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Icon")]
+    fn icon(&self) -> String {
+        "unknown".into()
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Paired")]
+    fn paired(&self) -> bool {
+        self.st(|s| s.paired)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Bonded")]
+    fn bonded(&self) -> bool {
+        self.st(|s| s.paired)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Trusted")]
+    fn trusted(&self) -> bool {
+        self.st(|s| s.trusted)
+    }
+    #[zbus(property, name = "Trusted")]
+    fn set_trusted(&mut self, v: bool) {
+        if let Ok(mut s) = self.dev.st.lock() {
+            s.trusted = v;
+        }
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Blocked")]
+    fn blocked(&self) -> bool {
+        false
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "LegacyPairing")]
+    fn legacy_pairing(&self) -> bool {
+        false
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Connected")]
+    fn connected(&self) -> bool {
+        self.st(|s| s.connected)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "ServicesResolved")]
+    fn services_resolved(&self) -> bool {
+        self.st(|s| s.services_resolved)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "RSSI")]
+    fn rssi(&self) -> i16 {
+        self.st(|s| s.rssi)
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "TxPower")]
+    fn tx_power(&self) -> i16 {
+        4
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "UUIDs")]
+    fn uuids(&self) -> Vec<String> {
+        vec![
+            uuid128(self.dev.info.kind.service_uuid16()),
+            uuid128(0x180A),
+            uuid128(0x180F),
+        ]
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "ManufacturerData")]
+    fn manufacturer_data(&self) -> HashMap<u16, OwnedValue> {
+        let mut m = HashMap::new();
+        // 0xFFFF: the SIG's "no company" id, as test devices use it.
+        let bytes = vec![self.dev.info.kind.code(), (self.dev.index & 0xFF) as u8];
+        if let Ok(v) = OwnedValue::try_from(Value::from(bytes)) {
+            m.insert(0xFFFF, v);
+        }
+        m
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "ServiceData")]
+    fn service_data(&self) -> HashMap<String, OwnedValue> {
+        HashMap::new()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Adapter")]
+    fn adapter(&self) -> OwnedObjectPath {
+        opath(ADAPTER_PATH)
+    }
+}
+
+/// `org.bluez.GattService1`.
+pub struct ServiceIface {
+    pub(crate) uuid16: u16,
+    pub(crate) device_path: String,
+}
+
+#[zbus::interface(name = "org.bluez.GattService1", introspection_docs = false)]
+impl ServiceIface {
+    #[zbus(property(emits_changed_signal = "const"), name = "UUID")]
+    fn uuid(&self) -> String {
+        uuid128(self.uuid16)
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Primary")]
+    fn primary(&self) -> bool {
+        true
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Device")]
+    fn device(&self) -> OwnedObjectPath {
+        opath(&self.device_path)
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Includes")]
+    fn includes(&self) -> Vec<OwnedObjectPath> {
+        vec![]
+    }
+}
+
+/// `org.bluez.GattCharacteristic1`.
+pub struct CharIface {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) dev: Arc<Device>,
+    pub(crate) ch: Arc<Char>,
+}
+
+fn offset(options: &Options) -> usize {
+    options
+        .get("offset")
+        .and_then(|v| u16::try_from(v).ok())
+        .map(usize::from)
+        .unwrap_or(0)
+}
+
+#[zbus::interface(name = "org.bluez.GattCharacteristic1", introspection_docs = false)]
+impl CharIface {
+    async fn read_value(&self, options: Options) -> Result<Vec<u8>, BluezError> {
+        self.inner.read_char(&self.dev, &self.ch, offset(&options))
+    }
+    async fn write_value(&self, value: Vec<u8>, _options: Options) -> Result<(), BluezError> {
+        self.inner.write_char(&self.dev, &self.ch, value).await
+    }
+    async fn start_notify(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
+        self.inner
+            .start_notify(&self.dev, &self.ch, sender(&hdr))
+            .await
+    }
+    async fn stop_notify(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
+        self.inner
+            .stop_notify(&self.dev, &self.ch, &sender(&hdr))
+            .await
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "UUID")]
+    fn uuid(&self) -> String {
+        uuid128(self.ch.uuid16)
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Service")]
+    fn service(&self) -> OwnedObjectPath {
+        opath(&self.ch.service_path)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Value")]
+    fn value(&self) -> Vec<u8> {
+        self.ch.value.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Notifying")]
+    fn notifying(&self) -> bool {
+        self.ch.notifying()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Flags")]
+    fn flags(&self) -> Vec<String> {
+        self.ch.flags.iter().map(|s| s.to_string()).collect()
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "MTU")]
+    fn mtu(&self) -> u16 {
+        247
+    }
+}
+
+/// `org.bluez.GattDescriptor1` (the Client Characteristic Configuration).
+pub struct DescIface {
+    pub(crate) dev: Arc<Device>,
+    pub(crate) ch: Arc<Char>,
+}
+
+#[zbus::interface(name = "org.bluez.GattDescriptor1", introspection_docs = false)]
+impl DescIface {
+    async fn read_value(&self, _options: Options) -> Result<Vec<u8>, BluezError> {
+        if !self.dev.st.lock().map(|s| s.connected).unwrap_or(false) {
+            return Err(BluezError::not_connected());
+        }
+        let bit = if self.ch.indicates() { 2 } else { 1 };
+        Ok(vec![if self.ch.notifying() { bit } else { 0 }, 0])
+    }
+    async fn write_value(&self, _value: Vec<u8>, _options: Options) -> Result<(), BluezError> {
+        // BlueZ owns the CCC descriptor: clients use StartNotify/StopNotify.
+        Err(BluezError::NotPermitted("Write not permitted".into()))
+    }
+
+    #[zbus(property(emits_changed_signal = "const"), name = "UUID")]
+    fn uuid(&self) -> String {
+        uuid128(0x2902)
+    }
+    #[zbus(property(emits_changed_signal = "const"), name = "Characteristic")]
+    fn characteristic(&self) -> OwnedObjectPath {
+        opath(&self.ch.path)
+    }
+    #[zbus(property(emits_changed_signal = "false"), name = "Value")]
+    fn value(&self) -> Vec<u8> {
+        let bit = if self.ch.indicates() { 2 } else { 1 };
+        vec![if self.ch.notifying() { bit } else { 0 }, 0]
+    }
+}

@@ -1,0 +1,377 @@
+//! One simulated device: identity, connection state, GATT layout, model state.
+
+use crate::model::{DeviceKind, Measurement, Physiology};
+use serde::Serialize;
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::Mutex;
+use tokio::time::Instant;
+
+/// Public facts about a simulated device.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Name used by the CLI and fault specs: kind + per-kind index (`hr0`).
+    pub name: String,
+    /// Kind.
+    pub kind: DeviceKind,
+    /// Bluetooth address, upper case (`F0:4A:1A:01:00:00`).
+    pub address: String,
+    /// BlueZ object path (`/org/bluez/hci0/dev_F0_4A_1A_01_00_00`).
+    pub path: String,
+    /// Advertised local name.
+    pub local_name: String,
+    /// Serial number (Device Information 0x2A25).
+    pub serial: String,
+}
+
+/// One characteristic of a device.
+#[derive(Debug)]
+pub struct Char {
+    /// 16-bit SIG UUID.
+    pub uuid16: u16,
+    /// Object path.
+    pub path: String,
+    /// Path of its service.
+    pub service_path: String,
+    /// BlueZ flag spellings.
+    pub flags: Vec<&'static str>,
+    /// Needs pairing (encryption) to read, write or subscribe.
+    pub secure: bool,
+    /// Current value.
+    pub value: Mutex<Vec<u8>>,
+    /// D-Bus senders holding a notify session.
+    pub sessions: Mutex<BTreeSet<String>>,
+    /// Client Characteristic Configuration descriptor path, if it notifies/indicates.
+    pub cccd_path: Option<String>,
+}
+
+impl Char {
+    /// Has the flag (`read`, `notify`, …).
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.contains(&flag)
+    }
+    /// Someone holds a notify session.
+    pub fn notifying(&self) -> bool {
+        self.sessions.lock().map(|s| !s.is_empty()).unwrap_or(false)
+    }
+    /// Indications rather than notifications.
+    pub fn indicates(&self) -> bool {
+        self.has("indicate")
+    }
+}
+
+/// One GATT service.
+#[derive(Debug)]
+pub struct Service {
+    /// 16-bit SIG UUID.
+    pub uuid16: u16,
+    /// Object path.
+    pub path: String,
+    /// Its characteristics.
+    pub chars: Vec<std::sync::Arc<Char>>,
+}
+
+/// Connection and radio state.
+#[derive(Debug)]
+pub struct DevState {
+    /// Exported on D-Bus (discovered).
+    pub exported: bool,
+    /// GATT objects exported.
+    pub gatt_exported: bool,
+    /// Connected.
+    pub connected: bool,
+    /// Services resolved.
+    pub services_resolved: bool,
+    /// Paired (and bonded).
+    pub paired: bool,
+    /// Trusted.
+    pub trusted: bool,
+    /// RSSI, dBm.
+    pub rssi: i16,
+    /// RSSI set by a fault: no jitter until the next RSSI fault.
+    pub rssi_pinned: bool,
+    /// Connects refused until then.
+    pub refuse_until: Option<Instant>,
+    /// Battery, percent (fractional drain).
+    pub battery: f64,
+    /// Next N measurement notifications are malformed.
+    pub malformed_next: u32,
+    /// Next N measurements are out of range.
+    pub out_of_range_next: u32,
+    /// A measurement was asked for now.
+    pub measure_now: bool,
+}
+
+/// Model state (values waiting for delivery, stored records).
+#[derive(Debug)]
+pub struct ModelState {
+    /// The seeded patient.
+    pub phys: Physiology,
+    /// Indicated measurements waiting for a subscriber (cuff, thermometer, scale, spot-check).
+    pub pending: VecDeque<Measurement>,
+    /// Stored glucose records.
+    pub glucose: Vec<Measurement>,
+    /// Next glucose sequence number.
+    pub next_seq: u16,
+}
+
+/// A simulated device.
+#[derive(Debug)]
+pub struct Device {
+    /// Public facts.
+    pub info: DeviceInfo,
+    /// Global index (seed stream, stagger).
+    pub index: usize,
+    /// State.
+    pub st: Mutex<DevState>,
+    /// GATT services.
+    pub services: Vec<Service>,
+    /// Model state.
+    pub model: Mutex<ModelState>,
+    /// Wakes the device's task (subscription, measure-now).
+    pub wake: tokio::sync::Notify,
+    /// Serialises connect/disconnect/pair.
+    pub op: tokio::sync::Mutex<()>,
+}
+
+impl Device {
+    /// Find a characteristic by 16-bit UUID.
+    pub fn char(&self, uuid16: u16) -> Option<&std::sync::Arc<Char>> {
+        self.services
+            .iter()
+            .flat_map(|s| s.chars.iter())
+            .find(|c| c.uuid16 == uuid16)
+    }
+
+    /// Build a device with its GATT layout.
+    pub fn new(kind: DeviceKind, kind_index: usize, index: usize, seed: u64) -> Device {
+        let address = format!(
+            "F0:4A:1A:{:02X}:{:02X}:{:02X}",
+            kind.code(),
+            (kind_index >> 8) & 0xFF,
+            kind_index & 0xFF
+        );
+        let path = format!("/org/bluez/hci0/dev_{}", address.replace(':', "_"));
+        let serial = format!("SIM{:02}{:06}", kind.code(), kind_index);
+        let info = DeviceInfo {
+            name: format!("{}{}", kind.as_str(), kind_index),
+            kind,
+            local_name: format!("HaiLan {} {:04}", kind.model_number(), kind_index),
+            address,
+            path: path.clone(),
+            serial: serial.clone(),
+        };
+        let mut phys = Physiology::new(seed, index as u64);
+        let battery = 60.0 + (index % 5) as f64 * 10.0;
+        let secure = kind.requires_pairing();
+
+        // GATT layout: (service, [(char, flags, secure, initial value)])
+        type CharDef = (u16, Vec<&'static str>, bool, Vec<u8>);
+        let mut layout: Vec<(u16, Vec<CharDef>)> = Vec::new();
+        let r = |s: &str| s.as_bytes().to_vec();
+        let sw = "1.4.2";
+        layout.push((
+            0x180A,
+            vec![
+                (0x2A29, vec!["read"], false, r("HaiLan Sim Devices")),
+                (0x2A24, vec!["read"], false, r(kind.model_number())),
+                (0x2A25, vec!["read"], false, r(&serial)),
+                (0x2A26, vec!["read"], false, r(&format!("fw-{sw}"))),
+                (0x2A27, vec!["read"], false, r("rev-B")),
+                (0x2A28, vec!["read"], false, r(crate::VERSION)),
+            ],
+        ));
+        layout.push((
+            0x180F,
+            vec![(0x2A19, vec!["read", "notify"], false, vec![battery as u8])],
+        ));
+        let profile: Vec<CharDef> = match kind {
+            DeviceKind::Hr => vec![
+                (0x2A37, vec!["notify"], false, vec![]),
+                (0x2A38, vec!["read"], false, vec![0x01]), // chest
+            ],
+            DeviceKind::Bp => vec![
+                (0x2A35, vec!["indicate"], secure, vec![]),
+                (0x2A36, vec!["notify"], secure, vec![]),
+                // features: body movement, cuff fit, irregular pulse detection
+                (0x2A49, vec!["read"], false, vec![0x07, 0x00]),
+            ],
+            DeviceKind::Spo2 => vec![
+                (0x2A5E, vec!["indicate"], false, vec![]),
+                (0x2A5F, vec!["notify"], false, vec![]),
+                (0x2A60, vec!["read"], false, vec![0x00, 0x00]),
+            ],
+            DeviceKind::Temp => vec![
+                (0x2A1C, vec!["indicate"], false, vec![]),
+                (0x2A1D, vec!["read"], false, vec![0x02]), // body (general)
+            ],
+            DeviceKind::Glucose => vec![
+                (0x2A18, vec!["notify"], secure, vec![]),
+                (0x2A51, vec!["read"], false, vec![0x00, 0x00]),
+                (0x2A52, vec!["write", "indicate"], secure, vec![]),
+            ],
+            DeviceKind::Scale => vec![
+                (0x2A9D, vec!["indicate"], false, vec![]),
+                // features: time stamp, multiple users, weight resolution 0.005 kg
+                (0x2A9E, vec!["read"], false, vec![0x0B, 0x00, 0x00, 0x00]),
+            ],
+        };
+        layout.push((kind.service_uuid16(), profile));
+
+        let mut handle: u16 = 0x000A;
+        let services = layout
+            .into_iter()
+            .map(|(suuid, chars)| {
+                let spath = format!("{path}/service{handle:04x}");
+                handle += 1;
+                let chars = chars
+                    .into_iter()
+                    .map(|(cuuid, flags, secure, value)| {
+                        let cpath = format!("{spath}/char{handle:04x}");
+                        handle += 2; // declaration + value
+                        let cccd_path = if flags.contains(&"notify") || flags.contains(&"indicate")
+                        {
+                            let p = format!("{cpath}/desc{handle:04x}");
+                            handle += 1;
+                            Some(p)
+                        } else {
+                            None
+                        };
+                        std::sync::Arc::new(Char {
+                            uuid16: cuuid,
+                            path: cpath,
+                            service_path: spath.clone(),
+                            flags,
+                            secure,
+                            value: Mutex::new(value),
+                            sessions: Mutex::new(BTreeSet::new()),
+                            cccd_path,
+                        })
+                    })
+                    .collect();
+                Service {
+                    uuid16: suuid,
+                    path: spath,
+                    chars,
+                }
+            })
+            .collect();
+
+        let mut glucose = Vec::new();
+        let mut next_seq = 1u16;
+        if kind == DeviceKind::Glucose {
+            // Records already on the meter: one every 6 hours for the last days.
+            let now = crate::model::unix_now();
+            let n = 8;
+            for i in 0..n {
+                let t = crate::model::DateTime::from_unix(now - (n - i) * 6 * 3600);
+                glucose.push(phys.glucose(next_seq, t));
+                next_seq += 1;
+            }
+        }
+        Device {
+            info,
+            index,
+            st: Mutex::new(DevState {
+                exported: false,
+                gatt_exported: false,
+                connected: false,
+                services_resolved: false,
+                paired: false,
+                trusted: false,
+                rssi: -50 - (index % 40) as i16,
+                rssi_pinned: false,
+                refuse_until: None,
+                battery,
+                malformed_next: 0,
+                out_of_range_next: 0,
+                measure_now: false,
+            }),
+            services,
+            model: Mutex::new(ModelState {
+                phys,
+                pending: VecDeque::new(),
+                glucose,
+                next_seq,
+            }),
+            wake: tokio::sync::Notify::new(),
+            op: tokio::sync::Mutex::new(()),
+        }
+    }
+}
+
+/// Full 128-bit UUID string of a 16-bit SIG UUID.
+pub fn uuid128(uuid16: u16) -> String {
+    format!("0000{uuid16:04x}-0000-1000-8000-00805f9b34fb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(d: &Device) -> Vec<u64> {
+        d.model
+            .lock()
+            .map(|m| m.glucose.iter().flat_map(|g| g.slots()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn stored_records_follow_the_seed() {
+        let a = Device::new(DeviceKind::Glucose, 0, 3, 11);
+        let b = Device::new(DeviceKind::Glucose, 0, 3, 11);
+        let c = Device::new(DeviceKind::Glucose, 0, 3, 12);
+        assert_eq!(values(&a).len(), 8);
+        assert_eq!(values(&a), values(&b));
+        assert_ne!(values(&a), values(&c));
+    }
+
+    /// Each simulated device is the kind proto (and so the gateway) takes it
+    /// for: advertised service → kind, GATT table satisfies the kind.
+    #[test]
+    fn devices_satisfy_protos_device_kinds() {
+        use hailan_proto::gatt::DeviceKind as P;
+        for (i, kind) in DeviceKind::ALL.into_iter().enumerate() {
+            let d = Device::new(kind, 0, i, 1);
+            let want = match kind {
+                DeviceKind::Hr => P::HeartRateMonitor,
+                DeviceKind::Bp => P::BloodPressureMonitor,
+                DeviceKind::Spo2 => P::PulseOximeter,
+                DeviceKind::Temp => P::Thermometer,
+                DeviceKind::Glucose => P::GlucoseMeter,
+                DeviceKind::Scale => P::WeightScale,
+            };
+            assert_eq!(P::from_service(kind.service_uuid16()), Some(want));
+            let chars: Vec<u16> = d
+                .services
+                .iter()
+                .flat_map(|s| s.chars.iter().map(|c| c.uuid16))
+                .collect();
+            assert!(want.is_satisfied_by(&chars), "{kind:?}: {chars:04x?}");
+            for u in want.characteristics() {
+                let Some(c) = d.char(u.characteristic.uuid16()) else {
+                    assert!(!u.required);
+                    continue;
+                };
+                let flag = match u.delivery {
+                    hailan_proto::gatt::Delivery::Notify => "notify",
+                    hailan_proto::gatt::Delivery::Indicate => "indicate",
+                    hailan_proto::gatt::Delivery::Read => "read",
+                    hailan_proto::gatt::Delivery::WriteIndicate => "write",
+                };
+                assert!(c.has(flag), "{kind:?} {:04x} lacks {flag}", c.uuid16);
+            }
+        }
+    }
+
+    #[test]
+    fn gatt_paths_are_bluez_shaped() {
+        let d = Device::new(DeviceKind::Bp, 1, 0, 1);
+        assert_eq!(d.info.path, "/org/bluez/hci0/dev_F0_4A_1A_02_00_01");
+        let c = d.char(0x2A35).expect("bp measurement");
+        assert!(c.path.starts_with(&format!("{}/service", d.info.path)));
+        let tail = c.path.rsplit('/').next().unwrap_or_default();
+        assert!(tail.starts_with("char") && tail.len() == 8, "{tail}");
+        assert!(c.cccd_path.as_deref().is_some_and(|p| p.contains("/desc")));
+        assert!(c.secure && c.indicates());
+    }
+}

@@ -1,0 +1,251 @@
+//! Fault injection: what a real BLE stack does to a gateway, on demand.
+//!
+//! From the library: [`crate::Simulator::inject`]. From the command line:
+//! `--faults SPEC[,SPEC…]` where each SPEC is `KIND[=ARG][@AT][+FOR][%EVERY]`
+//! (times like `500ms`, `5s`, `2m`; `AT` from simulator start):
+//!
+//! | spec | effect |
+//! |---|---|
+//! | `drop=hr0` | drop hr0's connection without warning (`Connected` → false) |
+//! | `refuse=bp0+30s` | `Connect` to bp0 fails (`org.bluez.Error.Failed`) for 30 s; `refuse+30s` = every device |
+//! | `stall+20s` | discovery stops reporting devices and RSSI while `Discovering` stays true |
+//! | `malformed=hr0` | hr0's next measurement notification is cut short |
+//! | `out-of-range=temp0` | temp0's next measurement carries an implausible value |
+//! | `rssi=hr0:-95` | hr0's RSSI becomes -95 dBm (and stops jittering) |
+//! | `battery=hr0:15` | hr0's battery drops to 15 % (read and notified on 0x2A19) |
+//! | `power-off+2s` | adapter powers off (rfkill-style: cannot be powered on) for 2 s, then on |
+//! | `power-off` / `power-on` | adapter off (a client may power it on again) / on |
+//!
+//! `DEVICE` is a name (`hr0`), an address, or `*` (every device): a
+//! disconnect storm is `drop=*@5s%2s`.
+//!
+//! Example: `--faults 'drop=hr0@10s%30s,stall@60s+20s,power-off@120s+3s'`.
+
+use std::time::Duration;
+
+/// One fault, applied now.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// Drop the connection of a device without warning.
+    Drop {
+        /// device name (`hr0`) or address.
+        device: String,
+    },
+    /// Refuse connects to one device (or all, if `None`) for a while.
+    RefuseConnects {
+        /// device name or address; `None` = all devices.
+        device: Option<String>,
+        /// how long.
+        duration: Duration,
+    },
+    /// Stop reporting discoveries (and RSSI) while `Discovering` stays true;
+    /// `None` = until [`Fault::ResumeDiscovery`].
+    StallDiscovery {
+        /// how long.
+        duration: Option<Duration>,
+    },
+    /// End a discovery stall.
+    ResumeDiscovery,
+    /// Make the next `count` measurement notifications of a device malformed.
+    Malformed {
+        /// device name or address.
+        device: String,
+        /// how many.
+        count: u32,
+    },
+    /// Make the next `count` measurements of a device implausible.
+    OutOfRange {
+        /// device name or address.
+        device: String,
+        /// how many.
+        count: u32,
+    },
+    /// Change the RSSI of a device.
+    Rssi {
+        /// device name or address.
+        device: String,
+        /// dBm.
+        rssi: i16,
+    },
+    /// Set a device's battery level (a drained or swapped battery).
+    Battery {
+        /// device name, address or `*`.
+        device: String,
+        /// percent.
+        percent: u8,
+    },
+    /// Power the adapter off; with a duration it stays blocked (as rfkill)
+    /// and comes back on by itself afterwards.
+    PowerOff {
+        /// how long it stays blocked.
+        duration: Option<Duration>,
+    },
+    /// Power the adapter on.
+    PowerOn,
+}
+
+/// A fault on a schedule (from the command line).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduledFault {
+    /// The fault.
+    pub fault: Fault,
+    /// When, from simulator start.
+    pub at: Duration,
+    /// Repeat period, if any.
+    pub every: Option<Duration>,
+}
+
+/// Parse a duration like `250ms`, `5s`, `2m`, `1.5s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (use 500ms, 5s, 2m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// Parse a comma-separated list of fault specs.
+pub fn parse_faults(spec: &str) -> Result<Vec<ScheduledFault>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(parse_one)
+        .collect()
+}
+
+fn parse_one(item: &str) -> Result<ScheduledFault, String> {
+    // split off %EVERY, +FOR, @AT (in any order after the head)
+    let mut head = item;
+    let mut every = None;
+    let mut duration = None;
+    let mut at = Duration::ZERO;
+    while let Some(pos) = head.rfind(['%', '+', '@']) {
+        let (h, tail) = head.split_at(pos);
+        let val = parse_duration(&tail[1..]).map_err(|e| format!("{item}: {e}"))?;
+        match &tail[..1] {
+            "%" => every = Some(val),
+            "+" => duration = Some(val),
+            _ => at = val,
+        }
+        head = h;
+    }
+    let (kind, arg) = match head.split_once('=') {
+        Some((k, a)) => (k, Some(a.to_string())),
+        None => (head, None),
+    };
+    let need = |what: &str| arg.clone().ok_or(format!("{item}: {kind} needs ={what}"));
+    let fault = match kind {
+        "drop" => Fault::Drop {
+            device: need("DEVICE")?,
+        },
+        "refuse" => Fault::RefuseConnects {
+            device: arg.clone(),
+            duration: duration.ok_or(format!("{item}: refuse needs +DURATION"))?,
+        },
+        "stall" => Fault::StallDiscovery { duration },
+        "resume" => Fault::ResumeDiscovery,
+        "malformed" => Fault::Malformed {
+            device: need("DEVICE")?,
+            count: 1,
+        },
+        "out-of-range" => Fault::OutOfRange {
+            device: need("DEVICE")?,
+            count: 1,
+        },
+        "rssi" => {
+            let a = need("DEVICE:DBM")?;
+            let (d, r) = a
+                .split_once(':')
+                .ok_or(format!("{item}: rssi needs =DEVICE:DBM"))?;
+            Fault::Rssi {
+                device: d.to_string(),
+                rssi: r.parse().map_err(|_| format!("{item}: bad dBm {r:?}"))?,
+            }
+        }
+        "battery" => {
+            let a = need("DEVICE:PERCENT")?;
+            let (d, p) = a
+                .split_once(':')
+                .ok_or(format!("{item}: battery needs =DEVICE:PERCENT"))?;
+            Fault::Battery {
+                device: d.to_string(),
+                percent: p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 100)
+                    .ok_or(format!("{item}: bad percent {p:?}"))?,
+            }
+        }
+        "power-off" => Fault::PowerOff { duration },
+        "power-on" => Fault::PowerOn,
+        other => return Err(format!("{item}: unknown fault {other:?}")),
+    };
+    Ok(ScheduledFault { fault, at, every })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs() {
+        let f = parse_faults("drop=hr0@10s%30s, stall@1m+20s,rssi=bp0:-95,power-off@2s+500ms")
+            .expect("parse");
+        assert_eq!(
+            f[0],
+            ScheduledFault {
+                fault: Fault::Drop {
+                    device: "hr0".into()
+                },
+                at: Duration::from_secs(10),
+                every: Some(Duration::from_secs(30))
+            }
+        );
+        assert_eq!(
+            f[1].fault,
+            Fault::StallDiscovery {
+                duration: Some(Duration::from_secs(20))
+            }
+        );
+        assert_eq!(f[1].at, Duration::from_secs(60));
+        assert_eq!(
+            f[2].fault,
+            Fault::Rssi {
+                device: "bp0".into(),
+                rssi: -95
+            }
+        );
+        assert_eq!(
+            f[3].fault,
+            Fault::PowerOff {
+                duration: Some(Duration::from_millis(500))
+            }
+        );
+        let storm = parse_faults("drop=*@5s%2s").expect("storm");
+        assert_eq!(storm[0].fault, Fault::Drop { device: "*".into() });
+        assert_eq!(storm[0].every, Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_faults("battery=scale0:7").expect("battery")[0].fault,
+            Fault::Battery {
+                device: "scale0".into(),
+                percent: 7
+            }
+        );
+        assert!(parse_faults("battery=scale0:101").is_err());
+        assert!(parse_faults("refuse=hr0").is_err());
+        assert!(parse_faults("explode").is_err());
+        assert!(parse_faults("drop=hr0@soon").is_err());
+    }
+}

@@ -1,0 +1,1275 @@
+//! The simulation engine: owns `org.bluez` on a bus, runs the devices, applies
+//! faults, records the ground truth.
+
+use crate::bluez::{
+    ADAPTER_PATH, Adapter, AgentManager, BluezError, CharIface, DescIface, DeviceIface,
+    ServiceIface,
+};
+use crate::device::{Char, Device, DeviceInfo};
+use crate::encode;
+use crate::faults::{Fault, ScheduledFault};
+use crate::model::{DeviceKind, Measurement, Physiology};
+use crate::truth::{TruthEvent, TruthLog, TruthRecord, hex};
+use anyhow::Context;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use zbus::Connection;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::Value;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// How many devices of each kind.
+    pub devices: Vec<(DeviceKind, usize)>,
+    /// Physiology seed.
+    pub seed: u64,
+    /// Time acceleration for device schedules (1.0 = real time: heart rate
+    /// 1 Hz, cuff every 3 min …). Radio behaviour (discovery, RSSI) is not scaled.
+    pub speed: f64,
+    /// Write the ground truth as JSON lines here.
+    pub ground_truth: Option<PathBuf>,
+    /// Faults to apply on a schedule.
+    pub faults: Vec<ScheduledFault>,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            devices: DeviceKind::ALL.iter().map(|k| (*k, 1)).collect(),
+            seed: 1,
+            speed: 1.0,
+            ground_truth: None,
+            faults: vec![],
+        }
+    }
+}
+
+/// Parse `hr=5,bp=1,…` into device counts.
+pub fn parse_devices(spec: &str) -> Result<Vec<(DeviceKind, usize)>, String> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (k, n) = item.split_once('=').unwrap_or((item, "1"));
+            let kind = DeviceKind::parse(k).ok_or(format!(
+                "unknown device kind {k:?} (hr, bp, spo2, temp, glucose, scale)"
+            ))?;
+            let n: usize = n.parse().map_err(|_| format!("bad count in {item:?}"))?;
+            Ok((kind, n))
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+pub(crate) struct AdapterState {
+    powered: bool,
+    rfkill_until: Option<Instant>,
+    discovery_clients: BTreeSet<String>,
+    discovery_started: Option<Instant>,
+    stalled_until: Option<Option<Instant>>,
+}
+
+/// Shared engine state (D-Bus interfaces hold an `Arc` of it).
+pub struct Inner {
+    conn: Connection,
+    cfg: SimConfig,
+    adapter: Mutex<AdapterState>,
+    pub(crate) devices: Vec<Arc<Device>>,
+    truth: TruthLog,
+    start: Instant,
+    notifications: std::sync::atomic::AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    fn dev_by_ref(&self, r: &str) -> Option<&Arc<Device>> {
+        self.devices
+            .iter()
+            .find(|d| d.info.name == r || d.info.address.eq_ignore_ascii_case(r))
+    }
+
+    async fn emit(&self, path: &str, iface: &'static str, changes: Vec<(&'static str, Value<'_>)>) {
+        let Ok(emitter) = SignalEmitter::new(&self.conn, path.to_string()) else {
+            return;
+        };
+        let Ok(name) = zbus::names::InterfaceName::try_from(iface) else {
+            return;
+        };
+        let map: HashMap<&str, Value<'_>> = changes.into_iter().collect();
+        if let Err(e) = zbus::fdo::Properties::properties_changed(
+            &emitter,
+            name,
+            map,
+            std::borrow::Cow::Borrowed(&[]),
+        )
+        .await
+        {
+            tracing::warn!("PropertiesChanged on {path}: {e}");
+        }
+    }
+
+    pub(crate) fn powered(&self) -> bool {
+        lock(&self.adapter).powered
+    }
+
+    pub(crate) fn discovering(&self) -> bool {
+        !lock(&self.adapter).discovery_clients.is_empty()
+    }
+
+    pub(crate) async fn set_powered(&self, on: bool) -> Result<(), BluezError> {
+        {
+            let mut a = lock(&self.adapter);
+            if on && let Some(until) = a.rfkill_until {
+                if Instant::now() < until {
+                    return Err(BluezError::Failed("Blocked through rfkill".into()));
+                }
+                a.rfkill_until = None;
+            }
+            if a.powered == on {
+                return Ok(());
+            }
+        }
+        if on {
+            lock(&self.adapter).powered = true;
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Powered", Value::from(true))],
+            )
+            .await;
+        } else {
+            // As BlueZ: discovery ends, every connection drops, then Powered=false.
+            let was_discovering = {
+                let mut a = lock(&self.adapter);
+                let was = !a.discovery_clients.is_empty();
+                a.discovery_clients.clear();
+                a.discovery_started = None;
+                was
+            };
+            if was_discovering {
+                self.emit(
+                    ADAPTER_PATH,
+                    "org.bluez.Adapter1",
+                    vec![("Discovering", Value::from(false))],
+                )
+                .await;
+            }
+            for d in &self.devices {
+                self.drop_link(d).await;
+            }
+            lock(&self.adapter).powered = false;
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Powered", Value::from(false))],
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn start_discovery(&self, sender: String) -> Result<(), BluezError> {
+        let first = {
+            let mut a = lock(&self.adapter);
+            if !a.powered {
+                return Err(BluezError::not_ready());
+            }
+            if a.discovery_clients.contains(&sender) {
+                return Err(BluezError::InProgress(
+                    "Operation already in progress".into(),
+                ));
+            }
+            let first = a.discovery_clients.is_empty();
+            a.discovery_clients.insert(sender);
+            if first {
+                a.discovery_started = Some(Instant::now());
+            }
+            first
+        };
+        if first {
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Discovering", Value::from(true))],
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn stop_discovery(&self, sender: &str) -> Result<(), BluezError> {
+        let last = {
+            let mut a = lock(&self.adapter);
+            if !a.powered {
+                return Err(BluezError::not_ready());
+            }
+            if !a.discovery_clients.remove(sender) {
+                return Err(BluezError::Failed("No discovery started".into()));
+            }
+            let last = a.discovery_clients.is_empty();
+            if last {
+                a.discovery_started = None;
+            }
+            last
+        };
+        if last {
+            self.emit(
+                ADAPTER_PATH,
+                "org.bluez.Adapter1",
+                vec![("Discovering", Value::from(false))],
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn remove_device(self: &Arc<Self>, path: &str) -> Result<(), BluezError> {
+        let Some(dev) = self.devices.iter().find(|d| d.info.path == path).cloned() else {
+            return Err(BluezError::Failed("Device does not exist".into()));
+        };
+        self.disconnect(&dev).await?;
+        let server = self.conn.object_server();
+        // Children first, so InterfacesRemoved arrive leaf to root.
+        if lock(&dev.st).gatt_exported {
+            for s in &dev.services {
+                for c in &s.chars {
+                    if let Some(p) = &c.cccd_path {
+                        let _ = server.remove::<DescIface, _>(p.as_str()).await;
+                    }
+                    let _ = server.remove::<CharIface, _>(c.path.as_str()).await;
+                }
+                let _ = server.remove::<ServiceIface, _>(s.path.as_str()).await;
+            }
+        }
+        let _ = server.remove::<DeviceIface, _>(path).await;
+        let mut st = lock(&dev.st);
+        st.exported = false;
+        st.gatt_exported = false;
+        st.paired = false;
+        Ok(())
+    }
+
+    async fn export_device(self: &Arc<Self>, dev: &Arc<Device>) {
+        if lock(&dev.st).exported {
+            return;
+        }
+        lock(&dev.st).exported = true;
+        let iface = DeviceIface {
+            inner: self.clone(),
+            dev: dev.clone(),
+        };
+        if let Err(e) = self
+            .conn
+            .object_server()
+            .at(dev.info.path.as_str(), iface)
+            .await
+        {
+            tracing::warn!("export {}: {e}", dev.info.path);
+        }
+    }
+
+    async fn export_gatt(self: &Arc<Self>, dev: &Arc<Device>) -> Result<(), BluezError> {
+        if lock(&dev.st).gatt_exported {
+            return Ok(());
+        }
+        let server = self.conn.object_server();
+        for s in &dev.services {
+            server
+                .at(
+                    s.path.as_str(),
+                    ServiceIface {
+                        uuid16: s.uuid16,
+                        device_path: dev.info.path.clone(),
+                    },
+                )
+                .await?;
+            for c in &s.chars {
+                server
+                    .at(
+                        c.path.as_str(),
+                        CharIface {
+                            inner: self.clone(),
+                            dev: dev.clone(),
+                            ch: c.clone(),
+                        },
+                    )
+                    .await?;
+                if let Some(p) = &c.cccd_path {
+                    server
+                        .at(
+                            p.as_str(),
+                            DescIface {
+                                dev: dev.clone(),
+                                ch: c.clone(),
+                            },
+                        )
+                        .await?;
+                }
+            }
+        }
+        lock(&dev.st).gatt_exported = true;
+        Ok(())
+    }
+
+    pub(crate) async fn connect(self: &Arc<Self>, dev: &Arc<Device>) -> Result<(), BluezError> {
+        let _op = dev.op.lock().await;
+        if !self.powered() {
+            return Err(BluezError::not_ready());
+        }
+        {
+            let st = lock(&dev.st);
+            if st.connected {
+                return Ok(());
+            }
+            if let Some(until) = st.refuse_until
+                && Instant::now() < until
+            {
+                return Err(BluezError::Failed("le-connection-abort-by-local".into()));
+            }
+        }
+        lock(&dev.st).connected = true;
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("Connected", Value::from(true))],
+        )
+        .await;
+        // The GATT tree must exist before ServicesResolved turns true.
+        self.export_gatt(dev).await?;
+        lock(&dev.st).services_resolved = true;
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("ServicesResolved", Value::from(true))],
+        )
+        .await;
+        tracing::info!(device = %dev.info.name, "connected");
+        dev.wake.notify_one();
+        Ok(())
+    }
+
+    /// Tear the link down (client disconnect, fault or power-off).
+    async fn drop_link(&self, dev: &Arc<Device>) {
+        {
+            let mut st = lock(&dev.st);
+            if !st.connected {
+                return;
+            }
+            st.connected = false;
+            st.services_resolved = false;
+        }
+        for c in dev.services.iter().flat_map(|s| s.chars.iter()) {
+            let had = {
+                let mut s = lock(&c.sessions);
+                let had = !s.is_empty();
+                s.clear();
+                had
+            };
+            if had {
+                self.emit(
+                    &c.path,
+                    "org.bluez.GattCharacteristic1",
+                    vec![("Notifying", Value::from(false))],
+                )
+                .await;
+            }
+        }
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("ServicesResolved", Value::from(false))],
+        )
+        .await;
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("Connected", Value::from(false))],
+        )
+        .await;
+        tracing::info!(device = %dev.info.name, "disconnected");
+    }
+
+    pub(crate) async fn disconnect(&self, dev: &Arc<Device>) -> Result<(), BluezError> {
+        let _op = dev.op.lock().await;
+        if !lock(&dev.st).connected {
+            return Err(BluezError::NotConnected("Not Connected".into()));
+        }
+        self.drop_link(dev).await;
+        Ok(())
+    }
+
+    pub(crate) async fn pair(self: &Arc<Self>, dev: &Arc<Device>) -> Result<(), BluezError> {
+        if lock(&dev.st).paired {
+            return Err(BluezError::AlreadyExists("Already Paired".into()));
+        }
+        self.connect(dev).await?;
+        lock(&dev.st).paired = true;
+        self.emit(
+            &dev.info.path,
+            "org.bluez.Device1",
+            vec![("Paired", Value::from(true)), ("Bonded", Value::from(true))],
+        )
+        .await;
+        tracing::info!(device = %dev.info.name, "paired");
+        Ok(())
+    }
+
+    fn check_access(&self, dev: &Device, ch: &Char) -> Result<(), BluezError> {
+        let st = lock(&dev.st);
+        if !st.connected {
+            return Err(BluezError::not_connected());
+        }
+        if ch.secure && !st.paired {
+            return Err(BluezError::not_paired());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn read_char(
+        &self,
+        dev: &Device,
+        ch: &Char,
+        offset: usize,
+    ) -> Result<Vec<u8>, BluezError> {
+        if !lock(&dev.st).connected {
+            return Err(BluezError::not_connected());
+        }
+        if !ch.has("read") {
+            return Err(BluezError::NotPermitted("Read not permitted".into()));
+        }
+        self.check_access(dev, ch)?;
+        let v = lock(&ch.value);
+        if offset > v.len() {
+            return Err(BluezError::InvalidArguments("Invalid offset".into()));
+        }
+        Ok(v[offset..].to_vec())
+    }
+
+    pub(crate) async fn write_char(
+        self: &Arc<Self>,
+        dev: &Arc<Device>,
+        ch: &Arc<Char>,
+        value: Vec<u8>,
+    ) -> Result<(), BluezError> {
+        if !lock(&dev.st).connected {
+            return Err(BluezError::not_connected());
+        }
+        if !ch.has("write") {
+            return Err(BluezError::NotPermitted("Write not permitted".into()));
+        }
+        self.check_access(dev, ch)?;
+        if ch.uuid16 == 0x2A52 {
+            if !ch.notifying() {
+                // ATT 0xFD: Client Characteristic Configuration Descriptor Improperly Configured
+                return Err(BluezError::Failed(
+                    "Operation failed with ATT error: 0xfd".into(),
+                ));
+            }
+            let this = self.clone();
+            let dev = dev.clone();
+            tokio::spawn(async move { this.racp(&dev, value).await });
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn start_notify(
+        &self,
+        dev: &Device,
+        ch: &Char,
+        sender: String,
+    ) -> Result<(), BluezError> {
+        if !lock(&dev.st).connected {
+            return Err(BluezError::not_connected());
+        }
+        if !ch.has("notify") && !ch.has("indicate") {
+            return Err(BluezError::NotSupported(
+                "Operation is not supported".into(),
+            ));
+        }
+        self.check_access(dev, ch)?;
+        let first = {
+            let mut s = lock(&ch.sessions);
+            if s.contains(&sender) {
+                return Err(BluezError::InProgress("Already notifying".into()));
+            }
+            let first = s.is_empty();
+            s.insert(sender);
+            first
+        };
+        if first {
+            self.emit(
+                &ch.path,
+                "org.bluez.GattCharacteristic1",
+                vec![("Notifying", Value::from(true))],
+            )
+            .await;
+        }
+        dev.wake.notify_one();
+        Ok(())
+    }
+
+    pub(crate) async fn stop_notify(
+        &self,
+        dev: &Device,
+        ch: &Char,
+        sender: &str,
+    ) -> Result<(), BluezError> {
+        if !lock(&dev.st).connected {
+            return Err(BluezError::not_connected());
+        }
+        let last = {
+            let mut s = lock(&ch.sessions);
+            if !s.remove(sender) {
+                return Err(BluezError::Failed("No notify session started".into()));
+            }
+            s.is_empty()
+        };
+        if last {
+            self.emit(
+                &ch.path,
+                "org.bluez.GattCharacteristic1",
+                vec![("Notifying", Value::from(false))],
+            )
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Can a measurement go out on `uuid16` now?
+    fn deliverable(&self, dev: &Device, uuid16: u16) -> bool {
+        let Some(ch) = dev.char(uuid16) else {
+            return false;
+        };
+        let st = lock(&dev.st);
+        st.connected && (!ch.secure || st.paired) && ch.notifying()
+    }
+
+    /// Put a value on the air: set `Value`, emit `PropertiesChanged`, log it.
+    /// Applies pending malformed/out-of-range faults to measurement values.
+    async fn send(&self, dev: &Device, m: Measurement, clinical: bool) -> bool {
+        let uuid16 = m.characteristic();
+        if !self.deliverable(dev, uuid16) {
+            return false;
+        }
+        let Some(ch) = dev.char(uuid16) else {
+            return false;
+        };
+        let (m, oor, malformed) = if clinical {
+            let mut st = lock(&dev.st);
+            let oor = st.out_of_range_next > 0 && uuid16 != 0x2A18;
+            if oor {
+                st.out_of_range_next -= 1;
+            }
+            let mal = st.malformed_next > 0;
+            if mal {
+                st.malformed_next -= 1;
+            }
+            (if oor { Physiology::out_of_range(m) } else { m }, oor, mal)
+        } else {
+            (m, false, false)
+        };
+        let mut bytes = encode::encode(&m);
+        if malformed {
+            bytes = encode::malform(&bytes);
+        }
+        *lock(&ch.value) = bytes.clone();
+        let event = if ch.indicates() {
+            TruthEvent::Indicate
+        } else {
+            TruthEvent::Notify
+        };
+        // Truth first: a client may see the value before `emit` returns.
+        self.record(dev, event, uuid16, &bytes, m, malformed, oor);
+        self.emit(
+            &ch.path,
+            "org.bluez.GattCharacteristic1",
+            vec![("Value", Value::from(bytes))],
+        )
+        .await;
+        self.notifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        dev: &Device,
+        event: TruthEvent,
+        uuid16: u16,
+        bytes: &[u8],
+        m: Measurement,
+        malformed: bool,
+        out_of_range: bool,
+    ) {
+        tracing::debug!(device = %dev.info.name, ?event, char = format!("{uuid16:04x}"), bytes = %hex(bytes), "sent");
+        self.truth.push(TruthRecord {
+            t_ms: self.start.elapsed().as_millis() as u64,
+            unix: crate::model::unix_now(),
+            device: dev.info.name.clone(),
+            address: dev.info.address.clone(),
+            kind: dev.info.kind,
+            event,
+            characteristic: format!("{uuid16:04x}"),
+            bytes: hex(bytes),
+            slots: m.slots(),
+            measurement: m,
+            malformed,
+            out_of_range,
+            sent_at: Some(std::time::Instant::now()),
+        });
+    }
+
+    /// Raw bytes on a characteristic (RACP responses).
+    async fn send_raw(&self, dev: &Device, uuid16: u16, bytes: Vec<u8>) {
+        if !self.deliverable(dev, uuid16) {
+            return;
+        }
+        if let Some(ch) = dev.char(uuid16) {
+            *lock(&ch.value) = bytes.clone();
+            self.emit(
+                &ch.path,
+                "org.bluez.GattCharacteristic1",
+                vec![("Value", Value::from(bytes))],
+            )
+            .await;
+        }
+    }
+
+    /// Record Access Control Point (Glucose Profile), requests decoded and
+    /// responses encoded by `hailan_proto::gatt::Racp`: report records, report
+    /// number of records, abort; filters by sequence number or user-facing
+    /// time; delete is answered "op code not supported".
+    async fn racp(&self, dev: &Device, req: Vec<u8>) {
+        use hailan_proto::gatt::{Racp, RacpFilter, RacpOperand};
+        let op = req.first().copied().unwrap_or(0);
+        let respond = |code: u8| {
+            Racp::ResponseCode {
+                request_op_code: op,
+                response: code,
+            }
+            .encode()
+        };
+        let request = match Racp::decode(&req) {
+            Ok(r) => r,
+            Err(e) => {
+                let operator = req.get(1).copied().unwrap_or(0);
+                let code = if !(1..=4).contains(&op) {
+                    0x02 // op code not supported
+                } else if op != 3 && !(1..=6).contains(&operator) {
+                    0x03 // invalid operator
+                } else {
+                    0x05 // invalid operand
+                };
+                tracing::debug!(device = %dev.info.name, "RACP request {}: {e}", hex(&req));
+                self.send_raw(dev, 0x2A52, respond(code)).await;
+                return;
+            }
+        };
+        let (filter, count_only) = match request {
+            Racp::ReportStoredRecords(f) => (f, false),
+            Racp::ReportNumberOfStoredRecords(f) => (f, true),
+            Racp::Abort => {
+                self.send_raw(dev, 0x2A52, respond(0x01)).await;
+                return;
+            }
+            _ => {
+                self.send_raw(dev, 0x2A52, respond(0x02)).await;
+                return;
+            }
+        };
+        let records: Vec<Measurement> = lock(&dev.model).glucose.clone();
+        let key = |m: &Measurement| match m {
+            Measurement::Glucose { seq, time, .. } => (*seq, encode::gatt_time(time)),
+            _ => (0, encode::gatt_time(&crate::model::DateTime::from_unix(0))),
+        };
+        let keep = |m: &Measurement| {
+            let (seq, t) = key(m);
+            match &filter {
+                RacpFilter::All | RacpFilter::First | RacpFilter::Last => true,
+                RacpFilter::LessOrEqual(RacpOperand::SequenceNumber(n)) => seq <= *n,
+                RacpFilter::GreaterOrEqual(RacpOperand::SequenceNumber(n)) => seq >= *n,
+                RacpFilter::LessOrEqual(RacpOperand::UserFacingTime(x)) => t <= *x,
+                RacpFilter::GreaterOrEqual(RacpOperand::UserFacingTime(x)) => t >= *x,
+                RacpFilter::SequenceRange(a, b) => (*a..=*b).contains(&seq),
+                RacpFilter::TimeRange(a, b) => *a <= t && t <= *b,
+            }
+        };
+        if let RacpFilter::SequenceRange(a, b) = filter
+            && a > b
+        {
+            self.send_raw(dev, 0x2A52, respond(0x05)).await;
+            return;
+        }
+        let mut selected: Vec<Measurement> = records.into_iter().filter(keep).collect();
+        match filter {
+            RacpFilter::First => selected.truncate(1),
+            RacpFilter::Last => selected = selected.pop().into_iter().collect(),
+            _ => {}
+        }
+        if count_only {
+            let n = u16::try_from(selected.len()).unwrap_or(u16::MAX);
+            self.send_raw(dev, 0x2A52, Racp::NumberOfStoredRecords(n).encode())
+                .await;
+            return;
+        }
+        if selected.is_empty() {
+            self.send_raw(dev, 0x2A52, respond(0x06)).await; // no records found
+            return;
+        }
+        for m in selected {
+            if !self.send(dev, m, true).await {
+                self.send_raw(dev, 0x2A52, respond(0x08)).await; // procedure not completed
+                return;
+            }
+        }
+        self.send_raw(dev, 0x2A52, respond(0x01)).await;
+    }
+
+    /// Apply a fault now.
+    pub(crate) async fn inject(self: &Arc<Self>, fault: Fault) -> anyhow::Result<()> {
+        tracing::info!(?fault, "fault");
+        // a device name, an address, or `*` for every device
+        let find = |r: &str| -> anyhow::Result<Vec<Arc<Device>>> {
+            if r == "*" {
+                return Ok(self.devices.clone());
+            }
+            self.dev_by_ref(r)
+                .cloned()
+                .map(|d| vec![d])
+                .with_context(|| format!("no simulated device {r:?}"))
+        };
+        match fault {
+            Fault::Drop { device } => {
+                for d in find(&device)? {
+                    let _op = d.op.lock().await;
+                    self.drop_link(&d).await;
+                }
+            }
+            Fault::RefuseConnects { device, duration } => {
+                let until = Instant::now() + duration;
+                for d in find(device.as_deref().unwrap_or("*"))? {
+                    lock(&d.st).refuse_until = Some(until);
+                }
+            }
+            Fault::StallDiscovery { duration } => {
+                lock(&self.adapter).stalled_until = Some(duration.map(|d| Instant::now() + d));
+            }
+            Fault::ResumeDiscovery => lock(&self.adapter).stalled_until = None,
+            Fault::Malformed { device, count } => {
+                for d in find(&device)? {
+                    lock(&d.st).malformed_next += count;
+                }
+            }
+            Fault::OutOfRange { device, count } => {
+                for d in find(&device)? {
+                    lock(&d.st).out_of_range_next += count;
+                    if d.info.kind == DeviceKind::Glucose {
+                        // A meter stores what it measured: store implausible records.
+                        for _ in 0..count {
+                            self.store_glucose(&d, true);
+                        }
+                        lock(&d.st).out_of_range_next = 0;
+                    }
+                }
+            }
+            Fault::Rssi { device, rssi } => {
+                for d in find(&device)? {
+                    let exported = {
+                        let mut st = lock(&d.st);
+                        st.rssi = rssi;
+                        st.rssi_pinned = true;
+                        st.exported
+                    };
+                    if exported {
+                        self.emit(
+                            &d.info.path,
+                            "org.bluez.Device1",
+                            vec![("RSSI", Value::from(rssi))],
+                        )
+                        .await;
+                    }
+                }
+            }
+            Fault::Battery { device, percent } => {
+                for d in find(&device)? {
+                    self.set_battery(&d, f64::from(percent.min(100))).await;
+                }
+            }
+            Fault::PowerOff { duration } => {
+                if let Some(d) = duration {
+                    lock(&self.adapter).rfkill_until = Some(Instant::now() + d);
+                }
+                let _ = self.set_powered(false).await;
+                if let Some(d) = duration {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        lock(&this.adapter).rfkill_until = None;
+                        let _ = this.set_powered(true).await;
+                    });
+                }
+            }
+            Fault::PowerOn => {
+                lock(&self.adapter).rfkill_until = None;
+                let _ = self.set_powered(true).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn store_glucose(&self, dev: &Device, out_of_range: bool) {
+        let m = {
+            let mut model = lock(&dev.model);
+            let seq = model.next_seq;
+            model.next_seq = model.next_seq.wrapping_add(1);
+            let m = model.phys.glucose(seq, crate::model::DateTime::now());
+            let m = if out_of_range {
+                Physiology::out_of_range(m)
+            } else {
+                m
+            };
+            model.glucose.push(m.clone());
+            m
+        };
+        self.record(dev, TruthEvent::Stored, 0x2A18, &[], m, false, out_of_range);
+    }
+
+    /// Discovery: export devices as they "advertise", jitter RSSI; stalls when told.
+    async fn run_discovery(self: Arc<Self>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_add(0xD15C));
+        let mut tick = tokio::time::interval(Duration::from_millis(25));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_rssi = Instant::now();
+        loop {
+            tick.tick().await;
+            let started = {
+                let mut a = lock(&self.adapter);
+                if let Some(Some(until)) = a.stalled_until
+                    && Instant::now() >= until
+                {
+                    a.stalled_until = None;
+                }
+                if !a.powered || a.stalled_until.is_some() {
+                    continue;
+                }
+                match a.discovery_started {
+                    Some(t) => t,
+                    None => continue,
+                }
+            };
+            let since = started.elapsed();
+            for d in &self.devices {
+                // each device is heard 10–300 ms into a scan
+                let delay = Duration::from_millis(10 + (d.index as u64 * 37) % 290);
+                if since >= delay && !lock(&d.st).exported {
+                    self.export_device(d).await;
+                }
+            }
+            if last_rssi.elapsed() >= Duration::from_secs(1) {
+                last_rssi = Instant::now();
+                for d in &self.devices {
+                    let rssi = {
+                        let mut st = lock(&d.st);
+                        if !st.exported || st.connected || st.rssi_pinned {
+                            continue;
+                        }
+                        st.rssi = (st.rssi + rng.gen_range(-2i16..=2)).clamp(-100, -30);
+                        st.rssi
+                    };
+                    self.emit(
+                        &d.info.path,
+                        "org.bluez.Device1",
+                        vec![("RSSI", Value::from(rssi))],
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// A device's firmware loop: measure on its schedule, deliver, drain the battery.
+    async fn run_device(self: Arc<Self>, dev: Arc<Device>) {
+        let speed = if self.cfg.speed > 0.0 {
+            self.cfg.speed
+        } else {
+            1.0
+        };
+        let period_s = match dev.info.kind {
+            DeviceKind::Hr | DeviceKind::Spo2 => 1.0,
+            DeviceKind::Bp => 180.0,
+            DeviceKind::Temp => 60.0,
+            DeviceKind::Scale => 120.0,
+            DeviceKind::Glucose => 300.0,
+        };
+        let period = Duration::from_secs_f64(period_s / speed);
+        let spot_period = Duration::from_secs_f64(60.0 / speed);
+        let battery_period = Duration::from_secs_f64(30.0 / speed);
+        // stagger devices so 50 straps do not fire in the same millisecond
+        let stagger = Duration::from_secs_f64(
+            (period_s.min(1.0) * ((dev.index * 97) % 100) as f64 / 100.0) / speed,
+        );
+        let mut next_measure = Instant::now() + stagger + period;
+        let mut next_spot = Instant::now() + spot_period;
+        let mut next_battery = Instant::now() + battery_period;
+        loop {
+            let wake_at = next_measure.min(next_battery).min(next_spot);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = dev.wake.notified() => {}
+            }
+            let now = Instant::now();
+            let asked = std::mem::take(&mut lock(&dev.st).measure_now);
+            if asked && dev.info.kind == DeviceKind::Spo2 {
+                // the oximeter's button: a spot check now
+                let m = lock(&dev.model).phys.spo2_spot();
+                queue(&dev, m);
+            }
+            let asked = asked && dev.info.kind != DeviceKind::Spo2;
+            if asked || now >= next_measure {
+                if now >= next_measure {
+                    next_measure += period;
+                    if next_measure < now {
+                        next_measure = now + period;
+                    }
+                }
+                self.measure(&dev, speed).await;
+            }
+            if dev.info.kind == DeviceKind::Spo2 && now >= next_spot {
+                next_spot = now + spot_period;
+                let m = lock(&dev.model).phys.spo2_spot();
+                queue(&dev, m);
+            }
+            if now >= next_battery {
+                next_battery = now + battery_period;
+                self.drain(&dev).await;
+            }
+            self.deliver_pending(&dev).await;
+        }
+    }
+
+    async fn measure(&self, dev: &Arc<Device>, speed: f64) {
+        match dev.info.kind {
+            DeviceKind::Hr => {
+                if self.deliverable(dev, 0x2A37) {
+                    let m = lock(&dev.model).phys.heart_rate();
+                    self.send(dev, m, true).await;
+                }
+            }
+            DeviceKind::Spo2 => {
+                if self.deliverable(dev, 0x2A5F) {
+                    let m = lock(&dev.model).phys.spo2_continuous();
+                    self.send(dev, m, true).await;
+                }
+            }
+            DeviceKind::Bp => {
+                let (icp, result) = lock(&dev.model).phys.blood_pressure();
+                if self.deliverable(dev, 0x2A36) {
+                    for m in icp {
+                        self.send(dev, m, false).await;
+                        tokio::time::sleep(Duration::from_secs_f64(0.3 / speed)).await;
+                    }
+                }
+                queue(dev, result);
+            }
+            DeviceKind::Temp => {
+                let m = lock(&dev.model).phys.temperature();
+                queue(dev, m);
+            }
+            DeviceKind::Scale => {
+                let m = lock(&dev.model).phys.weight();
+                queue(dev, m);
+            }
+            DeviceKind::Glucose => self.store_glucose(dev, false),
+        }
+    }
+
+    async fn deliver_pending(&self, dev: &Device) {
+        loop {
+            let Some(m) = lock(&dev.model).pending.front().cloned() else {
+                return;
+            };
+            if !self.send(dev, m, true).await {
+                return;
+            }
+            lock(&dev.model).pending.pop_front();
+        }
+    }
+
+    async fn drain(&self, dev: &Device) {
+        let level = {
+            let st = lock(&dev.st);
+            // per 30 s: ~6 %/h while streaming, ~0.6 %/h idle (advertising)
+            let rate = if st.connected { 0.05 } else { 0.005 };
+            (st.battery - rate).max(1.0)
+        };
+        self.set_battery(dev, level).await;
+    }
+
+    /// Set the battery level; a change of whole percent is readable and
+    /// notified (0x2A19) like on a real device.
+    async fn set_battery(&self, dev: &Device, level: f64) {
+        let (before, after) = {
+            let mut st = lock(&dev.st);
+            let before = st.battery as u8;
+            st.battery = level.clamp(0.0, 100.0);
+            (before, st.battery as u8)
+        };
+        if before != after {
+            if let Some(ch) = dev.char(0x2A19) {
+                *lock(&ch.value) = vec![after];
+            }
+            self.send(dev, Measurement::Battery { percent: after }, false)
+                .await;
+        }
+    }
+}
+
+fn queue(dev: &Device, m: Measurement) {
+    let mut model = lock(&dev.model);
+    if model.pending.len() >= 50 {
+        model.pending.pop_front(); // memory full: the oldest goes, as on real cuffs
+    }
+    model.pending.push_back(m);
+}
+
+/// A running simulator (in this process). Dropping it stops the devices and
+/// releases `org.bluez`.
+pub struct Simulator {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Connect to the bus at `bus_address`, own `org.bluez`, export the
+    /// adapter, and start the devices. Returns once the name is owned: a
+    /// client may connect right away.
+    pub async fn start(bus_address: &str, cfg: SimConfig) -> anyhow::Result<Simulator> {
+        let file = match &cfg.ground_truth {
+            Some(p) => Some(
+                std::fs::File::create(p)
+                    .with_context(|| format!("creating ground-truth file {}", p.display()))?,
+            ),
+            None => None,
+        };
+        let mut devices = Vec::new();
+        let mut index = 0;
+        for (kind, n) in &cfg.devices {
+            let already = devices
+                .iter()
+                .filter(|d: &&Arc<Device>| d.info.kind == *kind)
+                .count();
+            for k in 0..*n {
+                devices.push(Arc::new(Device::new(*kind, already + k, index, cfg.seed)));
+                index += 1;
+            }
+        }
+        let conn = zbus::connection::Builder::address(bus_address)
+            .with_context(|| format!("bad bus address {bus_address:?}"))?
+            .serve_at("/", zbus::fdo::ObjectManager)?
+            .serve_at("/org/bluez", AgentManager)?
+            .build()
+            .await
+            .with_context(|| format!("connecting to {bus_address}"))?;
+        let inner = Arc::new(Inner {
+            conn: conn.clone(),
+            adapter: Mutex::new(AdapterState {
+                powered: true,
+                rfkill_until: None,
+                discovery_clients: BTreeSet::new(),
+                discovery_started: None,
+                stalled_until: None,
+            }),
+            devices,
+            truth: TruthLog::new(file),
+            start: Instant::now(),
+            notifications: Default::default(),
+            cfg,
+        });
+        conn.object_server()
+            .at(
+                ADAPTER_PATH,
+                Adapter {
+                    inner: inner.clone(),
+                },
+            )
+            .await?;
+        // Records already on the meters are part of the truth.
+        for d in &inner.devices {
+            let stored = lock(&d.model).glucose.clone();
+            for m in stored {
+                inner.record(d, TruthEvent::Stored, 0x2A18, &[], m, false, false);
+            }
+        }
+        // Own the name last: once a client sees org.bluez, everything is there.
+        conn.request_name("org.bluez")
+            .await
+            .context("owning org.bluez (is another simulator or BlueZ on this bus?)")?;
+        let mut tasks = vec![tokio::spawn(inner.clone().run_discovery())];
+        for d in &inner.devices {
+            tasks.push(tokio::spawn(inner.clone().run_device(d.clone())));
+        }
+        tasks.push(tokio::spawn(watch_clients(inner.clone())));
+        for sf in inner.cfg.faults.clone() {
+            let inner = inner.clone();
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(sf.at).await;
+                loop {
+                    if let Err(e) = inner.inject(sf.fault.clone()).await {
+                        tracing::warn!("fault {:?}: {e:#}", sf.fault);
+                    }
+                    match sf.every {
+                        Some(p) if !p.is_zero() => tokio::time::sleep(p).await,
+                        _ => break,
+                    }
+                }
+            }));
+        }
+        Ok(Simulator { inner, tasks })
+    }
+
+    /// The simulated devices.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.inner.devices.iter().map(|d| d.info.clone()).collect()
+    }
+
+    /// One device by name (`hr0`) or address.
+    pub fn device(&self, name: &str) -> Option<DeviceInfo> {
+        self.inner.dev_by_ref(name).map(|d| d.info.clone())
+    }
+
+    /// Apply a fault now.
+    pub async fn inject(&self, fault: Fault) -> anyhow::Result<()> {
+        self.inner.inject(fault).await
+    }
+
+    /// Take a measurement now (cuff, thermometer, scale, glucose record, …).
+    pub fn measure_now(&self, name: &str) -> anyhow::Result<()> {
+        let d = self
+            .inner
+            .dev_by_ref(name)
+            .with_context(|| format!("no simulated device {name:?}"))?;
+        lock(&d.st).measure_now = true;
+        d.wake.notify_one();
+        Ok(())
+    }
+
+    /// The glucose records stored on a meter.
+    pub fn glucose_records(&self, name: &str) -> Vec<Measurement> {
+        self.inner
+            .dev_by_ref(name)
+            .map(|d| lock(&d.model).glucose.clone())
+            .unwrap_or_default()
+    }
+
+    /// Is the device connected (simulator's view)?
+    pub fn is_connected(&self, name: &str) -> bool {
+        self.inner
+            .dev_by_ref(name)
+            .map(|d| lock(&d.st).connected)
+            .unwrap_or(false)
+    }
+
+    /// Ground truth recorded so far.
+    pub fn truth(&self) -> Vec<TruthRecord> {
+        self.inner.truth.snapshot()
+    }
+
+    /// Live ground truth from now on.
+    pub fn subscribe_truth(&self) -> tokio::sync::broadcast::Receiver<TruthRecord> {
+        self.inner.truth.subscribe()
+    }
+
+    /// Notifications and indications sent so far.
+    pub fn notifications_sent(&self) -> u64 {
+        self.inner
+            .notifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Is the bus still there?
+    pub async fn bus_alive(&self) -> bool {
+        match zbus::fdo::DBusProxy::new(&self.inner.conn).await {
+            Ok(p) => p.get_id().await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Stop the devices and release the bus name.
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        let _ = self.inner.conn.release_name("org.bluez").await;
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// BlueZ drops a client's discovery and notify sessions when it leaves the bus.
+async fn watch_clients(inner: Arc<Inner>) {
+    use futures::StreamExt;
+    let Ok(dbus) = zbus::fdo::DBusProxy::new(&inner.conn).await else {
+        return;
+    };
+    let Ok(mut changes) = dbus.receive_name_owner_changed().await else {
+        return;
+    };
+    while let Some(sig) = changes.next().await {
+        let Ok(args) = sig.args() else { continue };
+        if args.new_owner().is_some() {
+            continue;
+        }
+        let gone = args.name().to_string();
+        if !gone.starts_with(':') {
+            continue;
+        }
+        let was_discovering = {
+            let mut a = lock(&inner.adapter);
+            a.discovery_clients.remove(&gone) && a.discovery_clients.is_empty()
+        };
+        if was_discovering {
+            lock(&inner.adapter).discovery_started = None;
+            inner
+                .emit(
+                    ADAPTER_PATH,
+                    "org.bluez.Adapter1",
+                    vec![("Discovering", Value::from(false))],
+                )
+                .await;
+        }
+        for d in &inner.devices {
+            for c in d.services.iter().flat_map(|s| s.chars.iter()) {
+                let emptied = {
+                    let mut s = lock(&c.sessions);
+                    s.remove(&gone) && s.is_empty()
+                };
+                if emptied {
+                    inner
+                        .emit(
+                            &c.path,
+                            "org.bluez.GattCharacteristic1",
+                            vec![("Notifying", Value::from(false))],
+                        )
+                        .await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! BlueZ semantics checked with a raw D-Bus client (zbus), where btleplug
+//! hides them: per-client discovery and notify sessions, error names, and
+//! sessions dropped when a client leaves the bus. No environment variable is
+//! involved, so these tests run in-process on their own private bus.
+
+use futures::StreamExt;
+use hailan_firmware_sim::harness::PrivateBus;
+use hailan_firmware_sim::model::DeviceKind;
+use hailan_firmware_sim::{SimConfig, Simulator};
+use std::time::Duration;
+use zbus::Connection;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+
+const STEP: Duration = Duration::from_secs(15);
+
+async fn call(
+    conn: &Connection,
+    path: &str,
+    iface: &str,
+    method: &str,
+) -> Result<(), (String, String)> {
+    conn.call_method(Some("org.bluez"), path, Some(iface), method, &())
+        .await
+        .map(|_| ())
+        .map_err(|e| match e {
+            zbus::Error::MethodError(name, desc, _) => (name.to_string(), desc.unwrap_or_default()),
+            other => ("?".into(), other.to_string()),
+        })
+}
+
+async fn char_path(conn: &Connection, device: &str, uuid: &str) -> anyhow::Result<String> {
+    let om = zbus::fdo::ObjectManagerProxy::builder(conn)
+        .destination("org.bluez")?
+        .path("/")?
+        .build()
+        .await?;
+    for (path, ifaces) in om.get_managed_objects().await? {
+        if !path.as_str().starts_with(device) {
+            continue;
+        }
+        if let Some(props) = ifaces.get("org.bluez.GattCharacteristic1")
+            && let Some(u) = props.get("UUID")
+            && String::try_from(u.clone())?.starts_with(uuid)
+        {
+            return Ok(path.to_string());
+        }
+    }
+    anyhow::bail!("no characteristic {uuid} under {device}")
+}
+
+async fn notifying(conn: &Connection, path: &str) -> anyhow::Result<bool> {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination("org.bluez")?
+        .path(path)?
+        .build()
+        .await?;
+    let iface = zbus::names::InterfaceName::from_static_str("org.bluez.GattCharacteristic1")?;
+    Ok(bool::try_from(props.get(iface, "Notifying").await?)?)
+}
+
+#[test]
+fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
+    let bus = PrivateBus::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cfg = SimConfig {
+            devices: vec![(DeviceKind::Hr, 1)],
+            ..SimConfig::default()
+        };
+        let sim = Simulator::start(bus.address(), cfg).await?;
+        let dev = sim.device("hr0").expect("hr0").path;
+        let a = zbus::connection::Builder::address(bus.address())?.build().await?;
+        let b = zbus::connection::Builder::address(bus.address())?.build().await?;
+        let adapter = "/org/bluez/hci0";
+        let a1 = "org.bluez.Adapter1";
+
+        // Discovery is per client; the device appears through InterfacesAdded.
+        let om = zbus::fdo::ObjectManagerProxy::builder(&a)
+            .destination("org.bluez")?
+            .path("/")?
+            .build()
+            .await?;
+        let mut added = om.receive_interfaces_added().await?;
+        call(&a, adapter, a1, "StartDiscovery").await.map_err(anyhow_err)?;
+        let e = call(&a, adapter, a1, "StartDiscovery").await.expect_err("twice");
+        assert_eq!(e.0, "org.bluez.Error.InProgress");
+        let e = call(&b, adapter, a1, "StopDiscovery").await.expect_err("not b's");
+        assert_eq!(e, ("org.bluez.Error.Failed".into(), "No discovery started".into()));
+        tokio::time::timeout(STEP, async {
+            while let Some(sig) = added.next().await {
+                let args = sig.args()?;
+                let p: OwnedObjectPath = args.object_path().clone().into();
+                if p.as_str() == dev && args.interfaces_and_properties().contains_key("org.bluez.Device1") {
+                    return anyhow::Ok(());
+                }
+            }
+            anyhow::bail!("signal stream ended")
+        })
+        .await??;
+
+        // GATT on a disconnected device
+        let d1 = "org.bluez.Device1";
+        let e = call(&a, &dev, d1, "Disconnect").await.expect_err("not connected");
+        assert_eq!(e.0, "org.bluez.Error.NotConnected");
+        call(&a, &dev, d1, "Connect").await.map_err(anyhow_err)?;
+        let hrm = char_path(&a, &dev, "00002a37").await?;
+        let c1 = "org.bluez.GattCharacteristic1";
+        let e = a
+            .call_method(Some("org.bluez"), hrm.as_str(), Some(c1), "ReadValue", &(std::collections::HashMap::<String, OwnedValue>::new(),))
+            .await
+            .expect_err("notify-only");
+        assert!(matches!(&e, zbus::Error::MethodError(n, Some(d), _) if n.as_str() == "org.bluez.Error.NotPermitted" && d == "Read not permitted"), "{e}");
+
+        // Notify sessions are per client.
+        call(&a, &hrm, c1, "StartNotify").await.map_err(anyhow_err)?;
+        let e = call(&a, &hrm, c1, "StartNotify").await.expect_err("twice");
+        assert_eq!(e.0, "org.bluez.Error.InProgress");
+        let e = call(&b, &hrm, c1, "StopNotify").await.expect_err("not b's");
+        assert_eq!(e, ("org.bluez.Error.Failed".into(), "No notify session started".into()));
+        call(&b, &hrm, c1, "StartNotify").await.map_err(anyhow_err)?;
+        call(&b, &hrm, c1, "StopNotify").await.map_err(anyhow_err)?;
+        assert!(notifying(&b, &hrm).await?, "a still holds a session");
+
+        // When a client leaves the bus, BlueZ drops its sessions.
+        let watcher = zbus::fdo::PropertiesProxy::builder(&b)
+            .destination("org.bluez")?
+            .path(hrm.as_str())?
+            .build()
+            .await?;
+        let mut changes = watcher.receive_properties_changed().await?;
+        drop(om);
+        drop(added);
+        a.close().await?;
+        tokio::time::timeout(STEP, async {
+            while let Some(sig) = changes.next().await {
+                let args = sig.args()?;
+                if let Some(v) = args.changed_properties().get("Notifying")
+                    && !bool::try_from(v)?
+                {
+                    return anyhow::Ok(());
+                }
+            }
+            anyhow::bail!("signal stream ended")
+        })
+        .await??;
+        assert!(!notifying(&b, &hrm).await?);
+        anyhow::Ok(())
+    })
+}
+
+fn anyhow_err(e: (String, String)) -> anyhow::Error {
+    anyhow::anyhow!("{}: {}", e.0, e.1)
+}

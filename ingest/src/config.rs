@@ -164,10 +164,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, "[batch]\nmax_messages = \"lots\"\n").expect("write");
-        let err = IngestConfig::load(Some(&path)).expect_err("must fail").to_string();
+        let err = IngestConfig::load(Some(&path))
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("max_messages"), "{err}");
         std::fs::write(&path, "[mqtt]\nhots = \"x\"\n").expect("write");
-        let err = IngestConfig::load(Some(&path)).expect_err("must fail").to_string();
+        let err = IngestConfig::load(Some(&path))
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("hots"), "{err}");
     }
 }

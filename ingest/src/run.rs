@@ -85,7 +85,12 @@ pub async fn process(
         match attempt.await {
             Ok((plan, written, verified_at)) => {
                 status.db_ok.store(true, Ordering::Relaxed);
-                metrics.record_batch(&plan, &written, verified_at - started, verified_at.elapsed());
+                metrics.record_batch(
+                    &plan,
+                    &written,
+                    verified_at - started,
+                    verified_at.elapsed(),
+                );
                 return Some(plan);
             }
             Err(e) => {
@@ -95,7 +100,10 @@ pub async fn process(
                 } else {
                     input_failures += 1;
                     if input_failures >= 3 {
-                        return isolate(pool, verifier, messages, name, metrics, status, shutdown, &e).await;
+                        return isolate(
+                            pool, verifier, messages, name, metrics, status, shutdown, &e,
+                        )
+                        .await;
                     }
                 }
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "batch not written; retrying");
@@ -136,14 +144,23 @@ async fn isolate(
             Ok(p) => p,
             Err(e) if is_database_error(&e) => {
                 // The database went away meanwhile: back to the retry loop.
-                return Box::pin(process(pool, verifier, messages, name, metrics, status, shutdown)).await;
+                return Box::pin(process(
+                    pool, verifier, messages, name, metrics, status, shutdown,
+                ))
+                .await;
             }
             Err(e) => {
-                let mut p = plan::Plan { message_count: 1, replayed: m.from_quarantine.into_iter().collect(), ..Default::default() };
+                let mut p = plan::Plan {
+                    message_count: 1,
+                    replayed: m.from_quarantine.into_iter().collect(),
+                    ..Default::default()
+                };
                 p.quarantine.push(plan::QuarantineRow {
                     topic: m.topic.clone(),
                     gateway_id: hailan_proto::topic::parse(&m.topic).and_then(|t| match t {
-                        hailan_proto::topic::Topic::Up { gateway_id } => Some(gateway_id.to_owned()),
+                        hailan_proto::topic::Topic::Up { gateway_id } => {
+                            Some(gateway_id.to_owned())
+                        }
                         hailan_proto::topic::Topic::Status { .. } => None,
                     }),
                     device_id: None,
@@ -155,7 +172,10 @@ async fn isolate(
                 });
                 if let Err(e) = store::write(pool, &p, name).await {
                     tracing::warn!(error = %format!("{e:#}"), "cannot quarantine; retrying the batch");
-                    return Box::pin(process(pool, verifier, messages, name, metrics, status, shutdown)).await;
+                    return Box::pin(process(
+                        pool, verifier, messages, name, metrics, status, shutdown,
+                    ))
+                    .await;
                 }
                 p
             }

@@ -438,8 +438,22 @@ impl IngestProcess {
         gateways: &[&str],
         log_dir: &std::path::Path,
     ) -> Result<IngestProcess> {
-        let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let group = format!("g{}", uuid::Uuid::new_v4().simple());
+        Self::start_with(binary, db, zk, gateways, log_dir, &group, "")
+    }
+
+    /// Like [`IngestProcess::start`], in consumer group `group` (processes of
+    /// one group share the load), with `http_listen` for `/metrics` (empty: off).
+    pub fn start_with(
+        binary: &std::path::Path,
+        db: &TestDb,
+        zk: &DevZk,
+        gateways: &[&str],
+        log_dir: &std::path::Path,
+        group: &str,
+        http_listen: &str,
+    ) -> Result<IngestProcess> {
+        let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let subs: Vec<String> = gateways
             .iter()
             .map(|g| format!("\"$share/{group}/hailan/v1/{g}/up\""))
@@ -465,7 +479,10 @@ impl IngestProcess {
                 "HAILAN_INGEST__ZK__ALLOW_DEV_KEYS".to_owned(),
                 "true".to_owned(),
             ),
-            ("HAILAN_INGEST__HTTP__LISTEN".to_owned(), http_listen.to_owned()),
+            (
+                "HAILAN_INGEST__HTTP__LISTEN".to_owned(),
+                http_listen.to_owned(),
+            ),
             (
                 "HAILAN_INGEST__BATCH__MAX_WAIT_MS".to_owned(),
                 "20".to_owned(),
@@ -635,17 +652,27 @@ pub async fn enrol(pool: &PgPool, gateway: &str) -> Result<uuid::Uuid> {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0); returns (status code, body).
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await?;
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).context("no HTTP status")?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }

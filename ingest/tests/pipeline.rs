@@ -67,12 +67,22 @@ fn unproven(dev: &mut TestDevice, n: usize) -> Vec<Vec<u8>> {
 }
 
 async fn wait_rows(db: &TestDb, extra: &str, n: i64) -> Result<()> {
-    let pool = db.pool.clone();
+    wait_rows_in(&db.pool, extra, n).await
+}
+
+/// Wait for `n` rows; a failing count (the database restarting) is retried.
+async fn wait_rows_in(pool: &sqlx::PgPool, extra: &str, n: i64) -> Result<()> {
+    let pool = pool.clone();
     let extra = extra.to_owned();
     eventually(WAIT, &format!("{n} rows {extra}"), move || {
         let pool = pool.clone();
         let extra = extra.clone();
-        async move { Ok((count_readings(&pool, &extra).await? >= n).then_some(())) }
+        async move {
+            Ok(count_readings(&pool, &extra)
+                .await
+                .is_ok_and(|c| c >= n)
+                .then_some(()))
+        }
     })
     .await
 }
@@ -498,5 +508,117 @@ async fn metrics_and_health_endpoints_report_what_happened() -> Result<()> {
     );
     let (code, ready) = hailan_tests::http_get(port, "/readyz").await?;
     assert_eq!(code, 200, "{ready}");
+    db.drop().await
+}
+
+#[tokio::test]
+async fn postgres_restart_mid_stream_loses_and_doubles_nothing() -> Result<()> {
+    // A cluster of this test's own, so restarting it disturbs no other test.
+    let pg = hailan_tests::PrivatePostgres::start().await?;
+    let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-12";
+    enrol(&pool, gw).await?;
+    let ingest = IngestProcess::start(Path::new(BIN), &pg, &zk, &[gw], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut d = TestDevice::new(gw, "dev-pg-restart", DataType::HeartRate, 12);
+    p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
+        .await?;
+    const N: usize = 3000;
+    let payloads = unproven(&mut d, N);
+    let publish = tokio::spawn(async move { p.publish_all(&topic::up(gw), payloads).await });
+    wait_rows_in(&pool, "", 200).await?;
+    pg.restart()?;
+    publish.await??;
+    wait_rows_in(&pool, "", N as i64).await?;
+    assert_eq!(count_readings(&pool, "").await?, N as i64);
+    let distinct: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
+            .fetch_one(&pool)
+            .await?;
+    assert_eq!(distinct, N as i64);
+    assert!(
+        ingest.log_text().contains("batch not written; retrying"),
+        "the restart never reached ingest (it finished first?):\n{}",
+        ingest.log_text()
+    );
+    Ok(())
+}
+
+fn cli(db: &TestDb, zk: &DevZk, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", &db.url)
+        .env("HAILAN_INGEST__ZK__KEYS_DIR", zk.dir.path())
+        .env("HAILAN_INGEST__ZK__ALLOW_DEV_KEYS", "true")
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn quarantine_is_listed_and_replayed_from_the_cli() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-9"; // not enrolled yet: everything it sends is quarantined
+    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut d = TestDevice::new(gw, "dev-early", DataType::Glucose, 9);
+    p.publish_all(
+        &topic::up(gw),
+        vec![
+            enc(&d.registration()),
+            enc(&d.proven_reading(&zk.reading, &[1040])?),
+        ],
+    )
+    .await?;
+    let pool = db.pool.clone();
+    eventually(WAIT, "two quarantine rows", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 2).then_some(()))
+        }
+    })
+    .await?;
+    let listed = cli(&db, &zk, &["quarantine", "list", "--json"])?;
+    let rows: Vec<serde_json::Value> = listed
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 2);
+    assert!(
+        rows.iter()
+            .all(|r| r["reason"] == "unknown_gateway" && r["gateway_id"] == gw),
+        "{listed}"
+    );
+
+    // The owner enrols the gateway; replaying stores the registration and the reading.
+    enrol(&db.pool, gw).await?;
+    let replayed = cli(
+        &db,
+        &zk,
+        &["quarantine", "replay", "--reason", "unknown_gateway"],
+    )?;
+    assert!(
+        replayed.contains("replayed 2: 1 readings stored"),
+        "{replayed}"
+    );
+    assert_eq!(
+        count_readings(&db.pool, "AND verified AND data_type = 'GLUCOSE'").await?,
+        1
+    );
+    assert_eq!(quarantine_count(&db, "unknown_gateway").await?, 0);
+    // Replaying again finds nothing left.
+    let again = cli(&db, &zk, &["quarantine", "replay"])?;
+    assert!(again.contains("replayed 0"), "{again}");
     db.drop().await
 }

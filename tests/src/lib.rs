@@ -34,6 +34,23 @@ pub fn database_url() -> Result<String> {
         .context("DATABASE_URL is not set and .hailan/env is missing: run `cargo xtask services`")
 }
 
+/// Something ingest can be pointed at.
+pub trait HasUrl {
+    fn url(&self) -> &str;
+}
+
+impl HasUrl for TestDb {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl HasUrl for PrivatePostgres {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
 /// A fresh, migrated database for one test, dropped by [`TestDb::drop`].
 pub struct TestDb {
     pub pool: PgPool,
@@ -433,7 +450,7 @@ impl IngestProcess {
     /// Start `binary run` for `gateways` against `db` with keys from `zk`.
     pub fn start(
         binary: &std::path::Path,
-        db: &TestDb,
+        db: &impl HasUrl,
         zk: &DevZk,
         gateways: &[&str],
         log_dir: &std::path::Path,
@@ -446,7 +463,7 @@ impl IngestProcess {
     /// one group share the load), with `http_listen` for `/metrics` (empty: off).
     pub fn start_with(
         binary: &std::path::Path,
-        db: &TestDb,
+        db: &impl HasUrl,
         zk: &DevZk,
         gateways: &[&str],
         log_dir: &std::path::Path,
@@ -460,7 +477,7 @@ impl IngestProcess {
             .collect();
         let (host, port) = mqtt_host_port();
         let env = vec![
-            ("DATABASE_URL".to_owned(), db.url.clone()),
+            ("DATABASE_URL".to_owned(), db.url().to_owned()),
             ("HAILAN_INGEST__MQTT__HOST".to_owned(), host),
             ("HAILAN_INGEST__MQTT__PORT".to_owned(), port.to_string()),
             (
@@ -675,4 +692,129 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+// ------------------------------------------------------------------ private PostgreSQL
+
+/// A PostgreSQL 15 cluster of one test's own (initdb in a temporary
+/// directory, its own port), so a test can restart or kill it without
+/// disturbing the others. Runs as the `postgres` account when the test runs
+/// as root. Stopped (immediate) and deleted on drop.
+pub struct PrivatePostgres {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(program: &str) -> std::process::Command {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
+        c
+    } else {
+        std::process::Command::new(format!("{PG_BIN}/{program}"))
+    }
+}
+
+fn checked(mut c: std::process::Command, what: &str) -> Result<()> {
+    let out = c
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+impl PrivatePostgres {
+    /// initdb, start, create role `hailan` (password `hailan`) and database `hailan`, migrate.
+    pub async fn start() -> Result<PrivatePostgres> {
+        let dir = tempfile::Builder::new().prefix("hailan-pg-").tempdir()?;
+        std::process::Command::new("chmod")
+            .arg("777")
+            .arg(dir.path())
+            .status()?;
+        let data = dir.path().join("data");
+        let port = free_port()?;
+        let mut init = as_postgres("initdb");
+        init.args(["-D"]).arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        checked(init, "initdb")?;
+        let pg = PrivatePostgres {
+            url: format!("postgres://hailan:hailan@127.0.0.1:{port}/hailan"),
+            dir,
+            port,
+        };
+        pg.pg_ctl(&["start", "-w", "-t", "30"])?;
+        let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        let mut c = PgConnection::connect(&admin).await?;
+        c.execute("CREATE ROLE hailan LOGIN PASSWORD 'hailan' CREATEDB CREATEROLE")
+            .await?;
+        c.execute("CREATE DATABASE hailan OWNER hailan").await?;
+        c.close().await?;
+        let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+        hailan_ingest::db::migrate(&pool).await?;
+        pool.close().await;
+        Ok(pg)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
+        let mut c = as_postgres("pg_ctl");
+        c.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -h 127.0.0.1",
+                self.port,
+                self.dir.path().display()
+            ));
+        c.args(args);
+        checked(c, &format!("pg_ctl {}", args.join(" ")))
+    }
+
+    /// Stop (fast: connections are cut) and start again; waits until it accepts connections.
+    pub fn restart(&self) -> Result<()> {
+        self.pg_ctl(&["restart", "-m", "fast", "-w", "-t", "30"])
+    }
+
+    /// Stop (fast).
+    pub fn stop(&self) -> Result<()> {
+        self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "30"])
+    }
+
+    /// Start a stopped cluster.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl(&["start", "-w", "-t", "30"])
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]);
+    }
 }

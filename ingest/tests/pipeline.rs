@@ -87,6 +87,44 @@ async fn wait_rows_in(pool: &sqlx::PgPool, extra: &str, n: i64) -> Result<()> {
     .await
 }
 
+/// What most tests start from: a fresh database with `gw` enrolled, dev
+/// keys, a running consumer for `gw`, and a publisher logged in as `gw`.
+struct Rig {
+    db: TestDb,
+    zk: DevZk,
+    _logs: tempfile::TempDir,
+    ingest: IngestProcess,
+    publisher: Publisher,
+}
+
+async fn rig(gw: &str) -> Result<Rig> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    enrol(&db.pool, gw).await?;
+    let ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let publisher = Publisher::connect(gw).await?;
+    Ok(Rig {
+        db,
+        zk,
+        _logs: logs,
+        ingest,
+        publisher,
+    })
+}
+
+/// Exactly `n` readings, `n` distinct seqs, in `partition`.
+async fn assert_exactly(pool: &sqlx::PgPool, partition: &str, n: usize) -> Result<()> {
+    assert_eq!(count_readings(pool, "").await?, n as i64);
+    let distinct: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(DISTINCT seq) FROM health_data_{partition}"
+    )))
+    .fetch_one(pool)
+    .await?;
+    assert_eq!(distinct, n as i64);
+    Ok(())
+}
+
 async fn quarantine_count(db: &TestDb, reason: &str) -> Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = $1")
@@ -98,13 +136,14 @@ async fn quarantine_count(db: &TestDb, reason: &str) -> Result<i64> {
 
 #[tokio::test]
 async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
-    let db = TestDb::create().await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
     let gw = "gw-test-1";
-    enrol(&db.pool, gw).await?;
-    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut publisher = Publisher::connect(gw).await?;
+    let Rig {
+        db,
+        zk,
+        _logs,
+        ingest: _ingest,
+        mut publisher,
+    } = rig(gw).await?;
 
     let mut payloads = Vec::new();
     let mut devices = Vec::new();
@@ -272,13 +311,14 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
 
 #[tokio::test]
 async fn the_same_message_twice_is_one_row() -> Result<()> {
-    let db = TestDb::create().await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
     let gw = "gw-test-4";
-    enrol(&db.pool, gw).await?;
-    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut p = Publisher::connect(gw).await?;
+    let Rig {
+        db,
+        zk,
+        _logs,
+        ingest: _ingest,
+        publisher: mut p,
+    } = rig(gw).await?;
     let mut d = TestDevice::new(gw, "dev-scale", DataType::BodyWeight, 4);
     let reading = enc(&d.proven_reading(&zk.reading, &[72_400])?);
     p.publish_all(
@@ -297,13 +337,14 @@ async fn the_same_message_twice_is_one_row() -> Result<()> {
 
 #[tokio::test]
 async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()> {
-    let db = TestDb::create().await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
     let gw = "gw-test-5";
-    enrol(&db.pool, gw).await?;
-    let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut p = Publisher::connect(gw).await?;
+    let Rig {
+        db,
+        zk: _,
+        _logs,
+        mut ingest,
+        publisher: mut p,
+    } = rig(gw).await?;
     let mut d = TestDevice::new(gw, "dev-hr-kill", DataType::HeartRate, 5);
     p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
         .await?;
@@ -321,12 +362,7 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
         at_kill < N as i64,
         "the kill came too late to test anything ({at_kill} rows)"
     );
-    assert_eq!(count_readings(&db.pool, "").await?, N as i64);
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
-            .fetch_one(&db.pool)
-            .await?;
-    assert_eq!(distinct, N as i64);
+    assert_exactly(&db.pool, "heart_rate", N).await?;
     let (status, missing): (String, i64) = sqlx::query_as(
         "SELECT sync_status, missing_seqs FROM iot_devices WHERE device_id = 'dev-hr-kill'",
     )
@@ -338,13 +374,14 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
 
 #[tokio::test]
 async fn an_outage_longer_than_mosquittos_default_queue_loses_nothing() -> Result<()> {
-    let db = TestDb::create().await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
     let gw = "gw-test-6";
-    enrol(&db.pool, gw).await?;
-    let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut p = Publisher::connect(gw).await?;
+    let Rig {
+        db,
+        zk: _,
+        _logs,
+        mut ingest,
+        publisher: mut p,
+    } = rig(gw).await?;
     let mut d = TestDevice::new(gw, "dev-ox-outage", DataType::Spo2, 6);
     p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
         .await?;
@@ -453,12 +490,7 @@ async fn two_processes_share_the_load_and_one_killed_loses_nothing() -> Result<(
     // until it comes back (as systemd's Restart= brings it back).
     a.restart()?;
     wait_rows(&db, "", N as i64).await?;
-    assert_eq!(count_readings(&db.pool, "").await?, N as i64);
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
-            .fetch_one(&db.pool)
-            .await?;
-    assert_eq!(distinct, N as i64);
+    assert_exactly(&db.pool, "heart_rate", N).await?;
     db.drop().await
 }
 
@@ -532,12 +564,7 @@ async fn postgres_restart_mid_stream_loses_and_doubles_nothing() -> Result<()> {
     pg.restart()?;
     publish.await??;
     wait_rows_in(&pool, "", N as i64).await?;
-    assert_eq!(count_readings(&pool, "").await?, N as i64);
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT seq) FROM health_data_heart_rate")
-            .fetch_one(&pool)
-            .await?;
-    assert_eq!(distinct, N as i64);
+    assert_exactly(&pool, "heart_rate", N).await?;
     assert!(
         ingest.log_text().contains("batch not written; retrying"),
         "the restart never reached ingest (it finished first?):\n{}",

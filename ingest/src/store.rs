@@ -3,9 +3,9 @@
 //! Set-based: each kind of row is one `INSERT … SELECT FROM UNNEST(…)`.
 //! Readings are idempotent on the reading key (a bare `ON CONFLICT DO
 //! NOTHING`: ingest has no SELECT on `health_data`), so a redelivered
-//! message changes nothing. Device rows are locked in id order, which keeps
-//! two ingest processes writing the same device from deadlocking and makes
-//! the seq-range bookkeeping exact.
+//! message changes nothing. Device rows are locked first, in id order, which
+//! keeps two ingest processes writing the same device from deadlocking and
+//! makes the seq-range bookkeeping exact.
 
 use crate::plan::{Plan, ReadingRow};
 use anyhow::{Context, Result};
@@ -51,6 +51,9 @@ pub async fn write(pool: &PgPool, plan: &Plan, verifier_name: &str) -> Result<Wr
     sqlx::query("SET LOCAL ROLE hailan_ingest")
         .execute(&mut *tx)
         .await?;
+    lock_devices(&mut tx, plan)
+        .await
+        .context("locking devices")?;
     write_devices(&mut tx, plan)
         .await
         .context("writing registrations")?;
@@ -75,6 +78,30 @@ pub async fn write(pool: &PgPool, plan: &Plan, verifier_name: &str) -> Result<Wr
         readings_duplicate: plan.readings.len() as u64 - new,
         quarantined,
     })
+}
+
+/// Lock every existing device the plan touches, in id order, before
+/// anything else. `FOR NO KEY UPDATE` serialises concurrent batches of one
+/// device (so the seq-range bookkeeping is exact) without conflicting with
+/// the `FOR KEY SHARE` locks that the readings' foreign keys take — with
+/// `FOR UPDATE` taken late, two consumers deadlocked on exactly that.
+async fn lock_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()> {
+    let ids: BTreeSet<Uuid> = plan
+        .readings
+        .iter()
+        .map(|r| r.device)
+        .chain(plan.states.iter().map(|s| s.device))
+        .chain(plan.devices.iter().filter(|d| !d.new).map(|d| d.id))
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    sqlx::query("SELECT id FROM iot_devices WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 async fn write_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()> {
@@ -302,13 +329,8 @@ async fn write_seq_ranges(tx: &mut Transaction<'_, Postgres>, rows: &[ReadingRow
     if seqs.is_empty() {
         return Ok(());
     }
+    // The devices are locked already (`lock_devices`).
     let ids: Vec<Uuid> = seqs.keys().copied().collect();
-    // Lock the devices (in id order) so concurrent batches of one device
-    // serialise here.
-    sqlx::query("SELECT id FROM iot_devices WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind(&ids)
-        .execute(&mut **tx)
-        .await?;
     let existing: Vec<(Uuid, i64, i64)> =
         sqlx::query_as("SELECT device_id, lo, hi FROM device_seq_ranges WHERE device_id = ANY($1)")
             .bind(&ids)

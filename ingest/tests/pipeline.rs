@@ -626,3 +626,32 @@ async fn quarantine_is_listed_and_replayed_from_the_cli() -> Result<()> {
     assert!(again.contains("replayed 0"), "{again}");
     db.drop().await
 }
+
+#[tokio::test]
+async fn two_processes_share_the_load_and_one_killed_loses_nothing() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-test-10";
+    enrol(&db.pool, gw).await?;
+    let group = format!("g{}", uuid::Uuid::new_v4().simple());
+    let mut a =
+        IngestProcess::start_with(Path::new(BIN), &db, &zk, &[gw], logs.path(), &group, "")?;
+    let _b = IngestProcess::start_with(Path::new(BIN), &db, &zk, &[gw], logs.path(), &group, "")?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut d = TestDevice::new(gw, "dev-shared", DataType::HeartRate, 10);
+    p.publish_all(&topic::up(gw), vec![enc(&d.registration())])
+        .await?;
+    const N: usize = 3000;
+    let payloads = unproven(&mut d, N);
+    let publish = tokio::spawn(async move { p.publish_all(&topic::up(gw), payloads).await });
+    wait_rows(&db, "", 300).await?;
+    a.kill9()?;
+    publish.await??;
+    // What the broker had sent to the killed process waits in its session
+    // until it comes back (as systemd's Restart= brings it back).
+    a.restart()?;
+    wait_rows(&db, "", N as i64).await?;
+    assert_exactly(&db.pool, "heart_rate", N).await?;
+    db.drop().await
+}

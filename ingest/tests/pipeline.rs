@@ -241,6 +241,13 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     let mut foreign = good.state(50, 1);
     foreign.gateway_id = "gw-test-9".into(); // envelope names another gateway
     payloads.push(enc(&foreign));
+    // A proven reading whose header was changed after proving (its time):
+    // the context no longer matches, so the proof fails.
+    let mut moved = good.proven_reading(&zk.reading, &[960, 66])?;
+    if let Body::Readings(b) = &mut moved.body {
+        b.groups[0].readings[0].recorded_at_ms += 1;
+    }
+    payloads.push(enc(&moved));
     let mut v2 = good.state(50, 1);
     v2.v = 2;
     payloads.push(enc(&v2));
@@ -258,7 +265,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
                 .fetch_one(&pool)
                 .await?;
-            Ok((n >= 8).then_some(()))
+            Ok((n >= 9).then_some(()))
         }
     })
     .await?;
@@ -267,7 +274,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
         ("oversize", 1),
         ("unknown_device", 1),
         ("device_key_mismatch", 1),
-        ("bad_proof", 1),
+        ("bad_proof", 2),
         ("gateway_mismatch", 1),
         ("unsupported_version", 1),
         ("unknown_gateway", 1),
@@ -277,7 +284,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     // Exactly one good reading stored, verified; the forged one is not there.
     assert_eq!(count_readings(&db.pool, "").await?, 1);
     assert_eq!(
-        count_readings(&db.pool, "AND verified AND seq = 1").await?,
+        count_readings(&db.pool, "AND verified AND seq = 2").await?,
         1
     );
 
@@ -305,7 +312,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     )
     .fetch_one(&db.pool)
     .await?;
-    assert_eq!(kept, 7);
+    assert_eq!(kept, 8);
     db.drop().await
 }
 

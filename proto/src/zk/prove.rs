@@ -236,6 +236,28 @@ fn check_bounds(values: &[u32], bounds: impl Iterator<Item = (u32, u32)>) -> Res
     Ok(())
 }
 
+/// The key proves `needed` statements, and the header names `data_type`.
+fn check_inputs(
+    pk: &ProvingKey,
+    needed: ProofKind,
+    header_type: &str,
+    data_type: DataType,
+) -> Result<(), ZkError> {
+    if pk.kind() != needed {
+        return Err(ZkError::WrongKey {
+            key: pk.kind(),
+            needed,
+        });
+    }
+    if header_type != data_type.as_str() {
+        return Err(ZkError::HeaderMismatch {
+            header: header_type.to_owned(),
+            values: data_type.as_str(),
+        });
+    }
+    Ok(())
+}
+
 /// Proves one reading (single thread, ≈ tens of ms: call it off any async
 /// runtime). The bounds proven are the data type's table bounds (DESIGN §3),
 /// which ingest's policy must equal. An out-of-bounds value is refused here
@@ -248,18 +270,7 @@ pub fn prove_reading(
     header: &ReadingHeader,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<ReadingProof, ZkError> {
-    if pk.kind() != ProofKind::Reading {
-        return Err(ZkError::WrongKey {
-            key: pk.kind(),
-            needed: ProofKind::Reading,
-        });
-    }
-    if header.data_type != data_type.as_str() {
-        return Err(ZkError::HeaderMismatch {
-            header: header.data_type.to_owned(),
-            values: data_type.as_str(),
-        });
-    }
+    check_inputs(pk, ProofKind::Reading, header.data_type, data_type)?;
     let values = padded_slots(data_type, slots)?;
     let spec = data_type.spec();
     check_bounds(slots, spec.slots.iter().map(|s| (s.lo, s.hi)))?;
@@ -307,18 +318,7 @@ pub fn prove_window(
     header: &WindowHeader,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<WindowProof, ZkError> {
-    if pk.kind() != ProofKind::Window {
-        return Err(ZkError::WrongKey {
-            key: pk.kind(),
-            needed: ProofKind::Window,
-        });
-    }
-    if header.data_type != data_type.as_str() {
-        return Err(ZkError::HeaderMismatch {
-            header: header.data_type.to_owned(),
-            values: data_type.as_str(),
-        });
-    }
+    check_inputs(pk, ProofKind::Window, header.data_type, data_type)?;
     if !windowable(data_type) {
         return Err(ZkError::NotWindowable(data_type.as_str()));
     }

@@ -248,6 +248,22 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
         b.groups[0].readings[0].recorded_at_ms += 1;
     }
     payloads.push(enc(&moved));
+    // Proofs that cannot even be checked: an unknown key, the window key
+    // named for a single reading, and bytes that are no proof.
+    for (i, tamper) in [
+        |g: &mut envelope::ProvenGroup, _: [u8; 32]| g.key_id = [9; 32],
+        |g: &mut envelope::ProvenGroup, window_key: [u8; 32]| g.key_id = window_key,
+        |g: &mut envelope::ProvenGroup, _: [u8; 32]| g.proof = Some(vec![0xFF; 128]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = good.proven_reading(&zk.reading, &[950 + i as u32, 60])?;
+        if let Body::Readings(b) = &mut e.body {
+            tamper(&mut b.groups[0], zk.window.id().0);
+        }
+        payloads.push(enc(&e));
+    }
     let mut v2 = good.state(50, 1);
     v2.v = 2;
     payloads.push(enc(&v2));
@@ -265,7 +281,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
                 .fetch_one(&pool)
                 .await?;
-            Ok((n >= 9).then_some(()))
+            Ok((n >= 12).then_some(()))
         }
     })
     .await?;
@@ -275,6 +291,9 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
         ("unknown_device", 1),
         ("device_key_mismatch", 1),
         ("bad_proof", 2),
+        ("unknown_key", 1),
+        ("key_kind_mismatch", 1),
+        ("malformed_proof", 1),
         ("gateway_mismatch", 1),
         ("unsupported_version", 1),
         ("unknown_gateway", 1),
@@ -284,7 +303,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     // Exactly one good reading stored, verified; the forged one is not there.
     assert_eq!(count_readings(&db.pool, "").await?, 1);
     assert_eq!(
-        count_readings(&db.pool, "AND verified AND seq = 2").await?,
+        count_readings(&db.pool, "AND verified AND seq = 5").await?,
         1
     );
 
@@ -312,7 +331,7 @@ async fn bad_input_is_quarantined_with_its_reason_and_the_rest_flows() -> Result
     )
     .fetch_one(&db.pool)
     .await?;
-    assert_eq!(kept, 8);
+    assert_eq!(kept, 11);
     db.drop().await
 }
 

@@ -10,6 +10,10 @@ use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use std::path::PathBuf;
 
+fn log_note(msg: &str) {
+    eprintln!("hailan-tests: {msg}");
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -97,16 +101,27 @@ impl TestDb {
     }
 
     /// Close the pool and drop the database.
+    ///
+    /// A consumer still running may be opening a connection at that moment;
+    /// PostgreSQL refuses to terminate a backend that has not authenticated
+    /// yet ("must be a member of the role whose process is being
+    /// terminated"), so the drop is retried a few times.
     pub async fn drop(self) -> Result<()> {
         self.pool.close().await;
         let mut admin = PgConnection::connect(&self.admin_url).await?;
-        admin
-            .execute(AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .await?;
-        Ok(())
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let mut attempt = 0;
+        loop {
+            match admin.execute(AssertSqlSafe(sql.clone())).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt < 50 => {
+                    attempt += 1;
+                    log_note(&format!("retrying {sql}: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 

@@ -189,6 +189,7 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
         zk: ZkConfig {
             keys_dir: zk.dir.path().to_owned(),
             allow_dev_keys: true,
+            batch_weight_bits: 128,
         },
         http: HttpConfig {
             listen: String::new(),

@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::plan::{self, Message};
 use crate::{quarantine, store};
 use anyhow::{Context, Result};
-use hailan_proto::zk::{DevKeys, Policy, Verifier};
+use hailan_proto::zk::{BatchWeights, DevKeys, Policy, Verifier};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -47,8 +47,14 @@ pub fn load_verifier(cfg: &IngestConfig) -> Result<Verifier> {
     } else {
         DevKeys::Refuse
     };
-    Verifier::new(keys, Policy::from_spec(), dev)
-        .map_err(|e| anyhow::anyhow!("zk: {e} (set zk.allow_dev_keys only for development)"))
+    let weights = if cfg.zk.batch_weight_bits == 64 {
+        BatchWeights::Bits64
+    } else {
+        BatchWeights::Bits128
+    };
+    Ok(Verifier::new(keys, Policy::from_spec(), dev)
+        .map_err(|e| anyhow::anyhow!("zk: {e} (set zk.allow_dev_keys only for development)"))?
+        .with_batch_weights(weights))
 }
 
 /// Whether an error came from the database (or the connection to it), as

@@ -89,23 +89,10 @@ impl Cmd {
 
     /// Run, inheriting stdout/stderr unless quiet; fail on a non-zero exit.
     pub fn run(mut self) -> Result<()> {
-        let what = self.describe();
         if self.quiet {
-            let out = self
-                .inner
-                .stdin(Stdio::null())
-                .output()
-                .with_context(|| format!("cannot run `{what}`"))?;
-            if !out.status.success() {
-                bail!(
-                    "`{what}` failed ({}):\n{}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            return Ok(());
+            return self.output().map(drop);
         }
+        let what = self.describe();
         let status = self
             .inner
             .stdin(Stdio::null())
@@ -117,7 +104,8 @@ impl Cmd {
         Ok(())
     }
 
-    /// Run and return stdout; fail (with stderr) on a non-zero exit.
+    /// Run capturing output and return stdout; on a non-zero exit, fail
+    /// with everything the command printed.
     pub fn output(mut self) -> Result<String> {
         let what = self.describe();
         let out = self
@@ -127,8 +115,9 @@ impl Cmd {
             .with_context(|| format!("cannot run `{what}`"))?;
         if !out.status.success() {
             bail!(
-                "`{what}` failed ({}): {}",
+                "`{what}` failed ({}):\n{}{}",
                 out.status,
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
         }

@@ -287,30 +287,13 @@ impl ProvingKey {
 
     /// Key-file bytes: header then the arkworks key, compressed.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_header(&mut out, PK_MAGIC, self.kind, self.origin);
-        self.pk
-            .serialize_compressed(&mut out)
-            .expect("serialising into a Vec cannot fail");
-        out
+        encode_key_file(PK_MAGIC, self.kind, self.origin, &self.pk)
     }
 
     /// Parses [`Self::to_bytes`], with curve and subgroup checks.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
-        let (kind, origin, rest) = read_header(bytes, PK_MAGIC)?;
-        let mut reader = rest;
-        let pk = ark_groth16::ProvingKey::<Bn254>::deserialize_with_mode(
-            &mut reader,
-            Compress::Yes,
-            Validate::Yes,
-        )
-        .map_err(|e| ZkError::MalformedKey(e.to_string()))?;
-        if !reader.is_empty() {
-            return Err(ZkError::MalformedKey(format!(
-                "{} trailing bytes",
-                reader.len()
-            )));
-        }
+        let (kind, origin, pk) =
+            decode_key_file::<ark_groth16::ProvingKey<Bn254>>(bytes, PK_MAGIC)?;
         Self::from_parts(kind, origin, pk)
     }
 }
@@ -369,32 +352,14 @@ impl VerifyingKey {
 
     /// Key-file bytes: header then the arkworks key, compressed.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        write_header(&mut out, VK_MAGIC, self.kind, self.origin);
-        self.pvk
-            .vk
-            .serialize_compressed(&mut out)
-            .expect("serialising into a Vec cannot fail");
-        out
+        encode_key_file(VK_MAGIC, self.kind, self.origin, &self.pvk.vk)
     }
 
     /// Parses [`Self::to_bytes`], with curve and subgroup checks, and checks
     /// the key has the public-input count of its statement.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
-        let (kind, origin, rest) = read_header(bytes, VK_MAGIC)?;
-        let mut reader = rest;
-        let vk = ark_groth16::VerifyingKey::<Bn254>::deserialize_with_mode(
-            &mut reader,
-            Compress::Yes,
-            Validate::Yes,
-        )
-        .map_err(|e| ZkError::MalformedKey(e.to_string()))?;
-        if !reader.is_empty() {
-            return Err(ZkError::MalformedKey(format!(
-                "{} trailing bytes",
-                reader.len()
-            )));
-        }
+        let (kind, origin, vk) =
+            decode_key_file::<ark_groth16::VerifyingKey<Bn254>>(bytes, VK_MAGIC)?;
         if vk.gamma_abc_g1.len() != public_input_count(kind) + 1 {
             return Err(ZkError::MalformedKey(format!(
                 "a {} key has {} public inputs, this one {}",
@@ -405,4 +370,35 @@ impl VerifyingKey {
         }
         Ok(Self::from_parts(kind, origin, vk))
     }
+}
+
+/// Key-file bytes: the header, then the arkworks key compressed.
+fn encode_key_file(
+    magic: &[u8; 8],
+    kind: ProofKind,
+    origin: KeyOrigin,
+    key: &impl CanonicalSerialize,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_header(&mut out, magic, kind, origin);
+    key.serialize_compressed(&mut out)
+        .expect("serialising into a Vec cannot fail");
+    out
+}
+
+/// Parses [`encode_key_file`] with curve and subgroup checks; no trailing bytes.
+fn decode_key_file<T: CanonicalDeserialize>(
+    bytes: &[u8],
+    magic: &[u8; 8],
+) -> Result<(ProofKind, KeyOrigin, T), ZkError> {
+    let (kind, origin, mut reader) = read_header(bytes, magic)?;
+    let key = T::deserialize_with_mode(&mut reader, Compress::Yes, Validate::Yes)
+        .map_err(|e| ZkError::MalformedKey(e.to_string()))?;
+    if !reader.is_empty() {
+        return Err(ZkError::MalformedKey(format!(
+            "{} trailing bytes",
+            reader.len()
+        )));
+    }
+    Ok((kind, origin, key))
 }

@@ -1,8 +1,25 @@
 //! hailan-gateway: the edge daemon that turns BLE health measurements into
 //! sealed, proven readings and publishes them (DESIGN §1, §7).
 //!
-//! The BLE sessions, outbox and MQTT publisher arrive with the gateway issue;
-//! for now the crate holds the command-line surface so the binary builds.
+//! - [`ble`]: adapter, scanning with a stall watchdog, device sessions, pairing.
+//! - [`pipeline`]: decode → slots → window → prove and seal → outbox.
+//! - [`store`]: the durable state (devices, secrets, seq counters, outbox).
+//! - [`publisher`]: outbox → MQTT QoS 1, removed on PUBACK.
+//! - [`daemon`]: `run`, wiring the above with systemd notify and one shutdown signal.
+//! - [`owner`]: the owner's commands (`init`, `scan`, `pair`, `devices`, `forget`, `status`).
+//! - [`config`], [`keys`], [`metrics`], [`health`]: configuration, key material,
+//!   Prometheus metrics, watchdog beats.
+
+pub mod ble;
+pub mod config;
+pub mod daemon;
+pub mod health;
+pub mod keys;
+pub mod metrics;
+pub mod owner;
+pub mod pipeline;
+pub mod publisher;
+pub mod store;
 
 /// The gateway's version string, as printed by `hailan-gateway --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

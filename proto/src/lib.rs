@@ -6,6 +6,7 @@
 //! - [`envelope`]: the versioned MQTT envelope and its one CBOR codec (§4).
 //! - [`topic`]: MQTT topic names.
 //! - [`header`]: canonical reading/window headers and the proof context `x` (§5.1).
+//! - [`group`]: taken readings → proven, sealed groups (one assembly for every publisher).
 //! - [`seal`]: AES-256-GCM sealing of values with the header as associated data.
 //! - [`gatt`]: Bluetooth SIG measurement codecs.
 //! - [`zk`]: the Groth16 statement, prover and batch verifier (§5).
@@ -13,6 +14,7 @@
 pub mod data_type;
 pub mod envelope;
 pub mod gatt;
+pub mod group;
 pub mod header;
 pub mod seal;
 pub mod topic;

@@ -5,6 +5,8 @@
 //! (and writes them to `.hailan/env`, which is read when the variables are
 //! not set, so `cargo nextest run` works on its own after set-up).
 
+pub mod gateway;
+
 use anyhow::{Context, Result};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
@@ -226,12 +228,13 @@ impl Drop for Publisher {
 
 // ------------------------------------------------------------------ ZK and devices
 
+use hailan_proto::DataType;
 use hailan_proto::envelope::{
-    Body, DeviceState, Envelope, ProofKind, ProvenGroup, Reading, ReadingBatch, Registration,
+    Body, DeviceState, Envelope, ProvenGroup, ReadingBatch, Registration,
 };
-use hailan_proto::seal::{DataKey, SealedValue};
-use hailan_proto::zk::{DeviceSecret, ProvingKey, device_commitment, prove_reading, prove_window};
-use hailan_proto::{DataType, ReadingHeader, WindowHeader};
+use hailan_proto::group::Taken;
+use hailan_proto::seal::DataKey;
+use hailan_proto::zk::{DeviceSecret, ProvingKey, device_commitment};
 use rand::SeedableRng;
 
 /// Development zk keys in a temporary directory (what `zk.keys_dir` names).
@@ -326,116 +329,54 @@ impl TestDevice {
         }))
     }
 
+    fn prover<'a>(&'a self, pk: &'a ProvingKey) -> hailan_proto::group::Prover<'a> {
+        hailan_proto::group::Prover {
+            pk,
+            secret: &self.secret,
+            data_key: &self.key,
+            gateway_id: &self.gateway_id,
+            device_id: &self.device_id,
+            data_type: self.data_type,
+        }
+    }
+
+    fn batch(&self, group: ProvenGroup) -> Envelope {
+        self.envelope(Body::Readings(ReadingBatch {
+            device_id: self.device_id.clone(),
+            groups: vec![group],
+        }))
+    }
+
     /// One reading with its own proof (the next seq, one second apart).
     pub fn proven_reading(&mut self, pk: &ProvingKey, slots: &[u32]) -> Result<Envelope> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let t = T0_MS + 1000 * seq as i64;
-        let dt = self.data_type.as_str();
-        let header = ReadingHeader {
-            gateway_id: &self.gateway_id,
-            device_id: &self.device_id,
-            data_type: dt,
-            seq,
-            recorded_at_ms: t,
-        };
-        let proof = prove_reading(
-            pk,
-            &self.secret,
-            self.data_type,
-            slots,
-            &header,
-            &mut self.rng,
-        )?;
-        let value = SealedValue {
-            slots: slots.to_vec(),
-            blinding: proof.blinding,
-            position: 0,
-            original_unit: None,
-            extras: Default::default(),
-        };
-        let sealed = hailan_proto::seal::seal(&self.key, &header, &value, &mut self.rng);
-        let group = ProvenGroup {
-            kind: ProofKind::Reading,
-            key_id: pk.id().0,
-            commitment: proof.commitment,
-            proof: Some(proof.proof.to_vec()),
-            no_proof_reason: None,
-            readings: vec![Reading {
-                seq,
-                data_type: dt.into(),
-                recorded_at_ms: t,
-                sealed,
-            }],
-        };
-        Ok(self.envelope(Body::Readings(ReadingBatch {
-            device_id: self.device_id.clone(),
-            groups: vec![group],
-        })))
+        let taken = Taken::new(T0_MS + 1000 * seq as i64, slots.to_vec());
+        let mut rng = self.rng.clone();
+        let group = self.prover(pk).reading(seq, &taken, &mut rng);
+        self.rng = rng;
+        if let Some(reason) = &group.no_proof_reason {
+            anyhow::bail!("not provable: {reason}");
+        }
+        Ok(self.batch(group))
     }
 
     /// A window of one-slot readings, one per second, with one proof.
     pub fn proven_window(&mut self, pk: &ProvingKey, values: &[u32]) -> Result<Envelope> {
         let first = self.next_seq;
         self.next_seq += values.len() as u64;
-        let start = T0_MS + 1000 * first as i64;
-        let dt = self.data_type.as_str();
-        let header = WindowHeader {
-            gateway_id: &self.gateway_id,
-            device_id: &self.device_id,
-            data_type: dt,
-            first_seq: first,
-            start_ms: start,
-            offsets_ms: (0..values.len() as u32).map(|i| i * 1000).collect(),
-        };
-        let proof = prove_window(
-            pk,
-            &self.secret,
-            self.data_type,
-            values,
-            &header,
-            &mut self.rng,
-        )?;
-        let readings = values
+        let taken: Vec<Taken> = values
             .iter()
             .enumerate()
-            .map(|(i, v)| {
-                let seq = first + i as u64;
-                let t = start + 1000 * i as i64;
-                let h = ReadingHeader {
-                    gateway_id: &self.gateway_id,
-                    device_id: &self.device_id,
-                    data_type: dt,
-                    seq,
-                    recorded_at_ms: t,
-                };
-                let value = SealedValue {
-                    slots: vec![*v],
-                    blinding: proof.blinding,
-                    position: i as u16,
-                    original_unit: None,
-                    extras: Default::default(),
-                };
-                Reading {
-                    seq,
-                    data_type: dt.into(),
-                    recorded_at_ms: t,
-                    sealed: hailan_proto::seal::seal(&self.key, &h, &value, &mut self.rng),
-                }
-            })
+            .map(|(i, v)| Taken::new(T0_MS + 1000 * (first + i as u64) as i64, vec![*v]))
             .collect();
-        let group = ProvenGroup {
-            kind: ProofKind::Window,
-            key_id: pk.id().0,
-            commitment: proof.commitment,
-            proof: Some(proof.proof.to_vec()),
-            no_proof_reason: None,
-            readings,
-        };
-        Ok(self.envelope(Body::Readings(ReadingBatch {
-            device_id: self.device_id.clone(),
-            groups: vec![group],
-        })))
+        let mut rng = self.rng.clone();
+        let group = self.prover(pk).window(first, &taken, &mut rng);
+        self.rng = rng;
+        if let Some(reason) = &group.no_proof_reason {
+            anyhow::bail!("not provable: {reason}");
+        }
+        Ok(self.batch(group))
     }
 }
 

@@ -77,6 +77,14 @@ const MQTT_USERS: &[&str] = &[
     "gw-test-10",
     "gw-test-11",
     "gw-test-12",
+    "gw-e2e-1",
+    "gw-e2e-2",
+    "gw-e2e-3",
+    "gw-e2e-4",
+    "gw-e2e-5",
+    "gw-e2e-6",
+    "gw-e2e-7",
+    "gw-e2e-8",
 ];
 
 /// (command or file that must exist, Debian package that provides it)

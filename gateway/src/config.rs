@@ -1,0 +1,395 @@
+//! Gateway configuration: `/etc/hailan/gateway.toml` (or `--config FILE`)
+//! overlaid by environment variables `HAILAN_GATEWAY__SECTION__KEY` (e.g.
+//! `HAILAN_GATEWAY__MQTT__HOST`). A bad value is one error naming its key;
+//! secret files that others can read are refused.
+
+use anyhow::{Context, Result, bail};
+use hailan_proto::DataType;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The default configuration file.
+pub const DEFAULT_FILE: &str = "/etc/hailan/gateway.toml";
+
+/// Everything the gateway reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// This gateway's id: its MQTT topic (`hailan/v1/{id}/up`), default MQTT
+    /// user and client id, and the name ingest enrolled it under.
+    pub gateway_id: String,
+    /// Where the database (devices, secrets, outbox) lives.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub ble: BleSection,
+    #[serde(default)]
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where `/metrics` listens (e.g. `127.0.0.1:9465`); empty = off.
+    pub listen: String,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/hailan-gateway")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub host: String,
+    pub port: u16,
+    /// Default: the gateway id. Fixed, so the broker keeps the session.
+    pub client_id: Option<String>,
+    /// Default: the gateway id (the broker ACL lets user `u` write only `hailan/v1/u/#`).
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// A file holding the password (refused if group/world-readable).
+    pub password_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the broker: when set, connect over TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM) for TLS client authentication.
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub keep_alive_s: u64,
+    /// Most unacknowledged publishes in flight.
+    pub max_inflight: u16,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            keep_alive_s: 30,
+            max_inflight: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BleSection {
+    /// Adapter name (`hci0`); empty = the first one.
+    pub adapter: String,
+    /// Simultaneous connection attempts (the rest wait in a queue).
+    pub max_connections: usize,
+    pub battery_interval_s: u64,
+    /// No discovery event for this long while scanning = a stalled scanner.
+    pub scan_stall_s: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub pair_timeout_s: u64,
+}
+
+impl Default for BleSection {
+    fn default() -> Self {
+        BleSection {
+            adapter: String::new(),
+            max_connections: 4,
+            battery_interval_s: 300,
+            scan_stall_s: 30,
+            reconnect_min_ms: 1000,
+            reconnect_max_ms: 60_000,
+            pair_timeout_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeysConfig {
+    /// The owner's AES-256 data key: 64 hex characters (`hailan-gateway init` writes one).
+    pub data_key_file: PathBuf,
+    /// The key id sealed values name (the clinician API's key ring maps it to the key).
+    pub data_key_id: String,
+    /// Directory with `reading.pk` and `window.pk` (from `hailan-ingest zk setup`).
+    pub zk_dir: PathBuf,
+    /// Accept development (seeded) proving keys. Never in production.
+    pub allow_dev_keys: bool,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            data_key_file: PathBuf::from("/etc/hailan/owner.key"),
+            data_key_id: "owner-key-1".into(),
+            zk_dir: PathBuf::from("/etc/hailan/zk"),
+            allow_dev_keys: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Readings per window proof (1..=16) for windowed data types.
+    pub window_size: usize,
+    /// A window closes this long after its first reading, full or not.
+    pub window_max_ms: u64,
+    /// Data types proven in windows (high-rate ones); others per reading.
+    pub windowed: Vec<String>,
+    /// Proofs computed at once (each takes one core while it runs).
+    pub prover_threads: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            window_size: 16,
+            window_max_ms: 20_000,
+            windowed: vec!["HEART_RATE".into()],
+            prover_threads: 1,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Whether `t` is proven in windows.
+    pub fn is_windowed(&self, t: DataType) -> bool {
+        self.windowed.iter().any(|w| w == t.as_str())
+    }
+
+    pub fn window_max(&self) -> Duration {
+        Duration::from_millis(self.window_max_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Disk the outbox may use. When full, the newest readings are refused
+    /// (counted and logged); glucose records stay on the meter and are
+    /// fetched later. Registrations are always kept.
+    pub quota_mb: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig { quota_mb: 256 }
+    }
+}
+
+impl GatewayConfig {
+    /// Load from `file` (which must exist when given; the default file is
+    /// used if it exists), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut builder = config::Config::builder();
+        let file = match file {
+            Some(f) => Some(f.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(f) = &file {
+            builder = builder.add_source(
+                config::File::from(f.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("HAILAN_GATEWAY")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("pipeline.windowed")
+                .try_parsing(true),
+        );
+        let raw = builder.build().context("reading the configuration")?;
+        let cfg: GatewayConfig = raw.try_deserialize().map_err(|e| {
+            let origin = file
+                .as_ref()
+                .map(|f| format!(" ({})", f.display()))
+                .unwrap_or_default();
+            anyhow::anyhow!("invalid configuration{origin}: {e}")
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad =
+            |key: &str, why: String| -> Result<()> { bail!("invalid configuration: {key} {why}") };
+        if !hailan_proto::envelope::is_valid_id(&self.gateway_id) {
+            bad(
+                "gateway_id",
+                format!(
+                    "{:?} must be 1..=64 characters of A-Z a-z 0-9 - _ . :",
+                    self.gateway_id
+                ),
+            )?;
+        }
+        if !(1..=hailan_proto::zk::WINDOW_LEN).contains(&self.pipeline.window_size) {
+            bad(
+                "pipeline.window_size",
+                format!(
+                    "must be 1..={}, not {}",
+                    hailan_proto::zk::WINDOW_LEN,
+                    self.pipeline.window_size
+                ),
+            )?;
+        }
+        for w in &self.pipeline.windowed {
+            match DataType::from_name(w) {
+                Some(t) if hailan_proto::zk::windowable(t) => {}
+                Some(_) => bad(
+                    "pipeline.windowed",
+                    format!("{w:?} has more than one slot and cannot be proven in windows"),
+                )?,
+                None => bad("pipeline.windowed", format!("{w:?} is not a data type"))?,
+            }
+        }
+        if self.pipeline.prover_threads == 0 {
+            bad("pipeline.prover_threads", "must be at least 1".into())?;
+        }
+        if self.ble.max_connections == 0 {
+            bad("ble.max_connections", "must be at least 1".into())?;
+        }
+        if self.ble.reconnect_min_ms == 0 || self.ble.reconnect_min_ms > self.ble.reconnect_max_ms {
+            bad(
+                "ble.reconnect_min_ms",
+                "must be at least 1 and at most ble.reconnect_max_ms".into(),
+            )?;
+        }
+        if self.mqtt.max_inflight < 2 {
+            bad("mqtt.max_inflight", "must be at least 2".into())?;
+        }
+        if self.outbox.quota_mb == 0 {
+            bad("outbox.quota_mb", "must be at least 1".into())?;
+        }
+        if self.mqtt.client_cert_file.is_some() != self.mqtt.client_key_file.is_some() {
+            bad(
+                "mqtt.client_cert_file",
+                "and mqtt.client_key_file go together".into(),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn client_id(&self) -> &str {
+        self.mqtt.client_id.as_deref().unwrap_or(&self.gateway_id)
+    }
+
+    pub fn username(&self) -> &str {
+        self.mqtt.username.as_deref().unwrap_or(&self.gateway_id)
+    }
+
+    /// The MQTT password, from `mqtt.password` or `mqtt.password_file`.
+    pub fn password(&self) -> Result<Option<String>> {
+        if let Some(p) = &self.mqtt.password {
+            return Ok(Some(p.clone()));
+        }
+        match &self.mqtt.password_file {
+            None => Ok(None),
+            Some(f) => Ok(Some(
+                read_secret_file(f, "mqtt.password_file")?.trim().to_owned(),
+            )),
+        }
+    }
+
+    /// The outbox quota in bytes.
+    pub fn quota_bytes(&self) -> u64 {
+        self.outbox.quota_mb.saturating_mul(1 << 20)
+    }
+
+    pub fn ble_config(&self) -> crate::ble::BleConfig {
+        crate::ble::BleConfig {
+            adapter: Some(self.ble.adapter.clone()).filter(|a| !a.is_empty()),
+            max_connections: self.ble.max_connections,
+            battery_interval: Duration::from_secs(self.ble.battery_interval_s.max(1)),
+            scan_stall_after: Duration::from_secs(self.ble.scan_stall_s.max(1)),
+            reconnect_min: Duration::from_millis(self.ble.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(self.ble.reconnect_max_ms),
+            pair_timeout: Duration::from_secs(self.ble.pair_timeout_s.max(1)),
+        }
+    }
+}
+
+/// Read a secret file, refusing it if group or others may read it.
+pub fn read_secret_file(path: &Path, key: &str) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        bail!(
+            "{key}: {} is readable by group or others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| format!("{key}: reading {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<GatewayConfig> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text)?;
+        GatewayConfig::load(Some(&path))
+    }
+
+    #[test]
+    fn example_config_parses() -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.example.toml");
+        let cfg = GatewayConfig::load(Some(&path))?;
+        assert_eq!(cfg.mqtt.port, 8883);
+        assert!(cfg.mqtt.ca_file.is_some());
+        assert!(!cfg.keys.allow_dev_keys);
+        assert!(cfg.pipeline.is_windowed(DataType::HeartRate));
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = |t: &str| format!("{:#}", load(t).expect_err("must fail"));
+        assert!(err("").contains("gateway_id"));
+        let e = err("gateway_id = \"gw\"\n[mqtt]\nport = \"x\"\n");
+        assert!(e.contains("port"), "{e}");
+        let e = err("gateway_id = \"gw\"\n[pipeline]\nwindow_size = 40\n");
+        assert!(e.contains("pipeline.window_size"), "{e}");
+        let e = err("gateway_id = \"gw\"\n[pipeline]\nwindowed = [\"BLOOD_PRESSURE\"]\n");
+        assert!(e.contains("pipeline.windowed"), "{e}");
+        let e = err("gateway_id = \"gw\"\n[ble]\nmax_conections = 3\n");
+        assert!(e.contains("max_conections"), "{e}");
+        let e = err("gateway_id = \"no spaces\"\n");
+        assert!(e.contains("gateway_id"), "{e}");
+    }
+
+    #[test]
+    fn readable_secret_files_are_refused() -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "secret\n")?;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
+        let e = read_secret_file(&f, "mqtt.password_file").expect_err("world-readable");
+        assert!(format!("{e}").contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600))?;
+        assert_eq!(read_secret_file(&f, "mqtt.password_file")?, "secret\n");
+        Ok(())
+    }
+}

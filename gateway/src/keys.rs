@@ -1,0 +1,98 @@
+//! The gateway's key material: the owner's AES-256 data key and the two
+//! proving keys (DESIGN §5.2). Loaded once at start; a missing, malformed,
+//! world-readable or (in production) development key is refused with the
+//! config key that points at it.
+
+use crate::config::{GatewayConfig, read_secret_file};
+use anyhow::{Context, Result, bail};
+use hailan_proto::envelope::ProofKind;
+use hailan_proto::seal::DataKey;
+use hailan_proto::zk::{KeyOrigin, ProvingKey};
+use std::path::Path;
+
+/// Everything needed to seal and prove.
+pub struct Keys {
+    pub data_key: DataKey,
+    pub reading: ProvingKey,
+    pub window: ProvingKey,
+}
+
+impl Keys {
+    /// Load the keys named by `cfg.keys`.
+    pub fn load(cfg: &GatewayConfig) -> Result<Keys> {
+        let data_key = load_data_key(&cfg.keys.data_key_file, &cfg.keys.data_key_id)?;
+        let pk = |kind: ProofKind, file: &str| -> Result<ProvingKey> {
+            let path = cfg.keys.zk_dir.join(file);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "keys.zk_dir: cannot read {} (write the keys with `hailan-ingest zk setup --out {}`)",
+                    path.display(),
+                    cfg.keys.zk_dir.display()
+                )
+            })?;
+            let key = ProvingKey::from_bytes(&bytes)
+                .with_context(|| format!("keys.zk_dir: {} is not a proving key", path.display()))?;
+            if key.kind() != kind {
+                bail!(
+                    "keys.zk_dir: {} holds a {:?} key",
+                    path.display(),
+                    key.kind()
+                );
+            }
+            if let KeyOrigin::Dev { seed } = key.origin()
+                && !cfg.keys.allow_dev_keys
+            {
+                bail!(
+                    "keys.zk_dir: {} is a development key (seed {seed}): anyone can forge its proofs; set keys.allow_dev_keys = true only for tests and demos",
+                    path.display()
+                );
+            }
+            Ok(key)
+        };
+        Ok(Keys {
+            data_key,
+            reading: pk(ProofKind::Reading, "reading.pk")?,
+            window: pk(ProofKind::Window, "window.pk")?,
+        })
+    }
+}
+
+/// Read the owner's data key: 64 hex characters, mode 0600.
+pub fn load_data_key(path: &Path, kid: &str) -> Result<DataKey> {
+    let text = read_secret_file(path, "keys.data_key_file")?;
+    let bytes = hex::decode(text.trim()).with_context(|| {
+        format!(
+            "keys.data_key_file: {} is not hex (64 hex characters expected)",
+            path.display()
+        )
+    })?;
+    let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        anyhow::anyhow!(
+            "keys.data_key_file: {} holds {} bytes, an AES-256 key is 32",
+            path.display(),
+            b.len()
+        )
+    })?;
+    Ok(DataKey::new(kid, key))
+}
+
+/// Write a new random data key to `path` (mode 0600); refuses to overwrite.
+pub fn generate_data_key(path: &Path) -> Result<()> {
+    use rand_core::{OsRng, RngCore};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut key = [0u8; 32];
+    OsRng.fill_bytes(&mut key);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    writeln!(f, "{}", hex::encode(key)).context("writing the data key")?;
+    f.sync_all().context("syncing the data key")?;
+    Ok(())
+}

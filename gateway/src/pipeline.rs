@@ -1,0 +1,496 @@
+//! Per reading: decode → slots → (window) → prove and seal → outbox
+//! (DESIGN §5.1, §7).
+//!
+//! One worker task per device keeps that device's readings in seq order:
+//! it owns the open window and the next seq, proves on the blocking pool
+//! (never on the async runtime that carries BLE events; `prover_threads`
+//! bounds how many proofs run at once), and commits each group to the
+//! outbox. A window closes on `window_size` readings, on `window_max_ms`
+//! after its first reading, before an unwindowable reading of the same
+//! device, and when the pipeline shuts down.
+
+use crate::ble::BleEvent;
+use crate::config::PipelineConfig;
+use crate::keys::Keys;
+use crate::metrics::Metrics;
+use crate::store::{NewReadings, Refused, Store};
+use anyhow::{Context, Result};
+use hailan_proto::envelope::{Body, DeviceState, Envelope, ReadingBatch};
+use hailan_proto::gatt::{self, Characteristic, Decoded, DeviceKind};
+use hailan_proto::group::{Prover, Taken};
+use hailan_proto::zk::DeviceSecret;
+use hailan_proto::{DataType, ProvenGroup};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// Glucose cursors shared with the BLE sessions (last record stored, -1 = none).
+pub type Cursors = Arc<std::sync::Mutex<HashMap<String, Arc<AtomicI32>>>>;
+
+/// Wall clock, milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the pipeline shares with its device workers.
+pub struct Pipeline {
+    pub cfg: PipelineConfig,
+    pub gateway_id: String,
+    pub keys: Arc<Keys>,
+    pub store: Arc<Store>,
+    /// Woken after every outbox commit (the publisher waits on it).
+    pub outbox_changed: Arc<Notify>,
+    pub metrics: Arc<Metrics>,
+    pub cursors: Cursors,
+}
+
+/// One decoded measurement on its way to a device worker.
+struct Item {
+    taken: Taken,
+    glucose_record: Option<u16>,
+}
+
+/// Last state published per device (to publish only changes).
+#[derive(Clone, Debug, PartialEq)]
+struct LastState {
+    connected: bool,
+    battery: Option<u8>,
+    rssi: Option<i16>,
+    firmware: Option<String>,
+    at: Instant,
+}
+
+/// RSSI moves all the time; publish it only on a large change, rarely.
+const RSSI_STEP_DBM: i16 = 10;
+const RSSI_MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Pipeline {
+    /// Consume BLE events until the channel closes (the BLE layer stopped),
+    /// then flush every open window and return.
+    pub async fn run(self, mut events: mpsc::Receiver<BleEvent>) -> Result<()> {
+        let shared = Arc::new(self);
+        let provers = Arc::new(Semaphore::new(shared.cfg.prover_threads));
+        let mut workers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        let mut states: HashMap<String, LastState> = HashMap::new();
+        while let Some(ev) = events.recv().await {
+            match ev {
+                BleEvent::Measurement {
+                    device_id,
+                    characteristic,
+                    bytes,
+                    received_at_ms,
+                } => {
+                    let Some(item) =
+                        shared.measurement(&device_id, characteristic, &bytes, received_at_ms)
+                    else {
+                        continue;
+                    };
+                    if !workers.contains_key(&device_id) {
+                        match shared.start_worker(&device_id, provers.clone(), &mut tasks) {
+                            Ok(Some(tx)) => {
+                                workers.insert(device_id.clone(), tx);
+                            }
+                            Ok(None) => {
+                                tracing::warn!(device = %device_id, "measurement from a device that is not paired (forgotten?); dropped");
+                                continue;
+                            }
+                            Err(e) => {
+                                tracing::error!(device = %device_id, "cannot start the device's pipeline: {e:#}");
+                                continue;
+                            }
+                        }
+                    }
+                    if let Some(tx) = workers.get(&device_id)
+                        && tx.send(item).await.is_err()
+                    {
+                        // The worker ended (device forgotten): start afresh next time.
+                        workers.remove(&device_id);
+                    }
+                }
+                BleEvent::State {
+                    device_id,
+                    connected,
+                    battery,
+                    rssi,
+                    firmware,
+                } => {
+                    let now = Instant::now();
+                    let next = LastState {
+                        connected,
+                        battery,
+                        rssi,
+                        firmware,
+                        at: now,
+                    };
+                    let publish = match states.get(&device_id) {
+                        None => true,
+                        Some(last) => {
+                            last.connected != next.connected
+                                || last.battery != next.battery
+                                || last.firmware != next.firmware
+                                || (rssi_moved(last.rssi, next.rssi)
+                                    && now.duration_since(last.at) >= RSSI_MIN_INTERVAL)
+                        }
+                    };
+                    if publish {
+                        states.insert(device_id.clone(), next.clone());
+                        let store = shared.clone();
+                        let res = tokio::task::spawn_blocking(move || {
+                            store.record_device_state(&device_id, &next)
+                        })
+                        .await;
+                        match res {
+                            Ok(Err(e)) => tracing::warn!("device state not recorded: {e:#}"),
+                            Err(e) => tracing::warn!("device state task failed: {e}"),
+                            Ok(Ok(())) => {}
+                        }
+                    }
+                }
+            }
+        }
+        drop(workers);
+        while let Some(r) = tasks.join_next().await {
+            if let Err(e) = r {
+                tracing::error!("a device pipeline failed: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn record_device_state(&self, device_id: &str, s: &LastState) -> Result<()> {
+        let at = now_ms();
+        let envelope = Envelope {
+            v: 1,
+            gateway_id: self.gateway_id.clone(),
+            sent_at_ms: at,
+            body: Body::DeviceState(DeviceState {
+                device_id: device_id.to_owned(),
+                battery_level: s.battery,
+                rssi: s.rssi,
+                connected: s.connected,
+                firmware_version: s.firmware.clone(),
+                observed_at_ms: at,
+            }),
+        };
+        let payload = hailan_proto::envelope::encode(&envelope);
+        let queued = self.store.record_state(
+            device_id,
+            s.battery,
+            s.rssi,
+            s.connected,
+            at,
+            Some(&payload),
+        )?;
+        if queued {
+            self.outbox_changed.notify_one();
+        } else {
+            self.metrics.states_refused.inc();
+        }
+        Ok(())
+    }
+
+    /// Decode a value into a reading, or say (log and count) why not.
+    fn measurement(
+        &self,
+        device_id: &str,
+        characteristic: u16,
+        bytes: &[u8],
+        received_at_ms: i64,
+    ) -> Option<Item> {
+        let Some(c) = Characteristic::from_uuid16(characteristic) else {
+            tracing::debug!(device = %device_id, "value on {characteristic:04x} ignored");
+            return None;
+        };
+        let decoded = match gatt::decode(c, bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.malformed.inc();
+                tracing::warn!(device = %device_id, characteristic = %format!("{characteristic:04x}"), bytes = %hex::encode(bytes), "malformed value: {e}");
+                return None;
+            }
+        };
+        let glucose_record = match &decoded {
+            Decoded::GlucoseMeasurement(g) => Some(g.sequence_number),
+            _ => None,
+        };
+        let slots = match decoded.to_reading() {
+            Ok(s) => s,
+            Err(hailan_proto::gatt::NoReading::NotAMeasurement(_)) => return None,
+            Err(e) => {
+                self.metrics.no_reading.inc();
+                tracing::warn!(device = %device_id, characteristic = %format!("{characteristic:04x}"), "no reading: {e}");
+                return None;
+            }
+        };
+        let recorded_at_ms = slots
+            .recorded_at
+            .as_ref()
+            .and_then(|t| t.unix_seconds_naive())
+            .map_or(received_at_ms, |s| s.saturating_mul(1000));
+        self.metrics.readings_taken.inc();
+        Some(Item {
+            taken: Taken {
+                recorded_at_ms,
+                slots: slots.slots,
+                original_unit: slots.original_unit,
+                extras: slots.extras,
+            },
+            glucose_record,
+        })
+    }
+
+    fn start_worker(
+        self: &Arc<Self>,
+        device_id: &str,
+        provers: Arc<Semaphore>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<Option<mpsc::Sender<Item>>> {
+        let Some(row) = self.store.find_device(device_id)? else {
+            return Ok(None);
+        };
+        let kind = DeviceKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == row.kind)
+            .with_context(|| format!("stored device kind {:?} is unknown", row.kind))?;
+        let data_type = kind.data_type();
+        let cursor = {
+            let mut map = self.cursors.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(device_id.to_owned())
+                .or_insert_with(|| Arc::new(AtomicI32::new(row.glucose_cursor)))
+                .clone()
+        };
+        let worker = Worker {
+            pipeline: self.clone(),
+            device_id: device_id.to_owned(),
+            data_type,
+            windowed: self.cfg.is_windowed(data_type),
+            secret: DeviceSecret::from_bytes(row.secret)
+                .context("the stored device secret is not a valid scalar")?,
+            next_seq: row.next_seq,
+            cursor,
+            window: Vec::new(),
+            window_deadline: None,
+            provers,
+            full_warned_at: None,
+        };
+        let (tx, rx) = mpsc::channel(256);
+        tasks.spawn(worker.run(rx));
+        Ok(Some(tx))
+    }
+}
+
+fn rssi_moved(a: Option<i16>, b: Option<i16>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => (a - b).abs() >= RSSI_STEP_DBM,
+        (a, b) => a.is_some() != b.is_some(),
+    }
+}
+
+/// One device's readings, in order.
+struct Worker {
+    pipeline: Arc<Pipeline>,
+    device_id: String,
+    data_type: DataType,
+    windowed: bool,
+    secret: DeviceSecret,
+    next_seq: u64,
+    cursor: Arc<AtomicI32>,
+    window: Vec<Taken>,
+    window_deadline: Option<Instant>,
+    provers: Arc<Semaphore>,
+    full_warned_at: Option<Instant>,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
+        loop {
+            let deadline = self.window_deadline;
+            tokio::select! {
+                item = rx.recv() => match item {
+                    Some(item) => {
+                        if !self.take(item).await {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
+                _ = async { tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)).await }, if deadline.is_some() => {
+                    if !self.close_window().await {
+                        return;
+                    }
+                }
+            }
+        }
+        // Shutdown: the open window is proven and queued, not dropped.
+        self.close_window().await;
+    }
+
+    /// Returns false when the device is gone (forgotten).
+    async fn take(&mut self, item: Item) -> bool {
+        if let Some(record) = item.glucose_record {
+            let cursor = self.cursor.load(Ordering::Relaxed);
+            if cursor >= 0 && i32::from(record) <= cursor {
+                tracing::debug!(device = %self.device_id, record, cursor, "glucose record already stored; skipped");
+                return true;
+            }
+        }
+        if self.windowed && item.taken.in_bounds(self.data_type) {
+            if self.window.is_empty() {
+                self.window_deadline = Some(Instant::now() + self.pipeline.cfg.window_max());
+            }
+            self.window.push(item.taken);
+            if self.window.len() >= self.pipeline.cfg.window_size {
+                return self.close_window().await;
+            }
+            return true;
+        }
+        if !self.close_window().await {
+            return false;
+        }
+        let taken = vec![item.taken];
+        self.commit(taken, item.glucose_record).await
+    }
+
+    async fn close_window(&mut self) -> bool {
+        self.window_deadline = None;
+        if self.window.is_empty() {
+            return true;
+        }
+        let taken = std::mem::take(&mut self.window);
+        self.commit(taken, None).await
+    }
+
+    /// Prove, seal and queue `taken` in one envelope: one window group when
+    /// the device is windowed and every value is in bounds, else one group
+    /// per reading.
+    async fn commit(&mut self, taken: Vec<Taken>, glucose_record: Option<u16>) -> bool {
+        let first_seq = self.next_seq;
+        let count = taken.len() as u64;
+        let as_window = self.windowed && taken.iter().all(|t| t.in_bounds(self.data_type));
+        let p = self.pipeline.clone();
+        let secret = self.secret.clone();
+        let device_id = self.device_id.clone();
+        let data_type = self.data_type;
+        let oldest = taken.iter().map(|t| t.recorded_at_ms).min().unwrap_or(0);
+        let newest = taken.iter().map(|t| t.recorded_at_ms).max().unwrap_or(0);
+        let permit = match self.provers.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => return false,
+        };
+        let started = std::time::Instant::now();
+        let built = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let keys = &p.keys;
+            let prover = Prover {
+                pk: if as_window {
+                    &keys.window
+                } else {
+                    &keys.reading
+                },
+                secret: &secret,
+                data_key: &keys.data_key,
+                gateway_id: &p.gateway_id,
+                device_id: &device_id,
+                data_type,
+            };
+            let mut rng = rand::rngs::OsRng;
+            let groups: Vec<ProvenGroup> = if as_window {
+                vec![prover.window(first_seq, &taken, &mut rng)]
+            } else {
+                taken
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| prover.reading(first_seq + i as u64, t, &mut rng))
+                    .collect()
+            };
+            let envelope = Envelope {
+                v: 1,
+                gateway_id: p.gateway_id.clone(),
+                sent_at_ms: now_ms(),
+                body: Body::Readings(ReadingBatch {
+                    device_id: device_id.clone(),
+                    groups,
+                }),
+            };
+            let unproven = match &envelope.body {
+                Body::Readings(b) => b.groups.iter().filter(|g| g.proof.is_none()).count(),
+                _ => 0,
+            };
+            let payload = hailan_proto::envelope::encode(&envelope);
+            let res = p.store.commit_readings(
+                &NewReadings {
+                    device_id: &device_id,
+                    first_seq,
+                    count,
+                    oldest_recorded_at_ms: oldest,
+                    newest_recorded_at_ms: newest,
+                    glucose_record,
+                    payload: &payload,
+                },
+                now_ms(),
+            );
+            (res, unproven)
+        })
+        .await;
+        let (res, unproven) = match built {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(device = %self.device_id, "proving task failed: {e}");
+                return true;
+            }
+        };
+        self.pipeline
+            .metrics
+            .prove_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match res {
+            Ok(_) => {
+                self.next_seq += count;
+                if let Some(r) = glucose_record {
+                    self.cursor.fetch_max(i32::from(r), Ordering::Relaxed);
+                }
+                self.pipeline.metrics.readings_queued.inc_by(count);
+                if unproven > 0 {
+                    self.pipeline.metrics.unproven.inc_by(unproven as u64);
+                    tracing::warn!(device = %self.device_id, first_seq, "{unproven} reading(s) outside the proof bounds sent without proof (ingest quarantines them)");
+                }
+                self.pipeline.outbox_changed.notify_one();
+                true
+            }
+            Err(Refused::Full { bytes, quota }) => {
+                self.pipeline.metrics.readings_refused.inc_by(count);
+                let now = Instant::now();
+                if self
+                    .full_warned_at
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                {
+                    self.full_warned_at = Some(now);
+                    tracing::warn!(device = %self.device_id, bytes, quota, "outbox full: {count} newest reading(s) refused (policy: keep the oldest; raise outbox.quota_mb or bring the broker back)");
+                }
+                true
+            }
+            Err(Refused::UnknownDevice(_)) => {
+                tracing::info!(device = %self.device_id, "device forgotten; its pipeline stops");
+                false
+            }
+            Err(Refused::SeqOutOfOrder { expected, got, .. }) => {
+                tracing::error!(device = %self.device_id, expected, got, "seq out of step with the database; resynchronised, {count} reading(s) lost");
+                self.next_seq = expected;
+                true
+            }
+            Err(Refused::Db(e)) => {
+                self.pipeline.metrics.readings_refused.inc_by(count);
+                tracing::error!(device = %self.device_id, "outbox write failed, {count} reading(s) not taken: {e:#}");
+                true
+            }
+        }
+    }
+}

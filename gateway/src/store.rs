@@ -1,0 +1,683 @@
+//! The gateway's durable state: paired devices (with their secrets and seq
+//! counters) and the outbox, in one SQLite database under the state
+//! directory.
+//!
+//! Why SQLite: a reading counts as taken only once it is on disk (DESIGN §7),
+//! and the outbox row, the device's next seq and its glucose cursor must move
+//! together — one transaction, WAL with `synchronous=FULL` (fsync on every
+//! commit; survives kill -9 and power loss). The CLI (`devices`, `status`,
+//! `pair`, `forget`) reads and writes the same file while the daemon runs.
+//!
+//! Outbox order is the row id: FIFO overall, so FIFO per device. A row
+//! leaves only when the broker acknowledged it ([`Store::remove`]).
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// File name of the database inside the state directory.
+pub const DB_FILE: &str = "gateway.db";
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    address TEXT NOT NULL UNIQUE,
+    name TEXT,
+    kind TEXT NOT NULL,
+    secret BLOB NOT NULL,
+    manufacturer TEXT, model TEXT, serial TEXT, firmware TEXT, hardware TEXT,
+    paired_at_ms INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL DEFAULT 1,
+    glucose_cursor INTEGER NOT NULL DEFAULT -1,
+    battery INTEGER, rssi INTEGER,
+    connected INTEGER NOT NULL DEFAULT 0,
+    state_at_ms INTEGER,
+    last_reading_at_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT,
+    kind TEXT NOT NULL,
+    first_seq INTEGER,
+    count INTEGER NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    oldest_recorded_at_ms INTEGER,
+    payload BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_bytes', '0');
+"#;
+
+/// A paired device as stored.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DeviceRow {
+    pub device_id: String,
+    pub address: String,
+    pub name: Option<String>,
+    /// `DeviceKind::as_str()`.
+    pub kind: String,
+    #[serde(skip)]
+    pub secret: [u8; 32],
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub firmware: Option<String>,
+    pub hardware: Option<String>,
+    pub paired_at_ms: i64,
+    pub next_seq: u64,
+    pub glucose_cursor: i32,
+    pub battery: Option<u8>,
+    pub rssi: Option<i16>,
+    pub connected: bool,
+    pub state_at_ms: Option<i64>,
+    pub last_reading_at_ms: Option<i64>,
+    /// Outbox rows of this device not yet acknowledged by the broker.
+    pub outbox_depth: u64,
+}
+
+/// What an outbox row carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Registration,
+    Readings,
+    State,
+}
+
+impl EntryKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Registration => "registration",
+            EntryKind::Readings => "readings",
+            EntryKind::State => "state",
+        }
+    }
+}
+
+/// One unsent envelope.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Outbox depth and age, for `status` and metrics.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct OutboxStats {
+    pub entries: u64,
+    pub readings: u64,
+    pub bytes: u64,
+    /// Creation time of the oldest unsent row.
+    pub oldest_created_at_ms: Option<i64>,
+    /// Recording time of the oldest unsent reading.
+    pub oldest_recorded_at_ms: Option<i64>,
+}
+
+/// Readings about to be committed to the outbox.
+#[derive(Clone, Debug)]
+pub struct NewReadings<'a> {
+    pub device_id: &'a str,
+    pub first_seq: u64,
+    pub count: u64,
+    pub oldest_recorded_at_ms: i64,
+    pub newest_recorded_at_ms: i64,
+    /// Glucose: the highest record sequence number among them.
+    pub glucose_record: Option<u16>,
+    pub payload: &'a [u8],
+}
+
+/// Why the outbox refused an entry.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "outbox full: {bytes} bytes queued, quota {quota} bytes (outbox.quota_mb); the newest readings are refused until the broker takes some"
+    )]
+    Full { bytes: u64, quota: u64 },
+    #[error("seq {got} for device {device} but its next seq is {expected}")]
+    SeqOutOfOrder {
+        device: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("device {0} is not paired (forgotten?)")]
+    UnknownDevice(String),
+    #[error(transparent)]
+    Db(#[from] anyhow::Error),
+}
+
+/// The database, shared by the daemon's tasks (one connection, short
+/// transactions) and usable by the CLI at the same time.
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    quota_bytes: u64,
+}
+
+fn db_err(e: rusqlite::Error, what: &str) -> anyhow::Error {
+    anyhow::Error::new(e).context(what.to_owned())
+}
+
+impl Store {
+    /// Open (creating it with mode 0600 if missing) `state_dir/gateway.db`.
+    pub fn open(state_dir: &Path, quota_bytes: u64) -> Result<Store> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating state directory {}", state_dir.display()))?;
+        let path = state_dir.join(DB_FILE);
+        let fresh = !path.exists();
+        let conn = Connection::open(&path)
+            .with_context(|| format!("opening the gateway database {}", path.display()))?;
+        if fresh {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod 600 {}", path.display()))?;
+        }
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| db_err(e, "busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| db_err(e, "journal_mode=WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| db_err(e, "synchronous=FULL"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| db_err(e, "creating the gateway schema"))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+            quota_bytes,
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (the transaction rolls back), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ------------------------------------------------------------ devices
+
+    /// Store a newly paired device and queue its registration, atomically.
+    pub fn add_device(&self, d: &DeviceRow, registration: &[u8]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        let taken: Option<String> = tx
+            .query_row(
+                "SELECT device_id FROM devices WHERE address = ?1",
+                [&d.address],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_err(e, "looking up the address"))?;
+        if let Some(id) = taken {
+            bail!(
+                "{} is already paired as {id}; `hailan-gateway forget {id}` first",
+                d.address
+            );
+        }
+        tx.execute(
+            "INSERT INTO devices (device_id, address, name, kind, secret, manufacturer, model, serial, firmware, hardware, paired_at_ms, battery)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                d.device_id, d.address, d.name, d.kind, d.secret.to_vec(), d.manufacturer, d.model,
+                d.serial, d.firmware, d.hardware, d.paired_at_ms, d.battery
+            ],
+        )
+        .map_err(|e| db_err(e, "inserting the device"))?;
+        insert_entry(
+            &tx,
+            Some(&d.device_id),
+            EntryKind::Registration,
+            None,
+            0,
+            d.paired_at_ms,
+            None,
+            registration,
+        )?;
+        tx.commit().map_err(|e| db_err(e, "commit"))?;
+        Ok(())
+    }
+
+    /// Paired devices with their outbox depth, oldest pairing first.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT d.device_id, d.address, d.name, d.kind, d.secret, d.manufacturer, d.model, d.serial,
+                        d.firmware, d.hardware, d.paired_at_ms, d.next_seq, d.glucose_cursor, d.battery, d.rssi,
+                        d.connected, d.state_at_ms, d.last_reading_at_ms,
+                        (SELECT count(*) FROM outbox o WHERE o.device_id = d.device_id)
+                 FROM devices d ORDER BY d.paired_at_ms, d.device_id",
+            )
+            .map_err(|e| db_err(e, "listing devices"))?;
+        let rows = st
+            .query_map([], |r| {
+                let secret: Vec<u8> = r.get(4)?;
+                Ok(DeviceRow {
+                    device_id: r.get(0)?,
+                    address: r.get(1)?,
+                    name: r.get(2)?,
+                    kind: r.get(3)?,
+                    secret: secret.try_into().unwrap_or([0; 32]),
+                    manufacturer: r.get(5)?,
+                    model: r.get(6)?,
+                    serial: r.get(7)?,
+                    firmware: r.get(8)?,
+                    hardware: r.get(9)?,
+                    paired_at_ms: r.get(10)?,
+                    next_seq: r.get(11)?,
+                    glucose_cursor: r.get(12)?,
+                    battery: r.get(13)?,
+                    rssi: r.get(14)?,
+                    connected: r.get(15)?,
+                    state_at_ms: r.get(16)?,
+                    last_reading_at_ms: r.get(17)?,
+                    outbox_depth: r.get(18)?,
+                })
+            })
+            .map_err(|e| db_err(e, "listing devices"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db_err(e, "reading a device row"))
+    }
+
+    /// A device by id, address (any case) or name.
+    pub fn find_device(&self, who: &str) -> Result<Option<DeviceRow>> {
+        let all = self.devices()?;
+        let hits: Vec<DeviceRow> = all
+            .into_iter()
+            .filter(|d| {
+                d.device_id == who
+                    || d.address.eq_ignore_ascii_case(who)
+                    || d.name.as_deref() == Some(who)
+            })
+            .collect();
+        match hits.len() {
+            0 => Ok(None),
+            1 => Ok(hits.into_iter().next()),
+            n => bail!("{n} paired devices are called {who:?}; name one by its id or address"),
+        }
+    }
+
+    /// Forget a device: its row and its unsent outbox rows (their readings
+    /// were sealed for a device that no longer exists here). Returns how many
+    /// unsent rows were dropped.
+    pub fn forget_device(&self, device_id: &str) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        let bytes: i64 = tx
+            .query_row(
+                "SELECT COALESCE(sum(length(payload)), 0) FROM outbox WHERE device_id = ?1",
+                [device_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_err(e, "sizing the device's outbox"))?;
+        let dropped = tx
+            .execute("DELETE FROM outbox WHERE device_id = ?1", [device_id])
+            .map_err(|e| db_err(e, "dropping the device's outbox"))?;
+        add_bytes(&tx, -bytes)?;
+        let n = tx
+            .execute("DELETE FROM devices WHERE device_id = ?1", [device_id])
+            .map_err(|e| db_err(e, "deleting the device"))?;
+        if n == 0 {
+            bail!("no paired device {device_id}");
+        }
+        tx.commit().map_err(|e| db_err(e, "commit"))?;
+        Ok(dropped as u64)
+    }
+
+    /// Record a device's latest state; queue `payload` (its device-state
+    /// envelope) if given and there is room. Returns whether it was queued.
+    pub fn record_state(
+        &self,
+        device_id: &str,
+        battery: Option<u8>,
+        rssi: Option<i16>,
+        connected: bool,
+        at_ms: i64,
+        payload: Option<&[u8]>,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        tx.execute(
+            "UPDATE devices SET battery = COALESCE(?2, battery), rssi = COALESCE(?3, rssi), connected = ?4, state_at_ms = ?5 WHERE device_id = ?1",
+            params![device_id, battery, rssi, connected, at_ms],
+        )
+        .map_err(|e| db_err(e, "updating device state"))?;
+        let mut queued = false;
+        if let Some(p) = payload
+            && outbox_bytes(&tx)? + p.len() as u64 <= self.quota_bytes
+        {
+            insert_entry(
+                &tx,
+                Some(device_id),
+                EntryKind::State,
+                None,
+                0,
+                at_ms,
+                None,
+                p,
+            )?;
+            queued = true;
+        }
+        tx.commit().map_err(|e| db_err(e, "commit"))?;
+        Ok(queued)
+    }
+
+    // ------------------------------------------------------------ outbox
+
+    /// Commit readings to the outbox: the row, the device's next seq and
+    /// glucose cursor in one fsync'd transaction. Until this returns `Ok`
+    /// the readings are not taken.
+    pub fn commit_readings(&self, r: &NewReadings<'_>, now_ms: i64) -> Result<i64, Refused> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(|e| Refused::Db(db_err(e, "begin")))?;
+        let next: Option<u64> = tx
+            .query_row(
+                "SELECT next_seq FROM devices WHERE device_id = ?1",
+                [r.device_id],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| Refused::Db(db_err(e, "reading next seq")))?;
+        let Some(next) = next else {
+            return Err(Refused::UnknownDevice(r.device_id.to_owned()));
+        };
+        if next != r.first_seq {
+            return Err(Refused::SeqOutOfOrder {
+                device: r.device_id.to_owned(),
+                expected: next,
+                got: r.first_seq,
+            });
+        }
+        let bytes = outbox_bytes(&tx)?;
+        if bytes + r.payload.len() as u64 > self.quota_bytes {
+            return Err(Refused::Full {
+                bytes,
+                quota: self.quota_bytes,
+            });
+        }
+        let id = insert_entry(
+            &tx,
+            Some(r.device_id),
+            EntryKind::Readings,
+            Some(r.first_seq),
+            r.count,
+            now_ms,
+            Some(r.oldest_recorded_at_ms),
+            r.payload,
+        )?;
+        tx.execute(
+            "UPDATE devices SET next_seq = ?2, last_reading_at_ms = max(COALESCE(last_reading_at_ms, 0), ?3),
+                    glucose_cursor = max(glucose_cursor, COALESCE(?4, -1)) WHERE device_id = ?1",
+            params![
+                r.device_id,
+                r.first_seq + r.count,
+                r.newest_recorded_at_ms,
+                r.glucose_record.map(i32::from)
+            ],
+        )
+        .map_err(|e| Refused::Db(db_err(e, "advancing next seq")))?;
+        tx.commit().map_err(|e| Refused::Db(db_err(e, "commit")))?;
+        Ok(id)
+    }
+
+    /// Up to `limit` unsent rows with id greater than `after`, in order.
+    pub fn pending(&self, after: i64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached("SELECT id, payload FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2")
+            .map_err(|e| db_err(e, "reading the outbox"))?;
+        let rows = st
+            .query_map(params![after, limit as i64], |r| {
+                Ok(OutboxEntry {
+                    id: r.get(0)?,
+                    payload: r.get(1)?,
+                })
+            })
+            .map_err(|e| db_err(e, "reading the outbox"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db_err(e, "reading an outbox row"))
+    }
+
+    /// Remove acknowledged rows (one transaction for many acks). A row that
+    /// comes back after a crash before this commit is published again and
+    /// absorbed by ingest's unique key.
+    pub fn remove(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        let mut freed = 0i64;
+        {
+            let mut size = tx
+                .prepare_cached("SELECT length(payload) FROM outbox WHERE id = ?1")
+                .map_err(|e| db_err(e, "sizing acked rows"))?;
+            let mut del = tx
+                .prepare_cached("DELETE FROM outbox WHERE id = ?1")
+                .map_err(|e| db_err(e, "deleting acked rows"))?;
+            for id in ids {
+                let len: Option<i64> = size
+                    .query_row([id], |r| r.get(0))
+                    .optional()
+                    .map_err(|e| db_err(e, "sizing an acked row"))?;
+                if let Some(len) = len {
+                    del.execute([id])
+                        .map_err(|e| db_err(e, "deleting an acked row"))?;
+                    freed += len;
+                }
+            }
+        }
+        add_bytes(&tx, -freed)?;
+        tx.commit().map_err(|e| db_err(e, "commit"))?;
+        Ok(())
+    }
+
+    /// Depth and age of the outbox.
+    pub fn outbox_stats(&self) -> Result<OutboxStats> {
+        let conn = self.conn();
+        let (entries, readings, oldest_created, oldest_recorded): (
+            u64,
+            Option<u64>,
+            Option<i64>,
+            Option<i64>,
+        ) = conn
+            .query_row(
+                "SELECT count(*), sum(count), min(created_at_ms), min(oldest_recorded_at_ms) FROM outbox",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .map_err(|e| db_err(e, "outbox stats"))?;
+        Ok(OutboxStats {
+            entries,
+            readings: readings.unwrap_or(0),
+            bytes: outbox_bytes(&conn)?,
+            oldest_created_at_ms: oldest_created,
+            oldest_recorded_at_ms: oldest_recorded,
+        })
+    }
+
+    // ------------------------------------------------------------ meta
+
+    /// Set a daemon status value (read by `hailan-gateway status`).
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map_err(|e| db_err(e, "writing status"))?;
+        Ok(())
+    }
+
+    /// A daemon status value.
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_err(e, "reading status"))
+    }
+}
+
+fn outbox_bytes(conn: &Connection) -> Result<u64> {
+    let v: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'outbox_bytes'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| db_err(e, "reading the outbox size"))?;
+    Ok(v.parse::<i64>().unwrap_or(0).max(0) as u64)
+}
+
+fn add_bytes(conn: &Connection, delta: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE meta SET value = CAST(max(0, CAST(value AS INTEGER) + ?1) AS TEXT) WHERE key = 'outbox_bytes'",
+        [delta],
+    )
+    .map_err(|e| db_err(e, "updating the outbox size"))?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_entry(
+    conn: &Connection,
+    device_id: Option<&str>,
+    kind: EntryKind,
+    first_seq: Option<u64>,
+    count: u64,
+    created_at_ms: i64,
+    oldest_recorded_at_ms: Option<i64>,
+    payload: &[u8],
+) -> Result<i64> {
+    conn.execute(
+        "INSERT INTO outbox (device_id, kind, first_seq, count, created_at_ms, oldest_recorded_at_ms, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![device_id, kind.as_str(), first_seq, count, created_at_ms, oldest_recorded_at_ms, payload],
+    )
+    .map_err(|e| db_err(e, "queueing in the outbox"))?;
+    let id = conn.last_insert_rowid();
+    add_bytes(conn, payload.len() as i64)?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, address: &str) -> DeviceRow {
+        DeviceRow {
+            device_id: id.into(),
+            address: address.into(),
+            name: Some(format!("{id} name")),
+            kind: "heart_rate_monitor".into(),
+            secret: [9; 32],
+            manufacturer: None,
+            model: None,
+            serial: None,
+            firmware: None,
+            hardware: None,
+            paired_at_ms: 1,
+            next_seq: 1,
+            glucose_cursor: -1,
+            battery: Some(80),
+            rssi: None,
+            connected: false,
+            state_at_ms: None,
+            last_reading_at_ms: None,
+            outbox_depth: 0,
+        }
+    }
+
+    fn readings<'a>(dev: &'a str, first: u64, n: u64, payload: &'a [u8]) -> NewReadings<'a> {
+        NewReadings {
+            device_id: dev,
+            first_seq: first,
+            count: n,
+            oldest_recorded_at_ms: 10,
+            newest_recorded_at_ms: 20,
+            glucose_record: None,
+            payload,
+        }
+    }
+
+    #[test]
+    fn seq_advances_with_the_outbox_row_and_survives_reopening() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), 1 << 20)?;
+        store.add_device(&device("d1", "AA:00:00:00:00:01"), b"reg")?;
+        store.commit_readings(&readings("d1", 1, 16, b"w1"), 5)?;
+        store.commit_readings(&readings("d1", 17, 1, b"r17"), 6)?;
+        let e = store.commit_readings(&readings("d1", 17, 1, b"again"), 7);
+        assert!(matches!(
+            e,
+            Err(Refused::SeqOutOfOrder { expected: 18, .. })
+        ));
+        drop(store);
+        let store = Store::open(dir.path(), 1 << 20)?;
+        let d = store.find_device("aa:00:00:00:00:01")?.expect("device");
+        assert_eq!((d.next_seq, d.outbox_depth), (18, 3));
+        let p = store.pending(0, 10)?;
+        let payloads: Vec<&[u8]> = p.iter().map(|e| e.payload.as_slice()).collect();
+        assert_eq!(payloads, [&b"reg"[..], b"w1", b"r17"]);
+        let stats = store.outbox_stats()?;
+        assert_eq!((stats.entries, stats.readings, stats.bytes), (3, 17, 8));
+        assert_eq!(stats.oldest_recorded_at_ms, Some(10));
+        store.remove(&[p[0].id, p[1].id])?;
+        assert_eq!(store.pending(0, 10)?.len(), 1);
+        assert_eq!(store.pending(p[2].id, 10)?.len(), 0);
+        assert_eq!(store.outbox_stats()?.bytes, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_readings_without_consuming_their_seq() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), 10)?;
+        store.add_device(&device("d1", "AA:00:00:00:00:01"), b"reg")?;
+        store.commit_readings(&readings("d1", 1, 1, b"12345"), 1)?;
+        let e = store.commit_readings(&readings("d1", 2, 1, b"123"), 2);
+        assert!(
+            matches!(
+                e,
+                Err(Refused::Full {
+                    bytes: 8,
+                    quota: 10
+                })
+            ),
+            "{e:?}"
+        );
+        assert!(!store.record_state("d1", Some(5), None, true, 3, Some(b"state"))?);
+        let first = store.pending(0, 1)?;
+        store.remove(&[first[0].id])?;
+        store.commit_readings(&readings("d1", 2, 1, b"123"), 4)?;
+        assert_eq!(store.find_device("d1")?.map(|d| d.next_seq), Some(3));
+        Ok(())
+    }
+
+    #[test]
+    fn forgetting_drops_the_device_and_its_unsent_rows() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), 1 << 20)?;
+        store.add_device(&device("d1", "AA:00:00:00:00:01"), b"reg1")?;
+        store.add_device(&device("d2", "AA:00:00:00:00:02"), b"reg2")?;
+        let e = store.add_device(&device("d3", "AA:00:00:00:00:02"), b"reg3");
+        assert!(format!("{e:#?}").contains("already paired as d2"));
+        assert_eq!(store.forget_device("d1")?, 1);
+        assert!(store.find_device("d1")?.is_none());
+        assert_eq!(store.outbox_stats()?.bytes, 4);
+        assert!(matches!(
+            store.commit_readings(&readings("d1", 1, 1, b"x"), 1),
+            Err(Refused::UnknownDevice(_))
+        ));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(store.path())?.permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the database holds device secrets");
+        Ok(())
+    }
+}

@@ -1,0 +1,480 @@
+//! Gateway end-to-end helpers: the real `hailan-gateway` binary against
+//! `hailan-sim` (fake BlueZ on a private D-Bus) and a real Mosquitto — the
+//! set-up's shared broker or a private one that a test may stop and start.
+
+use crate::{DevZk, mqtt_host_port, mqtt_password, repo_root};
+use anyhow::{Context, Result, bail};
+use hailan_proto::envelope::{Body, Envelope};
+use hailan_proto::seal::DataKey;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A workspace binary next to (or above) the test executable
+/// (`target/<profile>/NAME`; `cargo nextest run --workspace` builds them).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("current_exe")?;
+    let mut dir = exe.parent();
+    for _ in 0..2 {
+        let Some(d) = dir else { break };
+        let cand = d.join(name);
+        if cand.is_file() {
+            return Ok(cand);
+        }
+        dir = d.parent();
+    }
+    bail!(
+        "{name} not found near {} (build the workspace: cargo build --workspace)",
+        exe.display()
+    )
+}
+
+/// The owner data key every gateway test uses (and the API test key ring).
+pub const TEST_DATA_KEY: [u8; 32] = [0x42; 32];
+pub const TEST_DATA_KEY_ID: &str = "owner-key-test";
+
+/// Where a gateway under test connects.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+}
+
+impl Broker {
+    /// The set-up's shared development broker.
+    pub fn shared() -> Broker {
+        let (host, port) = mqtt_host_port();
+        Broker { host, port }
+    }
+}
+
+/// A gateway's state directory, config and keys, on one simulator bus.
+pub struct GatewayRig {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub gateway_id: String,
+    pub bus: String,
+    pub bin: PathBuf,
+    pub data_key: DataKey,
+}
+
+impl GatewayRig {
+    /// Write a config for `gateway_id` (a broker account made by the set-up)
+    /// with dev zk keys from `zk`; `extra` is appended to the TOML.
+    pub fn new(
+        gateway_id: &str,
+        bus: &str,
+        broker: &Broker,
+        zk: &DevZk,
+        extra: &str,
+    ) -> Result<GatewayRig> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new().prefix("hailan-gw-").tempdir()?;
+        let key_file = dir.path().join("owner.key");
+        std::fs::write(&key_file, hex::encode(TEST_DATA_KEY))?;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
+        let pw_file = dir.path().join("mqtt.password");
+        std::fs::write(&pw_file, mqtt_password(gateway_id)?)?;
+        std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600))?;
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"gateway_id = "{gateway_id}"
+state_dir = "{state}"
+
+[mqtt]
+host = "{host}"
+port = {port}
+password_file = "{pw}"
+keep_alive_s = 5
+
+[ble]
+scan_stall_s = 5
+reconnect_min_ms = 200
+reconnect_max_ms = 2000
+pair_timeout_s = 20
+
+[keys]
+data_key_file = "{key}"
+data_key_id = "{TEST_DATA_KEY_ID}"
+zk_dir = "{zk}"
+allow_dev_keys = true
+{extra}
+"#,
+                state = dir.path().join("state").display(),
+                host = broker.host,
+                port = broker.port,
+                pw = pw_file.display(),
+                key = key_file.display(),
+                zk = zk.dir.path().display(),
+            ),
+        )?;
+        Ok(GatewayRig {
+            config,
+            gateway_id: gateway_id.to_owned(),
+            bus: bus.to_owned(),
+            bin: workspace_binary("hailan-gateway")?,
+            data_key: DataKey::new(TEST_DATA_KEY_ID, TEST_DATA_KEY),
+            dir,
+        })
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
+            .env("RUST_LOG", "info,hailan_gateway=debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run a CLI command to completion; its stdout, or an error with stderr.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(args)
+            .output()
+            .with_context(|| format!("running hailan-gateway {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "hailan-gateway {args:?} failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `pair ADDRESS --json`.
+    pub fn pair(&self, address: &str) -> Result<serde_json::Value> {
+        let out = self.cli(&["pair", address, "--json"])?;
+        serde_json::from_str(out.trim()).with_context(|| format!("pair output: {out}"))
+    }
+
+    /// `status --json` (exit code 3 = daemon not running is not an error here).
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let out = self.command(&["status", "--json"]).output()?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("status output: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Start the daemon, logging to `state/../gateway.log`; `env` is added.
+    pub fn start(&self, env: &[(&str, &str)]) -> Result<GatewayProcess> {
+        let log = self.dir.path().join("gateway.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let err = out.try_clone()?;
+        let mut c = self.command(&["run"]);
+        c.envs(env.iter().copied()).stdout(out).stderr(err);
+        let child = c.spawn().context("starting hailan-gateway run")?;
+        Ok(GatewayProcess { child, log })
+    }
+}
+
+/// A running `hailan-gateway run`. Killed on drop; its log tail is printed
+/// (shown when the test fails).
+pub struct GatewayProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl GatewayProcess {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_log(&mut self, needle: &str, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        while !self.log_text().contains(needle) {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("hailan-gateway exited ({status}):\n{}", self.log_text());
+            }
+            if start.elapsed() > limit {
+                bail!(
+                    "no {needle:?} in the gateway log within {limit:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn kill9(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("--- last lines of {} ---", self.log.display());
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// One message the collector received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Received {
+    /// The envelope, if this is an uplink message.
+    pub fn envelope(&self) -> Option<Envelope> {
+        if self.topic.ends_with("/up") {
+            hailan_proto::envelope::decode(&self.payload).ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// A QoS 1 subscriber (as the ingest account) to one gateway's `up` and
+/// `status` topics, with a persistent session, so nothing published while it
+/// reconnects is lost.
+pub struct Collector {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    pub async fn start(broker: &Broker, gateway_id: &str) -> Result<Collector> {
+        let user = "hailan-ingest";
+        let mut opts = rumqttc::MqttOptions::new(
+            format!("collector-{gateway_id}-{}", uuid::Uuid::new_v4().simple()),
+            broker.host.clone(),
+            broker.port,
+        );
+        opts.set_credentials(user, mqtt_password(user)?);
+        opts.set_clean_session(false);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let up = hailan_proto::topic::up(gateway_id);
+        let status = hailan_proto::topic::status(gateway_id);
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut subscribed = false;
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) if !subscribed => {
+                        subscribed = true;
+                        let _ = client.subscribe(&up, rumqttc::QoS::AtLeastOnce).await;
+                        let _ = client.subscribe(&status, rumqttc::QoS::AtLeastOnce).await;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if let Ok(mut v) = sink.lock() {
+                            v.push(Received {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            });
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("the collector did not subscribe within 10 s")??;
+        Ok(Collector { received, task })
+    }
+
+    pub fn snapshot(&self) -> Vec<Received> {
+        self.received.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Decoded uplink envelopes so far, in arrival order.
+    pub fn envelopes(&self) -> Vec<Envelope> {
+        self.snapshot()
+            .iter()
+            .filter_map(Received::envelope)
+            .collect()
+    }
+
+    /// Wait until `done(envelopes)` holds.
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&[Envelope]) -> bool,
+    ) -> Result<Vec<Envelope>> {
+        let start = Instant::now();
+        loop {
+            let e = self.envelopes();
+            if done(&e) {
+                return Ok(e);
+            }
+            if start.elapsed() > limit {
+                bail!("timed out after {limit:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Readings of one device in an envelope list: (seq, group index, reading).
+pub fn readings_of<'a>(
+    envelopes: &'a [Envelope],
+    device_id: &str,
+) -> Vec<(&'a hailan_proto::ProvenGroup, &'a hailan_proto::Reading)> {
+    envelopes
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Readings(b) if b.device_id == device_id => Some(b),
+            _ => None,
+        })
+        .flat_map(|b| b.groups.iter())
+        .flat_map(|g| g.readings.iter().map(move |r| (g, r)))
+        .collect()
+}
+
+/// A private Mosquitto (same accounts and ACL as the set-up's) that a test
+/// may stop and start; persistence on, so sessions and queues survive.
+pub struct PrivateMosquitto {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl PrivateMosquitto {
+    pub fn start() -> Result<PrivateMosquitto> {
+        let port = crate::free_port()?;
+        let dir = tempfile::Builder::new().prefix("hailan-mqtt-").tempdir()?;
+        let src = repo_root().join(".hailan/mosquitto");
+        std::fs::copy(src.join("passwd"), dir.path().join("passwd"))
+            .context("copying the set-up's broker passwords (run `cargo xtask services`)")?;
+        std::fs::copy(
+            repo_root().join("deploy/mosquitto/hailan.acl"),
+            dir.path().join("hailan.acl"),
+        )?;
+        std::fs::create_dir_all(dir.path().join("data"))?;
+        let template = std::fs::read_to_string(repo_root().join("deploy/mosquitto/dev.conf.in"))?;
+        let conf_text = template
+            .replace("@STATE@", &dir.path().display().to_string())
+            .replace("@PORT@", &port.to_string());
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, conf_text)?;
+        if is_root() {
+            // Mosquitto started as root drops to the `mosquitto` user.
+            Command::new("chown")
+                .args(["-R", "mosquitto:mosquitto"])
+                .arg(dir.path())
+                .status()?;
+        }
+        let mut m = PrivateMosquitto {
+            dir,
+            conf,
+            child: None,
+            port,
+        };
+        m.start_again()?;
+        Ok(m)
+    }
+
+    pub fn broker(&self) -> Broker {
+        Broker {
+            host: "127.0.0.1".into(),
+            port: self.port,
+        }
+    }
+
+    /// Start it (after [`stop`](Self::stop)) and wait until it accepts connections.
+    pub fn start_again(&mut self) -> Result<()> {
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mosquitto")?;
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("mosquitto did not listen on {} within 10 s", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (it saves its persistence file) and wait until the port is free.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+}
+
+impl Drop for PrivateMosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

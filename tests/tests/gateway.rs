@@ -1,0 +1,561 @@
+//! The gateway end to end: `hailan-sim` (fake BlueZ on a private D-Bus) →
+//! the real `hailan-gateway` (btleplug, pipeline, outbox, publisher) → the
+//! real Mosquitto → a collector; compared with the simulator's ground truth.
+
+use anyhow::{Context, Result, bail, ensure};
+use hailan_firmware_sim::harness::SimHarness;
+use hailan_proto::envelope::{Body, Envelope};
+use hailan_proto::header::ReadingHeader;
+use hailan_proto::zk::{DevKeys, GroupClaim, Policy, Verifier, VerifyingKey};
+use hailan_proto::{DataType, ProvenGroup, Reading};
+use hailan_tests::DevZk;
+use hailan_tests::gateway::{Broker, Collector, GatewayRig, PrivateMosquitto, readings_of};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// One line of the simulator's ground-truth file.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct Truth {
+    device: String,
+    address: String,
+    event: String,
+    characteristic: String,
+    slots: Vec<u64>,
+    malformed: bool,
+}
+
+fn read_truth(path: &std::path::Path) -> Result<Vec<Truth>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("truth line {l}")))
+        .collect()
+}
+
+/// The data type a measurement characteristic makes readings of.
+fn data_type_of(characteristic: &str) -> Option<DataType> {
+    Some(match characteristic {
+        "2a37" => DataType::HeartRate,
+        "2a35" => DataType::BloodPressure,
+        "2a5e" | "2a5f" => DataType::Spo2,
+        "2a1c" => DataType::BodyTemperature,
+        "2a18" => DataType::Glucose,
+        "2a9d" => DataType::BodyWeight,
+        _ => return None,
+    })
+}
+
+/// Wire resolution of converted units (kPa cuffs, °F thermometers, lb scales).
+fn tolerance(characteristic: &str) -> u64 {
+    match characteristic {
+        "2a35" => 4,
+        "2a1c" => 1,
+        "2a9d" => 5,
+        _ => 0,
+    }
+}
+
+impl Truth {
+    /// Whether this value, as sent, makes a reading.
+    fn makes_reading(&self) -> bool {
+        matches!(self.event.as_str(), "notify" | "indicate")
+            && !self.malformed
+            && data_type_of(&self.characteristic)
+                .is_some_and(|t| t.slot_count() == self.slots.len())
+    }
+
+    fn matches(&self, slots: &[u32]) -> bool {
+        let tol = tolerance(&self.characteristic);
+        slots.len() == self.slots.len()
+            && slots
+                .iter()
+                .zip(&self.slots)
+                .all(|(a, b)| u64::from(*a).abs_diff(*b) <= tol)
+    }
+}
+
+fn verifier(zk: &DevZk) -> Result<Verifier> {
+    let keys = ["reading.vk", "window.vk"]
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(zk.dir.path().join(f))?;
+            Ok(VerifyingKey::from_bytes(&bytes)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Verifier::new(keys, Policy::from_spec(), DevKeys::Allow)?)
+}
+
+/// Device commitments from the registrations.
+fn commitments(envelopes: &[Envelope]) -> HashMap<String, [u8; 32]> {
+    envelopes
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Registration(r) => Some((r.device_id.clone(), r.device_commitment)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every group's proof verifies against the device's registered commitment.
+fn verify_all(zk: &DevZk, gateway_id: &str, envelopes: &[Envelope]) -> Result<usize> {
+    let v = verifier(zk)?;
+    let pinned = commitments(envelopes);
+    let mut claims = Vec::new();
+    for e in envelopes {
+        if let Body::Readings(b) = &e.body {
+            let d = pinned
+                .get(&b.device_id)
+                .with_context(|| format!("readings of {} before its registration", b.device_id))?;
+            for g in &b.groups {
+                claims.push(GroupClaim {
+                    gateway_id,
+                    device_id: &b.device_id,
+                    device_commitment: d,
+                    group: g,
+                });
+            }
+        }
+    }
+    let verdicts = v.verify_batch(&claims, &mut rand::rngs::OsRng);
+    for (c, r) in claims.iter().zip(&verdicts) {
+        if let Err(e) = r {
+            bail!(
+                "group of {} (seq {:?}) does not verify: {e}",
+                c.device_id,
+                c.group.readings.first().map(|r| r.seq)
+            );
+        }
+    }
+    Ok(claims.len())
+}
+
+/// Open a reading with the owner key: its slots.
+fn open(rig: &GatewayRig, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
+    let header = ReadingHeader {
+        gateway_id: &rig.gateway_id,
+        device_id,
+        data_type: &r.data_type,
+        seq: r.seq,
+        recorded_at_ms: r.recorded_at_ms,
+    };
+    let v = hailan_proto::seal::open(&rig.data_key, &header, &r.sealed)
+        .with_context(|| format!("opening {device_id} seq {}", r.seq))?;
+    Ok(v.slots)
+}
+
+/// Per device: seq → (group, reading); fails on a gap or a changed duplicate.
+fn by_seq<'a>(
+    envelopes: &'a [Envelope],
+    device_id: &str,
+) -> Result<BTreeMap<u64, (&'a ProvenGroup, &'a Reading)>> {
+    let mut out: BTreeMap<u64, (&ProvenGroup, &Reading)> = BTreeMap::new();
+    for (g, r) in readings_of(envelopes, device_id) {
+        if let Some((_, prev)) = out.get(&r.seq) {
+            ensure!(
+                prev.sealed == r.sealed,
+                "{device_id} seq {} sent twice with different contents",
+                r.seq
+            );
+        }
+        out.insert(r.seq, (g, r));
+    }
+    if let (Some(first), Some(last)) = (out.keys().next(), out.keys().last()) {
+        ensure!(*first == 1, "{device_id}: first seq is {first}, not 1");
+        ensure!(
+            out.len() as u64 == last - first + 1,
+            "{device_id}: seqs are not contiguous: {:?}",
+            out.keys().collect::<Vec<_>>()
+        );
+    }
+    Ok(out)
+}
+
+/// Each device's readings, opened, in seq order, must be an in-order
+/// subsequence of its ground truth; every truth value in `must` (indices
+/// into the truth file) must be among them.
+fn check_against_truth(
+    rig: &GatewayRig,
+    envelopes: &[Envelope],
+    devices: &HashMap<String, String>,
+    truth: &[Truth],
+    must: std::ops::Range<usize>,
+) -> Result<usize> {
+    let mut checked = 0;
+    for (address, device_id) in devices {
+        let readings = by_seq(envelopes, device_id)?;
+        let mine: Vec<(usize, &Truth)> = truth
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.address.eq_ignore_ascii_case(address) && t.makes_reading())
+            .collect();
+        let mut j = 0;
+        let mut matched = Vec::new();
+        for (seq, (_, r)) in &readings {
+            let slots = open(rig, device_id, r)?;
+            while j < mine.len() && !mine[j].1.matches(&slots) {
+                j += 1;
+            }
+            ensure!(
+                j < mine.len(),
+                "{device_id} seq {seq}: {slots:?} is not in the ground truth (in order)"
+            );
+            matched.push(mine[j].0);
+            j += 1;
+            checked += 1;
+        }
+        let missing: Vec<String> = mine
+            .iter()
+            .filter(|(i, _)| must.contains(i) && !matched.contains(i))
+            .map(|(i, t)| format!("#{i} {} {} {:?}", t.device, t.characteristic, t.slots))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{device_id}: emitted but never published: {missing:?}"
+        );
+    }
+    Ok(checked)
+}
+
+fn line_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Every device connected (a connected=true device state per device).
+fn all_connected(envelopes: &[Envelope], devices: &HashMap<String, String>) -> bool {
+    devices.values().all(|id| {
+        envelopes
+            .iter()
+            .any(|e| matches!(&e.body, Body::DeviceState(s) if &s.device_id == id && s.connected))
+    })
+}
+
+/// Start the simulator and pair every device through the CLI.
+fn sim_and_pair(
+    devices: &str,
+    truth: &std::path::Path,
+    gateway_id: &str,
+    broker: &Broker,
+    zk: &DevZk,
+    extra: &str,
+) -> Result<(SimHarness, GatewayRig, HashMap<String, String>)> {
+    let truth_arg = truth.display().to_string();
+    let sim = SimHarness::start(&[
+        "--devices",
+        devices,
+        "--seed",
+        "7",
+        "--speed",
+        "4",
+        "--ground-truth",
+        &truth_arg,
+    ])?;
+    let rig = GatewayRig::new(gateway_id, sim.bus_address(), broker, zk, extra)?;
+    let mut paired = HashMap::new();
+    for d in &sim.sim.devices {
+        let out = rig.pair(&d.address)?;
+        let id = out["device_id"]
+            .as_str()
+            .context("pair --json gives device_id")?
+            .to_owned();
+        paired.insert(d.address.clone(), id);
+    }
+    Ok((sim, rig, paired))
+}
+
+async fn notify_socket(
+    dir: &std::path::Path,
+) -> Result<(
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+)> {
+    let path = dir.join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&path)?;
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf).await {
+            if let Ok(mut v) = sink.lock() {
+                v.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+    });
+    Ok((path, got))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let truth_path = tmp.path().join("truth.jsonl");
+    let broker = Broker::shared();
+    let (mut sim, rig, devices) = sim_and_pair(
+        "hr=1,bp=1,spo2=1,temp=1,glucose=1,scale=1",
+        &truth_path,
+        "gw-e2e-1",
+        &broker,
+        &zk,
+        "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1500\n",
+    )?;
+    assert_eq!(devices.len(), 6);
+    let listed: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(6), "{listed}");
+    let collector = Collector::start(&broker, &rig.gateway_id).await?;
+    let (sock, notes) = notify_socket(tmp.path()).await?;
+    let sock_s = sock.display().to_string();
+    let mut gw = rig.start(&[("NOTIFY_SOCKET", &sock_s), ("WATCHDOG_USEC", "2000000")])?;
+
+    collector
+        .wait_for(Duration::from_secs(60), "every device connected", |e| {
+            all_connected(e, &devices)
+        })
+        .await?;
+    // From here on every value the devices send must arrive.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let from = line_count(&truth_path);
+    for round in 0..2 {
+        for name in ["bp0", "temp0", "scale0", "glucose0", "spo20"] {
+            sim.sim
+                .command(&format!("measure {name}"))
+                .with_context(|| format!("round {round}"))?;
+        }
+        let hr_id = devices
+            .iter()
+            .find(|(a, _)| a.ends_with(":01:00:00"))
+            .map(|(_, id)| id.clone())
+            .context("hr0")?;
+        let want = 6 * (round + 1);
+        collector
+            .wait_for(Duration::from_secs(60), "heart-rate readings", |e| {
+                readings_of(e, &hr_id).len() >= want
+            })
+            .await?;
+    }
+    let status = rig.status()?;
+    assert_eq!(status["daemon_running"], true, "{status}");
+    assert_eq!(status["devices"], 6, "{status}");
+    let until = line_count(&truth_path);
+    let stopped = Instant::now();
+    let exit = gw.terminate()?;
+    assert!(exit.success(), "SIGTERM exit: {exit}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "stop took {:?}",
+        stopped.elapsed()
+    );
+    // After a clean stop the outbox is empty and every seq it assigned was published.
+    let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    let next: HashMap<String, u64> = after
+        .as_array()
+        .context("devices")?
+        .iter()
+        .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
+        .collect();
+    let envelopes = collector
+        .wait_for(Duration::from_secs(30), "every queued reading", |e| {
+            next.iter().all(|(id, n)| {
+                readings_of(e, id)
+                    .iter()
+                    .map(|(_, r)| r.seq)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+                    >= *n
+            })
+        })
+        .await?;
+    let status = rig.status()?;
+    assert_eq!(status["outbox"]["entries"], 0, "{status}");
+    assert_eq!(status["daemon_running"], false, "{status}");
+
+    let truth = read_truth(&truth_path)?;
+    let checked = check_against_truth(&rig, &envelopes, &devices, &truth, from..until)?;
+    assert!(checked >= 30, "only {checked} readings checked");
+    let groups = verify_all(&zk, &rig.gateway_id, &envelopes)?;
+    assert!(groups > 0);
+    // Every stored glucose record arrived exactly once (RACP on connect).
+    let glucose_id = devices
+        .iter()
+        .find(|(a, _)| a.contains(":05:00:00"))
+        .map(|(_, id)| id.clone())
+        .context("glucose0")?;
+    let stored = truth
+        .iter()
+        .filter(|t| t.device == "glucose0" && t.event == "stored")
+        .count();
+    let got = readings_of(&envelopes, &glucose_id).len();
+    assert_eq!(
+        got, stored,
+        "glucose records published vs stored on the meter"
+    );
+    // Battery and connection states arrived for every device.
+    for id in devices.values() {
+        assert!(
+            envelopes.iter().any(|e| matches!(&e.body, Body::DeviceState(s) if &s.device_id == id && s.battery_level.is_some())),
+            "no battery state for {id}"
+        );
+    }
+    // The status topic: online while up, offline after the clean stop (retained).
+    let statuses: Vec<String> = collector
+        .snapshot()
+        .iter()
+        .filter(|m| m.topic.ends_with("/status"))
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    assert!(statuses.contains(&"online".to_owned()), "{statuses:?}");
+    assert_eq!(
+        statuses.last().map(String::as_str),
+        Some("offline"),
+        "{statuses:?}"
+    );
+    // systemd: READY=1 once up, WATCHDOG=1 while alive, STATUS= lines, STOPPING=1.
+    let notes = notes.lock().map(|v| v.join("\n")).unwrap_or_default();
+    for needle in ["READY=1", "WATCHDOG=1", "STATUS=", "STOPPING=1"] {
+        assert!(notes.contains(needle), "no {needle} in:\n{notes}");
+    }
+    drop(gw);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let truth_path = tmp.path().join("truth.jsonl");
+    let broker = Broker::shared();
+    let (mut sim, rig, devices) = sim_and_pair(
+        "hr=2,glucose=1",
+        &truth_path,
+        "gw-e2e-2",
+        &broker,
+        &zk,
+        "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+    )?;
+    let collector = Collector::start(&broker, &rig.gateway_id).await?;
+    let mut gw = rig.start(&[])?;
+    let hr: Vec<String> = devices
+        .iter()
+        .filter(|(a, _)| a.contains(":01:00:"))
+        .map(|(_, id)| id.clone())
+        .collect();
+    collector
+        .wait_for(Duration::from_secs(60), "heart-rate readings", |e| {
+            hr.iter().all(|id| readings_of(e, id).len() >= 8)
+        })
+        .await?;
+    gw.kill9()?;
+    // Records stored on the meter while the gateway is down come on reconnect.
+    sim.sim.command("measure glucose0")?;
+    sim.sim.command("measure glucose0")?;
+    let mut gw = rig.start(&[])?;
+    let before: HashMap<String, usize> = hr
+        .iter()
+        .map(|id| (id.clone(), readings_of(&collector.envelopes(), id).len()))
+        .collect();
+    collector
+        .wait_for(Duration::from_secs(60), "readings after the restart", |e| {
+            hr.iter()
+                .all(|id| readings_of(e, id).len() >= before[id] + 8)
+        })
+        .await?;
+    let exit = gw.terminate()?;
+    assert!(exit.success());
+    let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    let next: HashMap<String, u64> = after
+        .as_array()
+        .context("devices")?
+        .iter()
+        .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
+        .collect();
+    let envelopes = collector
+        .wait_for(Duration::from_secs(30), "every queued reading", |e| {
+            next.iter().all(|(id, n)| {
+                readings_of(e, id)
+                    .iter()
+                    .map(|(_, r)| r.seq)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+                    >= *n
+            })
+        })
+        .await?;
+    // Contiguous seqs, any duplicate byte-identical (ingest's key absorbs it),
+    // every value from the ground truth, every glucose record exactly once.
+    let truth = read_truth(&truth_path)?;
+    check_against_truth(&rig, &envelopes, &devices, &truth, 0..0)?;
+    for (id, n) in &next {
+        assert_eq!(by_seq(&envelopes, id)?.len() as u64, n - 1, "{id}");
+    }
+    let glucose_id = devices
+        .iter()
+        .find(|(a, _)| a.contains(":05:00:00"))
+        .map(|(_, id)| id.clone())
+        .context("glucose0")?;
+    let stored = truth
+        .iter()
+        .filter(|t| t.device == "glucose0" && t.event == "stored")
+        .count();
+    assert_eq!(by_seq(&envelopes, &glucose_id)?.len(), stored);
+    verify_all(&zk, &rig.gateway_id, &envelopes)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_is_buffered_and_delivered_in_order() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let truth_path = tmp.path().join("truth.jsonl");
+    let mut mosquitto = PrivateMosquitto::start()?;
+    let broker = mosquitto.broker();
+    let (_sim, rig, devices) = sim_and_pair(
+        "hr=2,temp=1",
+        &truth_path,
+        "gw-e2e-3",
+        &broker,
+        &zk,
+        "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+    )?;
+    let collector = Collector::start(&broker, &rig.gateway_id).await?;
+    let mut gw = rig.start(&[])?;
+    collector
+        .wait_for(Duration::from_secs(60), "every device connected", |e| {
+            all_connected(e, &devices)
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let from = line_count(&truth_path);
+    mosquitto.stop()?;
+    let outage = Duration::from_secs(
+        std::env::var("HAILAN_OUTAGE_S")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    // During the outage readings pile up in the outbox, visibly.
+    let start = Instant::now();
+    let mut peak = 0u64;
+    while start.elapsed() < outage {
+        let s = rig.status()?;
+        peak = peak.max(s["outbox"]["readings"].as_u64().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        peak >= 8,
+        "outbox never grew during the outage (peak {peak})"
+    );
+    mosquitto.start_again()?;
+    let until = line_count(&truth_path);
+    gw.wait_log("connected to the broker", Duration::from_secs(60))?;
+    collector
+        .wait_for(Duration::from_secs(60), "the backlog", |e| {
+            let truth = read_truth(&truth_path).unwrap_or_default();
+            check_against_truth(&rig, e, &devices, &truth, from..until).is_ok()
+        })
+        .await?;
+    let exit = gw.terminate()?;
+    assert!(exit.success());
+    Ok(())
+}

@@ -169,12 +169,26 @@ pub enum BleEvent {
 pub const RSSI_DEAD_BAND: i16 = 5;
 
 /// Counters of what the BLE layer did (for tests, metrics and logs).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BleStats {
     scan_restarts: AtomicU64,
     adapter_resets: AtomicU64,
     connections: AtomicU64,
     disconnections: AtomicU64,
+    /// Bumped with every counter, so one can await a change.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for BleStats {
+    fn default() -> Self {
+        BleStats {
+            scan_restarts: AtomicU64::new(0),
+            adapter_resets: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            disconnections: AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 impl BleStats {
@@ -194,12 +208,23 @@ impl BleStats {
     pub fn disconnections(&self) -> u64 {
         self.disconnections.load(Ordering::Relaxed)
     }
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// Wait until `pred` holds (checked now and after every counter change).
+    pub async fn wait_for(&self, pred: impl Fn(&BleStats) -> bool) {
+        let mut rx = self.changes.subscribe();
+        while !pred(self) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+    fn bump(&self, counter: fn(&BleStats) -> &AtomicU64) {
+        counter(self).fetch_add(1, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
 /// The BLE layer on one adapter.
+#[derive(Debug)]
 pub struct Ble {
     cfg: BleConfig,
     radio: adapter::Radio,

@@ -193,7 +193,7 @@ impl Session {
             };
             match (attempt, notes.as_mut()) {
                 (Ok(link), Some(n)) => {
-                    BleStats::bump(&self.ctx.stats.connections);
+                    self.ctx.stats.bump(|s| &s.connections);
                     tracing::info!(device = %self.label, kind = self.kind.as_str(), "connected and subscribed");
                     self.status.connected = true;
                     if !self.publish().await {
@@ -204,7 +204,7 @@ impl Session {
                     match end {
                         Ended::Cancelled => break,
                         Ended::Lost(why) => {
-                            BleStats::bump(&self.ctx.stats.disconnections);
+                            self.ctx.stats.bump(|s| &s.disconnections);
                             tracing::warn!(device = %self.label, "link lost ({why}); reconnecting");
                             if why.starts_with("notification stream") {
                                 notes = None;

@@ -136,7 +136,7 @@ impl Scanner {
     }
 
     async fn restart(&mut self, radio: &Radio, stats: &BleStats) {
-        BleStats::bump(&stats.scan_restarts);
+        stats.bump(|s| &s.scan_restarts);
         radio.stop_scan().await;
         self.acted_at = Instant::now();
         self.next_check = self.acted_at;
@@ -146,7 +146,7 @@ impl Scanner {
     }
 
     async fn reset(&mut self, radio: &Radio, stats: &BleStats) {
-        BleStats::bump(&stats.adapter_resets);
+        stats.bump(|s| &s.adapter_resets);
         radio.stop_scan().await;
         if let Err(e) = radio.power_cycle().await {
             tracing::warn!(adapter = %radio.name, "resetting adapter power: {e:#}");
@@ -177,7 +177,7 @@ impl Scanner {
                 self.failed_start(radio, &e);
                 if self.start_failures.is_multiple_of(3) {
                     tracing::warn!(adapter = %radio.name, "discovery failed to start {} times in a row: resetting adapter power", self.start_failures);
-                    BleStats::bump(&stats.adapter_resets);
+                    stats.bump(|s| &s.adapter_resets);
                     if let Err(e) = radio.power_cycle().await {
                         tracing::warn!(adapter = %radio.name, "resetting adapter power: {e:#}");
                     }

@@ -23,6 +23,9 @@ use bluez_async::AdapterInfo;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How long after our own power reset its Powered events are ignored.
+const OWN_RESET_ECHO: Duration = Duration::from_secs(2);
+
 /// The scanner's state between supervisor ticks.
 pub(crate) struct Scanner {
     stall_after: Duration,
@@ -39,6 +42,8 @@ pub(crate) struct Scanner {
     escalation: u32,
     reset_hold: Backoff,
     not_discovering: u32,
+    /// Power events until then are the echo of our own power reset.
+    own_reset_until: Option<Instant>,
 }
 
 impl Scanner {
@@ -56,6 +61,7 @@ impl Scanner {
             escalation: 0,
             reset_hold: Backoff::new(stall_after, stall_after.saturating_mul(16)),
             not_discovering: 0,
+            own_reset_until: None,
         }
     }
 
@@ -66,6 +72,14 @@ impl Scanner {
 
     /// The adapter's power changed (btleplug `StateUpdate`).
     pub(crate) fn on_powered(&mut self, radio: &Radio, on: bool) {
+        if self
+            .own_reset_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            // Our own off/on: discovery was restarted right after it.
+            tracing::debug!(adapter = %radio.name, powered = on, "power event of our own reset");
+            return;
+        }
         if on {
             if !self.scanning {
                 tracing::info!(adapter = %radio.name, "adapter powered on: starting discovery");
@@ -148,10 +162,12 @@ impl Scanner {
     async fn reset(&mut self, radio: &Radio, stats: &BleStats) {
         stats.bump(|s| &s.adapter_resets);
         radio.stop_scan().await;
-        if let Err(e) = radio.power_cycle().await {
-            tracing::warn!(adapter = %radio.name, "resetting adapter power: {e:#}");
-        }
+        let reset = radio.power_cycle().await;
         self.acted_at = Instant::now();
+        match reset {
+            Ok(()) => self.own_reset_until = Some(self.acted_at + OWN_RESET_ECHO),
+            Err(e) => tracing::warn!(adapter = %radio.name, "resetting adapter power: {e:#}"),
+        }
         if let Err(e) = radio.start_scan().await {
             self.failed_start(radio, &e);
         }

@@ -1,39 +1,44 @@
-//! Liveness beats for the systemd watchdog: each loop that must stay alive
-//! (BLE supervisor, publisher) beats while it really turns; the daemon sends
-//! `WATCHDOG=1` only while every beat is fresh.
+//! Liveness for the systemd watchdog: loops that are really alive call
+//! [`Beat::beat`]; whoever pings systemd checks [`Beat::age`].
 
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+/// The process-wide monotonic origin the beats are measured from.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
 }
 
+/// Monotonic milliseconds since [`origin`].
 fn now_ms() -> i64 {
-    i64::try_from(epoch().elapsed().as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(origin().elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The last time one loop proved it was alive.
+/// The time of the last heartbeat of one loop.
 #[derive(Debug)]
-pub struct Beat(AtomicI64);
+pub struct Beat {
+    last_ms: AtomicI64,
+}
 
 impl Beat {
-    /// A beat that starts now.
+    /// A beat that has just beaten.
     pub fn new() -> Arc<Beat> {
-        Arc::new(Beat(AtomicI64::new(now_ms())))
+        Arc::new(Beat {
+            last_ms: AtomicI64::new(now_ms()),
+        })
     }
 
-    /// The loop is alive now.
+    /// "I am alive now."
     pub fn beat(&self) {
-        self.0.store(now_ms(), Ordering::Relaxed);
+        self.last_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Time since the last beat.
+    /// How long since the last beat.
     pub fn age(&self) -> Duration {
-        let ms = (now_ms() - self.0.load(Ordering::Relaxed)).max(0);
-        Duration::from_millis(ms as u64)
+        let ms = now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed));
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
     }
 }

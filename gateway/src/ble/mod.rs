@@ -1,58 +1,161 @@
-//! Placeholder until the BLE layer lands (branch `ble`).
+//! The gateway's Bluetooth LE layer: scan for health devices, pair (bond)
+//! them, and keep one session per known device that forwards every
+//! measurement value as a [`BleEvent`].
+//!
+//! It is built for the failures BLE gateways are known for: a scanner that
+//! silently stops reporting ([`watchdog`]: restart discovery, then reset the
+//! adapter), connection attempts that exhaust the adapter (a semaphore bounds
+//! attempts in flight, [`backoff`] spreads retries), and bonding that fails on
+//! blood-pressure cuffs and glucose meters ([`pair`], and sessions re-bond
+//! when BlueZ says "not paired").
+//!
+//! | file | job |
+//! |---|---|
+//! | [`adapter`] | open BlueZ + the adapter; power, discovery, BlueZ error names |
+//! | [`gatt`] | which characteristics a kind uses; DIS/battery reads |
+//! | [`scan`] | one-off scans ([`Ble::scan`]) |
+//! | [`pair`] | find, connect, bond, check the GATT table, read DIS ([`Ble::pair`]) |
+//! | [`session`] | one known device: connect, subscribe, forward, reconnect |
+//! | [`glucose`] | RACP: fetch the records after the cursor |
+//! | [`hub`] | the one btleplug event stream, fanned out to everyone |
+//! | [`watchdog`] | keep discovery running and reporting |
+//! | [`supervisor`] | [`Ble::run`]: start/stop sessions, scanner, heartbeat |
+//! | [`backoff`] | jittered exponential backoff |
+
+mod adapter;
+mod backoff;
+mod gatt;
+mod glucose;
+mod hub;
+mod pair;
+mod scan;
+mod session;
+mod supervisor;
+mod watchdog;
+
 pub use hailan_proto::gatt::DeviceKind;
+
 use std::sync::Arc;
-use std::sync::atomic::AtomicI32;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// BLE settings.
 #[derive(Clone, Debug)]
 pub struct BleConfig {
+    /// Adapter name, e.g. `hci0`; `None` = the first adapter.
     pub adapter: Option<String>,
+    /// Simultaneous connection *attempts* in flight (the rest queue).
     pub max_connections: usize,
+    /// Periodic battery read per connected device (a glucose meter is also
+    /// asked for new records then).
     pub battery_interval: Duration,
+    /// No discovery/RSSI event for this long while scanning ⇒ restart discovery.
     pub scan_stall_after: Duration,
+    /// Reconnect backoff start.
     pub reconnect_min: Duration,
+    /// Reconnect backoff cap (jittered exponential). A connection that lasted
+    /// at least this long resets the backoff.
     pub reconnect_max: Duration,
+    /// Pairing (finding the device included).
     pub pair_timeout: Duration,
 }
 
-#[derive(Clone, Debug)]
+impl Default for BleConfig {
+    fn default() -> Self {
+        BleConfig {
+            adapter: None,
+            max_connections: 4,
+            battery_interval: Duration::from_secs(5 * 60),
+            scan_stall_after: Duration::from_secs(30),
+            reconnect_min: Duration::from_secs(1),
+            reconnect_max: Duration::from_secs(60),
+            pair_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A device found by a scan.
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Nearby {
+    /// `AA:BB:CC:DD:EE:FF`, upper case.
     pub address: String,
+    /// Advertised name.
     pub name: Option<String>,
+    /// dBm.
     pub rssi: Option<i16>,
+    /// From the advertised services; only health devices are reported.
+    /// Serialised as `heart_rate_monitor` … ([`DeviceKind::as_str`]).
+    #[serde(serialize_with = "kinds_as_str")]
     pub kinds: Vec<DeviceKind>,
 }
 
+fn kinds_as_str<S: serde::Serializer>(kinds: &[DeviceKind], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(kinds.iter().map(|k| k.as_str()))
+}
+
+/// What [`Ble::pair`] learned.
 #[derive(Clone, Debug)]
 pub struct PairedInfo {
+    /// `AA:BB:CC:DD:EE:FF`.
     pub address: String,
+    /// Advertised name.
     pub name: Option<String>,
+    /// The kind it was paired as.
     pub kind: DeviceKind,
+    /// BlueZ holds a bond (`Paired`) for it.
     pub bonded: bool,
+    /// 0x2A29.
     pub manufacturer: Option<String>,
+    /// 0x2A24.
     pub model: Option<String>,
+    /// 0x2A25.
     pub serial: Option<String>,
+    /// 0x2A26.
     pub firmware: Option<String>,
+    /// 0x2A27.
     pub hardware: Option<String>,
+    /// 0x2A19, percent.
     pub battery: Option<u8>,
 }
 
+/// A device the gateway has paired and should keep connected.
 #[derive(Clone, Debug)]
 pub struct KnownDevice {
+    /// The gateway's id for it (events carry it).
     pub device_id: String,
+    /// `AA:BB:CC:DD:EE:FF`.
     pub address: String,
+    /// Its kind.
     pub kind: DeviceKind,
+    /// Glucose: sequence number of the last record durably stored by the
+    /// gateway (-1 = none). The pipeline updates it after each commit; on
+    /// every connection the session asks (RACP "report stored records,
+    /// greater than or equal to" last+1, or "all records" when -1) so no
+    /// record is missed across disconnects.
     pub glucose_cursor: Arc<AtomicI32>,
 }
 
+/// What the BLE layer tells the pipeline.
 #[derive(Clone, Debug)]
 pub enum BleEvent {
+    /// A value on a Notify/Indicate characteristic of the device's kind, as
+    /// received: measurements and their companions (0x2A36 intermediate cuff
+    /// pressure, 0x2A1E intermediate temperature, 0x2A34 glucose context —
+    /// which a meter sends right *after* the 0x2A18 record it belongs to,
+    /// same sequence number). Not forwarded: RACP 0x2A52 responses (the
+    /// session handles them) and battery 0x2A19 (a [`BleEvent::State`]).
+    /// Undecodable bytes are forwarded too: the pipeline decides.
     Measurement {
         device_id: String,
         characteristic: u16,
         bytes: Vec<u8>,
+        /// Wall clock, ms since the Unix epoch, at receipt.
         received_at_ms: i64,
     },
+    /// Connection, battery, RSSI or firmware changed; carries all current
+    /// values. RSSI alone triggers one only when it moved by at least
+    /// [`RSSI_DEAD_BAND`] dB since the last State (advertising RSSI jitters
+    /// every second).
     State {
         device_id: String,
         connected: bool,
@@ -62,29 +165,132 @@ pub enum BleEvent {
     },
 }
 
-pub struct Ble;
+/// RSSI changes smaller than this (dB) do not cause a [`BleEvent::State`] by themselves.
+pub const RSSI_DEAD_BAND: i16 = 5;
+
+/// Counters of what the BLE layer did (for tests, metrics and logs).
+#[derive(Debug)]
+pub struct BleStats {
+    scan_restarts: AtomicU64,
+    adapter_resets: AtomicU64,
+    connections: AtomicU64,
+    disconnections: AtomicU64,
+    /// Bumped with every counter, so one can await a change.
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for BleStats {
+    fn default() -> Self {
+        BleStats {
+            scan_restarts: AtomicU64::new(0),
+            adapter_resets: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            disconnections: AtomicU64::new(0),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+impl BleStats {
+    /// Discovery restarts by the stall watchdog (stop + start discovery).
+    pub fn scan_restarts(&self) -> u64 {
+        self.scan_restarts.load(Ordering::Relaxed)
+    }
+    /// Adapter power resets (Powered off → on) by the watchdog.
+    pub fn adapter_resets(&self) -> u64 {
+        self.adapter_resets.load(Ordering::Relaxed)
+    }
+    /// Sessions that became connected and subscribed.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    /// Established sessions that lost their link.
+    pub fn disconnections(&self) -> u64 {
+        self.disconnections.load(Ordering::Relaxed)
+    }
+    /// Wait until `pred` holds (checked now and after every counter change).
+    pub async fn wait_for(&self, pred: impl Fn(&BleStats) -> bool) {
+        let mut rx = self.changes.subscribe();
+        while !pred(self) {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+    fn bump(&self, counter: fn(&BleStats) -> &AtomicU64) {
+        counter(self).fetch_add(1, Ordering::Relaxed);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The BLE layer on one adapter.
+#[derive(Debug)]
+pub struct Ble {
+    cfg: BleConfig,
+    radio: adapter::Radio,
+    stats: Arc<BleStats>,
+}
 
 impl Ble {
-    pub async fn open(_cfg: BleConfig) -> anyhow::Result<Ble> {
-        anyhow::bail!("BLE layer not built yet")
+    /// Connect to BlueZ and open the configured adapter (the error names the
+    /// adapter and lists those present).
+    pub async fn open(cfg: BleConfig) -> anyhow::Result<Ble> {
+        let radio = adapter::Radio::open(cfg.adapter.as_deref()).await?;
+        Ok(Ble {
+            cfg,
+            radio,
+            stats: Arc::default(),
+        })
     }
+
+    /// The adapter in use (`hci0`).
+    pub fn adapter_name(&self) -> &str {
+        &self.radio.name
+    }
+
+    /// Counters, live (take them before [`Ble::run`] consumes `self`).
+    pub fn stats(&self) -> Arc<BleStats> {
+        self.stats.clone()
+    }
+
+    /// Scan for `duration`, calling `progress` for each new or updated nearby
+    /// health device; return all found, strongest RSSI first.
     pub async fn scan(
         &self,
-        _d: Duration,
-        _progress: impl FnMut(&Nearby),
+        duration: Duration,
+        progress: impl FnMut(&Nearby),
     ) -> anyhow::Result<Vec<Nearby>> {
-        anyhow::bail!("BLE layer not built yet")
+        scan::scan(&self.radio, duration, progress).await
     }
-    pub async fn pair(&self, _who: &str) -> anyhow::Result<PairedInfo> {
-        anyhow::bail!("BLE layer not built yet")
+
+    /// Find `who` (address or advertised name; scanning up to the pair
+    /// timeout if not yet known), connect, bond when the kind needs it
+    /// ("Already Paired" counts as success), discover services, check the
+    /// kind's characteristics, read Device Information and battery, then
+    /// disconnect.
+    pub async fn pair(&self, who: &str) -> anyhow::Result<PairedInfo> {
+        pair::pair(&self.radio, &self.cfg, who).await
     }
+
+    /// Run until `shutdown` is cancelled: keep scanning (with the stall
+    /// watchdog), keep one session per known device (following changes of
+    /// `devices`), send events, beat while alive. Returns an error only if
+    /// it cannot work at all (the event receiver or BlueZ's event stream is gone).
     pub async fn run(
         self,
-        _devices: tokio::sync::watch::Receiver<Vec<KnownDevice>>,
-        _events: tokio::sync::mpsc::Sender<BleEvent>,
-        _beat: Arc<crate::health::Beat>,
-        _shutdown: tokio_util::sync::CancellationToken,
+        devices: tokio::sync::watch::Receiver<Vec<KnownDevice>>,
+        events: tokio::sync::mpsc::Sender<BleEvent>,
+        beat: Arc<crate::health::Beat>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
-        anyhow::bail!("BLE layer not built yet")
+        supervisor::run(self, devices, events, beat, shutdown).await
     }
+}
+
+/// Wall clock, ms since the Unix epoch.
+pub(crate) fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -1,0 +1,201 @@
+//! `Ble::run`: the supervisor. It owns the hub (BlueZ events), the scanner
+//! and one session task per known device; follows the device list; and
+//! beats the systemd watchdog only while its loop turns *and* the adapter
+//! answers *and* BlueZ events still flow.
+
+use super::hub::Hub;
+use super::session::{self, SessionCtx};
+use super::watchdog::Scanner;
+use super::{Ble, BleEvent, KnownDevice};
+use crate::health::Beat;
+use anyhow::Context;
+use btleplug::api::{Central as _, CentralEvent, CentralState};
+use hailan_proto::gatt::DeviceKind;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long shutdown waits for sessions to disconnect their devices.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+struct Running {
+    address: String,
+    kind: DeviceKind,
+    device: watch::Sender<KnownDevice>,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+pub(crate) async fn run(
+    ble: Ble,
+    mut devices: watch::Receiver<Vec<KnownDevice>>,
+    events: mpsc::Sender<BleEvent>,
+    beat: Arc<Beat>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Ble { cfg, radio, stats } = ble;
+    let hub = Arc::new(Hub::new());
+    let stream = radio
+        .central
+        .events()
+        .await
+        .with_context(|| format!("subscribing to events of adapter {}", radio.name))?;
+    let mut central = hub.subscribe();
+    let pump_cancel = CancellationToken::new();
+    let pump = {
+        let hub = hub.clone();
+        let cancel = pump_cancel.clone();
+        tokio::spawn(async move { hub.pump(stream, cancel).await })
+    };
+    let ctx = Arc::new(SessionCtx {
+        radio: radio.clone(),
+        cfg: cfg.clone(),
+        hub: hub.clone(),
+        permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+        stats: stats.clone(),
+        events: events.clone(),
+    });
+    let mut sessions: HashMap<String, Running> = HashMap::new();
+    let list = devices.borrow_and_update().clone();
+    reconcile(&ctx, &mut sessions, &list);
+    let mut scanner = Scanner::new(cfg.scan_stall_after, cfg.reconnect_min, cfg.reconnect_max);
+    let every =
+        (cfg.scan_stall_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut devices_open, mut hub_open) = (true, true);
+    let mut adapter_ok = true;
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            r = devices.changed(), if devices_open => match r {
+                Ok(()) => {
+                    let list = devices.borrow_and_update().clone();
+                    reconcile(&ctx, &mut sessions, &list);
+                }
+                Err(_) => {
+                    devices_open = false;
+                    tracing::warn!("the device list has no sender any more: keeping the current sessions");
+                }
+            },
+            ev = central.recv(), if hub_open => match ev {
+                Ok(CentralEvent::StateUpdate(CentralState::PoweredOff)) => scanner.on_powered(&radio, false),
+                Ok(CentralEvent::StateUpdate(CentralState::PoweredOn)) => scanner.on_powered(&radio, true),
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => hub_open = false,
+            },
+            _ = tick.tick() => {
+                let info = radio.info().await;
+                match (&info, adapter_ok) {
+                    (Err(e), true) => tracing::warn!("{e:#}"),
+                    (Ok(_), false) => tracing::info!(adapter = %radio.name, "adapter answers again"),
+                    _ => {}
+                }
+                adapter_ok = info.is_ok();
+                scanner.step(&radio, &hub, &stats, info.as_ref().ok()).await;
+                sessions.retain(|id, r| {
+                    let ended = r.task.is_finished() && !r.cancel.is_cancelled();
+                    if ended {
+                        tracing::error!(device = %id, "session ended by itself; it restarts when the device list changes");
+                    }
+                    !ended
+                });
+                if events.is_closed() {
+                    break Err(anyhow::anyhow!("the BLE event receiver is gone"));
+                }
+                if !hub.alive() {
+                    break Err(anyhow::anyhow!("the BlueZ event stream ended (D-Bus connection lost?)"));
+                }
+                if adapter_ok && radio.dbus_alive.load(Ordering::Relaxed) {
+                    beat.beat();
+                }
+            }
+        }
+    };
+    // Shut down: sessions disconnect their devices, discovery stops.
+    let mut tasks = Vec::new();
+    for (_, r) in sessions.drain() {
+        r.cancel.cancel();
+        tasks.push(r.task);
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, futures::future::join_all(tasks))
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions did not end within {SHUTDOWN_GRACE:?}");
+    }
+    if scanner.scanning() {
+        radio.stop_scan().await;
+    }
+    pump_cancel.cancel();
+    let _ = pump.await;
+    result
+}
+
+/// Start, stop or update sessions to match `list`.
+fn reconcile(ctx: &Arc<SessionCtx>, sessions: &mut HashMap<String, Running>, list: &[KnownDevice]) {
+    let mut wanted: HashMap<&str, &KnownDevice> = HashMap::new();
+    let mut addresses: HashMap<String, &str> = HashMap::new();
+    for d in list {
+        let a = d.address.to_ascii_uppercase();
+        if let Some(other) = addresses.get(&a) {
+            tracing::warn!(device = %d.device_id, "same address {a} as {other}: ignored");
+            continue;
+        }
+        addresses.insert(a, &d.device_id);
+        wanted.insert(&d.device_id, d);
+    }
+    // Stop what is gone or changed; remember the tasks a replacement must wait for.
+    let mut ending: HashMap<String, JoinHandle<()>> = HashMap::new();
+    let ids: Vec<String> = sessions.keys().cloned().collect();
+    for id in ids {
+        let keep = wanted.get(id.as_str()).is_some_and(|d| {
+            sessions
+                .get(&id)
+                .is_some_and(|r| r.address.eq_ignore_ascii_case(&d.address) && r.kind == d.kind)
+        });
+        if keep {
+            continue;
+        }
+        if let Some(r) = sessions.remove(&id) {
+            tracing::info!(device = %id, "device forgotten or changed: ending its session");
+            r.cancel.cancel();
+            ending.insert(r.address.to_ascii_uppercase(), r.task);
+        }
+    }
+    for (id, d) in wanted {
+        if let Some(r) = sessions.get(id) {
+            r.device.send_replace(d.clone());
+            continue;
+        }
+        let (tx, rx) = watch::channel(d.clone());
+        let cancel = CancellationToken::new();
+        let before = ending.remove(&d.address.to_ascii_uppercase());
+        let task = {
+            let ctx = ctx.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                // The old session of this address frees the device first.
+                if let Some(t) = before {
+                    let _ = t.await;
+                }
+                session::run(ctx, rx, cancel).await;
+            })
+        };
+        tracing::info!(device = %id, address = %d.address, kind = d.kind.as_str(), "session started");
+        sessions.insert(
+            id.to_string(),
+            Running {
+                address: d.address.clone(),
+                kind: d.kind,
+                device: tx,
+                cancel,
+                task,
+            },
+        );
+    }
+}

@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// forget one while it runs) and refreshes its status.
 const DEVICE_POLL: Duration = Duration::from_secs(2);
 
+/// How long shutdown waits for the BLE layer to disconnect its devices.
+const BLE_STOP: Duration = Duration::from_secs(8);
+
 /// Run the daemon until SIGTERM/SIGINT.
 pub async fn run(cfg: GatewayConfig) -> Result<()> {
     let cfg = Arc::new(cfg);
@@ -67,7 +70,8 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
         metrics: metrics.clone(),
         cursors: cursors.clone(),
     };
-    let pipeline_task = tokio::spawn(pipeline.run(events_rx));
+    let pipeline_stop = CancellationToken::new();
+    let pipeline_task = tokio::spawn(pipeline.run(events_rx, pipeline_stop.clone()));
     // The publisher outlives BLE and the pipeline so the last windows go out.
     let publisher_stop = CancellationToken::new();
     let publisher = Publisher {
@@ -159,21 +163,23 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
 
     tracing::info!("stopping: flushing open windows and draining the outbox");
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    match ble_task.await {
-        Ok(Err(e)) => tracing::warn!("BLE layer ended with: {e:#}"),
-        Err(e) => tracing::warn!("BLE task: {e}"),
-        Ok(Ok(())) => {}
+    match tokio::time::timeout(BLE_STOP, ble_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!("BLE layer ended with: {e:#}"),
+        Ok(Err(e)) => tracing::warn!("BLE task: {e}"),
+        Err(_) => tracing::warn!("BLE layer did not stop within {BLE_STOP:?}; going on"),
+        Ok(Ok(Ok(()))) => tracing::info!("BLE stopped"),
     }
+    pipeline_stop.cancel();
     match pipeline_task.await {
         Ok(Err(e)) => tracing::warn!("pipeline ended with: {e:#}"),
         Err(e) => tracing::warn!("pipeline task: {e}"),
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => tracing::info!("pipeline flushed: open windows proven and queued"),
     }
     publisher_stop.cancel();
     match publisher_task.await {
         Ok(Err(e)) => tracing::warn!("publisher ended with: {e:#}"),
         Err(e) => tracing::warn!("publisher task: {e}"),
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => tracing::info!("publisher stopped"),
     }
     store.set_meta("daemon_pid", "").ok();
     tracing::info!("stopped");
@@ -231,14 +237,17 @@ fn notify(states: &[NotifyState<'_>]) {
     }
 }
 
-/// Half the systemd watchdog period, if the watchdog is on.
+/// Half the systemd watchdog period, if the watchdog is on: `WATCHDOG_USEC`
+/// set and `WATCHDOG_PID`, when set, naming this process (libsystemd's
+/// `sd_watchdog_enabled` rule; the sd-notify crate also demands the pid).
 fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 fn spawn_signal_handler(token: CancellationToken) -> Result<()> {

@@ -72,15 +72,25 @@ const RSSI_STEP_DBM: i16 = 10;
 const RSSI_MIN_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Pipeline {
-    /// Consume BLE events until the channel closes (the BLE layer stopped),
+    /// Consume BLE events until the channel closes or `stop` is cancelled
+    /// (after the BLE layer stopped: what it already sent is still taken),
     /// then flush every open window and return.
-    pub async fn run(self, mut events: mpsc::Receiver<BleEvent>) -> Result<()> {
+    pub async fn run(
+        self,
+        mut events: mpsc::Receiver<BleEvent>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
         let shared = Arc::new(self);
         let provers = Arc::new(Semaphore::new(shared.cfg.prover_threads));
         let mut workers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut states: HashMap<String, LastState> = HashMap::new();
-        while let Some(ev) = events.recv().await {
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                _ = stop.cancelled() => events.try_recv().ok(),
+            };
+            let Some(ev) = ev else { break };
             match ev {
                 BleEvent::Measurement {
                     device_id,
@@ -453,6 +463,7 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         match res {
             Ok(_) => {
+                tracing::debug!(device = %self.device_id, first_seq, count, took_ms = started.elapsed().as_millis() as u64, "queued");
                 self.next_seq += count;
                 if let Some(r) = glucose_record {
                     self.cursor.fetch_max(i32::from(r), Ordering::Relaxed);

@@ -12,7 +12,8 @@ use crate::envelope::{ProofKind, ProvenGroup, Reading};
 use crate::header::{ReadingHeader, WindowHeader};
 use crate::seal::{DataKey, SealedValue, seal};
 use crate::zk::{DeviceSecret, ProvingKey, ReadingProof, ZkError, prove_reading, prove_window};
-use rand_core::{CryptoRng, RngCore};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{CryptoRng, RngCore, SeedableRng};
 use std::collections::BTreeMap;
 
 /// One reading as taken from a device, before it is proven and sealed.
@@ -82,7 +83,7 @@ impl Prover<'_> {
         slots: Vec<u32>,
         blinding: [u8; 32],
         position: u16,
-        rng: &mut (impl RngCore + CryptoRng),
+        rng: &mut ChaCha20Rng,
     ) -> Reading {
         let value = SealedValue {
             slots,
@@ -113,6 +114,10 @@ impl Prover<'_> {
         taken: &Taken,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> ProvenGroup {
+        self.reading_with(seq, taken, &mut seeded(rng))
+    }
+
+    fn reading_with(&self, seq: u64, taken: &Taken, rng: &mut ChaCha20Rng) -> ProvenGroup {
         let header = self.header(seq, taken.recorded_at_ms);
         let proven = prove_reading(
             self.pk,
@@ -136,6 +141,10 @@ impl Prover<'_> {
         taken: &[Taken],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> ProvenGroup {
+        self.window_with(first_seq, taken, &mut seeded(rng))
+    }
+
+    fn window_with(&self, first_seq: u64, taken: &[Taken], rng: &mut ChaCha20Rng) -> ProvenGroup {
         let start_ms = taken.first().map_or(0, |t| t.recorded_at_ms);
         let offsets_ms: Vec<u32> = taken
             .iter()
@@ -181,11 +190,20 @@ impl Prover<'_> {
     }
 }
 
+/// A generator seeded from the caller's. Generic code is compiled in the
+/// caller's crate, so the public entry points are thin and the proving work
+/// is compiled (optimised) here, whatever profile the caller uses.
+fn seeded(rng: &mut (impl RngCore + CryptoRng)) -> ChaCha20Rng {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    ChaCha20Rng::from_seed(seed)
+}
+
 /// A proof, or (for an unprovable reading) random commitment and blinding
 /// with the reason.
 fn split(
     proven: Result<ReadingProof, ZkError>,
-    rng: &mut (impl RngCore + CryptoRng),
+    rng: &mut ChaCha20Rng,
 ) -> (ReadingProof, Option<String>) {
     match proven {
         Ok(p) => (p, None),

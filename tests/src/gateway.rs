@@ -92,6 +92,7 @@ keep_alive_s = 5
 
 [ble]
 scan_stall_s = 5
+battery_interval_s = 2
 reconnect_min_ms = 200
 reconnect_max_ms = 2000
 pair_timeout_s = 20

@@ -333,6 +333,28 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
             })
             .await?;
     }
+    // The meter stores records; the gateway fetches them (RACP) on its poll.
+    let glucose_id = devices
+        .iter()
+        .find(|(a, _)| a.contains(":05:00:00"))
+        .map(|(_, id)| id.clone())
+        .context("glucose0")?;
+    let stored_on_meter = || {
+        read_truth(&truth_path)
+            .map(|t| {
+                t.iter()
+                    .filter(|t| t.device == "glucose0" && t.event == "stored")
+                    .count()
+            })
+            .unwrap_or(usize::MAX)
+    };
+    collector
+        .wait_for(
+            Duration::from_secs(30),
+            "every stored glucose record",
+            |e| readings_of(e, &glucose_id).len() >= stored_on_meter(),
+        )
+        .await?;
     let status = rig.status()?;
     assert_eq!(status["daemon_running"], true, "{status}");
     assert_eq!(status["devices"], 6, "{status}");
@@ -375,12 +397,7 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
     assert!(checked >= 30, "only {checked} readings checked");
     let groups = verify_all(&zk, &rig.gateway_id, &envelopes)?;
     assert!(groups > 0);
-    // Every stored glucose record arrived exactly once (RACP on connect).
-    let glucose_id = devices
-        .iter()
-        .find(|(a, _)| a.contains(":05:00:00"))
-        .map(|(_, id)| id.clone())
-        .context("glucose0")?;
+    // Every stored glucose record arrived exactly once (RACP).
     let stored = truth
         .iter()
         .filter(|t| t.device == "glucose0" && t.event == "stored")

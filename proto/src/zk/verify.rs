@@ -15,7 +15,8 @@ use ark_ec::{AffineRepr, CurveGroup, VariableBaseMSM};
 use ark_ff::{AdditiveGroup, Zero};
 use ark_groth16::Proof;
 use ark_serialize::{CanonicalDeserialize, Compress, Validate};
-use rand_core::{CryptoRng, RngCore};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{CryptoRng, RngCore, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 
 /// Plausibility bounds per data type and slot (DESIGN §3, §5.3): policy held
@@ -340,6 +341,20 @@ impl Verifier {
         claims: &[GroupClaim],
         rng: &mut (impl RngCore + CryptoRng),
     ) -> (Vec<Result<(), Reject>>, usize) {
+        // Generic code is compiled in the caller's crate: seeding a concrete
+        // generator here keeps the pairing work compiled (and optimised) in
+        // proto, whatever profile the caller is built with.
+        let mut seed = [0u8; 32];
+        rng.fill_bytes(&mut seed);
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        self.verify_batch_seeded(claims, &mut rng)
+    }
+
+    fn verify_batch_seeded(
+        &self,
+        claims: &[GroupClaim],
+        rng: &mut ChaCha20Rng,
+    ) -> (Vec<Result<(), Reject>>, usize) {
         let mut results: Vec<Result<(), Reject>> = Vec::with_capacity(claims.len());
         let mut ready: Vec<(usize, Prepared)> = Vec::with_capacity(claims.len());
         for (i, c) in claims.iter().enumerate() {
@@ -365,7 +380,7 @@ impl Verifier {
         &self,
         items: &[&Prepared],
         offset: usize,
-        rng: &mut (impl RngCore + CryptoRng),
+        rng: &mut ChaCha20Rng,
         bad: &mut Vec<usize>,
         checks: &mut usize,
     ) {
@@ -388,11 +403,7 @@ impl Verifier {
     /// One randomised check of all `items`:
     /// `Π e(ρ_i A_i, B_i) · Π_k e(−Σρ_i α_k, β_k) e(Σρ_i acc_i, −γ_k) e(Σρ_i C_i, −δ_k) = 1`
     /// with fresh 128-bit weights `ρ_i`.
-    pub(crate) fn batch_check(
-        &self,
-        items: &[&Prepared],
-        rng: &mut (impl RngCore + CryptoRng),
-    ) -> bool {
+    pub(crate) fn batch_check(&self, items: &[&Prepared], rng: &mut ChaCha20Rng) -> bool {
         if items.len() == 1 {
             return self.check_single(items[0]);
         }

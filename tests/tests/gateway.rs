@@ -239,6 +239,7 @@ fn sim_and_pair(
     broker: &Broker,
     zk: &DevZk,
     extra: &str,
+    skip: &[&str],
 ) -> Result<(SimHarness, GatewayRig, HashMap<String, String>)> {
     let truth_arg = truth.display().to_string();
     let sim = SimHarness::start(&[
@@ -253,7 +254,12 @@ fn sim_and_pair(
     ])?;
     let rig = GatewayRig::new(gateway_id, sim.bus_address(), broker, zk, extra)?;
     let mut paired = HashMap::new();
-    for d in &sim.sim.devices {
+    for d in sim
+        .sim
+        .devices
+        .iter()
+        .filter(|d| !skip.contains(&d.name.as_str()))
+    {
         let out = rig.pair(&d.address)?;
         let id = out["device_id"]
             .as_str()
@@ -298,6 +304,7 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
         &broker,
         &zk,
         "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1500\n",
+        &[],
     )?;
     assert_eq!(devices.len(), 6);
     let listed: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
@@ -449,6 +456,7 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
         &broker,
         &zk,
         "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+        &[],
     )?;
     let collector = Collector::start(&broker, &rig.gateway_id).await?;
     let mut gw = rig.start(&[])?;
@@ -534,6 +542,7 @@ async fn a_broker_outage_is_buffered_and_delivered_in_order() -> Result<()> {
         &broker,
         &zk,
         "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+        &[],
     )?;
     let collector = Collector::start(&broker, &rig.gateway_id).await?;
     let mut gw = rig.start(&[])?;
@@ -574,5 +583,163 @@ async fn a_broker_outage_is_buffered_and_delivered_in_order() -> Result<()> {
         .await?;
     let exit = gw.terminate()?;
     assert!(exit.success());
+    Ok(())
+}
+
+/// Device states of `id` with `connected == want`.
+fn states(envelopes: &[Envelope], id: &str, want: bool) -> usize {
+    envelopes
+        .iter()
+        .filter(
+            |e| matches!(&e.body, Body::DeviceState(s) if s.device_id == id && s.connected == want),
+        )
+        .count()
+}
+
+/// Everything queued reached the broker after a clean stop: returns the envelopes.
+async fn after_stop(rig: &GatewayRig, collector: &Collector) -> Result<Vec<Envelope>> {
+    let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    let next: HashMap<String, u64> = after
+        .as_array()
+        .context("devices")?
+        .iter()
+        .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
+        .collect();
+    collector
+        .wait_for(Duration::from_secs(30), "every queued reading", |e| {
+            next.iter().all(|(id, n)| {
+                readings_of(e, id)
+                    .iter()
+                    .map(|(_, r)| r.seq)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+                    >= *n
+            })
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_scanner_and_a_disconnect_storm_are_survived_without_a_restart() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let truth_path = tmp.path().join("truth.jsonl");
+    let broker = Broker::shared();
+    // hr2 stays unpaired: it keeps advertising, so a silent scanner is a stall.
+    let (mut sim, rig, devices) = sim_and_pair(
+        "hr=3,temp=1",
+        &truth_path,
+        "gw-e2e-4",
+        &broker,
+        &zk,
+        "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+        &["hr2"],
+    )?;
+    assert_eq!(devices.len(), 3);
+    let collector = Collector::start(&broker, &rig.gateway_id).await?;
+    let mut gw = rig.start(&[])?;
+    collector
+        .wait_for(Duration::from_secs(60), "every device connected", |e| {
+            all_connected(e, &devices)
+        })
+        .await?;
+    sim.sim.command("fault stall+8s")?;
+    gw.wait_log(
+        "(stalled scanner): restarting discovery",
+        Duration::from_secs(30),
+    )?;
+    for round in 1..=3 {
+        sim.sim.command("fault drop=*")?;
+        collector
+            .wait_for(
+                Duration::from_secs(60),
+                "every device back after a drop",
+                |e| {
+                    devices
+                        .values()
+                        .all(|id| states(e, id, false) >= round && states(e, id, true) > round)
+                },
+            )
+            .await
+            .with_context(|| format!("storm round {round}"))?;
+    }
+    let hr: Vec<String> = devices
+        .iter()
+        .filter(|(a, _)| a.contains(":01:00:"))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let before: HashMap<String, usize> = hr
+        .iter()
+        .map(|id| (id.clone(), readings_of(&collector.envelopes(), id).len()))
+        .collect();
+    sim.sim.command("measure temp0")?;
+    collector
+        .wait_for(Duration::from_secs(60), "readings after the storm", |e| {
+            hr.iter()
+                .all(|id| readings_of(e, id).len() >= before[id] + 8)
+        })
+        .await?;
+    let exit = gw.terminate()?;
+    assert!(exit.success());
+    let envelopes = after_stop(&rig, &collector).await?;
+    let truth = read_truth(&truth_path)?;
+    check_against_truth(&rig, &envelopes, &devices, &truth, 0..0)?;
+    verify_all(&zk, &rig.gateway_id, &envelopes)?;
+    assert!(
+        gw.log_text().contains("hailan-gateway 0.1.0 starting"),
+        "one daemon run"
+    );
+    assert_eq!(gw.log_text().matches(" starting gateway=").count(), 1);
+    Ok(())
+}
+
+/// The shipped systemd units pass `systemd-analyze verify` (when installed),
+/// and a broken one does not (so the check can fail).
+#[test]
+fn systemd_units_verify() -> Result<()> {
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed: unit check skipped");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let verify = |name: &str, text: &str| -> Result<std::process::Output> {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)?;
+        Ok(std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&path)
+            .output()?)
+    };
+    let root = hailan_tests::repo_root();
+    for (unit, bin) in [
+        ("hailan-gateway.service", "hailan-gateway"),
+        ("hailan-ingest.service", "hailan-ingest"),
+    ] {
+        let text = std::fs::read_to_string(root.join("deploy").join(unit))?;
+        let built = hailan_tests::gateway::workspace_binary(bin)?;
+        let text = text.replace(
+            &format!("/usr/local/bin/{bin}"),
+            &built.display().to_string(),
+        );
+        let out = verify(unit, &text)?;
+        assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "{unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let broken = verify(
+            &format!("broken-{unit}"),
+            &text.replace("Restart=on-failure", "Restart=sometimes"),
+        )?;
+        assert!(
+            !broken.stderr.is_empty(),
+            "a bad Restart= value must be reported"
+        );
+    }
     Ok(())
 }

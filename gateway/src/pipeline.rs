@@ -397,7 +397,6 @@ impl Worker {
         };
         let started = std::time::Instant::now();
         let built = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
             let keys = &p.keys;
             let prover = Prover {
                 pk: if as_window {
@@ -421,6 +420,8 @@ impl Worker {
                     .map(|(i, t)| prover.reading(first_seq + i as u64, t, &mut rng))
                     .collect()
             };
+            // The next proof may start while this envelope is committed (fsync).
+            drop(permit);
             let envelope = Envelope {
                 v: 1,
                 gateway_id: p.gateway_id.clone(),

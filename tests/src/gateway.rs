@@ -237,12 +237,22 @@ impl Drop for GatewayProcess {
     }
 }
 
+/// Wall clock, ms since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// One message the collector received.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// Wall clock at receipt, ms since the Unix epoch.
+    pub at_ms: i64,
 }
 
 impl Received {
@@ -303,6 +313,7 @@ impl Collector {
                                 topic: p.topic.clone(),
                                 payload: p.payload.to_vec(),
                                 retain: p.retain,
+                                at_ms: now_ms(),
                             });
                         }
                     }

@@ -743,3 +743,91 @@ fn systemd_units_verify() -> Result<()> {
     }
     Ok(())
 }
+
+/// The owner's CLI without the daemon: init, scan, pair, devices, status, forget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_cli_scans_pairs_lists_and_forgets() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let zk = DevZk::new()?;
+    let sim = SimHarness::start(&["--devices", "hr=1,bp=1", "--seed", "3"])?;
+    let rig = GatewayRig::new("gw-e2e-5", sim.bus_address(), &Broker::shared(), &zk, "")?;
+    // init writes a fresh data key (mode 0600) and keeps an existing one.
+    let key = rig.dir.path().join("owner.key");
+    std::fs::remove_file(&key)?;
+    rig.cli(&["init"])?;
+    assert_eq!(std::fs::metadata(&key)?.permissions().mode() & 0o777, 0o600);
+    let first = std::fs::read_to_string(&key)?;
+    assert!(rig.cli(&["init"])?.contains("exists, kept"));
+    assert_eq!(std::fs::read_to_string(&key)?, first);
+
+    let scan = |rig: &GatewayRig| -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&rig.cli(&[
+            "scan",
+            "--duration",
+            "2",
+            "--json",
+        ])?)?)
+    };
+    let found = scan(&rig)?;
+    let found = found.as_array().context("scan --json is an array")?;
+    assert_eq!(found.len(), 2, "{found:?}");
+    let bp = &sim
+        .sim
+        .devices
+        .iter()
+        .find(|d| d.name == "bp0")
+        .context("bp0")?
+        .address;
+    let cuff = found
+        .iter()
+        .find(|d| d["address"] == bp.as_str())
+        .context("cuff found")?;
+    assert_eq!(cuff["kinds"][0], "blood_pressure_monitor");
+    assert_eq!(cuff["paired"], false);
+
+    let paired = rig.pair(bp)?;
+    assert_eq!(paired["bonded"], true, "a cuff is bonded: {paired}");
+    let again = rig.cli(&["pair", bp]);
+    assert!(format!("{again:?}").contains("already paired"), "{again:?}");
+    let found = scan(&rig)?;
+    let cuff = found
+        .as_array()
+        .and_then(|a| a.iter().find(|d| d["address"] == bp.as_str()).cloned())
+        .context("cuff found again")?;
+    assert_eq!(cuff["paired"], true);
+
+    // No daemon: status says so and exits 3, like `systemctl is-active`.
+    let out = std::process::Command::new(&rig.bin)
+        .args(["--config", &rig.config.display().to_string(), "status"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"));
+    let status = rig.status()?;
+    assert_eq!(
+        status["outbox"]["entries"], 1,
+        "the registration waits: {status}"
+    );
+
+    let table = rig.cli(&["devices"])?;
+    assert!(
+        table.contains(bp.as_str()) && table.contains("blood_pressure_monitor"),
+        "{table}"
+    );
+    rig.cli(&["forget", bp])?;
+    let listed: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(0));
+    assert_eq!(
+        rig.status()?["outbox"]["entries"],
+        0,
+        "its registration went too"
+    );
+    // A bad config names the key.
+    let bad = rig.dir.path().join("bad.toml");
+    std::fs::write(&bad, "gateway_id = \"gw\"\n[outbox]\nquota_mb = 0\n")?;
+    let out = std::process::Command::new(&rig.bin)
+        .args(["--config", &bad.display().to_string(), "devices"])
+        .output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outbox.quota_mb"));
+    Ok(())
+}

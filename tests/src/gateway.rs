@@ -3,9 +3,14 @@
 //! set-up's shared broker or a private one that a test may stop and start.
 
 use crate::{DevZk, mqtt_host_port, mqtt_password, repo_root};
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
+use hailan_firmware_sim::harness::SimHarness;
 use hailan_proto::envelope::{Body, Envelope};
+use hailan_proto::header::ReadingHeader;
 use hailan_proto::seal::DataKey;
+use hailan_proto::zk::{DevKeys, GroupClaim, Policy, Verifier, VerifyingKey};
+use hailan_proto::{DataType, ProvenGroup, Reading};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -489,4 +494,297 @@ fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
+}
+
+// ------------------------------------------------------------ ground truth
+
+/// One line of the simulator's ground-truth file.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Truth {
+    pub device: String,
+    pub address: String,
+    pub event: String,
+    pub characteristic: String,
+    pub slots: Vec<u64>,
+    pub malformed: bool,
+}
+
+pub fn read_truth(path: &std::path::Path) -> Result<Vec<Truth>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("truth line {l}")))
+        .collect()
+}
+
+/// The data type a measurement characteristic makes readings of.
+pub fn data_type_of(characteristic: &str) -> Option<DataType> {
+    Some(match characteristic {
+        "2a37" => DataType::HeartRate,
+        "2a35" => DataType::BloodPressure,
+        "2a5e" | "2a5f" => DataType::Spo2,
+        "2a1c" => DataType::BodyTemperature,
+        "2a18" => DataType::Glucose,
+        "2a9d" => DataType::BodyWeight,
+        _ => return None,
+    })
+}
+
+/// Wire resolution of converted units (kPa cuffs, °F thermometers, lb scales).
+pub fn tolerance(characteristic: &str) -> u64 {
+    match characteristic {
+        "2a35" => 4,
+        "2a1c" => 1,
+        "2a9d" => 5,
+        _ => 0,
+    }
+}
+
+impl Truth {
+    /// Whether this value, as sent, makes a reading.
+    pub fn makes_reading(&self) -> bool {
+        matches!(self.event.as_str(), "notify" | "indicate")
+            && !self.malformed
+            && data_type_of(&self.characteristic)
+                .is_some_and(|t| t.slot_count() == self.slots.len())
+    }
+
+    pub fn matches(&self, slots: &[u32]) -> bool {
+        let tol = tolerance(&self.characteristic);
+        slots.len() == self.slots.len()
+            && slots
+                .iter()
+                .zip(&self.slots)
+                .all(|(a, b)| u64::from(*a).abs_diff(*b) <= tol)
+    }
+}
+
+pub fn verifier(zk: &DevZk) -> Result<Verifier> {
+    let keys = ["reading.vk", "window.vk"]
+        .iter()
+        .map(|f| {
+            let bytes = std::fs::read(zk.dir.path().join(f))?;
+            Ok(VerifyingKey::from_bytes(&bytes)?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Verifier::new(keys, Policy::from_spec(), DevKeys::Allow)?)
+}
+
+/// Device commitments from the registrations.
+pub fn commitments(envelopes: &[Envelope]) -> HashMap<String, [u8; 32]> {
+    envelopes
+        .iter()
+        .filter_map(|e| match &e.body {
+            Body::Registration(r) => Some((r.device_id.clone(), r.device_commitment)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every group's proof verifies against the device's registered commitment.
+pub fn verify_all(zk: &DevZk, gateway_id: &str, envelopes: &[Envelope]) -> Result<usize> {
+    let v = verifier(zk)?;
+    let pinned = commitments(envelopes);
+    let mut claims = Vec::new();
+    for e in envelopes {
+        if let Body::Readings(b) = &e.body {
+            let d = pinned
+                .get(&b.device_id)
+                .with_context(|| format!("readings of {} before its registration", b.device_id))?;
+            for g in &b.groups {
+                claims.push(GroupClaim {
+                    gateway_id,
+                    device_id: &b.device_id,
+                    device_commitment: d,
+                    group: g,
+                });
+            }
+        }
+    }
+    let verdicts = v.verify_batch(&claims, &mut rand::rngs::OsRng);
+    for (c, r) in claims.iter().zip(&verdicts) {
+        if let Err(e) = r {
+            bail!(
+                "group of {} (seq {:?}) does not verify: {e}",
+                c.device_id,
+                c.group.readings.first().map(|r| r.seq)
+            );
+        }
+    }
+    Ok(claims.len())
+}
+
+/// Open a reading with the owner key: its slots.
+pub fn open(rig: &GatewayRig, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
+    let header = ReadingHeader {
+        gateway_id: &rig.gateway_id,
+        device_id,
+        data_type: &r.data_type,
+        seq: r.seq,
+        recorded_at_ms: r.recorded_at_ms,
+    };
+    let v = hailan_proto::seal::open(&rig.data_key, &header, &r.sealed)
+        .with_context(|| format!("opening {device_id} seq {}", r.seq))?;
+    Ok(v.slots)
+}
+
+/// Per device: seq → (group, reading); fails on a gap or a changed duplicate.
+pub fn by_seq<'a>(
+    envelopes: &'a [Envelope],
+    device_id: &str,
+) -> Result<BTreeMap<u64, (&'a ProvenGroup, &'a Reading)>> {
+    let mut out: BTreeMap<u64, (&ProvenGroup, &Reading)> = BTreeMap::new();
+    for (g, r) in readings_of(envelopes, device_id) {
+        if let Some((_, prev)) = out.get(&r.seq) {
+            ensure!(
+                prev.sealed == r.sealed,
+                "{device_id} seq {} sent twice with different contents",
+                r.seq
+            );
+        }
+        out.insert(r.seq, (g, r));
+    }
+    if let (Some(first), Some(last)) = (out.keys().next(), out.keys().last()) {
+        ensure!(*first == 1, "{device_id}: first seq is {first}, not 1");
+        ensure!(
+            out.len() as u64 == last - first + 1,
+            "{device_id}: seqs are not contiguous: {:?}",
+            out.keys().collect::<Vec<_>>()
+        );
+    }
+    Ok(out)
+}
+
+/// Each device's readings, opened, in seq order, must be an in-order
+/// subsequence of its ground truth; every truth value in `must` (indices
+/// into the truth file) must be among them.
+pub fn check_against_truth(
+    rig: &GatewayRig,
+    envelopes: &[Envelope],
+    devices: &HashMap<String, String>,
+    truth: &[Truth],
+    must: std::ops::Range<usize>,
+) -> Result<usize> {
+    let mut checked = 0;
+    for (address, device_id) in devices {
+        let readings = by_seq(envelopes, device_id)?;
+        let mine: Vec<(usize, &Truth)> = truth
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.address.eq_ignore_ascii_case(address) && t.makes_reading())
+            .collect();
+        let mut j = 0;
+        let mut matched = Vec::new();
+        for (seq, (_, r)) in &readings {
+            let slots = open(rig, device_id, r)?;
+            while j < mine.len() && !mine[j].1.matches(&slots) {
+                j += 1;
+            }
+            ensure!(
+                j < mine.len(),
+                "{device_id} seq {seq}: {slots:?} is not in the ground truth (in order)"
+            );
+            matched.push(mine[j].0);
+            j += 1;
+            checked += 1;
+        }
+        let missing: Vec<String> = mine
+            .iter()
+            .filter(|(i, _)| must.contains(i) && !matched.contains(i))
+            .map(|(i, t)| format!("#{i} {} {} {:?}", t.device, t.characteristic, t.slots))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "{device_id}: emitted but never published: {missing:?}"
+        );
+    }
+    Ok(checked)
+}
+
+pub fn line_count(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// Every device connected (a connected=true device state per device).
+pub fn all_connected(envelopes: &[Envelope], devices: &HashMap<String, String>) -> bool {
+    devices.values().all(|id| {
+        envelopes
+            .iter()
+            .any(|e| matches!(&e.body, Body::DeviceState(s) if &s.device_id == id && s.connected))
+    })
+}
+
+/// Start the simulator and pair every device through the CLI.
+pub fn sim_and_pair(
+    devices: &str,
+    truth: &std::path::Path,
+    gateway_id: &str,
+    broker: &Broker,
+    zk: &DevZk,
+    extra: &str,
+    skip: &[&str],
+) -> Result<(SimHarness, GatewayRig, HashMap<String, String>)> {
+    let truth_arg = truth.display().to_string();
+    let sim = SimHarness::start(&[
+        "--devices",
+        devices,
+        "--seed",
+        "7",
+        "--speed",
+        "4",
+        "--ground-truth",
+        &truth_arg,
+    ])?;
+    let rig = GatewayRig::new(gateway_id, sim.bus_address(), broker, zk, extra)?;
+    let mut paired = HashMap::new();
+    for d in sim
+        .sim
+        .devices
+        .iter()
+        .filter(|d| !skip.contains(&d.name.as_str()))
+    {
+        let out = rig.pair(&d.address)?;
+        let id = out["device_id"]
+            .as_str()
+            .context("pair --json gives device_id")?
+            .to_owned();
+        paired.insert(d.address.clone(), id);
+    }
+    Ok((sim, rig, paired))
+}
+
+/// Device states of `id` with `connected == want`.
+pub fn states(envelopes: &[Envelope], id: &str, want: bool) -> usize {
+    envelopes
+        .iter()
+        .filter(
+            |e| matches!(&e.body, Body::DeviceState(s) if s.device_id == id && s.connected == want),
+        )
+        .count()
+}
+
+/// Everything queued reached the broker after a clean stop: returns the envelopes.
+pub async fn after_stop(rig: &GatewayRig, collector: &Collector) -> Result<Vec<Envelope>> {
+    let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    let next: HashMap<String, u64> = after
+        .as_array()
+        .context("devices")?
+        .iter()
+        .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
+        .collect();
+    collector
+        .wait_for(Duration::from_secs(30), "every queued reading", |e| {
+            next.iter().all(|(id, n)| {
+                readings_of(e, id)
+                    .iter()
+                    .map(|(_, r)| r.seq)
+                    .max()
+                    .unwrap_or(0)
+                    + 1
+                    >= *n
+            })
+        })
+        .await
 }

@@ -4,6 +4,7 @@
 //! - `demo`: the main job (see README).
 //! - `test`: services, then the whole test suite — what CI runs.
 
+mod demo;
 mod services;
 mod sh;
 
@@ -22,8 +23,16 @@ struct Cli {
 enum Command {
     /// Install what is missing, start PostgreSQL and Mosquitto, print their URLs.
     Services,
-    /// Set up services, migrate, and show what the system holds.
-    Demo,
+    /// The whole system: services, keys, demo people, simulated devices
+    /// paired through the gateway, ingest; live progress, then a summary.
+    Demo {
+        /// How long to run, in seconds (Ctrl-C stops earlier).
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Leave the simulator, gateway and ingest running afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Set up services and run the whole test suite (this is what CI runs).
     Test {
         /// Extra arguments passed to `cargo nextest run` (e.g. a test filter).
@@ -49,12 +58,21 @@ fn run(cli: Cli) -> Result<()> {
             println!("(all settings: {})", e.state_dir.join("env").display());
             Ok(())
         }
-        Command::Demo => demo(),
+        Command::Demo { duration, keep } => {
+            let e = services::run(false)?;
+            demo::run(
+                &e,
+                &demo::Options {
+                    duration: std::time::Duration::from_secs(duration),
+                    keep,
+                },
+            )
+        }
         Command::Test { args } => test(&args),
     }
 }
 
-fn cargo() -> Cmd {
+pub(crate) fn cargo() -> Cmd {
     Cmd::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(repo_root())
 }
 
@@ -85,23 +103,5 @@ fn test(extra: &[String]) -> Result<()> {
             .envs(&env)
             .run()?;
     }
-    Ok(())
-}
-
-fn demo() -> Result<()> {
-    let e = services::run(false)?;
-    let env = e.env();
-    println!("\n== hailan-ingest migrate");
-    cargo()
-        .args(["run", "--quiet", "-p", "hailan-ingest", "--", "migrate"])
-        .envs(&env)
-        .run()?;
-    println!("\n== hailan-ingest schema");
-    cargo()
-        .args(["run", "--quiet", "-p", "hailan-ingest", "--", "schema"])
-        .envs(&env)
-        .run()?;
-    println!("\nDATABASE_URL={}", e.database_url);
-    println!("HAILAN_MQTT_URL={}", e.mqtt_url);
     Ok(())
 }

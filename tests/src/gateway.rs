@@ -765,8 +765,13 @@ pub fn states(envelopes: &[Envelope], id: &str, want: bool) -> usize {
         .count()
 }
 
-/// Everything queued reached the broker after a clean stop: returns the envelopes.
-pub async fn after_stop(rig: &GatewayRig, collector: &Collector) -> Result<Vec<Envelope>> {
+/// After a clean stop: waits until every seq the gateway assigned (its
+/// `next_seq` per device) reached the collector; returns the envelopes and
+/// the next seqs.
+pub async fn after_stop(
+    rig: &GatewayRig,
+    collector: &Collector,
+) -> Result<(Vec<Envelope>, HashMap<String, u64>)> {
     let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
     let next: HashMap<String, u64> = after
         .as_array()
@@ -774,7 +779,7 @@ pub async fn after_stop(rig: &GatewayRig, collector: &Collector) -> Result<Vec<E
         .iter()
         .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
         .collect();
-    collector
+    let envelopes = collector
         .wait_for(Duration::from_secs(30), "every queued reading", |e| {
             next.iter().all(|(id, n)| {
                 readings_of(e, id)
@@ -786,5 +791,6 @@ pub async fn after_stop(rig: &GatewayRig, collector: &Collector) -> Result<Vec<E
                     >= *n
             })
         })
-        .await
+        .await?;
+    Ok((envelopes, next))
 }

@@ -53,7 +53,7 @@ async fn every_emitted_value_is_stored_verified_once_with_device_state() -> Resu
         .await?;
     let exit = gw.terminate()?;
     assert!(exit.success());
-    let envelopes = after_stop(&rig, &collector).await?;
+    let (envelopes, _) = after_stop(&rig, &collector).await?;
     let truth = read_truth(&truth_path)?;
     check_against_truth(&rig, &envelopes, &devices, &truth, 0..0)?;
 

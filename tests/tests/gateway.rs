@@ -115,26 +115,7 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
         stopped.elapsed()
     );
     // After a clean stop the outbox is empty and every seq it assigned was published.
-    let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
-    let next: HashMap<String, u64> = after
-        .as_array()
-        .context("devices")?
-        .iter()
-        .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
-        .collect();
-    let envelopes = collector
-        .wait_for(Duration::from_secs(30), "every queued reading", |e| {
-            next.iter().all(|(id, n)| {
-                readings_of(e, id)
-                    .iter()
-                    .map(|(_, r)| r.seq)
-                    .max()
-                    .unwrap_or(0)
-                    + 1
-                    >= *n
-            })
-        })
-        .await?;
+    let (envelopes, _) = after_stop(&rig, &collector).await?;
     let status = rig.status()?;
     assert_eq!(status["outbox"]["entries"], 0, "{status}");
     assert_eq!(status["daemon_running"], false, "{status}");
@@ -227,26 +208,7 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
         .await?;
     let exit = gw.terminate()?;
     assert!(exit.success());
-    let after: serde_json::Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
-    let next: HashMap<String, u64> = after
-        .as_array()
-        .context("devices")?
-        .iter()
-        .filter_map(|d| Some((d["device_id"].as_str()?.to_owned(), d["next_seq"].as_u64()?)))
-        .collect();
-    let envelopes = collector
-        .wait_for(Duration::from_secs(30), "every queued reading", |e| {
-            next.iter().all(|(id, n)| {
-                readings_of(e, id)
-                    .iter()
-                    .map(|(_, r)| r.seq)
-                    .max()
-                    .unwrap_or(0)
-                    + 1
-                    >= *n
-            })
-        })
-        .await?;
+    let (envelopes, next) = after_stop(&rig, &collector).await?;
     // Contiguous seqs, any duplicate byte-identical (ingest's key absorbs it),
     // every value from the ground truth, every glucose record exactly once.
     let truth = read_truth(&truth_path)?;
@@ -388,7 +350,7 @@ async fn a_stalled_scanner_and_a_disconnect_storm_are_survived_without_a_restart
         .await?;
     let exit = gw.terminate()?;
     assert!(exit.success());
-    let envelopes = after_stop(&rig, &collector).await?;
+    let (envelopes, _) = after_stop(&rig, &collector).await?;
     let truth = read_truth(&truth_path)?;
     check_against_truth(&rig, &envelopes, &devices, &truth, 0..0)?;
     verify_all(&zk, &rig.gateway_id, &envelopes)?;

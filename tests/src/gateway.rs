@@ -765,6 +765,14 @@ pub fn states(envelopes: &[Envelope], id: &str, want: bool) -> usize {
         .count()
 }
 
+/// The connection state `id` reported last.
+pub fn last_connected(envelopes: &[Envelope], id: &str) -> Option<bool> {
+    envelopes.iter().rev().find_map(|e| match &e.body {
+        Body::DeviceState(s) if s.device_id == id => Some(s.connected),
+        _ => None,
+    })
+}
+
 /// After a clean stop: waits until every seq the gateway assigned (its
 /// `next_seq` per device) reached the collector; returns the envelopes and
 /// the next seqs.

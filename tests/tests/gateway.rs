@@ -324,9 +324,9 @@ async fn a_stalled_scanner_and_a_disconnect_storm_are_survived_without_a_restart
                 Duration::from_secs(60),
                 "every device back after a drop",
                 |e| {
-                    devices
-                        .values()
-                        .all(|id| states(e, id, false) >= round && states(e, id, true) > round)
+                    devices.values().all(|id| {
+                        states(e, id, false) >= round && last_connected(e, id) == Some(true)
+                    })
                 },
             )
             .await

@@ -384,3 +384,463 @@ async fn access_follows_grants_and_every_read_is_audited() -> Result<()> {
     drop(r.api);
     r.db.drop().await
 }
+
+/// Re-seal `slots` for a stored reading with the owner's key: decrypts, but
+/// is not the proven value.
+async fn reseal(pool: &sqlx::PgPool, dev: &TestDevice, seq: u64, slots: Vec<u32>) -> Result<()> {
+    let table = format!(
+        "health_data_{}",
+        dev.data_type.as_str().to_ascii_lowercase()
+    );
+    let (recorded_at, value): (chrono::DateTime<chrono::Utc>, Value) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT recorded_at, value FROM {table} WHERE seq = $1"
+        )))
+        .bind(seq as i64)
+        .fetch_one(pool)
+        .await?;
+    let header = hailan_proto::ReadingHeader {
+        gateway_id: &dev.gateway_id,
+        device_id: &dev.device_id,
+        data_type: dev.data_type.as_str(),
+        seq,
+        recorded_at_ms: recorded_at.timestamp_millis(),
+    };
+    let sealed = hailan_proto::envelope::Sealed {
+        kid: value["kid"].as_str().context("kid")?.to_owned(),
+        nonce: <[u8; 12]>::try_from(hex::decode(value["nonce"].as_str().context("nonce")?)?)
+            .map_err(|_| anyhow::anyhow!("nonce"))?,
+        ciphertext: hex::decode(value["ciphertext"].as_str().context("ct")?)?,
+    };
+    let mut opened = hailan_proto::seal::open(&dev.key, &header, &sealed)?;
+    opened.slots = slots;
+    let mut rng = rand::thread_rng();
+    let forged = hailan_proto::seal::seal(&dev.key, &header, &opened, &mut rng);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET value = $2 WHERE seq = $1"
+    )))
+    .bind(seq as i64)
+    .bind(hailan_ingest::plan::sealed_json(&forged))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn by_seq(list: &[Value], data_type: &str, seq: i64) -> Result<Value> {
+    list.iter()
+        .find(|o| o["data_type"] == data_type && o["seq"] == seq)
+        .cloned()
+        .with_context(|| format!("{data_type} seq {seq}"))
+}
+
+#[tokio::test]
+async fn tampered_values_are_unverifiable_never_numbers() -> Result<()> {
+    let mut r = rig("gw-api-2").await?;
+    let (hr, bp) = seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Who").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+
+    // 1. A blood pressure value re-sealed with the owner's key: it decrypts,
+    //    but its commitment does not open.
+    reseal(&pool, &bp, 1, vec![1200, 800, 933, 70]).await?;
+    // 2. One heart-rate reading's stored commitment changed (window 1, seq 3).
+    sqlx::query("UPDATE health_data_heart_rate SET reading_commitment = $1 WHERE seq = 3")
+        .bind(vec![9u8; 32])
+        .execute(&pool)
+        .await?;
+    // 3. A ciphertext byte flipped in window 2 (seq 120).
+    sqlx::query(
+        "UPDATE health_data_heart_rate
+            SET value = jsonb_set(value, '{ciphertext}', to_jsonb(overlay(value->>'ciphertext'
+                placing CASE WHEN left(value->>'ciphertext', 1) = '0' THEN '1' ELSE '0' END from 1 for 1)))
+          WHERE seq = 120",
+    )
+    .execute(&pool)
+    .await?;
+    // 4. A heart-rate value in window 1 re-sealed: the whole window's
+    //    commitment no longer opens.
+    let v = r.api.json(&doc.token, &obs_path(p, "")).await?;
+    let list = observations(&v);
+    let bp1 = by_seq(&list, "BLOOD_PRESSURE", 1)?;
+    assert_eq!(bp1["status"], "unverifiable", "{bp1}");
+    assert!(bp1["values"].is_null());
+    assert!(
+        bp1["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("commitment does not open")),
+        "{bp1}"
+    );
+    let hr3 = by_seq(&list, "HEART_RATE", 3)?;
+    assert_eq!(hr3["status"], "unverifiable", "{hr3}");
+    assert!(hr3["values"].is_null());
+    let hr4 = by_seq(&list, "HEART_RATE", 4)?;
+    assert_eq!(
+        hr4["status"], "verified",
+        "the rest of window 1 still opens: {hr4}"
+    );
+    let hr120 = by_seq(&list, "HEART_RATE", 120)?;
+    assert!(
+        hr120["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("does not decrypt")),
+        "{hr120}"
+    );
+    for seq in 117..=124 {
+        let o = by_seq(&list, "HEART_RATE", seq)?;
+        assert_eq!(o["status"], "unverifiable", "window 2 cannot open: {o}");
+        assert!(o["values"].is_null());
+    }
+    assert_eq!(count_status(&list, "verified"), 15, "{v}");
+
+    reseal(&pool, &hr, 10, vec![150]).await?;
+    let v = r
+        .api
+        .json(&doc.token, &obs_path(p, "&type=HEART_RATE"))
+        .await?;
+    let list = observations(&v);
+    assert_eq!(count_status(&list, "verified"), 0, "{v}");
+    let hr10 = by_seq(&list, "HEART_RATE", 10)?;
+    assert!(
+        hr10["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("commitment does not open")),
+        "{hr10}"
+    );
+
+    // The chart series counts them as unverifiable, never in min/avg/max.
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let to = from + chrono::Duration::minutes(10);
+    let s = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+                from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+        .await?;
+    assert_eq!(s["points"], serde_json::json!([]), "{s}");
+    let bad: u64 = s["unverifiable"]
+        .as_array()
+        .context("unverifiable")?
+        .iter()
+        .filter_map(|b| b["n"].as_u64())
+        .sum();
+    assert_eq!(bad, 24, "{s}");
+
+    // FHIR: no value, a data-absent reason, the state in the extension.
+    let (code, body) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Observation?patient=Patient/{p}&code=85354-9"),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let b: Value = serde_json::from_str(&body)?;
+    let o = &b["entry"][0]["resource"];
+    assert!(
+        o.get("component").is_none() && o.get("valueQuantity").is_none(),
+        "{o}"
+    );
+    assert_eq!(o["dataAbsentReason"]["coding"][0]["code"], "error");
+    assert!(body.contains("\"valueCode\":\"unverifiable\""));
+    drop(r.api);
+    r.db.drop().await
+}
+
+/// Validate `bundle` with the `fhir.resources` package (FHIR R4B models,
+/// whose Observation and Bundle are R4's) from the set-up's Python.
+fn validate_fhir(bundle: &str, dir: &Path) -> Result<String> {
+    let python = hailan_tests::setting("HAILAN_PYTHON").unwrap_or_else(|| "python3".into());
+    let file = dir.join("bundle.json");
+    std::fs::write(&file, bundle)?;
+    let script = r#"
+import json, sys
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
+text = open(sys.argv[1]).read()
+b = Bundle.model_validate_json(text)
+assert b.type == "searchset", b.type
+n = 0
+for e in b.entry or []:
+    o = Observation.model_validate(e.resource.model_dump())
+    assert o.category[0].coding[0].code == "vital-signs"
+    n += 1
+print("valid", n)
+"#;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .context("running python (cargo xtask services installs fhir.resources)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "FHIR validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test]
+async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
+    let mut r = rig("gw-api-3").await?;
+    seed(&mut r).await?;
+    // One SpO2 reading as well (two codes, pulse as a component).
+    let mut ox = TestDevice::new(r.gw, "ox-1", DataType::Spo2, 3);
+    let topic = topic::up(r.gw);
+    r.publisher
+        .publish_all(&topic, vec![enc(&ox.registration())])
+        .await?;
+    let pool = r.db.pool.clone();
+    eventually(WAIT, "spo2 registration", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 3).then_some(()))
+        }
+    })
+    .await?;
+    let ox_reading = ox.proven_reading(&r.zk.reading, &plausible_slots(DataType::Spo2))?;
+    r.publisher
+        .publish_all(&topic, vec![enc(&ox_reading)])
+        .await?;
+    wait_rows(&pool, SEEDED + 1).await?;
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Fhir").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let q = format!(
+        "/fhir/Observation?patient={p}&date=ge{}&date=le{}",
+        from.format("%Y-%m-%d"),
+        (from + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let (code, body) = r.api.get(&doc.token, &q).await?;
+    assert_eq!(code, 200, "{body}");
+    let b: Value = serde_json::from_str(&body)?;
+    assert_eq!(b["resourceType"], "Bundle");
+    assert_eq!(b["type"], "searchset");
+    let entries = b["entry"].as_array().context("entries")?;
+    assert_eq!(
+        entries.len(),
+        26,
+        "24 HR + BP + SpO2 (the unverified one is not shown)"
+    );
+    assert_eq!(validate_fhir(&body, r.logs.path())?, "valid 26");
+
+    let find = |code: &str| {
+        entries
+            .iter()
+            .map(|e| &e["resource"])
+            .find(|o| o["code"]["coding"][0]["code"] == code)
+            .cloned()
+            .with_context(|| format!("observation {code}"))
+    };
+    let bp = find("85354-9")?;
+    let comps: Vec<&str> = bp["component"]
+        .as_array()
+        .context("bp components")?
+        .iter()
+        .filter_map(|c| c["code"]["coding"][0]["code"].as_str())
+        .collect();
+    assert_eq!(comps, ["8480-6", "8462-4", "8478-0", "8867-4"]);
+    assert_eq!(bp["component"][0]["valueQuantity"]["code"], "mm[Hg]");
+    assert_eq!(
+        bp["component"][0]["valueQuantity"]["system"],
+        "http://unitsofmeasure.org"
+    );
+    assert!(bp.get("valueQuantity").is_none());
+    let hr = find("8867-4")?;
+    assert_eq!(hr["valueQuantity"]["unit"], "/min");
+    assert_eq!(hr["valueQuantity"]["value"], 60.0);
+    assert!(
+        hr["device"]["reference"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Device/"))
+    );
+    assert_eq!(hr["subject"]["reference"], format!("Patient/{p}"));
+    assert_eq!(
+        hr["effectiveDateTime"],
+        from.checked_add_signed(chrono::Duration::seconds(1))
+            .context("t")?
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let ext = &hr["extension"][0];
+    assert_eq!(ext["url"], hailan_ingest::api::fhir::ZK_EXTENSION);
+    assert_eq!(ext["extension"][0]["valueCode"], "verified");
+    assert_eq!(ext["extension"][1]["url"], "proofHash");
+    let hash = ext["extension"][1]["valueString"]
+        .as_str()
+        .context("hash")?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM zk_proofs WHERE proof_hash = $1")
+        .bind(hash)
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(stored, 1);
+    let ox = find("59408-5")?;
+    assert_eq!(ox["code"]["coding"][1]["code"], "2708-6");
+    assert_eq!(ox["component"][0]["code"]["coding"][0]["code"], "8889-8");
+
+    // code= narrows the search; the audit row records the search.
+    let (_, body) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Observation?patient={p}&code=http://loinc.org|8867-4"),
+        )
+        .await?;
+    let b: Value = serde_json::from_str(&body)?;
+    assert_eq!(b["entry"].as_array().map(Vec::len), Some(24));
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE actor_id = $1 AND action = 'fhir_search_observation' AND patient_id = $2",
+    )
+    .bind(doc.id)
+    .bind(p)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(audited, 2);
+    drop(r.api);
+    r.db.drop().await
+}
+
+#[tokio::test]
+async fn series_devices_and_proof_bundles() -> Result<()> {
+    let mut r = rig("gw-api-4").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Chart").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let to = from + chrono::Duration::hours(1);
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let s = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ),
+        )
+        .await?;
+    // Window 1 (seqs 1–16) falls in one minute, window 2 (117–124) two minutes later.
+    let points = s["points"].as_array().context("points")?;
+    assert_eq!(points.len(), 2, "{s}");
+    assert_eq!(points[0]["n"], 16);
+    assert_eq!(points[0]["min"][0], 60.0);
+    assert_eq!(points[0]["max"][0], 75.0);
+    assert_eq!(points[0]["avg"][0], 67.5);
+    assert_eq!(points[1]["n"], 8);
+    assert_eq!(points[1]["avg"][0], 87.0);
+    assert_eq!(s["readings"], 24);
+    // A range that cuts a window still opens it (its hidden readings are read too).
+    let cut_from = from + chrono::Duration::seconds(10);
+    let s = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=hour&from={}&to={}",
+                fmt(cut_from),
+                fmt(to)
+            ),
+        )
+        .await?;
+    assert_eq!(s["unverifiable"], serde_json::json!([]), "{s}");
+    assert_eq!(s["readings"], 15, "{s}");
+
+    let d = r
+        .api
+        .json(&doc.token, &format!("/api/v1/patients/{p}/devices"))
+        .await?;
+    let devs = d["devices"].as_array().context("devices")?;
+    assert_eq!(devs.len(), 2, "{d}");
+    let hr = devs
+        .iter()
+        .find(|x| x["device_id"] == "hr-1")
+        .context("hr-1")?;
+    assert_eq!(hr["battery_level"], 55);
+    assert_eq!(hr["sync_status"], "GAPS");
+    assert_eq!(hr["missing_seqs"], 100);
+    assert!(hr["last_sync"].is_string());
+    let gap = &hr["gaps"][0];
+    assert_eq!(
+        (
+            gap["first_missing_seq"].as_i64(),
+            gap["last_missing_seq"].as_i64()
+        ),
+        (Some(17), Some(116)),
+        "{hr}"
+    );
+    assert!(
+        gap["after"].is_string() && gap["before"].is_string(),
+        "{gap}"
+    );
+
+    // The proof bundle of one reading: re-verified with the key, snarkjs JSON, recorded.
+    let obs = r
+        .api
+        .json(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/observations?type=HEART_RATE&limit=1"),
+        )
+        .await?;
+    let id = obs["observations"][0]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let b = r
+        .api
+        .json(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/readings/{id}/proof"),
+        )
+        .await?;
+    assert_eq!(b["bundle"]["statement"], "window", "{b}");
+    assert_eq!(b["covers"]["readings"], 16);
+    assert_eq!(b["reverified"]["valid"], true, "{b}");
+    assert_eq!(b["snarkjs"]["public"].as_array().map(Vec::len), Some(6));
+    assert_eq!(b["snarkjs"]["proof"]["protocol"], "groth16");
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM zk_verifications WHERE verifier_id = $1 AND verified AND data_id::text = $2",
+    )
+    .bind(doc.id)
+    .bind(&id)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(recorded, 1);
+    if let Some(snarkjs) = hailan_tests::setting("HAILAN_SNARKJS").filter(|s| Path::new(s).exists())
+    {
+        let dir = r.logs.path();
+        for (name, key) in [
+            ("vk.json", "vk"),
+            ("proof.json", "proof"),
+            ("public.json", "public"),
+        ] {
+            std::fs::write(dir.join(name), b["snarkjs"][key].to_string())?;
+        }
+        let out = std::process::Command::new(snarkjs)
+            .args(["groth16", "verify", "vk.json", "public.json", "proof.json"])
+            .current_dir(dir)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("OK"),
+            "snarkjs: {text}"
+        );
+    }
+    drop(r.api);
+    r.db.drop().await
+}

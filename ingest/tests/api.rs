@@ -128,7 +128,7 @@ async fn seed(r: &mut Rig) -> Result<(TestDevice, TestDevice)> {
     let mut payloads = vec![enc(&hr.registration()), enc(&bp.registration())];
     let topic = topic::up(r.gw);
     r.publisher
-        .publish_all(&topic, payloads.drain(..).collect())
+        .publish_all(&topic, std::mem::take(&mut payloads))
         .await?;
     let pool = r.db.pool.clone();
     eventually(WAIT, "registrations", || {

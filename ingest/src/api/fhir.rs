@@ -45,7 +45,10 @@ fn types_for_code(code: &str) -> Vec<DataType> {
 }
 
 /// A FHIR date or dateTime with its prefix, as [lo, hi] bounds.
-fn date_bound(v: &str) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+/// Lower and upper bound of a search date.
+type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn date_bound(v: &str) -> Result<Bounds, ApiError> {
     let (prefix, rest) = match v.get(..2) {
         Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
         _ => ("eq", v),

@@ -179,6 +179,30 @@ pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
 
 // ------------------------------------------------------------------ handlers
 
+/// id, did, display name, granted data types (NULL: all), active, grant expiry.
+type PatientRow = (
+    Uuid,
+    String,
+    Option<String>,
+    Option<Vec<String>>,
+    bool,
+    Option<DateTime<Utc>>,
+);
+/// device, first and last missing seq, time before and after the gap.
+type GapRow = (Uuid, i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+/// data type, seq, statement, key id, proof, public inputs, first seq, count, proof hash.
+type ProofRow = (
+    String,
+    i64,
+    String,
+    String,
+    Vec<u8>,
+    Value,
+    i64,
+    i32,
+    String,
+);
+
 async fn me(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     let user = s.user_id;
@@ -201,14 +225,7 @@ async fn patients(
     let mut s = Session::begin(&state, &headers).await?;
     // care_grants' own policy admits only the caller's grants; the filter
     // below picks the active ones where the caller is the clinician.
-    let rows: Vec<(
-        Uuid,
-        String,
-        Option<String>,
-        Option<Vec<String>>,
-        bool,
-        Option<DateTime<Utc>>,
-    )> = match s.kind {
+    let rows: Vec<PatientRow> = match s.kind {
         Kind::Clinician => {
             sqlx::query_as(
                 "SELECT u.id, u.did, u.display_name,
@@ -486,7 +503,7 @@ async fn devices(
     let ids: Vec<Uuid> = devs.iter().map(|d| d.id).collect();
     // Holes between received ranges, newest 100 per device; with the times
     // of the readings on either side where the caller may see them.
-    let gaps: Vec<(Uuid, i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let gaps: Vec<GapRow> = sqlx::query_as(
         "WITH holes AS (
             SELECT device_id, hi + 1 AS first_missing, lead(lo) OVER w - 1 AS last_missing
               FROM device_seq_ranges WHERE device_id = ANY($1)
@@ -543,7 +560,7 @@ async fn proof(
     Path((patient, reading)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
-    let row: Option<(String, i64, String, String, Vec<u8>, Value, i64, i32, String)> =
+    let row: Option<ProofRow> =
         sqlx::query_as(
             "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,
                     p.first_seq, p.reading_count, p.proof_hash::text

@@ -118,7 +118,7 @@ impl Session {
     pub fn reader(&mut self) -> &mut PgConnection {
         match &mut self.replica {
             Some(r) => &mut *r,
-            None => &mut *self.primary,
+            None => &mut self.primary,
         }
     }
 

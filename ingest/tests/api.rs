@@ -844,3 +844,152 @@ async fn series_devices_and_proof_bundles() -> Result<()> {
     drop(r.api);
     r.db.drop().await
 }
+
+/// The value of attribute `name` in one serialised tag.
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
+
+/// `<circle …>` tags of chart points of `data_type` in the DOM: (slot, t, avg).
+fn chart_points(dom: &str, data_type: &str) -> Vec<(String, String, f64)> {
+    dom.split("<circle")
+        .skip(1)
+        .filter_map(|rest| {
+            let tag = &rest[..rest.find('>')?];
+            (attr(tag, "data-type")? == data_type && attr(tag, "class")?.contains("verified"))
+                .then_some(())?;
+            Some((
+                attr(tag, "data-slot")?.to_owned(),
+                attr(tag, "data-t")?.to_owned(),
+                attr(tag, "data-avg")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
+    let mut r = rig("gw-api-5").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Browser").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS - 60_000).context("t0")?;
+    let to = from + chrono::Duration::minutes(10);
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let api_series = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ),
+        )
+        .await?;
+    let expect: Vec<(String, String, f64)> = api_series["points"]
+        .as_array()
+        .context("points")?
+        .iter()
+        .filter_map(|pt| {
+            Some((
+                "heart_rate".to_owned(),
+                pt["t"].as_str()?.to_owned(),
+                pt["avg"][0].as_f64()?,
+            ))
+        })
+        .collect();
+    assert_eq!(expect.len(), 2);
+
+    // Log in with the token in the URL fragment (never sent to the server),
+    // open the patient, let the page fetch and draw, then dump the DOM and
+    // take a screenshot.
+    let dir = r.logs.path();
+    let shot = dir.join("clinician.png");
+    let url = format!(
+        "http://127.0.0.1:{}/#token={}&patient={p}&from={}&to={}&bucket=minute",
+        r.api.port,
+        doc.token,
+        fmt(from),
+        fmt(to)
+    );
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=20000",
+            "--window-size=1280,1400",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .context("chromium did not finish in 90 s")?
+        .context("running chromium (cargo xtask services installs Debian's chromium)")?;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("data-state=\"ready\""),
+        "the page did not finish: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The chart's points are the API's series, bucket for bucket.
+    assert_eq!(chart_points(&dom, "HEART_RATE"), expect);
+    let bp = chart_points(&dom, "BLOOD_PRESSURE");
+    let slots: Vec<&str> = bp.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(slots, ["systolic", "diastolic", "mean_arterial", "pulse"]);
+    // The line breaks at the empty minute between the windows (a gap is a gap).
+    let hr_path = dom
+        .split("<path")
+        .skip(1)
+        .find(|t| t.contains("data-slot=\"heart_rate\""))
+        .context("heart-rate path")?;
+    assert_eq!(
+        attr(hr_path, "d").map(|d| d.matches('M').count()),
+        Some(2),
+        "{hr_path}"
+    );
+    // Device battery and sync status.
+    let row = dom
+        .split("<tr")
+        .find(|t| t.contains("data-device=\"hr-1\""))
+        .context("hr-1 row")?;
+    assert_eq!(attr(row, "data-battery"), Some("55"));
+    assert_eq!(attr(row, "data-sync"), Some("GAPS"));
+    let png = std::fs::read(&shot).context("screenshot")?;
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    // The page's reads were audited like any other.
+    let series_reads: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE actor_id = $1 AND action = 'read_series'",
+    )
+    .bind(doc.id)
+    .fetch_one(&pool)
+    .await?;
+    assert!(series_reads >= 1 + 6, "{series_reads}");
+    if let Some(keep) = std::env::var_os("HAILAN_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep)?;
+    }
+    drop(r.api);
+    r.db.drop().await
+}

@@ -986,10 +986,129 @@ async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
     .bind(doc.id)
     .fetch_one(&pool)
     .await?;
-    assert_eq!(series_reads, 1 + 6, "one by the test, one per data type by the page");
+    assert_eq!(
+        series_reads,
+        1 + 6,
+        "one by the test, one per data type by the page"
+    );
     if let Some(keep) = std::env::var_os("HAILAN_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep)?;
     }
     drop(r.api);
     r.db.drop().await
+}
+
+async fn last_audit_replica(pool: &sqlx::PgPool, actor: &User) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT detail->>'replica' FROM audit_logs WHERE actor_id = $1 ORDER BY at DESC LIMIT 1",
+    )
+    .bind(actor.id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+#[tokio::test]
+async fn reads_are_served_by_a_hot_standby_once_replayed() -> Result<()> {
+    let primary = hailan_tests::PrivatePostgres::start().await?;
+    let pool = hailan_ingest::db::connect(&primary.url, 4).await?;
+    ensure_api_login(&pool).await?;
+    let standby = hailan_tests::api::Standby::start(&primary).await?;
+    let standby_pool = hailan_ingest::db::connect(&standby.url, 2).await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-api-6";
+    let patient = user(&pool, "PATIENT", "Pat Replica").await?;
+    hailan_ingest::admin::enrol_gateway(&pool, gw, &patient.did, None).await?;
+    let doc = user(&pool, "CLINICIAN", "Dr Replica").await?;
+    grant(&pool, &patient, &doc, None).await?;
+    let _ingest = IngestProcess::start(Path::new(BIN), &primary, &zk, &[gw], logs.path())?;
+    let mut publisher = Publisher::connect(gw).await?;
+    let ring = write_key_ring(logs.path())?;
+    let api = ApiProcess::start_with_env(
+        Path::new(BIN),
+        &primary,
+        Some(&standby.url),
+        &ring,
+        zk.dir.path(),
+        logs.path(),
+        &[("HAILAN_INGEST__API__REPLICA_WAIT_MS", "300")],
+    )
+    .await?;
+    let topic = topic::up(gw);
+    let mut bp = TestDevice::new(gw, "bp-replica", DataType::BloodPressure, 6);
+    publisher
+        .publish_all(&topic, vec![enc(&bp.registration())])
+        .await?;
+    let slots = plausible_slots(DataType::BloodPressure);
+    let first = bp.proven_reading(&zk.reading, &slots)?;
+    // Registration first: a reading that beats it is quarantined until replay.
+    let p2 = pool.clone();
+    eventually(WAIT, "registration", || {
+        let pool = p2.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 1).then_some(()))
+        }
+    })
+    .await?;
+    publisher.publish_all(&topic, vec![enc(&first)]).await?;
+    wait_rows(&pool, 1).await?;
+
+    // Served from the standby (it has replayed the primary's position).
+    let path = obs_path(patient.id, "");
+    let v = api.json(&doc.token, &path).await?;
+    assert_eq!(count_status(&observations(&v), "verified"), 1, "{v}");
+    assert_eq!(
+        last_audit_replica(&pool, &doc).await?.as_deref(),
+        Some("true")
+    );
+    assert_eq!(count_readings(&standby_pool, "").await?, 1);
+
+    // Replay paused: a reading committed on the primary is not on the
+    // standby yet, so the API (after waiting 300 ms) reads from the primary.
+    standby
+        .superuser("SELECT 'paused' FROM (SELECT pg_wal_replay_pause()) x")
+        .await?;
+    eventually(WAIT, "replay paused", || async {
+        Ok((standby
+            .superuser("SELECT pg_get_wal_replay_pause_state()")
+            .await?
+            == "paused")
+            .then_some(()))
+    })
+    .await?;
+    let second = bp.proven_reading(&zk.reading, &slots)?;
+    publisher.publish_all(&topic, vec![enc(&second)]).await?;
+    wait_rows(&pool, 2).await?;
+    assert_eq!(
+        count_readings(&standby_pool, "").await?,
+        1,
+        "replay is paused"
+    );
+    let v = api.json(&doc.token, &path).await?;
+    assert_eq!(count_status(&observations(&v), "verified"), 2, "{v}");
+    assert_eq!(
+        last_audit_replica(&pool, &doc).await?.as_deref(),
+        Some("false")
+    );
+
+    // Once replayed, the standby serves the new reading.
+    standby
+        .superuser("SELECT 'resumed' FROM (SELECT pg_wal_replay_resume()) x")
+        .await?;
+    wait_rows(&standby_pool, 2).await?;
+    let v = api.json(&doc.token, &path).await?;
+    let list = observations(&v);
+    assert_eq!(count_status(&list, "verified"), 2, "{v}");
+    assert_eq!(list[1]["seq"], 2);
+    assert_eq!(
+        last_audit_replica(&pool, &doc).await?.as_deref(),
+        Some("true")
+    );
+    drop(api);
+    standby_pool.close().await;
+    pool.close().await;
+    Ok(())
 }

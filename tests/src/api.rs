@@ -88,6 +88,19 @@ impl ApiProcess {
         zk_dir: &Path,
         log_dir: &Path,
     ) -> Result<ApiProcess> {
+        Self::start_with_env(binary, db, read_url, key_ring, zk_dir, log_dir, &[]).await
+    }
+
+    /// Like [`ApiProcess::start`], with more environment (`HAILAN_INGEST__API__…`).
+    pub async fn start_with_env(
+        binary: &Path,
+        db: &impl HasUrl,
+        read_url: Option<&str>,
+        key_ring: &Path,
+        zk_dir: &Path,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<ApiProcess> {
         let port = free_port()?;
         let log = log_dir.join(format!("api-{port}.log"));
         let out = std::fs::File::create(&log)?;
@@ -99,6 +112,7 @@ impl ApiProcess {
             .env("HAILAN_INGEST__API__KEY_RING", key_ring)
             .env("HAILAN_INGEST__ZK__KEYS_DIR", zk_dir)
             .env_remove("HAILAN_INGEST_CONFIG")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -174,4 +188,92 @@ pub async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((code, body))
+}
+
+/// A hot standby of a [`crate::PrivatePostgres`] (`pg_basebackup -R`, its own
+/// port), streaming from it. Stopped on drop.
+pub struct Standby {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+}
+
+impl HasUrl for Standby {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Standby {
+    /// Base-backup `primary` and start it as a streaming hot standby.
+    pub async fn start(primary: &crate::PrivatePostgres) -> Result<Standby> {
+        let dir = tempfile::Builder::new()
+            .prefix("hailan-standby-")
+            .tempdir()?;
+        std::process::Command::new("chmod")
+            .arg("777")
+            .arg(dir.path())
+            .status()?;
+        let data = dir.path().join("data");
+        let mut backup = crate::as_postgres("pg_basebackup");
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        crate::checked(backup, "pg_basebackup")?;
+        let port = free_port()?;
+        let s = Standby {
+            url: format!("postgres://hailan:hailan@127.0.0.1:{port}/hailan"),
+            dir,
+            port,
+        };
+        s.pg_ctl(&["start", "-w", "-t", "30"])?;
+        Ok(s)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let mut c = crate::as_postgres("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -h 127.0.0.1",
+                self.port,
+                self.dir.path().display()
+            ));
+        c.args(args);
+        crate::checked(c, &format!("pg_ctl {}", args.join(" ")))
+    }
+
+    /// Run `sql` (one text column, one row) on the standby as the
+    /// superuser, e.g. to pause or resume replay.
+    pub async fn superuser(&self, sql: &str) -> Result<String> {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.port
+        ))
+        .await?;
+        let v: String = sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut c)
+            .await?;
+        c.close().await?;
+        Ok(v)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]);
+    }
 }

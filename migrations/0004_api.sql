@@ -41,3 +41,38 @@ CREATE POLICY device_seq_ranges_readers ON device_seq_ranges
   FOR SELECT TO hailan_clinician, hailan_patient
   USING (EXISTS (SELECT 1 FROM iot_devices d WHERE d.id = device_seq_ranges.device_id));
 GRANT SELECT ON device_seq_ranges TO hailan_clinician, hailan_patient;
+
+-- The clinician policies of 0002, same rule, written as uncorrelated
+-- sub-selects: PostgreSQL evaluates each once per query (a hashed SubPlan)
+-- instead of calling hailan_grant_active() for every row (≈ 10 µs a row:
+-- 0.9 s of a one-day, 86,400-reading chart). A row is readable when it is
+-- verified and covered by an active (unrevoked, unexpired) grant from its
+-- patient to the caller for its data type (any type when data_types is NULL).
+DROP POLICY health_data_clinician_granted ON health_data;
+CREATE POLICY health_data_clinician_granted ON health_data
+  FOR SELECT TO hailan_clinician
+  USING (verified AND (
+    (user_id, data_type::text) IN (
+      SELECT g.patient_id, t.t FROM care_grants g CROSS JOIN LATERAL unnest(g.data_types) AS t(t)
+       WHERE g.clinician_id = hailan_current_user() AND g.revoked_at IS NULL
+         AND (g.expires_at IS NULL OR g.expires_at > now()))
+    OR user_id IN (
+      SELECT g.patient_id FROM care_grants g
+       WHERE g.clinician_id = hailan_current_user() AND g.data_types IS NULL AND g.revoked_at IS NULL
+         AND (g.expires_at IS NULL OR g.expires_at > now()))));
+
+DROP POLICY zk_proofs_clinician_granted ON zk_proofs;
+CREATE POLICY zk_proofs_clinician_granted ON zk_proofs
+  FOR SELECT TO hailan_clinician
+  USING (user_id IN (
+    SELECT g.patient_id FROM care_grants g
+     WHERE g.clinician_id = hailan_current_user() AND g.revoked_at IS NULL
+       AND (g.expires_at IS NULL OR g.expires_at > now())));
+
+DROP POLICY iot_devices_clinician_granted ON iot_devices;
+CREATE POLICY iot_devices_clinician_granted ON iot_devices
+  FOR SELECT TO hailan_clinician
+  USING (user_id IN (
+    SELECT g.patient_id FROM care_grants g
+     WHERE g.clinician_id = hailan_current_user() AND g.revoked_at IS NULL
+       AND (g.expires_at IS NULL OR g.expires_at > now())));

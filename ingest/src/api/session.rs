@@ -28,10 +28,11 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The role, and room to sort a day of readings in memory.
     fn role(self) -> &'static str {
         match self {
-            Kind::Clinician => "SET LOCAL ROLE hailan_clinician",
-            Kind::Patient => "SET LOCAL ROLE hailan_patient",
+            Kind::Clinician => "SET LOCAL ROLE hailan_clinician; SET LOCAL work_mem = '64MB'",
+            Kind::Patient => "SET LOCAL ROLE hailan_patient; SET LOCAL work_mem = '64MB'",
         }
     }
 }
@@ -79,7 +80,7 @@ impl Session {
                 )));
             }
         };
-        sqlx::query(kind.role()).execute(&mut *primary).await?;
+        sqlx::raw_sql(kind.role()).execute(&mut *primary).await?;
         let replica = match &state.replica {
             None => None,
             Some(pool) => {
@@ -90,7 +91,7 @@ impl Session {
                 sqlx::query("SET TRANSACTION READ ONLY")
                     .execute(&mut *rtx)
                     .await?;
-                sqlx::query(kind.role()).execute(&mut *rtx).await?;
+                sqlx::raw_sql(kind.role()).execute(&mut *rtx).await?;
                 sqlx::query("SELECT set_config('hailan.user_id', $1, true)")
                     .bind(user_id.to_string())
                     .execute(&mut *rtx)

@@ -46,8 +46,11 @@ struct Rows {
     commitments: Vec<Vec<u8>>,
 }
 
+/// A window's proof row: hash, first seq, proof bytes, public inputs.
+type ProofRow = (String, i64, Vec<u8>, serde_json::Value);
+
 /// Seal and commit one day of 1 Hz heart rate in windows of 16.
-fn day(key: &DataKey) -> Result<(Rows, Vec<(String, i64, Vec<u8>, serde_json::Value)>)> {
+fn day(key: &DataKey) -> Result<(Rows, Vec<ProofRow>)> {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(86_400);
     let mut rows = Rows {
         ids: Vec::new(),

@@ -20,13 +20,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// One `health_data` row as the API reads it (with its device and proof).
+/// One `health_data` row as the API reads it, completed with its device's
+/// own id and its proof's statement and public inputs (read separately).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StoredReading {
     pub id: Uuid,
     pub device_id: Option<Uuid>,
     /// The device's own id (`iot_devices.device_id`), part of the header.
+    #[sqlx(default)]
     pub device_ext: Option<String>,
+    #[sqlx(default)]
     pub device_name: Option<String>,
     pub data_type: String,
     pub recorded_at: DateTime<Utc>,
@@ -39,12 +42,18 @@ pub struct StoredReading {
     pub nonce: Option<String>,
     pub ciphertext: Option<String>,
     /// `reading` or `window` (from `zk_proofs`).
+    #[sqlx(default)]
     pub statement: Option<String>,
+    #[sqlx(default)]
     pub first_seq: Option<i64>,
+    #[sqlx(default)]
     pub reading_count: Option<i32>,
+    #[sqlx(default)]
     pub key_id: Option<String>,
     /// Public inputs 1 and 2 of the stored proof: C and x, decimal.
+    #[sqlx(default)]
     pub proof_c: Option<String>,
+    #[sqlx(default)]
     pub proof_x: Option<String>,
 }
 

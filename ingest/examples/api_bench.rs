@@ -135,6 +135,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let requests: usize = std::env::args()
         .nth(1)
         .map(|s| s.parse())
@@ -231,6 +237,56 @@ async fn main() -> Result<()> {
     tx.commit().await?;
     sqlx::query("ANALYZE").execute(&pool).await?;
     println!("stored in {:.1} s", t.elapsed().as_secs_f64());
+
+    // Where the time of one day view goes, single-threaded.
+    {
+        let dr: Uuid = sqlx::query_scalar("SELECT id FROM users WHERE did = 'did:hailan:bench:dr'")
+            .fetch_one(&pool)
+            .await?;
+        let mut tx = pool.begin().await?;
+        sqlx::raw_sql("SET LOCAL ROLE hailan_clinician; SET LOCAL work_mem = '64MB'")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT set_config('hailan.user_id', $1, true)")
+            .bind(dr.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let range = api::routes::Range {
+            from: chrono::DateTime::from_timestamp_millis(DAY_START_MS).context("t")?,
+            to: chrono::DateTime::from_timestamp_millis(DAY_START_MS + DAY_S * 1000 - 1)
+                .context("t")?,
+            after: None,
+            limit: i64::MAX,
+        };
+        let t = Instant::now();
+        let (rows, _) =
+            api::routes::read_readings(&mut tx, patient, &["HEART_RATE".to_owned()], &range)
+                .await?;
+        let read = t.elapsed();
+        tx.rollback().await?;
+        let keys = KeyRing::from_keys([DataKey::new("owner-key-1", [7; 32])]);
+        let t = Instant::now();
+        let opened = rows
+            .iter()
+            .filter(|r| api::check::open_row(r, &keys).is_ok())
+            .count();
+        let open = t.elapsed();
+        let t = Instant::now();
+        let checks = api::check::check_groups(&rows, &api::check::groups(&rows), &keys);
+        let check = t.elapsed();
+        let verified = checks.iter().filter(|(_, c)| c.slots().is_some()).count();
+        anyhow::ensure!(opened == rows.len() && verified == rows.len());
+        println!(
+            "breakdown of one day view, one thread: read {} rows {:.0} ms; decrypt {:.0} ms ({:.1} µs/reading); \
+             decrypt + commitment re-open {:.0} ms ({:.1} µs/reading)",
+            rows.len(),
+            read.as_secs_f64() * 1e3,
+            open.as_secs_f64() * 1e3,
+            open.as_secs_f64() * 1e6 / rows.len() as f64,
+            check.as_secs_f64() * 1e3,
+            check.as_secs_f64() * 1e6 / rows.len() as f64,
+        );
+    }
 
     let state = ApiState {
         primary: hailan_ingest::db::connect(&db.url, 8).await?,

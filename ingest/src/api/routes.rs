@@ -184,9 +184,17 @@ pub async fn read_checked(
     types: &[String],
     range: &Range,
 ) -> Result<Vec<(StoredReading, Check)>, ApiError> {
+    let started = std::time::Instant::now();
     let (rows, n) = read_readings(conn, patient, types, range).await?;
+    let read = started.elapsed();
     let rows = Arc::new(rows);
     let checks = check::check_parallel(Arc::clone(&rows), Arc::clone(&state.keys)).await;
+    tracing::debug!(
+        rows = rows.len(),
+        read_ms = read.as_secs_f64() * 1e3,
+        check_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+        "readings read and opened"
+    );
     let rows = Arc::try_unwrap(rows).unwrap_or_else(|a| (*a).clone());
     Ok(rows.into_iter().zip(checks).take(n).collect())
 }

@@ -207,6 +207,16 @@ mod tests {
     }
 
     #[test]
+    fn api_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/api.example.toml");
+        let cfg = IngestConfig::load(Some(&path)).expect("the shipped example parses");
+        assert_eq!(cfg.api.listen, "127.0.0.1:8443");
+        assert_eq!(cfg.api.key_ring, PathBuf::from("/etc/hailan/api-keys"));
+        assert_eq!(cfg.api.read_database_url, None);
+        assert_eq!(cfg.api.max_page, 5000);
+    }
+
+    #[test]
     fn a_bad_value_names_its_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");

@@ -1112,3 +1112,24 @@ async fn reads_are_served_by_a_hot_standby_once_replayed() -> Result<()> {
     pool.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_readable_key_ring_is_refused() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let ring = write_key_ring(logs.path())?;
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o644))?;
+    let err = match ApiProcess::start(Path::new(BIN), &db, None, &ring, zk.dir.path(), logs.path())
+        .await
+    {
+        Ok(_) => anyhow::bail!("the API started with a world-readable key ring"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("must not be readable by group or others"),
+        "{err}"
+    );
+    db.drop().await
+}

@@ -251,15 +251,19 @@ pub async fn observations(
             })
         })
         .collect();
-    let bundle = json!({
+    let full_page = entries.len() as i64 >= range.limit;
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "id": Uuid::new_v4(),
         "meta": { "lastUpdated": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true) },
         "type": "searchset",
-        "total": entries.len(),
         "link": [{ "relation": "self", "url": format!("/fhir/Observation?{raw}") }],
         "entry": entries,
     });
+    // `total` is the number of matches: known only when the page is not full.
+    if !full_page {
+        bundle["total"] = json!(bundle["entry"].as_array().map_or(0, Vec::len));
+    }
     Ok((
         [(header::CONTENT_TYPE, "application/fhir+json")],
         bundle.to_string(),

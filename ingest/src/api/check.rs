@@ -169,7 +169,15 @@ fn matches_stored(r: &StoredReading, c: &[u8; 32], c_dec: &str, x: &str) -> Resu
     Ok(())
 }
 
-fn check_single(r: &StoredReading, keys: &KeyRing) -> Check {
+/// A stored reading decrypted, or why it was not.
+pub type Opened = Result<SealedValue, String>;
+
+/// Decrypt every row (independent of proofs: can run while rows arrive).
+pub fn open_all(rows: &[StoredReading], keys: &KeyRing) -> Vec<Opened> {
+    rows.iter().map(|r| open_row(r, keys)).collect()
+}
+
+fn check_single(r: &StoredReading, opened: &Opened) -> Check {
     if !r.verified {
         return Check::Unverifiable("not verified at ingest (no valid proof)".into());
     }
@@ -177,7 +185,7 @@ fn check_single(r: &StoredReading, keys: &KeyRing) -> Check {
         return Check::Unverifiable(format!("unknown data type {}", r.data_type));
     };
     let result = (|| {
-        let v = open_row(r, keys)?;
+        let v = opened.as_ref().map_err(Clone::clone)?;
         let device = r
             .device_ext
             .as_deref()
@@ -193,7 +201,7 @@ fn check_single(r: &StoredReading, keys: &KeyRing) -> Check {
             .map_err(|e| format!("commitment does not open: {e}"))?;
         let c_dec = decimal_of(&c).ok_or("commitment does not open: not a field element")?;
         matches_stored(r, &c, &c_dec, &header.context().to_string())?;
-        Ok::<_, String>(v.slots)
+        Ok::<_, String>(v.slots.clone())
     })();
     match result {
         Ok(slots) => Check::Verified(slots),
@@ -201,7 +209,11 @@ fn check_single(r: &StoredReading, keys: &KeyRing) -> Check {
     }
 }
 
-fn check_window(rows: &[StoredReading], members: &[usize], keys: &KeyRing) -> Vec<(usize, Check)> {
+fn check_window(
+    rows: &[StoredReading],
+    members: &[usize],
+    opened: &[Opened],
+) -> Vec<(usize, Check)> {
     let mut members = members.to_vec();
     members.sort_by_key(|i| rows[*i].seq);
     let first = &rows[members[0]];
@@ -224,15 +236,12 @@ fn check_window(rows: &[StoredReading], members: &[usize], keys: &KeyRing) -> Ve
         ));
     }
     // Open every reading; one that fails takes the window's check with it.
-    let opened: Vec<Result<SealedValue, String>> =
-        members.iter().map(|i| open_row(&rows[*i], keys)).collect();
-    if opened.iter().any(Result::is_err) {
+    if members.iter().any(|i| opened[*i].is_err()) {
         return members
             .iter()
-            .zip(opened)
-            .map(|(i, o)| {
-                let reason = match o {
-                    Err(e) => e,
+            .map(|i| {
+                let reason = match &opened[*i] {
+                    Err(e) => e.clone(),
                     Ok(_) => "another reading of its window does not decrypt, so the window's \
                               commitment cannot be opened"
                         .into(),
@@ -241,7 +250,10 @@ fn check_window(rows: &[StoredReading], members: &[usize], keys: &KeyRing) -> Ve
             })
             .collect();
     }
-    let opened: Vec<SealedValue> = opened.into_iter().flatten().collect();
+    let opened: Vec<&SealedValue> = members
+        .iter()
+        .filter_map(|i| opened[*i].as_ref().ok())
+        .collect();
     let shape = (|| {
         let blinding = opened[0].blinding;
         let mut values = Vec::with_capacity(opened.len());
@@ -298,26 +310,26 @@ fn check_window(rows: &[StoredReading], members: &[usize], keys: &KeyRing) -> Ve
         .collect()
 }
 
-/// Check the groups `gs` of `rows`.
+/// Check the groups `gs` of `rows`, decrypted as `opened` (same indexes).
 pub fn check_groups(
     rows: &[StoredReading],
+    opened: &[Opened],
     gs: &[Vec<usize>],
-    keys: &KeyRing,
 ) -> Vec<(usize, Check)> {
     let mut out = Vec::new();
     for g in gs {
         let r = &rows[g[0]];
         if r.statement.as_deref() == Some("window") && r.verified {
-            out.extend(check_window(rows, g, keys));
+            out.extend(check_window(rows, g, opened));
         } else {
-            out.extend(g.iter().map(|i| (*i, check_single(&rows[*i], keys))));
+            out.extend(g.iter().map(|i| (*i, check_single(&rows[*i], &opened[*i]))));
         }
     }
     out
 }
 
 /// Check every row, in parallel on the blocking pool (one task per core).
-pub async fn check_parallel(rows: Arc<Vec<StoredReading>>, keys: Arc<KeyRing>) -> Vec<Check> {
+pub async fn check_parallel(rows: Arc<Vec<StoredReading>>, opened: Arc<Vec<Opened>>) -> Vec<Check> {
     let gs = groups(&rows);
     let n = rows.len();
     let tasks = std::thread::available_parallelism()
@@ -332,9 +344,9 @@ pub async fn check_parallel(rows: Arc<Vec<StoredReading>>, keys: Arc<KeyRing>) -
     let mut handles = Vec::with_capacity(tasks);
     for chunk in chunks {
         let rows = Arc::clone(&rows);
-        let keys = Arc::clone(&keys);
+        let opened = Arc::clone(&opened);
         handles.push(tokio::task::spawn_blocking(move || {
-            check_groups(&rows, &chunk, &keys)
+            check_groups(&rows, &opened, &chunk)
         }));
     }
     let mut out = vec![Check::Unverifiable("not checked".into()); n];

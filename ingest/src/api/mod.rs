@@ -61,6 +61,8 @@ pub enum ApiError {
     NotFound,
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -74,9 +76,13 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %e, "database error");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         };
         let msg = match &self {
-            ApiError::Db(_) => "internal error".to_owned(),
+            ApiError::Db(_) | ApiError::Internal(_) => "internal error".to_owned(),
             e => e.to_string(),
         };
         let mut resp = (code, Json(serde_json::json!({ "error": msg }))).into_response();

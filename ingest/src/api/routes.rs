@@ -63,9 +63,17 @@ pub struct Range {
     pub limit: i64,
 }
 
+const RANGE_WHERE: &str =
+    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
+            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
+          ORDER BY h.recorded_at, h.id
+          LIMIT $7";
+
 /// Readings of `patient` of `types` in `range` (as RLS lets the caller see
 /// them), in time order, plus the hidden rest of every window cut by the range
-/// (needed to re-open its commitment). Returns (rows, how many are in range).
+/// (needed to re-open its commitment), with device ids and proofs filled in.
+/// Returns (rows, how many are in range). (What [`read_checked`] does, without
+/// streaming: for benchmarks and tools.)
 pub async fn read_readings(
     conn: &mut PgConnection,
     patient: Uuid,
@@ -76,46 +84,79 @@ pub async fn read_readings(
         Some((t, id)) => (Some(t), Some(id)),
         None => (None, None),
     };
-    let mut rows: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(format!(
-        "{READING_SELECT}
-          WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
-            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
-          ORDER BY h.recorded_at, h.id
-          LIMIT $7"
-    )))
-    .bind(patient)
-    .bind(types)
-    .bind(range.from)
-    .bind(range.to)
-    .bind(after_at)
-    .bind(after_id)
-    .bind(range.limit)
-    .fetch_all(&mut *conn)
-    .await?;
+    let devices = read_devices(conn, patient).await?;
+    let mut rows: Vec<StoredReading> =
+        sqlx::query_as(AssertSqlSafe(format!("{READING_SELECT} {RANGE_WHERE}")))
+            .bind(patient)
+            .bind(types)
+            .bind(range.from)
+            .bind(range.to)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(range.limit)
+            .fetch_all(&mut *conn)
+            .await?;
     let n = rows.len();
-    complete(conn, patient, &mut rows).await?;
+    complete_proofs(conn, patient, &mut rows).await?;
     let cut = check::incomplete_windows(&rows);
     if !cut.is_empty() {
-        let have: HashSet<Uuid> = rows.iter().map(|r| r.id).collect();
-        let mut more: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(format!(
-            "{READING_SELECT} WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.zk_proof_hash = ANY($3)"
-        )))
-        .bind(patient)
-        .bind(types)
-        .bind(&cut)
-        .fetch_all(&mut *conn)
-        .await?;
-        more.retain(|r| !have.contains(&r.id));
-        complete(conn, patient, &mut more).await?;
+        let mut more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);
+    }
+    for r in &mut rows {
+        fill_device(r, &devices);
     }
     Ok((rows, n))
 }
 
-/// Fill in each reading's device id and its proof's statement, size, key
-/// and public inputs C and x. Read apart from the readings (a few rows
-/// each, joined here), which keeps the readings' query a plain range scan.
-async fn complete(
+/// The readings of windows `cut` that are not among `have`.
+async fn read_siblings(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    types: &[String],
+    cut: &[String],
+    have: &[StoredReading],
+) -> Result<Vec<StoredReading>, ApiError> {
+    let have: HashSet<Uuid> = have.iter().map(|r| r.id).collect();
+    let mut more: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(format!(
+        "{READING_SELECT} WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.zk_proof_hash = ANY($3)"
+    )))
+    .bind(patient)
+    .bind(types)
+    .bind(cut)
+    .fetch_all(&mut *conn)
+    .await?;
+    more.retain(|r| !have.contains(&r.id));
+    Ok(more)
+}
+
+/// The patient's devices the caller may see: id → (own device id, name).
+type Devices = HashMap<Uuid, (String, Option<String>)>;
+
+async fn read_devices(conn: &mut PgConnection, patient: Uuid) -> Result<Devices, ApiError> {
+    let devices: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, device_id, device_name FROM iot_devices WHERE user_id = $1")
+            .bind(patient)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(devices
+        .into_iter()
+        .map(|(id, ext, name)| (id, (ext, name)))
+        .collect())
+}
+
+fn fill_device(r: &mut StoredReading, devices: &Devices) {
+    if let Some((ext, name)) = r.device_id.and_then(|d| devices.get(&d)) {
+        r.device_ext = Some(ext.clone());
+        r.device_name.clone_from(name);
+    }
+}
+
+/// Fill in each reading's proof statement, size, key and public inputs C
+/// and x. Read apart from the readings (one row per proof, joined here),
+/// which keeps the readings' query a plain range scan.
+async fn complete_proofs(
     conn: &mut PgConnection,
     patient: Uuid,
     rows: &mut [StoredReading],
@@ -123,15 +164,6 @@ async fn complete(
     if rows.is_empty() {
         return Ok(());
     }
-    let devices: Vec<(Uuid, String, Option<String>)> =
-        sqlx::query_as("SELECT id, device_id, device_name FROM iot_devices WHERE user_id = $1")
-            .bind(patient)
-            .fetch_all(&mut *conn)
-            .await?;
-    let devices: HashMap<Uuid, (String, Option<String>)> = devices
-        .into_iter()
-        .map(|(id, ext, name)| (id, (ext, name)))
-        .collect();
     let hashes: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.zk_proof_hash.as_deref())
@@ -149,10 +181,6 @@ async fn complete(
     .await?;
     let proofs: HashMap<String, ProofInfo> = proofs.into_iter().map(|p| (p.0.clone(), p)).collect();
     for r in rows.iter_mut() {
-        if let Some((ext, name)) = r.device_id.and_then(|d| devices.get(&d)) {
-            r.device_ext = Some(ext.clone());
-            r.device_name.clone_from(name);
-        }
         if let Some(p) = r.zk_proof_hash.as_ref().and_then(|h| proofs.get(h)) {
             r.statement = Some(p.1.clone());
             r.first_seq = Some(p.2);
@@ -176,7 +204,24 @@ type ProofInfo = (
     Option<String>,
 );
 
-/// Read and check: the in-range readings with their checks.
+/// Rows decrypted per blocking task while the rest still stream in.
+const OPEN_CHUNK: usize = 4096;
+
+fn spawn_open(
+    chunk: Vec<StoredReading>,
+    keys: &Arc<super::keyring::KeyRing>,
+) -> tokio::task::JoinHandle<(Vec<StoredReading>, Vec<check::Opened>)> {
+    let keys = Arc::clone(keys);
+    tokio::task::spawn_blocking(move || {
+        let opened = check::open_all(&chunk, &keys);
+        (chunk, opened)
+    })
+}
+
+/// Read and check: the in-range readings with their checks. The readings
+/// stream in and are decrypted chunk by chunk on the blocking pool as they
+/// arrive; then each proof's public inputs are read and every commitment
+/// (one per window) is re-opened in parallel.
 pub async fn read_checked(
     state: &ApiState,
     conn: &mut PgConnection,
@@ -184,14 +229,65 @@ pub async fn read_checked(
     types: &[String],
     range: &Range,
 ) -> Result<Vec<(StoredReading, Check)>, ApiError> {
+    use futures::TryStreamExt;
     let started = std::time::Instant::now();
-    let (rows, n) = read_readings(conn, patient, types, range).await?;
+    let devices = read_devices(conn, patient).await?;
+    let (after_at, after_id) = match range.after {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    let mut tasks = Vec::new();
+    let mut chunk = Vec::with_capacity(OPEN_CHUNK);
+    {
+        let sql = format!("{READING_SELECT} {RANGE_WHERE}");
+        let mut stream = sqlx::query_as::<_, StoredReading>(AssertSqlSafe(sql))
+            .bind(patient)
+            .bind(types)
+            .bind(range.from)
+            .bind(range.to)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(range.limit)
+            .fetch(&mut *conn);
+        while let Some(mut r) = stream.try_next().await? {
+            fill_device(&mut r, &devices);
+            chunk.push(r);
+            if chunk.len() == OPEN_CHUNK {
+                tasks.push(spawn_open(std::mem::take(&mut chunk), &state.keys));
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        tasks.push(spawn_open(chunk, &state.keys));
+    }
+    let mut rows = Vec::new();
+    let mut opened = Vec::new();
+    for t in tasks {
+        let (c, o) = t.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        rows.extend(c);
+        opened.extend(o);
+    }
+    let n = rows.len();
+    complete_proofs(conn, patient, &mut rows).await?;
+    let cut = check::incomplete_windows(&rows);
+    if !cut.is_empty() {
+        let mut more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        for r in &mut more {
+            fill_device(r, &devices);
+        }
+        complete_proofs(conn, patient, &mut more).await?;
+        let (more, more_opened) = spawn_open(more, &state.keys)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        rows.extend(more);
+        opened.extend(more_opened);
+    }
     let read = started.elapsed();
     let rows = Arc::new(rows);
-    let checks = check::check_parallel(Arc::clone(&rows), Arc::clone(&state.keys)).await;
+    let checks = check::check_parallel(Arc::clone(&rows), Arc::new(opened)).await;
     tracing::debug!(
         rows = rows.len(),
-        read_ms = read.as_secs_f64() * 1e3,
+        read_and_decrypt_ms = read.as_secs_f64() * 1e3,
         check_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
         "readings read and opened"
     );

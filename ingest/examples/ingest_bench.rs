@@ -194,6 +194,7 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
         http: HttpConfig {
             listen: String::new(),
         },
+        api: Default::default(),
     };
     let pool = db::connect(url, 8).await?;
     let verifier = Arc::new(run::load_verifier(&cfg)?);

@@ -21,6 +21,42 @@ pub struct IngestConfig {
     pub zk: ZkConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `hailan-ingest api`: the clinician API (a separate process from `run`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address the API (JSON, FHIR and the web page) listens on.
+    pub listen: String,
+    /// A streaming replica for reads; empty: read from `database_url`.
+    /// Writes (audit rows) and token checks always go to the primary.
+    pub read_database_url: Option<String>,
+    /// The owners' data keys: one `kid = 64 hex digits` per line. Refused
+    /// when group- or world-readable.
+    pub key_ring: PathBuf,
+    /// Largest page of observations one request returns.
+    pub max_page: i64,
+    /// Longest wait for the replica to replay up to the primary's position
+    /// at the start of a request, in milliseconds; then the primary serves it.
+    pub replica_wait_ms: u64,
+    /// Connections to each database.
+    pub max_connections: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8443".into(),
+            read_database_url: None,
+            key_ring: PathBuf::from("/etc/hailan/api-keys"),
+            max_page: 5000,
+            replica_wait_ms: 2000,
+            max_connections: 8,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +204,16 @@ mod tests {
         assert_eq!(cfg.mqtt.port, 8883);
         assert_eq!(cfg.batch.max_messages, 500);
         assert!(!cfg.zk.allow_dev_keys);
+    }
+
+    #[test]
+    fn api_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/api.example.toml");
+        let cfg = IngestConfig::load(Some(&path)).expect("the shipped example parses");
+        assert_eq!(cfg.api.listen, "127.0.0.1:8443");
+        assert_eq!(cfg.api.key_ring, PathBuf::from("/etc/hailan/api-keys"));
+        assert_eq!(cfg.api.read_database_url, None);
+        assert_eq!(cfg.api.max_page, 5000);
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //! - [`admin`]: users, gateways, grants and tokens.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`zk_cli`]: `hailan-ingest zk setup / export`.
+//! - [`api`]: `hailan-ingest api`, the clinician API (JSON, FHIR, web page).
 
 pub mod admin;
+pub mod api;
 pub mod config;
 pub mod db;
 pub mod http;

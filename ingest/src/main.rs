@@ -38,6 +38,8 @@ enum Command {
     /// Users, gateways, grants and API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Serve the clinician API (JSON, FHIR R4, web page) until SIGTERM/SIGINT.
+    Api,
     /// Zero-knowledge keys and third-party export.
     #[command(subcommand)]
     Zk(zk_cli::ZkCommand),
@@ -157,6 +159,22 @@ async fn run_service(cfg: IngestConfig) -> Result<()> {
     run::run(cfg, pool, verifier, metrics, status, shutdown).await
 }
 
+async fn api_service(cfg: IngestConfig) -> Result<()> {
+    let state = hailan_ingest::api::state_from_config(&cfg).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_signal(shutdown.clone()));
+    let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
+        .await
+        .with_context(|| format!("api.listen = {}", cfg.api.listen))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        keys = state.keys.len(),
+        replica = state.replica.is_some(),
+        "clinician API listening"
+    );
+    hailan_ingest::api::serve(listener, state, shutdown).await
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -173,6 +191,7 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Zk(cmd) => zk_cli::run(cmd)?,
         Command::Run => run_service(cfg).await?,
+        Command::Api => api_service(cfg).await?,
         Command::Migrate => {
             let pool = db::connect(cfg.database_url()?, 2).await?;
             db::migrate(&pool).await?;

@@ -5,6 +5,7 @@
 //! (and writes them to `.hailan/env`, which is read when the variables are
 //! not set, so `cargo nextest run` works on its own after set-up).
 
+pub mod api;
 pub mod gateway;
 
 use anyhow::{Context, Result};

@@ -85,6 +85,13 @@ const MQTT_USERS: &[&str] = &[
     "gw-e2e-6",
     "gw-e2e-7",
     "gw-e2e-8",
+    // clinician API tests (ingest/tests/api.rs)
+    "gw-api-1",
+    "gw-api-2",
+    "gw-api-3",
+    "gw-api-4",
+    "gw-api-5",
+    "gw-api-6",
 ];
 
 /// (command or file that must exist, Debian package that provides it)
@@ -98,6 +105,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/include/dbus-1.0/dbus/dbus.h", "libdbus-1-dev"),
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/bin/npm", "npm"),
+    // headless browser for the clinician web page test (ingest/tests/api.rs)
+    ("/usr/bin/chromium", "chromium"),
 ];
 
 pub fn run(quiet: bool) -> Result<Endpoints> {
@@ -381,6 +390,8 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("cbor2", "cbor2==5.6.5"),
     ("cryptography", "cryptography==44.0.2"),
+    // FHIR R4(B) models: validates the API's FHIR output (ingest/tests/api.rs)
+    ("fhir.resources", "fhir.resources==8.3.0"),
 ];
 
 fn ensure_python_tools(say: &dyn Fn(&str)) -> Result<()> {

@@ -1,0 +1,364 @@
+//! Opening stored readings: decrypt each sealed value with the owner's data
+//! key, then recompute the commitment from the opened value, blinding and the
+//! reading's own header, and compare it with the stored commitment *and* with
+//! the commitment and context among the stored proof's public inputs — so a
+//! number is shown only when it is exactly the value the verified proof
+//! covers. A window's readings share one commitment: it is recomputed once
+//! per window, from all of its readings.
+//!
+//! Pure and CPU-bound: [`check_parallel`] spreads the groups over the
+//! blocking pool.
+
+use super::keyring::KeyRing;
+use chrono::{DateTime, Utc};
+use hailan_proto::envelope::{NONCE_LEN, Sealed};
+use hailan_proto::seal::{SealedValue, open};
+use hailan_proto::zk::fr_from_bytes;
+use hailan_proto::zk::prove::{reading_commitment, window_commitment};
+use hailan_proto::{DataType, ReadingHeader, WindowHeader};
+use std::collections::HashMap;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One `health_data` row as the API reads it, completed with its device's
+/// own id and its proof's statement and public inputs (read separately).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredReading {
+    pub id: Uuid,
+    pub device_id: Option<Uuid>,
+    /// The device's own id (`iot_devices.device_id`), part of the header.
+    #[sqlx(default)]
+    pub device_ext: Option<String>,
+    #[sqlx(default)]
+    pub device_name: Option<String>,
+    pub data_type: String,
+    pub recorded_at: DateTime<Utc>,
+    pub seq: i64,
+    pub gateway_id: String,
+    pub verified: bool,
+    pub zk_proof_hash: Option<String>,
+    pub reading_commitment: Option<Vec<u8>>,
+    pub kid: Option<String>,
+    pub nonce: Option<String>,
+    pub ciphertext: Option<String>,
+    /// `reading` or `window` (from `zk_proofs`).
+    #[sqlx(default)]
+    pub statement: Option<String>,
+    #[sqlx(default)]
+    pub first_seq: Option<i64>,
+    #[sqlx(default)]
+    pub reading_count: Option<i32>,
+    #[sqlx(default)]
+    pub key_id: Option<String>,
+    /// Public inputs 1 and 2 of the stored proof: C and x, decimal.
+    #[sqlx(default)]
+    pub proof_c: Option<String>,
+    #[sqlx(default)]
+    pub proof_x: Option<String>,
+}
+
+/// What the API may say about a reading's value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Check {
+    /// Opened, and the commitment re-opened: these fixed-point slots are the proven ones.
+    Verified(Vec<u32>),
+    /// Never shown as a number, with the reason.
+    Unverifiable(String),
+}
+
+impl Check {
+    pub fn slots(&self) -> Option<&[u32]> {
+        match self {
+            Check::Verified(s) => Some(s),
+            Check::Unverifiable(_) => None,
+        }
+    }
+}
+
+/// The groups of rows that are checked together: a window's readings (by
+/// proof hash), or one reading.
+pub fn groups(rows: &[StoredReading]) -> Vec<Vec<usize>> {
+    let mut windows: HashMap<(Option<Uuid>, &str), usize> = HashMap::new();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (i, r) in rows.iter().enumerate() {
+        match (r.statement.as_deref(), r.zk_proof_hash.as_deref()) {
+            (Some("window"), Some(hash)) if r.verified => {
+                let g = *windows.entry((r.device_id, hash)).or_insert_with(|| {
+                    out.push(Vec::new());
+                    out.len() - 1
+                });
+                out[g].push(i);
+            }
+            _ => out.push(vec![i]),
+        }
+    }
+    out
+}
+
+/// Windows among `rows` with fewer readings present than their proof covers
+/// (cut by a time range or a page): their proof hashes.
+pub fn incomplete_windows(rows: &[StoredReading]) -> Vec<String> {
+    groups(rows)
+        .into_iter()
+        .filter_map(|g| {
+            let r = &rows[g[0]];
+            let want = usize::try_from(r.reading_count?).ok()?;
+            (r.statement.as_deref() == Some("window") && r.verified && g.len() < want)
+                .then(|| r.zk_proof_hash.clone())
+                .flatten()
+        })
+        .collect()
+}
+
+fn sealed_of(r: &StoredReading) -> Result<Sealed, String> {
+    let (Some(kid), Some(nonce), Some(ct)) = (&r.kid, &r.nonce, &r.ciphertext) else {
+        return Err("the stored value is not a sealed value".into());
+    };
+    let nonce = hex::decode(nonce)
+        .ok()
+        .and_then(|n| <[u8; NONCE_LEN]>::try_from(n).ok())
+        .ok_or("the stored nonce is malformed")?;
+    let ciphertext = hex::decode(ct).map_err(|_| "the stored ciphertext is not hex")?;
+    Ok(Sealed {
+        kid: kid.clone(),
+        nonce,
+        ciphertext,
+    })
+}
+
+/// Decrypt one stored reading (no commitment check).
+pub fn open_row(r: &StoredReading, keys: &KeyRing) -> Result<SealedValue, String> {
+    let sealed = sealed_of(r)?;
+    let key = keys
+        .get(&sealed.kid)
+        .ok_or_else(|| format!("no data key {:?} in the API's key ring", sealed.kid))?;
+    let device = r
+        .device_ext
+        .as_deref()
+        .ok_or("the reading's device is unknown")?;
+    let seq = u64::try_from(r.seq).map_err(|_| "negative seq")?;
+    let header = ReadingHeader {
+        gateway_id: &r.gateway_id,
+        device_id: device,
+        data_type: &r.data_type,
+        seq,
+        recorded_at_ms: r.recorded_at.timestamp_millis(),
+    };
+    open(key, &header, &sealed).map_err(|e| format!("ciphertext does not decrypt: {e}"))
+}
+
+fn decimal_of(c: &[u8; 32]) -> Option<String> {
+    fr_from_bytes(c).map(|x| x.to_string())
+}
+
+/// Compare a recomputed commitment `c` (and its decimal `c_dec`) and context
+/// `x` with what is stored.
+fn matches_stored(r: &StoredReading, c: &[u8; 32], c_dec: &str, x: &str) -> Result<(), String> {
+    if r.reading_commitment.as_deref() != Some(c.as_slice()) {
+        return Err(
+            "commitment does not open: the opened value does not match the stored commitment"
+                .into(),
+        );
+    }
+    if r.proof_c.as_deref() != Some(c_dec) {
+        return Err("commitment does not open: the proof covers another commitment".into());
+    }
+    if r.proof_x.as_deref() != Some(x) {
+        return Err("the proof was made for another reading header".into());
+    }
+    Ok(())
+}
+
+/// A stored reading decrypted, or why it was not.
+pub type Opened = Result<SealedValue, String>;
+
+/// Decrypt every row (independent of proofs: can run while rows arrive).
+pub fn open_all(rows: &[StoredReading], keys: &KeyRing) -> Vec<Opened> {
+    rows.iter().map(|r| open_row(r, keys)).collect()
+}
+
+fn check_single(r: &StoredReading, opened: &Opened) -> Check {
+    if !r.verified {
+        return Check::Unverifiable("not verified at ingest (no valid proof)".into());
+    }
+    let Some(data_type) = DataType::from_name(&r.data_type) else {
+        return Check::Unverifiable(format!("unknown data type {}", r.data_type));
+    };
+    let result = (|| {
+        let v = opened.as_ref().map_err(Clone::clone)?;
+        let device = r
+            .device_ext
+            .as_deref()
+            .ok_or("the reading's device is unknown")?;
+        let header = ReadingHeader {
+            gateway_id: &r.gateway_id,
+            device_id: device,
+            data_type: &r.data_type,
+            seq: u64::try_from(r.seq).map_err(|_| "negative seq")?,
+            recorded_at_ms: r.recorded_at.timestamp_millis(),
+        };
+        let c = reading_commitment(data_type, &v.slots, &v.blinding, &header)
+            .map_err(|e| format!("commitment does not open: {e}"))?;
+        let c_dec = decimal_of(&c).ok_or("commitment does not open: not a field element")?;
+        matches_stored(r, &c, &c_dec, &header.context().to_string())?;
+        Ok::<_, String>(v.slots.clone())
+    })();
+    match result {
+        Ok(slots) => Check::Verified(slots),
+        Err(reason) => Check::Unverifiable(reason),
+    }
+}
+
+fn check_window(
+    rows: &[StoredReading],
+    members: &[usize],
+    opened: &[Opened],
+) -> Vec<(usize, Check)> {
+    let mut members = members.to_vec();
+    members.sort_by_key(|i| rows[*i].seq);
+    let first = &rows[members[0]];
+    let fail_all = |reason: String| -> Vec<(usize, Check)> {
+        members
+            .iter()
+            .map(|i| (*i, Check::Unverifiable(reason.clone())))
+            .collect()
+    };
+    let want = first.reading_count.and_then(|n| usize::try_from(n).ok());
+    let contiguous = members
+        .iter()
+        .enumerate()
+        .all(|(k, i)| first.first_seq.map(|f| f + k as i64) == Some(rows[*i].seq));
+    if want != Some(members.len()) || !contiguous {
+        return fail_all(format!(
+            "window incomplete: {} of {} readings are readable",
+            members.len(),
+            want.unwrap_or(0)
+        ));
+    }
+    // Open every reading; one that fails takes the window's check with it.
+    if members.iter().any(|i| opened[*i].is_err()) {
+        return members
+            .iter()
+            .map(|i| {
+                let reason = match &opened[*i] {
+                    Err(e) => e.clone(),
+                    Ok(_) => "another reading of its window does not decrypt, so the window's \
+                              commitment cannot be opened"
+                        .into(),
+                };
+                (*i, Check::Unverifiable(reason))
+            })
+            .collect();
+    }
+    let opened: Vec<&SealedValue> = members
+        .iter()
+        .filter_map(|i| opened[*i].as_ref().ok())
+        .collect();
+    let shape = (|| {
+        let blinding = opened[0].blinding;
+        let mut values = Vec::with_capacity(opened.len());
+        for (k, v) in opened.iter().enumerate() {
+            if v.blinding != blinding || usize::from(v.position) != k || v.slots.len() != 1 {
+                return Err("the window's sealed values disagree (blinding, position or slots)");
+            }
+            values.push(v.slots[0]);
+        }
+        Ok((values, blinding))
+    })();
+    let (values, blinding) = match shape {
+        Ok(x) => x,
+        Err(e) => return fail_all(e.into()),
+    };
+    let start_ms = first.recorded_at.timestamp_millis();
+    let offsets: Option<Vec<u32>> = members
+        .iter()
+        .map(|i| u32::try_from(rows[*i].recorded_at.timestamp_millis() - start_ms).ok())
+        .collect();
+    let (Some(offsets_ms), Some(device), Ok(first_seq)) = (
+        offsets,
+        first.device_ext.as_deref(),
+        u64::try_from(first.seq),
+    ) else {
+        return fail_all("the window's header cannot be rebuilt".into());
+    };
+    let header = WindowHeader {
+        gateway_id: &first.gateway_id,
+        device_id: device,
+        data_type: &first.data_type,
+        first_seq,
+        start_ms,
+        offsets_ms,
+    };
+    let c = match window_commitment(&values, &blinding, &header) {
+        Ok(c) => c,
+        Err(e) => return fail_all(format!("commitment does not open: {e}")),
+    };
+    let x = header.context().to_string();
+    let Some(c_dec) = decimal_of(&c) else {
+        return fail_all("commitment does not open: not a field element".into());
+    };
+    members
+        .iter()
+        .zip(values)
+        .map(|(i, v)| {
+            let check = match matches_stored(&rows[*i], &c, &c_dec, &x) {
+                Ok(()) => Check::Verified(vec![v]),
+                Err(e) => Check::Unverifiable(e),
+            };
+            (*i, check)
+        })
+        .collect()
+}
+
+/// Check the groups `gs` of `rows`, decrypted as `opened` (same indexes).
+pub fn check_groups(
+    rows: &[StoredReading],
+    opened: &[Opened],
+    gs: &[Vec<usize>],
+) -> Vec<(usize, Check)> {
+    let mut out = Vec::new();
+    for g in gs {
+        let r = &rows[g[0]];
+        if r.statement.as_deref() == Some("window") && r.verified {
+            out.extend(check_window(rows, g, opened));
+        } else {
+            out.extend(g.iter().map(|i| (*i, check_single(&rows[*i], &opened[*i]))));
+        }
+    }
+    out
+}
+
+/// Check every row, in parallel on the blocking pool (one task per core).
+pub async fn check_parallel(rows: Arc<Vec<StoredReading>>, opened: Arc<Vec<Opened>>) -> Vec<Check> {
+    let gs = groups(&rows);
+    let n = rows.len();
+    let tasks = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1)
+        .min(gs.len().div_ceil(64).max(1));
+    let mut chunks: Vec<Vec<Vec<usize>>> = vec![Vec::new(); tasks];
+    let per = gs.len().div_ceil(tasks).max(1);
+    for (k, g) in gs.into_iter().enumerate() {
+        chunks[(k / per).min(tasks - 1)].push(g);
+    }
+    let mut handles = Vec::with_capacity(tasks);
+    for chunk in chunks {
+        let rows = Arc::clone(&rows);
+        let opened = Arc::clone(&opened);
+        handles.push(tokio::task::spawn_blocking(move || {
+            check_groups(&rows, &opened, &chunk)
+        }));
+    }
+    let mut out = vec![Check::Unverifiable("not checked".into()); n];
+    for h in handles {
+        match h.await {
+            Ok(results) => {
+                for (i, c) in results {
+                    out[i] = c;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "a check task failed"),
+        }
+    }
+    out
+}

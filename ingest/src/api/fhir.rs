@@ -1,0 +1,297 @@
+//! HL7 FHIR R4: `GET /fhir/Observation?patient=…&code=…&date=ge…&date=le…`
+//! returns a `searchset` Bundle of vital-signs Observations.
+//!
+//! - `code`: LOINC (and the extra codes) and UCUM units from the data-type
+//!   table (`proto/src/data_type.rs`); blood pressure is one panel
+//!   (85354-9) with systolic / diastolic / mean / pulse components; SpO2
+//!   carries 59408-5 and 2708-6 with pulse as a component.
+//! - `effectiveDateTime` is `recorded_at`; `device` references the
+//!   `iot_devices` row; `subject` the patient.
+//! - Verification travels in the extension [`ZK_EXTENSION`]: `state`
+//!   (`verified` / `unverifiable`), `proofHash`, `statement`, `keyId`, and for
+//!   an unverifiable reading its `reason`. An unverifiable reading has no
+//!   value: `dataAbsentReason` = `error` with the reason as text.
+
+use super::check::{Check, StoredReading};
+use super::routes::{Range, read_checked};
+use super::session::Session;
+use super::{ApiError, ApiState};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use hailan_proto::{DataType, SlotSpec};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The extension that carries a reading's proof state.
+pub const ZK_EXTENSION: &str = "urn:hailan:fhir:StructureDefinition:zk-verification";
+const LOINC: &str = "http://loinc.org";
+const UCUM: &str = "http://unitsofmeasure.org";
+
+/// The data types a search `code` names (LOINC, optionally `system|code`).
+fn types_for_code(code: &str) -> Vec<DataType> {
+    let code = code.rsplit('|').next().unwrap_or(code);
+    DataType::ALL
+        .into_iter()
+        .filter(|t| {
+            let s = t.spec();
+            s.loinc == code
+                || s.extra_loinc.contains(&code)
+                || (*t == DataType::Glucose
+                    && code == hailan_proto::data_type::GLUCOSE_NON_CAPILLARY_LOINC)
+        })
+        .collect()
+}
+
+/// A FHIR date or dateTime with its prefix, as [lo, hi] bounds.
+/// Lower and upper bound of a search date.
+type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+fn date_bound(v: &str) -> Result<Bounds, ApiError> {
+    let (prefix, rest) = match v.get(..2) {
+        Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
+        _ => ("eq", v),
+    };
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "date {v:?}: expected [ge|gt|le|lt|eq]YYYY-MM-DD or a dateTime"
+        ))
+    };
+    // A date covers its whole (UTC) day.
+    let (start, end) = if let Ok(t) = DateTime::parse_from_rfc3339(rest) {
+        let t = t.with_timezone(&Utc);
+        (t, t)
+    } else {
+        let d = NaiveDate::parse_from_str(rest, "%Y-%m-%d").map_err(|_| bad())?;
+        let s = d.and_hms_opt(0, 0, 0).ok_or_else(bad)?.and_utc();
+        (
+            s,
+            s + chrono::Duration::days(1) - chrono::Duration::microseconds(1),
+        )
+    };
+    let us = chrono::Duration::microseconds(1);
+    Ok(match prefix {
+        "ge" => (Some(start), None),
+        "gt" => (Some(end + us), None),
+        "le" => (None, Some(end)),
+        "lt" => (None, Some(start - us)),
+        _ => (Some(start), Some(end)),
+    })
+}
+
+fn quantity(s: &SlotSpec, v: u32) -> Value {
+    json!({ "value": s.to_decimal(v), "unit": s.unit, "system": UCUM, "code": s.unit })
+}
+
+fn coding(code: &str, display: &str) -> Value {
+    json!({ "system": LOINC, "code": code, "display": display })
+}
+
+/// One reading as a vital-signs Observation.
+pub fn observation(patient: Uuid, r: &StoredReading, c: &Check) -> Value {
+    let mut ext = vec![json!({ "url": "state", "valueCode": match c {
+        Check::Verified(_) => "verified",
+        Check::Unverifiable(_) => "unverifiable",
+    }})];
+    if let Some(h) = &r.zk_proof_hash {
+        ext.push(json!({ "url": "proofHash", "valueString": h }));
+    }
+    if let Some(s) = &r.statement {
+        ext.push(json!({ "url": "statement", "valueCode": s }));
+    }
+    if let Some(k) = &r.key_id {
+        ext.push(json!({ "url": "keyId", "valueString": k }));
+    }
+    if let Check::Unverifiable(why) = c {
+        ext.push(json!({ "url": "reason", "valueString": why }));
+    }
+    let mut o = json!({
+        "resourceType": "Observation",
+        "id": r.id,
+        "meta": { "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"] },
+        "extension": [{ "url": ZK_EXTENSION, "extension": ext }],
+        "identifier": [{ "system": "urn:hailan:reading", "value": format!(
+            "{}/{}/{}", r.device_id.map(|d| d.to_string()).unwrap_or_default(), r.data_type, r.seq) }],
+        "status": "final",
+        "category": [{ "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+            "code": "vital-signs", "display": "Vital Signs" }] }],
+        "subject": { "reference": format!("Patient/{patient}") },
+        "effectiveDateTime": r.recorded_at.to_rfc3339_opts(SecondsFormat::Millis, true),
+    });
+    if let Some(d) = r.device_id {
+        let display = r.device_name.clone().or_else(|| r.device_ext.clone());
+        o["device"] = json!({ "reference": format!("Device/{d}"), "display": display });
+    }
+    let Some(spec) = DataType::from_name(&r.data_type).map(|t| t.spec()) else {
+        o["code"] = json!({ "text": r.data_type });
+        o["dataAbsentReason"] = json!({ "coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "unsupported" }] });
+        return o;
+    };
+    let mut codes = vec![coding(spec.loinc, spec.loinc_display)];
+    codes.extend(
+        spec.extra_loinc
+            .iter()
+            .map(|c| json!({ "system": LOINC, "code": c })),
+    );
+    o["code"] = json!({ "coding": codes, "text": spec.loinc_display });
+    match c {
+        Check::Verified(slots) => {
+            let panel = spec.data_type == DataType::BloodPressure;
+            let skip = if panel {
+                0
+            } else {
+                if let (Some(s), Some(v)) = (spec.slots.first(), slots.first()) {
+                    o["valueQuantity"] = quantity(s, *v);
+                }
+                1
+            };
+            let comps: Vec<Value> = spec
+                .slots
+                .iter()
+                .zip(slots)
+                .skip(skip)
+                .map(|(s, v)| json!({ "code": { "coding": [coding(s.loinc, s.display)] }, "valueQuantity": quantity(s, *v) }))
+                .collect();
+            if !comps.is_empty() {
+                o["component"] = Value::Array(comps);
+            }
+        }
+        Check::Unverifiable(why) => {
+            o["dataAbsentReason"] = json!({
+                "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                             "code": "error", "display": "Error" }],
+                "text": format!("unverifiable: {why}"),
+            });
+        }
+    }
+    o
+}
+
+pub async fn observations(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let mut patient: Option<Uuid> = None;
+    let mut types: Option<Vec<String>> = None;
+    let (mut from, mut to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
+    let mut count = 500i64;
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "patient" | "subject" => {
+                let id = v.strip_prefix("Patient/").unwrap_or(&v);
+                patient =
+                    Some(id.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("patient {v:?} is not an id"))
+                    })?);
+            }
+            "code" => {
+                let t = types.get_or_insert_with(Vec::new);
+                for c in v.split(',') {
+                    t.extend(types_for_code(c).iter().map(|d| d.as_str().to_owned()));
+                }
+            }
+            "date" => {
+                let (lo, hi) = date_bound(&v)?;
+                if let Some(lo) = lo {
+                    from = Some(from.map_or(lo, |f| f.max(lo)));
+                }
+                if let Some(hi) = hi {
+                    to = Some(to.map_or(hi, |t| t.min(hi)));
+                }
+            }
+            "_count" => {
+                count = v
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("_count is a number".into()))?;
+            }
+            "category" | "_format" => {}
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported search parameter {other:?}"
+                )));
+            }
+        }
+    }
+    let patient =
+        patient.ok_or_else(|| ApiError::BadRequest("the patient parameter is required".into()))?;
+    let types = types.unwrap_or_else(|| {
+        DataType::ALL
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect()
+    });
+    let mut s = Session::begin(&state, &headers).await?;
+    let range = Range {
+        from: from.unwrap_or(super::routes::EARLIEST),
+        to: to.unwrap_or(super::routes::LATEST),
+        after: None,
+        limit: count.clamp(1, state.max_page),
+    };
+    let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
+    s.finish(
+        "fhir_search_observation",
+        "/fhir/Observation",
+        Some(patient),
+        checked.len(),
+        json!({ "query": raw, "types": types }),
+    )
+    .await?;
+    let entries: Vec<Value> = checked
+        .iter()
+        .map(|(r, c)| {
+            json!({
+                "fullUrl": format!("urn:uuid:{}", r.id),
+                "resource": observation(patient, r, c),
+                "search": { "mode": "match" },
+            })
+        })
+        .collect();
+    let full_page = entries.len() as i64 >= range.limit;
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": Uuid::new_v4(),
+        "meta": { "lastUpdated": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true) },
+        "type": "searchset",
+        "link": [{ "relation": "self", "url": format!("/fhir/Observation?{raw}") }],
+        "entry": entries,
+    });
+    // `total` is the number of matches: known only when the page is not full.
+    if !full_page {
+        bundle["total"] = json!(bundle["entry"].as_array().map_or(0, Vec::len));
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        bundle.to_string(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_dates() {
+        assert_eq!(
+            types_for_code("http://loinc.org|8867-4"),
+            vec![DataType::HeartRate]
+        );
+        assert_eq!(types_for_code("2708-6"), vec![DataType::Spo2]);
+        assert_eq!(types_for_code("2339-0"), vec![DataType::Glucose]);
+        assert!(types_for_code("0000-0").is_empty());
+        let (lo, hi) = date_bound("ge2025-01-02").expect("date");
+        assert_eq!(
+            lo.map(|t| t.to_rfc3339()),
+            Some("2025-01-02T00:00:00+00:00".into())
+        );
+        assert_eq!(hi, None);
+        let (lo, hi) = date_bound("le2025-01-02T03:04:05Z").expect("dateTime");
+        assert_eq!(lo, None);
+        assert_eq!(hi.map(|t| t.timestamp()), Some(1_735_787_045));
+        assert!(date_bound("xx").is_err());
+    }
+}

@@ -1,0 +1,812 @@
+//! The JSON endpoints, and the reads they share with FHIR.
+
+use super::check::{self, Check, StoredReading};
+use super::session::{Kind, Session};
+use super::{ApiError, ApiState};
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use hailan_proto::DataType;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, PgConnection};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The clinicians' web page (plain HTML and an inline SVG chart).
+pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/patients", get(patients))
+        .route("/api/v1/patients/{id}/observations", get(observations))
+        .route("/api/v1/patients/{id}/series", get(series))
+        .route("/api/v1/patients/{id}/devices", get(devices))
+        .route("/api/v1/patients/{id}/readings/{reading}/proof", get(proof))
+        .route("/fhir/Observation", get(super::fhir::observations))
+        .with_state(state)
+}
+
+async fn index() -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Html(INDEX_HTML))
+}
+
+// ------------------------------------------------------------------ reads
+
+const READING_SELECT: &str =
+    "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
+        h.verified, h.zk_proof_hash, h.reading_commitment,
+        h.value->>'kid' AS kid, h.value->>'nonce' AS nonce, h.value->>'ciphertext' AS ciphertext
+   FROM health_data h";
+
+/// Open ends of a time range (inside PostgreSQL's timestamptz range).
+pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
+pub const LATEST: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 0) {
+    Some(t) => t,
+    None => DateTime::UNIX_EPOCH,
+};
+
+/// A time range and a page position.
+pub struct Range {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Keyset cursor: readings after (recorded_at, id).
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+const RANGE_WHERE: &str =
+    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
+            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
+          ORDER BY h.recorded_at, h.id
+          LIMIT $7";
+
+/// Readings of `patient` of `types` in `range` (as RLS lets the caller see
+/// them), in time order, plus the hidden rest of every window cut by the range
+/// (needed to re-open its commitment), with device ids and proofs filled in.
+/// Returns (rows, how many are in range). (What [`read_checked`] does, without
+/// streaming: for benchmarks and tools.)
+pub async fn read_readings(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    types: &[String],
+    range: &Range,
+) -> Result<(Vec<StoredReading>, usize), ApiError> {
+    let (after_at, after_id) = match range.after {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    let devices = read_devices(conn, patient).await?;
+    let mut rows: Vec<StoredReading> =
+        sqlx::query_as(AssertSqlSafe(format!("{READING_SELECT} {RANGE_WHERE}")))
+            .bind(patient)
+            .bind(types)
+            .bind(range.from)
+            .bind(range.to)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(range.limit)
+            .fetch_all(&mut *conn)
+            .await?;
+    let n = rows.len();
+    complete_proofs(conn, patient, &mut rows).await?;
+    let cut = check::incomplete_windows(&rows);
+    if !cut.is_empty() {
+        let mut more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        complete_proofs(conn, patient, &mut more).await?;
+        rows.extend(more);
+    }
+    for r in &mut rows {
+        fill_device(r, &devices);
+    }
+    Ok((rows, n))
+}
+
+/// The readings of windows `cut` that are not among `have`.
+async fn read_siblings(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    types: &[String],
+    cut: &[String],
+    have: &[StoredReading],
+) -> Result<Vec<StoredReading>, ApiError> {
+    let have: HashSet<Uuid> = have.iter().map(|r| r.id).collect();
+    let mut more: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(format!(
+        "{READING_SELECT} WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.zk_proof_hash = ANY($3)"
+    )))
+    .bind(patient)
+    .bind(types)
+    .bind(cut)
+    .fetch_all(&mut *conn)
+    .await?;
+    more.retain(|r| !have.contains(&r.id));
+    Ok(more)
+}
+
+/// The patient's devices the caller may see: id → (own device id, name).
+type Devices = HashMap<Uuid, (String, Option<String>)>;
+
+async fn read_devices(conn: &mut PgConnection, patient: Uuid) -> Result<Devices, ApiError> {
+    let devices: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, device_id, device_name FROM iot_devices WHERE user_id = $1")
+            .bind(patient)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(devices
+        .into_iter()
+        .map(|(id, ext, name)| (id, (ext, name)))
+        .collect())
+}
+
+fn fill_device(r: &mut StoredReading, devices: &Devices) {
+    if let Some((ext, name)) = r.device_id.and_then(|d| devices.get(&d)) {
+        r.device_ext = Some(ext.clone());
+        r.device_name.clone_from(name);
+    }
+}
+
+/// Fill in each reading's proof statement, size, key and public inputs C
+/// and x. Read apart from the readings (one row per proof, joined here),
+/// which keeps the readings' query a plain range scan.
+async fn complete_proofs(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    rows: &mut [StoredReading],
+) -> Result<(), ApiError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let hashes: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.zk_proof_hash.as_deref())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let proofs: Vec<ProofInfo> = sqlx::query_as(
+        "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
+                public_inputs->>1, public_inputs->>2
+           FROM zk_proofs WHERE user_id = $1 AND proof_hash::text = ANY($2)",
+    )
+    .bind(patient)
+    .bind(&hashes)
+    .fetch_all(&mut *conn)
+    .await?;
+    let proofs: HashMap<String, ProofInfo> = proofs.into_iter().map(|p| (p.0.clone(), p)).collect();
+    for r in rows.iter_mut() {
+        if let Some(p) = r.zk_proof_hash.as_ref().and_then(|h| proofs.get(h)) {
+            r.statement = Some(p.1.clone());
+            r.first_seq = Some(p.2);
+            r.reading_count = Some(p.3);
+            r.key_id = Some(p.4.clone());
+            r.proof_c.clone_from(&p.5);
+            r.proof_x.clone_from(&p.6);
+        }
+    }
+    Ok(())
+}
+
+/// hash, statement, first seq, count, key id, public inputs C and x.
+type ProofInfo = (
+    String,
+    String,
+    i64,
+    i32,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// Rows decrypted per blocking task while the rest still stream in.
+const OPEN_CHUNK: usize = 4096;
+
+fn spawn_open(
+    chunk: Vec<StoredReading>,
+    keys: &Arc<super::keyring::KeyRing>,
+) -> tokio::task::JoinHandle<(Vec<StoredReading>, Vec<check::Opened>)> {
+    let keys = Arc::clone(keys);
+    tokio::task::spawn_blocking(move || {
+        let opened = check::open_all(&chunk, &keys);
+        (chunk, opened)
+    })
+}
+
+/// Read and check: the in-range readings with their checks. The readings
+/// stream in and are decrypted chunk by chunk on the blocking pool as they
+/// arrive; then each proof's public inputs are read and every commitment
+/// (one per window) is re-opened in parallel.
+pub async fn read_checked(
+    state: &ApiState,
+    conn: &mut PgConnection,
+    patient: Uuid,
+    types: &[String],
+    range: &Range,
+) -> Result<Vec<(StoredReading, Check)>, ApiError> {
+    use futures::TryStreamExt;
+    let started = std::time::Instant::now();
+    let devices = read_devices(conn, patient).await?;
+    let (after_at, after_id) = match range.after {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    let mut tasks = Vec::new();
+    let mut chunk = Vec::with_capacity(OPEN_CHUNK);
+    {
+        let sql = format!("{READING_SELECT} {RANGE_WHERE}");
+        let mut stream = sqlx::query_as::<_, StoredReading>(AssertSqlSafe(sql))
+            .bind(patient)
+            .bind(types)
+            .bind(range.from)
+            .bind(range.to)
+            .bind(after_at)
+            .bind(after_id)
+            .bind(range.limit)
+            .fetch(&mut *conn);
+        while let Some(mut r) = stream.try_next().await? {
+            fill_device(&mut r, &devices);
+            chunk.push(r);
+            if chunk.len() == OPEN_CHUNK {
+                tasks.push(spawn_open(std::mem::take(&mut chunk), &state.keys));
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        tasks.push(spawn_open(chunk, &state.keys));
+    }
+    let mut rows = Vec::new();
+    let mut opened = Vec::new();
+    for t in tasks {
+        let (c, o) = t.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        rows.extend(c);
+        opened.extend(o);
+    }
+    let n = rows.len();
+    complete_proofs(conn, patient, &mut rows).await?;
+    let cut = check::incomplete_windows(&rows);
+    if !cut.is_empty() {
+        let mut more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        for r in &mut more {
+            fill_device(r, &devices);
+        }
+        complete_proofs(conn, patient, &mut more).await?;
+        let (more, more_opened) = spawn_open(more, &state.keys)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        rows.extend(more);
+        opened.extend(more_opened);
+    }
+    let read = started.elapsed();
+    let rows = Arc::new(rows);
+    let checks = check::check_parallel(Arc::clone(&rows), Arc::new(opened)).await;
+    tracing::debug!(
+        rows = rows.len(),
+        read_and_decrypt_ms = read.as_secs_f64() * 1e3,
+        check_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+        "readings read and opened"
+    );
+    let rows = Arc::try_unwrap(rows).unwrap_or_else(|a| (*a).clone());
+    Ok(rows.into_iter().zip(checks).take(n).collect())
+}
+
+/// Data type names from a comma-separated `type` parameter (all known when empty).
+pub fn parse_types(param: Option<&str>) -> Result<Vec<String>, ApiError> {
+    match param.map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(DataType::ALL
+            .iter()
+            .map(|t| t.as_str().to_owned())
+            .collect()),
+        Some(s) => s
+            .split(',')
+            .map(|t| {
+                DataType::from_name(t.trim())
+                    .map(|d| d.as_str().to_owned())
+                    .ok_or_else(|| ApiError::BadRequest(format!("unknown data type {t:?}")))
+            })
+            .collect(),
+    }
+}
+
+/// The JSON of one checked reading.
+pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
+    let spec = DataType::from_name(&r.data_type).map(|t| t.spec());
+    let (status, values, reason) = match c {
+        Check::Verified(slots) => {
+            let mut values = serde_json::Map::new();
+            if let Some(spec) = spec {
+                for (s, v) in spec.slots.iter().zip(slots) {
+                    values.insert(
+                        s.name.into(),
+                        json!({ "value": s.to_decimal(*v), "unit": s.unit }),
+                    );
+                }
+            }
+            ("verified", Value::Object(values), Value::Null)
+        }
+        Check::Unverifiable(why) => ("unverifiable", Value::Null, Value::String(why.clone())),
+    };
+    json!({
+        "id": r.id,
+        "data_type": r.data_type,
+        "recorded_at": r.recorded_at,
+        "seq": r.seq,
+        "device": { "id": r.device_id, "device_id": r.device_ext, "name": r.device_name },
+        "status": status,
+        "values": values,
+        "reason": reason,
+        "proof": { "hash": r.zk_proof_hash, "statement": r.statement, "key_id": r.key_id },
+    })
+}
+
+// ------------------------------------------------------------------ handlers
+
+/// id, did, display name, granted data types (NULL: all), active, grant expiry.
+type PatientRow = (
+    Uuid,
+    String,
+    Option<String>,
+    Option<Vec<String>>,
+    bool,
+    Option<DateTime<Utc>>,
+);
+/// device, first and last missing seq, time before and after the gap.
+type GapRow = (Uuid, i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+/// data type, seq, statement, key id, proof, public inputs, first seq, count, proof hash.
+type ProofRow = (
+    String,
+    i64,
+    String,
+    String,
+    Vec<u8>,
+    Value,
+    i64,
+    i32,
+    String,
+);
+
+async fn me(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let mut s = Session::begin(&state, &headers).await?;
+    let user = s.user_id;
+    let (did, name): (String, Option<String>) =
+        sqlx::query_as("SELECT did, display_name FROM users WHERE id = $1")
+            .bind(user)
+            .fetch_one(s.reader())
+            .await?;
+    let kind = s.kind;
+    s.finish("me", "/api/v1/me", None, 1, json!({})).await?;
+    Ok(Json(
+        json!({ "id": user, "did": did, "display_name": name, "kind": kind }),
+    ))
+}
+
+async fn patients(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = Session::begin(&state, &headers).await?;
+    // care_grants' own policy admits only the caller's grants; the filter
+    // below picks the active ones where the caller is the clinician.
+    let rows: Vec<PatientRow> = match s.kind {
+        Kind::Clinician => {
+            sqlx::query_as(
+                "SELECT u.id, u.did, u.display_name,
+                            CASE WHEN bool_or(g.data_types IS NULL) THEN NULL
+                                 ELSE array_agg(DISTINCT t) FILTER (WHERE t IS NOT NULL) END,
+                            true, max(g.expires_at)
+                       FROM care_grants g
+                       JOIN users u ON u.id = g.patient_id
+                       LEFT JOIN LATERAL unnest(g.data_types) t ON true
+                      WHERE g.clinician_id = hailan_current_user() AND g.revoked_at IS NULL
+                        AND (g.expires_at IS NULL OR g.expires_at > now())
+                      GROUP BY u.id, u.did, u.display_name
+                      ORDER BY u.display_name NULLS LAST, u.did",
+            )
+            .fetch_all(s.reader())
+            .await?
+        }
+        Kind::Patient => {
+            sqlx::query_as(
+                "SELECT id, did, display_name, NULL::text[], true, NULL::timestamptz
+                       FROM users WHERE id = hailan_current_user()",
+            )
+            .fetch_all(s.reader())
+            .await?
+        }
+    };
+    let n = rows.len();
+    s.finish("list_patients", "/api/v1/patients", None, n, json!({}))
+        .await?;
+    let list: Vec<Value> = rows
+        .into_iter()
+        .map(|(id, did, name, types, _, expires)| {
+            json!({ "id": id, "did": did, "display_name": name, "data_types": types, "grant_expires_at": expires })
+        })
+        .collect();
+    Ok(Json(json!({ "patients": list })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ObservationQuery {
+    #[serde(rename = "type")]
+    pub data_type: Option<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+fn time_bounds(
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> (DateTime<Utc>, DateTime<Utc>) {
+    (from.unwrap_or(EARLIEST), to.unwrap_or(LATEST))
+}
+
+fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::BadRequest("malformed cursor".into());
+    let (micros, id) = c.split_once('_').ok_or_else(bad)?;
+    let t = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    Ok((t, id.parse().map_err(|_| bad())?))
+}
+
+async fn observations(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(patient): Path<Uuid>,
+    Query(q): Query<ObservationQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let types = parse_types(q.data_type.as_deref())?;
+    let (from, to) = time_bounds(q.from, q.to);
+    let limit = q.limit.unwrap_or(500).clamp(1, state.max_page);
+    let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    let mut s = Session::begin(&state, &headers).await?;
+    let range = Range {
+        from,
+        to,
+        after,
+        limit,
+    };
+    let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
+    let next = (checked.len() as i64 == limit)
+        .then(|| checked.last())
+        .flatten()
+        .map(|(r, _)| format!("{}_{}", r.recorded_at.timestamp_micros(), r.id));
+    let unverifiable = checked
+        .iter()
+        .filter(|(_, c)| matches!(c, Check::Unverifiable(_)))
+        .count();
+    s.finish(
+        "read_observations",
+        &format!("/api/v1/patients/{patient}/observations"),
+        Some(patient),
+        checked.len(),
+        json!({ "types": types, "from": from, "to": to, "unverifiable": unverifiable }),
+    )
+    .await?;
+    let list: Vec<Value> = checked
+        .iter()
+        .map(|(r, c)| observation_json(r, c))
+        .collect();
+    Ok(Json(
+        json!({ "patient": patient, "observations": list, "next_cursor": next }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SeriesQuery {
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub bucket: Option<String>,
+}
+
+/// Per-bucket aggregate of one slot set.
+#[derive(Default)]
+struct Agg {
+    n: u32,
+    min: Vec<u32>,
+    max: Vec<u32>,
+    sum: Vec<u64>,
+}
+
+/// Bucket length in milliseconds.
+pub fn bucket_ms(name: &str) -> Option<i64> {
+    match name {
+        "minute" => Some(60_000),
+        "hour" => Some(3_600_000),
+        "day" => Some(86_400_000),
+        _ => None,
+    }
+}
+
+async fn series(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(patient): Path<Uuid>,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let data_type = DataType::from_name(&q.data_type)
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown data type {:?}", q.data_type)))?;
+    let bucket = q.bucket.as_deref().unwrap_or("minute");
+    let step = bucket_ms(bucket)
+        .ok_or_else(|| ApiError::BadRequest("bucket is minute, hour or day".into()))?;
+    if q.to < q.from || (q.to - q.from).num_days() > 366 {
+        return Err(ApiError::BadRequest(
+            "from must precede to, at most 366 days apart".into(),
+        ));
+    }
+    let mut s = Session::begin(&state, &headers).await?;
+    let range = Range {
+        from: q.from,
+        to: q.to,
+        after: None,
+        limit: i64::MAX,
+    };
+    let types = vec![data_type.as_str().to_owned()];
+    let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
+    let spec = data_type.spec();
+    let slots = spec.slots.len();
+    let mut buckets: BTreeMap<i64, Agg> = BTreeMap::new();
+    let mut bad: BTreeMap<i64, (u32, BTreeMap<String, u32>)> = BTreeMap::new();
+    for (r, c) in &checked {
+        let b = r.recorded_at.timestamp_millis().div_euclid(step) * step;
+        match c {
+            Check::Verified(v) if v.len() == slots => {
+                let a = buckets.entry(b).or_insert_with(|| Agg {
+                    n: 0,
+                    min: vec![u32::MAX; slots],
+                    max: vec![0; slots],
+                    sum: vec![0; slots],
+                });
+                a.n += 1;
+                for (k, x) in v.iter().enumerate() {
+                    a.min[k] = a.min[k].min(*x);
+                    a.max[k] = a.max[k].max(*x);
+                    a.sum[k] += u64::from(*x);
+                }
+            }
+            Check::Verified(_) => {
+                let e = bad.entry(b).or_default();
+                e.0 += 1;
+                *e.1.entry("wrong number of slots".into()).or_default() += 1;
+            }
+            Check::Unverifiable(why) => {
+                let e = bad.entry(b).or_default();
+                e.0 += 1;
+                *e.1.entry(why.clone()).or_default() += 1;
+            }
+        }
+    }
+    let unverifiable: usize = bad.values().map(|(n, _)| *n as usize).sum();
+    s.finish(
+        "read_series",
+        &format!("/api/v1/patients/{patient}/series"),
+        Some(patient),
+        checked.len(),
+        json!({ "type": data_type.as_str(), "from": q.from, "to": q.to, "bucket": bucket,
+                "unverifiable": unverifiable }),
+    )
+    .await?;
+    let t = |b: i64| DateTime::from_timestamp_millis(b).map(|d| d.to_rfc3339());
+    let points: Vec<Value> = buckets
+        .into_iter()
+        .map(|(b, a)| {
+            let dec = |k: usize, x: f64| x / f64::from(spec.slots[k].scale);
+            json!({
+                "t": t(b),
+                "n": a.n,
+                "min": (0..slots).map(|k| dec(k, f64::from(a.min[k]))).collect::<Vec<_>>(),
+                "avg": (0..slots).map(|k| dec(k, a.sum[k] as f64 / f64::from(a.n))).collect::<Vec<_>>(),
+                "max": (0..slots).map(|k| dec(k, f64::from(a.max[k]))).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let bad: Vec<Value> = bad
+        .into_iter()
+        .map(|(b, (n, reasons))| json!({ "t": t(b), "n": n, "reasons": reasons }))
+        .collect();
+    Ok(Json(json!({
+        "patient": patient,
+        "data_type": data_type.as_str(),
+        "bucket": bucket,
+        "bucket_ms": step,
+        "from": q.from,
+        "to": q.to,
+        "slots": spec.slots.iter().map(|s| json!({ "name": s.name, "display": s.display, "unit": s.unit })).collect::<Vec<_>>(),
+        "readings": checked.len(),
+        "points": points,
+        "unverifiable": bad,
+    })))
+}
+
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: Uuid,
+    device_id: String,
+    device_name: Option<String>,
+    device_type: String,
+    manufacturer: Option<String>,
+    model: Option<String>,
+    firmware_version: Option<String>,
+    gateway_id: String,
+    battery_level: Option<i32>,
+    last_sync: Option<DateTime<Utc>>,
+    sync_status: String,
+    connection_state: String,
+    rssi: Option<i16>,
+    state_observed_at: Option<DateTime<Utc>>,
+    last_seq: Option<i64>,
+    missing_seqs: i64,
+    data_types: Vec<String>,
+    is_active: Option<bool>,
+}
+
+async fn devices(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(patient): Path<Uuid>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = Session::begin(&state, &headers).await?;
+    let devs: Vec<DeviceRow> = sqlx::query_as(
+        "SELECT id, device_id, device_name, device_type, manufacturer, model, firmware_version, gateway_id,
+                battery_level, last_sync, sync_status, connection_state, rssi, state_observed_at, last_seq,
+                missing_seqs, data_types, is_active
+           FROM iot_devices WHERE user_id = $1 ORDER BY device_id",
+    )
+    .bind(patient)
+    .fetch_all(s.reader())
+    .await?;
+    let ids: Vec<Uuid> = devs.iter().map(|d| d.id).collect();
+    // Holes between received ranges, newest 100 per device; with the times
+    // of the readings on either side where the caller may see them.
+    let gaps: Vec<GapRow> = sqlx::query_as(
+        "WITH holes AS (
+            SELECT device_id, hi + 1 AS first_missing, lead(lo) OVER w - 1 AS last_missing
+              FROM device_seq_ranges WHERE device_id = ANY($1)
+            WINDOW w AS (PARTITION BY device_id ORDER BY lo)),
+         ranked AS (
+            SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY first_missing DESC) AS k
+              FROM holes WHERE last_missing IS NOT NULL)
+         SELECT r.device_id, r.first_missing, r.last_missing,
+                (SELECT max(h.recorded_at) FROM health_data h
+                  WHERE h.user_id = $2 AND h.device_id = r.device_id AND h.seq = r.first_missing - 1),
+                (SELECT min(h.recorded_at) FROM health_data h
+                  WHERE h.user_id = $2 AND h.device_id = r.device_id AND h.seq = r.last_missing + 1)
+           FROM ranked r WHERE k <= 100 ORDER BY r.device_id, r.first_missing",
+    )
+    .bind(&ids)
+    .bind(patient)
+    .fetch_all(s.reader())
+    .await?;
+    let n = devs.len();
+    s.finish(
+        "read_devices",
+        &format!("/api/v1/patients/{patient}/devices"),
+        Some(patient),
+        n,
+        json!({ "gaps": gaps.len() }),
+    )
+    .await?;
+    let list: Vec<Value> = devs
+        .iter()
+        .map(|d| {
+            let g: Vec<Value> = gaps
+                .iter()
+                .filter(|g| g.0 == d.id)
+                .map(|g| json!({ "first_missing_seq": g.1, "last_missing_seq": g.2, "missing": g.2 - g.1 + 1,
+                                  "after": g.3, "before": g.4 }))
+                .collect();
+            json!({
+                "id": d.id, "device_id": d.device_id, "name": d.device_name, "device_type": d.device_type,
+                "manufacturer": d.manufacturer, "model": d.model, "firmware_version": d.firmware_version,
+                "gateway_id": d.gateway_id, "battery_level": d.battery_level, "last_sync": d.last_sync,
+                "sync_status": d.sync_status, "connection_state": d.connection_state, "rssi": d.rssi,
+                "state_observed_at": d.state_observed_at, "last_seq": d.last_seq,
+                "missing_seqs": d.missing_seqs, "data_types": d.data_types, "active": d.is_active,
+                "gaps": g,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "patient": patient, "devices": list })))
+}
+
+async fn proof(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((patient, reading)): Path<(Uuid, Uuid)>,
+) -> Result<Json<Value>, ApiError> {
+    let mut s = Session::begin(&state, &headers).await?;
+    let row: Option<ProofRow> =
+        sqlx::query_as(
+            "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,
+                    p.first_seq, p.reading_count, p.proof_hash::text
+               FROM health_data h
+               JOIN zk_proofs p ON p.user_id = h.user_id AND p.proof_hash::text = h.zk_proof_hash::text
+              WHERE h.user_id = $1 AND h.id = $2",
+        )
+        .bind(patient)
+        .bind(reading)
+        .fetch_optional(s.reader())
+        .await?;
+    let Some((data_type, seq, statement, key_id, proof, inputs, first_seq, count, hash)) = row
+    else {
+        s.finish(
+            "read_proof",
+            &format!("/api/v1/patients/{patient}/readings/{reading}/proof"),
+            Some(patient),
+            0,
+            json!({ "reading": reading }),
+        )
+        .await?;
+        return Err(ApiError::NotFound);
+    };
+    let public_inputs: Vec<String> = serde_json::from_value(inputs).unwrap_or_default();
+    let bundle = hailan_proto::zk::ProofBundle {
+        statement,
+        key_id: key_id.clone(),
+        proof: hex::encode(&proof),
+        public_inputs,
+    };
+    // With the verifying key at hand the export re-verifies the proof
+    // natively; that check is recorded like any auditor's.
+    let (snarkjs, reverified) = match state.vks.get(&key_id) {
+        Some(vk) => match hailan_proto::zk::snarkjs::SnarkjsExport::new(vk, &bundle) {
+            Ok(e) => (
+                json!({ "vk": e.vk, "proof": e.proof, "public": e.public }),
+                Some((true, None)),
+            ),
+            Err(err) => (Value::Null, Some((false, Some(err.to_string())))),
+        },
+        None => (
+            bundle
+                .proof()
+                .ok()
+                .map(|p| json!({ "proof": hailan_proto::zk::snarkjs::proof_json(&p), "public": bundle.public_inputs }))
+                .unwrap_or(Value::Null),
+            None,
+        ),
+    };
+    if let Some((ok, reason)) = &reverified {
+        sqlx::query(
+            "INSERT INTO zk_verifications (user_id, data_id, proof_hash, key_id, verifier_id, verifier_name, verified, reason)
+             VALUES ($1, $2, $3, $4, hailan_current_user(), 'hailan-ingest api', $5, $6)",
+        )
+        .bind(patient)
+        .bind(reading)
+        .bind(&hash)
+        .bind(&key_id)
+        .bind(ok)
+        .bind(reason)
+        .execute(s.writer())
+        .await?;
+    }
+    s.finish(
+        "read_proof",
+        &format!("/api/v1/patients/{patient}/readings/{reading}/proof"),
+        Some(patient),
+        1,
+        json!({ "reading": reading, "reverified": reverified.as_ref().map(|r| r.0) }),
+    )
+    .await?;
+    Ok(Json(json!({
+        "reading": reading,
+        "data_type": data_type,
+        "seq": seq,
+        "proof_hash": hash,
+        "covers": { "first_seq": first_seq, "readings": count },
+        "bundle": bundle,
+        "reverified": reverified.map(|r| json!({ "valid": r.0, "reason": r.1 })),
+        "snarkjs": snarkjs,
+    })))
+}

@@ -1,0 +1,1135 @@
+//! The clinician API end to end: readings are proven by test devices, go
+//! through Mosquitto and the real `hailan-ingest run` into PostgreSQL, and
+//! are read back through `hailan-ingest api` (connected as a login that is
+//! only a member of `hailan_api`). Tamper tests change stored rows afterwards.
+
+use anyhow::{Context, Result};
+use hailan_proto::envelope::{self, Body, Envelope};
+use hailan_proto::{DataType, topic};
+use hailan_tests::api::{ApiProcess, User, ensure_api_login, http_get_auth, user, write_key_ring};
+use hailan_tests::{
+    DevZk, IngestProcess, Publisher, T0_MS, TestDb, TestDevice, count_readings, eventually,
+    plausible_slots,
+};
+use serde_json::Value;
+use std::path::Path;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hailan-ingest");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn enc(e: &Envelope) -> Vec<u8> {
+    envelope::encode(e)
+}
+
+/// A reading the gateway could not prove (stored unverified).
+fn unproven(dev: &mut TestDevice, value: u32) -> Vec<u8> {
+    let seq = dev.next_seq;
+    dev.next_seq += 1;
+    let t = T0_MS + 1000 * seq as i64;
+    let header = hailan_proto::ReadingHeader {
+        gateway_id: &dev.gateway_id,
+        device_id: &dev.device_id,
+        data_type: dev.data_type.as_str(),
+        seq,
+        recorded_at_ms: t,
+    };
+    let value = hailan_proto::seal::SealedValue {
+        slots: vec![value],
+        blinding: [0; 32],
+        position: 0,
+        original_unit: None,
+        extras: Default::default(),
+    };
+    let sealed = hailan_proto::seal::seal(&dev.key, &header, &value, &mut dev.rng);
+    enc(&Envelope {
+        v: 1,
+        gateway_id: dev.gateway_id.clone(),
+        sent_at_ms: t,
+        body: Body::Readings(envelope::ReadingBatch {
+            device_id: dev.device_id.clone(),
+            groups: vec![envelope::ProvenGroup {
+                kind: envelope::ProofKind::Reading,
+                key_id: [0; 32],
+                commitment: [0; 32],
+                proof: None,
+                no_proof_reason: Some("test: not provable".into()),
+                readings: vec![envelope::Reading {
+                    seq,
+                    data_type: dev.data_type.as_str().into(),
+                    recorded_at_ms: t,
+                    sealed,
+                }],
+            }],
+        }),
+    })
+}
+
+struct Rig {
+    db: TestDb,
+    zk: DevZk,
+    _ingest: IngestProcess,
+    publisher: Publisher,
+    api: ApiProcess,
+    patient: User,
+    gw: &'static str,
+    /// Last: the processes print their logs from here when dropped.
+    logs: tempfile::TempDir,
+}
+
+async fn rig(gw: &'static str) -> Result<Rig> {
+    let db = TestDb::create().await?;
+    ensure_api_login(&db.pool).await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let patient = user(&db.pool, "PATIENT", "Pat Example").await?;
+    hailan_ingest::admin::enrol_gateway(&db.pool, gw, &patient.did, None).await?;
+    let ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let publisher = Publisher::connect(gw).await?;
+    let ring = write_key_ring(logs.path())?;
+    let api =
+        ApiProcess::start(Path::new(BIN), &db, None, &ring, zk.dir.path(), logs.path()).await?;
+    Ok(Rig {
+        db,
+        zk,
+        logs,
+        _ingest: ingest,
+        publisher,
+        api,
+        patient,
+        gw,
+    })
+}
+
+async fn wait_rows(pool: &sqlx::PgPool, n: i64) -> Result<()> {
+    let pool = pool.clone();
+    eventually(WAIT, &format!("{n} rows"), move || {
+        let pool = pool.clone();
+        async move { Ok((count_readings(&pool, "").await? >= n).then_some(())) }
+    })
+    .await
+}
+
+/// What `seed` publishes.
+const HR1: [u32; 16] = [
+    60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75,
+];
+const HR2: [u32; 8] = [80, 82, 84, 86, 88, 90, 92, 94];
+/// Rows stored by `seed`: 16 + 8 heart rate (two windows), one blood
+/// pressure, one unverified heart rate.
+const SEEDED: i64 = 26;
+
+/// Heart rate: a window (seqs 1–16), 100 seqs never sent (a gap), a window
+/// of 8 (seqs 117–124, two minutes later), an unproven reading (seq 125);
+/// blood pressure: one proven reading; battery 55 %.
+async fn seed(r: &mut Rig) -> Result<(TestDevice, TestDevice)> {
+    let mut hr = TestDevice::new(r.gw, "hr-1", DataType::HeartRate, 1);
+    let mut bp = TestDevice::new(r.gw, "bp-1", DataType::BloodPressure, 2);
+    let mut payloads = vec![enc(&hr.registration()), enc(&bp.registration())];
+    let topic = topic::up(r.gw);
+    r.publisher
+        .publish_all(&topic, std::mem::take(&mut payloads))
+        .await?;
+    let pool = r.db.pool.clone();
+    eventually(WAIT, "registrations", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 2).then_some(()))
+        }
+    })
+    .await?;
+    payloads.push(enc(&hr.proven_window(&r.zk.window, &HR1)?));
+    hr.next_seq += 100;
+    payloads.push(enc(&hr.proven_window(&r.zk.window, &HR2)?));
+    payloads.push(unproven(&mut hr, 99));
+    payloads.push(enc(&hr.state(55, T0_MS + 200_000)));
+    payloads.push(enc(&bp.proven_reading(
+        &r.zk.reading,
+        &plausible_slots(DataType::BloodPressure),
+    )?));
+    r.publisher.publish_all(&topic, payloads).await?;
+    wait_rows(&r.db.pool, SEEDED).await?;
+    Ok((hr, bp))
+}
+
+fn obs_path(patient: uuid::Uuid, extra: &str) -> String {
+    format!("/api/v1/patients/{patient}/observations?limit=1000{extra}")
+}
+
+fn observations(v: &Value) -> Vec<Value> {
+    v["observations"].as_array().cloned().unwrap_or_default()
+}
+
+fn count_status(list: &[Value], status: &str) -> usize {
+    list.iter().filter(|o| o["status"] == status).count()
+}
+
+async fn grant(
+    pool: &sqlx::PgPool,
+    patient: &User,
+    c: &User,
+    types: Option<Vec<&str>>,
+) -> Result<()> {
+    hailan_ingest::admin::grant(
+        pool,
+        &patient.did,
+        &c.did,
+        types.map(|t| t.into_iter().map(String::from).collect()),
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// health_data rows a clinician can read with plain SQL under their role.
+async fn rows_as_clinician(pool: &sqlx::PgPool, c: &User, table: &str) -> Result<i64> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL ROLE hailan_clinician")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('hailan.user_id', $1, true)")
+        .bind(c.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let n = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(n)
+}
+
+async fn audit_count(pool: &sqlx::PgPool, actor: &User) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM audit_logs WHERE actor_id = $1")
+            .bind(actor.id)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn access_follows_grants_and_every_read_is_audited() -> Result<()> {
+    let mut r = rig("gw-api-1").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let full = user(&pool, "CLINICIAN", "Dr Full").await?;
+    let none = user(&pool, "CLINICIAN", "Dr None").await?;
+    let bp_only = user(&pool, "CLINICIAN", "Dr Pressure").await?;
+    grant(&pool, &r.patient, &full, None).await?;
+    grant(&pool, &r.patient, &bp_only, Some(vec!["BLOOD_PRESSURE"])).await?;
+    let mut full_reads = 0;
+
+    // A full grant: every verified reading, as numbers; never the unverified one.
+    let pats = r.api.json(&full.token, "/api/v1/patients").await?;
+    full_reads += 1;
+    assert_eq!(pats["patients"][0]["id"], p.to_string(), "{pats}");
+    let v = r.api.json(&full.token, &obs_path(p, "")).await?;
+    full_reads += 1;
+    let list = observations(&v);
+    assert_eq!(list.len(), 25, "{v}");
+    assert_eq!(count_status(&list, "verified"), 25, "{v}");
+    assert!(list.iter().all(|o| o["seq"] != 125), "unverified row shown");
+    let hr: Vec<f64> = list
+        .iter()
+        .filter(|o| o["data_type"] == "HEART_RATE")
+        .filter_map(|o| o["values"]["heart_rate"]["value"].as_f64())
+        .collect();
+    let expect: Vec<f64> = HR1
+        .iter()
+        .chain(HR2.iter())
+        .map(|x| f64::from(*x))
+        .collect();
+    assert_eq!(hr, expect);
+    let bp = list
+        .iter()
+        .find(|o| o["data_type"] == "BLOOD_PRESSURE")
+        .context("bp row")?;
+    let slots = plausible_slots(DataType::BloodPressure);
+    assert_eq!(
+        bp["values"]["systolic"]["value"].as_f64(),
+        Some(f64::from(slots[0]) / 10.0)
+    );
+    // Cursor pagination walks the same rows.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let extra = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let page = r
+            .api
+            .json(
+                &full.token,
+                &format!("/api/v1/patients/{p}/observations?limit=7{extra}"),
+            )
+            .await?;
+        full_reads += 1;
+        seen += observations(&page).len();
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 25);
+
+    // No grant: no patients, no rows — through the API and through SQL.
+    let v = r.api.json(&none.token, "/api/v1/patients").await?;
+    assert_eq!(v["patients"], serde_json::json!([]));
+    let v = r.api.json(&none.token, &obs_path(p, "")).await?;
+    assert!(observations(&v).is_empty(), "{v}");
+    let v = r
+        .api
+        .json(&none.token, &format!("/api/v1/patients/{p}/devices"))
+        .await?;
+    assert_eq!(v["devices"], serde_json::json!([]));
+    assert_eq!(rows_as_clinician(&pool, &none, "health_data").await?, 0);
+    assert_eq!(rows_as_clinician(&pool, &full, "health_data").await?, 25);
+    let direct = rows_as_clinician(&pool, &none, "health_data_heart_rate").await;
+    assert!(
+        direct.is_err_and(|e| e.to_string().contains("permission denied")),
+        "a partition must not be readable directly"
+    );
+
+    // A grant for some data types shows only those.
+    let v = r.api.json(&bp_only.token, &obs_path(p, "")).await?;
+    let list = observations(&v);
+    assert_eq!(list.len(), 1, "{v}");
+    assert_eq!(list[0]["data_type"], "BLOOD_PRESSURE");
+    let v = r
+        .api
+        .json(&bp_only.token, &obs_path(p, "&type=HEART_RATE"))
+        .await?;
+    assert!(observations(&v).is_empty());
+
+    // The patient sees their own data, the unverified reading as unverifiable.
+    let v = r.api.json(&r.patient.token, &obs_path(p, "")).await?;
+    let list = observations(&v);
+    assert_eq!(list.len(), 26, "{v}");
+    let unverified = list.iter().find(|o| o["seq"] == 125).context("seq 125")?;
+    assert_eq!(unverified["status"], "unverifiable");
+    assert!(unverified["values"].is_null());
+    assert!(
+        unverified["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("not verified")),
+        "{unverified}"
+    );
+    // …and not another patient's.
+    let other = user(&pool, "PATIENT", "Someone Else").await?;
+    let v = r.api.json(&other.token, &obs_path(p, "")).await?;
+    assert!(observations(&v).is_empty());
+
+    // An expired grant stops access at once; so does a revoked one.
+    sqlx::query(
+        "UPDATE care_grants SET expires_at = now() - interval '1 second' WHERE clinician_id = $1",
+    )
+    .bind(full.id)
+    .execute(&pool)
+    .await?;
+    let v = r.api.json(&full.token, &obs_path(p, "")).await?;
+    full_reads += 1;
+    assert!(observations(&v).is_empty(), "expired grant: {v}");
+    let v = r.api.json(&full.token, "/api/v1/patients").await?;
+    full_reads += 1;
+    assert_eq!(v["patients"], serde_json::json!([]));
+    sqlx::query("UPDATE care_grants SET expires_at = NULL WHERE clinician_id = $1")
+        .bind(full.id)
+        .execute(&pool)
+        .await?;
+    assert_eq!(
+        observations(&r.api.json(&full.token, &obs_path(p, "")).await?).len(),
+        25
+    );
+    full_reads += 1;
+    assert_eq!(
+        hailan_ingest::admin::revoke(&pool, &r.patient.did, &full.did).await?,
+        1
+    );
+    let v = r.api.json(&full.token, &obs_path(p, "")).await?;
+    full_reads += 1;
+    assert!(observations(&v).is_empty(), "revoked grant: {v}");
+
+    // Every read is audited, in its transaction, with the rows it returned.
+    assert_eq!(audit_count(&pool, &full).await?, full_reads);
+    let (action, patient, rows): (String, Option<uuid::Uuid>, i32) = sqlx::query_as(
+        "SELECT action, patient_id, row_count FROM audit_logs
+          WHERE actor_id = $1 AND action = 'read_observations' ORDER BY at, row_count DESC LIMIT 1",
+    )
+    .bind(full.id)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        (action.as_str(), patient, rows),
+        ("read_observations", Some(p), 25)
+    );
+    assert_eq!(audit_count(&pool, &none).await?, 3);
+
+    // Tokens: none, unknown, revoked → 401, and nothing audited.
+    let (code, _) = http_get_auth(r.api.port, "/api/v1/patients", None).await?;
+    assert_eq!(code, 401);
+    let (code, _) = r.api.get("hl_not-a-token", "/api/v1/patients").await?;
+    assert_eq!(code, 401);
+    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1")
+        .bind(none.id)
+        .execute(&pool)
+        .await?;
+    let (code, _) = r.api.get(&none.token, "/api/v1/patients").await?;
+    assert_eq!(code, 401);
+    assert_eq!(audit_count(&pool, &none).await?, 3);
+    drop(r.api);
+    r.db.drop().await
+}
+
+/// Re-seal `slots` for a stored reading with the owner's key: decrypts, but
+/// is not the proven value.
+async fn reseal(pool: &sqlx::PgPool, dev: &TestDevice, seq: u64, slots: Vec<u32>) -> Result<()> {
+    let table = format!(
+        "health_data_{}",
+        dev.data_type.as_str().to_ascii_lowercase()
+    );
+    let (recorded_at, value): (chrono::DateTime<chrono::Utc>, Value) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT recorded_at, value FROM {table} WHERE seq = $1"
+        )))
+        .bind(seq as i64)
+        .fetch_one(pool)
+        .await?;
+    let header = hailan_proto::ReadingHeader {
+        gateway_id: &dev.gateway_id,
+        device_id: &dev.device_id,
+        data_type: dev.data_type.as_str(),
+        seq,
+        recorded_at_ms: recorded_at.timestamp_millis(),
+    };
+    let sealed = hailan_proto::envelope::Sealed {
+        kid: value["kid"].as_str().context("kid")?.to_owned(),
+        nonce: <[u8; 12]>::try_from(hex::decode(value["nonce"].as_str().context("nonce")?)?)
+            .map_err(|_| anyhow::anyhow!("nonce"))?,
+        ciphertext: hex::decode(value["ciphertext"].as_str().context("ct")?)?,
+    };
+    let mut opened = hailan_proto::seal::open(&dev.key, &header, &sealed)?;
+    opened.slots = slots;
+    let mut rng = rand::thread_rng();
+    let forged = hailan_proto::seal::seal(&dev.key, &header, &opened, &mut rng);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE {table} SET value = $2 WHERE seq = $1"
+    )))
+    .bind(seq as i64)
+    .bind(hailan_ingest::plan::sealed_json(&forged))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+fn by_seq(list: &[Value], data_type: &str, seq: i64) -> Result<Value> {
+    list.iter()
+        .find(|o| o["data_type"] == data_type && o["seq"] == seq)
+        .cloned()
+        .with_context(|| format!("{data_type} seq {seq}"))
+}
+
+#[tokio::test]
+async fn tampered_values_are_unverifiable_never_numbers() -> Result<()> {
+    let mut r = rig("gw-api-2").await?;
+    let (hr, bp) = seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Who").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+
+    // 1. A blood pressure value re-sealed with the owner's key: it decrypts,
+    //    but its commitment does not open.
+    reseal(&pool, &bp, 1, vec![1200, 800, 933, 70]).await?;
+    // 2. One heart-rate reading's stored commitment changed (window 1, seq 3).
+    sqlx::query("UPDATE health_data_heart_rate SET reading_commitment = $1 WHERE seq = 3")
+        .bind(vec![9u8; 32])
+        .execute(&pool)
+        .await?;
+    // 3. A ciphertext byte flipped in window 2 (seq 120).
+    sqlx::query(
+        "UPDATE health_data_heart_rate
+            SET value = jsonb_set(value, '{ciphertext}', to_jsonb(overlay(value->>'ciphertext'
+                placing CASE WHEN left(value->>'ciphertext', 1) = '0' THEN '1' ELSE '0' END from 1 for 1)))
+          WHERE seq = 120",
+    )
+    .execute(&pool)
+    .await?;
+    // 4. A heart-rate value in window 1 re-sealed: the whole window's
+    //    commitment no longer opens.
+    let v = r.api.json(&doc.token, &obs_path(p, "")).await?;
+    let list = observations(&v);
+    let bp1 = by_seq(&list, "BLOOD_PRESSURE", 1)?;
+    assert_eq!(bp1["status"], "unverifiable", "{bp1}");
+    assert!(bp1["values"].is_null());
+    assert!(
+        bp1["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("commitment does not open")),
+        "{bp1}"
+    );
+    let hr3 = by_seq(&list, "HEART_RATE", 3)?;
+    assert_eq!(hr3["status"], "unverifiable", "{hr3}");
+    assert!(hr3["values"].is_null());
+    let hr4 = by_seq(&list, "HEART_RATE", 4)?;
+    assert_eq!(
+        hr4["status"], "verified",
+        "the rest of window 1 still opens: {hr4}"
+    );
+    let hr120 = by_seq(&list, "HEART_RATE", 120)?;
+    assert!(
+        hr120["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("does not decrypt")),
+        "{hr120}"
+    );
+    for seq in 117..=124 {
+        let o = by_seq(&list, "HEART_RATE", seq)?;
+        assert_eq!(o["status"], "unverifiable", "window 2 cannot open: {o}");
+        assert!(o["values"].is_null());
+    }
+    assert_eq!(count_status(&list, "verified"), 15, "{v}");
+
+    reseal(&pool, &hr, 10, vec![150]).await?;
+    let v = r
+        .api
+        .json(&doc.token, &obs_path(p, "&type=HEART_RATE"))
+        .await?;
+    let list = observations(&v);
+    assert_eq!(count_status(&list, "verified"), 0, "{v}");
+    let hr10 = by_seq(&list, "HEART_RATE", 10)?;
+    assert!(
+        hr10["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("commitment does not open")),
+        "{hr10}"
+    );
+
+    // The chart series counts them as unverifiable, never in min/avg/max.
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let to = from + chrono::Duration::minutes(10);
+    let s = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+                from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+        .await?;
+    assert_eq!(s["points"], serde_json::json!([]), "{s}");
+    let bad: u64 = s["unverifiable"]
+        .as_array()
+        .context("unverifiable")?
+        .iter()
+        .filter_map(|b| b["n"].as_u64())
+        .sum();
+    assert_eq!(bad, 24, "{s}");
+
+    // FHIR: no value, a data-absent reason, the state in the extension.
+    let (code, body) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Observation?patient=Patient/{p}&code=85354-9"),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let b: Value = serde_json::from_str(&body)?;
+    let o = &b["entry"][0]["resource"];
+    assert!(
+        o.get("component").is_none() && o.get("valueQuantity").is_none(),
+        "{o}"
+    );
+    assert_eq!(o["dataAbsentReason"]["coding"][0]["code"], "error");
+    assert!(body.contains("\"valueCode\":\"unverifiable\""));
+    drop(r.api);
+    r.db.drop().await
+}
+
+/// Validate `bundle` with the `fhir.resources` package (FHIR R4B models,
+/// whose Observation and Bundle are R4's) from the set-up's Python.
+fn validate_fhir(bundle: &str, dir: &Path) -> Result<String> {
+    let python = hailan_tests::setting("HAILAN_PYTHON").unwrap_or_else(|| "python3".into());
+    let file = dir.join("bundle.json");
+    std::fs::write(&file, bundle)?;
+    let script = r#"
+import json, sys
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
+text = open(sys.argv[1]).read()
+b = Bundle.model_validate_json(text)
+assert b.type == "searchset", b.type
+n = 0
+for e in b.entry or []:
+    o = Observation.model_validate(e.resource.model_dump())
+    assert o.category[0].coding[0].code == "vital-signs"
+    n += 1
+print("valid", n)
+"#;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .context("running python (cargo xtask services installs fhir.resources)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "FHIR validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+#[tokio::test]
+async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
+    let mut r = rig("gw-api-3").await?;
+    seed(&mut r).await?;
+    // One SpO2 reading as well (two codes, pulse as a component).
+    let mut ox = TestDevice::new(r.gw, "ox-1", DataType::Spo2, 3);
+    let topic = topic::up(r.gw);
+    r.publisher
+        .publish_all(&topic, vec![enc(&ox.registration())])
+        .await?;
+    let pool = r.db.pool.clone();
+    eventually(WAIT, "spo2 registration", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 3).then_some(()))
+        }
+    })
+    .await?;
+    let ox_reading = ox.proven_reading(&r.zk.reading, &plausible_slots(DataType::Spo2))?;
+    r.publisher
+        .publish_all(&topic, vec![enc(&ox_reading)])
+        .await?;
+    wait_rows(&pool, SEEDED + 1).await?;
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Fhir").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let q = format!(
+        "/fhir/Observation?patient={p}&date=ge{}&date=le{}",
+        from.format("%Y-%m-%d"),
+        (from + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let (code, body) = r.api.get(&doc.token, &q).await?;
+    assert_eq!(code, 200, "{body}");
+    let b: Value = serde_json::from_str(&body)?;
+    assert_eq!(b["resourceType"], "Bundle");
+    assert_eq!(b["type"], "searchset");
+    let entries = b["entry"].as_array().context("entries")?;
+    assert_eq!(
+        entries.len(),
+        26,
+        "24 HR + BP + SpO2 (the unverified one is not shown)"
+    );
+    assert_eq!(validate_fhir(&body, r.logs.path())?, "valid 26");
+
+    let find = |code: &str| {
+        entries
+            .iter()
+            .map(|e| &e["resource"])
+            .find(|o| o["code"]["coding"][0]["code"] == code)
+            .cloned()
+            .with_context(|| format!("observation {code}"))
+    };
+    let bp = find("85354-9")?;
+    let comps: Vec<&str> = bp["component"]
+        .as_array()
+        .context("bp components")?
+        .iter()
+        .filter_map(|c| c["code"]["coding"][0]["code"].as_str())
+        .collect();
+    assert_eq!(comps, ["8480-6", "8462-4", "8478-0", "8867-4"]);
+    assert_eq!(bp["component"][0]["valueQuantity"]["code"], "mm[Hg]");
+    assert_eq!(
+        bp["component"][0]["valueQuantity"]["system"],
+        "http://unitsofmeasure.org"
+    );
+    assert!(bp.get("valueQuantity").is_none());
+    let hr = find("8867-4")?;
+    assert_eq!(hr["valueQuantity"]["unit"], "/min");
+    assert_eq!(hr["valueQuantity"]["value"], 60.0);
+    assert!(
+        hr["device"]["reference"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("Device/"))
+    );
+    assert_eq!(hr["subject"]["reference"], format!("Patient/{p}"));
+    assert_eq!(
+        hr["effectiveDateTime"],
+        from.checked_add_signed(chrono::Duration::seconds(1))
+            .context("t")?
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let ext = &hr["extension"][0];
+    assert_eq!(ext["url"], hailan_ingest::api::fhir::ZK_EXTENSION);
+    assert_eq!(ext["extension"][0]["valueCode"], "verified");
+    assert_eq!(ext["extension"][1]["url"], "proofHash");
+    let hash = ext["extension"][1]["valueString"]
+        .as_str()
+        .context("hash")?;
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM zk_proofs WHERE proof_hash = $1")
+        .bind(hash)
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(stored, 1);
+    let ox = find("59408-5")?;
+    assert_eq!(ox["code"]["coding"][1]["code"], "2708-6");
+    assert_eq!(ox["component"][0]["code"]["coding"][0]["code"], "8889-8");
+
+    // code= narrows the search; the audit row records the search.
+    let (_, body) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Observation?patient={p}&code=http://loinc.org|8867-4"),
+        )
+        .await?;
+    let b: Value = serde_json::from_str(&body)?;
+    assert_eq!(b["entry"].as_array().map(Vec::len), Some(24));
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE actor_id = $1 AND action = 'fhir_search_observation' AND patient_id = $2",
+    )
+    .bind(doc.id)
+    .bind(p)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(audited, 2);
+    drop(r.api);
+    r.db.drop().await
+}
+
+#[tokio::test]
+async fn series_devices_and_proof_bundles() -> Result<()> {
+    let mut r = rig("gw-api-4").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Chart").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let to = from + chrono::Duration::hours(1);
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let s = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ),
+        )
+        .await?;
+    // Window 1 (seqs 1–16) falls in one minute, window 2 (117–124) two minutes later.
+    let points = s["points"].as_array().context("points")?;
+    assert_eq!(points.len(), 2, "{s}");
+    assert_eq!(points[0]["n"], 16);
+    assert_eq!(points[0]["min"][0], 60.0);
+    assert_eq!(points[0]["max"][0], 75.0);
+    assert_eq!(points[0]["avg"][0], 67.5);
+    assert_eq!(points[1]["n"], 8);
+    assert_eq!(points[1]["avg"][0], 87.0);
+    assert_eq!(s["readings"], 24);
+    // A range that cuts a window still opens it (its hidden readings are read too).
+    let cut_from = from + chrono::Duration::seconds(10);
+    let s = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=hour&from={}&to={}",
+                fmt(cut_from),
+                fmt(to)
+            ),
+        )
+        .await?;
+    assert_eq!(s["unverifiable"], serde_json::json!([]), "{s}");
+    assert_eq!(s["readings"], 15, "{s}");
+
+    let d = r
+        .api
+        .json(&doc.token, &format!("/api/v1/patients/{p}/devices"))
+        .await?;
+    let devs = d["devices"].as_array().context("devices")?;
+    assert_eq!(devs.len(), 2, "{d}");
+    let hr = devs
+        .iter()
+        .find(|x| x["device_id"] == "hr-1")
+        .context("hr-1")?;
+    assert_eq!(hr["battery_level"], 55);
+    assert_eq!(hr["sync_status"], "GAPS");
+    assert_eq!(hr["missing_seqs"], 100);
+    assert!(hr["last_sync"].is_string());
+    let gap = &hr["gaps"][0];
+    assert_eq!(
+        (
+            gap["first_missing_seq"].as_i64(),
+            gap["last_missing_seq"].as_i64()
+        ),
+        (Some(17), Some(116)),
+        "{hr}"
+    );
+    assert!(
+        gap["after"].is_string() && gap["before"].is_string(),
+        "{gap}"
+    );
+
+    // The proof bundle of one reading: re-verified with the key, snarkjs JSON, recorded.
+    let obs = r
+        .api
+        .json(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/observations?type=HEART_RATE&limit=1"),
+        )
+        .await?;
+    let id = obs["observations"][0]["id"]
+        .as_str()
+        .context("id")?
+        .to_owned();
+    let b = r
+        .api
+        .json(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/readings/{id}/proof"),
+        )
+        .await?;
+    assert_eq!(b["bundle"]["statement"], "window", "{b}");
+    assert_eq!(b["covers"]["readings"], 16);
+    assert_eq!(b["reverified"]["valid"], true, "{b}");
+    assert_eq!(b["snarkjs"]["public"].as_array().map(Vec::len), Some(6));
+    assert_eq!(b["snarkjs"]["proof"]["protocol"], "groth16");
+    let recorded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM zk_verifications WHERE verifier_id = $1 AND verified AND data_id::text = $2",
+    )
+    .bind(doc.id)
+    .bind(&id)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(recorded, 1);
+    if let Some(snarkjs) = hailan_tests::setting("HAILAN_SNARKJS").filter(|s| Path::new(s).exists())
+    {
+        let dir = r.logs.path();
+        for (name, key) in [
+            ("vk.json", "vk"),
+            ("proof.json", "proof"),
+            ("public.json", "public"),
+        ] {
+            std::fs::write(dir.join(name), b["snarkjs"][key].to_string())?;
+        }
+        let out = std::process::Command::new(snarkjs)
+            .args(["groth16", "verify", "vk.json", "public.json", "proof.json"])
+            .current_dir(dir)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("OK"),
+            "snarkjs: {text}"
+        );
+    }
+    drop(r.api);
+    r.db.drop().await
+}
+
+/// The value of attribute `name` in one serialised tag.
+fn attr<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let start = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let len = tag[start..].find('"')?;
+    Some(&tag[start..start + len])
+}
+
+/// `<circle …>` tags of chart points of `data_type` in the DOM: (slot, t, avg).
+fn chart_points(dom: &str, data_type: &str) -> Vec<(String, String, f64)> {
+    dom.split("<circle")
+        .skip(1)
+        .filter_map(|rest| {
+            let tag = &rest[..rest.find('>')?];
+            (attr(tag, "data-type")? == data_type && attr(tag, "class")?.contains("verified"))
+                .then_some(())?;
+            Some((
+                attr(tag, "data-slot")?.to_owned(),
+                attr(tag, "data-t")?.to_owned(),
+                attr(tag, "data-avg")?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
+    let mut r = rig("gw-api-5").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Browser").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS - 60_000).context("t0")?;
+    let to = from + chrono::Duration::minutes(10);
+    let fmt =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let api_series = r
+        .api
+        .json(
+            &doc.token,
+            &format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ),
+        )
+        .await?;
+    let expect: Vec<(String, String, f64)> = api_series["points"]
+        .as_array()
+        .context("points")?
+        .iter()
+        .filter_map(|pt| {
+            Some((
+                "heart_rate".to_owned(),
+                pt["t"].as_str()?.to_owned(),
+                pt["avg"][0].as_f64()?,
+            ))
+        })
+        .collect();
+    assert_eq!(expect.len(), 2);
+
+    // Log in with the token in the URL fragment (never sent to the server),
+    // open the patient, let the page fetch and draw, then dump the DOM and
+    // take a screenshot.
+    let dir = r.logs.path();
+    let shot = dir.join("clinician.png");
+    let url = format!(
+        "http://127.0.0.1:{}/#token={}&patient={p}&from={}&to={}&bucket=minute",
+        r.api.port,
+        doc.token,
+        fmt(from),
+        fmt(to)
+    );
+    let out = tokio::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--virtual-time-budget=20000",
+            "--window-size=1280,1400",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.join("chromium").display()
+        ))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--dump-dom")
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out)
+        .await
+        .context("chromium did not finish in 90 s")?
+        .context("running chromium (cargo xtask services installs Debian's chromium)")?;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("data-state=\"ready\""),
+        "the page did not finish: {dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The chart's points are the API's series, bucket for bucket.
+    assert_eq!(chart_points(&dom, "HEART_RATE"), expect);
+    let bp = chart_points(&dom, "BLOOD_PRESSURE");
+    let slots: Vec<&str> = bp.iter().map(|(s, _, _)| s.as_str()).collect();
+    assert_eq!(slots, ["systolic", "diastolic", "mean_arterial", "pulse"]);
+    // The line breaks at the empty minute between the windows (a gap is a gap).
+    let hr_path = dom
+        .split("<path")
+        .skip(1)
+        .find(|t| t.contains("data-slot=\"heart_rate\""))
+        .context("heart-rate path")?;
+    assert_eq!(
+        attr(hr_path, "d").map(|d| d.matches('M').count()),
+        Some(2),
+        "{hr_path}"
+    );
+    // Device battery and sync status.
+    let row = dom
+        .split("<tr")
+        .find(|t| t.contains("data-device=\"hr-1\""))
+        .context("hr-1 row")?;
+    assert_eq!(attr(row, "data-battery"), Some("55"));
+    assert_eq!(attr(row, "data-sync"), Some("GAPS"));
+    let png = std::fs::read(&shot).context("screenshot")?;
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    // The page's reads were audited like any other.
+    let series_reads: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_logs WHERE actor_id = $1 AND action = 'read_series'",
+    )
+    .bind(doc.id)
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(
+        series_reads,
+        1 + 6,
+        "one by the test, one per data type by the page"
+    );
+    if let Some(keep) = std::env::var_os("HAILAN_KEEP_SCREENSHOT") {
+        std::fs::copy(&shot, keep)?;
+    }
+    drop(r.api);
+    r.db.drop().await
+}
+
+async fn last_audit_replica(pool: &sqlx::PgPool, actor: &User) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT detail->>'replica' FROM audit_logs WHERE actor_id = $1 ORDER BY at DESC LIMIT 1",
+    )
+    .bind(actor.id)
+    .fetch_optional(pool)
+    .await?)
+}
+
+#[tokio::test]
+async fn reads_are_served_by_a_hot_standby_once_replayed() -> Result<()> {
+    let primary = hailan_tests::PrivatePostgres::start().await?;
+    let pool = hailan_ingest::db::connect(&primary.url, 4).await?;
+    ensure_api_login(&pool).await?;
+    let standby = hailan_tests::api::Standby::start(&primary).await?;
+    let standby_pool = hailan_ingest::db::connect(&standby.url, 2).await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let gw = "gw-api-6";
+    let patient = user(&pool, "PATIENT", "Pat Replica").await?;
+    hailan_ingest::admin::enrol_gateway(&pool, gw, &patient.did, None).await?;
+    let doc = user(&pool, "CLINICIAN", "Dr Replica").await?;
+    grant(&pool, &patient, &doc, None).await?;
+    let _ingest = IngestProcess::start(Path::new(BIN), &primary, &zk, &[gw], logs.path())?;
+    let mut publisher = Publisher::connect(gw).await?;
+    let ring = write_key_ring(logs.path())?;
+    let api = ApiProcess::start_with_env(
+        Path::new(BIN),
+        &primary,
+        Some(&standby.url),
+        &ring,
+        zk.dir.path(),
+        logs.path(),
+        &[("HAILAN_INGEST__API__REPLICA_WAIT_MS", "300")],
+    )
+    .await?;
+    let topic = topic::up(gw);
+    let mut bp = TestDevice::new(gw, "bp-replica", DataType::BloodPressure, 6);
+    publisher
+        .publish_all(&topic, vec![enc(&bp.registration())])
+        .await?;
+    let slots = plausible_slots(DataType::BloodPressure);
+    let first = bp.proven_reading(&zk.reading, &slots)?;
+    // Registration first: a reading that beats it is quarantined until replay.
+    let p2 = pool.clone();
+    eventually(WAIT, "registration", || {
+        let pool = p2.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n == 1).then_some(()))
+        }
+    })
+    .await?;
+    publisher.publish_all(&topic, vec![enc(&first)]).await?;
+    wait_rows(&pool, 1).await?;
+
+    // Served from the standby (it has replayed the primary's position).
+    let path = obs_path(patient.id, "");
+    let v = api.json(&doc.token, &path).await?;
+    assert_eq!(count_status(&observations(&v), "verified"), 1, "{v}");
+    assert_eq!(
+        last_audit_replica(&pool, &doc).await?.as_deref(),
+        Some("true")
+    );
+    assert_eq!(count_readings(&standby_pool, "").await?, 1);
+
+    // Replay paused: a reading committed on the primary is not on the
+    // standby yet, so the API (after waiting 300 ms) reads from the primary.
+    standby
+        .superuser("SELECT 'paused' FROM (SELECT pg_wal_replay_pause()) x")
+        .await?;
+    eventually(WAIT, "replay paused", || async {
+        Ok((standby
+            .superuser("SELECT pg_get_wal_replay_pause_state()")
+            .await?
+            == "paused")
+            .then_some(()))
+    })
+    .await?;
+    let second = bp.proven_reading(&zk.reading, &slots)?;
+    publisher.publish_all(&topic, vec![enc(&second)]).await?;
+    wait_rows(&pool, 2).await?;
+    assert_eq!(
+        count_readings(&standby_pool, "").await?,
+        1,
+        "replay is paused"
+    );
+    let v = api.json(&doc.token, &path).await?;
+    assert_eq!(count_status(&observations(&v), "verified"), 2, "{v}");
+    assert_eq!(
+        last_audit_replica(&pool, &doc).await?.as_deref(),
+        Some("false")
+    );
+
+    // Once replayed, the standby serves the new reading.
+    standby
+        .superuser("SELECT 'resumed' FROM (SELECT pg_wal_replay_resume()) x")
+        .await?;
+    wait_rows(&standby_pool, 2).await?;
+    let v = api.json(&doc.token, &path).await?;
+    let list = observations(&v);
+    assert_eq!(count_status(&list, "verified"), 2, "{v}");
+    assert_eq!(list[1]["seq"], 2);
+    assert_eq!(
+        last_audit_replica(&pool, &doc).await?.as_deref(),
+        Some("true")
+    );
+    drop(api);
+    standby_pool.close().await;
+    pool.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_readable_key_ring_is_refused() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let ring = write_key_ring(logs.path())?;
+    std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o644))?;
+    let err = match ApiProcess::start(Path::new(BIN), &db, None, &ring, zk.dir.path(), logs.path())
+        .await
+    {
+        Ok(_) => anyhow::bail!("the API started with a world-readable key ring"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("must not be readable by group or others"),
+        "{err}"
+    );
+    db.drop().await
+}

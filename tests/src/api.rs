@@ -1,0 +1,279 @@
+//! Helpers for the clinician API tests: the `hailan-ingest api` process
+//! (connected as a login that is only a member of `hailan_api`), key rings,
+//! users with tokens, and HTTP with a bearer token.
+
+use crate::{HasUrl, free_port, log_note};
+use anyhow::{Context, Result};
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Executor};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The API's login role in tests: `LOGIN IN ROLE hailan_api`, nothing else.
+pub const API_LOGIN: &str = "hailan_api_login";
+const API_PASSWORD: &str = "hailan-api-test";
+
+/// Make sure the API's login role exists in `pool`'s cluster (roles are
+/// cluster-wide; a lost creation race with a parallel test is fine).
+pub async fn ensure_api_login(pool: &PgPool) -> Result<()> {
+    pool.execute(AssertSqlSafe(format!(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{API_LOGIN}') THEN
+             BEGIN
+               CREATE ROLE {API_LOGIN} LOGIN PASSWORD '{API_PASSWORD}' IN ROLE hailan_api;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+             END;
+           END IF;
+         END $$"
+    )))
+    .await
+    .context("creating the API's login role")?;
+    Ok(())
+}
+
+/// `url` with the API's login as user.
+pub fn as_api_login(url: &str) -> Result<String> {
+    let (scheme, rest) = url.split_once("://").context("URL without scheme")?;
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    Ok(format!("{scheme}://{API_LOGIN}:{API_PASSWORD}@{host}"))
+}
+
+/// A key ring file (mode 0600) with the test data keys: `owner-key-1`
+/// (`TestDevice`) and `owner-key-test` (the gateway tests).
+pub fn write_key_ring(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("api-keys");
+    std::fs::write(
+        &path,
+        format!(
+            "# test data keys\nowner-key-1 = {}\n{} = {}\n",
+            hex::encode([7u8; 32]),
+            crate::gateway::TEST_DATA_KEY_ID,
+            hex::encode(crate::gateway::TEST_DATA_KEY)
+        ),
+    )?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+/// A user with an API token.
+pub struct User {
+    pub id: uuid::Uuid,
+    pub did: String,
+    pub token: String,
+}
+
+/// Create a user of `kind` with a 1-day token.
+pub async fn user(pool: &PgPool, kind: &str, name: &str) -> Result<User> {
+    let did = format!("did:hailan:test:{}", uuid::Uuid::new_v4().simple());
+    let id = hailan_ingest::admin::add_user(pool, &did, kind, Some(name)).await?;
+    let token = hailan_ingest::admin::issue_token(pool, &did, 1, Some("test")).await?;
+    Ok(User { id, did, token })
+}
+
+/// A running `hailan-ingest api`; killed on drop.
+pub struct ApiProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl ApiProcess {
+    /// Start the API against `db` (as the API login), reading from
+    /// `read_url` when given, with `key_ring` and the zk keys in `zk_dir`.
+    pub async fn start(
+        binary: &Path,
+        db: &impl HasUrl,
+        read_url: Option<&str>,
+        key_ring: &Path,
+        zk_dir: &Path,
+        log_dir: &Path,
+    ) -> Result<ApiProcess> {
+        Self::start_with_env(binary, db, read_url, key_ring, zk_dir, log_dir, &[]).await
+    }
+
+    /// Like [`ApiProcess::start`], with more environment (`HAILAN_INGEST__API__…`).
+    pub async fn start_with_env(
+        binary: &Path,
+        db: &impl HasUrl,
+        read_url: Option<&str>,
+        key_ring: &Path,
+        zk_dir: &Path,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<ApiProcess> {
+        let port = free_port()?;
+        let log = log_dir.join(format!("api-{port}.log"));
+        let out = std::fs::File::create(&log)?;
+        let err = out.try_clone()?;
+        let mut cmd = std::process::Command::new(binary);
+        cmd.arg("api")
+            .env("DATABASE_URL", as_api_login(db.url())?)
+            .env("HAILAN_INGEST__API__LISTEN", format!("127.0.0.1:{port}"))
+            .env("HAILAN_INGEST__API__KEY_RING", key_ring)
+            .env("HAILAN_INGEST__ZK__KEYS_DIR", zk_dir)
+            .env_remove("HAILAN_INGEST_CONFIG")
+            .envs(env.iter().copied())
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        if let Some(r) = read_url {
+            cmd.env("HAILAN_INGEST__API__READ_DATABASE_URL", as_api_login(r)?);
+        }
+        let child = cmd.spawn().context("starting hailan-ingest api")?;
+        let mut p = ApiProcess { child, port, log };
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                anyhow::bail!("hailan-ingest api exited ({status}):\n{}", p.log_text());
+            }
+            if let Ok((200, _)) = crate::http_get(port, "/healthz").await {
+                return Ok(p);
+            }
+            if start.elapsed() > std::time::Duration::from_secs(30) {
+                anyhow::bail!("the API did not come up in 30 s:\n{}", p.log_text());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET with a bearer token; (status, body).
+    pub async fn get(&self, token: &str, path: &str) -> Result<(u16, String)> {
+        http_get_auth(self.port, path, Some(token)).await
+    }
+
+    /// GET with a bearer token, expecting 200 and JSON.
+    pub async fn json(&self, token: &str, path: &str) -> Result<serde_json::Value> {
+        let (code, body) = self.get(token, path).await?;
+        anyhow::ensure!(code == 200, "GET {path}: {code} {body}");
+        serde_json::from_str(&body).with_context(|| format!("GET {path}: not JSON: {body}"))
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        log_note(&format!("--- last lines of {} ---", self.log.display()));
+        for l in tail.iter().rev() {
+            eprintln!("{l}");
+        }
+    }
+}
+
+/// GET `path` from 127.0.0.1:`port` (HTTP/1.0) with an optional bearer token.
+pub async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let buf = String::from_utf8(buf).context("response is not UTF-8")?;
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")?;
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A hot standby of a [`crate::PrivatePostgres`] (`pg_basebackup -R`, its own
+/// port), streaming from it. Stopped on drop.
+pub struct Standby {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub url: String,
+}
+
+impl HasUrl for Standby {
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Standby {
+    /// Base-backup `primary` and start it as a streaming hot standby.
+    pub async fn start(primary: &crate::PrivatePostgres) -> Result<Standby> {
+        let dir = tempfile::Builder::new()
+            .prefix("hailan-standby-")
+            .tempdir()?;
+        std::process::Command::new("chmod")
+            .arg("777")
+            .arg(dir.path())
+            .status()?;
+        let data = dir.path().join("data");
+        let mut backup = crate::as_postgres("pg_basebackup");
+        backup
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+            ])
+            .arg("-D")
+            .arg(&data)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        crate::checked(backup, "pg_basebackup")?;
+        let port = free_port()?;
+        let s = Standby {
+            url: format!("postgres://hailan:hailan@127.0.0.1:{port}/hailan"),
+            dir,
+            port,
+        };
+        s.pg_ctl(&["start", "-w", "-t", "30"])?;
+        Ok(s)
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let mut c = crate::as_postgres("pg_ctl");
+        c.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -h 127.0.0.1",
+                self.port,
+                self.dir.path().display()
+            ));
+        c.args(args);
+        crate::checked(c, &format!("pg_ctl {}", args.join(" ")))
+    }
+
+    /// Run `sql` (one text column, one row) on the standby as the
+    /// superuser, e.g. to pause or resume replay.
+    pub async fn superuser(&self, sql: &str) -> Result<String> {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&format!(
+            "postgres://postgres@127.0.0.1:{}/postgres",
+            self.port
+        ))
+        .await?;
+        let v: String = sqlx::query_scalar(AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut c)
+            .await?;
+        c.close().await?;
+        Ok(v)
+    }
+}
+
+impl Drop for Standby {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]);
+    }
+}

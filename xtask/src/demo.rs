@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 const GATEWAY: &str = "gw-demo";
 const OWNER: &str = "did:hailan:demo:owner";
 const CLINICIAN: &str = "did:hailan:demo:clinician";
+const API_LISTEN: &str = "127.0.0.1:8443";
 const DEVICES: &str = "hr=3,bp=1,spo2=1,temp=1,glucose=1,scale=1";
 /// Device schedules run this much faster than real time (a cuff every 45 s
 /// instead of 3 min), so a one-minute demo shows every kind.
@@ -164,6 +165,9 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     .trim()
     .to_owned();
     let started_at = psql(e, "SELECT now()")?.trim().to_owned();
+    let owner_id = psql(e, &format!("SELECT id FROM users WHERE did = '{OWNER}'"))?
+        .trim()
+        .to_owned();
 
     println!("== hailan-sim: {DEVICES} (schedules ×{SPEED}) on a private D-Bus");
     let mut sim_cmd = Command::new(bin("hailan-sim"));
@@ -271,18 +275,41 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         &ingest_config,
         format!("[mqtt]\nsubscriptions = [\"$share/hailan-demo/hailan/v1/{GATEWAY}/up\"]\n"),
     )?;
+    // A persistent session keeps its subscriptions across restarts, whatever
+    // the config says now: start the demo consumer's session afresh (one
+    // clean-session connect discards it), so it holds exactly the filter above.
+    let ingest_pw = e
+        .mqtt_credentials
+        .get("hailan-ingest")
+        .context("ingest account")?;
+    Cmd::new("mosquitto_sub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            "hailan-ingest",
+            "-P",
+            ingest_pw,
+        ])
+        .args([
+            "-i",
+            "hailan-ingest-demo",
+            "-t",
+            &format!("hailan/v1/{GATEWAY}/status"),
+        ])
+        .args(["-C", "1", "-W", "1"])
+        .quiet()
+        .output()
+        .ok();
     let mut ingest_cmd = Command::new(&ingest);
     ingest_cmd
         .arg("--config")
         .arg(&ingest_config)
         .arg("run")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env(
-            "HAILAN_INGEST__MQTT__PASSWORD",
-            e.mqtt_credentials
-                .get("hailan-ingest")
-                .context("ingest account")?,
-        )
+        .env("HAILAN_INGEST__MQTT__PASSWORD", ingest_pw)
         .env("HAILAN_INGEST__MQTT__CLIENT_ID", "hailan-ingest-demo")
         .env("HAILAN_INGEST__ZK__KEYS_DIR", &zk)
         .env("HAILAN_INGEST__ZK__ALLOW_DEV_KEYS", "true")
@@ -290,6 +317,27 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     let mut ingest_proc = Proc {
         name: "hailan-ingest",
         child: logged(&mut ingest_cmd, &dir.join("ingest.log"))?,
+        keep: opts.keep,
+    };
+    // The clinician API: the only process with the owner's data key.
+    let owner_key = std::fs::read_to_string(&key_file)
+        .with_context(|| format!("reading {}", key_file.display()))?;
+    let key_ring = dir.join("api-keys");
+    write_private(
+        &key_ring,
+        &format!("owner-key-demo = {}\n", owner_key.trim()),
+    )?;
+    let mut api_cmd = Command::new(&ingest);
+    api_cmd
+        .arg("api")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("HAILAN_INGEST__API__LISTEN", API_LISTEN)
+        .env("HAILAN_INGEST__API__KEY_RING", &key_ring)
+        .env("HAILAN_INGEST__ZK__KEYS_DIR", &zk)
+        .env("HAILAN_INGEST__ZK__ALLOW_DEV_KEYS", "true");
+    let mut api_proc = Proc {
+        name: "hailan-ingest api",
+        child: logged(&mut api_cmd, &dir.join("api.log"))?,
         keep: opts.keep,
     };
     let mut gw_cmd = Command::new(bin("hailan-gateway"));
@@ -332,7 +380,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     );
     while begin.elapsed() < opts.duration && !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_secs(5));
-        for p in [&mut sim, &mut ingest_proc, &mut gw_proc] {
+        for p in [&mut sim, &mut ingest_proc, &mut gw_proc, &mut api_proc] {
             if let Some(status) = p.child.try_wait()? {
                 bail!("{} exited early ({status}); see {}", p.name, dir.display());
             }
@@ -373,9 +421,21 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         std::io::stdout().flush()?;
     }
 
+    // What the granted clinician sees through the API (RLS, decrypted, re-opened).
+    let seen = http_get(
+        API_LISTEN,
+        &format!("/fhir/Observation?patient={owner_id}&_count=5000"),
+        &token,
+    )
+    .ok()
+    .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+    .map_or("?".into(), |b| match b["total"].as_u64() {
+        Some(n) => n.to_string(),
+        None => "5000 or more".into(),
+    });
     if opts.keep {
         println!(
-            "\n--keep: leaving hailan-sim, hailan-gateway and hailan-ingest running (logs in {})",
+            "\n--keep: leaving hailan-sim, hailan-gateway, hailan-ingest run and api running (logs in {})",
             dir.display()
         );
     } else {
@@ -390,6 +450,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
             let _ = writeln!(stdin, "quit");
         }
         sim.terminate(Duration::from_secs(10));
+        api_proc.terminate(Duration::from_secs(10));
     }
 
     println!("\n== summary (rows stored during this run)");
@@ -417,8 +478,12 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         }
     }
     println!(
-        "\nClinician token (valid 1 day) for {CLINICIAN}:\n  {token}\n(The clinician API and page come with the API issue; until then read with `psql`.)"
+        "\nThe clinician {CLINICIAN} sees {seen} FHIR Observations of the owner through the API."
     );
+    println!("Clinician page: http://{API_LISTEN}/#token={token}&patient={owner_id}");
+    if !opts.keep {
+        println!("(run with --keep to leave the API up and open it)");
+    }
     Ok(())
 }
 
@@ -427,4 +492,23 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(())
+}
+
+/// GET `path` with a bearer token over HTTP/1.0; the body.
+fn http_get(addr: &str, path: &str, token: &str) -> Result<String> {
+    use std::io::Read;
+    let mut s =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let (head, body) = text.split_once("\r\n\r\n").context("HTTP response")?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_owned())
 }

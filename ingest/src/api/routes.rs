@@ -60,7 +60,18 @@ pub struct Range {
     pub to: DateTime<Utc>,
     /// Keyset cursor: readings after (recorded_at, id).
     pub after: Option<(DateTime<Utc>, Uuid)>,
-    pub limit: i64,
+    /// Most readings; `None`: all of them, in no particular order (a chart
+    /// aggregates them: PostgreSQL streams the scan without sorting it).
+    pub limit: Option<i64>,
+}
+
+impl Range {
+    fn sql(&self) -> String {
+        match self.limit {
+            Some(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
+            None => format!("{READING_SELECT} {RANGE_WHERE_ALL}"),
+        }
+    }
 }
 
 const RANGE_WHERE: &str =
@@ -68,6 +79,10 @@ const RANGE_WHERE: &str =
             AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
           ORDER BY h.recorded_at, h.id
           LIMIT $7";
+const RANGE_WHERE_ALL: &str =
+    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
+            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
+            AND $7::int8 IS NULL";
 
 /// Readings of `patient` of `types` in `range` (as RLS lets the caller see
 /// them), in time order, plus the hidden rest of every window cut by the range
@@ -85,17 +100,16 @@ pub async fn read_readings(
         None => (None, None),
     };
     let devices = read_devices(conn, patient).await?;
-    let mut rows: Vec<StoredReading> =
-        sqlx::query_as(AssertSqlSafe(format!("{READING_SELECT} {RANGE_WHERE}")))
-            .bind(patient)
-            .bind(types)
-            .bind(range.from)
-            .bind(range.to)
-            .bind(after_at)
-            .bind(after_id)
-            .bind(range.limit)
-            .fetch_all(&mut *conn)
-            .await?;
+    let mut rows: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(range.sql()))
+        .bind(patient)
+        .bind(types)
+        .bind(range.from)
+        .bind(range.to)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(range.limit)
+        .fetch_all(&mut *conn)
+        .await?;
     let n = rows.len();
     complete_proofs(conn, patient, &mut rows).await?;
     let cut = check::incomplete_windows(&rows);
@@ -239,7 +253,7 @@ pub async fn read_checked(
     let mut tasks = Vec::new();
     let mut chunk = Vec::with_capacity(OPEN_CHUNK);
     {
-        let sql = format!("{READING_SELECT} {RANGE_WHERE}");
+        let sql = range.sql();
         let mut stream = sqlx::query_as::<_, StoredReading>(AssertSqlSafe(sql))
             .bind(patient)
             .bind(types)
@@ -474,7 +488,7 @@ async fn observations(
         from,
         to,
         after,
-        limit,
+        limit: Some(limit),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     let next = (checked.len() as i64 == limit)
@@ -551,7 +565,7 @@ async fn series(
         from: q.from,
         to: q.to,
         after: None,
-        limit: i64::MAX,
+        limit: None,
     };
     let types = vec![data_type.as_str().to_owned()];
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;

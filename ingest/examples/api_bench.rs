@@ -270,7 +270,8 @@ async fn main() -> Result<()> {
         let opened = all.iter().filter(|o| o.is_ok()).count();
         let open = t.elapsed();
         let t = Instant::now();
-        let checks = api::check::check_groups(&rows, &all, &api::check::groups(&rows));
+        let checks =
+            api::check::check_groups(&rows, &all, &api::check::groups(&rows), &Default::default());
         let check = t.elapsed();
         let verified = checks.iter().filter(|(_, c)| c.slots().is_some()).count();
         anyhow::ensure!(opened == rows.len() && verified == rows.len());

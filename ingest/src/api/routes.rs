@@ -221,21 +221,30 @@ type ProofInfo = (
 /// Rows decrypted per blocking task while the rest still stream in.
 const OPEN_CHUNK: usize = 4096;
 
+/// A chunk of readings, decrypted, with its windows' commitments recomputed.
+type OpenedChunk = (
+    Vec<StoredReading>,
+    Vec<check::Opened>,
+    check::PrecomputedWindows,
+);
+
 fn spawn_open(
     chunk: Vec<StoredReading>,
     keys: &Arc<super::keyring::KeyRing>,
-) -> tokio::task::JoinHandle<(Vec<StoredReading>, Vec<check::Opened>)> {
+) -> tokio::task::JoinHandle<OpenedChunk> {
     let keys = Arc::clone(keys);
     tokio::task::spawn_blocking(move || {
         let opened = check::open_all(&chunk, &keys);
-        (chunk, opened)
+        let pre = check::precompute_windows(&chunk, &opened);
+        (chunk, opened, pre)
     })
 }
 
 /// Read and check: the in-range readings with their checks. The readings
 /// stream in and are decrypted chunk by chunk on the blocking pool as they
-/// arrive; then each proof's public inputs are read and every commitment
-/// (one per window) is re-opened in parallel.
+/// arrive, and each window's commitment is recomputed there too (it needs no
+/// proof data); then the proofs' public inputs are read, windows cut by a
+/// chunk or the range are recomputed whole, and everything is compared.
 pub async fn read_checked(
     state: &ApiState,
     conn: &mut PgConnection,
@@ -276,10 +285,12 @@ pub async fn read_checked(
     }
     let mut rows = Vec::new();
     let mut opened = Vec::new();
+    let mut pre = check::PrecomputedWindows::new();
     for t in tasks {
-        let (c, o) = t.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (c, o, p) = t.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         rows.extend(c);
         opened.extend(o);
+        check::merge_precomputed(&mut pre, p);
     }
     let n = rows.len();
     complete_proofs(conn, patient, &mut rows).await?;
@@ -290,7 +301,7 @@ pub async fn read_checked(
             fill_device(r, &devices);
         }
         complete_proofs(conn, patient, &mut more).await?;
-        let (more, more_opened) = spawn_open(more, &state.keys)
+        let (more, more_opened, _) = spawn_open(more, &state.keys)
             .await
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         rows.extend(more);
@@ -298,7 +309,7 @@ pub async fn read_checked(
     }
     let read = started.elapsed();
     let rows = Arc::new(rows);
-    let checks = check::check_parallel(Arc::clone(&rows), Arc::new(opened)).await;
+    let checks = check::check_parallel(Arc::clone(&rows), Arc::new(opened), Arc::new(pre)).await;
     tracing::debug!(
         rows = rows.len(),
         read_and_decrypt_ms = read.as_secs_f64() * 1e3,

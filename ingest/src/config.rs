@@ -49,7 +49,7 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
-            listen: "127.0.0.1:8443".into(),
+            listen: "127.0.0.1:8080".into(),
             read_database_url: None,
             key_ring: PathBuf::from("/etc/hailan/api-keys"),
             max_page: 5000,
@@ -210,7 +210,7 @@ mod tests {
     fn api_example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/api.example.toml");
         let cfg = IngestConfig::load(Some(&path)).expect("the shipped example parses");
-        assert_eq!(cfg.api.listen, "127.0.0.1:8443");
+        assert_eq!(cfg.api.listen, "127.0.0.1:8080");
         assert_eq!(cfg.api.key_ring, PathBuf::from("/etc/hailan/api-keys"));
         assert_eq!(cfg.api.read_database_url, None);
         assert_eq!(cfg.api.max_page, 5000);

@@ -103,6 +103,8 @@ enum AdminCommand {
         #[arg(long)]
         clinician: String,
     },
+    /// Revoke every API token of a user (effective at their next request).
+    RevokeTokens { did: String },
     /// Issue an API bearer token (printed once; only its hash is stored).
     Token {
         did: String,
@@ -296,6 +298,10 @@ async fn main() -> Result<()> {
                 AdminCommand::Revoke { patient, clinician } => {
                     let n = admin::revoke(&pool, &patient, &clinician).await?;
                     println!("{n} grant(s) revoked");
+                }
+                AdminCommand::RevokeTokens { did } => {
+                    let n = hailan_ingest::api::revoke_tokens(&pool, &did).await?;
+                    println!("{n} token(s) revoked");
                 }
                 AdminCommand::Token { did, days, label } => {
                     println!(

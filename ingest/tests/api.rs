@@ -374,10 +374,15 @@ async fn access_follows_grants_and_every_read_is_audited() -> Result<()> {
     assert_eq!(code, 401);
     let (code, _) = r.api.get("hl_not-a-token", "/api/v1/patients").await?;
     assert_eq!(code, 401);
-    sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1")
-        .bind(none.id)
-        .execute(&pool)
-        .await?;
+    let revoked = std::process::Command::new(BIN)
+        .args(["admin", "revoke-tokens", &none.did])
+        .env("DATABASE_URL", &r.db.url)
+        .env_remove("HAILAN_INGEST_CONFIG")
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&revoked.stdout).contains("1 token(s) revoked"),
+        "{revoked:?}"
+    );
     let (code, _) = r.api.get(&none.token, "/api/v1/patients").await?;
     assert_eq!(code, 401);
     assert_eq!(audit_count(&pool, &none).await?, 3);

@@ -213,6 +213,7 @@ fn check_window(
     rows: &[StoredReading],
     members: &[usize],
     opened: &[Opened],
+    pre: &PrecomputedWindows,
 ) -> Vec<(usize, Check)> {
     let mut members = members.to_vec();
     members.sort_by_key(|i| rows[*i].seq);
@@ -250,52 +251,19 @@ fn check_window(
             })
             .collect();
     }
-    let opened: Vec<&SealedValue> = members
-        .iter()
-        .filter_map(|i| opened[*i].as_ref().ok())
-        .collect();
-    let shape = (|| {
-        let blinding = opened[0].blinding;
-        let mut values = Vec::with_capacity(opened.len());
-        for (k, v) in opened.iter().enumerate() {
-            if v.blinding != blinding || usize::from(v.position) != k || v.slots.len() != 1 {
-                return Err("the window's sealed values disagree (blinding, position or slots)");
-            }
-            values.push(v.slots[0]);
-        }
-        Ok((values, blinding))
-    })();
-    let (values, blinding) = match shape {
-        Ok(x) => x,
-        Err(e) => return fail_all(e.into()),
+    let calc = match pre
+        .get(&(
+            first.device_id,
+            first.zk_proof_hash.clone().unwrap_or_default(),
+        ))
+        .filter(|w| !w.split && w.ids.iter().eq(members.iter().map(|i| &rows[*i].id)))
+    {
+        Some(w) => w.result.clone(),
+        None => window_calc(rows, &members, opened),
     };
-    let start_ms = first.recorded_at.timestamp_millis();
-    let offsets: Option<Vec<u32>> = members
-        .iter()
-        .map(|i| u32::try_from(rows[*i].recorded_at.timestamp_millis() - start_ms).ok())
-        .collect();
-    let (Some(offsets_ms), Some(device), Ok(first_seq)) = (
-        offsets,
-        first.device_ext.as_deref(),
-        u64::try_from(first.seq),
-    ) else {
-        return fail_all("the window's header cannot be rebuilt".into());
-    };
-    let header = WindowHeader {
-        gateway_id: &first.gateway_id,
-        device_id: device,
-        data_type: &first.data_type,
-        first_seq,
-        start_ms,
-        offsets_ms,
-    };
-    let c = match window_commitment(&values, &blinding, &header) {
-        Ok(c) => c,
-        Err(e) => return fail_all(format!("commitment does not open: {e}")),
-    };
-    let x = header.context().to_string();
-    let Some(c_dec) = decimal_of(&c) else {
-        return fail_all("commitment does not open: not a field element".into());
+    let (c, c_dec, x, values) = match calc {
+        Ok(calc) => calc,
+        Err(e) => return fail_all(e),
     };
     members
         .iter()
@@ -310,17 +278,124 @@ fn check_window(
         .collect()
 }
 
-/// Check the groups `gs` of `rows`, decrypted as `opened` (same indexes).
+/// A window's recomputed commitment (bytes, decimal), context x (decimal) and values.
+type Calc = ([u8; 32], String, String, Vec<u32>);
+
+/// Recompute a window's commitment from its opened readings (`members` in
+/// seq order, all opened): needs no proof data, so it can run while rows
+/// still arrive.
+fn window_calc(
+    rows: &[StoredReading],
+    members: &[usize],
+    opened: &[Opened],
+) -> Result<Calc, String> {
+    let first = &rows[members[0]];
+    let opened: Vec<&SealedValue> = members
+        .iter()
+        .filter_map(|i| opened[*i].as_ref().ok())
+        .collect();
+    if opened.len() != members.len() {
+        return Err("a reading of the window does not decrypt".into());
+    }
+    let blinding = opened[0].blinding;
+    let mut values = Vec::with_capacity(opened.len());
+    for (k, v) in opened.iter().enumerate() {
+        if v.blinding != blinding || usize::from(v.position) != k || v.slots.len() != 1 {
+            return Err("the window's sealed values disagree (blinding, position or slots)".into());
+        }
+        values.push(v.slots[0]);
+    }
+    let start_ms = first.recorded_at.timestamp_millis();
+    let offsets: Option<Vec<u32>> = members
+        .iter()
+        .map(|i| u32::try_from(rows[*i].recorded_at.timestamp_millis() - start_ms).ok())
+        .collect();
+    let (Some(offsets_ms), Some(device), Ok(first_seq)) = (
+        offsets,
+        first.device_ext.as_deref(),
+        u64::try_from(first.seq),
+    ) else {
+        return Err("the window's header cannot be rebuilt".into());
+    };
+    let header = WindowHeader {
+        gateway_id: &first.gateway_id,
+        device_id: device,
+        data_type: &first.data_type,
+        first_seq,
+        start_ms,
+        offsets_ms,
+    };
+    let c = window_commitment(&values, &blinding, &header)
+        .map_err(|e| format!("commitment does not open: {e}"))?;
+    let c_dec = decimal_of(&c).ok_or("commitment does not open: not a field element")?;
+    Ok((c, c_dec, header.context().to_string(), values))
+}
+
+/// A window's commitment recomputed ahead, from the readings of one streamed chunk.
+#[derive(Debug, Clone)]
+pub struct Precomputed {
+    /// The readings it was computed from, in seq order.
+    ids: Vec<Uuid>,
+    result: Result<Calc, String>,
+    /// The window spans chunks: its entry is not to be used.
+    split: bool,
+}
+
+/// Precomputed windows by (device, proof hash).
+pub type PrecomputedWindows = HashMap<(Option<Uuid>, String), Precomputed>;
+
+/// Recompute the commitments of the windows among `rows` (one chunk, all
+/// decrypted as `opened`) before their proofs are read. Only windowable data
+/// types; whether a group really is a complete window is decided later.
+pub fn precompute_windows(rows: &[StoredReading], opened: &[Opened]) -> PrecomputedWindows {
+    let mut by_key: HashMap<(Option<Uuid>, &str), Vec<usize>> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        let windowable =
+            DataType::from_name(&r.data_type).is_some_and(hailan_proto::zk::prove::windowable);
+        if let (true, true, Some(h)) = (r.verified, windowable, r.zk_proof_hash.as_deref()) {
+            by_key.entry((r.device_id, h)).or_default().push(i);
+        }
+    }
+    by_key
+        .into_iter()
+        .filter(|(_, m)| m.iter().all(|i| opened[*i].is_ok()))
+        .map(|((device, hash), mut members)| {
+            members.sort_by_key(|i| rows[*i].seq);
+            let pre = Precomputed {
+                ids: members.iter().map(|i| rows[*i].id).collect(),
+                result: window_calc(rows, &members, opened),
+                split: false,
+            };
+            ((device, hash.to_owned()), pre)
+        })
+        .collect()
+}
+
+/// Merge the windows of another chunk; a window seen in two chunks is split.
+pub fn merge_precomputed(into: &mut PrecomputedWindows, more: PrecomputedWindows) {
+    for (k, v) in more {
+        match into.get_mut(&k) {
+            Some(old) => old.split = true,
+            None => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Check the groups `gs` of `rows`, decrypted as `opened` (same indexes),
+/// using windows recomputed ahead in `pre` where they match exactly.
 pub fn check_groups(
     rows: &[StoredReading],
     opened: &[Opened],
     gs: &[Vec<usize>],
+    pre: &PrecomputedWindows,
 ) -> Vec<(usize, Check)> {
     let mut out = Vec::new();
     for g in gs {
         let r = &rows[g[0]];
         if r.statement.as_deref() == Some("window") && r.verified {
-            out.extend(check_window(rows, g, opened));
+            out.extend(check_window(rows, g, opened, pre));
         } else {
             out.extend(g.iter().map(|i| (*i, check_single(&rows[*i], &opened[*i]))));
         }
@@ -329,7 +404,11 @@ pub fn check_groups(
 }
 
 /// Check every row, in parallel on the blocking pool (one task per core).
-pub async fn check_parallel(rows: Arc<Vec<StoredReading>>, opened: Arc<Vec<Opened>>) -> Vec<Check> {
+pub async fn check_parallel(
+    rows: Arc<Vec<StoredReading>>,
+    opened: Arc<Vec<Opened>>,
+    pre: Arc<PrecomputedWindows>,
+) -> Vec<Check> {
     let gs = groups(&rows);
     let n = rows.len();
     let tasks = std::thread::available_parallelism()
@@ -345,8 +424,9 @@ pub async fn check_parallel(rows: Arc<Vec<StoredReading>>, opened: Arc<Vec<Opene
     for chunk in chunks {
         let rows = Arc::clone(&rows);
         let opened = Arc::clone(&opened);
+        let pre = Arc::clone(&pre);
         handles.push(tokio::task::spawn_blocking(move || {
-            check_groups(&rows, &opened, &chunk)
+            check_groups(&rows, &opened, &chunk, &pre)
         }));
     }
     let mut out = vec![Check::Unverifiable("not checked".into()); n];

@@ -230,7 +230,7 @@ pub async fn observations(
         from: from.unwrap_or(super::routes::EARLIEST),
         to: to.unwrap_or(super::routes::LATEST),
         after: None,
-        limit: count.clamp(1, state.max_page),
+        limit: Some(count.clamp(1, state.max_page)),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     s.finish(
@@ -251,7 +251,7 @@ pub async fn observations(
             })
         })
         .collect();
-    let full_page = entries.len() as i64 >= range.limit;
+    let full_page = range.limit.is_some_and(|l| entries.len() as i64 >= l);
     let mut bundle = json!({
         "resourceType": "Bundle",
         "id": Uuid::new_v4(),

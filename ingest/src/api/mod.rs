@@ -96,6 +96,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// `hailan-ingest admin revoke-tokens`: revoke every unrevoked API token of
+/// the user with this DID; returns how many.
+pub async fn revoke_tokens(pool: &PgPool, did: &str) -> anyhow::Result<u64> {
+    let user = crate::admin::user_id(pool, did).await?;
+    let r = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// Verifying keys found in `dir` (`reading.vk`, `window.vk`), by hex key id.
 /// Missing keys only mean proof bundles come without `vk.json`.
 pub fn load_vks(dir: &std::path::Path) -> HashMap<String, VerifyingKey> {

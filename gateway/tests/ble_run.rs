@@ -158,6 +158,7 @@ fn ble_run_survives_disconnect_storm() -> anyhow::Result<()> {
                 tracing::info!("storm round {round} survived");
             }
             // the others came back too, and a thermometer reading still arrives
+            run.connected_now("temp0").await?;
             sim.measure_now("temp0")?;
             let bytes = run.measurement("temp0", 0x2A1C).await?;
             check_against_truth(

@@ -80,6 +80,8 @@ pub struct Running {
     pub beat: Arc<Beat>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<anyhow::Result<()>>,
+    /// The connection state each device reported last (every event seen).
+    pub connected: std::collections::HashMap<String, bool>,
 }
 
 impl Running {
@@ -97,6 +99,7 @@ impl Running {
             beat,
             shutdown,
             task,
+            connected: Default::default(),
         }
     }
 
@@ -108,6 +111,14 @@ impl Running {
     ) -> anyhow::Result<T> {
         tokio::time::timeout(STEP, async {
             while let Some(ev) = self.events.recv().await {
+                if let BleEvent::State {
+                    device_id,
+                    connected,
+                    ..
+                } = &ev
+                {
+                    self.connected.insert(device_id.clone(), *connected);
+                }
                 if let Some(t) = pick(&ev) {
                     return Ok(t);
                 }
@@ -151,6 +162,15 @@ impl Running {
             _ => None,
         })
         .await
+    }
+
+    /// Return once `device`'s latest reported state is connected (at once if
+    /// it already is).
+    pub async fn connected_now(&mut self, device: &str) -> anyhow::Result<()> {
+        if self.connected.get(device) == Some(&true) {
+            return Ok(());
+        }
+        self.state(device, true).await.map(drop)
     }
 
     /// Stop and check `run` ended cleanly.

@@ -399,6 +399,86 @@ pub struct PrivateMosquitto {
 
 impl PrivateMosquitto {
     pub fn start() -> Result<PrivateMosquitto> {
+        Self::start_with(|_| Ok(String::new()))
+    }
+
+    /// Like [`start`](Self::start), plus a second listener on `tls_port`
+    /// with TLS, its certificate signed by a test CA (`ca.pem` in
+    /// [`dir`](Self::dir)); the first listener stays plain.
+    pub fn start_with_tls() -> Result<(PrivateMosquitto, u16)> {
+        let tls_port = crate::free_port()?;
+        let m = Self::start_with(|dir| {
+            let run = |args: &[&str]| -> Result<()> {
+                let out = Command::new("openssl")
+                    .args(args)
+                    .current_dir(dir)
+                    .output()?;
+                if !out.status.success() {
+                    bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                Ok(())
+            };
+            run(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=hailan test CA",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+            ])?;
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ])?;
+            std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "server.pem",
+            ])?;
+            Ok(format!(
+                "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+                d = dir.display()
+            ))
+        })?;
+        Ok((m, tls_port))
+    }
+
+    /// The broker's directory (configuration, persistence, log, certificates).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn start_with(
+        extra: impl FnOnce(&std::path::Path) -> Result<String>,
+    ) -> Result<PrivateMosquitto> {
         let port = crate::free_port()?;
         let dir = tempfile::Builder::new().prefix("hailan-mqtt-").tempdir()?;
         let src = repo_root().join(".hailan/mosquitto");
@@ -412,7 +492,8 @@ impl PrivateMosquitto {
         let template = std::fs::read_to_string(repo_root().join("deploy/mosquitto/dev.conf.in"))?;
         let conf_text = template
             .replace("@STATE@", &dir.path().display().to_string())
-            .replace("@PORT@", &port.to_string());
+            .replace("@PORT@", &port.to_string())
+            + &extra(dir.path())?;
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, conf_text)?;
         if is_root() {

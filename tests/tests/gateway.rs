@@ -499,3 +499,69 @@ async fn the_owner_cli_scans_pairs_lists_and_forgets() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("outbox.quota_mb"));
     Ok(())
 }
+
+/// The production transport: the gateway publishes over TLS, trusting the
+/// broker through `mqtt.ca_file`; a gateway that trusts another CA does not
+/// connect (and says why), and keeps its readings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_publishes_over_tls_and_refuses_an_untrusted_broker() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let (mosquitto, tls_port) = PrivateMosquitto::start_with_tls()?;
+    let plain = mosquitto.broker();
+    let (_sim, rig, devices) = sim_and_pair(
+        "hr=1",
+        &tmp.path().join("truth.jsonl"),
+        "gw-e2e-7",
+        &plain,
+        &zk,
+        "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+        &[],
+    )?;
+    let hr = devices.values().next().context("hr0")?.clone();
+    let collector = Collector::start(&plain, &rig.gateway_id).await?;
+    let ca = mosquitto.dir().join("ca.pem").display().to_string();
+    let port = tls_port.to_string();
+    // A CA the broker's certificate is not signed by: no connection.
+    let other_ca = tmp.path().join("other-ca.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+        ])
+        .arg("-keyout")
+        .arg(tmp.path().join("other.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()?;
+    assert!(out.status.success());
+    let other = other_ca.display().to_string();
+    let mut gw = rig.start(&[
+        ("HAILAN_GATEWAY__MQTT__PORT", &port),
+        ("HAILAN_GATEWAY__MQTT__CA_FILE", &other),
+    ])?;
+    gw.wait_log("broker connection lost", Duration::from_secs(30))?;
+    assert!(!gw.log_text().contains("connected to the broker"));
+    gw.terminate()?;
+    // The right CA: readings flow over TLS.
+    let mut gw = rig.start(&[
+        ("HAILAN_GATEWAY__MQTT__PORT", &port),
+        ("HAILAN_GATEWAY__MQTT__CA_FILE", &ca),
+    ])?;
+    collector
+        .wait_for(Duration::from_secs(60), "readings over TLS", |e| {
+            readings_of(e, &hr).len() >= 8
+        })
+        .await?;
+    assert!(gw.log_text().contains(&format!("port={tls_port}")));
+    let exit = gw.terminate()?;
+    assert!(exit.success());
+    Ok(())
+}

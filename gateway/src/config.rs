@@ -34,6 +34,27 @@ pub struct GatewayConfig {
     pub outbox: OutboxConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub home_assistant: HomeAssistantConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HomeAssistantConfig {
+    /// Publish MQTT discovery for each device's battery and connectivity
+    /// (never a health value). The broker ACL must let the gateway write
+    /// `homeassistant/+/{gateway_id}/#` and `hailan/v1/{gateway_id}/ha/#`.
+    pub enabled: bool,
+    pub discovery_prefix: String,
+}
+
+impl Default for HomeAssistantConfig {
+    fn default() -> Self {
+        HomeAssistantConfig {
+            enabled: false,
+            discovery_prefix: "homeassistant".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -8,12 +8,13 @@
 //! - [`daemon`]: `run`, wiring the above with systemd notify and one shutdown signal.
 //! - [`owner`]: the owner's commands (`init`, `scan`, `pair`, `devices`, `forget`, `status`).
 //! - [`config`], [`keys`], [`metrics`], [`health`]: configuration, key material,
-//!   Prometheus metrics, watchdog beats.
+//!   Prometheus metrics, watchdog beats; [`home_assistant`]: optional MQTT discovery.
 
 pub mod ble;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod home_assistant;
 pub mod keys;
 pub mod metrics;
 pub mod owner;

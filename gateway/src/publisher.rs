@@ -80,6 +80,13 @@ fn options(cfg: &GatewayConfig) -> Result<MqttOptions> {
     Ok(opts)
 }
 
+/// What Home Assistant has been told on this connection.
+#[derive(Default)]
+struct HaSent {
+    announced: std::collections::HashSet<String>,
+    states: HashMap<String, Vec<u8>>,
+}
+
 /// What was handed to rumqttc and not yet acknowledged.
 #[derive(Default)]
 struct InFlight {
@@ -157,8 +164,14 @@ impl Publisher {
         let mut draining_since: Option<Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Home Assistant: what this connection has announced and sent.
+        let mut ha = HaSent::default();
+        let mut ha_due = false;
         loop {
             self.beat.beat();
+            if connected && ha_due && self.cfg.home_assistant.enabled {
+                ha_due = !self.home_assistant(&client, window, &mut flight, &mut ha)?;
+            }
             if connected {
                 self.fill(&client, &up, window, &mut flight)?;
             }
@@ -199,6 +212,7 @@ impl Publisher {
                             client.try_publish(&status, QoS::AtLeastOnce, true, ONLINE)
                                 .context("publishing the online status")?;
                             flight.unnumbered.push_back((None, Instant::now()));
+                            ha_due = true;
                             let _ = self.link.send(Link::Connected);
                             let _ = self.store.set_meta("broker", "connected");
                         }
@@ -219,7 +233,7 @@ impl Publisher {
                     }
                 }
                 _ = self.outbox_changed.notified() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick() => ha_due = true,
                 _ = shutdown.cancelled(), if draining_since.is_none() => {
                     draining_since = Some(Instant::now());
                 }
@@ -230,6 +244,50 @@ impl Publisher {
                 self.remove(&mut acked).await?;
             }
         }
+    }
+
+    /// Announce new devices and send changed battery/link states to Home
+    /// Assistant (retained, QoS 1), within the in-flight window. Returns
+    /// whether everything due was sent.
+    fn home_assistant(
+        &self,
+        client: &AsyncClient,
+        window: usize,
+        flight: &mut InFlight,
+        sent: &mut HaSent,
+    ) -> Result<bool> {
+        let devices = self.store.devices()?;
+        let prefix = &self.cfg.home_assistant.discovery_prefix;
+        let gw = &self.cfg.gateway_id;
+        let mut due: Vec<(String, Vec<u8>)> = Vec::new();
+        for d in &devices {
+            if !sent.announced.contains(&d.device_id) {
+                due.extend(crate::home_assistant::discovery(
+                    prefix,
+                    gw,
+                    std::slice::from_ref(d),
+                ));
+            }
+            let state = crate::home_assistant::state(d);
+            if sent.states.get(&d.device_id) != Some(&state) {
+                due.push((crate::home_assistant::state_topic(gw, &d.device_id), state));
+            }
+        }
+        if flight.len() + due.len() > window {
+            return Ok(false);
+        }
+        for (topic, payload) in due {
+            client
+                .try_publish(topic, QoS::AtLeastOnce, true, payload)
+                .context("publishing Home Assistant discovery")?;
+            flight.unnumbered.push_back((None, Instant::now()));
+        }
+        for d in devices {
+            sent.states
+                .insert(d.device_id.clone(), crate::home_assistant::state(&d));
+            sent.announced.insert(d.device_id);
+        }
+        Ok(true)
     }
 
     /// Hand unsent outbox rows to rumqttc, up to the window.

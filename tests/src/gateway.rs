@@ -281,7 +281,20 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(broker: &Broker, gateway_id: &str) -> Result<Collector> {
-        let user = "hailan-ingest";
+        let topics = vec![
+            hailan_proto::topic::up(gateway_id),
+            hailan_proto::topic::status(gateway_id),
+        ];
+        Self::start_as(broker, "hailan-ingest", gateway_id, topics).await
+    }
+
+    /// A collector logged in as `user`, subscribed to `topics`.
+    pub async fn start_as(
+        broker: &Broker,
+        user: &str,
+        gateway_id: &str,
+        topics: Vec<String>,
+    ) -> Result<Collector> {
         let mut opts = rumqttc::MqttOptions::new(
             format!("collector-{gateway_id}-{}", uuid::Uuid::new_v4().simple()),
             broker.host.clone(),
@@ -295,8 +308,6 @@ impl Collector {
         let received = Arc::new(Mutex::new(Vec::new()));
         let sink = received.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let up = hailan_proto::topic::up(gateway_id);
-        let status = hailan_proto::topic::status(gateway_id);
         let task = tokio::spawn(async move {
             let mut ready = Some(ready_tx);
             let mut subscribed = false;
@@ -304,8 +315,9 @@ impl Collector {
                 match eventloop.poll().await {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) if !subscribed => {
                         subscribed = true;
-                        let _ = client.subscribe(&up, rumqttc::QoS::AtLeastOnce).await;
-                        let _ = client.subscribe(&status, rumqttc::QoS::AtLeastOnce).await;
+                        for t in &topics {
+                            let _ = client.subscribe(t, rumqttc::QoS::AtLeastOnce).await;
+                        }
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
                         if let Some(r) = ready.take() {

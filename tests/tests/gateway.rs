@@ -565,3 +565,89 @@ async fn the_gateway_publishes_over_tls_and_refuses_an_untrusted_broker() -> Res
     assert!(exit.success());
     Ok(())
 }
+
+/// Home Assistant discovery (off by default): each device's battery and link
+/// are announced and kept current, retained, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn home_assistant_sees_battery_and_link_never_a_health_value() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let mosquitto = PrivateMosquitto::start()?;
+    let broker = mosquitto.broker();
+    let gw_id = "gw-e2e-5";
+    let (mut sim, rig, devices) = sim_and_pair(
+        "hr=1,temp=1",
+        &tmp.path().join("truth.jsonl"),
+        gw_id,
+        &broker,
+        &zk,
+        "[home_assistant]\nenabled = true\n",
+        &[],
+    )?;
+    // The gateway's own account may read what it announces (Home Assistant
+    // gets the `homeassistant` account of the shipped ACL).
+    let ha = Collector::start_as(
+        &broker,
+        gw_id,
+        gw_id,
+        vec![
+            format!("homeassistant/+/{gw_id}/#"),
+            format!("hailan/v1/{gw_id}/ha/#"),
+        ],
+    )
+    .await?;
+    let mut gw = rig.start(&[])?;
+    let temp = devices
+        .iter()
+        .find(|(a, _)| a.contains(":04:00:00"))
+        .map(|(_, id)| id.clone())
+        .context("temp0")?;
+    let state_of = |id: &str| -> Option<serde_json::Value> {
+        ha.snapshot()
+            .iter()
+            .rev()
+            .find(|m| m.topic == format!("hailan/v1/{gw_id}/ha/{id}"))
+            .and_then(|m| serde_json::from_slice(&m.payload).ok())
+    };
+    let start = std::time::Instant::now();
+    while !devices
+        .values()
+        .all(|id| state_of(id).is_some_and(|s| s["connected"] == true))
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(60),
+            "no connected state for every device"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let msgs = ha.snapshot();
+    for id in devices.values() {
+        for (component, suffix) in [("sensor", "battery"), ("binary_sensor", "link")] {
+            let topic = format!("homeassistant/{component}/{gw_id}/{id}_{suffix}/config");
+            let cfg = msgs
+                .iter()
+                .find(|m| m.topic == topic)
+                .with_context(|| topic.clone())?;
+            let v: serde_json::Value = serde_json::from_slice(&cfg.payload)?;
+            assert_eq!(v["state_topic"], format!("hailan/v1/{gw_id}/ha/{id}"));
+        }
+    }
+    // Battery changes reach Home Assistant.
+    sim.sim.command("fault battery=temp0:15")?;
+    let start = std::time::Instant::now();
+    while state_of(&temp).is_none_or(|s| s["battery"] != 15) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "battery 15 not announced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only battery and link: no reading, no value field, nothing sealed.
+    for m in ha.snapshot().iter().filter(|m| m.topic.contains("/ha/")) {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+        let keys: Vec<&String> = v.as_object().context("object")?.keys().collect();
+        assert_eq!(keys, ["battery", "connected"], "{v}");
+    }
+    gw.terminate()?;
+    Ok(())
+}

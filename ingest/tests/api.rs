@@ -4,7 +4,7 @@
 //! only a member of `hailan_api`). Tamper tests change stored rows afterwards.
 
 use anyhow::{Context, Result};
-use hailan_proto::envelope::{self, Body, Envelope};
+use hailan_proto::envelope::{self, Envelope};
 use hailan_proto::{DataType, topic};
 use hailan_tests::api::{ApiProcess, User, ensure_api_login, http_get_auth, user, write_key_ring};
 use hailan_tests::{
@@ -20,49 +20,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 fn enc(e: &Envelope) -> Vec<u8> {
     envelope::encode(e)
-}
-
-/// A reading the gateway could not prove (stored unverified).
-fn unproven(dev: &mut TestDevice, value: u32) -> Vec<u8> {
-    let seq = dev.next_seq;
-    dev.next_seq += 1;
-    let t = T0_MS + 1000 * seq as i64;
-    let header = hailan_proto::ReadingHeader {
-        gateway_id: &dev.gateway_id,
-        device_id: &dev.device_id,
-        data_type: dev.data_type.as_str(),
-        seq,
-        recorded_at_ms: t,
-    };
-    let value = hailan_proto::seal::SealedValue {
-        slots: vec![value],
-        blinding: [0; 32],
-        position: 0,
-        original_unit: None,
-        extras: Default::default(),
-    };
-    let sealed = hailan_proto::seal::seal(&dev.key, &header, &value, &mut dev.rng);
-    enc(&Envelope {
-        v: 1,
-        gateway_id: dev.gateway_id.clone(),
-        sent_at_ms: t,
-        body: Body::Readings(envelope::ReadingBatch {
-            device_id: dev.device_id.clone(),
-            groups: vec![envelope::ProvenGroup {
-                kind: envelope::ProofKind::Reading,
-                key_id: [0; 32],
-                commitment: [0; 32],
-                proof: None,
-                no_proof_reason: Some("test: not provable".into()),
-                readings: vec![envelope::Reading {
-                    seq,
-                    data_type: dev.data_type.as_str().into(),
-                    recorded_at_ms: t,
-                    sealed,
-                }],
-            }],
-        }),
-    })
 }
 
 struct Rig {
@@ -144,7 +101,7 @@ async fn seed(r: &mut Rig) -> Result<(TestDevice, TestDevice)> {
     payloads.push(enc(&hr.proven_window(&r.zk.window, &HR1)?));
     hr.next_seq += 100;
     payloads.push(enc(&hr.proven_window(&r.zk.window, &HR2)?));
-    payloads.push(unproven(&mut hr, 99));
+    payloads.push(enc(&hr.unproven_reading(&[99])));
     payloads.push(enc(&hr.state(55, T0_MS + 200_000)));
     payloads.push(enc(&bp.proven_reading(
         &r.zk.reading,

@@ -19,51 +19,9 @@ fn enc(e: &Envelope) -> Vec<u8> {
     envelope::encode(e)
 }
 
-/// An envelope of `n` readings without proof (stored unverified): cheap volume.
+/// `n` envelopes of one reading without proof each (stored unverified): cheap volume.
 fn unproven(dev: &mut TestDevice, n: usize) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|_| {
-            let seq = dev.next_seq;
-            dev.next_seq += 1;
-            let t = hailan_tests::T0_MS + 1000 * seq as i64;
-            let header = hailan_proto::ReadingHeader {
-                gateway_id: &dev.gateway_id,
-                device_id: &dev.device_id,
-                data_type: dev.data_type.as_str(),
-                seq,
-                recorded_at_ms: t,
-            };
-            let value = hailan_proto::seal::SealedValue {
-                slots: vec![70],
-                blinding: [0; 32],
-                position: 0,
-                original_unit: None,
-                extras: Default::default(),
-            };
-            let sealed = hailan_proto::seal::seal(&dev.key, &header, &value, &mut dev.rng);
-            enc(&Envelope {
-                v: 1,
-                gateway_id: dev.gateway_id.clone(),
-                sent_at_ms: t,
-                body: Body::Readings(envelope::ReadingBatch {
-                    device_id: dev.device_id.clone(),
-                    groups: vec![envelope::ProvenGroup {
-                        kind: envelope::ProofKind::Reading,
-                        key_id: [0; 32],
-                        commitment: [0; 32],
-                        proof: None,
-                        no_proof_reason: Some("test volume".into()),
-                        readings: vec![envelope::Reading {
-                            seq,
-                            data_type: dev.data_type.as_str().into(),
-                            recorded_at_ms: t,
-                            sealed,
-                        }],
-                    }],
-                }),
-            })
-        })
-        .collect()
+    (0..n).map(|_| enc(&dev.unproven_reading(&[70]))).collect()
 }
 
 async fn wait_rows(db: &TestDb, extra: &str, n: i64) -> Result<()> {

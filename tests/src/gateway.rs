@@ -409,6 +409,33 @@ pub struct PrivateMosquitto {
     pub port: u16,
 }
 
+/// Run `openssl ARGS` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A self-signed test CA in `dir`: `{stem}.pem` and `{stem}.key`; returns the
+/// certificate's path.
+pub fn test_ca(dir: &std::path::Path, common_name: &str, stem: &str) -> Result<PathBuf> {
+    let (key, pem) = (format!("{stem}.key"), format!("{stem}.pem"));
+    let subject = format!("/CN={common_name}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", &subject,
+            "-keyout", &key, "-out", &pem,
+        ],
+    )?;
+    Ok(dir.join(pem))
+}
+
 impl PrivateMosquitto {
     pub fn start() -> Result<PrivateMosquitto> {
         Self::start_with(|_| Ok(String::new()))
@@ -420,31 +447,8 @@ impl PrivateMosquitto {
     pub fn start_with_tls() -> Result<(PrivateMosquitto, u16)> {
         let tls_port = crate::free_port()?;
         let m = Self::start_with(|dir| {
-            let run = |args: &[&str]| -> Result<()> {
-                let out = Command::new("openssl")
-                    .args(args)
-                    .current_dir(dir)
-                    .output()?;
-                if !out.status.success() {
-                    bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-                }
-                Ok(())
-            };
-            run(&[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "1",
-                "-subj",
-                "/CN=hailan test CA",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-            ])?;
+            let run = |args: &[&str]| openssl(dir, args);
+            test_ca(dir, "hailan test CA", "ca")?;
             run(&[
                 "req",
                 "-newkey",
@@ -894,4 +898,33 @@ pub async fn after_stop(
         })
         .await?;
     Ok((envelopes, next))
+}
+
+/// Paired device ids (of `sim_and_pair`'s address → id map) of one simulator
+/// kind (`hr`, `bp`, `spo2`, `temp`, `glucose`, `scale`), in address order:
+/// the simulator's addresses are `F0:4A:1A:<kind code>:<index>`.
+pub fn ids_of_kind(devices: &HashMap<String, String>, kind: &str) -> Vec<String> {
+    let code = match kind {
+        "hr" => "01",
+        "bp" => "02",
+        "spo2" => "03",
+        "temp" => "04",
+        "glucose" => "05",
+        "scale" => "06",
+        _ => "",
+    };
+    let mut found: Vec<(&String, &String)> = devices
+        .iter()
+        .filter(|(a, _)| a.split(':').nth(3) == Some(code))
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, id)| id.clone()).collect()
+}
+
+/// The first paired device of one simulator kind (`hr0`, `glucose0` …).
+pub fn id_of_kind(devices: &HashMap<String, String>, kind: &str) -> Result<String> {
+    ids_of_kind(devices, kind)
+        .into_iter()
+        .next()
+        .with_context(|| format!("no {kind} device paired"))
 }

@@ -348,6 +348,42 @@ impl TestDevice {
         }))
     }
 
+    /// One reading the gateway could not prove (the next seq; `proof: null`
+    /// with a reason): ingest stores it unverified. Cheap volume for tests.
+    pub fn unproven_reading(&mut self, slots: &[u32]) -> Envelope {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let t = T0_MS + 1000 * seq as i64;
+        let header = hailan_proto::ReadingHeader {
+            gateway_id: &self.gateway_id,
+            device_id: &self.device_id,
+            data_type: self.data_type.as_str(),
+            seq,
+            recorded_at_ms: t,
+        };
+        let value = hailan_proto::seal::SealedValue {
+            slots: slots.to_vec(),
+            blinding: [0; 32],
+            position: 0,
+            original_unit: None,
+            extras: Default::default(),
+        };
+        let sealed = hailan_proto::seal::seal(&self.key, &header, &value, &mut self.rng);
+        self.batch(ProvenGroup {
+            kind: hailan_proto::envelope::ProofKind::Reading,
+            key_id: [0; 32],
+            commitment: [0; 32],
+            proof: None,
+            no_proof_reason: Some("test: not proven".into()),
+            readings: vec![hailan_proto::Reading {
+                seq,
+                data_type: self.data_type.as_str().into(),
+                recorded_at_ms: t,
+                sealed,
+            }],
+        })
+    }
+
     /// One reading with its own proof (the next seq, one second apart).
     pub fn proven_reading(&mut self, pk: &ProvingKey, slots: &[u32]) -> Result<Envelope> {
         let seq = self.next_seq;
@@ -633,22 +669,7 @@ pub fn free_port() -> Result<u16> {
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0); returns (status code, body).
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
+    api::http_get_auth(port, path, None).await
 }
 
 // ------------------------------------------------------------------ private PostgreSQL

@@ -41,11 +41,7 @@ async fn every_emitted_value_is_stored_verified_once_with_device_state() -> Resu
     for name in ["bp0", "temp0", "scale0", "glucose0", "spo20", "temp0"] {
         sim.sim.command(&format!("measure {name}"))?;
     }
-    let hr: Vec<String> = devices
-        .iter()
-        .filter(|(a, _)| a.contains(":01:00:"))
-        .map(|(_, id)| id.clone())
-        .collect();
+    let hr: Vec<String> = ids_of_kind(&devices, "hr");
     collector
         .wait_for(Duration::from_secs(60), "heart-rate readings", |e| {
             hr.iter().all(|id| readings_of(e, id).len() >= 8)

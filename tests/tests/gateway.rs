@@ -37,13 +37,16 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
     let tmp = tempfile::tempdir()?;
     let truth_path = tmp.path().join("truth.jsonl");
     let broker = Broker::shared();
+    let metrics_port = hailan_tests::free_port()?;
     let (mut sim, rig, devices) = sim_and_pair(
         "hr=1,bp=1,spo2=1,temp=1,glucose=1,scale=1",
         &truth_path,
         "gw-e2e-1",
         &broker,
         &zk,
-        "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1500\n",
+        &format!(
+            "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1500\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
         &[],
     )?;
     assert_eq!(devices.len(), 6);
@@ -68,11 +71,7 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
                 .command(&format!("measure {name}"))
                 .with_context(|| format!("round {round}"))?;
         }
-        let hr_id = devices
-            .iter()
-            .find(|(a, _)| a.ends_with(":01:00:00"))
-            .map(|(_, id)| id.clone())
-            .context("hr0")?;
+        let hr_id = id_of_kind(&devices, "hr")?;
         let want = 6 * (round + 1);
         collector
             .wait_for(Duration::from_secs(60), "heart-rate readings", |e| {
@@ -81,11 +80,7 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
             .await?;
     }
     // The meter stores records; the gateway fetches them (RACP) on its poll.
-    let glucose_id = devices
-        .iter()
-        .find(|(a, _)| a.contains(":05:00:00"))
-        .map(|(_, id)| id.clone())
-        .context("glucose0")?;
+    let glucose_id = id_of_kind(&devices, "glucose")?;
     let stored_on_meter = || {
         read_truth(&truth_path)
             .map(|t| {
@@ -102,6 +97,21 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
             |e| readings_of(e, &glucose_id).len() >= stored_on_meter(),
         )
         .await?;
+    // Prometheus: readings queued and acknowledged are counted.
+    let (code, text) = hailan_tests::http_get(metrics_port, "/metrics").await?;
+    assert_eq!(code, 200);
+    let counter = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        counter("hailan_gateway_readings_queued_total") >= 12.0,
+        "{text}"
+    );
+    assert!(counter("hailan_gateway_acked_total") >= 1.0, "{text}");
+    assert_eq!(counter("hailan_gateway_broker_connected"), 1.0, "{text}");
     let status = rig.status()?;
     assert_eq!(status["daemon_running"], true, "{status}");
     assert_eq!(status["devices"], 6, "{status}");
@@ -181,11 +191,7 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
     )?;
     let collector = Collector::start(&broker, &rig.gateway_id).await?;
     let mut gw = rig.start(&[])?;
-    let hr: Vec<String> = devices
-        .iter()
-        .filter(|(a, _)| a.contains(":01:00:"))
-        .map(|(_, id)| id.clone())
-        .collect();
+    let hr: Vec<String> = ids_of_kind(&devices, "hr");
     collector
         .wait_for(Duration::from_secs(60), "heart-rate readings", |e| {
             hr.iter().all(|id| readings_of(e, id).len() >= 8)
@@ -216,11 +222,7 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
     for (id, n) in &next {
         assert_eq!(by_seq(&envelopes, id)?.len() as u64, n - 1, "{id}");
     }
-    let glucose_id = devices
-        .iter()
-        .find(|(a, _)| a.contains(":05:00:00"))
-        .map(|(_, id)| id.clone())
-        .context("glucose0")?;
+    let glucose_id = id_of_kind(&devices, "glucose")?;
     let stored = truth
         .iter()
         .filter(|t| t.device == "glucose0" && t.event == "stored")
@@ -332,11 +334,7 @@ async fn a_stalled_scanner_and_a_disconnect_storm_are_survived_without_a_restart
             .await
             .with_context(|| format!("storm round {round}"))?;
     }
-    let hr: Vec<String> = devices
-        .iter()
-        .filter(|(a, _)| a.contains(":01:00:"))
-        .map(|(_, id)| id.clone())
-        .collect();
+    let hr: Vec<String> = ids_of_kind(&devices, "hr");
     let before: HashMap<String, usize> = hr
         .iter()
         .map(|id| (id.clone(), readings_of(&collector.envelopes(), id).len()))
@@ -523,25 +521,7 @@ async fn the_gateway_publishes_over_tls_and_refuses_an_untrusted_broker() -> Res
     let ca = mosquitto.dir().join("ca.pem").display().to_string();
     let port = tls_port.to_string();
     // A CA the broker's certificate is not signed by: no connection.
-    let other_ca = tmp.path().join("other-ca.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-        ])
-        .arg("-keyout")
-        .arg(tmp.path().join("other.key"))
-        .arg("-out")
-        .arg(&other_ca)
-        .output()?;
-    assert!(out.status.success());
+    let other_ca = test_ca(tmp.path(), "other", "other-ca")?;
     let other = other_ca.display().to_string();
     let mut gw = rig.start(&[
         ("HAILAN_GATEWAY__MQTT__PORT", &port),
@@ -597,11 +577,7 @@ async fn home_assistant_sees_battery_and_link_never_a_health_value() -> Result<(
     )
     .await?;
     let mut gw = rig.start(&[])?;
-    let temp = devices
-        .iter()
-        .find(|(a, _)| a.contains(":04:00:00"))
-        .map(|(_, id)| id.clone())
-        .context("temp0")?;
+    let temp = id_of_kind(&devices, "temp")?;
     let state_of = |id: &str| -> Option<serde_json::Value> {
         ha.snapshot()
             .iter()

@@ -84,6 +84,27 @@ const RANGE_WHERE_ALL: &str =
             AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
             AND $7::int8 IS NULL";
 
+/// The readings query of `patient`, `types` and `range`, bound (one for the
+/// streaming and the collecting reader).
+fn readings_query<'a>(
+    range: &Range,
+    patient: Uuid,
+    types: &'a [String],
+) -> sqlx::query::QueryAs<'a, sqlx::Postgres, StoredReading, sqlx::postgres::PgArguments> {
+    let (after_at, after_id) = match range.after {
+        Some((t, id)) => (Some(t), Some(id)),
+        None => (None, None),
+    };
+    sqlx::query_as::<_, StoredReading>(AssertSqlSafe(range.sql()))
+        .bind(patient)
+        .bind(types)
+        .bind(range.from)
+        .bind(range.to)
+        .bind(after_at)
+        .bind(after_id)
+        .bind(range.limit)
+}
+
 /// Readings of `patient` of `types` in `range` (as RLS lets the caller see
 /// them), in time order, plus the hidden rest of every window cut by the range
 /// (needed to re-open its commitment), with device ids and proofs filled in.
@@ -95,19 +116,8 @@ pub async fn read_readings(
     types: &[String],
     range: &Range,
 ) -> Result<(Vec<StoredReading>, usize), ApiError> {
-    let (after_at, after_id) = match range.after {
-        Some((t, id)) => (Some(t), Some(id)),
-        None => (None, None),
-    };
     let devices = read_devices(conn, patient).await?;
-    let mut rows: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(range.sql()))
-        .bind(patient)
-        .bind(types)
-        .bind(range.from)
-        .bind(range.to)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(range.limit)
+    let mut rows: Vec<StoredReading> = readings_query(range, patient, types)
         .fetch_all(&mut *conn)
         .await?;
     let n = rows.len();
@@ -255,23 +265,10 @@ pub async fn read_checked(
     use futures::TryStreamExt;
     let started = std::time::Instant::now();
     let devices = read_devices(conn, patient).await?;
-    let (after_at, after_id) = match range.after {
-        Some((t, id)) => (Some(t), Some(id)),
-        None => (None, None),
-    };
     let mut tasks = Vec::new();
     let mut chunk = Vec::with_capacity(OPEN_CHUNK);
     {
-        let sql = range.sql();
-        let mut stream = sqlx::query_as::<_, StoredReading>(AssertSqlSafe(sql))
-            .bind(patient)
-            .bind(types)
-            .bind(range.from)
-            .bind(range.to)
-            .bind(after_at)
-            .bind(after_id)
-            .bind(range.limit)
-            .fetch(&mut *conn);
+        let mut stream = readings_query(range, patient, types).fetch(&mut *conn);
         while let Some(mut r) = stream.try_next().await? {
             fill_device(&mut r, &devices);
             chunk.push(r);

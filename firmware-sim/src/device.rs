@@ -89,6 +89,8 @@ pub struct DevState {
     pub rssi: i16,
     /// RSSI set by a fault: no jitter until the next RSSI fault.
     pub rssi_pinned: bool,
+    /// The next N connects drop before services resolve.
+    pub drop_on_connect: u32,
     /// Connects refused until then.
     pub refuse_until: Option<Instant>,
     /// Battery, percent (fractional drain).
@@ -280,6 +282,7 @@ impl Device {
                 trusted: false,
                 rssi: -50 - (index % 40) as i16,
                 rssi_pinned: false,
+                drop_on_connect: 0,
                 refuse_until: None,
                 battery,
                 malformed_next: 0,

@@ -7,6 +7,7 @@
 //! | spec | effect |
 //! |---|---|
 //! | `drop=hr0` | drop hr0's connection without warning (`Connected` → false) |
+//! | `drop-on-connect=hr0` | hr0's next `Connect` succeeds, but the link drops before its services resolve |
 //! | `refuse=bp0+30s` | `Connect` to bp0 fails (`org.bluez.Error.Failed`) for 30 s; `refuse+30s` = every device |
 //! | `stall+20s` | discovery stops reporting devices and RSSI while `Discovering` stays true |
 //! | `malformed=hr0` | hr0's next measurement notification is cut short |
@@ -30,6 +31,15 @@ pub enum Fault {
     Drop {
         /// device name (`hr0`) or address.
         device: String,
+    },
+    /// The next `count` connects of a device come up (`Connected` → true,
+    /// `Connect` returns) and drop before `ServicesResolved`, as a device
+    /// walking out of range mid-connection does.
+    DropOnConnect {
+        /// device name, address or `*`.
+        device: String,
+        /// how many connects.
+        count: u32,
     },
     /// Refuse connects to one device (or all, if `None`) for a while.
     RefuseConnects {
@@ -150,6 +160,10 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
         "drop" => Fault::Drop {
             device: need("DEVICE")?,
         },
+        "drop-on-connect" => Fault::DropOnConnect {
+            device: need("DEVICE")?,
+            count: 1,
+        },
         "refuse" => Fault::RefuseConnects {
             device: arg.clone(),
             duration: duration.ok_or(format!("{item}: refuse needs +DURATION"))?,
@@ -244,6 +258,13 @@ mod tests {
             }
         );
         assert!(parse_faults("battery=scale0:101").is_err());
+        assert_eq!(
+            parse_faults("drop-on-connect=hr1").expect("drop-on-connect")[0].fault,
+            Fault::DropOnConnect {
+                device: "hr1".into(),
+                count: 1
+            }
+        );
         assert!(parse_faults("refuse=hr0").is_err());
         assert!(parse_faults("explode").is_err());
         assert!(parse_faults("drop=hr0@soon").is_err());

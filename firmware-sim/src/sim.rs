@@ -344,6 +344,18 @@ impl Inner {
             vec![("Connected", Value::from(true))],
         )
         .await;
+        let drop_now = {
+            let mut st = lock(&dev.st);
+            let n = st.drop_on_connect;
+            st.drop_on_connect = n.saturating_sub(1);
+            n > 0
+        };
+        if drop_now {
+            // Connect succeeded; the link is gone before services resolve.
+            tracing::info!(device = %dev.info.name, "connected, dropping before services resolve");
+            self.drop_link(dev).await;
+            return Ok(());
+        }
         // The GATT tree must exist before ServicesResolved turns true.
         self.export_gatt(dev).await?;
         lock(&dev.st).services_resolved = true;
@@ -754,6 +766,11 @@ impl Inner {
                 for d in find(&device)? {
                     let _op = d.op.lock().await;
                     self.drop_link(&d).await;
+                }
+            }
+            Fault::DropOnConnect { device, count } => {
+                for d in find(&device)? {
+                    lock(&d.st).drop_on_connect += count;
                 }
             }
             Fault::RefuseConnects { device, duration } => {

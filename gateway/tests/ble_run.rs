@@ -174,6 +174,51 @@ fn ble_run_survives_disconnect_storm() -> anyhow::Result<()> {
     )
 }
 
+/// A link that drops between `Connect` and `ServicesResolved` (the device
+/// walked away mid-connection) is noticed at once and connected again —
+/// not left waiting for a service resolution that never comes (bluez-async
+/// waits 30 s, longer than this test's step) while holding the only
+/// connection permit, which would starve the other device too.
+#[test]
+fn ble_run_reconnects_when_the_link_drops_while_connecting() -> anyhow::Result<()> {
+    isolated(
+        "ble_run_reconnects_when_the_link_drops_while_connecting",
+        LIMIT,
+        |bus| async move {
+            init_tracing();
+            let sim = Simulator::start(&bus, sim_config(&[(Sim::Hr, 2)])).await?;
+            let ble = Ble::open(BleConfig {
+                max_connections: 1,
+                ..fast()
+            })
+            .await?;
+            let devices = vec![known(&sim, "hr0", -1)?, known(&sim, "hr1", -1)?];
+            let mut run = Running::start(ble, devices);
+            for n in ["hr0", "hr1"] {
+                run.state(n, true).await?;
+            }
+            sim.inject(Fault::DropOnConnect {
+                device: "hr0".into(),
+                count: 2,
+            })
+            .await?;
+            sim.inject(Fault::Drop { device: "*".into() }).await?;
+            run.state("hr0", false).await?;
+            run.state("hr0", true).await?;
+            let bytes = run.measurement("hr0", 0x2A37).await?;
+            check_against_truth(
+                &sim,
+                &sim.device("hr0").expect("hr0").address,
+                0x2A37,
+                &bytes,
+            )?;
+            run.connected_now("hr1").await?;
+            run.measurement("hr1", 0x2A37).await?;
+            run.stop().await
+        },
+    )
+}
+
 /// A scanner that stops reporting (Discovering stays true) is noticed and
 /// restarted; a known device never seen before the stall is connected once
 /// discovery reports again.

@@ -187,9 +187,14 @@ impl Session {
             self.central = self.central.resubscribe();
             let started = Instant::now();
             let cancel = self.cancel.clone();
+            let mut during = self.ctx.hub.subscribe();
+            let pid = self.pid.clone();
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
                 r = self.establish(&p) => r,
+                () = dropped_while_connecting(&mut during, &pid) => {
+                    Err(anyhow::anyhow!("the link dropped while connecting"))
+                }
             };
             match (attempt, notes.as_mut()) {
                 (Ok(link), Some(n)) => {
@@ -579,6 +584,23 @@ impl Session {
             received_at_ms: wall_ms(),
         })
         .await
+    }
+}
+
+/// Resolves when the link being established goes away again: BlueZ said
+/// `Connected` (a `DeviceConnected` event), then not (`DeviceDisconnected`).
+/// Without it, a link dropped between `Connect` and `ServicesResolved` leaves
+/// bluez-async waiting 30 s for a service resolution that never comes, with a
+/// connection permit held. Events about an older link come before this
+/// attempt's `DeviceConnected`, so they are not mistaken for this one's end.
+async fn dropped_while_connecting(rx: &mut broadcast::Receiver<CentralEvent>, pid: &PeripheralId) {
+    let mut up = false;
+    loop {
+        match hear(rx).await {
+            Heard::Event(CentralEvent::DeviceConnected(id)) if id == *pid => up = true,
+            Heard::Event(CentralEvent::DeviceDisconnected(id)) if id == *pid && up => return,
+            _ => {}
+        }
     }
 }
 

@@ -85,6 +85,20 @@ const MQTT_USERS: &[&str] = &[
     "gw-e2e-6",
     "gw-e2e-7",
     "gw-e2e-8",
+    "gw-e2e-9",
+    "gw-e2e-10",
+    // operations tests: content addressing, fair share (gw-ops-*), backup
+    // and restore drill, failover (gw-drill-*)
+    "gw-ops-1",
+    "gw-ops-2",
+    "gw-ops-3",
+    "gw-ops-4",
+    "gw-ops-5",
+    "gw-ops-6",
+    "gw-drill-1",
+    "gw-drill-2",
+    "gw-drill-3",
+    "gw-drill-4",
     // clinician API tests (ingest/tests/api.rs)
     "gw-api-1",
     "gw-api-2",

@@ -463,12 +463,50 @@ impl IngestProcess {
         group: &str,
         http_listen: &str,
     ) -> Result<IngestProcess> {
+        let broker = mqtt_host_port();
+        Self::spawn(
+            binary,
+            db,
+            zk,
+            gateways,
+            log_dir,
+            group,
+            http_listen,
+            broker,
+        )
+    }
+
+    /// Like [`IngestProcess::start`], on the broker at `host`:`port` (a
+    /// private Mosquitto that the test may restart).
+    pub fn start_on(
+        binary: &std::path::Path,
+        db: &impl HasUrl,
+        zk: &DevZk,
+        gateways: &[&str],
+        log_dir: &std::path::Path,
+        (host, port): (&str, u16),
+    ) -> Result<IngestProcess> {
+        let group = format!("g{}", uuid::Uuid::new_v4().simple());
+        let broker = (host.to_owned(), port);
+        Self::spawn(binary, db, zk, gateways, log_dir, &group, "", broker)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        binary: &std::path::Path,
+        db: &impl HasUrl,
+        zk: &DevZk,
+        gateways: &[&str],
+        log_dir: &std::path::Path,
+        group: &str,
+        http_listen: &str,
+        (host, port): (String, u16),
+    ) -> Result<IngestProcess> {
         let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let subs: Vec<String> = gateways
             .iter()
             .map(|g| format!("\"$share/{group}/hailan/v1/{g}/up\""))
             .collect();
-        let (host, port) = mqtt_host_port();
         let env = vec![
             ("DATABASE_URL".to_owned(), db.url().to_owned()),
             ("HAILAN_INGEST__MQTT__HOST".to_owned(), host),

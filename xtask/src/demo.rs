@@ -8,6 +8,7 @@
 //! or Ctrl-C a summary from PostgreSQL. Everything it started is stopped
 //! (gracefully, in pipeline order) unless `--keep`.
 
+use crate::procstat::{Usage, pids_named};
 use crate::services::Endpoints;
 use crate::sh::{Cmd, repo_root};
 use anyhow::{Context, Result, bail};
@@ -22,10 +23,11 @@ const GATEWAY: &str = "gw-demo";
 const OWNER: &str = "did:hailan:demo:owner";
 const CLINICIAN: &str = "did:hailan:demo:clinician";
 const API_LISTEN: &str = "127.0.0.1:8443";
-const DEVICES: &str = "hr=3,bp=1,spo2=1,temp=1,glucose=1,scale=1";
-/// Device schedules run this much faster than real time (a cuff every 45 s
-/// instead of 3 min), so a one-minute demo shows every kind.
-const SPEED: &str = "4";
+/// The simulated devices by default.
+pub const DEVICES: &str = "hr=3,bp=1,spo2=1,temp=1,glucose=1,scale=1";
+/// Device schedules run this much faster than real time by default (a cuff
+/// every 45 s instead of 3 min), so a one-minute demo shows every kind.
+pub const SPEED: u32 = 4;
 
 /// A child process stopped with SIGTERM (then SIGKILL) on drop unless kept.
 struct Proc {
@@ -63,8 +65,12 @@ impl Drop for Proc {
     }
 }
 
-fn bin(name: &str) -> PathBuf {
-    repo_root().join("target/debug").join(name)
+/// Where cargo put the binaries of the chosen profile.
+fn target_dir(release: bool) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    base.join(if release { "release" } else { "debug" })
 }
 
 fn logged(cmd: &mut Command, log: &Path) -> Result<Child> {
@@ -96,6 +102,12 @@ fn psql(e: &Endpoints, sql: &str) -> Result<String> {
 pub struct Options {
     pub duration: Duration,
     pub keep: bool,
+    /// `hailan-sim --devices` (e.g. `hr=20,bp=1`).
+    pub devices: String,
+    /// `hailan-sim --speed`.
+    pub speed: u32,
+    /// Build and run the release binaries (what a deployment runs).
+    pub release: bool,
 }
 
 pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
@@ -103,6 +115,8 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     let dir = e.state_dir.join("demo");
     std::fs::create_dir_all(&dir)?;
     println!("\n== building the binaries");
+    let bins = target_dir(opts.release);
+    let bin = |name: &str| bins.join(name);
     crate::cargo()
         .args([
             "build",
@@ -114,6 +128,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
             "-p",
             "hailan-firmware-sim",
         ])
+        .args(opts.release.then_some("--release"))
         .run()?;
     let ingest = bin("hailan-ingest");
     let admin = |args: &[&str]| -> Result<String> {
@@ -169,15 +184,19 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         .trim()
         .to_owned();
 
-    println!("== hailan-sim: {DEVICES} (schedules ×{SPEED}) on a private D-Bus");
+    let speed = opts.speed.to_string();
+    println!(
+        "== hailan-sim: {} (schedules ×{speed}) on a private D-Bus",
+        opts.devices
+    );
     let mut sim_cmd = Command::new(bin("hailan-sim"));
     sim_cmd
         .args([
             "run",
             "--devices",
-            DEVICES,
+            &opts.devices,
             "--speed",
-            SPEED,
+            &speed,
             "--private-bus",
         ])
         .args([
@@ -373,6 +392,18 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         dir.display()
     );
     let begin = Instant::now();
+    let mosquitto_pid = std::fs::read_to_string(e.state_dir.join("mosquitto/mosquitto.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let usage = Usage::start(vec![
+        ("hailan-sim".into(), vec![sim.child.id()]),
+        ("hailan-gateway".into(), vec![gw_proc.child.id()]),
+        ("hailan-ingest run".into(), vec![ingest_proc.child.id()]),
+        ("hailan-ingest api".into(), vec![api_proc.child.id()]),
+        ("mosquitto".into(), mosquitto_pid.into_iter().collect()),
+        ("postgres (all)".into(), pids_named("postgres")),
+        ("dbus-daemon (all)".into(), pids_named("dbus-daemon")),
+    ]);
     let progress_sql = format!(
         "SELECT data_type, count(*), count(*) FILTER (WHERE verified) FROM {ROWS} h \
          JOIN iot_devices d ON d.id = h.device_id WHERE d.gateway_id = '{GATEWAY}' AND h.created_at >= '{started_at}' \
@@ -421,6 +452,8 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         std::io::stdout().flush()?;
     }
 
+    let elapsed = begin.elapsed();
+    let used = usage.report();
     // What the granted clinician sees through the API (RLS, decrypted, re-opened).
     let seen = http_get(
         API_LISTEN,
@@ -477,6 +510,25 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
             println!("{t:<18} {n:>6} {:>8}% {:>14} s {:>14} s", v, p50, p99);
         }
     }
+    let total: u64 = summary
+        .lines()
+        .filter_map(|l| l.split('\t').nth(1)?.parse::<u64>().ok())
+        .sum();
+    println!(
+        "\n{total} readings stored in {:.0} s: {:.1} readings/s",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    println!(
+        "\n{:<20} {:>16} {:>14}",
+        "process", "CPU (% of a core)", "peak RSS (MB)"
+    );
+    for (name, cpu, rss) in used {
+        println!("{name:<20} {cpu:>16.1} {rss:>14.1}");
+    }
+    println!(
+        "(CPU over the running phase; postgres and dbus-daemon summed over their processes, RSS of the largest)"
+    );
     println!(
         "\nThe clinician {CLINICIAN} sees {seen} FHIR Observations of the owner through the API."
     );

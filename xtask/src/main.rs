@@ -3,8 +3,11 @@
 //! - `services`: install and start PostgreSQL and Mosquitto (idempotent).
 //! - `demo`: the main job (see README).
 //! - `test`: services, then the whole test suite — what CI runs.
+//! - `bench`: every benchmark, written into BENCHMARKS.md.
 
+mod bench;
 mod demo;
+mod procstat;
 mod services;
 mod sh;
 
@@ -32,6 +35,22 @@ enum Command {
         /// Leave the simulator, gateway and ingest running afterwards.
         #[arg(long)]
         keep: bool,
+        /// The simulated devices (`hailan-sim --devices`).
+        #[arg(long, default_value = demo::DEVICES)]
+        devices: String,
+        /// Device schedules this many times faster than real time.
+        #[arg(long, default_value_t = demo::SPEED)]
+        speed: u32,
+        /// Build and run the release binaries.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every benchmark (release builds) and write the figures, the
+    /// commands and the machine into BENCHMARKS.md.
+    Bench {
+        /// Shorter runs (for checking the command itself, not for figures).
+        #[arg(long)]
+        quick: bool,
     },
     /// Set up services and run the whole test suite (this is what CI runs).
     Test {
@@ -58,15 +77,28 @@ fn run(cli: Cli) -> Result<()> {
             println!("(all settings: {})", e.state_dir.join("env").display());
             Ok(())
         }
-        Command::Demo { duration, keep } => {
+        Command::Demo {
+            duration,
+            keep,
+            devices,
+            speed,
+            release,
+        } => {
             let e = services::run(false)?;
             demo::run(
                 &e,
                 &demo::Options {
                     duration: std::time::Duration::from_secs(duration),
                     keep,
+                    devices,
+                    speed,
+                    release,
                 },
             )
+        }
+        Command::Bench { quick } => {
+            services::run(false)?;
+            bench::run(quick)
         }
         Command::Test { args } => test(&args),
     }

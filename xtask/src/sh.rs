@@ -104,6 +104,34 @@ impl Cmd {
         Ok(())
     }
 
+    /// Run, printing stdout as it comes (stderr inherited) and returning it;
+    /// fail on a non-zero exit.
+    pub fn tee(mut self) -> Result<String> {
+        use std::io::{BufRead, Write};
+        let what = self.describe();
+        let mut child = self
+            .inner
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run `{what}`"))?;
+        let mut seen = String::new();
+        if let Some(out) = child.stdout.take() {
+            for line in std::io::BufReader::new(out).lines() {
+                let line = line?;
+                println!("{line}");
+                std::io::stdout().flush()?;
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        }
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("`{what}` failed ({status})");
+        }
+        Ok(seen)
+    }
+
     /// Run capturing output and return stdout; on a non-zero exit, fail
     /// with everything the command printed.
     pub fn output(mut self) -> Result<String> {

@@ -108,28 +108,38 @@ pub struct Options {
     pub speed: u32,
     /// Build and run the release binaries (what a deployment runs).
     pub release: bool,
+    /// Run the binaries already in the target directory, without building.
+    pub no_build: bool,
 }
 
 pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     let env = e.env();
     let dir = e.state_dir.join("demo");
     std::fs::create_dir_all(&dir)?;
-    println!("\n== building the binaries");
     let bins = target_dir(opts.release);
     let bin = |name: &str| bins.join(name);
-    crate::cargo()
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "hailan-ingest",
-            "-p",
-            "hailan-gateway",
-            "-p",
-            "hailan-firmware-sim",
-        ])
-        .args(opts.release.then_some("--release"))
-        .run()?;
+    if opts.no_build {
+        for name in ["hailan-ingest", "hailan-gateway", "hailan-sim"] {
+            if !bin(name).is_file() {
+                bail!("--no-build: {} is missing", bin(name).display());
+            }
+        }
+    } else {
+        println!("\n== building the binaries");
+        crate::cargo()
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "hailan-ingest",
+                "-p",
+                "hailan-gateway",
+                "-p",
+                "hailan-firmware-sim",
+            ])
+            .args(opts.release.then_some("--release"))
+            .run()?;
+    }
     let ingest = bin("hailan-ingest");
     let admin = |args: &[&str]| -> Result<String> {
         Cmd::new(&ingest).args(args).envs(&env).quiet().output()

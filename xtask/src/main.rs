@@ -44,6 +44,9 @@ enum Command {
         /// Build and run the release binaries.
         #[arg(long)]
         release: bool,
+        /// Run the binaries already built (in target/debug or target/release).
+        #[arg(long)]
+        no_build: bool,
     },
     /// Run every benchmark (release builds) and write the figures, the
     /// commands and the machine into BENCHMARKS.md.
@@ -83,6 +86,7 @@ fn run(cli: Cli) -> Result<()> {
             devices,
             speed,
             release,
+            no_build,
         } => {
             let e = services::run(false)?;
             demo::run(
@@ -93,6 +97,7 @@ fn run(cli: Cli) -> Result<()> {
                     devices,
                     speed,
                     release,
+                    no_build,
                 },
             )
         }

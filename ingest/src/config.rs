@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
-    /// PostgreSQL URL (or the `DATABASE_URL` environment variable).
+    /// PostgreSQL URL (or the `DATABASE_URL` environment variable). May name
+    /// a primary and its standbys in libpq's multi-host form,
+    /// `postgres://u:p@host1:5432,host2:5432/hailan?target_session_attrs=read-write`:
+    /// `run` then writes to whichever of them is the read-write primary and
+    /// follows a promotion (OPERATIONS.md, "Failover").
     #[serde(default)]
     pub database_url: Option<String>,
     #[serde(default)]

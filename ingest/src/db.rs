@@ -2,24 +2,280 @@
 //! only place the schema is defined), and a summary of what the schema holds.
 
 use anyhow::{Context, Result};
-use sqlx::Row;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Row};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The schema migrations, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Connect a pool to `url`.
+///
+/// `url` may name several servers in libpq's multi-host form,
+/// `postgres://user:pw@host1:5432,host2:5432/hailan?target_session_attrs=read-write`:
+/// then the pool connects to the first of them that is a read-write primary
+/// (see [`connect_following`] to keep following it across a failover).
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
-    let options =
-        PgConnectOptions::from_str(url).context("DATABASE_URL is not a valid PostgreSQL URL")?;
-    PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10))
+    let targets = targets(url)?;
+    let options = if targets.len() == 1 {
+        targets
+            .into_iter()
+            .next()
+            .context("no server in DATABASE_URL")?
+    } else {
+        let (i, _) = find_primary(&targets)
+            .await
+            .with_context(|| no_primary(&targets))?;
+        targets
+            .into_iter()
+            .nth(i)
+            .context("no server in DATABASE_URL")?
+    };
+    pool_options(max_connections)
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL (is it running? `cargo xtask services` starts it)")
+}
+
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+}
+
+fn no_primary(targets: &[PgConnectOptions]) -> String {
+    let names: Vec<String> = targets.iter().map(server_name).collect();
+    format!(
+        "none of the servers in DATABASE_URL ({}) is a read-write primary",
+        names.join(", ")
+    )
+}
+
+/// `host:port` of a target, for logs (never the password).
+pub fn server_name(o: &PgConnectOptions) -> String {
+    format!("{}:{}", o.get_host(), o.get_port())
+}
+
+/// The servers `url` names, one set of connect options each, in order.
+///
+/// A single-host URL is parsed as it is. A multi-host one (hosts separated
+/// by commas, as libpq accepts) is split into one URL per host, sharing the
+/// user, password, database and parameters; `target_session_attrs` may be
+/// `read-write` or `primary` (what ingest needs anyway) and is removed, as
+/// sqlx does not know it.
+pub fn targets(url: &str) -> Result<Vec<PgConnectOptions>> {
+    split_hosts(url)?
+        .iter()
+        .map(|u| {
+            PgConnectOptions::from_str(u).context("DATABASE_URL is not a valid PostgreSQL URL")
+        })
+        .collect()
+}
+
+/// Split a libpq multi-host URL into one URL per host (see [`targets`]).
+pub fn split_hosts(url: &str) -> Result<Vec<String>> {
+    let invalid = || anyhow::anyhow!("DATABASE_URL is not a valid PostgreSQL URL");
+    let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let mut params = Vec::new();
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        match pair.split_once('=') {
+            Some(("target_session_attrs", v)) => {
+                if !matches!(v, "read-write" | "primary") {
+                    anyhow::bail!(
+                        "DATABASE_URL: target_session_attrs={v}: ingest writes, so only \
+                         read-write (or primary) makes sense"
+                    );
+                }
+            }
+            _ if pair.is_empty() => {}
+            _ => params.push(pair),
+        }
+    }
+    let query = if params.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", params.join("&"))
+    };
+    let hosts: Vec<&str> = hosts.split(',').collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err(invalid());
+    }
+    Ok(hosts
+        .into_iter()
+        .map(|h| format!("{scheme}://{userinfo}{h}{path}{query}"))
+        .collect())
+}
+
+/// Whether the server behind `options` accepts writes (is not in recovery).
+/// `None` when it cannot be reached within two seconds.
+pub async fn is_primary(options: &PgConnectOptions) -> Option<bool> {
+    let probe = async {
+        let mut c = PgConnection::connect_with(options).await?;
+        let r: bool = sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
+            .fetch_one(&mut c)
+            .await?;
+        let _ = c.close().await;
+        Ok::<bool, sqlx::Error>(r)
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+}
+
+/// The first of `targets` that is a read-write primary, with its index.
+pub async fn find_primary(targets: &[PgConnectOptions]) -> Option<(usize, &PgConnectOptions)> {
+    for (i, t) in targets.iter().enumerate() {
+        if is_primary(t).await == Some(true) {
+            return Some((i, t));
+        }
+    }
+    None
+}
+
+/// How often [`connect_following`]'s watcher asks the current server
+/// whether it is still the primary.
+pub const PRIMARY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The state of a pool that follows the primary among several servers.
+pub struct Follower {
+    targets: Vec<PgConnectOptions>,
+    current: AtomicUsize,
+    started: Instant,
+    /// Milliseconds after `started` of the last switch: pooled connections
+    /// older than that lead to the old server and are discarded.
+    switched_ms: AtomicU64,
+}
+
+impl Follower {
+    fn since_switch(&self) -> Duration {
+        let at = Duration::from_millis(self.switched_ms.load(Ordering::SeqCst));
+        self.started.elapsed().saturating_sub(at)
+    }
+
+    /// The server the pool connects to now, as `host:port`.
+    pub fn current(&self) -> String {
+        self.targets
+            .get(self.current.load(Ordering::SeqCst))
+            .map(server_name)
+            .unwrap_or_default()
+    }
+}
+
+/// Connect a pool for writing to `url`. With a multi-host URL the pool
+/// follows the primary: it connects to the first read-write server, refuses
+/// connections to a server in recovery, and a watcher (returned, to be
+/// spawned with [`follow_primary`]) moves it to another listed server that
+/// has become the read-write primary (a promoted standby) when the current
+/// one dies or is demoted. With a single host: a plain pool, no watcher.
+pub async fn connect_following(
+    url: &str,
+    max_connections: u32,
+) -> Result<(PgPool, Option<Arc<Follower>>)> {
+    let targets = targets(url)?;
+    if targets.len() == 1 {
+        return Ok((connect(url, max_connections).await?, None));
+    }
+    let (first, options) = find_primary(&targets)
+        .await
+        .with_context(|| no_primary(&targets))?;
+    let options = options.clone();
+    tracing::info!(server = %server_name(&options), servers = targets.len(), "writing to the primary");
+    let follower = Arc::new(Follower {
+        targets,
+        current: AtomicUsize::new(first),
+        started: Instant::now(),
+        switched_ms: AtomicU64::new(0),
+    });
+    let f = Arc::clone(&follower);
+    let pool = pool_options(max_connections)
+        // A connection to a standby could never write: refuse it (the pool
+        // retries until the watcher points it at the new primary).
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                if standby {
+                    return Err(sqlx::Error::Protocol(
+                        "the server is in recovery (a standby), not the primary".into(),
+                    ));
+                }
+                Ok(())
+            })
+        })
+        // Connections opened before the last switch lead to the old primary.
+        .before_acquire(move |_conn, meta| {
+            let keep = meta.age < f.since_switch();
+            Box::pin(async move { Ok(keep) })
+        })
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    Ok((pool, Some(follower)))
+}
+
+/// Keep `pool` on the primary until `shutdown`: every
+/// [`PRIMARY_PROBE_INTERVAL`] ask the current server whether it is still a
+/// read-write primary; when it is not (dead, or in recovery), take the first
+/// listed server that is, and count the switch in `switches`.
+pub async fn follow_primary(
+    pool: PgPool,
+    follower: Arc<Follower>,
+    switches: prometheus_client::metrics::counter::Counter,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut outage = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PRIMARY_PROBE_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let current = follower.current.load(Ordering::SeqCst);
+        let Some(options) = follower.targets.get(current) else {
+            return;
+        };
+        if is_primary(options).await == Some(true) {
+            outage = false;
+            continue;
+        }
+        let Some((next, options)) = find_primary(&follower.targets).await else {
+            if !outage {
+                tracing::warn!(server = %server_name(options), "the primary is gone and no listed server is read-write yet; waiting for a promotion");
+            }
+            outage = true;
+            continue;
+        };
+        outage = false;
+        if next == current {
+            continue;
+        }
+        tracing::warn!(
+            from = %follower.current(),
+            to = %server_name(options),
+            "the primary changed: writing to the new primary"
+        );
+        pool.set_connect_options(options.clone());
+        follower.current.store(next, Ordering::SeqCst);
+        follower.switched_ms.store(
+            follower.started.elapsed().as_millis() as u64,
+            Ordering::SeqCst,
+        );
+        switches.inc();
+    }
 }
 
 /// Apply every pending migration.
@@ -145,5 +401,46 @@ impl std::fmt::Display for SchemaSummary {
             writeln!(f, "  policy {name} ({cmd})")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_single_host_url_is_kept() {
+        let u = "postgres://hailan:pw@db.example:5432/hailan?sslmode=require";
+        assert_eq!(split_hosts(u).expect("valid"), vec![u.to_owned()]);
+    }
+
+    #[test]
+    fn a_multi_host_url_is_split_and_target_session_attrs_dropped() {
+        let hosts = split_hosts(
+            "postgres://hailan:p%40w@10.0.0.1:5432,10.0.0.2:5433/hailan?target_session_attrs=read-write&sslmode=require",
+        )
+        .expect("valid");
+        assert_eq!(
+            hosts,
+            vec![
+                "postgres://hailan:p%40w@10.0.0.1:5432/hailan?sslmode=require",
+                "postgres://hailan:p%40w@10.0.0.2:5433/hailan?sslmode=require",
+            ]
+        );
+        let t = targets("postgres://u@a:1,b:2/d").expect("valid");
+        assert_eq!(
+            t.iter().map(server_name).collect::<Vec<_>>(),
+            ["a:1", "b:2"]
+        );
+    }
+
+    #[test]
+    fn a_read_only_target_is_refused() {
+        let e = split_hosts("postgres://u@a,b/d?target_session_attrs=standby")
+            .expect_err("must fail")
+            .to_string();
+        assert!(e.contains("target_session_attrs=standby"), "{e}");
+        assert!(split_hosts("postgres://u@a,,b/d").is_err());
+        assert!(split_hosts("not a url").is_err());
     }
 }

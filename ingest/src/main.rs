@@ -140,12 +140,20 @@ async fn shutdown_signal(token: CancellationToken) {
 }
 
 async fn run_service(cfg: IngestConfig) -> Result<()> {
-    let pool = db::connect(cfg.database_url()?, 8).await?;
+    let (pool, follower) = db::connect_following(cfg.database_url()?, 8).await?;
     let verifier = Arc::new(run::load_verifier(&cfg)?);
     let metrics = Arc::new(Metrics::new());
     let status = Arc::new(Status::default());
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    if let Some(follower) = follower {
+        tokio::spawn(db::follow_primary(
+            pool.clone(),
+            follower,
+            metrics.db_primary_switches.clone(),
+            shutdown.clone(),
+        ));
+    }
     if !cfg.http.listen.is_empty() {
         let listener = tokio::net::TcpListener::bind(&cfg.http.listen)
             .await

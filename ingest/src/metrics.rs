@@ -29,6 +29,7 @@ pub struct Metrics {
     pub quarantined: Family<ReasonLabel, Counter>,
     pub groups_verified: Counter,
     pub stale_acks_skipped: Counter,
+    pub db_primary_switches: Counter,
     pub batch_size: Histogram,
     pub verify_seconds: Histogram,
     pub commit_seconds: Histogram,
@@ -51,6 +52,7 @@ impl Metrics {
             quarantined: Family::default(),
             groups_verified: Counter::default(),
             stale_acks_skipped: Counter::default(),
+            db_primary_switches: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -86,6 +88,11 @@ impl Metrics {
             "stale_acks_skipped",
             "Acks skipped because the message's connection was replaced (redelivered instead)",
             m.stale_acks_skipped.clone(),
+        );
+        registry.register(
+            "db_primary_switches",
+            "Times the writer pool moved to another server of a multi-host DATABASE_URL (a failover)",
+            m.db_primary_switches.clone(),
         );
         registry.register("batch_messages", "Messages per batch", m.batch_size.clone());
         registry.register(

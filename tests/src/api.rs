@@ -207,6 +207,17 @@ impl HasUrl for Standby {
 impl Standby {
     /// Base-backup `primary` and start it as a streaming hot standby.
     pub async fn start(primary: &crate::PrivatePostgres) -> Result<Standby> {
+        Self::start_named(primary, None).await
+    }
+
+    /// Like [`Standby::start`]; with `name`, the standby connects as
+    /// `application_name = name`, which is how the primary's
+    /// `synchronous_standby_names` refers to it
+    /// ([`crate::ops::standby_conf`]).
+    pub async fn start_named(
+        primary: &crate::PrivatePostgres,
+        name: Option<&str>,
+    ) -> Result<Standby> {
         let dir = tempfile::Builder::new()
             .prefix("hailan-standby-")
             .tempdir()?;
@@ -229,6 +240,14 @@ impl Standby {
             .arg(&data)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
         crate::checked(backup, "pg_basebackup")?;
+        if let Some(name) = name {
+            // After the primary_conninfo `-R` wrote there: the last one wins.
+            crate::append_to(
+                &data,
+                "postgresql.auto.conf",
+                &crate::ops::standby_conf(primary.port, name),
+            )?;
+        }
         let port = free_port()?;
         let s = Standby {
             url: format!("postgres://hailan:hailan@127.0.0.1:{port}/hailan"),
@@ -253,6 +272,11 @@ impl Standby {
             ));
         c.args(args);
         crate::checked(c, &format!("pg_ctl {}", args.join(" ")))
+    }
+
+    /// Promote it to a read-write primary (`pg_ctl promote`, waiting until done).
+    pub fn promote(&self) -> Result<()> {
+        self.pg_ctl(&["promote", "-w", "-t", "30"])
     }
 
     /// Run `sql` (one text column, one row) on the standby as the

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod gateway;
+pub mod ops;
 
 use anyhow::{Context, Result};
 use sqlx::postgres::PgPool;
@@ -724,7 +725,7 @@ pub struct PrivatePostgres {
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn as_postgres(program: &str) -> std::process::Command {
+pub(crate) fn as_postgres(program: &str) -> std::process::Command {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -742,7 +743,7 @@ fn as_postgres(program: &str) -> std::process::Command {
     }
 }
 
-fn checked(mut c: std::process::Command, what: &str) -> Result<()> {
+pub(crate) fn checked(mut c: std::process::Command, what: &str) -> Result<()> {
     let out = c
         .stdin(std::process::Stdio::null())
         .output()
@@ -760,6 +761,12 @@ fn checked(mut c: std::process::Command, what: &str) -> Result<()> {
 impl PrivatePostgres {
     /// initdb, start, create role `hailan` (password `hailan`) and database `hailan`, migrate.
     pub async fn start() -> Result<PrivatePostgres> {
+        Self::start_with(&[]).await
+    }
+
+    /// Like [`PrivatePostgres::start`], with `extra_conf` lines appended to
+    /// `postgresql.conf` before the first start (e.g. WAL archiving).
+    pub async fn start_with(extra_conf: &[String]) -> Result<PrivatePostgres> {
         let dir = tempfile::Builder::new().prefix("hailan-pg-").tempdir()?;
         std::process::Command::new("chmod")
             .arg("777")
@@ -777,6 +784,7 @@ impl PrivatePostgres {
             "--no-sync",
         ]);
         checked(init, "initdb")?;
+        append_conf(&data, extra_conf)?;
         let pg = PrivatePostgres {
             url: format!("postgres://hailan:hailan@127.0.0.1:{port}/hailan"),
             dir,
@@ -793,6 +801,51 @@ impl PrivatePostgres {
         hailan_ingest::db::migrate(&pool).await?;
         pool.close().await;
         Ok(pg)
+    }
+
+    /// Adopt the cluster in `dir/data` (e.g. a restored base backup) on
+    /// `port`, without starting it; stopped on drop like any other.
+    pub fn adopt(dir: tempfile::TempDir, port: u16) -> PrivatePostgres {
+        PrivatePostgres {
+            url: format!("postgres://hailan:hailan@127.0.0.1:{port}/hailan"),
+            dir,
+            port,
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The URL of database `hailan` as the superuser `postgres`.
+    pub fn superuser_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/hailan", self.port)
+    }
+
+    /// A connection as the superuser `postgres`.
+    pub async fn superuser(&self) -> Result<PgConnection> {
+        Ok(PgConnection::connect(&self.superuser_url()).await?)
+    }
+
+    /// kill -9 the postmaster and every backend it started: a crash of the
+    /// server, not a shutdown (nothing is flushed or handed over).
+    pub fn kill9(&self) -> Result<()> {
+        let pidfile = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .context("reading postmaster.pid (is the cluster running?)")?;
+        let pid: u32 = pidfile
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .context("postmaster.pid without a pid")?;
+        let mut victims = vec![pid];
+        victims.extend(children_of(pid));
+        let status = std::process::Command::new("kill")
+            .arg("-KILL")
+            .args(victims.iter().map(|p| p.to_string()))
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -KILL {victims:?} failed");
+        Ok(())
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<()> {
@@ -827,6 +880,48 @@ impl PrivatePostgres {
     pub fn start_again(&self) -> Result<()> {
         self.pg_ctl(&["start", "-w", "-t", "30"])
     }
+}
+
+/// Append `lines` to `data/postgresql.conf` (later settings win).
+pub fn append_conf(data: &std::path::Path, lines: &[String]) -> Result<()> {
+    append_to(data, "postgresql.conf", lines)
+}
+
+/// Append `lines` to `data/<file>`.
+pub fn append_to(data: &std::path::Path, file: &str, lines: &[String]) -> Result<()> {
+    use std::io::Write;
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join(file))
+        .with_context(|| format!("opening {file}"))?;
+    writeln!(f, "\n# added by the test")?;
+    for l in lines {
+        writeln!(f, "{l}")?;
+    }
+    Ok(())
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    // "pid (comm) state ppid …": comm may hold spaces.
+                    let after = s.rsplit_once(')')?.1;
+                    after.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 impl Drop for PrivatePostgres {

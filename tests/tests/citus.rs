@@ -37,6 +37,17 @@ const PLAN: &[(&str, Placement)] = &[
     ("_sqlx_migrations", Placement::Local),
 ];
 
+/// (name, table, referenced table, columns, referenced columns, ON DELETE, ON UPDATE)
+type ForeignKey = (
+    String,
+    String,
+    String,
+    Vec<String>,
+    Vec<String>,
+    String,
+    String,
+);
+
 fn placement(table: &str) -> Option<Placement> {
     PLAN.iter().find(|(t, _)| *t == table).map(|(_, p)| *p)
 }
@@ -134,7 +145,7 @@ async fn the_schema_keeps_citus_rules_for_the_planned_placement() -> Result<()> 
     // column in the key, "SET NULL or SET DEFAULT is not supported in ON
     // DELETE operation" and "SET NULL, SET DEFAULT or CASCADE is not
     // supported in ON UPDATE operation".
-    let fks: Vec<(String, String, String, Vec<String>, Vec<String>, String, String)> =
+    let fks: Vec<ForeignKey> =
         sqlx::query_as(
             "SELECT c.conname::text, s.relname::text, r.relname::text, \
                     array(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(n, o) \

@@ -74,6 +74,9 @@ pub struct ReadingRow {
     pub seq: i64,
     pub gateway_id: String,
     pub commitment: Vec<u8>,
+    /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext bytes
+    /// (`hailan_proto::cid`), stored in `ipfs_data_cid`.
+    pub data_cid: String,
 }
 
 #[derive(Debug, Clone)]
@@ -535,6 +538,7 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
                 device,
                 data_type: r.data_type.clone(),
                 value: sealed_json(&r.sealed),
+                data_cid: hailan_proto::cid::sealed_value_cid(&r.sealed.ciphertext),
                 unit: DataType::from_name(&r.data_type).map(|t| t.spec().slots[0].unit.to_owned()),
                 recorded_at,
                 proof_hash: proof_hash.clone(),

@@ -257,8 +257,14 @@ pub async fn run(
         opts.set_transport(rumqttc::Transport::tls(pem, None, None));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    let capacity = cfg.batch.max_messages.max(1) * 2;
-    let (tx, mut rx) = mpsc::channel::<Delivery>(capacity);
+    // Unbounded on purpose: the event loop must never wait for the batch
+    // loop. It is also what sends the acks (one queued request per poll),
+    // so an event loop parked on a full delivery channel while the batch
+    // loop waits on a full request channel is a deadlock — seen under a
+    // 20,000-message flood (ingest/tests/fair_share.rs). What is held here
+    // is bounded by the broker's window of unacknowledged messages
+    // (`max_inflight_messages`, deploy/mosquitto/hailan.conf).
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     let epoch = Arc::new(AtomicU64::new(0));
 
     // The event loop: connection, subscription, incoming messages, and the
@@ -289,7 +295,9 @@ pub async fn run(
                             "connected to the broker"
                         );
                         for filter in &subscriptions {
-                            if let Err(err) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                            // Never wait on the request queue here: only this
+                            // loop empties it.
+                            if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                                 tracing::error!(%err, filter, "cannot subscribe");
                             }
                         }
@@ -302,7 +310,7 @@ pub async fn run(
                         // After shutdown nobody takes it: unacknowledged, it is
                         // redelivered to the next session. Keep polling so the
                         // last acks and the DISCONNECT go out.
-                        let _ = tx.send(d).await;
+                        let _ = tx.send(d);
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,

@@ -27,10 +27,13 @@ pub enum Reason {
     /// Processing failed for a reason that is not the input's fault (a bug);
     /// kept so the rest flows on, and replayable once fixed.
     InternalError,
+    /// Over its gateway's fair share (`[fair_share]`): kept undecoded and
+    /// acknowledged; `quarantine replay --reason rate_limited` runs it again.
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::BadTopic,
         Reason::Oversize,
         Reason::Undecodable,
@@ -46,6 +49,7 @@ impl Reason {
         Reason::MalformedProof,
         Reason::BadProof,
         Reason::InternalError,
+        Reason::RateLimited,
     ];
 
     pub fn code(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Reason {
             Reason::MalformedProof => "malformed_proof",
             Reason::BadProof => "bad_proof",
             Reason::InternalError => "internal_error",
+            Reason::RateLimited => "rate_limited",
         }
     }
 

@@ -463,6 +463,22 @@ impl IngestProcess {
         group: &str,
         http_listen: &str,
     ) -> Result<IngestProcess> {
+        Self::start_with_env(binary, db, zk, gateways, log_dir, group, http_listen, &[])
+    }
+
+    /// Like [`IngestProcess::start_with`], with more environment
+    /// (`HAILAN_INGEST__SECTION__KEY` settings).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with_env(
+        binary: &std::path::Path,
+        db: &impl HasUrl,
+        zk: &DevZk,
+        gateways: &[&str],
+        log_dir: &std::path::Path,
+        group: &str,
+        http_listen: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Result<IngestProcess> {
         let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let subs: Vec<String> = gateways
             .iter()
@@ -504,6 +520,11 @@ impl IngestProcess {
             format!("[mqtt]\nsubscriptions = [{}]\n", subs.join(", ")),
         )?;
         let mut env = env;
+        env.extend(
+            extra_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         env.push((
             "HAILAN_INGEST_CONFIG".to_owned(),
             config.display().to_string(),

@@ -59,6 +59,12 @@ pub struct FairShareConfig {
     /// Gateways named in metric labels; the rest are counted as `_other`
     /// (bounded cardinality).
     pub max_gateway_labels: usize,
+    /// Every this many milliseconds, `rate_limited` quarantine rows are
+    /// replayed (oldest first, at most `batch.max_messages`), each taking a
+    /// token of its gateway's message bucket: a gateway's excess comes back
+    /// by itself at its own rate once it calms down. 0: only by hand
+    /// (`hailan-ingest quarantine replay --reason rate_limited`).
+    pub replay_interval_ms: u64,
 }
 
 impl Default for FairShareConfig {
@@ -73,6 +79,7 @@ impl Default for FairShareConfig {
             suspect_after_bad_proofs: 8,
             suspect_window_s: 60,
             max_gateway_labels: 100,
+            replay_interval_ms: 1000,
         }
     }
 }

@@ -52,6 +52,7 @@ pub struct Metrics {
     pub gateway_bad_proofs_total: Family<GatewayLabel, Counter>,
     pub pairing_checks: Family<BatchLabel, Counter>,
     pub delivery_backlog: Gauge,
+    pub rate_limited_replayed: Counter,
     pub batch_size: Histogram,
     pub verify_seconds: Histogram,
     pub commit_seconds: Histogram,
@@ -78,6 +79,7 @@ impl Metrics {
             gateway_bad_proofs_total: Family::default(),
             pairing_checks: Family::default(),
             delivery_backlog: Gauge::default(),
+            rate_limited_replayed: Counter::default(),
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -133,6 +135,11 @@ impl Metrics {
             "delivery_backlog",
             "Messages received from the broker and waiting for a batch (at the last batch start)",
             m.delivery_backlog.clone(),
+        );
+        registry.register(
+            "rate_limited_replayed",
+            "rate_limited quarantine rows replayed automatically (fair_share.replay_interval_ms)",
+            m.rate_limited_replayed.clone(),
         );
         registry.register("batch_messages", "Messages per batch", m.batch_size.clone());
         registry.register(

@@ -141,3 +141,24 @@ pub async fn for_replay(
     .fetch_all(pool)
     .await?)
 }
+
+/// `rate_limited` rows to replay, oldest first: at most `per_gateway` of
+/// each gateway (so one gateway's backlog does not hide the others') and
+/// `limit` in all.
+pub async fn rate_limited_for_replay(
+    pool: &PgPool,
+    per_gateway: i64,
+    limit: i64,
+) -> Result<Vec<Rejected>> {
+    Ok(sqlx::query_as::<_, Rejected>(
+        "SELECT id, received_at, topic, gateway_id, device_id, reason, detail, payload
+           FROM (SELECT *, row_number() OVER (PARTITION BY gateway_id ORDER BY received_at) AS n
+                   FROM rejected_readings WHERE reason = 'rate_limited') r
+          WHERE n <= $1
+          ORDER BY received_at LIMIT $2",
+    )
+    .bind(per_gateway)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}

@@ -239,6 +239,74 @@ async fn replay_registered(
     Ok(())
 }
 
+/// Charge a committed plan's verification work to the gateways' fair
+/// share, and count what it quarantined for the proof budget and its bad proofs.
+fn account(fair: &mut FairShare, metrics: &Metrics, plan: &plan::Plan) {
+    fair.charge(&plan.proof_usage, Instant::now());
+    for g in &plan.proof_limited {
+        metrics.gateway_rate_limited(&fair.label(g), "proofs");
+    }
+    for (g, u) in &plan.proof_usage {
+        if u.bad > 0 {
+            metrics.gateway_bad_proofs(&fair.label(g), u.bad);
+        }
+    }
+}
+
+/// Replay `rate_limited` quarantine rows whose gateway has message tokens
+/// again (each takes one), oldest first, at most `max` — so a gateway's
+/// excess comes back by itself at its own rate. Each row is deleted in the
+/// transaction that stores its message's new outcome. Called between
+/// batches, every `fair_share.replay_interval_ms`.
+async fn replay_rate_limited(
+    pool: &PgPool,
+    verifier: &Arc<Verifier>,
+    fair: &mut FairShare,
+    max: usize,
+    name: &str,
+    metrics: &Metrics,
+    status: &Status,
+) {
+    let per_gateway = (max / 2).max(1) as i64;
+    let rows = match quarantine::rate_limited_for_replay(pool, per_gateway, max as i64).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read rate_limited rows to replay");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let mut gateways: Vec<String> = Vec::new();
+    let messages: Vec<Message> = rows
+        .into_iter()
+        .filter_map(|r| {
+            let g = r.gateway_id?;
+            fair.admit(&g, now).ok()?;
+            gateways.push(g);
+            Some(Message {
+                topic: r.topic,
+                payload: r.payload,
+                from_quarantine: Some(r.id),
+                rate_limited: None,
+            })
+        })
+        .collect();
+    if messages.is_empty() {
+        return;
+    }
+    let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
+    let finish = CancellationToken::new();
+    if let Some(plan) = process(
+        pool, verifier, &messages, &allowance, name, metrics, status, &finish,
+    )
+    .await
+    {
+        account(fair, metrics, &plan);
+        metrics.rate_limited_replayed.inc_by(messages.len() as u64);
+        tracing::debug!(count = messages.len(), "replayed rate_limited messages");
+    }
+}
+
 /// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
 /// disconnect (the broker keeps the session and queues for our return).
 pub async fn run(
@@ -371,9 +439,21 @@ pub async fn run(
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
     let mut fair = FairShare::new(cfg.fair_share.clone());
+    let replay_on = cfg.fair_share.enabled && cfg.fair_share.replay_interval_ms > 0;
+    let mut replay_tick = tokio::time::interval(Duration::from_millis(
+        cfg.fair_share.replay_interval_ms.max(1),
+    ));
+    replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let first = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = replay_tick.tick(), if replay_on => {
+                replay_rate_limited(
+                    &pool, &verifier, &mut fair, cfg.batch.max_messages, &name, &metrics, &status,
+                )
+                .await;
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
         metrics.delivery_backlog.set(rx.len() as i64 + 1);
@@ -430,15 +510,7 @@ pub async fn run(
         else {
             break;
         };
-        fair.charge(&plan.proof_usage, Instant::now());
-        for g in &plan.proof_limited {
-            metrics.gateway_rate_limited(&fair.label(g), "proofs");
-        }
-        for (g, u) in &plan.proof_usage {
-            if u.bad > 0 {
-                metrics.gateway_bad_proofs(&fair.label(g), u.bad);
-            }
-        }
+        account(&mut fair, &metrics, &plan);
         let current = epoch.load(Ordering::SeqCst);
         for d in &batch {
             if d.epoch == current {

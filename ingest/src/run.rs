@@ -257,7 +257,9 @@ fn account(fair: &mut FairShare, metrics: &Metrics, plan: &plan::Plan) {
 /// again (each takes one), oldest first, at most `max` — so a gateway's
 /// excess comes back by itself at its own rate. Each row is deleted in the
 /// transaction that stores its message's new outcome. Called between
-/// batches, every `fair_share.replay_interval_ms`.
+/// batches, every `fair_share.replay_interval_ms`. Shutdown abandons a
+/// replay that cannot commit (its rows simply stay in quarantine).
+#[allow(clippy::too_many_arguments)]
 async fn replay_rate_limited(
     pool: &PgPool,
     verifier: &Arc<Verifier>,
@@ -266,6 +268,7 @@ async fn replay_rate_limited(
     name: &str,
     metrics: &Metrics,
     status: &Status,
+    shutdown: &CancellationToken,
 ) {
     let per_gateway = (max / 2).max(1) as i64;
     let rows = match quarantine::rate_limited_for_replay(pool, per_gateway, max as i64).await {
@@ -295,9 +298,8 @@ async fn replay_rate_limited(
         return;
     }
     let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
-    let finish = CancellationToken::new();
     if let Some(plan) = process(
-        pool, verifier, &messages, &allowance, name, metrics, status, &finish,
+        pool, verifier, &messages, &allowance, name, metrics, status, shutdown,
     )
     .await
     {
@@ -450,6 +452,7 @@ pub async fn run(
             _ = replay_tick.tick(), if replay_on => {
                 replay_rate_limited(
                     &pool, &verifier, &mut fair, cfg.batch.max_messages, &name, &metrics, &status,
+                    &shutdown,
                 )
                 .await;
                 continue;

@@ -48,14 +48,14 @@ pub struct Metrics {
     pub quarantined: Family<ReasonLabel, Counter>,
     pub groups_verified: Counter,
     pub stale_acks_skipped: Counter,
+    pub batch_size: Histogram,
+    pub verify_seconds: Histogram,
+    pub commit_seconds: Histogram,
     pub gateway_rate_limited_total: Family<GatewayLimitLabel, Counter>,
     pub gateway_bad_proofs_total: Family<GatewayLabel, Counter>,
     pub pairing_checks: Family<BatchLabel, Counter>,
     pub delivery_backlog: Gauge,
     pub rate_limited_replayed: Counter,
-    pub batch_size: Histogram,
-    pub verify_seconds: Histogram,
-    pub commit_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -75,14 +75,14 @@ impl Metrics {
             quarantined: Family::default(),
             groups_verified: Counter::default(),
             stale_acks_skipped: Counter::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             gateway_rate_limited_total: Family::default(),
             gateway_bad_proofs_total: Family::default(),
             pairing_checks: Family::default(),
             delivery_backlog: Gauge::default(),
             rate_limited_replayed: Counter::default(),
-            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
-            verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
-            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches committed", m.batches.clone());
@@ -116,6 +116,17 @@ impl Metrics {
             "Acks skipped because the message's connection was replaced (redelivered instead)",
             m.stale_acks_skipped.clone(),
         );
+        registry.register("batch_messages", "Messages per batch", m.batch_size.clone());
+        registry.register(
+            "plan_seconds",
+            "Decode, resolve and batch-verify time per batch",
+            m.verify_seconds.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "Transaction time per batch",
+            m.commit_seconds.clone(),
+        );
         registry.register(
             "gateway_rate_limited",
             "Messages of a gateway quarantined as rate_limited, by the limit they hit (fair share)",
@@ -140,17 +151,6 @@ impl Metrics {
             "rate_limited_replayed",
             "rate_limited quarantine rows replayed automatically (fair_share.replay_interval_ms)",
             m.rate_limited_replayed.clone(),
-        );
-        registry.register("batch_messages", "Messages per batch", m.batch_size.clone());
-        registry.register(
-            "plan_seconds",
-            "Decode, resolve and batch-verify time per batch",
-            m.verify_seconds.clone(),
-        );
-        registry.register(
-            "commit_seconds",
-            "Transaction time per batch",
-            m.commit_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -85,7 +85,7 @@ async fn a_flooding_gateway_is_held_to_its_share_and_loses_nothing() -> Result<(
     enrol(&db.pool, GOOD).await?;
     let port = free_port()?;
     let group = format!("g{}", uuid::Uuid::new_v4().simple());
-    let ingest = IngestProcess::start_with_env(
+    let mut ingest = IngestProcess::start_with(
         Path::new(BIN),
         &db,
         &zk,
@@ -93,13 +93,13 @@ async fn a_flooding_gateway_is_held_to_its_share_and_loses_nothing() -> Result<(
         logs.path(),
         &group,
         &format!("127.0.0.1:{port}"),
-        &[
-            ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "200"),
-            ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "1000"),
-            // By hand here (the CLI); the automatic replay has its own test.
-            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
-        ],
     )?;
+    ingest.restart_with_env(&[
+        ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "200"),
+        ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "1000"),
+        // By hand here (the CLI); the automatic replay has its own test.
+        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
+    ])?;
     let mut bad_pub = Publisher::connect(ABUSER).await?;
     let mut good_pub = Publisher::connect(GOOD).await?;
     let mut flood_dev = TestDevice::new(ABUSER, "flood-1", DataType::HeartRate, 21);
@@ -246,7 +246,7 @@ async fn rate_limited_messages_come_back_by_themselves() -> Result<()> {
     enrol(&db.pool, GW).await?;
     let port = free_port()?;
     let group = format!("g{}", uuid::Uuid::new_v4().simple());
-    let ingest = IngestProcess::start_with_env(
+    let mut ingest = IngestProcess::start_with(
         Path::new(BIN),
         &db,
         &zk,
@@ -254,12 +254,12 @@ async fn rate_limited_messages_come_back_by_themselves() -> Result<()> {
         logs.path(),
         &group,
         &format!("127.0.0.1:{port}"),
-        &[
-            ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "1000"),
-            ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "300"),
-            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
-        ],
     )?;
+    ingest.restart_with_env(&[
+        ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "1000"),
+        ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "300"),
+        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
+    ])?;
     let mut publisher = Publisher::connect(GW).await?;
     let mut dev = TestDevice::new(GW, "bursty-1", DataType::HeartRate, 61);
     register(&db.pool, &mut publisher, &[&dev]).await?;
@@ -337,7 +337,7 @@ async fn a_gateway_sending_bad_proofs_is_verified_apart_and_throttled() -> Resul
     enrol(&db.pool, GOOD).await?;
     let port = free_port()?;
     let group = format!("g{}", uuid::Uuid::new_v4().simple());
-    let ingest = IngestProcess::start_with_env(
+    let mut ingest = IngestProcess::start_with(
         Path::new(BIN),
         &db,
         &zk,
@@ -345,15 +345,15 @@ async fn a_gateway_sending_bad_proofs_is_verified_apart_and_throttled() -> Resul
         logs.path(),
         &group,
         &format!("127.0.0.1:{port}"),
-        &[
-            ("HAILAN_INGEST__FAIR_SHARE__PROOFS_PER_SECOND", "10"),
-            ("HAILAN_INGEST__FAIR_SHARE__PROOF_BURST", "50"),
-            ("HAILAN_INGEST__FAIR_SHARE__BAD_PROOF_COST", "1"),
-            ("HAILAN_INGEST__FAIR_SHARE__SUSPECT_AFTER_BAD_PROOFS", "8"),
-            // Exact metric-to-row counts: no automatic replay meanwhile.
-            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
-        ],
     )?;
+    ingest.restart_with_env(&[
+        ("HAILAN_INGEST__FAIR_SHARE__PROOFS_PER_SECOND", "10"),
+        ("HAILAN_INGEST__FAIR_SHARE__PROOF_BURST", "50"),
+        ("HAILAN_INGEST__FAIR_SHARE__BAD_PROOF_COST", "1"),
+        ("HAILAN_INGEST__FAIR_SHARE__SUSPECT_AFTER_BAD_PROOFS", "8"),
+        // Exact metric-to-row counts: no automatic replay meanwhile.
+        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
+    ])?;
     let mut bad_pub = Publisher::connect(ABUSER).await?;
     let mut good_pub = Publisher::connect(GOOD).await?;
     let mut bad_dev = TestDevice::new(ABUSER, "forger-1", DataType::BloodPressure, 41);

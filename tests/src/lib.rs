@@ -463,22 +463,6 @@ impl IngestProcess {
         group: &str,
         http_listen: &str,
     ) -> Result<IngestProcess> {
-        Self::start_with_env(binary, db, zk, gateways, log_dir, group, http_listen, &[])
-    }
-
-    /// Like [`IngestProcess::start_with`], with more environment
-    /// (`HAILAN_INGEST__SECTION__KEY` settings).
-    #[allow(clippy::too_many_arguments)]
-    pub fn start_with_env(
-        binary: &std::path::Path,
-        db: &impl HasUrl,
-        zk: &DevZk,
-        gateways: &[&str],
-        log_dir: &std::path::Path,
-        group: &str,
-        http_listen: &str,
-        extra_env: &[(&str, &str)],
-    ) -> Result<IngestProcess> {
         let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let subs: Vec<String> = gateways
             .iter()
@@ -520,11 +504,6 @@ impl IngestProcess {
             format!("[mqtt]\nsubscriptions = [{}]\n", subs.join(", ")),
         )?;
         let mut env = env;
-        env.extend(
-            extra_env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
         env.push((
             "HAILAN_INGEST_CONFIG".to_owned(),
             config.display().to_string(),
@@ -574,6 +553,17 @@ impl IngestProcess {
         let before = self.subscriptions_seen();
         self.child = spawn_logged(&self.binary, &["run"], &self.env, &self.log)?;
         self.wait_subscribed(before)
+    }
+
+    /// Start the same consumer again with `extra` environment added
+    /// (`HAILAN_INGEST__SECTION__KEY` settings, e.g. `[fair_share]` limits).
+    pub fn restart_with_env(&mut self, extra: &[(&str, &str)]) -> Result<()> {
+        self.env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self.restart()
     }
 
     /// kill -9.

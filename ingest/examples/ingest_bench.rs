@@ -195,6 +195,11 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
             listen: String::new(),
         },
         api: Default::default(),
+        // One gateway publishes the whole benchmark load: no per-gateway limits.
+        fair_share: hailan_ingest::config::FairShareConfig {
+            enabled: false,
+            ..Default::default()
+        },
     };
     let pool = db::connect(url, 8).await?;
     let verifier = Arc::new(run::load_verifier(&cfg)?);

@@ -27,6 +27,65 @@ pub struct IngestConfig {
     pub http: HttpConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub fair_share: FairShareConfig,
+}
+
+/// Per-gateway limits, so one gateway that floods the broker or keeps
+/// sending bad proofs cannot starve the others (`crate::fair_share`,
+/// ARCHITECTURE.md "Fair share"). A message over a limit is not dropped: it
+/// is quarantined as `rate_limited` (raw payload kept; `hailan-ingest
+/// quarantine replay --reason rate_limited` runs it again, unlimited).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FairShareConfig {
+    /// Off: no limits, every proof verified in one shared batch.
+    pub enabled: bool,
+    /// Sustained MQTT messages per second one gateway may send…
+    pub messages_per_second: f64,
+    /// …and the burst above that (a gateway emptying its outbox after an
+    /// outage sends its backlog at once).
+    pub message_burst: f64,
+    /// Sustained proofs per second verified for one gateway…
+    pub proofs_per_second: f64,
+    /// …and the burst. A message is admitted while the gateway's budget is
+    /// positive, then its proofs are charged (the budget can go into debt by
+    /// up to one burst).
+    pub proof_burst: f64,
+    /// Budget charged for each bad proof on top of its own verification
+    /// (bisection costs ≈ 2·log2(batch) pairing checks per bad proof).
+    pub bad_proof_cost: f64,
+    /// After this many bad proofs within `suspect_window_s`, a gateway's
+    /// proofs are verified in a batch of their own (their bisection no
+    /// longer slows anybody else's batch) until the window passes without.
+    pub suspect_after_bad_proofs: u64,
+    pub suspect_window_s: u64,
+    /// Gateways named in metric labels; the rest are counted as `_other`
+    /// (bounded cardinality).
+    pub max_gateway_labels: usize,
+    /// Every this many milliseconds, `rate_limited` quarantine rows are
+    /// replayed (oldest first, at most `batch.max_messages`), each taking a
+    /// token of its gateway's message bucket: a gateway's excess comes back
+    /// by itself at its own rate once it calms down. 0: only by hand
+    /// (`hailan-ingest quarantine replay --reason rate_limited`).
+    pub replay_interval_ms: u64,
+}
+
+impl Default for FairShareConfig {
+    fn default() -> Self {
+        FairShareConfig {
+            enabled: true,
+            messages_per_second: 200.0,
+            message_burst: 20_000.0,
+            proofs_per_second: 400.0,
+            proof_burst: 20_000.0,
+            bad_proof_cost: 16.0,
+            suspect_after_bad_proofs: 8,
+            suspect_window_s: 60,
+            max_gateway_labels: 100,
+            replay_interval_ms: 1000,
+        }
+    }
 }
 
 /// `hailan-ingest api`: the clinician API (a separate process from `run`).
@@ -183,6 +242,22 @@ impl IngestConfig {
                 cfg.zk.batch_weight_bits
             );
         }
+        let f = &cfg.fair_share;
+        for (key, v) in [
+            ("messages_per_second", f.messages_per_second),
+            ("message_burst", f.message_burst),
+            ("proofs_per_second", f.proofs_per_second),
+            ("proof_burst", f.proof_burst),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                anyhow::bail!(
+                    "invalid configuration: fair_share.{key} must be a positive number, not {v}"
+                );
+            }
+        }
+        if !(f.bad_proof_cost.is_finite() && f.bad_proof_cost >= 0.0) {
+            anyhow::bail!("invalid configuration: fair_share.bad_proof_cost must be 0 or more");
+        }
         if cfg.batch.max_messages == 0 {
             anyhow::bail!("invalid configuration: batch.max_messages must be at least 1");
         }
@@ -208,6 +283,9 @@ mod tests {
         assert_eq!(cfg.mqtt.port, 8883);
         assert_eq!(cfg.batch.max_messages, 500);
         assert!(!cfg.zk.allow_dev_keys);
+        assert!(cfg.fair_share.enabled);
+        assert_eq!(cfg.fair_share.messages_per_second, 200.0);
+        assert_eq!(cfg.fair_share.suspect_after_bad_proofs, 8);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`plan`]: one batch of messages → the rows of one transaction (verifies proofs).
 //! - [`store`]: writing a plan in one transaction.
 //! - [`run`]: the consumer loop — ack after commit.
+//! - [`fair_share`]: per-gateway limits on messages and verification work.
 //! - [`quarantine`]: reasons, listing and replay.
 //! - [`admin`]: users, gateways, grants and tokens.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod fair_share;
 pub mod http;
 pub mod metrics;
 pub mod plan;

@@ -257,6 +257,7 @@ async fn main() -> Result<()> {
                             topic: r.topic,
                             payload: r.payload,
                             from_quarantine: Some(r.id),
+                            rate_limited: None,
                         })
                         .collect();
                     let n = messages.len();

@@ -5,6 +5,7 @@ use crate::store::Written;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
@@ -17,6 +18,24 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
+}
+
+/// A gateway (bounded: `fair_share.max_gateway_labels`, then `_other`) and
+/// which of its limits (`messages`, `proofs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLimitLabel {
+    pub gateway: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabel {
+    pub gateway: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabel {
+    pub batch: String,
 }
 
 /// Every metric the consumer reports.
@@ -33,6 +52,11 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub verify_seconds: Histogram,
     pub commit_seconds: Histogram,
+    pub gateway_rate_limited_total: Family<GatewayLimitLabel, Counter>,
+    pub gateway_bad_proofs_total: Family<GatewayLabel, Counter>,
+    pub pairing_checks: Family<BatchLabel, Counter>,
+    pub delivery_backlog: Gauge,
+    pub rate_limited_replayed: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +80,11 @@ impl Metrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             verify_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            gateway_rate_limited_total: Family::default(),
+            gateway_bad_proofs_total: Family::default(),
+            pairing_checks: Family::default(),
+            delivery_backlog: Gauge::default(),
+            rate_limited_replayed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches committed", m.batches.clone());
@@ -105,6 +134,31 @@ impl Metrics {
             "Transaction time per batch",
             m.commit_seconds.clone(),
         );
+        registry.register(
+            "gateway_rate_limited",
+            "Messages of a gateway quarantined as rate_limited, by the limit they hit (fair share)",
+            m.gateway_rate_limited_total.clone(),
+        );
+        registry.register(
+            "gateway_bad_proofs",
+            "Proven groups of a gateway whose proofs failed verification",
+            m.gateway_bad_proofs_total.clone(),
+        );
+        registry.register(
+            "pairing_checks",
+            "Pairing checks of batch verification: the shared batch, and suspect gateways' own batches",
+            m.pairing_checks.clone(),
+        );
+        registry.register(
+            "delivery_backlog",
+            "Messages received from the broker and waiting for a batch (at the last batch start)",
+            m.delivery_backlog.clone(),
+        );
+        registry.register(
+            "rate_limited_replayed",
+            "rate_limited quarantine rows replayed automatically (fair_share.replay_interval_ms)",
+            m.rate_limited_replayed.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -122,6 +176,16 @@ impl Metrics {
         self.verify_seconds.observe(plan_time.as_secs_f64());
         self.commit_seconds.observe(commit_time.as_secs_f64());
         self.groups_verified.inc_by(plan.groups_verified as u64);
+        for (batch, n) in [
+            ("shared", plan.pairing_checks_shared),
+            ("isolated", plan.pairing_checks_isolated),
+        ] {
+            self.pairing_checks
+                .get_or_create(&BatchLabel {
+                    batch: batch.into(),
+                })
+                .inc_by(n as u64);
+        }
         let unverified = plan.readings.iter().filter(|r| !r.verified).count() as u64;
         self.readings
             .get_or_create(&OutcomeLabel {
@@ -145,6 +209,25 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// One message of `gateway` (a bounded label) over its `limit`.
+    pub fn gateway_rate_limited(&self, gateway: &str, limit: &str) {
+        self.gateway_rate_limited_total
+            .get_or_create(&GatewayLimitLabel {
+                gateway: gateway.into(),
+                limit: limit.into(),
+            })
+            .inc();
+    }
+
+    /// `n` bad proofs of `gateway` (a bounded label).
+    pub fn gateway_bad_proofs(&self, gateway: &str, n: u64) {
+        self.gateway_bad_proofs_total
+            .get_or_create(&GatewayLabel {
+                gateway: gateway.into(),
+            })
+            .inc_by(n);
     }
 
     /// The text exposition format.

@@ -6,6 +6,7 @@
 //! blocking pool; the database is only read (gateways and devices), so a
 //! plan can be thrown away and made again if its transaction fails.
 
+use crate::fair_share::{Allowance, ProofUsage};
 use crate::quarantine::Reason;
 use anyhow::Result;
 use chrono::{DateTime, Utc};
@@ -29,6 +30,9 @@ pub struct Message {
     /// Set when the message is a replay of a quarantine row: that row is
     /// deleted in the same transaction as the message's new outcome.
     pub from_quarantine: Option<Uuid>,
+    /// Set when the consumer found the message over its gateway's message
+    /// limit (`fair_share`): it is quarantined as `rate_limited` undecoded.
+    pub rate_limited: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +78,9 @@ pub struct ReadingRow {
     pub seq: i64,
     pub gateway_id: String,
     pub commitment: Vec<u8>,
+    /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext bytes
+    /// (`hailan_proto::cid`), stored in `ipfs_data_cid`.
+    pub data_cid: String,
 }
 
 #[derive(Debug, Clone)]
@@ -119,6 +126,13 @@ pub struct Plan {
     pub groups_verified: usize,
     /// Messages the plan covers.
     pub message_count: usize,
+    /// Verification work per gateway (charged to its fair share after the commit).
+    pub proof_usage: BTreeMap<String, ProofUsage>,
+    /// Gateways of messages quarantined for their proof budget, one entry per message.
+    pub proof_limited: Vec<String>,
+    /// Pairing checks of the shared batch and of the suspects' own batches.
+    pub pairing_checks_shared: usize,
+    pub pairing_checks_isolated: usize,
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -196,8 +210,18 @@ async fn lookup(
     Ok((gw, dev))
 }
 
-/// Build the plan for `messages`.
+/// Build the plan for `messages`, without fair-share limits (replays).
 pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) -> Result<Plan> {
+    plan_with(pool, verifier, messages, &Allowance::unlimited()).await
+}
+
+/// Build the plan for `messages` within the gateways' proof `allowance`.
+pub async fn plan_with(
+    pool: &PgPool,
+    verifier: Arc<Verifier>,
+    messages: &[Message],
+    allowance: &Allowance,
+) -> Result<Plan> {
     let mut plan = Plan {
         replayed: messages.iter().filter_map(|m| m.from_quarantine).collect(),
         message_count: messages.len(),
@@ -216,6 +240,10 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
             );
             continue;
         };
+        if let Some(detail) = &msg.rate_limited {
+            plan.quarantine(msg, Some(gateway_id), Reason::RateLimited, detail.clone());
+            continue;
+        }
         if msg.payload.len() > MAX_ENVELOPE_BYTES {
             plan.quarantine(
                 msg,
@@ -346,6 +374,7 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
 
     // 4. Device states and readings of known devices; groups to verify.
     let mut pending: Vec<Pending> = Vec::new();
+    let mut proofs_left: HashMap<String, f64> = HashMap::new();
     let mut unverifiable: Vec<(usize, usize, Uuid, Uuid, Reject)> = Vec::new();
     let mut keep = Vec::with_capacity(accepted.len());
     for d in accepted {
@@ -389,6 +418,24 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
                 state: s.clone(),
             }),
             Body::Readings(b) => {
+                // Admitted while the gateway's proof budget is positive; the
+                // whole message waits in quarantine otherwise.
+                let proven = b.groups.iter().filter(|g| g.proof.is_some()).count() as f64;
+                if proven > 0.0 {
+                    let left = proofs_left
+                        .entry(d.gateway.clone())
+                        .or_insert_with(|| allowance.proofs_left(&d.gateway));
+                    if *left <= 0.0 {
+                        plan.proof_limited.push(d.gateway.clone());
+                        let detail = format!(
+                            "proof rate: gateway {} is over its verification budget",
+                            d.gateway
+                        );
+                        plan.quarantine(msg, Some(&d.gateway), Reason::RateLimited, detail);
+                        continue;
+                    }
+                    *left -= proven;
+                }
                 for (gi, g) in b.groups.iter().enumerate() {
                     let known = DataType::from_name(&g.readings[0].data_type).is_some();
                     match (&g.proof, known) {
@@ -429,6 +476,15 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
             .iter()
             .map(|p| (p.msg, p.group, p.commitment))
             .collect();
+        // Suspect gateways' proofs are verified in batches of their own:
+        // bisecting their bad proofs costs nobody else a pairing check.
+        // Key None = the shared batch.
+        let mut partitions: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+        for (i, p) in pending.iter().enumerate() {
+            let gw = &keep[p.msg].gateway;
+            let key = allowance.is_suspect(gw).then(|| gw.clone());
+            partitions.entry(key).or_default().push(i);
+        }
         let verifier = Arc::clone(&verifier);
         tokio::task::spawn_blocking(move || {
             let claims: Vec<GroupClaim<'_>> = claims_of
@@ -446,19 +502,42 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
                     }
                 })
                 .collect();
-            let verdicts = verifier.verify_batch(&claims, &mut rand_core::OsRng);
+            let mut verdicts: Vec<Result<(), Reject>> = vec![Ok(()); claims.len()];
+            let (mut shared, mut isolated) = (0, 0);
+            for (key, indices) in &partitions {
+                let part: Vec<GroupClaim<'_>> = indices.iter().map(|&i| claims[i]).collect();
+                let (v, checks) = verifier.verify_batch_counted(&part, &mut rand_core::OsRng);
+                if key.is_some() {
+                    isolated += checks;
+                } else {
+                    shared += checks;
+                }
+                for (&i, v) in indices.iter().zip(v) {
+                    verdicts[i] = v;
+                }
+            }
             let inputs: Vec<Option<Vec<String>>> = claims
                 .iter()
                 .map(|c| verifier.bundle(c).ok().map(|b| b.public_inputs))
                 .collect();
-            (verdicts, inputs)
+            (verdicts, inputs, shared, isolated)
         })
         .await?
     };
     plan.groups_verified = pending.len();
 
     // 6. Rows.
-    let (verdicts, inputs) = verdicts;
+    let (verdicts, inputs, shared, isolated) = verdicts;
+    plan.pairing_checks_shared = shared;
+    plan.pairing_checks_isolated = isolated;
+    for (p, v) in pending.iter().zip(&verdicts) {
+        let u = plan
+            .proof_usage
+            .entry(keep[p.msg].gateway.clone())
+            .or_default();
+        u.checked += 1;
+        u.bad += u64::from(v.is_err());
+    }
     // (message, group) → what became of that group.
     let mut outcome: BTreeMap<(usize, usize), Outcome> = BTreeMap::new();
     for ((p, v), i) in pending.iter().zip(verdicts).zip(inputs) {
@@ -535,6 +614,7 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
                 device,
                 data_type: r.data_type.clone(),
                 value: sealed_json(&r.sealed),
+                data_cid: hailan_proto::cid::sealed_value_cid(&r.sealed.ciphertext),
                 unit: DataType::from_name(&r.data_type).map(|t| t.spec().slots[0].unit.to_owned()),
                 recorded_at,
                 proof_hash: proof_hash.clone(),

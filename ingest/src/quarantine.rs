@@ -27,10 +27,13 @@ pub enum Reason {
     /// Processing failed for a reason that is not the input's fault (a bug);
     /// kept so the rest flows on, and replayable once fixed.
     InternalError,
+    /// Over its gateway's fair share (`[fair_share]`): kept undecoded and
+    /// acknowledged; `quarantine replay --reason rate_limited` runs it again.
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::BadTopic,
         Reason::Oversize,
         Reason::Undecodable,
@@ -46,6 +49,7 @@ impl Reason {
         Reason::MalformedProof,
         Reason::BadProof,
         Reason::InternalError,
+        Reason::RateLimited,
     ];
 
     pub fn code(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Reason {
             Reason::MalformedProof => "malformed_proof",
             Reason::BadProof => "bad_proof",
             Reason::InternalError => "internal_error",
+            Reason::RateLimited => "rate_limited",
         }
     }
 
@@ -132,6 +137,27 @@ pub async fn for_replay(
     )
     .bind(reason)
     .bind(device_ids)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// `rate_limited` rows to replay, oldest first: at most `per_gateway` of
+/// each gateway (so one gateway's backlog does not hide the others') and
+/// `limit` in all.
+pub async fn rate_limited_for_replay(
+    pool: &PgPool,
+    per_gateway: i64,
+    limit: i64,
+) -> Result<Vec<Rejected>> {
+    Ok(sqlx::query_as::<_, Rejected>(
+        "SELECT id, received_at, topic, gateway_id, device_id, reason, detail, payload
+           FROM (SELECT *, row_number() OVER (PARTITION BY gateway_id ORDER BY received_at) AS n
+                   FROM rejected_readings WHERE reason = 'rate_limited') r
+          WHERE n <= $1
+          ORDER BY received_at LIMIT $2",
+    )
+    .bind(per_gateway)
     .bind(limit)
     .fetch_all(pool)
     .await?)

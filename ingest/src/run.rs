@@ -12,6 +12,7 @@
 //! on the new connection, and the unique key absorbs the duplicate.
 
 use crate::config::IngestConfig;
+use crate::fair_share::{Allowance, FairShare};
 use crate::metrics::Metrics;
 use crate::plan::{self, Message};
 use crate::{quarantine, store};
@@ -20,7 +21,7 @@ use hailan_proto::zk::{BatchWeights, DevKeys, Policy, Verifier};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sqlx::PgPool;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +70,12 @@ fn is_database_error(e: &anyhow::Error) -> bool {
 /// A batch that keeps failing for a reason other than the database is not
 /// retried for ever: it is split, and a message that fails on its own is
 /// quarantined as `internal_error` so the rest flows on.
+#[allow(clippy::too_many_arguments)]
 pub async fn process(
     pool: &PgPool,
     verifier: &Arc<Verifier>,
     messages: &[Message],
+    allowance: &Allowance,
     name: &str,
     metrics: &Metrics,
     status: &Status,
@@ -83,7 +86,7 @@ pub async fn process(
     loop {
         let started = Instant::now();
         let attempt = async {
-            let plan = plan::plan(pool, Arc::clone(verifier), messages).await?;
+            let plan = plan::plan_with(pool, Arc::clone(verifier), messages, allowance).await?;
             let verified_at = Instant::now();
             let written = store::write(pool, &plan, name).await?;
             anyhow::Ok((plan, written, verified_at))
@@ -107,7 +110,8 @@ pub async fn process(
                     input_failures += 1;
                     if input_failures >= 3 {
                         return isolate(
-                            pool, verifier, messages, name, metrics, status, shutdown, &e,
+                            pool, verifier, messages, allowance, name, metrics, status, shutdown,
+                            &e,
                         )
                         .await;
                     }
@@ -130,6 +134,7 @@ async fn isolate(
     pool: &PgPool,
     verifier: &Arc<Verifier>,
     messages: &[Message],
+    allowance: &Allowance,
     name: &str,
     metrics: &Metrics,
     status: &Status,
@@ -141,7 +146,7 @@ async fn isolate(
     for m in messages {
         let one = std::slice::from_ref(m);
         let outcome = async {
-            let plan = plan::plan(pool, Arc::clone(verifier), one).await?;
+            let plan = plan::plan_with(pool, Arc::clone(verifier), one, allowance).await?;
             store::write(pool, &plan, name).await?;
             anyhow::Ok(plan)
         }
@@ -151,7 +156,7 @@ async fn isolate(
             Err(e) if is_database_error(&e) => {
                 // The database went away meanwhile: back to the retry loop.
                 return Box::pin(process(
-                    pool, verifier, messages, name, metrics, status, shutdown,
+                    pool, verifier, messages, allowance, name, metrics, status, shutdown,
                 ))
                 .await;
             }
@@ -179,7 +184,7 @@ async fn isolate(
                 if let Err(e) = store::write(pool, &p, name).await {
                     tracing::warn!(error = %format!("{e:#}"), "cannot quarantine; retrying the batch");
                     return Box::pin(process(
-                        pool, verifier, messages, name, metrics, status, shutdown,
+                        pool, verifier, messages, allowance, name, metrics, status, shutdown,
                     ))
                     .await;
                 }
@@ -223,10 +228,85 @@ async fn replay_registered(
             topic: r.topic,
             payload: r.payload,
             from_quarantine: Some(r.id),
+            rate_limited: None,
         })
         .collect();
-    process(pool, verifier, &messages, name, metrics, status, shutdown).await;
+    let unlimited = Allowance::unlimited();
+    process(
+        pool, verifier, &messages, &unlimited, name, metrics, status, shutdown,
+    )
+    .await;
     Ok(())
+}
+
+/// Charge a committed plan's verification work to the gateways' fair
+/// share, and count what it quarantined for the proof budget and its bad proofs.
+fn account(fair: &mut FairShare, metrics: &Metrics, plan: &plan::Plan) {
+    fair.charge(&plan.proof_usage, Instant::now());
+    for g in &plan.proof_limited {
+        metrics.gateway_rate_limited(&fair.label(g), "proofs");
+    }
+    for (g, u) in &plan.proof_usage {
+        if u.bad > 0 {
+            metrics.gateway_bad_proofs(&fair.label(g), u.bad);
+        }
+    }
+}
+
+/// Replay `rate_limited` quarantine rows whose gateway has message tokens
+/// again (each takes one), oldest first, at most `max` — so a gateway's
+/// excess comes back by itself at its own rate. Each row is deleted in the
+/// transaction that stores its message's new outcome. Called between
+/// batches, every `fair_share.replay_interval_ms`. Shutdown abandons a
+/// replay that cannot commit (its rows simply stay in quarantine).
+#[allow(clippy::too_many_arguments)]
+async fn replay_rate_limited(
+    pool: &PgPool,
+    verifier: &Arc<Verifier>,
+    fair: &mut FairShare,
+    max: usize,
+    name: &str,
+    metrics: &Metrics,
+    status: &Status,
+    shutdown: &CancellationToken,
+) {
+    let per_gateway = (max / 2).max(1) as i64;
+    let rows = match quarantine::rate_limited_for_replay(pool, per_gateway, max as i64).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot read rate_limited rows to replay");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let mut gateways: Vec<String> = Vec::new();
+    let messages: Vec<Message> = rows
+        .into_iter()
+        .filter_map(|r| {
+            let g = r.gateway_id?;
+            fair.admit(&g, now).ok()?;
+            gateways.push(g);
+            Some(Message {
+                topic: r.topic,
+                payload: r.payload,
+                from_quarantine: Some(r.id),
+                rate_limited: None,
+            })
+        })
+        .collect();
+    if messages.is_empty() {
+        return;
+    }
+    let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
+    if let Some(plan) = process(
+        pool, verifier, &messages, &allowance, name, metrics, status, shutdown,
+    )
+    .await
+    {
+        account(fair, metrics, &plan);
+        metrics.rate_limited_replayed.inc_by(messages.len() as u64);
+        tracing::debug!(count = messages.len(), "replayed rate_limited messages");
+    }
 }
 
 /// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
@@ -257,8 +337,21 @@ pub async fn run(
         opts.set_transport(rumqttc::Transport::tls(pem, None, None));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    let capacity = cfg.batch.max_messages.max(1) * 2;
-    let (tx, mut rx) = mpsc::channel::<Delivery>(capacity);
+    // The event loop must never wait for the batch loop while acks are
+    // queued: rumqttc sends them from the same loop (one queued request per
+    // poll), and an event loop parked on a full delivery channel while the
+    // batch loop waits on a full request queue is a deadlock — seen under a
+    // 20,000-message flood (ingest/tests/fair_share.rs). So the channel is
+    // unbounded, and the event loop pauses (stops reading the broker) only
+    // while more than `high_water` messages are held *and* no ack is waiting
+    // to go out. (Mosquitto 2.0.11 was measured sending well past
+    // `max_inflight_messages` to this client, so the broker's window alone
+    // does not bound what is held.)
+    let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
+    let held = Arc::new(AtomicUsize::new(0));
+    let acks_unsent = Arc::new(AtomicUsize::new(0));
+    let drained = Arc::new(tokio::sync::Notify::new());
+    let high_water = cfg.batch.max_messages.max(1) * 4;
     let epoch = Arc::new(AtomicU64::new(0));
 
     // The event loop: connection, subscription, incoming messages, and the
@@ -271,9 +364,25 @@ pub async fn run(
         let status = Arc::clone(&status);
         let shutdown = loop_stop.clone();
         let subscriptions = cfg.mqtt.subscriptions.clone();
+        let (held, acks_unsent, drained) = (
+            Arc::clone(&held),
+            Arc::clone(&acks_unsent),
+            Arc::clone(&drained),
+        );
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
+                // Back-pressure without deadlock (see above).
+                while held.load(Ordering::SeqCst) >= high_water
+                    && acks_unsent.load(Ordering::SeqCst) == 0
+                    && !shutdown.is_cancelled()
+                {
+                    tokio::select! {
+                        _ = drained.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
                 let event = tokio::select! {
                     e = eventloop.poll() => e,
                     _ = shutdown.cancelled() => break,
@@ -289,7 +398,9 @@ pub async fn run(
                             "connected to the broker"
                         );
                         for filter in &subscriptions {
-                            if let Err(err) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                            // Never wait on the request queue here: only this
+                            // loop empties it.
+                            if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
                                 tracing::error!(%err, filter, "cannot subscribe");
                             }
                         }
@@ -302,9 +413,16 @@ pub async fn run(
                         // After shutdown nobody takes it: unacknowledged, it is
                         // redelivered to the next session. Keep polling so the
                         // last acks and the DISCONNECT go out.
-                        let _ = tx.send(d).await;
+                        if tx.send(d).is_ok() {
+                            held.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
+                    Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
+                        let _ = acks_unsent.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                            Some(n.saturating_sub(1))
+                        });
+                    }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
                     Ok(_) => {}
                     Err(err) => {
@@ -322,11 +440,26 @@ pub async fn run(
     };
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
+    let mut fair = FairShare::new(cfg.fair_share.clone());
+    let replay_on = cfg.fair_share.enabled && cfg.fair_share.replay_interval_ms > 0;
+    let mut replay_tick = tokio::time::interval(Duration::from_millis(
+        cfg.fair_share.replay_interval_ms.max(1),
+    ));
+    replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let first = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = replay_tick.tick(), if replay_on => {
+                replay_rate_limited(
+                    &pool, &verifier, &mut fair, cfg.batch.max_messages, &name, &metrics, &status,
+                    &shutdown,
+                )
+                .await;
+                continue;
+            }
             _ = shutdown.cancelled() => break,
         };
+        metrics.delivery_backlog.set(rx.len() as i64 + 1);
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + max_wait;
         while batch.len() < cfg.batch.max_messages {
@@ -335,27 +468,58 @@ pub async fn run(
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+        // Fair share: a message over its gateway's message limit is marked
+        // (and quarantined undecoded); the proof budget of the batch's
+        // gateways is fixed once here, so a retried batch is not charged twice.
+        let now = Instant::now();
+        let mut gateways: Vec<String> = Vec::new();
+        held.fetch_sub(batch.len(), Ordering::SeqCst);
+        drained.notify_one();
         let messages: Vec<Message> = batch
             .iter()
-            .map(|d| Message {
-                topic: d.publish.topic.clone(),
-                payload: d.publish.payload.to_vec(),
-                from_quarantine: None,
+            .map(|d| {
+                let topic = d.publish.topic.clone();
+                let gateway = match hailan_proto::topic::parse(&topic) {
+                    Some(hailan_proto::topic::Topic::Up { gateway_id }) => {
+                        Some(gateway_id.to_owned())
+                    }
+                    _ => None,
+                };
+                let rate_limited = gateway.and_then(|g| {
+                    let r = fair.admit(&g, now).err();
+                    if r.is_some() {
+                        metrics.gateway_rate_limited(&fair.label(&g), "messages");
+                    } else {
+                        gateways.push(g);
+                    }
+                    r
+                });
+                Message {
+                    topic,
+                    payload: d.publish.payload.to_vec(),
+                    from_quarantine: None,
+                    rate_limited,
+                }
             })
             .collect();
+        let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
         // Once a batch is in hand it is finished even if shutdown is asked
         // meanwhile: a fresh token, so only a hard kill interrupts it.
         let finish = CancellationToken::new();
         let Some(plan) = process(
-            &pool, &verifier, &messages, &name, &metrics, &status, &finish,
+            &pool, &verifier, &messages, &allowance, &name, &metrics, &status, &finish,
         )
         .await
         else {
             break;
         };
+        account(&mut fair, &metrics, &plan);
         let current = epoch.load(Ordering::SeqCst);
         for d in &batch {
             if d.epoch == current {
+                if d.publish.qos != QoS::AtMostOnce {
+                    acks_unsent.fetch_add(1, Ordering::SeqCst);
+                }
                 client.ack(&d.publish).await.context("acknowledging")?;
             } else {
                 metrics.stale_acks_skipped.inc();

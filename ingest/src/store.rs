@@ -242,13 +242,14 @@ async fn write_readings(tx: &mut Transaction<'_, Postgres>, rows: &[ReadingRow])
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let gateways: Vec<&str> = rows.iter().map(|r| r.gateway_id.as_str()).collect();
     let commitments: Vec<&[u8]> = rows.iter().map(|r| r.commitment.as_slice()).collect();
+    let cids: Vec<&str> = rows.iter().map(|r| r.data_cid.as_str()).collect();
     let result = sqlx::query(
         "INSERT INTO health_data (user_id, device_id, data_type, value, unit, recorded_at, zk_proof_hash,
-                                  verified, verified_at, seq, gateway_id, reading_commitment)
-         SELECT u, d, t, v, un, ra, h, ve, CASE WHEN ve THEN now() END, s, g, c
+                                  verified, verified_at, seq, gateway_id, reading_commitment, ipfs_data_cid)
+         SELECT u, d, t, v, un, ra, h, ve, CASE WHEN ve THEN now() END, s, g, c, cid
            FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[],
-                       $7::text[], $8::bool[], $9::int8[], $10::text[], $11::bytea[])
-                AS x(u, d, t, v, un, ra, h, ve, s, g, c)
+                       $7::text[], $8::bool[], $9::int8[], $10::text[], $11::bytea[], $12::text[])
+                AS x(u, d, t, v, un, ra, h, ve, s, g, c, cid)
          ON CONFLICT DO NOTHING",
     )
     .bind(&user_ids)
@@ -262,6 +263,7 @@ async fn write_readings(tx: &mut Transaction<'_, Postgres>, rows: &[ReadingRow])
     .bind(&seqs)
     .bind(&gateways)
     .bind(&commitments)
+    .bind(&cids)
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected())

@@ -1095,3 +1095,167 @@ async fn a_readable_key_ring_is_refused() -> Result<()> {
     );
     db.drop().await
 }
+
+// ------------------------------------------------------------------ content addressing
+
+/// RFC 4648 base32 (lower case, no padding) decoded — written here apart
+/// from proto's encoder, so the test does not check the encoder with itself.
+fn base32_decode(s: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut buffer, mut bits) = (0u32, 0);
+    for c in s.bytes() {
+        let v = match c {
+            b'a'..=b'z' => c - b'a',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => anyhow::bail!("{c:?} is not base32 lower"),
+        };
+        buffer = (buffer << 5) | u32::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The dag-pb node of a one-chunk UnixFS file (what `ipfs_cid` hashes):
+/// PBNode { Data: UnixFS { Type: File, Data: bytes, filesize } }.
+fn unixfs_file_node(content: &[u8]) -> Vec<u8> {
+    fn varint(mut n: u64, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut unixfs = vec![0x08, 0x02]; // field 1 (Type), varint: File
+    if !content.is_empty() {
+        unixfs.push(0x12); // field 2 (Data), bytes
+        varint(content.len() as u64, &mut unixfs);
+        unixfs.extend_from_slice(content);
+    }
+    unixfs.push(0x18); // field 3 (filesize), varint
+    varint(content.len() as u64, &mut unixfs);
+    let mut node = vec![0x0a]; // PBNode field 1 (Data), bytes
+    varint(unixfs.len() as u64, &mut node);
+    node.extend_from_slice(&unixfs);
+    node
+}
+
+/// `ipfs_cid`'s CIDv1 of a file holding `content` (a dag-pb UnixFS CID: the
+/// tool has no raw-leaves option).
+fn ipfs_cid_tool(dir: &Path, content: &[u8]) -> Result<String> {
+    let file = dir.join("blob");
+    std::fs::write(&file, content)?;
+    let out = std::process::Command::new("ipfs_cid")
+        .arg(&file)
+        .output()
+        .context("running ipfs_cid (package ipfs-cid; `cargo xtask services` installs it)")?;
+    anyhow::ensure!(out.status.success(), "ipfs_cid failed: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let json = text
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line from ipfs_cid")?;
+    let v: Value = serde_json::from_str(json)?;
+    Ok(v["CIDv1"].as_str().context("CIDv1")?.to_owned())
+}
+
+/// Every stored reading carries the CIDv1 (raw, sha2-256) of its sealed
+/// value's ciphertext; the API hands it out with each observation, in the
+/// proof bundle and as a FHIR identifier. Checked against Debian's
+/// `ipfs_cid`: it prints only dag-pb UnixFS CIDs, so the test builds the
+/// UnixFS node of the same bytes, and checks proto's CIDv1 encoding (version,
+/// codec, multihash, base32) of that node against the tool's output, and the
+/// stored raw CID by decoding it independently (codec 0x55, sha2-256 of the
+/// ciphertext).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_values_are_content_addressed() -> Result<()> {
+    use hailan_proto::cid;
+    use sha2::{Digest, Sha256};
+    let mut r = rig("gw-ops-1").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let rows: Vec<(uuid::Uuid, Option<String>, String)> = sqlx::query_as(
+        "SELECT id, ipfs_data_cid, value->>'ciphertext' FROM health_data_heart_rate
+         UNION ALL SELECT id, ipfs_data_cid, value->>'ciphertext' FROM health_data_blood_pressure",
+    )
+    .fetch_all(&pool)
+    .await?;
+    assert_eq!(rows.len() as i64, SEEDED);
+    let mut by_id = std::collections::HashMap::new();
+    for (id, stored, ct_hex) in &rows {
+        let ct = hex::decode(ct_hex)?;
+        let stored = stored.as_deref().context("ipfs_data_cid is set")?;
+        assert!(stored.starts_with("bafkrei"), "{stored}");
+        let bytes = base32_decode(&stored[1..])?;
+        assert_eq!(
+            &bytes[..4],
+            &[0x01, 0x55, 0x12, 0x20],
+            "CIDv1, raw, sha2-256"
+        );
+        assert_eq!(&bytes[4..], Sha256::digest(&ct).as_slice());
+        let node = unixfs_file_node(&ct);
+        assert_eq!(
+            ipfs_cid_tool(r.logs.path(), &ct)?,
+            cid::v1_sha256(cid::DAG_PB, &Sha256::digest(&node).into()),
+            "proto's CIDv1 encoding agrees with ipfs_cid"
+        );
+        by_id.insert(id.to_string(), stored.to_owned());
+    }
+    let distinct: std::collections::HashSet<&String> = by_id.values().collect();
+    assert_eq!(distinct.len(), rows.len(), "one CID per sealed value");
+
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Cid").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+    let obs = r.api.json(&doc.token, &obs_path(p, "")).await?;
+    let list = observations(&obs);
+    assert_eq!(
+        list.len() as i64,
+        SEEDED - 1,
+        "the unverified one is not shown"
+    );
+    for o in &list {
+        let id = o["id"].as_str().context("id")?;
+        assert_eq!(
+            o["ipfs_data_cid"].as_str(),
+            by_id.get(id).map(String::as_str),
+            "{o}"
+        );
+    }
+    let id = list[0]["id"].as_str().context("id")?;
+    let b = r
+        .api
+        .json(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/readings/{id}/proof"),
+        )
+        .await?;
+    assert_eq!(
+        b["ipfs_data_cid"].as_str(),
+        by_id.get(id).map(String::as_str),
+        "{b}"
+    );
+    let f = r
+        .api
+        .json(&doc.token, &format!("/fhir/Observation?patient={p}"))
+        .await?;
+    let entries = f["entry"].as_array().context("entries")?;
+    assert_eq!(entries.len(), list.len());
+    for e in entries {
+        let res = &e["resource"];
+        let id = res["id"].as_str().context("id")?;
+        let cid = res["identifier"]
+            .as_array()
+            .and_then(|ids| {
+                ids.iter()
+                    .find(|i| i["system"] == "urn:hailan:sealed-value-cid")
+            })
+            .and_then(|i| i["value"].as_str());
+        assert_eq!(cid, by_id.get(id).map(String::as_str), "{res}");
+    }
+    Ok(())
+}

@@ -7,10 +7,12 @@
 //! - [`topic`]: MQTT topic names.
 //! - [`header`]: canonical reading/window headers and the proof context `x` (§5.1).
 //! - [`group`]: taken readings → proven, sealed groups (one assembly for every publisher).
+//! - [`cid`]: content identifiers (CIDv1, raw, sha2-256) of sealed values.
 //! - [`seal`]: AES-256-GCM sealing of values with the header as associated data.
 //! - [`gatt`]: Bluetooth SIG measurement codecs.
 //! - [`zk`]: the Groth16 statement, prover and batch verifier (§5).
 
+pub mod cid;
 pub mod data_type;
 pub mod envelope;
 pub mod gatt;

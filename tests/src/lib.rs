@@ -594,6 +594,17 @@ impl IngestProcess {
         self.wait_subscribed(before)
     }
 
+    /// Start the same consumer again with `extra` environment added
+    /// (`HAILAN_INGEST__SECTION__KEY` settings, e.g. `[fair_share]` limits).
+    pub fn restart_with_env(&mut self, extra: &[(&str, &str)]) -> Result<()> {
+        self.env.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self.restart()
+    }
+
     /// kill -9.
     pub fn kill9(&mut self) -> Result<()> {
         self.child.kill()?;

@@ -121,6 +121,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/npm", "npm"),
     // headless browser for the clinician web page test (ingest/tests/api.rs)
     ("/usr/bin/chromium", "chromium"),
+    // an independent CID implementation for the content-addressing test
+    // (ingest/tests/content_cid.rs; it prints dag-pb UnixFS CIDs only)
+    ("/usr/bin/ipfs_cid", "ipfs-cid"),
 ];
 
 pub fn run(quiet: bool) -> Result<Endpoints> {

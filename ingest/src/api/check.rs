@@ -38,6 +38,9 @@ pub struct StoredReading {
     pub verified: bool,
     pub zk_proof_hash: Option<String>,
     pub reading_commitment: Option<Vec<u8>>,
+    /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext (`hailan_proto::cid`).
+    #[sqlx(default)]
+    pub ipfs_data_cid: Option<String>,
     pub kid: Option<String>,
     pub nonce: Option<String>,
     pub ciphertext: Option<String>,

@@ -106,13 +106,18 @@ pub fn observation(patient: Uuid, r: &StoredReading, c: &Check) -> Value {
     if let Check::Unverifiable(why) = c {
         ext.push(json!({ "url": "reason", "valueString": why }));
     }
+    let mut identifier = vec![json!({ "system": "urn:hailan:reading", "value": format!(
+        "{}/{}/{}", r.device_id.map(|d| d.to_string()).unwrap_or_default(), r.data_type, r.seq) })];
+    // The sealed value's content address (CIDv1, raw, sha2-256 of its ciphertext).
+    if let Some(cid) = &r.ipfs_data_cid {
+        identifier.push(json!({ "system": "urn:hailan:sealed-value-cid", "value": cid }));
+    }
     let mut o = json!({
         "resourceType": "Observation",
         "id": r.id,
         "meta": { "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"] },
         "extension": [{ "url": ZK_EXTENSION, "extension": ext }],
-        "identifier": [{ "system": "urn:hailan:reading", "value": format!(
-            "{}/{}/{}", r.device_id.map(|d| d.to_string()).unwrap_or_default(), r.data_type, r.seq) }],
+        "identifier": identifier,
         "status": "final",
         "category": [{ "coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/observation-category",

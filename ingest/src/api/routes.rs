@@ -43,7 +43,7 @@ async fn index() -> impl IntoResponse {
 
 const READING_SELECT: &str =
     "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
-        h.verified, h.zk_proof_hash, h.reading_commitment,
+        h.verified, h.zk_proof_hash, h.reading_commitment, h.ipfs_data_cid,
         h.value->>'kid' AS kid, h.value->>'nonce' AS nonce, h.value->>'ciphertext' AS ciphertext
    FROM health_data h";
 
@@ -363,6 +363,7 @@ pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
         "values": values,
         "reason": reason,
         "proof": { "hash": r.zk_proof_hash, "statement": r.statement, "key_id": r.key_id },
+        "ipfs_data_cid": r.ipfs_data_cid,
     })
 }
 
@@ -379,7 +380,8 @@ type PatientRow = (
 );
 /// device, first and last missing seq, time before and after the gap.
 type GapRow = (Uuid, i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-/// data type, seq, statement, key id, proof, public inputs, first seq, count, proof hash.
+/// data type, seq, statement, key id, proof, public inputs, first seq, count, proof hash,
+/// the reading's sealed-value CID.
 type ProofRow = (
     String,
     i64,
@@ -390,6 +392,7 @@ type ProofRow = (
     i64,
     i32,
     String,
+    Option<String>,
 );
 
 async fn me(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -758,7 +761,7 @@ async fn proof(
     let row: Option<ProofRow> =
         sqlx::query_as(
             "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,
-                    p.first_seq, p.reading_count, p.proof_hash::text
+                    p.first_seq, p.reading_count, p.proof_hash::text, h.ipfs_data_cid::text
                FROM health_data h
                JOIN zk_proofs p ON p.user_id = h.user_id AND p.proof_hash::text = h.zk_proof_hash::text
               WHERE h.user_id = $1 AND h.id = $2",
@@ -767,7 +770,7 @@ async fn proof(
         .bind(reading)
         .fetch_optional(s.reader())
         .await?;
-    let Some((data_type, seq, statement, key_id, proof, inputs, first_seq, count, hash)) = row
+    let Some((data_type, seq, statement, key_id, proof, inputs, first_seq, count, hash, cid)) = row
     else {
         s.finish(
             "read_proof",
@@ -832,6 +835,7 @@ async fn proof(
         "data_type": data_type,
         "seq": seq,
         "proof_hash": hash,
+        "ipfs_data_cid": cid,
         "covers": { "first_seq": first_seq, "readings": count },
         "bundle": bundle,
         "reverified": reverified.map(|r| json!({ "valid": r.0, "reason": r.1 })),

@@ -51,21 +51,6 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn register(pool: &PgPool, p: &mut Publisher, devs: &[&TestDevice]) -> Result<()> {
-    for d in devs {
-        p.publish_all(&topic::up(&d.gateway_id), vec![enc(&d.registration())])
-            .await?;
-    }
-    let n = devs.len() as i64;
-    eventually(WAIT, "registrations", || async move {
-        let c: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
-            .fetch_one(pool)
-            .await?;
-        Ok((c == n).then_some(()))
-    })
-    .await
-}
-
 /// A flood of 20,000 messages from one gateway against 200 from another:
 /// the well-behaved gateway's readings are all stored while the flood is
 /// still being worked off; every flood message ends as a row or a
@@ -104,8 +89,8 @@ async fn a_flooding_gateway_is_held_to_its_share_and_loses_nothing() -> Result<(
     let mut good_pub = Publisher::connect(GOOD).await?;
     let mut flood_dev = TestDevice::new(ABUSER, "flood-1", DataType::HeartRate, 21);
     let mut good_dev = TestDevice::new(GOOD, "good-1", DataType::HeartRate, 22);
-    register(&db.pool, &mut bad_pub, &[&flood_dev]).await?;
-    register(&db.pool, &mut good_pub, &[&good_dev]).await?;
+    bad_pub.register(&db.pool, &[&flood_dev]).await?;
+    good_pub.register(&db.pool, &[&good_dev]).await?;
 
     let flood: Vec<Vec<u8>> = (0..FLOOD)
         .map(|_| enc(&flood_dev.unproven_reading(&[70])))
@@ -262,7 +247,7 @@ async fn rate_limited_messages_come_back_by_themselves() -> Result<()> {
     ])?;
     let mut publisher = Publisher::connect(GW).await?;
     let mut dev = TestDevice::new(GW, "bursty-1", DataType::HeartRate, 61);
-    register(&db.pool, &mut publisher, &[&dev]).await?;
+    publisher.register(&db.pool, &[&dev]).await?;
     let burst: Vec<Vec<u8>> = (0..BURST)
         .map(|_| enc(&dev.unproven_reading(&[65])))
         .collect();
@@ -358,8 +343,8 @@ async fn a_gateway_sending_bad_proofs_is_verified_apart_and_throttled() -> Resul
     let mut good_pub = Publisher::connect(GOOD).await?;
     let mut bad_dev = TestDevice::new(ABUSER, "forger-1", DataType::BloodPressure, 41);
     let mut good_dev = TestDevice::new(GOOD, "honest-1", DataType::BloodPressure, 42);
-    register(&db.pool, &mut bad_pub, &[&bad_dev]).await?;
-    register(&db.pool, &mut good_pub, &[&good_dev]).await?;
+    bad_pub.register(&db.pool, &[&bad_dev]).await?;
+    good_pub.register(&db.pool, &[&good_dev]).await?;
 
     // One real proof, replayed onto other seqs: each copy is a bad proof
     // (the context x binds a proof to its reading's header).

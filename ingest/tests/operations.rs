@@ -34,29 +34,6 @@ fn shared_tempdir(prefix: &str) -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
-/// Publish `d`'s registration and wait until ingest has stored the device.
-async fn register(p: &mut Publisher, pool: &PgPool, d: &TestDevice) -> Result<()> {
-    p.publish_all(
-        &topic::up(&d.gateway_id),
-        vec![envelope::encode(&d.registration())],
-    )
-    .await?;
-    let device_id = d.device_id.clone();
-    eventually(WAIT, "the registration", || {
-        let pool = pool.clone();
-        let device_id = device_id.clone();
-        async move {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM iot_devices WHERE device_id = $1")
-                    .bind(&device_id)
-                    .fetch_one(&pool)
-                    .await?;
-            Ok((n == 1).then_some(()))
-        }
-    })
-    .await
-}
-
 /// Readings in `pool` (an error — the server restarting or gone — counts as none).
 async fn rows(pool: &PgPool) -> i64 {
     count_readings(pool, "").await.unwrap_or(-1)
@@ -157,7 +134,7 @@ async fn backup_and_point_in_time_restore_drill() -> Result<()> {
     let _ingest = IngestProcess::start(Path::new(BIN), &pg, &zk, &[gw], logs.path())?;
     let mut p = Publisher::connect(gw).await?;
     let d = TestDevice::new(gw, "dev-drill-pitr", DataType::HeartRate, 1001);
-    register(&mut p, &pool, &d).await?;
+    p.register(&pool, &[&d]).await?;
 
     // Ingest writes a stream; the base backup is taken in the middle of it.
     let s = stream(p, d, 40_000);
@@ -304,7 +281,7 @@ async fn failover_to_the_synchronous_standby_loses_and_doubles_nothing() -> Resu
     let ingest = IngestProcess::start(Path::new(BIN), &servers, &zk, &[gw], logs.path())?;
     let mut p = Publisher::connect(gw).await?;
     let d = TestDevice::new(gw, "dev-drill-failover", DataType::HeartRate, 1002);
-    register(&mut p, &pool, &d).await?;
+    p.register(&pool, &[&d]).await?;
 
     const N: usize = 6000;
     let s = stream(p, d, N);

@@ -83,40 +83,6 @@ async fn assert_exactly(pool: &sqlx::PgPool, partition: &str, n: usize) -> Resul
     Ok(())
 }
 
-/// Publish `d`'s registration and wait until ingest has stored the device.
-async fn register(p: &mut Publisher, pool: &sqlx::PgPool, d: &TestDevice) -> Result<()> {
-    register_envelope(p, pool, &d.registration(), &d.device_id).await
-}
-
-/// Publish a registration envelope and wait until `device_id` is stored.
-async fn register_envelope(
-    p: &mut Publisher,
-    pool: &sqlx::PgPool,
-    registration: &Envelope,
-    device_id: &str,
-) -> Result<()> {
-    p.publish_all(
-        &topic::up(&registration.gateway_id),
-        vec![enc(registration)],
-    )
-    .await?;
-    let pool = pool.clone();
-    let device_id = device_id.to_owned();
-    eventually(WAIT, &format!("registration of {device_id}"), move || {
-        let pool = pool.clone();
-        let device_id = device_id.clone();
-        async move {
-            let n: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM iot_devices WHERE device_id = $1")
-                    .bind(&device_id)
-                    .fetch_one(&pool)
-                    .await?;
-            Ok((n == 1).then_some(()))
-        }
-    })
-    .await
-}
-
 async fn quarantine_count(db: &TestDb, reason: &str) -> Result<i64> {
     Ok(
         sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = $1")
@@ -219,7 +185,9 @@ async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
         }
         _ => unreachable!("a registration"),
     };
-    register_envelope(&mut publisher, &db.pool, &repaired, "dev-blood_pressure-2").await?;
+    publisher
+        .register_envelope(&db.pool, &repaired, "dev-blood_pressure-2")
+        .await?;
     let rows: Vec<(String, Option<String>, Option<bool>)> = sqlx::query_as(
         "SELECT device_id, bluetooth_address, is_active FROM iot_devices
           WHERE device_id LIKE 'dev-blood_pressure%' ORDER BY device_id",
@@ -395,7 +363,7 @@ async fn kill9_mid_stream_then_restart_loses_and_doubles_nothing() -> Result<()>
         publisher: mut p,
     } = rig(gw).await?;
     let mut d = TestDevice::new(gw, "dev-hr-kill", DataType::HeartRate, 5);
-    register(&mut p, &db.pool, &d).await?;
+    p.register(&db.pool, &[&d]).await?;
     const N: usize = 3000;
     let mut payloads = unproven(&mut d, N);
     let second_half = payloads.split_off(N / 2);
@@ -433,7 +401,7 @@ async fn an_outage_longer_than_mosquittos_default_queue_loses_nothing() -> Resul
         publisher: mut p,
     } = rig(gw).await?;
     let mut d = TestDevice::new(gw, "dev-ox-outage", DataType::Spo2, 6);
-    register(&mut p, &db.pool, &d).await?;
+    p.register(&db.pool, &[&d]).await?;
     // Ingest leaves cleanly (its session stays), 1,500 messages queue up.
     assert!(
         ingest.terminate()?.success(),
@@ -564,7 +532,7 @@ async fn postgres_restart_mid_stream_loses_and_doubles_nothing() -> Result<()> {
     let ingest = IngestProcess::start(Path::new(BIN), &pg, &zk, &[gw], logs.path())?;
     let mut p = Publisher::connect(gw).await?;
     let mut d = TestDevice::new(gw, "dev-pg-restart", DataType::HeartRate, 12);
-    register(&mut p, &pool, &d).await?;
+    p.register(&pool, &[&d]).await?;
     const N: usize = 3000;
     let mut payloads = unproven(&mut d, N);
     let second_half = payloads.split_off(N / 2);
@@ -675,7 +643,7 @@ async fn two_processes_share_the_load_and_one_killed_loses_nothing() -> Result<(
     let _b = IngestProcess::start_with(Path::new(BIN), &db, &zk, &[gw], logs.path(), &group, "")?;
     let mut p = Publisher::connect(gw).await?;
     let mut d = TestDevice::new(gw, "dev-shared", DataType::HeartRate, 10);
-    register(&mut p, &db.pool, &d).await?;
+    p.register(&db.pool, &[&d]).await?;
     const N: usize = 3000;
     let payloads = unproven(&mut d, N);
     let publish = tokio::spawn(async move { p.publish_all(&topic::up(gw), payloads).await });

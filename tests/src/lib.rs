@@ -220,6 +220,43 @@ impl Publisher {
         }
         Ok(())
     }
+
+    /// Publish `registration` on its gateway's topic and wait until ingest
+    /// has stored `device_id` in `pool`.
+    pub async fn register_envelope(
+        &mut self,
+        pool: &PgPool,
+        registration: &hailan_proto::envelope::Envelope,
+        device_id: &str,
+    ) -> Result<()> {
+        self.publish_all(
+            &hailan_proto::topic::up(&registration.gateway_id),
+            vec![hailan_proto::envelope::encode(registration)],
+        )
+        .await?;
+        eventually(
+            std::time::Duration::from_secs(60),
+            &format!("registration of {device_id}"),
+            || async move {
+                let n: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM iot_devices WHERE device_id = $1")
+                        .bind(device_id)
+                        .fetch_one(pool)
+                        .await?;
+                Ok((n == 1).then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Register each device (see [`register_envelope`](Self::register_envelope)).
+    pub async fn register(&mut self, pool: &PgPool, devices: &[&TestDevice]) -> Result<()> {
+        for d in devices {
+            self.register_envelope(pool, &d.registration(), &d.device_id)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for Publisher {

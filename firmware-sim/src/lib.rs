@@ -16,6 +16,7 @@ pub mod encode;
 pub mod faults;
 pub mod harness;
 pub mod model;
+pub mod schedule;
 pub mod sim;
 pub mod truth;
 

@@ -9,6 +9,7 @@ use crate::device::{Char, Device, DeviceInfo};
 use crate::encode;
 use crate::faults::{Fault, ScheduledFault};
 use crate::model::{DeviceKind, Measurement, Physiology};
+use crate::schedule::Schedule;
 use crate::truth::{TruthEvent, TruthLog, TruthRecord, hex};
 use anyhow::Context;
 use rand::{Rng, SeedableRng};
@@ -936,16 +937,19 @@ impl Inner {
         let stagger = Duration::from_secs_f64(
             (period_s.min(1.0) * ((dev.index * 97) % 100) as f64 / 100.0) / speed,
         );
-        let mut next_measure = Instant::now() + stagger + period;
-        let mut next_spot = Instant::now() + spot_period;
-        let mut next_battery = Instant::now() + battery_period;
+        let mut schedule = Schedule::new(
+            Instant::now(),
+            stagger,
+            period,
+            (dev.info.kind == DeviceKind::Spo2).then_some(spot_period),
+            battery_period,
+        );
         loop {
-            let wake_at = next_measure.min(next_battery).min(next_spot);
             tokio::select! {
-                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = tokio::time::sleep_until(schedule.wake_at()) => {}
                 _ = dev.wake.notified() => {}
             }
-            let now = Instant::now();
+            let due = schedule.due(Instant::now());
             let asked = std::mem::take(&mut lock(&dev.st).measure_now);
             if asked && dev.info.kind == DeviceKind::Spo2 {
                 // the oximeter's button: a spot check now
@@ -953,22 +957,14 @@ impl Inner {
                 queue(&dev, m);
             }
             let asked = asked && dev.info.kind != DeviceKind::Spo2;
-            if asked || now >= next_measure {
-                if now >= next_measure {
-                    next_measure += period;
-                    if next_measure < now {
-                        next_measure = now + period;
-                    }
-                }
+            if asked || due.measure {
                 self.measure(&dev, speed).await;
             }
-            if dev.info.kind == DeviceKind::Spo2 && now >= next_spot {
-                next_spot = now + spot_period;
+            if due.spot {
                 let m = lock(&dev.model).phys.spo2_spot();
                 queue(&dev, m);
             }
-            if now >= next_battery {
-                next_battery = now + battery_period;
+            if due.battery {
                 self.drain(&dev).await;
             }
             self.deliver_pending(&dev).await;

@@ -51,6 +51,13 @@ fn benches(quick: bool) -> Vec<Bench> {
             )),
         },
         Bench {
+            title: "Gateway: 50 straps (memory with 50 devices)",
+            args: split(pick(
+                "run --quiet --release -p hailan-tests --example gateway_bench -- 50 4 60",
+                "run --quiet --release -p hailan-tests --example gateway_bench -- 5 4 10",
+            )),
+        },
+        Bench {
             title: "Clinician API: a one-day heart-rate chart",
             args: split(pick(
                 "run --quiet --release -p hailan-ingest --example api_bench -- 50",

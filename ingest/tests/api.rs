@@ -34,6 +34,28 @@ struct Rig {
     logs: tempfile::TempDir,
 }
 
+/// A time as the API's query parameters take it.
+fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Patient `p`'s heart-rate series in `bucket`s over `from..to`, as `token` sees it.
+async fn hr_series(
+    r: &Rig,
+    token: &str,
+    p: uuid::Uuid,
+    bucket: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Result<serde_json::Value> {
+    let path = format!(
+        "/api/v1/patients/{p}/series?type=HEART_RATE&bucket={bucket}&from={}&to={}",
+        rfc3339(from),
+        rfc3339(to)
+    );
+    r.api.json(token, &path).await
+}
+
 async fn rig(gw: &'static str) -> Result<Rig> {
     let db = TestDb::create().await?;
     ensure_api_login(&db.pool).await?;
@@ -474,17 +496,7 @@ async fn tampered_values_are_unverifiable_never_numbers() -> Result<()> {
     // The chart series counts them as unverifiable, never in min/avg/max.
     let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
     let to = from + chrono::Duration::minutes(10);
-    let s = r
-        .api
-        .json(
-            &doc.token,
-            &format!(
-                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
-                from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        )
-        .await?;
+    let s = hr_series(&r, &doc.token, p, "minute", from, to).await?;
     assert_eq!(s["points"], serde_json::json!([]), "{s}");
     let bad: u64 = s["unverifiable"]
         .as_array()
@@ -684,19 +696,7 @@ async fn series_devices_and_proof_bundles() -> Result<()> {
     grant(&pool, &r.patient, &doc, None).await?;
     let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
     let to = from + chrono::Duration::hours(1);
-    let fmt =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let s = r
-        .api
-        .json(
-            &doc.token,
-            &format!(
-                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
-                fmt(from),
-                fmt(to)
-            ),
-        )
-        .await?;
+    let s = hr_series(&r, &doc.token, p, "minute", from, to).await?;
     // Window 1 (seqs 1–16) falls in one minute, window 2 (117–124) two minutes later.
     let points = s["points"].as_array().context("points")?;
     assert_eq!(points.len(), 2, "{s}");
@@ -709,17 +709,7 @@ async fn series_devices_and_proof_bundles() -> Result<()> {
     assert_eq!(s["readings"], 24);
     // A range that cuts a window still opens it (its hidden readings are read too).
     let cut_from = from + chrono::Duration::seconds(10);
-    let s = r
-        .api
-        .json(
-            &doc.token,
-            &format!(
-                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=hour&from={}&to={}",
-                fmt(cut_from),
-                fmt(to)
-            ),
-        )
-        .await?;
+    let s = hr_series(&r, &doc.token, p, "hour", cut_from, to).await?;
     assert_eq!(s["unverifiable"], serde_json::json!([]), "{s}");
     assert_eq!(s["readings"], 15, "{s}");
 
@@ -841,19 +831,7 @@ async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
     grant(&pool, &r.patient, &doc, None).await?;
     let from = chrono::DateTime::from_timestamp_millis(T0_MS - 60_000).context("t0")?;
     let to = from + chrono::Duration::minutes(10);
-    let fmt =
-        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let api_series = r
-        .api
-        .json(
-            &doc.token,
-            &format!(
-                "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
-                fmt(from),
-                fmt(to)
-            ),
-        )
-        .await?;
+    let api_series = hr_series(&r, &doc.token, p, "minute", from, to).await?;
     let expect: Vec<(String, String, f64)> = api_series["points"]
         .as_array()
         .context("points")?
@@ -877,8 +855,8 @@ async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
         "http://127.0.0.1:{}/#token={}&patient={p}&from={}&to={}&bucket=minute",
         r.api.port,
         doc.token,
-        fmt(from),
-        fmt(to)
+        rfc3339(from),
+        rfc3339(to)
     );
     let out = tokio::process::Command::new("chromium")
         .args([

@@ -8,8 +8,8 @@ use anyhow::{Context, Result};
 use hailan_proto::envelope::{self, Body, Envelope};
 use hailan_proto::{DataType, topic};
 use hailan_tests::{
-    DevZk, IngestProcess, Publisher, TestDb, TestDevice, enrol, eventually, free_port, http_get,
-    plausible_slots,
+    DevZk, IngestOptions, IngestProcess, Publisher, TestDb, TestDevice, enrol, eventually,
+    free_port, http_get, plausible_slots,
 };
 use sqlx::PgPool;
 use std::path::Path;
@@ -51,6 +51,26 @@ fn metric(text: &str, line_prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// `hailan-ingest run` for `gateways` with `/metrics` on a free port (returned)
+/// and the `[fair_share]` settings in `env`.
+fn ingest_limited(
+    db: &TestDb,
+    zk: &DevZk,
+    gateways: &[&str],
+    logs: &Path,
+    env: &[(&str, &str)],
+) -> Result<(IngestProcess, u16)> {
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let opts = IngestOptions {
+        http_listen: Some(&listen),
+        env,
+        ..Default::default()
+    };
+    let ingest = IngestProcess::start_opts(Path::new(BIN), db, zk, gateways, logs, opts)?;
+    Ok((ingest, port))
+}
+
 /// A flood of 20,000 messages from one gateway against 200 from another:
 /// the well-behaved gateway's readings are all stored while the flood is
 /// still being worked off; every flood message ends as a row or a
@@ -68,23 +88,18 @@ async fn a_flooding_gateway_is_held_to_its_share_and_loses_nothing() -> Result<(
     let logs = tempfile::tempdir()?;
     enrol(&db.pool, ABUSER).await?;
     enrol(&db.pool, GOOD).await?;
-    let port = free_port()?;
-    let group = format!("g{}", uuid::Uuid::new_v4().simple());
-    let mut ingest = IngestProcess::start_with(
-        Path::new(BIN),
+    let (ingest, port) = ingest_limited(
         &db,
         &zk,
         &[ABUSER, GOOD],
         logs.path(),
-        &group,
-        &format!("127.0.0.1:{port}"),
+        &[
+            ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "200"),
+            ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "1000"),
+            // By hand here (the CLI); the automatic replay has its own test.
+            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
+        ],
     )?;
-    ingest.restart_with_env(&[
-        ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "200"),
-        ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "1000"),
-        // By hand here (the CLI); the automatic replay has its own test.
-        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
-    ])?;
     let mut bad_pub = Publisher::connect(ABUSER).await?;
     let mut good_pub = Publisher::connect(GOOD).await?;
     let mut flood_dev = TestDevice::new(ABUSER, "flood-1", DataType::HeartRate, 21);
@@ -229,22 +244,17 @@ async fn rate_limited_messages_come_back_by_themselves() -> Result<()> {
     let zk = DevZk::new()?;
     let logs = tempfile::tempdir()?;
     enrol(&db.pool, GW).await?;
-    let port = free_port()?;
-    let group = format!("g{}", uuid::Uuid::new_v4().simple());
-    let mut ingest = IngestProcess::start_with(
-        Path::new(BIN),
+    let (ingest, port) = ingest_limited(
         &db,
         &zk,
         &[GW],
         logs.path(),
-        &group,
-        &format!("127.0.0.1:{port}"),
+        &[
+            ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "1000"),
+            ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "300"),
+            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
+        ],
     )?;
-    ingest.restart_with_env(&[
-        ("HAILAN_INGEST__FAIR_SHARE__MESSAGES_PER_SECOND", "1000"),
-        ("HAILAN_INGEST__FAIR_SHARE__MESSAGE_BURST", "300"),
-        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
-    ])?;
     let mut publisher = Publisher::connect(GW).await?;
     let mut dev = TestDevice::new(GW, "bursty-1", DataType::HeartRate, 61);
     publisher.register(&db.pool, &[&dev]).await?;
@@ -320,25 +330,20 @@ async fn a_gateway_sending_bad_proofs_is_verified_apart_and_throttled() -> Resul
     let logs = tempfile::tempdir()?;
     enrol(&db.pool, ABUSER).await?;
     enrol(&db.pool, GOOD).await?;
-    let port = free_port()?;
-    let group = format!("g{}", uuid::Uuid::new_v4().simple());
-    let mut ingest = IngestProcess::start_with(
-        Path::new(BIN),
+    let (ingest, port) = ingest_limited(
         &db,
         &zk,
         &[ABUSER, GOOD],
         logs.path(),
-        &group,
-        &format!("127.0.0.1:{port}"),
+        &[
+            ("HAILAN_INGEST__FAIR_SHARE__PROOFS_PER_SECOND", "10"),
+            ("HAILAN_INGEST__FAIR_SHARE__PROOF_BURST", "50"),
+            ("HAILAN_INGEST__FAIR_SHARE__BAD_PROOF_COST", "1"),
+            ("HAILAN_INGEST__FAIR_SHARE__SUSPECT_AFTER_BAD_PROOFS", "8"),
+            // Exact metric-to-row counts: no automatic replay meanwhile.
+            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
+        ],
     )?;
-    ingest.restart_with_env(&[
-        ("HAILAN_INGEST__FAIR_SHARE__PROOFS_PER_SECOND", "10"),
-        ("HAILAN_INGEST__FAIR_SHARE__PROOF_BURST", "50"),
-        ("HAILAN_INGEST__FAIR_SHARE__BAD_PROOF_COST", "1"),
-        ("HAILAN_INGEST__FAIR_SHARE__SUSPECT_AFTER_BAD_PROOFS", "8"),
-        // Exact metric-to-row counts: no automatic replay meanwhile.
-        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "0"),
-    ])?;
     let mut bad_pub = Publisher::connect(ABUSER).await?;
     let mut good_pub = Publisher::connect(GOOD).await?;
     let mut bad_dev = TestDevice::new(ABUSER, "forger-1", DataType::BloodPressure, 41);

@@ -259,19 +259,7 @@ impl Standby {
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<()> {
-        let mut c = crate::as_postgres("pg_ctl");
-        c.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .arg("-l")
-            .arg(self.dir.path().join("postgres.log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {} -k {} -h 127.0.0.1",
-                self.port,
-                self.dir.path().display()
-            ));
-        c.args(args);
-        crate::checked(c, &format!("pg_ctl {}", args.join(" ")))
+        crate::pg_ctl(self.dir.path(), self.port, args)
     }
 
     /// Promote it to a read-write primary (`pg_ctl promote`, waiting until done).

@@ -477,6 +477,19 @@ pub struct IngestProcess {
     env: Vec<(String, String)>,
 }
 
+/// What an [`IngestProcess`] starts with beyond its database, keys and gateways.
+#[derive(Default)]
+pub struct IngestOptions<'a> {
+    /// Consumer group (processes of one group share the load); `None`: a fresh one.
+    pub group: Option<&'a str>,
+    /// `http.listen` for `/metrics` (`None`: off).
+    pub http_listen: Option<&'a str>,
+    /// The broker (`None`: the set-up's).
+    pub broker: Option<(&'a str, u16)>,
+    /// More `HAILAN_INGEST__SECTION__KEY` settings.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 impl IngestProcess {
     /// Start `binary run` for `gateways` against `db` with keys from `zk`.
     pub fn start(
@@ -486,8 +499,7 @@ impl IngestProcess {
         gateways: &[&str],
         log_dir: &std::path::Path,
     ) -> Result<IngestProcess> {
-        let group = format!("g{}", uuid::Uuid::new_v4().simple());
-        Self::start_with(binary, db, zk, gateways, log_dir, &group, "")
+        Self::start_opts(binary, db, zk, gateways, log_dir, IngestOptions::default())
     }
 
     /// Like [`IngestProcess::start`], in consumer group `group` (processes of
@@ -501,45 +513,30 @@ impl IngestProcess {
         group: &str,
         http_listen: &str,
     ) -> Result<IngestProcess> {
-        let broker = mqtt_host_port();
-        Self::spawn(
-            binary,
-            db,
-            zk,
-            gateways,
-            log_dir,
-            group,
-            http_listen,
-            broker,
-        )
+        let opts = IngestOptions {
+            group: Some(group),
+            http_listen: Some(http_listen).filter(|l| !l.is_empty()),
+            ..Default::default()
+        };
+        Self::start_opts(binary, db, zk, gateways, log_dir, opts)
     }
 
-    /// Like [`IngestProcess::start`], on the broker at `host`:`port` (a
-    /// private Mosquitto that the test may restart).
-    pub fn start_on(
+    /// Like [`IngestProcess::start`], with [`IngestOptions`].
+    pub fn start_opts(
         binary: &std::path::Path,
         db: &impl HasUrl,
         zk: &DevZk,
         gateways: &[&str],
         log_dir: &std::path::Path,
-        (host, port): (&str, u16),
+        opts: IngestOptions<'_>,
     ) -> Result<IngestProcess> {
-        let group = format!("g{}", uuid::Uuid::new_v4().simple());
-        let broker = (host.to_owned(), port);
-        Self::spawn(binary, db, zk, gateways, log_dir, &group, "", broker)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn spawn(
-        binary: &std::path::Path,
-        db: &impl HasUrl,
-        zk: &DevZk,
-        gateways: &[&str],
-        log_dir: &std::path::Path,
-        group: &str,
-        http_listen: &str,
-        (host, port): (String, u16),
-    ) -> Result<IngestProcess> {
+        let fresh = format!("g{}", uuid::Uuid::new_v4().simple());
+        let group = opts.group.unwrap_or(&fresh);
+        let (host, port) = match opts.broker {
+            Some((h, p)) => (h.to_owned(), p),
+            None => mqtt_host_port(),
+        };
+        let http_listen = opts.http_listen.unwrap_or("");
         let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
         let subs: Vec<String> = gateways
             .iter()
@@ -574,12 +571,17 @@ impl IngestProcess {
                 "20".to_owned(),
             ),
         ];
+        let mut env = env;
+        env.extend(
+            opts.env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let config = log_dir.join(format!("{client_id}.toml"));
         std::fs::write(
             &config,
             format!("[mqtt]\nsubscriptions = [{}]\n", subs.join(", ")),
         )?;
-        let mut env = env;
         env.push((
             "HAILAN_INGEST_CONFIG".to_owned(),
             config.display().to_string(),
@@ -629,17 +631,6 @@ impl IngestProcess {
         let before = self.subscriptions_seen();
         self.child = spawn_logged(&self.binary, &["run"], &self.env, &self.log)?;
         self.wait_subscribed(before)
-    }
-
-    /// Start the same consumer again with `extra` environment added
-    /// (`HAILAN_INGEST__SECTION__KEY` settings, e.g. `[fair_share]` limits).
-    pub fn restart_with_env(&mut self, extra: &[(&str, &str)]) -> Result<()> {
-        self.env.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        self.restart()
     }
 
     /// kill -9.
@@ -806,6 +797,20 @@ pub(crate) fn checked(mut c: std::process::Command, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// `pg_ctl ARGS` on the cluster in `dir/data` listening on `port` (TCP on
+/// 127.0.0.1 and a socket in `dir`), logging to `dir/postgres.log`.
+pub(crate) fn pg_ctl(dir: &std::path::Path, port: u16, args: &[&str]) -> Result<()> {
+    let mut c = as_postgres("pg_ctl");
+    c.arg("-D")
+        .arg(dir.join("data"))
+        .arg("-l")
+        .arg(dir.join("postgres.log"))
+        .arg("-o")
+        .arg(format!("-p {port} -k {} -h 127.0.0.1", dir.display()));
+    c.args(args);
+    checked(c, &format!("pg_ctl {}", args.join(" ")))
+}
+
 impl PrivatePostgres {
     /// initdb, start, create role `hailan` (password `hailan`) and database `hailan`, migrate.
     pub async fn start() -> Result<PrivatePostgres> {
@@ -897,21 +902,7 @@ impl PrivatePostgres {
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<()> {
-        let data = self.dir.path().join("data");
-        let log = self.dir.path().join("postgres.log");
-        let mut c = as_postgres("pg_ctl");
-        c.arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(&log)
-            .arg("-o")
-            .arg(format!(
-                "-p {} -k {} -h 127.0.0.1",
-                self.port,
-                self.dir.path().display()
-            ));
-        c.args(args);
-        checked(c, &format!("pg_ctl {}", args.join(" ")))
+        pg_ctl(self.dir.path(), self.port, args)
     }
 
     /// Stop (fast: connections are cut) and start again; waits until it accepts connections.

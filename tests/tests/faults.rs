@@ -17,8 +17,8 @@ use hailan_proto::envelope::{self, Body};
 use hailan_proto::{DataType, topic};
 use hailan_tests::gateway::*;
 use hailan_tests::{
-    DevZk, IngestProcess, PrivatePostgres, TestDevice, count_readings, enrol, eventually,
-    mqtt_password, plausible_slots,
+    DevZk, IngestOptions, IngestProcess, PrivatePostgres, TestDevice, count_readings, enrol,
+    eventually, mqtt_password, plausible_slots,
 };
 use sqlx::PgPool;
 use std::collections::{BTreeMap, HashMap};
@@ -113,13 +113,17 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
     enrol(&pool, gw_id).await?;
     enrol(&pool, forger).await?;
     let ingest_bin = workspace_binary("hailan-ingest")?;
-    let mut ingest = IngestProcess::start_on(
+    let on_private_broker = IngestOptions {
+        broker: Some((&broker.host, broker.port)),
+        ..Default::default()
+    };
+    let mut ingest = IngestProcess::start_opts(
         &ingest_bin,
         &pg,
         &zk,
         &[gw_id, forger],
         tmp.path(),
-        (&broker.host, broker.port),
+        on_private_broker,
     )?;
     let truth_path = tmp.path().join("truth.jsonl");
     let (mut sim, rig, devices) = sim_and_pair(

@@ -16,21 +16,27 @@ use hailan_proto::seal::{SealedValue, open};
 use hailan_proto::zk::fr_from_bytes;
 use hailan_proto::zk::prove::{reading_commitment, window_commitment};
 use hailan_proto::{DataType, ReadingHeader, WindowHeader};
-use std::collections::HashMap;
+use sqlx::Row;
+use sqlx::postgres::PgRow;
 use std::sync::Arc;
 use uuid::Uuid;
 
-/// One `health_data` row as the API reads it, completed with its device's
-/// own id and its proof's statement and public inputs (read separately).
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// The columns of a `health_data` row the API reads, in the order
+/// [`StoredReading`]'s decoder takes them (by position: looking 13 columns up
+/// by name for each of a day's 86,400 rows was a tenth of a day view).
+pub const READING_SELECT: &str =
+    "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
+        h.verified, h.zk_proof_hash, h.reading_commitment, h.ipfs_data_cid,
+        h.value->>'kid' AS kid, h.value->>'nonce' AS nonce, h.value->>'ciphertext' AS ciphertext
+   FROM health_data h";
+
+/// One `health_data` row as the API reads it ([`READING_SELECT`]), completed
+/// with its device and its proof's statement and public inputs (read
+/// separately, shared by all the readings they cover).
+#[derive(Debug, Clone)]
 pub struct StoredReading {
     pub id: Uuid,
     pub device_id: Option<Uuid>,
-    /// The device's own id (`iot_devices.device_id`), part of the header.
-    #[sqlx(default)]
-    pub device_ext: Option<String>,
-    #[sqlx(default)]
-    pub device_name: Option<String>,
     pub data_type: String,
     pub recorded_at: DateTime<Utc>,
     pub seq: i64,
@@ -39,25 +45,71 @@ pub struct StoredReading {
     pub zk_proof_hash: Option<String>,
     pub reading_commitment: Option<Vec<u8>>,
     /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext (`hailan_proto::cid`).
-    #[sqlx(default)]
     pub ipfs_data_cid: Option<String>,
     pub kid: Option<String>,
     pub nonce: Option<String>,
     pub ciphertext: Option<String>,
-    /// `reading` or `window` (from `zk_proofs`).
-    #[sqlx(default)]
-    pub statement: Option<String>,
-    #[sqlx(default)]
-    pub first_seq: Option<i64>,
-    #[sqlx(default)]
-    pub reading_count: Option<i32>,
-    #[sqlx(default)]
-    pub key_id: Option<String>,
-    /// Public inputs 1 and 2 of the stored proof: C and x, decimal.
-    #[sqlx(default)]
-    pub proof_c: Option<String>,
-    #[sqlx(default)]
-    pub proof_x: Option<String>,
+    pub device: Option<Arc<DeviceInfo>>,
+    pub proof: Option<Arc<ProofInfo>>,
+}
+
+impl<'r> sqlx::FromRow<'r, PgRow> for StoredReading {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(StoredReading {
+            id: row.try_get(0)?,
+            device_id: row.try_get(1)?,
+            data_type: row.try_get(2)?,
+            recorded_at: row.try_get(3)?,
+            seq: row.try_get(4)?,
+            gateway_id: row.try_get(5)?,
+            verified: row.try_get(6)?,
+            zk_proof_hash: row.try_get(7)?,
+            reading_commitment: row.try_get(8)?,
+            ipfs_data_cid: row.try_get(9)?,
+            kid: row.try_get(10)?,
+            nonce: row.try_get(11)?,
+            ciphertext: row.try_get(12)?,
+            device: None,
+            proof: None,
+        })
+    }
+}
+
+/// A reading's device: its own id (`iot_devices.device_id`, part of the
+/// header) and name.
+#[derive(Debug)]
+pub struct DeviceInfo {
+    pub ext: String,
+    pub name: Option<String>,
+}
+
+/// The stored proof covering a reading (`zk_proofs`).
+#[derive(Debug)]
+pub struct ProofInfo {
+    /// `reading` or `window`.
+    pub statement: String,
+    pub first_seq: i64,
+    pub reading_count: i32,
+    pub key_id: String,
+    /// Public inputs 1 and 2: C and x, decimal.
+    pub c: Option<String>,
+    pub x: Option<String>,
+}
+
+impl StoredReading {
+    /// The device's own id (part of the reading's header).
+    pub fn device_ext(&self) -> Option<&str> {
+        self.device.as_deref().map(|d| d.ext.as_str())
+    }
+
+    /// `reading` or `window`, from the stored proof.
+    pub fn statement(&self) -> Option<&str> {
+        self.proof.as_deref().map(|p| p.statement.as_str())
+    }
+
+    fn is_window(&self) -> bool {
+        self.verified && self.statement() == Some("window")
+    }
 }
 
 /// What the API may say about a reading's value.
@@ -78,14 +130,18 @@ impl Check {
     }
 }
 
+/// Maps keyed by proof hashes and ids (foldhash: SipHash over 64-character
+/// proof hashes was a twentieth of a day view).
+pub type Map<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// The groups of rows that are checked together: a window's readings (by
 /// proof hash), or one reading.
 pub fn groups(rows: &[StoredReading]) -> Vec<Vec<usize>> {
-    let mut windows: HashMap<(Option<Uuid>, &str), usize> = HashMap::new();
+    let mut windows: Map<(Option<Uuid>, &str), usize> = Map::default();
     let mut out: Vec<Vec<usize>> = Vec::new();
     for (i, r) in rows.iter().enumerate() {
-        match (r.statement.as_deref(), r.zk_proof_hash.as_deref()) {
-            (Some("window"), Some(hash)) if r.verified => {
+        match (r.is_window(), r.zk_proof_hash.as_deref()) {
+            (true, Some(hash)) => {
                 let g = *windows.entry((r.device_id, hash)).or_insert_with(|| {
                     out.push(Vec::new());
                     out.len() - 1
@@ -105,8 +161,8 @@ pub fn incomplete_windows(rows: &[StoredReading]) -> Vec<String> {
         .into_iter()
         .filter_map(|g| {
             let r = &rows[g[0]];
-            let want = usize::try_from(r.reading_count?).ok()?;
-            (r.statement.as_deref() == Some("window") && r.verified && g.len() < want)
+            let want = usize::try_from(r.proof.as_ref()?.reading_count).ok()?;
+            (r.is_window() && g.len() < want)
                 .then(|| r.zk_proof_hash.clone())
                 .flatten()
         })
@@ -117,14 +173,18 @@ fn sealed_of(r: &StoredReading) -> Result<Sealed, String> {
     let (Some(kid), Some(nonce), Some(ct)) = (&r.kid, &r.nonce, &r.ciphertext) else {
         return Err("the stored value is not a sealed value".into());
     };
-    let nonce = hex::decode(nonce)
-        .ok()
-        .and_then(|n| <[u8; NONCE_LEN]>::try_from(n).ok())
-        .ok_or("the stored nonce is malformed")?;
-    let ciphertext = hex::decode(ct).map_err(|_| "the stored ciphertext is not hex")?;
+    // faster-hex: the `hex` crate's decoding cost as much as the AES-GCM.
+    let mut n = [0u8; NONCE_LEN];
+    if nonce.len() != 2 * NONCE_LEN || faster_hex::hex_decode(nonce.as_bytes(), &mut n).is_err() {
+        return Err("the stored nonce is malformed".into());
+    }
+    let mut ciphertext = vec![0u8; ct.len() / 2];
+    if ct.len() % 2 != 0 || faster_hex::hex_decode(ct.as_bytes(), &mut ciphertext).is_err() {
+        return Err("the stored ciphertext is not hex".into());
+    }
     Ok(Sealed {
         kid: kid.clone(),
-        nonce,
+        nonce: n,
         ciphertext,
     })
 }
@@ -135,10 +195,7 @@ pub fn open_row(r: &StoredReading, keys: &KeyRing) -> Result<SealedValue, String
     let key = keys
         .get(&sealed.kid)
         .ok_or_else(|| format!("no data key {:?} in the API's key ring", sealed.kid))?;
-    let device = r
-        .device_ext
-        .as_deref()
-        .ok_or("the reading's device is unknown")?;
+    let device = r.device_ext().ok_or("the reading's device is unknown")?;
     let seq = u64::try_from(r.seq).map_err(|_| "negative seq")?;
     let header = ReadingHeader {
         gateway_id: &r.gateway_id,
@@ -163,10 +220,11 @@ fn matches_stored(r: &StoredReading, c: &[u8; 32], c_dec: &str, x: &str) -> Resu
                 .into(),
         );
     }
-    if r.proof_c.as_deref() != Some(c_dec) {
+    let proof = r.proof.as_deref();
+    if proof.and_then(|p| p.c.as_deref()) != Some(c_dec) {
         return Err("commitment does not open: the proof covers another commitment".into());
     }
-    if r.proof_x.as_deref() != Some(x) {
+    if proof.and_then(|p| p.x.as_deref()) != Some(x) {
         return Err("the proof was made for another reading header".into());
     }
     Ok(())
@@ -189,10 +247,7 @@ fn check_single(r: &StoredReading, opened: &Opened) -> Check {
     };
     let result = (|| {
         let v = opened.as_ref().map_err(Clone::clone)?;
-        let device = r
-            .device_ext
-            .as_deref()
-            .ok_or("the reading's device is unknown")?;
+        let device = r.device_ext().ok_or("the reading's device is unknown")?;
         let header = ReadingHeader {
             gateway_id: &r.gateway_id,
             device_id: device,
@@ -227,11 +282,15 @@ fn check_window(
             .map(|i| (*i, Check::Unverifiable(reason.clone())))
             .collect()
     };
-    let want = first.reading_count.and_then(|n| usize::try_from(n).ok());
+    let want = first
+        .proof
+        .as_ref()
+        .and_then(|p| usize::try_from(p.reading_count).ok());
+    let first_seq = first.proof.as_ref().map(|p| p.first_seq);
     let contiguous = members
         .iter()
         .enumerate()
-        .all(|(k, i)| first.first_seq.map(|f| f + k as i64) == Some(rows[*i].seq));
+        .all(|(k, i)| first_seq.map(|f| f + k as i64) == Some(rows[*i].seq));
     if want != Some(members.len()) || !contiguous {
         return fail_all(format!(
             "window incomplete: {} of {} readings are readable",
@@ -313,11 +372,9 @@ fn window_calc(
         .iter()
         .map(|i| u32::try_from(rows[*i].recorded_at.timestamp_millis() - start_ms).ok())
         .collect();
-    let (Some(offsets_ms), Some(device), Ok(first_seq)) = (
-        offsets,
-        first.device_ext.as_deref(),
-        u64::try_from(first.seq),
-    ) else {
+    let (Some(offsets_ms), Some(device), Ok(first_seq)) =
+        (offsets, first.device_ext(), u64::try_from(first.seq))
+    else {
         return Err("the window's header cannot be rebuilt".into());
     };
     let header = WindowHeader {
@@ -345,13 +402,13 @@ pub struct Precomputed {
 }
 
 /// Precomputed windows by (device, proof hash).
-pub type PrecomputedWindows = HashMap<(Option<Uuid>, String), Precomputed>;
+pub type PrecomputedWindows = Map<(Option<Uuid>, String), Precomputed>;
 
 /// Recompute the commitments of the windows among `rows` (one chunk, all
 /// decrypted as `opened`) before their proofs are read. Only windowable data
 /// types; whether a group really is a complete window is decided later.
 pub fn precompute_windows(rows: &[StoredReading], opened: &[Opened]) -> PrecomputedWindows {
-    let mut by_key: HashMap<(Option<Uuid>, &str), Vec<usize>> = HashMap::new();
+    let mut by_key: Map<(Option<Uuid>, &str), Vec<usize>> = Map::default();
     for (i, r) in rows.iter().enumerate() {
         let windowable =
             DataType::from_name(&r.data_type).is_some_and(hailan_proto::zk::prove::windowable);
@@ -397,7 +454,7 @@ pub fn check_groups(
     let mut out = Vec::new();
     for g in gs {
         let r = &rows[g[0]];
-        if r.statement.as_deref() == Some("window") && r.verified {
+        if r.is_window() {
             out.extend(check_window(rows, g, opened, pre));
         } else {
             out.extend(g.iter().map(|i| (*i, check_single(&rows[*i], &opened[*i]))));

@@ -97,11 +97,9 @@ pub fn observation(patient: Uuid, r: &StoredReading, c: &Check) -> Value {
     if let Some(h) = &r.zk_proof_hash {
         ext.push(json!({ "url": "proofHash", "valueString": h }));
     }
-    if let Some(s) = &r.statement {
-        ext.push(json!({ "url": "statement", "valueCode": s }));
-    }
-    if let Some(k) = &r.key_id {
-        ext.push(json!({ "url": "keyId", "valueString": k }));
+    if let Some(p) = &r.proof {
+        ext.push(json!({ "url": "statement", "valueCode": p.statement }));
+        ext.push(json!({ "url": "keyId", "valueString": p.key_id }));
     }
     if let Check::Unverifiable(why) = c {
         ext.push(json!({ "url": "reason", "valueString": why }));
@@ -126,7 +124,7 @@ pub fn observation(patient: Uuid, r: &StoredReading, c: &Check) -> Value {
         "effectiveDateTime": r.recorded_at.to_rfc3339_opts(SecondsFormat::Millis, true),
     });
     if let Some(d) = r.device_id {
-        let display = r.device_name.clone().or_else(|| r.device_ext.clone());
+        let display = r.device.as_ref().map(|d| d.name.as_ref().unwrap_or(&d.ext));
         o["device"] = json!({ "reference": format!("Device/{d}"), "display": display });
     }
     let Some(spec) = DataType::from_name(&r.data_type).map(|t| t.spec()) else {

@@ -14,7 +14,7 @@ use hailan_proto::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, PgConnection};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -41,11 +41,7 @@ async fn index() -> impl IntoResponse {
 
 // ------------------------------------------------------------------ reads
 
-const READING_SELECT: &str =
-    "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
-        h.verified, h.zk_proof_hash, h.reading_commitment, h.ipfs_data_cid,
-        h.value->>'kid' AS kid, h.value->>'nonce' AS nonce, h.value->>'ciphertext' AS ciphertext
-   FROM health_data h";
+use check::READING_SELECT;
 
 /// Open ends of a time range (inside PostgreSQL's timestamptz range).
 pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
@@ -66,7 +62,9 @@ pub struct Range {
 }
 
 impl Range {
-    fn sql(&self) -> String {
+    /// The readings query (parameters: patient, types, from, to, after
+    /// time, after id, limit).
+    pub fn sql(&self) -> String {
         match self.limit {
             Some(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
             None => format!("{READING_SELECT} {RANGE_WHERE_ALL}"),
@@ -156,7 +154,7 @@ async fn read_siblings(
 }
 
 /// The patient's devices the caller may see: id → (own device id, name).
-type Devices = HashMap<Uuid, (String, Option<String>)>;
+type Devices = check::Map<Uuid, Arc<check::DeviceInfo>>;
 
 async fn read_devices(conn: &mut PgConnection, patient: Uuid) -> Result<Devices, ApiError> {
     let devices: Vec<(Uuid, String, Option<String>)> =
@@ -166,15 +164,12 @@ async fn read_devices(conn: &mut PgConnection, patient: Uuid) -> Result<Devices,
             .await?;
     Ok(devices
         .into_iter()
-        .map(|(id, ext, name)| (id, (ext, name)))
+        .map(|(id, ext, name)| (id, Arc::new(check::DeviceInfo { ext, name })))
         .collect())
 }
 
 fn fill_device(r: &mut StoredReading, devices: &Devices) {
-    if let Some((ext, name)) = r.device_id.and_then(|d| devices.get(&d)) {
-        r.device_ext = Some(ext.clone());
-        r.device_name.clone_from(name);
-    }
+    r.device = r.device_id.and_then(|d| devices.get(&d)).cloned();
 }
 
 /// Fill in each reading's proof statement, size, key and public inputs C
@@ -191,10 +186,10 @@ async fn complete_proofs(
     let hashes: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.zk_proof_hash.as_deref())
-        .collect::<HashSet<_>>()
+        .collect::<HashSet<_, foldhash::fast::RandomState>>()
         .into_iter()
         .collect();
-    let proofs: Vec<ProofInfo> = sqlx::query_as(
+    let proofs: Vec<ProofColumns> = sqlx::query_as(
         "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
                 public_inputs->>1, public_inputs->>2
            FROM zk_proofs WHERE user_id = $1 AND proof_hash::text = ANY($2)",
@@ -203,22 +198,34 @@ async fn complete_proofs(
     .bind(&hashes)
     .fetch_all(&mut *conn)
     .await?;
-    let proofs: HashMap<String, ProofInfo> = proofs.into_iter().map(|p| (p.0.clone(), p)).collect();
+    let proofs: check::Map<String, Arc<check::ProofInfo>> = proofs
+        .into_iter()
+        .map(
+            |(hash, statement, first_seq, reading_count, key_id, c, x)| {
+                let info = check::ProofInfo {
+                    statement,
+                    first_seq,
+                    reading_count,
+                    key_id,
+                    c,
+                    x,
+                };
+                (hash, Arc::new(info))
+            },
+        )
+        .collect();
     for r in rows.iter_mut() {
-        if let Some(p) = r.zk_proof_hash.as_ref().and_then(|h| proofs.get(h)) {
-            r.statement = Some(p.1.clone());
-            r.first_seq = Some(p.2);
-            r.reading_count = Some(p.3);
-            r.key_id = Some(p.4.clone());
-            r.proof_c.clone_from(&p.5);
-            r.proof_x.clone_from(&p.6);
-        }
+        r.proof = r
+            .zk_proof_hash
+            .as_ref()
+            .and_then(|h| proofs.get(h))
+            .cloned();
     }
     Ok(())
 }
 
 /// hash, statement, first seq, count, key id, public inputs C and x.
-type ProofInfo = (
+type ProofColumns = (
     String,
     String,
     i64,
@@ -282,7 +289,7 @@ pub async fn read_checked(
     }
     let mut rows = Vec::new();
     let mut opened = Vec::new();
-    let mut pre = check::PrecomputedWindows::new();
+    let mut pre = check::PrecomputedWindows::default();
     for t in tasks {
         let (c, o, p) = t.await.map_err(|e| ApiError::Internal(e.to_string()))?;
         rows.extend(c);
@@ -358,11 +365,13 @@ pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
         "data_type": r.data_type,
         "recorded_at": r.recorded_at,
         "seq": r.seq,
-        "device": { "id": r.device_id, "device_id": r.device_ext, "name": r.device_name },
+        "device": { "id": r.device_id, "device_id": r.device_ext(),
+                    "name": r.device.as_ref().and_then(|d| d.name.as_deref()) },
         "status": status,
         "values": values,
         "reason": reason,
-        "proof": { "hash": r.zk_proof_hash, "statement": r.statement, "key_id": r.key_id },
+        "proof": { "hash": r.zk_proof_hash, "statement": r.statement(),
+                   "key_id": r.proof.as_ref().map(|p| &p.key_id) },
         "ipfs_data_cid": r.ipfs_data_cid,
     })
 }
@@ -577,7 +586,9 @@ async fn series(
             "from must precede to, less than {max_days} days apart for {bucket} buckets"
         )));
     }
+    let started = std::time::Instant::now();
     let mut s = Session::begin(&state, &headers).await?;
+    let session_ms = started.elapsed().as_secs_f64() * 1e3;
     let range = Range {
         from: q.from,
         to: q.to,
@@ -586,6 +597,7 @@ async fn series(
     };
     let types = vec![data_type.as_str().to_owned()];
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
+    let read_ms = started.elapsed().as_secs_f64() * 1e3;
     let spec = data_type.spec();
     let slots = spec.slots.len();
     let mut buckets: BTreeMap<i64, Agg> = BTreeMap::new();
@@ -620,6 +632,7 @@ async fn series(
         }
     }
     let unverifiable: usize = bad.values().map(|(n, _)| *n as usize).sum();
+    let aggregated_ms = started.elapsed().as_secs_f64() * 1e3;
     s.finish(
         "read_series",
         &format!("/api/v1/patients/{patient}/series"),
@@ -629,6 +642,13 @@ async fn series(
                 "unverifiable": unverifiable }),
     )
     .await?;
+    tracing::debug!(
+        session_ms,
+        read_ms,
+        aggregated_ms,
+        audited_ms = started.elapsed().as_secs_f64() * 1e3,
+        "series read, checked, aggregated and audited"
+    );
     let t = |b: i64| DateTime::from_timestamp_millis(b).map(|d| d.to_rfc3339());
     let points: Vec<Value> = buckets
         .into_iter()
@@ -647,6 +667,14 @@ async fn series(
         .into_iter()
         .map(|(b, (n, reasons))| json!({ "t": t(b), "n": n, "reasons": reasons }))
         .collect();
+    let readings = checked.len();
+    let t0 = std::time::Instant::now();
+    drop(checked);
+    tracing::debug!(
+        drop_ms = t0.elapsed().as_secs_f64() * 1e3,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "dropped"
+    );
     Ok(Json(json!({
         "patient": patient,
         "data_type": data_type.as_str(),
@@ -655,7 +683,7 @@ async fn series(
         "from": q.from,
         "to": q.to,
         "slots": spec.slots.iter().map(|s| json!({ "name": s.name, "display": s.display, "unit": s.unit })).collect::<Vec<_>>(),
-        "readings": checked.len(),
+        "readings": readings,
         "points": points,
         "unverifiable": bad,
     })))

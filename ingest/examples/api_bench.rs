@@ -14,7 +14,9 @@
 //! would take minutes and which the API does not re-verify on reads (it
 //! decrypts every reading and re-opens every window commitment, which is what
 //! is measured). The API runs in this process (the same router as
-//! `hailan-ingest api`), reached over HTTP on 127.0.0.1.
+//! `hailan-ingest api`), reached over HTTP on 127.0.0.1: twice, once without
+//! the opened-window cache (every request opens the day afresh, as the first
+//! look at a day does) and once with it (the default: the day read again).
 
 use anyhow::{Context, Result};
 use hailan_ingest::api::{self, ApiState, keyring::KeyRing};
@@ -235,7 +237,11 @@ async fn main() -> Result<()> {
         .await?;
     }
     tx.commit().await?;
-    sqlx::query("ANALYZE").execute(&pool).await?;
+    // As a day someone looks at has long been vacuumed: hint bits and the
+    // visibility map set, so that no request pays for them.
+    sqlx::query("VACUUM (ANALYZE) health_data")
+        .execute(&pool)
+        .await?;
     println!("stored in {:.1} s", t.elapsed().as_secs_f64());
 
     // Where the time of one day view goes, single-threaded.
@@ -306,18 +312,32 @@ async fn main() -> Result<()> {
         );
     }
 
-    let state = ApiState {
-        primary: hailan_ingest::db::connect(&db.url, 8).await?,
-        replica: None,
-        keys: Arc::new(KeyRing::from_keys([DataKey::new("owner-key-1", [7; 32])])),
-        vks: Arc::new(Default::default()),
-        replica_wait: Duration::from_secs(2),
-        max_page: 5000,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
+    // Two API servers on the same database: one opens every window on every
+    // request (a day nobody has looked at yet), one keeps opened windows
+    // (the default: a chart read again).
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(api::serve(listener, state, stop.clone()));
+    let mut ports = Vec::new();
+    let mut caches = Vec::new();
+    let mut servers = Vec::new();
+    for cache_windows in [
+        0,
+        hailan_ingest::config::ApiConfig::default().opened_cache_windows,
+    ] {
+        let opened = Arc::new(api::opened_cache::OpenedCache::new(cache_windows));
+        let state = ApiState {
+            primary: hailan_ingest::db::connect(&db.url, 8).await?,
+            replica: None,
+            keys: Arc::new(KeyRing::from_keys([DataKey::new("owner-key-1", [7; 32])])),
+            opened: Arc::clone(&opened),
+            vks: Arc::new(Default::default()),
+            replica_wait: Duration::from_secs(2),
+            max_page: 5000,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        ports.push(listener.local_addr()?.port());
+        caches.push(opened);
+        servers.push(tokio::spawn(api::serve(listener, state, stop.clone())));
+    }
 
     let from = chrono::DateTime::from_timestamp_millis(DAY_START_MS).context("t")?;
     let to = from + chrono::Duration::seconds(DAY_S - 1);
@@ -332,11 +352,28 @@ async fn main() -> Result<()> {
         "/api/v1/patients/{patient}/observations?type=HEART_RATE&limit=5000&from={}",
         fmt(from)
     );
-    for (name, path, readings) in [
-        ("day series, 1-minute buckets", &series, 86_400.0),
-        ("observations page of 5,000", &page, 5_000.0),
+    for (name, path, readings, port) in [
+        (
+            "day series, 1-minute buckets, opened afresh",
+            &series,
+            86_400.0,
+            ports[0],
+        ),
+        (
+            "day series, 1-minute buckets, read again (opened-window cache)",
+            &series,
+            86_400.0,
+            ports[1],
+        ),
+        (
+            "observations page of 5,000, opened afresh",
+            &page,
+            5_000.0,
+            ports[0],
+        ),
     ] {
-        // Warm-up, and a check that every reading opened.
+        // Warm-up (fills the cache), and a check that every reading opened.
+        let rss_before = rss_kb();
         let (code, body) = http_get_auth(port, path, Some(&token)).await?;
         anyhow::ensure!(code == 200, "{code} {body}");
         let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -349,6 +386,13 @@ async fn main() -> Result<()> {
             anyhow::ensure!(v["points"].as_array().map(Vec::len) == Some(1440));
         } else {
             anyhow::ensure!(v["observations"].as_array().map(Vec::len) == Some(5000));
+        }
+        if port == ports[1] {
+            println!(
+                "opened-window cache after the first request: {} windows, process RSS {:+.1} MB",
+                caches[1].len(),
+                (rss_kb() - rss_before) as f64 / 1024.0
+            );
         }
         let mut times = Vec::with_capacity(requests);
         for _ in 0..requests {
@@ -368,6 +412,20 @@ async fn main() -> Result<()> {
         );
     }
     stop.cancel();
-    let _ = server.await;
+    for s in servers {
+        let _ = s.await;
+    }
     db.drop().await
+}
+
+/// This process's resident set, in KiB (0 where /proc is not there).
+fn rss_kb() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }

@@ -527,6 +527,68 @@ async fn tampered_values_are_unverifiable_never_numbers() -> Result<()> {
     r.db.drop().await
 }
 
+/// A window opened once is kept opened (the API's opened-window cache, on by
+/// default) and served again without opening it — but a change to any of its
+/// stored bytes is seen at once: tampering after a clinician has looked is
+/// caught like tampering before.
+#[tokio::test]
+async fn an_opened_window_is_opened_again_when_its_stored_bytes_change() -> Result<()> {
+    let mut r = rig("gw-api-7").await?;
+    let (hr, _bp) = seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Cache").await?;
+    grant(&pool, &r.patient, &doc, None).await?;
+    let path = obs_path(p, "&type=HEART_RATE");
+
+    // Opened once, then served again: the same verified values.
+    let first = observations(&r.api.json(&doc.token, &path).await?);
+    assert_eq!(count_status(&first, "verified"), 24, "{first:?}");
+    let again = observations(&r.api.json(&doc.token, &path).await?);
+    assert_eq!(
+        again, first,
+        "a window served again differs from its first opening"
+    );
+
+    // A ciphertext byte flipped in window 1 (seq 5): the window no longer opens.
+    sqlx::query(
+        "UPDATE health_data_heart_rate
+            SET value = jsonb_set(value, '{ciphertext}', to_jsonb(overlay(value->>'ciphertext'
+                placing CASE WHEN left(value->>'ciphertext', 1) = '0' THEN '1' ELSE '0' END from 1 for 1)))
+          WHERE seq = 5",
+    )
+    .execute(&pool)
+    .await?;
+    // A value of window 2 (seq 120) re-sealed with the owner's key: it
+    // decrypts, to another number, and the commitment does not open.
+    reseal(&pool, &hr, 120, vec![180]).await?;
+    let list = observations(&r.api.json(&doc.token, &path).await?);
+    for seq in (1..=16).chain(117..=124) {
+        let o = by_seq(&list, "HEART_RATE", seq)?;
+        assert_eq!(
+            o["status"], "unverifiable",
+            "seq {seq} served from before the change: {o}"
+        );
+        assert!(o["values"].is_null(), "{o}");
+    }
+    let hr5 = by_seq(&list, "HEART_RATE", 5)?;
+    assert!(
+        hr5["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("does not decrypt")),
+        "{hr5}"
+    );
+    let hr120 = by_seq(&list, "HEART_RATE", 120)?;
+    assert!(
+        hr120["reason"]
+            .as_str()
+            .is_some_and(|s| s.contains("commitment does not open")),
+        "{hr120}"
+    );
+    drop(r.api);
+    r.db.drop().await
+}
+
 /// Validate `bundle` with the `fhir.resources` package (FHIR R4B models,
 /// whose Observation and Bundle are R4's) from the set-up's Python.
 fn validate_fhir(bundle: &str, dir: &Path) -> Result<String> {

@@ -106,6 +106,7 @@ const MQTT_USERS: &[&str] = &[
     "gw-api-4",
     "gw-api-5",
     "gw-api-6",
+    "gw-api-7",
 ];
 
 /// (command or file that must exist, Debian package that provides it)

@@ -10,6 +10,7 @@
 //! blocking pool.
 
 use super::keyring::KeyRing;
+use super::opened_cache::{self, OpenedCache, OpenedWindow};
 use chrono::{DateTime, Utc};
 use hailan_proto::envelope::{NONCE_LEN, Sealed};
 use hailan_proto::seal::{SealedValue, open};
@@ -341,7 +342,7 @@ fn check_window(
 }
 
 /// A window's recomputed commitment (bytes, decimal), context x (decimal) and values.
-type Calc = ([u8; 32], String, String, Vec<u32>);
+pub type Calc = ([u8; 32], String, String, Vec<u32>);
 
 /// Recompute a window's commitment from its opened readings (`members` in
 /// seq order, all opened): needs no proof data, so it can run while rows
@@ -404,10 +405,17 @@ pub struct Precomputed {
 /// Precomputed windows by (device, proof hash).
 pub type PrecomputedWindows = Map<(Option<Uuid>, String), Precomputed>;
 
-/// Recompute the commitments of the windows among `rows` (one chunk, all
-/// decrypted as `opened`) before their proofs are read. Only windowable data
-/// types; whether a group really is a complete window is decided later.
-pub fn precompute_windows(rows: &[StoredReading], opened: &[Opened]) -> PrecomputedWindows {
+/// Decrypt the readings of `rows` (one streamed chunk) and recompute the
+/// commitments of the windows among them before their proofs are read.
+/// Windows found in `cache` (same digest of their stored bytes) are taken
+/// from it without decrypting; the others are opened and kept there. Only
+/// windowable data types; whether a group really is a complete window is
+/// decided later, against its proof.
+pub fn open_chunk(
+    rows: &[StoredReading],
+    keys: &KeyRing,
+    cache: &OpenedCache,
+) -> (Vec<Opened>, PrecomputedWindows) {
     let mut by_key: Map<(Option<Uuid>, &str), Vec<usize>> = Map::default();
     for (i, r) in rows.iter().enumerate() {
         let windowable =
@@ -416,19 +424,57 @@ pub fn precompute_windows(rows: &[StoredReading], opened: &[Opened]) -> Precompu
             by_key.entry((r.device_id, h)).or_default().push(i);
         }
     }
-    by_key
+    let mut opened: Vec<Option<Opened>> = vec![None; rows.len()];
+    let mut pre = PrecomputedWindows::default();
+    let mut fresh = Vec::new();
+    for ((device, hash), mut members) in by_key {
+        members.sort_by_key(|i| rows[*i].seq);
+        let digest = opened_cache::digest(rows, &members);
+        match cache.get(&digest) {
+            Some(hit) if hit.values.len() == members.len() => {
+                for (i, v) in members.iter().zip(&hit.values) {
+                    opened[*i] = Some(Ok(v.clone()));
+                }
+                let ids = members.iter().map(|i| rows[*i].id).collect();
+                pre.insert(
+                    (device, hash.to_owned()),
+                    Precomputed {
+                        ids,
+                        result: Ok(hit.calc.clone()),
+                        split: false,
+                    },
+                );
+            }
+            _ => fresh.push((device, hash, members, digest)),
+        }
+    }
+    let opened: Vec<Opened> = opened
         .into_iter()
-        .filter(|(_, m)| m.iter().all(|i| opened[*i].is_ok()))
-        .map(|((device, hash), mut members)| {
-            members.sort_by_key(|i| rows[*i].seq);
-            let pre = Precomputed {
-                ids: members.iter().map(|i| rows[*i].id).collect(),
-                result: window_calc(rows, &members, opened),
-                split: false,
-            };
-            ((device, hash.to_owned()), pre)
-        })
-        .collect()
+        .zip(rows)
+        .map(|(o, r)| o.unwrap_or_else(|| open_row(r, keys)))
+        .collect();
+    for (device, hash, members, digest) in fresh {
+        let values: Vec<SealedValue> = members
+            .iter()
+            .filter_map(|i| opened[*i].as_ref().ok().cloned())
+            .collect();
+        if values.len() != members.len() {
+            continue;
+        }
+        let result = window_calc(rows, &members, &opened);
+        if let Ok(calc) = &result {
+            let calc = calc.clone();
+            cache.insert(digest, OpenedWindow { values, calc });
+        }
+        let ids = members.iter().map(|i| rows[*i].id).collect();
+        let window = Precomputed {
+            ids,
+            result,
+            split: false,
+        };
+        pre.insert((device, hash.to_owned()), window);
+    }
+    (opened, pre)
 }
 
 /// Merge the windows of another chunk; a window seen in two chunks is split.

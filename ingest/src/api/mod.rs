@@ -20,6 +20,7 @@
 pub mod check;
 pub mod fhir;
 pub mod keyring;
+pub mod opened_cache;
 pub mod routes;
 pub mod session;
 
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub primary: PgPool,
     pub replica: Option<PgPool>,
     pub keys: Arc<KeyRing>,
+    /// Windows already opened with `keys` (replace both together).
+    pub opened: Arc<opened_cache::OpenedCache>,
     /// Verifying keys by hex key id, for the snarkjs `vk.json` of a proof bundle.
     pub vks: Arc<HashMap<String, VerifyingKey>>,
     pub replica_wait: Duration,
@@ -145,6 +148,7 @@ pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
         primary,
         replica,
         keys: Arc::new(keys),
+        opened: Arc::new(opened_cache::OpenedCache::new(cfg.api.opened_cache_windows)),
         vks: Arc::new(load_vks(&cfg.zk.keys_dir)),
         replica_wait: Duration::from_millis(cfg.api.replica_wait_ms),
         max_page: cfg.api.max_page.max(1),

@@ -13,7 +13,8 @@ use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, FromRow, PgConnection, Row};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -83,17 +84,18 @@ const RANGE_WHERE_ALL: &str =
             AND $7::int8 IS NULL";
 
 /// The readings query of `patient`, `types` and `range`, bound (one for the
-/// streaming and the collecting reader).
+/// streaming and the collecting reader). Rows come raw: the streaming reader
+/// decodes them on the blocking pool.
 fn readings_query<'a>(
     range: &Range,
     patient: Uuid,
     types: &'a [String],
-) -> sqlx::query::QueryAs<'a, sqlx::Postgres, StoredReading, sqlx::postgres::PgArguments> {
+) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let (after_at, after_id) = match range.after {
         Some((t, id)) => (Some(t), Some(id)),
         None => (None, None),
     };
-    sqlx::query_as::<_, StoredReading>(AssertSqlSafe(range.sql()))
+    sqlx::query(AssertSqlSafe(range.sql()))
         .bind(patient)
         .bind(types)
         .bind(range.from)
@@ -115,14 +117,16 @@ pub async fn read_readings(
     range: &Range,
 ) -> Result<(Vec<StoredReading>, usize), ApiError> {
     let devices = read_devices(conn, patient).await?;
-    let mut rows: Vec<StoredReading> = readings_query(range, patient, types)
-        .fetch_all(&mut *conn)
-        .await?;
+    let mut rows = decode_rows(
+        &readings_query(range, patient, types)
+            .fetch_all(&mut *conn)
+            .await?,
+    )?;
     let n = rows.len();
     complete_proofs(conn, patient, &mut rows).await?;
     let cut = check::incomplete_windows(&rows);
     if !cut.is_empty() {
-        let mut more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        let mut more = decode_rows(&read_siblings(conn, patient, types, &cut, &rows).await?)?;
         complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);
     }
@@ -132,16 +136,20 @@ pub async fn read_readings(
     Ok((rows, n))
 }
 
-/// The readings of windows `cut` that are not among `have`.
+fn decode_rows(rows: &[PgRow]) -> Result<Vec<StoredReading>, sqlx::Error> {
+    rows.iter().map(StoredReading::from_row).collect()
+}
+
+/// The readings of windows `cut` that are not among `have` (raw rows).
 async fn read_siblings(
     conn: &mut PgConnection,
     patient: Uuid,
     types: &[String],
     cut: &[String],
     have: &[StoredReading],
-) -> Result<Vec<StoredReading>, ApiError> {
+) -> Result<Vec<PgRow>, ApiError> {
     let have: HashSet<Uuid> = have.iter().map(|r| r.id).collect();
-    let mut more: Vec<StoredReading> = sqlx::query_as(AssertSqlSafe(format!(
+    let mut more: Vec<PgRow> = sqlx::query(AssertSqlSafe(format!(
         "{READING_SELECT} WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.zk_proof_hash = ANY($3)"
     )))
     .bind(patient)
@@ -149,7 +157,7 @@ async fn read_siblings(
     .bind(cut)
     .fetch_all(&mut *conn)
     .await?;
-    more.retain(|r| !have.contains(&r.id));
+    more.retain(|r| r.try_get::<Uuid, _>(0).is_ok_and(|id| !have.contains(&id)));
     Ok(more)
 }
 
@@ -245,23 +253,42 @@ type OpenedChunk = (
     check::PrecomputedWindows,
 );
 
+/// Decode a chunk of raw rows, then open it, on the blocking pool: the
+/// request's task only receives rows, so PostgreSQL's stream is never held
+/// up by decoding, decrypting or hashing.
 fn spawn_open(
-    chunk: Vec<StoredReading>,
-    keys: &Arc<super::keyring::KeyRing>,
-) -> tokio::task::JoinHandle<OpenedChunk> {
-    let keys = Arc::clone(keys);
+    chunk: Vec<PgRow>,
+    state: &ApiState,
+    devices: &Arc<Devices>,
+) -> tokio::task::JoinHandle<Result<OpenedChunk, sqlx::Error>> {
+    let keys = Arc::clone(&state.keys);
+    let cache = Arc::clone(&state.opened);
+    let devices = Arc::clone(devices);
     tokio::task::spawn_blocking(move || {
-        let opened = check::open_all(&chunk, &keys);
-        let pre = check::precompute_windows(&chunk, &opened);
-        (chunk, opened, pre)
+        let mut rows = decode_rows(&chunk)?;
+        drop(chunk);
+        for r in &mut rows {
+            fill_device(r, &devices);
+        }
+        let (opened, pre) = check::open_chunk(&rows, &keys, &cache);
+        Ok((rows, opened, pre))
     })
 }
 
+async fn join_open(
+    task: tokio::task::JoinHandle<Result<OpenedChunk, sqlx::Error>>,
+) -> Result<OpenedChunk, ApiError> {
+    Ok(task
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??)
+}
+
 /// Read and check: the in-range readings with their checks. The readings
-/// stream in and are decrypted chunk by chunk on the blocking pool as they
-/// arrive, and each window's commitment is recomputed there too (it needs no
-/// proof data); then the proofs' public inputs are read, windows cut by a
-/// chunk or the range are recomputed whole, and everything is compared.
+/// stream in and are decoded and decrypted chunk by chunk on the blocking
+/// pool as they arrive, and each window's commitment is recomputed there too
+/// (it needs no proof data); then the proofs' public inputs are read,
+/// windows cut by a chunk or the range are recomputed whole, and everything
+/// is compared.
 pub async fn read_checked(
     state: &ApiState,
     conn: &mut PgConnection,
@@ -271,43 +298,40 @@ pub async fn read_checked(
 ) -> Result<Vec<(StoredReading, Check)>, ApiError> {
     use futures::TryStreamExt;
     let started = std::time::Instant::now();
-    let devices = read_devices(conn, patient).await?;
+    let devices = Arc::new(read_devices(conn, patient).await?);
     let mut tasks = Vec::new();
     let mut chunk = Vec::with_capacity(OPEN_CHUNK);
     {
         let mut stream = readings_query(range, patient, types).fetch(&mut *conn);
-        while let Some(mut r) = stream.try_next().await? {
-            fill_device(&mut r, &devices);
-            chunk.push(r);
+        while let Some(row) = stream.try_next().await? {
+            chunk.push(row);
             if chunk.len() == OPEN_CHUNK {
-                tasks.push(spawn_open(std::mem::take(&mut chunk), &state.keys));
+                tasks.push(spawn_open(std::mem::take(&mut chunk), state, &devices));
             }
         }
     }
     if !chunk.is_empty() {
-        tasks.push(spawn_open(chunk, &state.keys));
+        tasks.push(spawn_open(chunk, state, &devices));
     }
+    let streamed = started.elapsed();
     let mut rows = Vec::new();
     let mut opened = Vec::new();
     let mut pre = check::PrecomputedWindows::default();
     for t in tasks {
-        let (c, o, p) = t.await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (c, o, p) = join_open(t).await?;
         rows.extend(c);
         opened.extend(o);
         check::merge_precomputed(&mut pre, p);
     }
     let n = rows.len();
+    let opened_at = started.elapsed();
     complete_proofs(conn, patient, &mut rows).await?;
+    let proofs_at = started.elapsed();
     let cut = check::incomplete_windows(&rows);
     if !cut.is_empty() {
-        let mut more = read_siblings(conn, patient, types, &cut, &rows).await?;
-        for r in &mut more {
-            fill_device(r, &devices);
-        }
+        let more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        let (mut more, more_opened, _) = join_open(spawn_open(more, state, &devices)).await?;
         complete_proofs(conn, patient, &mut more).await?;
-        let (more, more_opened, _) = spawn_open(more, &state.keys)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
         rows.extend(more);
         opened.extend(more_opened);
     }
@@ -316,6 +340,9 @@ pub async fn read_checked(
     let checks = check::check_parallel(Arc::clone(&rows), Arc::new(opened), Arc::new(pre)).await;
     tracing::debug!(
         rows = rows.len(),
+        streamed_ms = streamed.as_secs_f64() * 1e3,
+        opened_ms = opened_at.as_secs_f64() * 1e3,
+        proofs_ms = proofs_at.as_secs_f64() * 1e3,
         read_and_decrypt_ms = read.as_secs_f64() * 1e3,
         check_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
         "readings read and opened"

@@ -373,7 +373,6 @@ async fn main() -> Result<()> {
         ),
     ] {
         // Warm-up (fills the cache), and a check that every reading opened.
-        let rss_before = rss_kb();
         let (code, body) = http_get_auth(port, path, Some(&token)).await?;
         anyhow::ensure!(code == 200, "{code} {body}");
         let v: serde_json::Value = serde_json::from_str(&body)?;
@@ -389,9 +388,8 @@ async fn main() -> Result<()> {
         }
         if port == ports[1] {
             println!(
-                "opened-window cache after the first request: {} windows, process RSS {:+.1} MB",
-                caches[1].len(),
-                (rss_kb() - rss_before) as f64 / 1024.0
+                "opened-window cache after the first request: {} windows",
+                caches[1].len()
             );
         }
         let mut times = Vec::with_capacity(requests);
@@ -416,16 +414,4 @@ async fn main() -> Result<()> {
         let _ = s.await;
     }
     db.drop().await
-}
-
-/// This process's resident set, in KiB (0 where /proc is not there).
-fn rss_kb() -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }

@@ -109,7 +109,7 @@ pub struct ApiConfig {
     pub max_connections: u32,
     /// Windows of readings kept opened (decrypted, commitment recomputed) so
     /// that charts read again are not opened again; least recently used go
-    /// first. About 2 KB each: 5,400 windows are one day of 1 Hz heart rate.
+    /// first. About 2.5 KB each: 5,400 windows are one day of 1 Hz heart rate.
     /// 0 disables it.
     pub opened_cache_windows: usize,
 }

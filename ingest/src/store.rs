@@ -383,6 +383,8 @@ async fn write_seq_ranges(tx: &mut Transaction<'_, Postgres>, rows: &[ReadingRow
     Ok(())
 }
 
+/// Quarantine rows, once per message (topic and payload): a redelivered or
+/// repeated message already held is not held twice.
 async fn write_quarantine(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<u64> {
     if !plan.replayed.is_empty() {
         sqlx::query("DELETE FROM rejected_readings WHERE id = ANY($1)")
@@ -407,7 +409,8 @@ async fn write_quarantine(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Re
                                         payload_sha256)
          SELECT t, g, d, dt, s, r, de, p, encode(sha256(p), 'hex')
            FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[],
-                       $8::bytea[]) AS x(t, g, d, dt, s, r, de, p)",
+                       $8::bytea[]) AS x(t, g, d, dt, s, r, de, p)
+         ON CONFLICT (topic, payload_sha256) DO NOTHING",
     )
     .bind(&topics)
     .bind(&gateways)

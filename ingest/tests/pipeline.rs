@@ -349,6 +349,20 @@ async fn the_same_message_twice_is_one_row() -> Result<()> {
     p.publish_all(&topic::up(gw), vec![reading, marker]).await?;
     wait_rows(&db, "", 2).await?;
     assert_eq!(count_readings(&db.pool, "").await?, 2);
+
+    // A message that is quarantined, delivered again (as the broker does
+    // when the acknowledgement of a committed batch was lost), is held once.
+    let garbage = b"not an envelope".to_vec();
+    p.publish_all(&topic::up(gw), vec![garbage.clone(), garbage.clone()])
+        .await?;
+    let marker = enc(&d.proven_reading(&zk.reading, &[72_200])?);
+    p.publish_all(&topic::up(gw), vec![garbage, marker]).await?;
+    wait_rows(&db, "", 3).await?;
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM rejected_readings WHERE reason = 'undecodable'")
+            .fetch_one(&db.pool)
+            .await?;
+    assert_eq!(held, 1, "a message delivered three times is held once");
     db.drop().await
 }
 

@@ -5,7 +5,10 @@
 //! Messages are gathered into batches bounded by size and time; each batch is
 //! planned (decode, resolve, verify) and written in one transaction; only
 //! after the commit are its messages acknowledged — as Vector's end-to-end
-//! acknowledgements do. A batch that cannot be written is kept and retried
+//! acknowledgements do. Planning and writing are two stages: the next batch
+//! is verified while the writer commits the one before (commits stay in
+//! order; a batch that registers or changes devices commits before the next
+//! is planned). A batch that cannot be written is kept and retried
 //! with backoff (PostgreSQL down: nothing is acked, nothing is lost; the
 //! broker's in-flight window bounds what is held in memory). A message whose
 //! connection has since been replaced is not acked: the broker redelivers it
@@ -23,7 +26,7 @@ use sqlx::PgPool;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A received message and the connection it arrived on.
@@ -309,6 +312,62 @@ async fn replay_rate_limited(
     }
 }
 
+/// A batch taken from the broker, with its plan (decoded, resolved,
+/// verified) unless planning failed — then the writer plans it again in its
+/// retry loop.
+struct Planned {
+    batch: Vec<Delivery>,
+    messages: Vec<Message>,
+    allowance: Allowance,
+    plan: Option<(plan::Plan, Duration)>,
+    /// Told once the batch is committed and acknowledged.
+    committed: Option<oneshot::Sender<()>>,
+}
+
+/// Commit a planned batch; if that fails, or it was not planned, fall back
+/// to [`process`] (plan again and write, with backoff, isolating bad input).
+/// Returns the devices the batch registered; `None` only if it can never be
+/// written (never: the batch in hand is finished whatever the shutdown).
+async fn write_planned(
+    pool: &PgPool,
+    verifier: &Arc<Verifier>,
+    p: &mut Planned,
+    name: &str,
+    metrics: &Metrics,
+    status: &Status,
+) -> Option<Vec<String>> {
+    if let Some((plan, plan_time)) = p.plan.take() {
+        let started = Instant::now();
+        match store::write(pool, &plan, name).await {
+            Ok(written) => {
+                status.db_ok.store(true, Ordering::Relaxed);
+                metrics.record_batch(&plan, &written, plan_time, started.elapsed());
+                return Some(plan.registered);
+            }
+            Err(e) => {
+                metrics.batch_failures.inc();
+                if is_database_error(&e) {
+                    status.db_ok.store(false, Ordering::Relaxed);
+                }
+                tracing::warn!(error = %format!("{e:#}"), "batch not written; planning it again");
+            }
+        }
+    }
+    let finish = CancellationToken::new();
+    process(
+        pool,
+        verifier,
+        &p.messages,
+        &p.allowance,
+        name,
+        metrics,
+        status,
+        &finish,
+    )
+    .await
+    .map(|plan| plan.registered)
+}
+
 /// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
 /// disconnect (the broker keeps the session and queues for our return).
 pub async fn run(
@@ -439,6 +498,60 @@ pub async fn run(
         })
     };
 
+    // The writer: commits planned batches in order, then acknowledges their
+    // messages. One batch can wait planned while another is written, so
+    // verification overlaps the previous batch's transaction.
+    let (to_writer, mut planned_batches) = mpsc::channel::<Planned>(1);
+    let writer = {
+        let (pool, verifier, metrics, status) = (
+            pool.clone(),
+            Arc::clone(&verifier),
+            Arc::clone(&metrics),
+            Arc::clone(&status),
+        );
+        let (client, epoch, acks_unsent) =
+            (client.clone(), Arc::clone(&epoch), Arc::clone(&acks_unsent));
+        let (name, shutdown) = (name.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            while let Some(mut p) = planned_batches.recv().await {
+                let Some(registered) =
+                    write_planned(&pool, &verifier, &mut p, &name, &metrics, &status).await
+                else {
+                    break;
+                };
+                let current = epoch.load(Ordering::SeqCst);
+                for d in &p.batch {
+                    if d.epoch == current {
+                        if d.publish.qos != QoS::AtMostOnce {
+                            acks_unsent.fetch_add(1, Ordering::SeqCst);
+                        }
+                        client.ack(&d.publish).await.context("acknowledging")?;
+                    } else {
+                        metrics.stale_acks_skipped.inc();
+                    }
+                }
+                if !registered.is_empty()
+                    && let Err(e) = replay_registered(
+                        &pool,
+                        &verifier,
+                        &registered,
+                        &name,
+                        &metrics,
+                        &status,
+                        &shutdown,
+                    )
+                    .await
+                {
+                    tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
+                }
+                if let Some(committed) = p.committed {
+                    let _ = committed.send(());
+                }
+            }
+            anyhow::Ok(())
+        })
+    };
+
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
     let mut fair = FairShare::new(cfg.fair_share.clone());
     let replay_on = cfg.fair_share.enabled && cfg.fair_share.replay_interval_ms > 0;
@@ -503,42 +616,54 @@ pub async fn run(
             })
             .collect();
         let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
-        // Once a batch is in hand it is finished even if shutdown is asked
-        // meanwhile: a fresh token, so only a hard kill interrupts it.
-        let finish = CancellationToken::new();
-        let Some(plan) = process(
-            &pool, &verifier, &messages, &allowance, &name, &metrics, &status, &finish,
-        )
-        .await
-        else {
-            break;
-        };
-        account(&mut fair, &metrics, &plan);
-        let current = epoch.load(Ordering::SeqCst);
-        for d in &batch {
-            if d.epoch == current {
-                if d.publish.qos != QoS::AtMostOnce {
-                    acks_unsent.fetch_add(1, Ordering::SeqCst);
-                }
-                client.ack(&d.publish).await.context("acknowledging")?;
-            } else {
-                metrics.stale_acks_skipped.inc();
-            }
-        }
-        if !plan.registered.is_empty()
-            && let Err(e) = replay_registered(
-                &pool,
-                &verifier,
-                &plan.registered,
-                &name,
-                &metrics,
-                &status,
-                &shutdown,
-            )
-            .await
+        // Plan (decode, resolve, verify) here while the writer commits the
+        // batch before; a plan that fails is planned again by the writer.
+        let started = Instant::now();
+        let plan = match plan::plan_with(&pool, Arc::clone(&verifier), &messages, &allowance).await
         {
-            tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
+            Ok(plan) => {
+                account(&mut fair, &metrics, &plan);
+                Some((plan, started.elapsed()))
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "batch not planned; the writer retries it");
+                None
+            }
+        };
+        // A batch that registers or changes devices commits before the next
+        // is planned: the next may hold their readings (and the quarantine
+        // replay of a registration must see them).
+        let barrier = plan
+            .as_ref()
+            .is_none_or(|(p, _)| !p.devices.is_empty() || !p.registered.is_empty());
+        let (committed, wait) = if barrier {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let planned = Planned {
+            batch,
+            messages,
+            allowance,
+            plan,
+            committed,
+        };
+        if to_writer.send(planned).await.is_err() {
+            break;
         }
+        if let Some(wait) = wait
+            && wait.await.is_err()
+        {
+            break;
+        }
+    }
+    // Once a batch is in hand it is finished even if shutdown is asked
+    // meanwhile: the writer drains what was planned, then stops.
+    drop(to_writer);
+    match writer.await {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "the writer task failed"),
     }
     tracing::info!("shutting down: last batch acknowledged");
     drop(rx);

@@ -39,7 +39,7 @@ fn benches(quick: bool) -> Vec<Bench> {
         Bench {
             title: "Ingest: verified readings per second, 1 and 2 consumers, beside pure verification and COPY",
             args: split(pick(
-                "run --quiet --release -p hailan-ingest --example ingest_bench -- 1000 250 2",
+                "run --quiet --release -p hailan-ingest --example ingest_bench -- 1000 1000 2",
                 "run --quiet --release -p hailan-ingest --example ingest_bench -- 50 10 2",
             )),
         },

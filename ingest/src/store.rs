@@ -3,9 +3,13 @@
 //! Set-based: each kind of row is one `INSERT … SELECT FROM UNNEST(…)`.
 //! Readings are idempotent on the reading key (a bare `ON CONFLICT DO
 //! NOTHING`: ingest has no SELECT on `health_data`), so a redelivered
-//! message changes nothing. Device rows are locked first, in id order, which
-//! keeps two ingest processes writing the same device from deadlocking and
-//! makes the seq-range bookkeeping exact.
+//! message changes nothing. Device rows are locked in id order before their
+//! state and seq ranges are written, which keeps two ingest processes
+//! writing the same device from deadlocking and makes the seq-range
+//! bookkeeping exact. The lock is taken after the rows are inserted (unless
+//! the batch registers devices): the inserts of two consumers writing the
+//! same devices then run side by side, and only the short tail — device
+//! state, seq ranges, commit — is serialised.
 
 use crate::plan::{Plan, ReadingRow};
 use anyhow::{Context, Result};
@@ -51,27 +55,37 @@ pub async fn write(pool: &PgPool, plan: &Plan, verifier_name: &str) -> Result<Wr
     sqlx::query("SET LOCAL ROLE hailan_ingest")
         .execute(&mut *tx)
         .await?;
-    lock_devices(&mut tx, plan)
-        .await
-        .context("locking devices")?;
-    write_devices(&mut tx, plan)
-        .await
-        .context("writing registrations")?;
-    write_states(&mut tx, plan)
-        .await
-        .context("writing device states")?;
+    // Registrations come before the readings that reference them; a batch
+    // with registrations locks its devices first, as all batches once did.
+    let registers = !plan.devices.is_empty();
+    if registers {
+        lock_devices(&mut tx, plan)
+            .await
+            .context("locking devices")?;
+        write_devices(&mut tx, plan)
+            .await
+            .context("writing registrations")?;
+    }
     let new = write_readings(&mut tx, &plan.readings)
         .await
         .context("writing readings")?;
     write_proofs(&mut tx, plan, verifier_name)
         .await
         .context("writing proofs")?;
-    write_seq_ranges(&mut tx, &plan.readings)
-        .await
-        .context("updating sync state")?;
     let quarantined = write_quarantine(&mut tx, plan)
         .await
         .context("writing quarantine")?;
+    if !registers {
+        lock_devices(&mut tx, plan)
+            .await
+            .context("locking devices")?;
+    }
+    write_states(&mut tx, plan)
+        .await
+        .context("writing device states")?;
+    write_seq_ranges(&mut tx, &plan.readings)
+        .await
+        .context("updating sync state")?;
     tx.commit().await.context("committing the batch")?;
     Ok(Written {
         readings_new: new,
@@ -80,10 +94,11 @@ pub async fn write(pool: &PgPool, plan: &Plan, verifier_name: &str) -> Result<Wr
     })
 }
 
-/// Lock every existing device the plan touches, in id order, before
-/// anything else. `FOR NO KEY UPDATE` serialises concurrent batches of one
-/// device (so the seq-range bookkeeping is exact) without conflicting with
-/// the `FOR KEY SHARE` locks that the readings' foreign keys take — with
+/// Lock every existing device the plan touches, in id order, before its
+/// state and seq ranges are written. `FOR NO KEY UPDATE` serialises
+/// concurrent batches of one device (so the seq-range bookkeeping is exact)
+/// without conflicting with the `FOR KEY SHARE` locks that the readings'
+/// foreign keys take — so it can be taken after the inserts; with
 /// `FOR UPDATE` taken late, two consumers deadlocked on exactly that.
 async fn lock_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()> {
     let ids: BTreeSet<Uuid> = plan

@@ -410,6 +410,20 @@ async fn reseal(pool: &sqlx::PgPool, dev: &TestDevice, seq: u64, slots: Vec<u32>
     Ok(())
 }
 
+/// Flip the first hex digit of a stored heart-rate ciphertext (the reading `seq`).
+async fn flip_ciphertext(pool: &sqlx::PgPool, seq: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE health_data_heart_rate
+            SET value = jsonb_set(value, '{ciphertext}', to_jsonb(overlay(value->>'ciphertext'
+                placing CASE WHEN left(value->>'ciphertext', 1) = '0' THEN '1' ELSE '0' END from 1 for 1)))
+          WHERE seq = $1",
+    )
+    .bind(seq)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 fn by_seq(list: &[Value], data_type: &str, seq: i64) -> Result<Value> {
     list.iter()
         .find(|o| o["data_type"] == data_type && o["seq"] == seq)
@@ -435,14 +449,7 @@ async fn tampered_values_are_unverifiable_never_numbers() -> Result<()> {
         .execute(&pool)
         .await?;
     // 3. A ciphertext byte flipped in window 2 (seq 120).
-    sqlx::query(
-        "UPDATE health_data_heart_rate
-            SET value = jsonb_set(value, '{ciphertext}', to_jsonb(overlay(value->>'ciphertext'
-                placing CASE WHEN left(value->>'ciphertext', 1) = '0' THEN '1' ELSE '0' END from 1 for 1)))
-          WHERE seq = 120",
-    )
-    .execute(&pool)
-    .await?;
+    flip_ciphertext(&pool, 120).await?;
     // 4. A heart-rate value in window 1 re-sealed: the whole window's
     //    commitment no longer opens.
     let v = r.api.json(&doc.token, &obs_path(p, "")).await?;
@@ -551,14 +558,7 @@ async fn an_opened_window_is_opened_again_when_its_stored_bytes_change() -> Resu
     );
 
     // A ciphertext byte flipped in window 1 (seq 5): the window no longer opens.
-    sqlx::query(
-        "UPDATE health_data_heart_rate
-            SET value = jsonb_set(value, '{ciphertext}', to_jsonb(overlay(value->>'ciphertext'
-                placing CASE WHEN left(value->>'ciphertext', 1) = '0' THEN '1' ELSE '0' END from 1 for 1)))
-          WHERE seq = 5",
-    )
-    .execute(&pool)
-    .await?;
+    flip_ciphertext(&pool, 5).await?;
     // A value of window 2 (seq 120) re-sealed with the owner's key: it
     // decrypts, to another number, and the commitment does not open.
     reseal(&pool, &hr, 120, vec![180]).await?;

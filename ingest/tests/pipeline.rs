@@ -6,8 +6,8 @@ use anyhow::Result;
 use hailan_proto::envelope::{self, Body, Envelope};
 use hailan_proto::{DataType, topic};
 use hailan_tests::{
-    DevZk, IngestProcess, Publisher, TestDb, TestDevice, count_readings, enrol, eventually,
-    plausible_slots,
+    DevZk, IngestOptions, IngestProcess, Publisher, TestDb, TestDevice, count_readings, enrol,
+    eventually, plausible_slots,
 };
 use std::path::Path;
 use std::time::Duration;
@@ -363,6 +363,55 @@ async fn the_same_message_twice_is_one_row() -> Result<()> {
             .fetch_one(&db.pool)
             .await?;
     assert_eq!(held, 1, "a message delivered three times is held once");
+    db.drop().await
+}
+
+/// Batches of one message: while a registration's batch is being committed
+/// the consumer already plans the next message — its device's first
+/// reading. A batch that registers devices must commit (and its quarantine
+/// replay run) before the next is planned; otherwise that reading is judged
+/// an unknown device after the replay for its registration has run, and
+/// stays in quarantine.
+#[tokio::test]
+async fn a_reading_right_behind_its_registration_waits_for_it() -> Result<()> {
+    let gw = "gw-test-13";
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    enrol(&db.pool, gw).await?;
+    let one_per_batch = [("HAILAN_INGEST__BATCH__MAX_MESSAGES", "1")];
+    let _ingest = IngestProcess::start_opts(
+        Path::new(BIN),
+        &db,
+        &zk,
+        &[gw],
+        logs.path(),
+        IngestOptions {
+            env: &one_per_batch,
+            ..Default::default()
+        },
+    )?;
+    let mut p = Publisher::connect(gw).await?;
+    let mut payloads = Vec::new();
+    for k in 0..5u32 {
+        let mut d = TestDevice::new(
+            gw,
+            &format!("scale-{k}"),
+            DataType::BodyWeight,
+            40 + u64::from(k),
+        );
+        payloads.push(enc(&d.registration()));
+        payloads.push(enc(&d.proven_reading(&zk.reading, &[70_000 + 100 * k])?));
+    }
+    p.publish_all(&topic::up(gw), payloads).await?;
+    wait_rows(&db, "AND verified", 5).await?;
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
+        .fetch_one(&db.pool)
+        .await?;
+    assert_eq!(
+        held, 0,
+        "a reading was judged before its registration committed"
+    );
     db.drop().await
 }
 

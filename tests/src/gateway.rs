@@ -813,6 +813,24 @@ pub fn all_connected(envelopes: &[Envelope], devices: &HashMap<String, String>) 
     })
 }
 
+/// Start `rig`'s gateway with a collector already listening on its topics,
+/// and wait (up to `wait`) until every paired device reported connected.
+pub async fn start_all_connected(
+    rig: &GatewayRig,
+    broker: &Broker,
+    devices: &HashMap<String, String>,
+    wait: Duration,
+) -> Result<(Collector, GatewayProcess)> {
+    let collector = Collector::start(broker, &rig.gateway_id).await?;
+    let gw = rig.start(&[])?;
+    collector
+        .wait_for(wait, "every device connected", |e| {
+            all_connected(e, devices)
+        })
+        .await?;
+    Ok((collector, gw))
+}
+
 /// Start the simulator and pair every device through the CLI.
 pub fn sim_and_pair(
     devices: &str,

@@ -28,13 +28,8 @@ async fn every_emitted_value_is_stored_verified_once_with_device_state() -> Resu
         "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1500\n",
         &[],
     )?;
-    let collector = Collector::start(&broker, gw_id).await?;
-    let mut gw = rig.start(&[])?;
-    collector
-        .wait_for(Duration::from_secs(60), "every device connected", |e| {
-            all_connected(e, &devices)
-        })
-        .await?;
+    let (collector, mut gw) =
+        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
     // One out-of-range value: the gateway sends it without proof and the
     // reason; ingest stores it unverified (never shown to a clinician).
     sim.sim.command("fault out-of-range=temp0")?;

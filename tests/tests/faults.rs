@@ -135,13 +135,7 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
         "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
         &[],
     )?;
-    let collector = Collector::start(&broker, gw_id).await?;
-    let mut gw = rig.start(&[])?;
-    collector
-        .wait_for(WAIT, "every device connected", |e| {
-            all_connected(e, &devices)
-        })
-        .await?;
+    let (collector, mut gw) = start_all_connected(&rig, &broker, &devices, WAIT).await?;
     let mut rows = stored_at_least(&pool, 8, "the first readings stored").await?;
 
     // 1. A disconnect storm during a stalled scanner.

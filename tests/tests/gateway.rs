@@ -248,13 +248,8 @@ async fn a_broker_outage_is_buffered_and_delivered_in_order() -> Result<()> {
         "[pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
         &[],
     )?;
-    let collector = Collector::start(&broker, &rig.gateway_id).await?;
-    let mut gw = rig.start(&[])?;
-    collector
-        .wait_for(Duration::from_secs(60), "every device connected", |e| {
-            all_connected(e, &devices)
-        })
-        .await?;
+    let (collector, mut gw) =
+        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let from = line_count(&truth_path);
     mosquitto.stop()?;
@@ -307,13 +302,8 @@ async fn a_stalled_scanner_and_a_disconnect_storm_are_survived_without_a_restart
         &["hr2"],
     )?;
     assert_eq!(devices.len(), 3);
-    let collector = Collector::start(&broker, &rig.gateway_id).await?;
-    let mut gw = rig.start(&[])?;
-    collector
-        .wait_for(Duration::from_secs(60), "every device connected", |e| {
-            all_connected(e, &devices)
-        })
-        .await?;
+    let (collector, mut gw) =
+        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
     sim.sim.command("fault stall+8s")?;
     gw.wait_log(
         "(stalled scanner): restarting discovery",

@@ -77,6 +77,7 @@ const MQTT_USERS: &[&str] = &[
     "gw-test-10",
     "gw-test-11",
     "gw-test-12",
+    "gw-test-13",
     "gw-e2e-1",
     "gw-e2e-2",
     "gw-e2e-3",

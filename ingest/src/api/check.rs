@@ -548,3 +548,128 @@ pub async fn check_parallel(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hailan_proto::seal::{DataKey, seal};
+    use rand::SeedableRng;
+
+    const GW: &str = "gw-unit";
+    const DEVICE: &str = "hr-unit";
+
+    /// One heart-rate window of four readings, sealed under `key`, as the
+    /// API reads it.
+    fn window(key: &DataKey) -> Vec<StoredReading> {
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        let values = [61u32, 62, 64, 63];
+        let start_ms = 1_763_942_400_000i64;
+        let mut blinding = [5u8; 32];
+        blinding[31] = 0;
+        let header = WindowHeader {
+            gateway_id: GW,
+            device_id: DEVICE,
+            data_type: "HEART_RATE",
+            first_seq: 1,
+            start_ms,
+            offsets_ms: vec![0, 1000, 2000, 3000],
+        };
+        let c = hailan_proto::zk::prove::window_commitment(&values, &blinding, &header)
+            .expect("a valid window");
+        let device = Arc::new(DeviceInfo {
+            ext: DEVICE.into(),
+            name: None,
+        });
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let seq = 1 + i as i64;
+                let t = start_ms + 1000 * i as i64;
+                let rh = ReadingHeader {
+                    gateway_id: GW,
+                    device_id: DEVICE,
+                    data_type: "HEART_RATE",
+                    seq: seq as u64,
+                    recorded_at_ms: t,
+                };
+                let value = SealedValue {
+                    slots: vec![*v],
+                    blinding,
+                    position: i as u16,
+                    original_unit: None,
+                    extras: Default::default(),
+                };
+                let s = seal(key, &rh, &value, &mut rng);
+                StoredReading {
+                    id: Uuid::from_u128(i as u128 + 1),
+                    device_id: Some(Uuid::from_u128(99)),
+                    data_type: "HEART_RATE".into(),
+                    recorded_at: DateTime::from_timestamp_millis(t).expect("a time"),
+                    seq,
+                    gateway_id: GW.into(),
+                    verified: true,
+                    zk_proof_hash: Some("ab".repeat(32)),
+                    reading_commitment: Some(c.to_vec()),
+                    ipfs_data_cid: None,
+                    kid: Some(s.kid),
+                    nonce: Some(hex::encode(s.nonce)),
+                    ciphertext: Some(hex::encode(s.ciphertext)),
+                    device: Some(Arc::clone(&device)),
+                    proof: None,
+                }
+            })
+            .collect()
+    }
+
+    fn values(opened: &[Opened]) -> Vec<Option<Vec<u32>>> {
+        opened
+            .iter()
+            .map(|o| o.as_ref().ok().map(|v| v.slots.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn an_opened_window_is_served_from_the_cache_until_a_stored_byte_changes() {
+        let key = DataKey::new("owner-key", [7; 32]);
+        let keys = KeyRing::from_keys([key.clone()]);
+        let no_keys = KeyRing::from_keys([]);
+        let mut rows = window(&key);
+        let want = vec![
+            Some(vec![61]),
+            Some(vec![62]),
+            Some(vec![64]),
+            Some(vec![63]),
+        ];
+
+        let cache = OpenedCache::new(8);
+        let (opened, pre) = open_chunk(&rows, &keys, &cache);
+        assert_eq!(values(&opened), want);
+        assert_eq!(cache.len(), 1);
+        let first = pre.values().next().map(|w| w.result.clone());
+
+        // Served again without any key: from the cache, the same commitment.
+        let (opened, pre) = open_chunk(&rows, &no_keys, &cache);
+        assert_eq!(values(&opened), want, "not served from the cache");
+        assert_eq!(pre.values().next().map(|w| w.result.clone()), first);
+
+        // One ciphertext byte changed: a miss, opened afresh (and here,
+        // without the key, not opened at all).
+        if let Some(ct) = rows[2].ciphertext.as_mut() {
+            let flipped = if ct.starts_with('0') { "1" } else { "0" };
+            ct.replace_range(0..1, flipped);
+        }
+        let (opened, _) = open_chunk(&rows, &no_keys, &cache);
+        assert!(
+            opened.iter().all(Result::is_err),
+            "a changed window came from the cache"
+        );
+
+        // Capacity 0 keeps nothing.
+        let rows = window(&key);
+        let off = OpenedCache::new(0);
+        let _ = open_chunk(&rows, &keys, &off);
+        let (opened, _) = open_chunk(&rows, &no_keys, &off);
+        assert!(opened.iter().all(Result::is_err));
+    }
+}

@@ -182,7 +182,11 @@ fn fill_device(r: &mut StoredReading, devices: &Devices) {
 
 /// Fill in each reading's proof statement, size, key and public inputs C
 /// and x. Read apart from the readings (one row per proof, joined here),
-/// which keeps the readings' query a plain range scan.
+/// which keeps the readings' query a plain range scan. The hashes are
+/// compared as `bpchar`, the column's type, so that the unique index serves
+/// them: with `proof_hash::text = ANY($2)` PostgreSQL's generic plan (chosen
+/// after a prepared statement's fifth run) scanned every proof of the patient
+/// against all 5,400 hashes of a day, 250–450 ms instead of 35.
 async fn complete_proofs(
     conn: &mut PgConnection,
     patient: Uuid,
@@ -200,7 +204,7 @@ async fn complete_proofs(
     let proofs: Vec<ProofColumns> = sqlx::query_as(
         "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
                 public_inputs->>1, public_inputs->>2
-           FROM zk_proofs WHERE user_id = $1 AND proof_hash::text = ANY($2)",
+           FROM zk_proofs WHERE user_id = $1 AND proof_hash = ANY($2::bpchar[])",
     )
     .bind(patient)
     .bind(&hashes)
@@ -695,13 +699,8 @@ async fn series(
         .map(|(b, (n, reasons))| json!({ "t": t(b), "n": n, "reasons": reasons }))
         .collect();
     let readings = checked.len();
-    let t0 = std::time::Instant::now();
-    drop(checked);
-    tracing::debug!(
-        drop_ms = t0.elapsed().as_secs_f64() * 1e3,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
-        "dropped"
-    );
+    // Freeing a day's 86,400 readings takes 30–40 ms: not on the answer's path.
+    tokio::task::spawn_blocking(move || drop(checked));
     Ok(Json(json!({
         "patient": patient,
         "data_type": data_type.as_str(),
@@ -813,18 +812,17 @@ async fn proof(
     Path((patient, reading)): Path<(Uuid, Uuid)>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
-    let row: Option<ProofRow> =
-        sqlx::query_as(
-            "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,
+    let row: Option<ProofRow> = sqlx::query_as(
+        "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,
                     p.first_seq, p.reading_count, p.proof_hash::text, h.ipfs_data_cid::text
                FROM health_data h
-               JOIN zk_proofs p ON p.user_id = h.user_id AND p.proof_hash::text = h.zk_proof_hash::text
+               JOIN zk_proofs p ON p.user_id = h.user_id AND p.proof_hash = h.zk_proof_hash::bpchar
               WHERE h.user_id = $1 AND h.id = $2",
-        )
-        .bind(patient)
-        .bind(reading)
-        .fetch_optional(s.reader())
-        .await?;
+    )
+    .bind(patient)
+    .bind(reading)
+    .fetch_optional(s.reader())
+    .await?;
     let Some((data_type, seq, statement, key_id, proof, inputs, first_seq, count, hash, cid)) = row
     else {
         s.finish(

@@ -33,50 +33,105 @@ pub const READING_SELECT: &str =
 
 /// One `health_data` row as the API reads it ([`READING_SELECT`]), completed
 /// with its device and its proof's statement and public inputs (read
-/// separately, shared by all the readings they cover).
+/// separately, shared by all the readings they cover). The columns most rows
+/// share with their neighbours (data type, gateway, proof hash, key id) are
+/// shared strings: a day is 86,400 rows, and allocating, hashing and freeing
+/// each one's copies was a fifth of reading it.
 #[derive(Debug, Clone)]
 pub struct StoredReading {
     pub id: Uuid,
     pub device_id: Option<Uuid>,
-    pub data_type: String,
+    pub data_type: Arc<str>,
     pub recorded_at: DateTime<Utc>,
     pub seq: i64,
-    pub gateway_id: String,
+    pub gateway_id: Arc<str>,
     pub verified: bool,
-    pub zk_proof_hash: Option<String>,
-    pub reading_commitment: Option<Vec<u8>>,
+    pub zk_proof_hash: Option<Arc<str>>,
+    /// `None` also for a stored value that is not 32 bytes (the column's
+    /// check forbids it): it matches no recomputed commitment either way.
+    pub reading_commitment: Option<[u8; 32]>,
     /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext (`hailan_proto::cid`).
     pub ipfs_data_cid: Option<String>,
-    pub kid: Option<String>,
+    pub kid: Option<Arc<str>>,
     pub nonce: Option<String>,
     pub ciphertext: Option<String>,
     pub device: Option<Arc<DeviceInfo>>,
     pub proof: Option<Arc<ProofInfo>>,
 }
 
-impl<'r> sqlx::FromRow<'r, PgRow> for StoredReading {
-    /// Unchecked: the columns are [`READING_SELECT`]'s, whose types are
-    /// known; sqlx's per-value type-compatibility check (cloning and
+/// Decodes [`READING_SELECT`] rows, sharing a string with the previous row
+/// when the stored bytes are the same.
+#[derive(Default)]
+pub struct RowDecoder {
+    data_type: Option<Arc<str>>,
+    gateway_id: Option<Arc<str>>,
+    zk_proof_hash: Option<Arc<str>>,
+    kid: Option<Arc<str>>,
+}
+
+/// The text in column `i` of `row`, the previous row's `last` again when the
+/// bytes are equal.
+fn shared_text(
+    row: &PgRow,
+    i: usize,
+    last: &mut Option<Arc<str>>,
+) -> Result<Option<Arc<str>>, sqlx::Error> {
+    let raw = row.try_get_raw(i)?;
+    if sqlx::ValueRef::is_null(&raw) {
+        return Ok(None);
+    }
+    let bytes = raw.as_bytes().map_err(|e| sqlx::Error::ColumnDecode {
+        index: i.to_string(),
+        source: e,
+    })?;
+    if let Some(l) = last.as_ref().filter(|l| l.as_bytes() == bytes) {
+        return Ok(Some(Arc::clone(l)));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| sqlx::Error::ColumnDecode {
+        index: i.to_string(),
+        source: Box::new(e),
+    })?;
+    let text: Arc<str> = Arc::from(text);
+    *last = Some(Arc::clone(&text));
+    Ok(Some(text))
+}
+
+impl RowDecoder {
+    /// One row. Unchecked: the columns are [`READING_SELECT`]'s, whose types
+    /// are known; sqlx's per-value type-compatibility check (cloning and
     /// comparing type descriptions) was a sixth of decoding a day.
-    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+    pub fn decode(&mut self, row: &PgRow) -> Result<StoredReading, sqlx::Error> {
+        let not_null = |v: Option<Arc<str>>, i: usize| {
+            v.ok_or_else(|| sqlx::Error::ColumnDecode {
+                index: i.to_string(),
+                source: "unexpected NULL".into(),
+            })
+        };
+        let commitment: Option<Vec<u8>> = row.try_get_unchecked(8)?;
         Ok(StoredReading {
             id: row.try_get_unchecked(0)?,
             device_id: row.try_get_unchecked(1)?,
-            data_type: row.try_get_unchecked(2)?,
+            data_type: not_null(shared_text(row, 2, &mut self.data_type)?, 2)?,
             recorded_at: row.try_get_unchecked(3)?,
             seq: row.try_get_unchecked(4)?,
-            gateway_id: row.try_get_unchecked(5)?,
+            gateway_id: not_null(shared_text(row, 5, &mut self.gateway_id)?, 5)?,
             verified: row.try_get_unchecked(6)?,
-            zk_proof_hash: row.try_get_unchecked(7)?,
-            reading_commitment: row.try_get_unchecked(8)?,
+            zk_proof_hash: shared_text(row, 7, &mut self.zk_proof_hash)?,
+            reading_commitment: commitment.and_then(|c| c.try_into().ok()),
             ipfs_data_cid: row.try_get_unchecked(9)?,
-            kid: row.try_get_unchecked(10)?,
+            kid: shared_text(row, 10, &mut self.kid)?,
             nonce: row.try_get_unchecked(11)?,
             ciphertext: row.try_get_unchecked(12)?,
             device: None,
             proof: None,
         })
     }
+}
+
+/// Decode [`READING_SELECT`] rows.
+pub fn decode_rows(rows: &[PgRow]) -> Result<Vec<StoredReading>, sqlx::Error> {
+    let mut decoder = RowDecoder::default();
+    rows.iter().map(|r| decoder.decode(r)).collect()
 }
 
 /// A reading's device: its own id (`iot_devices.device_id`, part of the
@@ -158,16 +213,17 @@ pub fn groups(rows: &[StoredReading]) -> Vec<Vec<usize>> {
     out
 }
 
-/// Windows among `rows` with fewer readings present than their proof covers
-/// (cut by a time range or a page): their proof hashes.
-pub fn incomplete_windows(rows: &[StoredReading]) -> Vec<String> {
-    groups(rows)
-        .into_iter()
+/// Windows among `rows` (grouped as [`groups`] gives them) with fewer
+/// readings present than their proof covers (cut by a time range or a page):
+/// their proof hashes.
+pub fn incomplete_windows(rows: &[StoredReading], groups: &[Vec<usize>]) -> Vec<String> {
+    groups
+        .iter()
         .filter_map(|g| {
             let r = &rows[g[0]];
             let want = usize::try_from(r.proof.as_ref()?.reading_count).ok()?;
             (r.is_window() && g.len() < want)
-                .then(|| r.zk_proof_hash.clone())
+                .then(|| r.zk_proof_hash.as_deref().map(str::to_owned))
                 .flatten()
         })
         .collect()
@@ -187,7 +243,7 @@ fn sealed_of(r: &StoredReading) -> Result<Sealed, String> {
         return Err("the stored ciphertext is not hex".into());
     }
     Ok(Sealed {
-        kid: kid.clone(),
+        kid: kid.to_string(),
         nonce: n,
         ciphertext,
     })
@@ -218,7 +274,7 @@ fn decimal_of(c: &[u8; 32]) -> Option<String> {
 /// Compare a recomputed commitment `c` (and its decimal `c_dec`) and context
 /// `x` with what is stored.
 fn matches_stored(r: &StoredReading, c: &[u8; 32], c_dec: &str, x: &str) -> Result<(), String> {
-    if r.reading_commitment.as_deref() != Some(c.as_slice()) {
+    if r.reading_commitment.as_ref() != Some(c) {
         return Err(
             "commitment does not open: the opened value does not match the stored commitment"
                 .into(),
@@ -320,7 +376,7 @@ fn check_window(
     let calc = match pre
         .get(&(
             first.device_id,
-            first.zk_proof_hash.clone().unwrap_or_default(),
+            first.zk_proof_hash.clone().unwrap_or_else(|| Arc::from("")),
         ))
         .filter(|w| !w.split && w.ids.iter().eq(members.iter().map(|i| &rows[*i].id)))
     {
@@ -406,7 +462,7 @@ pub struct Precomputed {
 }
 
 /// Precomputed windows by (device, proof hash).
-pub type PrecomputedWindows = Map<(Option<Uuid>, String), Precomputed>;
+pub type PrecomputedWindows = Map<(Option<Uuid>, Arc<str>), Precomputed>;
 
 /// Decrypt the readings of `rows` (one streamed chunk) and recompute the
 /// commitments of the windows among them before their proofs are read.
@@ -419,11 +475,11 @@ pub fn open_chunk(
     keys: &KeyRing,
     cache: &OpenedCache,
 ) -> (Vec<Opened>, PrecomputedWindows) {
-    let mut by_key: Map<(Option<Uuid>, &str), Vec<usize>> = Map::default();
+    let mut by_key: Map<(Option<Uuid>, &Arc<str>), Vec<usize>> = Map::default();
     for (i, r) in rows.iter().enumerate() {
         let windowable =
             DataType::from_name(&r.data_type).is_some_and(hailan_proto::zk::prove::windowable);
-        if let (true, true, Some(h)) = (r.verified, windowable, r.zk_proof_hash.as_deref()) {
+        if let (true, true, Some(h)) = (r.verified, windowable, r.zk_proof_hash.as_ref()) {
             by_key.entry((r.device_id, h)).or_default().push(i);
         }
     }
@@ -432,15 +488,17 @@ pub fn open_chunk(
     let mut fresh = Vec::new();
     for ((device, hash), mut members) in by_key {
         members.sort_by_key(|i| rows[*i].seq);
-        let digest = opened_cache::digest(rows, &members);
-        match cache.get(&digest) {
+        let digest = cache
+            .is_enabled()
+            .then(|| opened_cache::digest(rows, &members));
+        match digest.as_ref().and_then(|d| cache.get(d)) {
             Some(hit) if hit.values.len() == members.len() => {
                 for (i, v) in members.iter().zip(&hit.values) {
                     opened[*i] = Some(Ok(v.clone()));
                 }
                 let ids = members.iter().map(|i| rows[*i].id).collect();
                 pre.insert(
-                    (device, hash.to_owned()),
+                    (device, Arc::clone(hash)),
                     Precomputed {
                         ids,
                         result: Ok(hit.calc.clone()),
@@ -465,7 +523,7 @@ pub fn open_chunk(
             continue;
         }
         let result = window_calc(rows, &members, &opened);
-        if let Ok(calc) = &result {
+        if let (Ok(calc), Some(digest)) = (&result, digest) {
             let calc = calc.clone();
             cache.insert(digest, OpenedWindow { values, calc });
         }
@@ -475,7 +533,7 @@ pub fn open_chunk(
             result,
             split: false,
         };
-        pre.insert((device, hash.to_owned()), window);
+        pre.insert((device, Arc::clone(hash)), window);
     }
     (opened, pre)
 }
@@ -512,13 +570,14 @@ pub fn check_groups(
     out
 }
 
-/// Check every row, in parallel on the blocking pool (one task per core).
+/// Check every row of `rows`, grouped as `gs` ([`groups`]), in parallel on
+/// the blocking pool (one task per core).
 pub async fn check_parallel(
     rows: Arc<Vec<StoredReading>>,
     opened: Arc<Vec<Opened>>,
     pre: Arc<PrecomputedWindows>,
+    gs: Vec<Vec<usize>>,
 ) -> Vec<Check> {
-    let gs = groups(&rows);
     let n = rows.len();
     let tasks = std::thread::available_parallelism()
         .map(|p| p.get())
@@ -612,10 +671,10 @@ mod tests {
                     seq,
                     gateway_id: GW.into(),
                     verified: true,
-                    zk_proof_hash: Some("ab".repeat(32)),
-                    reading_commitment: Some(c.to_vec()),
+                    zk_proof_hash: Some("ab".repeat(32).into()),
+                    reading_commitment: Some(c),
                     ipfs_data_cid: None,
-                    kid: Some(s.kid),
+                    kid: Some(s.kid.into()),
                     nonce: Some(hex::encode(s.nonce)),
                     ciphertext: Some(hex::encode(s.ciphertext)),
                     device: Some(Arc::clone(&device)),

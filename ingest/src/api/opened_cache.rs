@@ -68,6 +68,11 @@ impl OpenedCache {
         }
     }
 
+    /// Whether windows are kept at all (capacity 0: no digest is worth computing).
+    pub fn is_enabled(&self) -> bool {
+        self.windows.is_some()
+    }
+
     /// Windows kept now.
     pub fn len(&self) -> usize {
         self.windows
@@ -101,9 +106,13 @@ pub fn digest(rows: &[StoredReading], members: &[usize]) -> WindowDigest {
         put(&mut buf, r.device_ext().unwrap_or_default().as_bytes());
         put(&mut buf, &[u8::from(r.device_ext().is_some())]);
         put(&mut buf, r.data_type.as_bytes());
-        for field in [&r.kid, &r.nonce, &r.ciphertext] {
+        for field in [
+            r.kid.as_deref(),
+            r.nonce.as_deref(),
+            r.ciphertext.as_deref(),
+        ] {
             put(&mut buf, &[u8::from(field.is_some())]);
-            put(&mut buf, field.as_deref().unwrap_or_default().as_bytes());
+            put(&mut buf, field.unwrap_or_default().as_bytes());
         }
     }
     Sha256::digest(&buf).into()

@@ -1,6 +1,6 @@
 //! The JSON endpoints, and the reads they share with FHIR.
 
-use super::check::{self, Check, StoredReading};
+use super::check::{self, Check, StoredReading, decode_rows};
 use super::session::{Kind, Session};
 use super::{ApiError, ApiState};
 use axum::Json;
@@ -14,7 +14,7 @@ use hailan_proto::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, FromRow, PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -124,7 +124,7 @@ pub async fn read_readings(
     )?;
     let n = rows.len();
     complete_proofs(conn, patient, &mut rows).await?;
-    let cut = check::incomplete_windows(&rows);
+    let cut = check::incomplete_windows(&rows, &check::groups(&rows));
     if !cut.is_empty() {
         let mut more = decode_rows(&read_siblings(conn, patient, types, &cut, &rows).await?)?;
         complete_proofs(conn, patient, &mut more).await?;
@@ -134,10 +134,6 @@ pub async fn read_readings(
         fill_device(r, &devices);
     }
     Ok((rows, n))
-}
-
-fn decode_rows(rows: &[PgRow]) -> Result<Vec<StoredReading>, sqlx::Error> {
-    rows.iter().map(StoredReading::from_row).collect()
 }
 
 /// The readings of windows `cut` that are not among `have` (raw rows).
@@ -230,7 +226,7 @@ async fn complete_proofs(
         r.proof = r
             .zk_proof_hash
             .as_ref()
-            .and_then(|h| proofs.get(h))
+            .and_then(|h| proofs.get(&**h))
             .cloned();
     }
     Ok(())
@@ -318,8 +314,8 @@ pub async fn read_checked(
         tasks.push(spawn_open(chunk, state, &devices));
     }
     let streamed = started.elapsed();
-    let mut rows = Vec::new();
-    let mut opened = Vec::new();
+    let mut rows = Vec::with_capacity(tasks.len() * OPEN_CHUNK);
+    let mut opened = Vec::with_capacity(tasks.len() * OPEN_CHUNK);
     let mut pre = check::PrecomputedWindows::default();
     for t in tasks {
         let (c, o, p) = join_open(t).await?;
@@ -331,17 +327,20 @@ pub async fn read_checked(
     let opened_at = started.elapsed();
     complete_proofs(conn, patient, &mut rows).await?;
     let proofs_at = started.elapsed();
-    let cut = check::incomplete_windows(&rows);
+    let mut groups = check::groups(&rows);
+    let cut = check::incomplete_windows(&rows, &groups);
     if !cut.is_empty() {
         let more = read_siblings(conn, patient, types, &cut, &rows).await?;
         let (mut more, more_opened, _) = join_open(spawn_open(more, state, &devices)).await?;
         complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);
         opened.extend(more_opened);
+        groups = check::groups(&rows);
     }
     let read = started.elapsed();
     let rows = Arc::new(rows);
-    let checks = check::check_parallel(Arc::clone(&rows), Arc::new(opened), Arc::new(pre)).await;
+    let checks =
+        check::check_parallel(Arc::clone(&rows), Arc::new(opened), Arc::new(pre), groups).await;
     tracing::debug!(
         rows = rows.len(),
         streamed_ms = streamed.as_secs_f64() * 1e3,

@@ -15,11 +15,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
-/// An owner's AES-256 data key and its id.
+/// An owner's AES-256 data key and its id (with its expanded AES-GCM key
+/// schedule, computed once: the API opens a day's 86,400 readings with one key).
 #[derive(Clone)]
 pub struct DataKey {
     kid: String,
     key: [u8; 32],
+    cipher: Aes256Gcm,
 }
 
 impl fmt::Debug for DataKey {
@@ -36,6 +38,7 @@ impl DataKey {
         DataKey {
             kid: kid.into(),
             key,
+            cipher: Aes256Gcm::new(&key.into()),
         }
     }
 
@@ -121,10 +124,10 @@ pub fn seal(
 ) -> Sealed {
     let mut nonce = [0u8; NONCE_LEN];
     rng.fill_bytes(&mut nonce);
-    let cipher = Aes256Gcm::new(&key.key.into());
     let aad = associated_data(header, &key.kid);
     let plaintext = value.to_bytes();
-    let ciphertext = cipher
+    let ciphertext = key
+        .cipher
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
@@ -146,19 +149,31 @@ pub fn open(
     header: &ReadingHeader<'_>,
     sealed: &Sealed,
 ) -> Result<SealedValue, SealError> {
-    if sealed.kid != key.kid {
+    open_parts(key, header, &sealed.kid, &sealed.nonce, &sealed.ciphertext)
+}
+
+/// [`open`], from a sealed value's parts as they are stored apart (the
+/// clinician API reads them from a row, not from an envelope).
+pub fn open_parts(
+    key: &DataKey,
+    header: &ReadingHeader<'_>,
+    kid: &str,
+    nonce: &[u8; NONCE_LEN],
+    ciphertext: &[u8],
+) -> Result<SealedValue, SealError> {
+    if kid != key.kid {
         return Err(SealError::WrongKeyId {
             expected: key.kid.clone(),
-            found: sealed.kid.clone(),
+            found: kid.to_owned(),
         });
     }
-    let cipher = Aes256Gcm::new(&key.key.into());
-    let aad = associated_data(header, &sealed.kid);
-    let plaintext = cipher
+    let aad = associated_data(header, kid);
+    let plaintext = key
+        .cipher
         .decrypt(
-            Nonce::from_slice(&sealed.nonce),
+            Nonce::from_slice(nonce),
             Payload {
-                msg: &sealed.ciphertext,
+                msg: ciphertext,
                 aad: &aad,
             },
         )

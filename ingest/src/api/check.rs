@@ -12,8 +12,8 @@
 use super::keyring::KeyRing;
 use super::opened_cache::{self, OpenedCache, OpenedWindow};
 use chrono::{DateTime, Utc};
-use hailan_proto::envelope::{NONCE_LEN, Sealed};
-use hailan_proto::seal::{SealedValue, open};
+use hailan_proto::envelope::NONCE_LEN;
+use hailan_proto::seal::{SealedValue, open_parts};
 use hailan_proto::zk::fr_from_bytes;
 use hailan_proto::zk::prove::{reading_commitment, window_commitment};
 use hailan_proto::{DataType, ReadingHeader, WindowHeader};
@@ -22,14 +22,27 @@ use sqlx::postgres::PgRow;
 use std::sync::Arc;
 use uuid::Uuid;
 
+macro_rules! reading_select {
+    ($cid:literal) => {
+        concat!(
+            "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
+                    h.verified, h.zk_proof_hash, h.reading_commitment, ",
+            $cid,
+            ", h.value->>'kid' AS kid, h.value->>'nonce' AS nonce,
+                    h.value->>'ciphertext' AS ciphertext
+               FROM health_data h"
+        )
+    };
+}
+
 /// The columns of a `health_data` row the API reads, in the order
 /// [`StoredReading`]'s decoder takes them (by position: looking 13 columns up
 /// by name for each of a day's 86,400 rows was a tenth of a day view).
-pub const READING_SELECT: &str =
-    "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
-        h.verified, h.zk_proof_hash, h.reading_commitment, h.ipfs_data_cid,
-        h.value->>'kid' AS kid, h.value->>'nonce' AS nonce, h.value->>'ciphertext' AS ciphertext
-   FROM health_data h";
+pub const READING_SELECT: &str = reading_select!("h.ipfs_data_cid");
+
+/// [`READING_SELECT`] for charts, which show no CIDs (59 bytes less per row
+/// for PostgreSQL to send and the API to copy).
+pub const READING_SELECT_NO_CID: &str = reading_select!("NULL::text AS ipfs_data_cid");
 
 /// One `health_data` row as the API reads it ([`READING_SELECT`]), completed
 /// with its device and its proof's statement and public inputs (read
@@ -53,10 +66,55 @@ pub struct StoredReading {
     /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext (`hailan_proto::cid`).
     pub ipfs_data_cid: Option<String>,
     pub kid: Option<Arc<str>>,
-    pub nonce: Option<String>,
-    pub ciphertext: Option<String>,
+    /// The stored nonce and ciphertext, hex-decoded as the row is read, or
+    /// why they could not be.
+    pub sealed: Result<SealedBytes, &'static str>,
     pub device: Option<Arc<DeviceInfo>>,
     pub proof: Option<Arc<ProofInfo>>,
+}
+
+/// A stored sealed value's nonce and ciphertext (its key id is
+/// [`StoredReading::kid`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedBytes {
+    pub nonce: [u8; NONCE_LEN],
+    pub ciphertext: Vec<u8>,
+}
+
+impl SealedBytes {
+    /// From the hex text stored in `health_data.value` (faster-hex: the
+    /// `hex` crate's decoding cost as much as the AES-GCM).
+    pub fn from_hex(nonce: Option<&[u8]>, ciphertext: Option<&[u8]>) -> Result<Self, &'static str> {
+        let (Some(nonce), Some(ct)) = (nonce, ciphertext) else {
+            return Err("the stored value is not a sealed value");
+        };
+        let mut n = [0u8; NONCE_LEN];
+        if nonce.len() != 2 * NONCE_LEN || faster_hex::hex_decode(nonce, &mut n).is_err() {
+            return Err("the stored nonce is malformed");
+        }
+        let mut ciphertext = vec![0u8; ct.len() / 2];
+        if ct.len() % 2 != 0 || faster_hex::hex_decode(ct, &mut ciphertext).is_err() {
+            return Err("the stored ciphertext is not hex");
+        }
+        Ok(SealedBytes {
+            nonce: n,
+            ciphertext,
+        })
+    }
+}
+
+/// The bytes in column `i` of `row` (`None` for NULL).
+fn raw_bytes(row: &PgRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
+    let raw = row.try_get_raw(i)?;
+    if sqlx::ValueRef::is_null(&raw) {
+        return Ok(None);
+    }
+    raw.as_bytes()
+        .map(Some)
+        .map_err(|e| sqlx::Error::ColumnDecode {
+            index: i.to_string(),
+            source: e,
+        })
 }
 
 /// Decodes [`READING_SELECT`] rows, sharing a string with the previous row
@@ -76,14 +134,9 @@ fn shared_text(
     i: usize,
     last: &mut Option<Arc<str>>,
 ) -> Result<Option<Arc<str>>, sqlx::Error> {
-    let raw = row.try_get_raw(i)?;
-    if sqlx::ValueRef::is_null(&raw) {
+    let Some(bytes) = raw_bytes(row, i)? else {
         return Ok(None);
-    }
-    let bytes = raw.as_bytes().map_err(|e| sqlx::Error::ColumnDecode {
-        index: i.to_string(),
-        source: e,
-    })?;
+    };
     if let Some(l) = last.as_ref().filter(|l| l.as_bytes() == bytes) {
         return Ok(Some(Arc::clone(l)));
     }
@@ -120,8 +173,7 @@ impl RowDecoder {
             reading_commitment: commitment.and_then(|c| c.try_into().ok()),
             ipfs_data_cid: row.try_get_unchecked(9)?,
             kid: shared_text(row, 10, &mut self.kid)?,
-            nonce: row.try_get_unchecked(11)?,
-            ciphertext: row.try_get_unchecked(12)?,
+            sealed: SealedBytes::from_hex(raw_bytes(row, 11)?, raw_bytes(row, 12)?),
             device: None,
             proof: None,
         })
@@ -229,32 +281,17 @@ pub fn incomplete_windows(rows: &[StoredReading], groups: &[Vec<usize>]) -> Vec<
         .collect()
 }
 
-fn sealed_of(r: &StoredReading) -> Result<Sealed, String> {
-    let (Some(kid), Some(nonce), Some(ct)) = (&r.kid, &r.nonce, &r.ciphertext) else {
-        return Err("the stored value is not a sealed value".into());
-    };
-    // faster-hex: the `hex` crate's decoding cost as much as the AES-GCM.
-    let mut n = [0u8; NONCE_LEN];
-    if nonce.len() != 2 * NONCE_LEN || faster_hex::hex_decode(nonce.as_bytes(), &mut n).is_err() {
-        return Err("the stored nonce is malformed".into());
-    }
-    let mut ciphertext = vec![0u8; ct.len() / 2];
-    if ct.len() % 2 != 0 || faster_hex::hex_decode(ct.as_bytes(), &mut ciphertext).is_err() {
-        return Err("the stored ciphertext is not hex".into());
-    }
-    Ok(Sealed {
-        kid: kid.to_string(),
-        nonce: n,
-        ciphertext,
-    })
-}
-
 /// Decrypt one stored reading (no commitment check).
 pub fn open_row(r: &StoredReading, keys: &KeyRing) -> Result<SealedValue, String> {
-    let sealed = sealed_of(r)?;
+    let (Some(kid), Ok(sealed)) = (r.kid.as_deref(), &r.sealed) else {
+        return Err(match &r.sealed {
+            Err(why) => (*why).to_owned(),
+            Ok(_) => "the stored value is not a sealed value".into(),
+        });
+    };
     let key = keys
-        .get(&sealed.kid)
-        .ok_or_else(|| format!("no data key {:?} in the API's key ring", sealed.kid))?;
+        .get(kid)
+        .ok_or_else(|| format!("no data key {kid:?} in the API's key ring"))?;
     let device = r.device_ext().ok_or("the reading's device is unknown")?;
     let seq = u64::try_from(r.seq).map_err(|_| "negative seq")?;
     let header = ReadingHeader {
@@ -264,7 +301,8 @@ pub fn open_row(r: &StoredReading, keys: &KeyRing) -> Result<SealedValue, String
         seq,
         recorded_at_ms: r.recorded_at.timestamp_millis(),
     };
-    open(key, &header, &sealed).map_err(|e| format!("ciphertext does not decrypt: {e}"))
+    open_parts(key, &header, kid, &sealed.nonce, &sealed.ciphertext)
+        .map_err(|e| format!("ciphertext does not decrypt: {e}"))
 }
 
 fn decimal_of(c: &[u8; 32]) -> Option<String> {
@@ -675,8 +713,10 @@ mod tests {
                     reading_commitment: Some(c),
                     ipfs_data_cid: None,
                     kid: Some(s.kid.into()),
-                    nonce: Some(hex::encode(s.nonce)),
-                    ciphertext: Some(hex::encode(s.ciphertext)),
+                    sealed: Ok(SealedBytes {
+                        nonce: s.nonce,
+                        ciphertext: s.ciphertext,
+                    }),
                     device: Some(Arc::clone(&device)),
                     proof: None,
                 }
@@ -717,9 +757,8 @@ mod tests {
 
         // One ciphertext byte changed: a miss, opened afresh (and here,
         // without the key, not opened at all).
-        if let Some(ct) = rows[2].ciphertext.as_mut() {
-            let flipped = if ct.starts_with('0') { "1" } else { "0" };
-            ct.replace_range(0..1, flipped);
+        if let Ok(sealed) = rows[2].sealed.as_mut() {
+            sealed.ciphertext[0] ^= 1;
         }
         let (opened, _) = open_chunk(&rows, &no_keys, &cache);
         assert!(

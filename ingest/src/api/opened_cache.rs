@@ -96,7 +96,7 @@ pub fn digest(rows: &[StoredReading], members: &[usize]) -> WindowDigest {
         buf.extend_from_slice(bytes);
     }
     let mut buf = Vec::with_capacity(members.len() * 320);
-    buf.extend_from_slice(b"hailan/api/opened-window/v1");
+    buf.extend_from_slice(b"hailan/api/opened-window/v2");
     for i in members {
         let r = &rows[*i];
         put(&mut buf, r.id.as_bytes());
@@ -106,13 +106,18 @@ pub fn digest(rows: &[StoredReading], members: &[usize]) -> WindowDigest {
         put(&mut buf, r.device_ext().unwrap_or_default().as_bytes());
         put(&mut buf, &[u8::from(r.device_ext().is_some())]);
         put(&mut buf, r.data_type.as_bytes());
-        for field in [
-            r.kid.as_deref(),
-            r.nonce.as_deref(),
-            r.ciphertext.as_deref(),
-        ] {
-            put(&mut buf, &[u8::from(field.is_some())]);
-            put(&mut buf, field.unwrap_or_default().as_bytes());
+        put(&mut buf, &[u8::from(r.kid.is_some())]);
+        put(&mut buf, r.kid.as_deref().unwrap_or_default().as_bytes());
+        match &r.sealed {
+            Ok(sealed) => {
+                put(&mut buf, &[1]);
+                put(&mut buf, &sealed.nonce);
+                put(&mut buf, &sealed.ciphertext);
+            }
+            Err(why) => {
+                put(&mut buf, &[0]);
+                put(&mut buf, why.as_bytes());
+            }
         }
     }
     Sha256::digest(&buf).into()

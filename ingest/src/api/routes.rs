@@ -57,8 +57,9 @@ pub struct Range {
     pub to: DateTime<Utc>,
     /// Keyset cursor: readings after (recorded_at, id).
     pub after: Option<(DateTime<Utc>, Uuid)>,
-    /// Most readings; `None`: all of them, in no particular order (a chart
-    /// aggregates them: PostgreSQL streams the scan without sorting it).
+    /// Most readings; `None`: all of them, in no particular order and
+    /// without their CIDs (a chart aggregates them: PostgreSQL streams the
+    /// scan without sorting it).
     pub limit: Option<i64>,
 }
 
@@ -68,7 +69,7 @@ impl Range {
     pub fn sql(&self) -> String {
         match self.limit {
             Some(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
-            None => format!("{READING_SELECT} {RANGE_WHERE_ALL}"),
+            None => format!("{} {RANGE_WHERE_ALL}", check::READING_SELECT_NO_CID),
         }
     }
 }

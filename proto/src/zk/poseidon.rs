@@ -74,11 +74,75 @@ pub fn tag_window() -> Fr {
 
 const WIDTH: usize = RATE + CAPACITY;
 const ROUNDS: usize = FULL_ROUNDS + PARTIAL_ROUNDS;
+const HALF_FULL: usize = FULL_ROUNDS / 2;
 
-/// [`config`]'s round constants and MDS matrix in fixed arrays.
+type Vector = [Fr; WIDTH];
+type Matrix = [[Fr; WIDTH]; WIDTH];
+
+/// [`config`]'s permutation rearranged for speed, the same function (the
+/// optimisation of the Poseidon paper's appendix B): in the partial rounds,
+/// where the S-box touches only the first element, the round constants of
+/// the other elements are moved back to the first partial round (each
+/// later round adds one scalar after its S-box), and each round's MDS matrix
+/// is factored into a sparse matrix (first row and first column, identity
+/// elsewhere: 2t − 1 products instead of t²) times a matrix that leaves the
+/// first element alone and so moves back through the S-box and into the
+/// previous round's matrix; what is left of it is applied once, before the
+/// first partial round.
 struct Constants {
-    ark: [[Fr; WIDTH]; ROUNDS],
-    mds: [[Fr; WIDTH]; WIDTH],
+    ark: [Vector; ROUNDS],
+    mds: Matrix,
+    /// The first partial round's constants (all that the partial rounds add
+    /// before their S-boxes).
+    partial_first: Vector,
+    /// Added to the first element after partial round k's S-box (the last is 0).
+    partial_after: [Fr; PARTIAL_ROUNDS],
+    /// Applied once before the first partial round's S-box.
+    partial_pre: Matrix,
+    /// Partial round k's sparse matrix: its first row, and its first column below the diagonal.
+    sparse_row: [Vector; PARTIAL_ROUNDS],
+    sparse_col: [[Fr; WIDTH - 1]; PARTIAL_ROUNDS],
+}
+
+fn mat_vec(m: &Matrix, v: &Vector) -> Vector {
+    // One Montgomery reduction for each row's products.
+    std::array::from_fn(|i| Fr::sum_of_products(&m[i], v))
+}
+
+fn mat_mul(a: &Matrix, b: &Matrix) -> Matrix {
+    std::array::from_fn(|i| std::array::from_fn(|j| (0..WIDTH).map(|k| a[i][k] * b[k][j]).sum()))
+}
+
+/// The inverse of a square matrix of order `n ≤ WIDTH` held in the top-left
+/// corner of `m` (Gauss–Jordan; MDS matrices and their square submatrices
+/// are invertible).
+fn inverse(m: &Matrix, n: usize) -> Matrix {
+    let mut a = *m;
+    let mut inv = [[Fr::ZERO; WIDTH]; WIDTH];
+    for (i, row) in inv.iter_mut().enumerate().take(n) {
+        row[i] = Fr::ONE;
+    }
+    for col in 0..n {
+        let pivot = (col..n).find(|&r| a[r][col] != Fr::ZERO).unwrap_or(col);
+        a.swap(col, pivot);
+        inv.swap(col, pivot);
+        let p = a[col][col].inverse().unwrap_or(Fr::ZERO);
+        for j in 0..n {
+            a[col][j] *= p;
+            inv[col][j] *= p;
+        }
+        for r in 0..n {
+            if r != col {
+                let f = a[r][col];
+                for j in 0..n {
+                    let (x, y) = (a[col][j], inv[col][j]);
+                    a[r][j] -= f * x;
+                    inv[r][j] -= f * y;
+                }
+            }
+        }
+    }
+    inv
 }
 
 fn constants() -> &'static Constants {
@@ -86,9 +150,63 @@ fn constants() -> &'static Constants {
     CONSTANTS.get_or_init(|| {
         let c = config();
         let row = |v: &[Fr]| std::array::from_fn(|j| v.get(j).copied().unwrap_or_default());
+        let ark: [Vector; ROUNDS] =
+            std::array::from_fn(|i| row(c.ark.get(i).map_or(&[][..], Vec::as_slice)));
+        let mds: Matrix = std::array::from_fn(|i| row(c.mds.get(i).map_or(&[][..], Vec::as_slice)));
+
+        // Constants: M·y + c = M·(y + M⁻¹c); of u = M⁻¹c, all but the first
+        // element pass back through the previous round's S-box.
+        let mds_inv = inverse(&mds, WIDTH);
+        let mut partial: [Vector; PARTIAL_ROUNDS] = std::array::from_fn(|k| ark[HALF_FULL + k]);
+        let mut partial_after = [Fr::ZERO; PARTIAL_ROUNDS];
+        for k in (1..PARTIAL_ROUNDS).rev() {
+            let u = mat_vec(&mds_inv, &partial[k]);
+            partial_after[k - 1] = u[0];
+            for i in 1..WIDTH {
+                partial[k - 1][i] += u[i];
+            }
+        }
+
+        // Matrices, from the last partial round back: A = S·D with
+        // D = diag(1, Â) (commutes with the S-box) and S sparse; D joins the
+        // previous round's matrix.
+        let mut sparse_row = [[Fr::ZERO; WIDTH]; PARTIAL_ROUNDS];
+        let mut sparse_col = [[Fr::ZERO; WIDTH - 1]; PARTIAL_ROUNDS];
+        let mut a = mds;
+        let mut d = [[Fr::ZERO; WIDTH]; WIDTH];
+        for k in (0..PARTIAL_ROUNDS).rev() {
+            let mut hat = [[Fr::ZERO; WIDTH]; WIDTH];
+            for i in 1..WIDTH {
+                for j in 1..WIDTH {
+                    hat[i - 1][j - 1] = a[i][j];
+                }
+            }
+            let hat_inv = inverse(&hat, WIDTH - 1);
+            // First row: a00, then v with vᵀ·Â = (a01 … a0,t−1).
+            sparse_row[k][0] = a[0][0];
+            for j in 1..WIDTH {
+                sparse_row[k][j] = (1..WIDTH).map(|i| a[0][i] * hat_inv[i - 1][j - 1]).sum();
+            }
+            for i in 1..WIDTH {
+                sparse_col[k][i - 1] = a[i][0];
+            }
+            d = [[Fr::ZERO; WIDTH]; WIDTH];
+            d[0][0] = Fr::ONE;
+            for i in 1..WIDTH {
+                for j in 1..WIDTH {
+                    d[i][j] = a[i][j];
+                }
+            }
+            a = mat_mul(&d, &mds);
+        }
         Constants {
-            ark: std::array::from_fn(|i| row(c.ark.get(i).map_or(&[][..], Vec::as_slice))),
-            mds: std::array::from_fn(|i| row(c.mds.get(i).map_or(&[][..], Vec::as_slice))),
+            ark,
+            mds,
+            partial_first: partial[0],
+            partial_after,
+            partial_pre: d,
+            sparse_row,
+            sparse_col,
         }
     })
 }
@@ -99,23 +217,35 @@ fn sbox(x: &mut Fr) {
     *x *= x2.square();
 }
 
-/// The Poseidon permutation (the arkworks sponge's `permute`, on an array).
-fn permute(state: &mut [Fr; WIDTH], k: &Constants) {
-    for (round, ark) in k.ark.iter().enumerate() {
-        for (s, a) in state.iter_mut().zip(ark) {
-            *s += a;
+fn full_round(state: &mut Vector, ark: &Vector, mds: &Matrix) {
+    for (s, a) in state.iter_mut().zip(ark) {
+        *s += a;
+        sbox(s);
+    }
+    *state = mat_vec(mds, state);
+}
+
+/// The Poseidon permutation (the arkworks sponge's `permute`, on an array,
+/// with the partial rounds rearranged as [`Constants`] says).
+fn permute(state: &mut Vector, k: &Constants) {
+    for ark in &k.ark[..HALF_FULL] {
+        full_round(state, ark, &k.mds);
+    }
+    for (s, c) in state.iter_mut().zip(&k.partial_first) {
+        *s += c;
+    }
+    *state = mat_vec(&k.partial_pre, state);
+    for r in 0..PARTIAL_ROUNDS {
+        sbox(&mut state[0]);
+        state[0] += k.partial_after[r];
+        let first = state[0];
+        state[0] = Fr::sum_of_products(&k.sparse_row[r], state);
+        for (s, w) in state[1..].iter_mut().zip(&k.sparse_col[r]) {
+            *s += *w * first;
         }
-        let partial = FULL_ROUNDS / 2..FULL_ROUNDS / 2 + PARTIAL_ROUNDS;
-        if !partial.contains(&round) {
-            state.iter_mut().for_each(sbox);
-        } else {
-            sbox(&mut state[0]);
-        }
-        let old = *state;
-        for (s, m) in state.iter_mut().zip(&k.mds) {
-            // One Montgomery reduction for the three products.
-            *s = Fr::sum_of_products(m, &old);
-        }
+    }
+    for ark in &k.ark[HALF_FULL + PARTIAL_ROUNDS..] {
+        full_round(state, ark, &k.mds);
     }
 }
 

@@ -394,8 +394,8 @@ async fn main() -> Result<()> {
         }
         let mut times = Vec::with_capacity(requests);
         let cpu_before = (
-            cpu_seconds(|pid, _| pid == std::process::id()),
-            cpu_seconds(|_, comm| comm == "postgres"),
+            hailan_tests::cpu::cpu_seconds(|pid, _| pid == std::process::id()),
+            hailan_tests::cpu::cpu_seconds(|_, comm| comm == "postgres"),
         );
         for _ in 0..requests {
             let t = Instant::now();
@@ -406,9 +406,12 @@ async fn main() -> Result<()> {
         let per_request = |before: f64, after: f64| (after - before) * 1e3 / requests as f64;
         let api_cpu = per_request(
             cpu_before.0,
-            cpu_seconds(|pid, _| pid == std::process::id()),
+            hailan_tests::cpu::cpu_seconds(|pid, _| pid == std::process::id()),
         );
-        let pg_cpu = per_request(cpu_before.1, cpu_seconds(|_, comm| comm == "postgres"));
+        let pg_cpu = per_request(
+            cpu_before.1,
+            hailan_tests::cpu::cpu_seconds(|_, comm| comm == "postgres"),
+        );
         times.sort();
         let mean = times.iter().sum::<Duration>().as_secs_f64() / times.len() as f64;
         println!(
@@ -425,45 +428,4 @@ async fn main() -> Result<()> {
         let _ = s.await;
     }
     db.drop().await
-}
-
-/// CPU seconds (user + system) spent so far by the processes `pick` selects
-/// by pid and command name, from `/proc` (0 where it cannot be read): the
-/// latency of a day view on two cores follows the CPU it costs, which
-/// varies less from hour to hour on this VM than the latency does.
-fn cpu_seconds(pick: impl Fn(u32, &str) -> bool) -> f64 {
-    /// `USER_HZ`, the unit of `/proc/*/stat` times: 100 on Linux.
-    const TICKS: f64 = 100.0;
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let mut ticks = 0u64;
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid … utime(14) stime(15): comm may hold spaces.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        if !pick(pid, &stat[open + 1..close]) {
-            continue;
-        }
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let field = |k: usize| {
-            fields
-                .get(k)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        ticks += field(11) + field(12);
-    }
-    ticks as f64 / TICKS
 }

@@ -166,6 +166,24 @@ fn pure_verification(zk: &DevZk, w: &Workload) -> Result<f64> {
 struct Consumer {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<Result<()>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Readings the consumers have committed (their metrics count a batch's rows
+/// once its transaction has committed): watched instead of polling
+/// `count(*)`, which took PostgreSQL CPU from the run it measured.
+fn stored(consumers: &[Consumer]) -> u64 {
+    consumers
+        .iter()
+        .map(|c| {
+            c.metrics
+                .readings
+                .get_or_create(&hailan_ingest::metrics::OutcomeLabel {
+                    outcome: "stored".into(),
+                })
+                .get()
+        })
+        .sum()
 }
 
 async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
@@ -205,15 +223,20 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
     let verifier = Arc::new(run::load_verifier(&cfg)?);
     let stop = CancellationToken::new();
     let status = Arc::new(run::Status::default());
+    let metrics = Arc::new(Metrics::new());
     let task = tokio::spawn(run::run(
         cfg,
         pool,
         verifier,
-        Arc::new(Metrics::new()),
+        Arc::clone(&metrics),
         status,
         stop.clone(),
     ));
-    Ok(Consumer { stop, task })
+    Ok(Consumer {
+        stop,
+        task,
+        metrics,
+    })
 }
 
 fn now_ms() -> i64 {
@@ -230,8 +253,36 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// One end-to-end run; returns (readings/s, p50 ms, p99 ms).
-async fn end_to_end(zk: &DevZk, w: &Workload, consumers: usize) -> Result<(f64, f64, f64)> {
+/// CPU seconds of this process (consumers and publisher), PostgreSQL and Mosquitto.
+#[derive(Clone, Copy)]
+struct Cpu {
+    this: f64,
+    postgres: f64,
+    mosquitto: f64,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        use hailan_tests::cpu::cpu_seconds;
+        Cpu {
+            this: cpu_seconds(|pid, _| pid == std::process::id()),
+            postgres: cpu_seconds(|_, comm| comm == "postgres"),
+            mosquitto: cpu_seconds(|_, comm| comm == "mosquitto"),
+        }
+    }
+
+    fn since(self) -> Self {
+        let now = Cpu::now();
+        Cpu {
+            this: now.this - self.this,
+            postgres: now.postgres - self.postgres,
+            mosquitto: now.mosquitto - self.mosquitto,
+        }
+    }
+}
+
+/// One end-to-end run; returns (readings/s, p50 ms, p99 ms, CPU spent).
+async fn end_to_end(zk: &DevZk, w: &Workload, consumers: usize) -> Result<(f64, f64, f64, Cpu)> {
     let db = TestDb::create().await?;
     enrol(&db.pool, GW).await?;
     let group = format!("bench{}", uuid::Uuid::new_v4().simple());
@@ -260,6 +311,7 @@ async fn end_to_end(zk: &DevZk, w: &Workload, consumers: usize) -> Result<(f64, 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = Instant::now();
+    let cpu = Cpu::now();
     let published_at = now_ms();
     let topic = topic::up(GW);
     let mut sent_ms = Vec::with_capacity(w.messages.len());
@@ -268,7 +320,7 @@ async fn end_to_end(zk: &DevZk, w: &Workload, consumers: usize) -> Result<(f64, 
         publisher.publish_all(&topic, chunk.to_vec()).await?;
     }
     loop {
-        let n = count_readings(&db.pool, "").await?;
+        let n = stored(&running);
         if n as usize >= w.readings {
             break;
         }
@@ -277,9 +329,10 @@ async fn end_to_end(zk: &DevZk, w: &Workload, consumers: usize) -> Result<(f64, 
             "only {n} of {} readings after 600 s",
             w.readings
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu.since();
     let verified = count_readings(&db.pool, "AND verified").await?;
     anyhow::ensure!(
         verified as usize == w.readings,
@@ -319,6 +372,7 @@ async fn end_to_end(zk: &DevZk, w: &Workload, consumers: usize) -> Result<(f64, 
         w.readings as f64 / elapsed,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
+        cpu,
     ))
 }
 
@@ -440,10 +494,17 @@ async fn main() -> Result<()> {
         );
         println!("  pure batch verification (1 thread, N = 256): {pure:>9.0} readings/s");
         for consumers in 1..=max_consumers {
-            let (rate, p50, p99) = end_to_end(&zk, w, consumers).await?;
+            let (rate, p50, p99, cpu) = end_to_end(&zk, w, consumers).await?;
             println!(
                 "  end to end, {consumers} consumer(s):            {rate:>9.0} verified readings/s  ({:.0} % of pure verification)  publish→row p50 {p50:.0} ms, p99 {p99:.0} ms",
                 100.0 * rate / pure
+            );
+            let per_1000 = |s: f64| s * 1e3 * 1000.0 / w.readings as f64;
+            println!(
+                "    CPU per 1,000 readings: consumers + publisher {:.0} ms, PostgreSQL {:.0} ms, Mosquitto {:.0} ms",
+                per_1000(cpu.this),
+                per_1000(cpu.postgres),
+                per_1000(cpu.mosquitto)
             );
         }
         let copy = copy_baseline(w).await?;

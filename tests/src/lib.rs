@@ -6,6 +6,7 @@
 //! not set, so `cargo nextest run` works on its own after set-up).
 
 pub mod api;
+pub mod cpu;
 pub mod gateway;
 pub mod ops;
 

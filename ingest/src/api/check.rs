@@ -265,18 +265,34 @@ pub fn groups(rows: &[StoredReading]) -> Vec<Vec<usize>> {
     out
 }
 
+/// A window cut by a time range or a page: where its other readings are
+/// (its device's seqs `first_seq..=last_seq` under its proof).
+#[derive(Debug, Clone)]
+pub struct CutWindow {
+    pub device: Uuid,
+    pub data_type: Arc<str>,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub proof_hash: Arc<str>,
+}
+
 /// Windows among `rows` (grouped as [`groups`] gives them) with fewer
-/// readings present than their proof covers (cut by a time range or a page):
-/// their proof hashes.
-pub fn incomplete_windows(rows: &[StoredReading], groups: &[Vec<usize>]) -> Vec<String> {
+/// readings present than their proof covers.
+pub fn incomplete_windows(rows: &[StoredReading], groups: &[Vec<usize>]) -> Vec<CutWindow> {
     groups
         .iter()
         .filter_map(|g| {
             let r = &rows[g[0]];
-            let want = usize::try_from(r.proof.as_ref()?.reading_count).ok()?;
-            (r.is_window() && g.len() < want)
-                .then(|| r.zk_proof_hash.as_deref().map(str::to_owned))
-                .flatten()
+            let proof = r.proof.as_ref()?;
+            let want = usize::try_from(proof.reading_count).ok()?;
+            (r.is_window() && g.len() < want).then_some(())?;
+            Some(CutWindow {
+                device: r.device_id?,
+                data_type: Arc::clone(&r.data_type),
+                first_seq: proof.first_seq,
+                last_seq: proof.first_seq + i64::from(proof.reading_count) - 1,
+                proof_hash: Arc::clone(r.zk_proof_hash.as_ref()?),
+            })
         })
         .collect()
 }

@@ -127,7 +127,7 @@ pub async fn read_readings(
     complete_proofs(conn, patient, &mut rows).await?;
     let cut = check::incomplete_windows(&rows, &check::groups(&rows));
     if !cut.is_empty() {
-        let mut more = decode_rows(&read_siblings(conn, patient, types, &cut, &rows).await?)?;
+        let mut more = decode_rows(&read_siblings(conn, patient, &cut, &rows).await?)?;
         complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);
     }
@@ -137,21 +137,34 @@ pub async fn read_readings(
     Ok((rows, n))
 }
 
-/// The readings of windows `cut` that are not among `have` (raw rows).
+/// The readings of windows `cut` that are not among `have` (raw rows),
+/// found by device and seq range through the readings' unique key.
 async fn read_siblings(
     conn: &mut PgConnection,
     patient: Uuid,
-    types: &[String],
-    cut: &[String],
+    cut: &[check::CutWindow],
     have: &[StoredReading],
 ) -> Result<Vec<PgRow>, ApiError> {
     let have: HashSet<Uuid> = have.iter().map(|r| r.id).collect();
+    let devices: Vec<Uuid> = cut.iter().map(|w| w.device).collect();
+    let types: Vec<&str> = cut.iter().map(|w| &*w.data_type).collect();
+    let first: Vec<i64> = cut.iter().map(|w| w.first_seq).collect();
+    let last: Vec<i64> = cut.iter().map(|w| w.last_seq).collect();
+    let hashes: Vec<&str> = cut.iter().map(|w| &*w.proof_hash).collect();
     let mut more: Vec<PgRow> = sqlx::query(AssertSqlSafe(format!(
-        "{READING_SELECT} WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.zk_proof_hash = ANY($3)"
+        "{READING_SELECT}
+           JOIN UNNEST($2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[])
+                AS w(device, data_type, first_seq, last_seq, proof_hash)
+             ON h.device_id = w.device AND h.data_type = w.data_type
+            AND h.seq BETWEEN w.first_seq AND w.last_seq AND h.zk_proof_hash = w.proof_hash
+          WHERE h.user_id = $1"
     )))
     .bind(patient)
-    .bind(types)
-    .bind(cut)
+    .bind(&devices)
+    .bind(&types)
+    .bind(&first)
+    .bind(&last)
+    .bind(&hashes)
     .fetch_all(&mut *conn)
     .await?;
     more.retain(|r| r.try_get::<Uuid, _>(0).is_ok_and(|id| !have.contains(&id)));
@@ -331,7 +344,7 @@ pub async fn read_checked(
     let mut groups = check::groups(&rows);
     let cut = check::incomplete_windows(&rows, &groups);
     if !cut.is_empty() {
-        let more = read_siblings(conn, patient, types, &cut, &rows).await?;
+        let more = read_siblings(conn, patient, &cut, &rows).await?;
         let (mut more, more_opened, _) = join_open(spawn_open(more, state, &devices)).await?;
         complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);

@@ -102,7 +102,10 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Bench { quick } => {
+            // Figures from a broker still holding earlier floods are not worth much.
+            services::empty_broker(false)?;
             services::run(false)?;
+            services::drop_stale_test_databases(false);
             bench::run(quick)
         }
         Command::Test { args } => test(&args),
@@ -119,6 +122,7 @@ fn has_nextest() -> bool {
 
 fn test(extra: &[String]) -> Result<()> {
     let e = services::run(false)?;
+    services::drop_stale_test_databases(false);
     let env = e.env();
     println!("== cargo fmt --check");
     cargo()

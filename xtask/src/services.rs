@@ -231,6 +231,30 @@ pub fn drop_stale_test_databases(quiet: bool) {
     }
 }
 
+/// The pid of the development broker running with the configuration in
+/// `dir` (the state directory's `mosquitto/`), if it runs.
+fn running_broker(dir: &Path) -> Option<u32> {
+    let conf_path = dir.join("mosquitto.conf");
+    fs::read_to_string(dir.join("mosquitto.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&*conf_path.to_string_lossy()))
+                .unwrap_or(false)
+        })
+}
+
+/// SIGTERM `pid` and wait (up to 10 s) for it to exit.
+fn stop(pid: u32) -> Result<()> {
+    Cmd::new("kill").arg(pid.to_string()).run()?;
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// Stop the development broker and delete its persistence file, so that the
 /// next [`run`] starts it empty. Benchmarks flood it with hundreds of
 /// thousands of QoS 1 messages; what consumers that never came back leave
@@ -238,23 +262,8 @@ pub fn drop_stale_test_databases(quiet: bool) {
 /// (`autosave_interval`) — 221 MB and 10–40 % of a core during later runs.
 pub fn empty_broker(quiet: bool) -> Result<()> {
     let dir = state_dir().join("mosquitto");
-    let conf_path = dir.join("mosquitto.conf");
-    let running = fs::read_to_string(dir.join("mosquitto.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&*conf_path.to_string_lossy()))
-                .unwrap_or(false)
-        });
-    if let Some(pid) = running {
-        Cmd::new("kill").arg(pid.to_string()).run()?;
-        let start = Instant::now();
-        while Path::new(&format!("/proc/{pid}")).exists()
-            && start.elapsed() < Duration::from_secs(10)
-        {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    if let Some(pid) = running_broker(&dir) {
+        stop(pid)?;
     }
     let db = dir.join("data/mosquitto.db");
     if db.exists() {
@@ -416,16 +425,7 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
             .run()?;
     }
 
-    let pid_path = dir.join("mosquitto.pid");
-    let running_pid = fs::read_to_string(&pid_path)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|pid| {
-            fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(&*conf_path.to_string_lossy()))
-                .unwrap_or(false)
-        });
-    match running_pid {
+    match running_broker(&dir) {
         Some(pid) if !config_changed && !changed => {
             say(&format!("mosquitto: already running (pid {pid})"));
         }
@@ -437,13 +437,7 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
         other => {
             if let Some(pid) = other {
                 say("mosquitto: configuration changed, restarting");
-                Cmd::new("kill").arg(pid.to_string()).run()?;
-                let start = Instant::now();
-                while Path::new(&format!("/proc/{pid}")).exists()
-                    && start.elapsed() < Duration::from_secs(10)
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                stop(pid)?;
             }
             if port_open(MQTT_PORT) {
                 bail!(

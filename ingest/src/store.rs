@@ -1,7 +1,8 @@
 //! Writing a [`Plan`] in one transaction, as the `hailan_ingest` role.
 //!
 //! Set-based: each kind of row is one `INSERT … SELECT FROM UNNEST(…)`.
-//! Readings are idempotent on the reading key (a bare `ON CONFLICT DO
+//! Readings are idempotent on the reading key (a plain INSERT in a
+//! savepoint, then, if a row is already stored, a bare `ON CONFLICT DO
 //! NOTHING`: ingest has no SELECT on `health_data`), so a redelivered
 //! message changes nothing. Device rows are locked in id order before their
 //! state and seq ranges are written, which keeps two ingest processes
@@ -14,7 +15,7 @@
 use crate::plan::{Plan, ReadingRow};
 use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
 
@@ -258,30 +259,55 @@ async fn write_readings(tx: &mut Transaction<'_, Postgres>, rows: &[ReadingRow])
     let gateways: Vec<&str> = rows.iter().map(|r| r.gateway_id.as_str()).collect();
     let commitments: Vec<&[u8]> = rows.iter().map(|r| r.commitment.as_slice()).collect();
     let cids: Vec<&str> = rows.iter().map(|r| r.data_cid.as_str()).collect();
-    let result = sqlx::query(
-        "INSERT INTO health_data (user_id, device_id, data_type, value, unit, recorded_at, zk_proof_hash,
-                                  verified, verified_at, seq, gateway_id, reading_commitment, ipfs_data_cid)
-         SELECT u, d, t, v, un, ra, h, ve, CASE WHEN ve THEN now() END, s, g, c, cid
-           FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[],
-                       $7::text[], $8::bool[], $9::int8[], $10::text[], $11::bytea[], $12::text[])
-                AS x(u, d, t, v, un, ra, h, ve, s, g, c, cid)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(&user_ids)
-    .bind(&devices)
-    .bind(&data_types)
-    .bind(&values)
-    .bind(&units)
-    .bind(&recorded)
-    .bind(&hashes)
-    .bind(&verified)
-    .bind(&seqs)
-    .bind(&gateways)
-    .bind(&commitments)
-    .bind(&cids)
-    .execute(&mut **tx)
-    .await?;
+    // Most batches hold no reading that is already stored: a plain INSERT
+    // in a savepoint skips `ON CONFLICT`'s speculative insertion (13 % of
+    // PostgreSQL's time for 16,000 rows). A redelivered batch fails on the
+    // reading key and is inserted again, `ON CONFLICT DO NOTHING`.
+    let insert = |on_conflict: &'static str| {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO health_data (user_id, device_id, data_type, value, unit, recorded_at, zk_proof_hash,
+                                      verified, verified_at, seq, gateway_id, reading_commitment, ipfs_data_cid)
+             SELECT u, d, t, v, un, ra, h, ve, CASE WHEN ve THEN now() END, s, g, c, cid
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::timestamptz[],
+                           $7::text[], $8::bool[], $9::int8[], $10::text[], $11::bytea[], $12::text[])
+                    AS x(u, d, t, v, un, ra, h, ve, s, g, c, cid)
+             {on_conflict}"
+        )))
+        .bind(&user_ids)
+        .bind(&devices)
+        .bind(&data_types)
+        .bind(&values)
+        .bind(&units)
+        .bind(&recorded)
+        .bind(&hashes)
+        .bind(&verified)
+        .bind(&seqs)
+        .bind(&gateways)
+        .bind(&commitments)
+        .bind(&cids)
+    };
+    sqlx::query("SAVEPOINT readings").execute(&mut **tx).await?;
+    let result = match insert("").execute(&mut **tx).await {
+        Ok(result) => result,
+        Err(e) if is_unique_violation(&e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT readings")
+                .execute(&mut **tx)
+                .await?;
+            insert("ON CONFLICT DO NOTHING").execute(&mut **tx).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    sqlx::query("RELEASE SAVEPOINT readings")
+        .execute(&mut **tx)
+        .await?;
     Ok(result.rows_affected())
+}
+
+/// A unique key refused a row (SQLSTATE 23505).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
 }
 
 async fn write_proofs(

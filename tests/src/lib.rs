@@ -894,11 +894,29 @@ impl PrivatePostgres {
             .context("postmaster.pid without a pid")?;
         let mut victims = vec![pid];
         victims.extend(children_of(pid));
-        let status = std::process::Command::new("kill")
+        // One `kill` for all, so that no backend outlives the postmaster by
+        // more than an instant. A backend that exited on its own between the
+        // listing and the kill makes `kill` report failure ("No such
+        // process"): what matters is that none of them is left.
+        let _ = std::process::Command::new("kill")
             .arg("-KILL")
             .args(victims.iter().map(|p| p.to_string()))
             .status()?;
-        anyhow::ensure!(status.success(), "kill -KILL {victims:?} failed");
+        let alive = |p: &u32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while victims.iter().any(alive) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "kill -KILL left {:?} running",
+                victims.iter().filter(|p| alive(p)).collect::<Vec<_>>()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         Ok(())
     }
 

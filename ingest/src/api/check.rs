@@ -740,6 +740,42 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn stored_hex_that_is_not_a_nonce_or_ciphertext_says_which() {
+        let nonce = "00".repeat(NONCE_LEN);
+        let ok = SealedBytes::from_hex(Some(nonce.as_bytes()), Some(b"0aFF"));
+        assert_eq!(
+            ok,
+            Ok(SealedBytes {
+                nonce: [0; NONCE_LEN],
+                ciphertext: vec![0x0a, 0xff],
+            })
+        );
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
+        let cases: [Case; 5] = [
+            (None, Some(b"00"), "the stored value is not a sealed value"),
+            (
+                Some(nonce.as_bytes()),
+                None,
+                "the stored value is not a sealed value",
+            ),
+            (Some(b"0011"), Some(b"00"), "the stored nonce is malformed"),
+            (
+                Some(nonce.as_bytes()),
+                Some(b"0g"),
+                "the stored ciphertext is not hex",
+            ),
+            (
+                Some(nonce.as_bytes()),
+                Some(b"001"),
+                "the stored ciphertext is not hex",
+            ),
+        ];
+        for (n, c, why) in cases {
+            assert_eq!(SealedBytes::from_hex(n, c), Err(why), "{n:?} {c:?}");
+        }
+    }
+
     fn values(opened: &[Opened]) -> Vec<Option<Vec<u32>>> {
         opened
             .iter()

@@ -211,15 +211,11 @@ async fn complete_proofs(
         .collect::<HashSet<_, foldhash::fast::RandomState>>()
         .into_iter()
         .collect();
-    let proofs: Vec<ProofColumns> = sqlx::query_as(
-        "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
-                public_inputs->>1, public_inputs->>2
-           FROM zk_proofs WHERE user_id = $1 AND proof_hash = ANY($2::bpchar[])",
-    )
-    .bind(patient)
-    .bind(&hashes)
-    .fetch_all(&mut *conn)
-    .await?;
+    let proofs: Vec<ProofColumns> = sqlx::query_as(PROOF_INPUTS_SELECT)
+        .bind(patient)
+        .bind(&hashes)
+        .fetch_all(&mut *conn)
+        .await?;
     let proofs: check::Map<String, Arc<check::ProofInfo>> = proofs
         .into_iter()
         .map(
@@ -245,6 +241,13 @@ async fn complete_proofs(
     }
     Ok(())
 }
+
+/// The proofs of patient `$1` with hashes `$2` (text[]): hash, statement,
+/// first seq, count, key id, public inputs C and x ([`ProofColumns`]).
+pub const PROOF_INPUTS_SELECT: &str =
+    "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
+            public_inputs->>1, public_inputs->>2
+       FROM zk_proofs WHERE user_id = $1 AND proof_hash = ANY($2::bpchar[])";
 
 /// hash, statement, first seq, count, key id, public inputs C and x.
 type ProofColumns = (
@@ -827,7 +830,9 @@ async fn proof(
     let mut s = Session::begin(&state, &headers).await?;
     // Every data type named: the primary key is (user_id, data_type, id), so
     // each partition is probed at one point instead of scanning the
-    // patient's part of its index.
+    // patient's part of its index. (Rows of other types, in the default
+    // partition, never have a proof: ingest quarantines unknown types, so
+    // they were not found here before either.)
     let types = parse_types(None)?;
     let row: Option<ProofRow> = sqlx::query_as(
         "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,

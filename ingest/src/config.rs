@@ -167,6 +167,11 @@ impl Default for MqttConfig {
 pub struct BatchConfig {
     /// Most MQTT messages per batch (one transaction, one batched verification).
     pub max_messages: usize,
+    /// Most payload bytes per batch: a batch closes at `max_messages` or at
+    /// this, whichever comes first, and the consumer stops reading the
+    /// broker while four batches' worth is waiting. It bounds memory when
+    /// envelopes are large (up to 256 KiB each, thousands of readings).
+    pub max_bytes: usize,
     /// Longest a message waits for its batch to fill, in milliseconds.
     pub max_wait_ms: u64,
 }
@@ -175,6 +180,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_messages: 500,
+            max_bytes: 4 * 1024 * 1024,
             max_wait_ms: 50,
         }
     }
@@ -266,6 +272,9 @@ impl IngestConfig {
         }
         if cfg.batch.max_messages == 0 {
             anyhow::bail!("invalid configuration: batch.max_messages must be at least 1");
+        }
+        if cfg.batch.max_bytes == 0 {
+            anyhow::bail!("invalid configuration: batch.max_bytes must be at least 1");
         }
         Ok(cfg)
     }

@@ -6,6 +6,7 @@
 //! - [`db`]: connecting, the embedded migrations, and the schema summary.
 //! - [`plan`]: one batch of messages → the rows of one transaction (verifies proofs).
 //! - [`store`]: writing a plan in one transaction.
+//! - [`commit`]: committing a batch whatever it holds — retry connection loss, isolate what cannot be stored.
 //! - [`run`]: the consumer loop — ack after commit.
 //! - [`fair_share`]: per-gateway limits on messages and verification work.
 //! - [`quarantine`]: reasons, listing and replay.
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod commit;
 pub mod config;
 pub mod db;
 pub mod fair_share;

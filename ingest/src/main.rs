@@ -251,26 +251,27 @@ async fn main() -> Result<()> {
                 QuarantineCommand::Replay { reason, limit } => {
                     let verifier = Arc::new(run::load_verifier(&cfg)?);
                     let rows = quarantine::for_replay(&pool, reason.as_deref(), &[], limit).await?;
-                    let messages: Vec<_> = rows
-                        .into_iter()
-                        .map(|r| hailan_ingest::plan::Message {
-                            topic: r.topic,
-                            payload: r.payload,
-                            from_quarantine: Some(r.id),
-                            rate_limited: None,
-                        })
-                        .collect();
+                    let messages: Vec<_> =
+                        rows.into_iter().map(quarantine::Rejected::replay).collect();
                     let n = messages.len();
-                    let plan = hailan_ingest::plan::plan(&pool, verifier, &messages).await?;
-                    let written = hailan_ingest::store::write(
-                        &pool,
-                        &plan,
-                        "hailan-ingest quarantine replay",
-                    )
-                    .await?;
+                    let (metrics, status) = (Metrics::new(), Status::default());
+                    let committer = hailan_ingest::commit::Committer {
+                        pool: &pool,
+                        verifier: &verifier,
+                        name: "hailan-ingest quarantine replay",
+                        metrics: &metrics,
+                        status: &status,
+                    };
+                    let stop = CancellationToken::new();
+                    tokio::spawn(shutdown_signal(stop.clone()));
+                    let allowance = hailan_ingest::fair_share::Allowance::unlimited();
+                    let Some(done) = committer.commit(&messages, &allowance, &stop).await else {
+                        anyhow::bail!("interrupted before the replay committed: nothing changed");
+                    };
+                    let w = done.written;
                     println!(
                         "replayed {n}: {} readings stored, {} already stored, {} quarantined again",
-                        written.readings_new, written.readings_duplicate, written.quarantined
+                        w.readings_new, w.readings_duplicate, w.quarantined
                     );
                 }
             }

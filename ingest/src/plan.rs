@@ -9,6 +9,7 @@
 use crate::fair_share::{Allowance, ProofUsage};
 use crate::quarantine::Reason;
 use anyhow::Result;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
 use hailan_proto::envelope::{
@@ -26,7 +27,8 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Message {
     pub topic: String,
-    pub payload: Vec<u8>,
+    /// Shared, not copied: every quarantine row of the message points at it.
+    pub payload: Bytes,
     /// Set when the message is a replay of a quarantine row: that row is
     /// deleted in the same transaction as the message's new outcome.
     pub from_quarantine: Option<Uuid>,
@@ -107,7 +109,62 @@ pub struct QuarantineRow {
     pub seq: Option<i64>,
     pub reason: Reason,
     pub detail: String,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
+}
+
+impl QuarantineRow {
+    /// A row holding `m` whole, with the gateway its topic names.
+    pub fn of_message(m: &Message, reason: Reason, detail: String) -> QuarantineRow {
+        let gateway_id = match topic::parse(&m.topic) {
+            Some(Topic::Up { gateway_id }) => Some(gateway_id.to_owned()),
+            _ => None,
+        };
+        QuarantineRow {
+            topic: m.topic.clone(),
+            gateway_id,
+            device_id: None,
+            data_type: None,
+            seq: None,
+            reason,
+            detail,
+            payload: m.payload.clone(),
+        }
+    }
+}
+
+/// Most bytes of reasons one quarantine row's detail collects from the
+/// groups and readings of its message; the rest are counted.
+pub const DETAIL_CAP: usize = 4096;
+
+/// One quarantine row per message (the first reason found names it; the
+/// others join its detail, capped at [`DETAIL_CAP`]), so a message of many
+/// failing groups costs one row and one copy of its payload, never one each.
+fn one_row_per_message(rows: Vec<QuarantineRow>) -> Vec<QuarantineRow> {
+    let mut out: Vec<QuarantineRow> = Vec::with_capacity(rows.len());
+    let mut omitted: Vec<usize> = Vec::with_capacity(rows.len());
+    // A message's rows share its payload buffer: its address names the message.
+    let mut index: HashMap<(usize, usize), usize> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let key = (row.payload.as_ptr() as usize, row.payload.len());
+        match index.get(&key).copied() {
+            Some(i) if out[i].detail.len() + row.detail.len() + 2 <= DETAIL_CAP => {
+                out[i].detail.push_str("; ");
+                out[i].detail.push_str(&row.detail);
+            }
+            Some(i) => omitted[i] += 1,
+            None => {
+                index.insert(key, out.len());
+                out.push(row);
+                omitted.push(0);
+            }
+        }
+    }
+    for (row, n) in out.iter_mut().zip(omitted) {
+        if n > 0 {
+            row.detail.push_str(&format!("; and {n} more"));
+        }
+    }
+    out
 }
 
 /// Everything one batch writes.
@@ -164,6 +221,22 @@ struct Pending {
 }
 
 impl Plan {
+    /// Add what a later, separately written part of the same batch wrote.
+    pub fn absorb(&mut self, other: Plan) {
+        self.message_count += other.message_count;
+        self.readings.extend(other.readings);
+        self.registered.extend(other.registered);
+        self.quarantine.extend(other.quarantine);
+        self.replayed.extend(other.replayed);
+        self.groups_verified += other.groups_verified;
+        self.proof_limited.extend(other.proof_limited);
+        for (g, u) in other.proof_usage {
+            let mine = self.proof_usage.entry(g).or_default();
+            mine.checked += u.checked;
+            mine.bad += u.bad;
+        }
+    }
+
     fn quarantine(
         &mut self,
         msg: &Message,
@@ -631,6 +704,7 @@ pub async fn plan_with(
             });
         }
     }
+    plan.quarantine = one_row_per_message(std::mem::take(&mut plan.quarantine));
     Ok(plan)
 }
 

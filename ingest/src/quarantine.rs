@@ -27,13 +27,17 @@ pub enum Reason {
     /// Processing failed for a reason that is not the input's fault (a bug);
     /// kept so the rest flows on, and replayable once fixed.
     InternalError,
+    /// Valid on the wire, but PostgreSQL refused to store it (a data error
+    /// the envelope's validation did not foresee): found by bisecting its
+    /// batch, held with the database's error text so the rest flows on.
+    Unstorable,
     /// Over its gateway's fair share (`[fair_share]`): kept undecoded and
     /// acknowledged; `quarantine replay --reason rate_limited` runs it again.
     RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::BadTopic,
         Reason::Oversize,
         Reason::Undecodable,
@@ -49,6 +53,7 @@ impl Reason {
         Reason::MalformedProof,
         Reason::BadProof,
         Reason::InternalError,
+        Reason::Unstorable,
         Reason::RateLimited,
     ];
 
@@ -69,6 +74,7 @@ impl Reason {
             Reason::MalformedProof => "malformed_proof",
             Reason::BadProof => "bad_proof",
             Reason::InternalError => "internal_error",
+            Reason::Unstorable => "unstorable",
             Reason::RateLimited => "rate_limited",
         }
     }
@@ -105,6 +111,19 @@ pub struct Rejected {
     pub reason: String,
     pub detail: String,
     pub payload: Vec<u8>,
+}
+
+impl Rejected {
+    /// The message this row holds, to be planned again; the row is deleted
+    /// in the transaction that stores the message's new outcome.
+    pub fn replay(self) -> crate::plan::Message {
+        crate::plan::Message {
+            topic: self.topic,
+            payload: self.payload.into(),
+            from_quarantine: Some(self.id),
+            rate_limited: None,
+        }
+    }
 }
 
 /// Quarantine rows, newest first, optionally of one reason.

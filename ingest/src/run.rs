@@ -8,12 +8,15 @@
 //! acknowledgements do. Planning and writing are two stages: the next batch
 //! is verified while the writer commits the one before (commits stay in
 //! order; a batch that registers or changes devices commits before the next
-//! is planned). A batch that cannot be written is kept and retried
-//! with backoff (PostgreSQL down: nothing is acked, nothing is lost; the
-//! broker's in-flight window bounds what is held in memory). A message whose
+//! is planned). A batch that cannot be written is handled by [`commit`]:
+//! connection loss is retried with backoff (nothing is acked, nothing is
+//! lost), a message PostgreSQL refuses is isolated to quarantine and the
+//! rest commits. On shutdown the batch in hand gets [`SHUTDOWN_GRACE`] to
+//! commit; what has not committed by then is left unacknowledged. A message whose
 //! connection has since been replaced is not acked: the broker redelivers it
 //! on the new connection, and the unique key absorbs the duplicate.
 
+use crate::commit::{self, Committer};
 use crate::config::IngestConfig;
 use crate::fair_share::{Allowance, FairShare};
 use crate::metrics::Metrics;
@@ -28,6 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+
+/// How long a batch in hand may still take to commit after shutdown is
+/// asked; with the broker's DISCONNECT after it, the process ends within 5 s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// A received message and the connection it arrived on.
 struct Delivery {
@@ -61,158 +68,14 @@ pub fn load_verifier(cfg: &IngestConfig) -> Result<Verifier> {
         .with_batch_weights(weights))
 }
 
-/// Whether an error came from the database (or the connection to it), as
-/// opposed to a bug tripped by some input.
-fn is_database_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<sqlx::Error>().is_some())
-}
-
-/// Plan and write `messages`, retrying with capped backoff until it commits
-/// or `shutdown` fires (then the batch is left unacknowledged, for redelivery).
-///
-/// A batch that keeps failing for a reason other than the database is not
-/// retried for ever: it is split, and a message that fails on its own is
-/// quarantined as `internal_error` so the rest flows on.
-#[allow(clippy::too_many_arguments)]
-pub async fn process(
-    pool: &PgPool,
-    verifier: &Arc<Verifier>,
-    messages: &[Message],
-    allowance: &Allowance,
-    name: &str,
-    metrics: &Metrics,
-    status: &Status,
-    shutdown: &CancellationToken,
-) -> Option<plan::Plan> {
-    let mut delay = Duration::from_millis(100);
-    let mut input_failures = 0;
-    loop {
-        let started = Instant::now();
-        let attempt = async {
-            let plan = plan::plan_with(pool, Arc::clone(verifier), messages, allowance).await?;
-            let verified_at = Instant::now();
-            let written = store::write(pool, &plan, name).await?;
-            anyhow::Ok((plan, written, verified_at))
-        };
-        match attempt.await {
-            Ok((plan, written, verified_at)) => {
-                status.db_ok.store(true, Ordering::Relaxed);
-                metrics.record_batch(
-                    &plan,
-                    &written,
-                    verified_at - started,
-                    verified_at.elapsed(),
-                );
-                return Some(plan);
-            }
-            Err(e) => {
-                metrics.batch_failures.inc();
-                if is_database_error(&e) {
-                    status.db_ok.store(false, Ordering::Relaxed);
-                } else {
-                    input_failures += 1;
-                    if input_failures >= 3 {
-                        return isolate(
-                            pool, verifier, messages, allowance, name, metrics, status, shutdown,
-                            &e,
-                        )
-                        .await;
-                    }
-                }
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "batch not written; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.cancelled() => return None,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Process a failing batch one message at a time; quarantine the ones that
-/// fail alone. Returns the merged plan of what was written.
-#[allow(clippy::too_many_arguments)]
-async fn isolate(
-    pool: &PgPool,
-    verifier: &Arc<Verifier>,
-    messages: &[Message],
-    allowance: &Allowance,
-    name: &str,
-    metrics: &Metrics,
-    status: &Status,
-    shutdown: &CancellationToken,
-    first_error: &anyhow::Error,
-) -> Option<plan::Plan> {
-    tracing::error!(error = %format!("{first_error:#}"), messages = messages.len(), "batch fails on its input; isolating the message");
-    let mut merged = plan::Plan::default();
-    for m in messages {
-        let one = std::slice::from_ref(m);
-        let outcome = async {
-            let plan = plan::plan_with(pool, Arc::clone(verifier), one, allowance).await?;
-            store::write(pool, &plan, name).await?;
-            anyhow::Ok(plan)
-        }
-        .await;
-        let plan = match outcome {
-            Ok(p) => p,
-            Err(e) if is_database_error(&e) => {
-                // The database went away meanwhile: back to the retry loop.
-                return Box::pin(process(
-                    pool, verifier, messages, allowance, name, metrics, status, shutdown,
-                ))
-                .await;
-            }
-            Err(e) => {
-                let mut p = plan::Plan {
-                    message_count: 1,
-                    replayed: m.from_quarantine.into_iter().collect(),
-                    ..Default::default()
-                };
-                p.quarantine.push(plan::QuarantineRow {
-                    topic: m.topic.clone(),
-                    gateway_id: hailan_proto::topic::parse(&m.topic).and_then(|t| match t {
-                        hailan_proto::topic::Topic::Up { gateway_id } => {
-                            Some(gateway_id.to_owned())
-                        }
-                        hailan_proto::topic::Topic::Status { .. } => None,
-                    }),
-                    device_id: None,
-                    data_type: None,
-                    seq: None,
-                    reason: quarantine::Reason::InternalError,
-                    detail: format!("{e:#}"),
-                    payload: m.payload.clone(),
-                });
-                if let Err(e) = store::write(pool, &p, name).await {
-                    tracing::warn!(error = %format!("{e:#}"), "cannot quarantine; retrying the batch");
-                    return Box::pin(process(
-                        pool, verifier, messages, allowance, name, metrics, status, shutdown,
-                    ))
-                    .await;
-                }
-                p
-            }
-        };
-        merged.message_count += plan.message_count;
-        merged.registered.extend(plan.registered);
-        merged.quarantine.extend(plan.quarantine);
-    }
-    Some(merged)
-}
-
 /// Replay quarantined readings of devices that just registered.
 async fn replay_registered(
-    pool: &PgPool,
-    verifier: &Arc<Verifier>,
+    committer: &Committer<'_>,
     devices: &[String],
-    name: &str,
-    metrics: &Metrics,
-    status: &Status,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     let rows = quarantine::for_replay(
-        pool,
+        committer.pool,
         Some(quarantine::Reason::UnknownDevice.code()),
         devices,
         10_000,
@@ -225,20 +88,10 @@ async fn replay_registered(
         count = rows.len(),
         "replaying readings that arrived before their registration"
     );
-    let messages: Vec<Message> = rows
-        .into_iter()
-        .map(|r| Message {
-            topic: r.topic,
-            payload: r.payload,
-            from_quarantine: Some(r.id),
-            rate_limited: None,
-        })
-        .collect();
-    let unlimited = Allowance::unlimited();
-    process(
-        pool, verifier, &messages, &unlimited, name, metrics, status, shutdown,
-    )
-    .await;
+    let messages: Vec<Message> = rows.into_iter().map(quarantine::Rejected::replay).collect();
+    committer
+        .commit(&messages, &Allowance::unlimited(), shutdown)
+        .await;
     Ok(())
 }
 
@@ -262,19 +115,16 @@ fn account(fair: &mut FairShare, metrics: &Metrics, plan: &plan::Plan) {
 /// transaction that stores its message's new outcome. Called between
 /// batches, every `fair_share.replay_interval_ms`. Shutdown abandons a
 /// replay that cannot commit (its rows simply stay in quarantine).
-#[allow(clippy::too_many_arguments)]
 async fn replay_rate_limited(
-    pool: &PgPool,
-    verifier: &Arc<Verifier>,
+    committer: &Committer<'_>,
     fair: &mut FairShare,
     max: usize,
-    name: &str,
-    metrics: &Metrics,
-    status: &Status,
     shutdown: &CancellationToken,
 ) {
     let per_gateway = (max / 2).max(1) as i64;
-    let rows = match quarantine::rate_limited_for_replay(pool, per_gateway, max as i64).await {
+    let rows = match quarantine::rate_limited_for_replay(committer.pool, per_gateway, max as i64)
+        .await
+    {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read rate_limited rows to replay");
@@ -286,28 +136,22 @@ async fn replay_rate_limited(
     let messages: Vec<Message> = rows
         .into_iter()
         .filter_map(|r| {
-            let g = r.gateway_id?;
+            let g = r.gateway_id.clone()?;
             fair.admit(&g, now).ok()?;
             gateways.push(g);
-            Some(Message {
-                topic: r.topic,
-                payload: r.payload,
-                from_quarantine: Some(r.id),
-                rate_limited: None,
-            })
+            Some(r.replay())
         })
         .collect();
     if messages.is_empty() {
         return;
     }
     let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
-    if let Some(plan) = process(
-        pool, verifier, &messages, &allowance, name, metrics, status, shutdown,
-    )
-    .await
-    {
-        account(fair, metrics, &plan);
-        metrics.rate_limited_replayed.inc_by(messages.len() as u64);
+    if let Some(done) = committer.commit(&messages, &allowance, shutdown).await {
+        account(fair, committer.metrics, &done.plan);
+        committer
+            .metrics
+            .rate_limited_replayed
+            .inc_by(messages.len() as u64);
         tracing::debug!(count = messages.len(), "replayed rate_limited messages");
     }
 }
@@ -325,47 +169,42 @@ struct Planned {
 }
 
 /// Commit a planned batch; if that fails, or it was not planned, fall back
-/// to [`process`] (plan again and write, with backoff, isolating bad input).
-/// Returns the devices the batch registered; `None` only if it can never be
-/// written (never: the batch in hand is finished whatever the shutdown).
+/// to [`Committer::commit`] (plan again and write: connection failures
+/// retried, messages that cannot be stored isolated). Returns the devices
+/// the batch registered; `None` if `stop` fired before it committed (then
+/// nothing of it may be acknowledged).
 async fn write_planned(
-    pool: &PgPool,
-    verifier: &Arc<Verifier>,
+    committer: &Committer<'_>,
     p: &mut Planned,
-    name: &str,
-    metrics: &Metrics,
-    status: &Status,
+    stop: &CancellationToken,
 ) -> Option<Vec<String>> {
     if let Some((plan, plan_time)) = p.plan.take() {
         let started = Instant::now();
-        match store::write(pool, &plan, name).await {
+        let written = tokio::select! {
+            w = store::write(committer.pool, &plan, committer.name) => w,
+            _ = stop.cancelled() => return None,
+        };
+        match written {
             Ok(written) => {
-                status.db_ok.store(true, Ordering::Relaxed);
-                metrics.record_batch(&plan, &written, plan_time, started.elapsed());
+                committer.status.db_ok.store(true, Ordering::Relaxed);
+                committer
+                    .metrics
+                    .record_batch(&plan, &written, plan_time, started.elapsed());
                 return Some(plan.registered);
             }
             Err(e) => {
-                metrics.batch_failures.inc();
-                if is_database_error(&e) {
-                    status.db_ok.store(false, Ordering::Relaxed);
+                committer.metrics.batch_failures.inc();
+                if commit::classify(&e) == commit::Failure::Connection {
+                    committer.status.db_ok.store(false, Ordering::Relaxed);
                 }
                 tracing::warn!(error = %format!("{e:#}"), "batch not written; planning it again");
             }
         }
     }
-    let finish = CancellationToken::new();
-    process(
-        pool,
-        verifier,
-        &p.messages,
-        &p.allowance,
-        name,
-        metrics,
-        status,
-        &finish,
-    )
-    .await
-    .map(|plan| plan.registered)
+    committer
+        .commit(&p.messages, &p.allowance, stop)
+        .await
+        .map(|done| done.plan.registered)
 }
 
 /// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
@@ -408,9 +247,11 @@ pub async fn run(
     // does not bound what is held.)
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
     let held = Arc::new(AtomicUsize::new(0));
+    let held_bytes = Arc::new(AtomicUsize::new(0));
     let acks_unsent = Arc::new(AtomicUsize::new(0));
     let drained = Arc::new(tokio::sync::Notify::new());
     let high_water = cfg.batch.max_messages.max(1) * 4;
+    let high_water_bytes = cfg.batch.max_bytes.max(1).saturating_mul(4);
     let epoch = Arc::new(AtomicU64::new(0));
 
     // The event loop: connection, subscription, incoming messages, and the
@@ -423,8 +264,9 @@ pub async fn run(
         let status = Arc::clone(&status);
         let shutdown = loop_stop.clone();
         let subscriptions = cfg.mqtt.subscriptions.clone();
-        let (held, acks_unsent, drained) = (
+        let (held, held_bytes, acks_unsent, drained) = (
             Arc::clone(&held),
+            Arc::clone(&held_bytes),
             Arc::clone(&acks_unsent),
             Arc::clone(&drained),
         );
@@ -432,7 +274,8 @@ pub async fn run(
             let mut backoff = Duration::from_millis(200);
             loop {
                 // Back-pressure without deadlock (see above).
-                while held.load(Ordering::SeqCst) >= high_water
+                while (held.load(Ordering::SeqCst) >= high_water
+                    || held_bytes.load(Ordering::SeqCst) >= high_water_bytes)
                     && acks_unsent.load(Ordering::SeqCst) == 0
                     && !shutdown.is_cancelled()
                 {
@@ -472,8 +315,10 @@ pub async fn run(
                         // After shutdown nobody takes it: unacknowledged, it is
                         // redelivered to the next session. Keep polling so the
                         // last acks and the DISCONNECT go out.
+                        let size = d.publish.payload.len();
                         if tx.send(d).is_ok() {
                             held.fetch_add(1, Ordering::SeqCst);
+                            held_bytes.fetch_add(size, Ordering::SeqCst);
                         }
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
@@ -498,6 +343,19 @@ pub async fn run(
         })
     };
 
+    // A batch in hand when shutdown is asked is finished if it can be within
+    // the grace period; after it, whatever is not committed is left to the
+    // broker (a supervisor's stop timeout must never be what ends us).
+    let finish_by = CancellationToken::new();
+    {
+        let (shutdown, finish_by) = (shutdown.clone(), finish_by.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            finish_by.cancel();
+        });
+    }
+
     // The writer: commits planned batches in order, then acknowledges their
     // messages. One batch can wait planned while another is written, so
     // verification overlaps the previous batch's transaction.
@@ -511,12 +369,19 @@ pub async fn run(
         );
         let (client, epoch, acks_unsent) =
             (client.clone(), Arc::clone(&epoch), Arc::clone(&acks_unsent));
-        let (name, shutdown) = (name.clone(), shutdown.clone());
+        let (name, shutdown, finish_by) = (name.clone(), shutdown.clone(), finish_by.clone());
         tokio::spawn(async move {
+            let committer = Committer {
+                pool: &pool,
+                verifier: &verifier,
+                name: &name,
+                metrics: &metrics,
+                status: &status,
+            };
             while let Some(mut p) = planned_batches.recv().await {
-                let Some(registered) =
-                    write_planned(&pool, &verifier, &mut p, &name, &metrics, &status).await
-                else {
+                // Not committed by the deadline after shutdown: left
+                // unacknowledged, for the broker to redeliver.
+                let Some(registered) = write_planned(&committer, &mut p, &finish_by).await else {
                     break;
                 };
                 let current = epoch.load(Ordering::SeqCst);
@@ -531,16 +396,7 @@ pub async fn run(
                     }
                 }
                 if !registered.is_empty()
-                    && let Err(e) = replay_registered(
-                        &pool,
-                        &verifier,
-                        &registered,
-                        &name,
-                        &metrics,
-                        &status,
-                        &shutdown,
-                    )
-                    .await
+                    && let Err(e) = replay_registered(&committer, &registered, &shutdown).await
                 {
                     tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
                 }
@@ -563,21 +419,31 @@ pub async fn run(
         let first = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => break },
             _ = replay_tick.tick(), if replay_on => {
-                replay_rate_limited(
-                    &pool, &verifier, &mut fair, cfg.batch.max_messages, &name, &metrics, &status,
-                    &shutdown,
-                )
-                .await;
+                let committer = Committer {
+                    pool: &pool,
+                    verifier: &verifier,
+                    name: &name,
+                    metrics: &metrics,
+                    status: &status,
+                };
+                replay_rate_limited(&committer, &mut fair, cfg.batch.max_messages, &shutdown).await;
                 continue;
             }
             _ = shutdown.cancelled() => break,
         };
         metrics.delivery_backlog.set(rx.len() as i64 + 1);
+        let mut bytes = first.publish.payload.len();
         let mut batch = vec![first];
         let deadline = tokio::time::Instant::now() + max_wait;
-        while batch.len() < cfg.batch.max_messages {
+        while batch.len() < cfg.batch.max_messages && bytes < cfg.batch.max_bytes {
             tokio::select! {
-                d = rx.recv() => match d { Some(d) => batch.push(d), None => break },
+                d = rx.recv() => match d {
+                    Some(d) => {
+                        bytes += d.publish.payload.len();
+                        batch.push(d);
+                    }
+                    None => break,
+                },
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -587,6 +453,7 @@ pub async fn run(
         let now = Instant::now();
         let mut gateways: Vec<String> = Vec::new();
         held.fetch_sub(batch.len(), Ordering::SeqCst);
+        held_bytes.fetch_sub(bytes, Ordering::SeqCst);
         drained.notify_one();
         let messages: Vec<Message> = batch
             .iter()
@@ -609,7 +476,7 @@ pub async fn run(
                 });
                 Message {
                     topic,
-                    payload: d.publish.payload.to_vec(),
+                    payload: d.publish.payload.clone(),
                     from_quarantine: None,
                     rate_limited,
                 }
@@ -619,8 +486,13 @@ pub async fn run(
         // Plan (decode, resolve, verify) here while the writer commits the
         // batch before; a plan that fails is planned again by the writer.
         let started = Instant::now();
-        let plan = match plan::plan_with(&pool, Arc::clone(&verifier), &messages, &allowance).await
-        {
+        let planning = plan::plan_with(&pool, Arc::clone(&verifier), &messages, &allowance);
+        let planned = tokio::select! {
+            p = planning => p,
+            // Unacknowledged, the batch is redelivered to the next session.
+            _ = shutdown.cancelled() => break,
+        };
+        let plan = match planned {
             Ok(plan) => {
                 account(&mut fair, &metrics, &plan);
                 Some((plan, started.elapsed()))
@@ -658,18 +530,20 @@ pub async fn run(
             break;
         }
     }
-    // Once a batch is in hand it is finished even if shutdown is asked
-    // meanwhile: the writer drains what was planned, then stops.
+    // A batch in hand is finished if it commits within the grace period
+    // after shutdown: the writer drains what was planned, then stops.
     drop(to_writer);
     match writer.await {
         Ok(result) => result?,
         Err(e) => tracing::error!(error = %e, "the writer task failed"),
     }
-    tracing::info!("shutting down: last batch acknowledged");
+    tracing::info!("shutting down: committed batches acknowledged, the rest left to the broker");
     drop(rx);
     let _ = client.disconnect().await;
     let mut loop_handle = loop_handle;
-    if tokio::time::timeout(Duration::from_secs(5), &mut loop_handle)
+    // The DISCONNECT goes out in milliseconds when the broker is there; a
+    // broker that is not does not hold the exit up.
+    if tokio::time::timeout(Duration::from_secs(1), &mut loop_handle)
         .await
         .is_err()
     {

@@ -437,14 +437,16 @@ async fn write_quarantine(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Re
     if q.is_empty() {
         return Ok(0);
     }
-    let topics: Vec<&str> = q.iter().map(|x| x.topic.as_str()).collect();
+    // Text columns refuse NUL: a topic or a reason quoting the input must
+    // never be why a message cannot be held.
+    let topics: Vec<String> = q.iter().map(|x| without_nul(&x.topic)).collect();
     let gateways: Vec<Option<&str>> = q.iter().map(|x| x.gateway_id.as_deref()).collect();
     let devices: Vec<Option<&str>> = q.iter().map(|x| x.device_id.as_deref()).collect();
     let types: Vec<Option<&str>> = q.iter().map(|x| x.data_type.as_deref()).collect();
     let seqs: Vec<Option<i64>> = q.iter().map(|x| x.seq).collect();
     let reasons: Vec<&str> = q.iter().map(|x| x.reason.code()).collect();
-    let details: Vec<&str> = q.iter().map(|x| x.detail.as_str()).collect();
-    let payloads: Vec<&[u8]> = q.iter().map(|x| x.payload.as_slice()).collect();
+    let details: Vec<String> = q.iter().map(|x| without_nul(&x.detail)).collect();
+    let payloads: Vec<&[u8]> = q.iter().map(|x| x.payload.as_ref()).collect();
     let result = sqlx::query(
         "INSERT INTO rejected_readings (topic, gateway_id, device_id, data_type, seq, reason, detail, payload,
                                         payload_sha256)
@@ -464,6 +466,11 @@ async fn write_quarantine(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Re
     .execute(&mut **tx)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// `s` with every NUL character replaced by U+FFFD.
+fn without_nul(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
 }
 
 #[cfg(test)]

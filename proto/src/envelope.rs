@@ -8,6 +8,7 @@
 //! envelope it returns is structurally sound (ids well formed, proof sizes
 //! right, windows consecutive) and a caller only has to judge its meaning.
 
+use crate::columns::{self, Field};
 use crate::header::{ReadingHeader, WindowHeader};
 use serde::{Deserialize, Serialize};
 
@@ -191,7 +192,10 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
             {
                 return Err(DecodeError::UnsupportedVersion(probe.v));
             }
-            return Err(DecodeError::Malformed(err.to_string()));
+            return Err(DecodeError::Malformed(with_field_path(
+                bytes,
+                err.to_string(),
+            )));
         }
     };
     if envelope.v != WIRE_VERSION {
@@ -199,6 +203,33 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
     }
     envelope.validate().map_err(DecodeError::Invalid)?;
     Ok(envelope)
+}
+
+/// An envelope decoded with the path of each field tracked, so that a
+/// refusal names the field it is about (`body.device_state.rssi: …`).
+struct PathTracked;
+
+impl<'de> Deserialize<'de> for PathTracked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut track = serde_path_to_error::Track::new();
+        match Envelope::deserialize(serde_path_to_error::Deserializer::new(d, &mut track)) {
+            Ok(_) => Ok(PathTracked),
+            Err(e) => match track.path().to_string() {
+                root if root == "." => Err(serde::de::Error::custom(e)),
+                path => Err(serde::de::Error::custom(format!("{path}: {e}"))),
+            },
+        }
+    }
+}
+
+/// `error`, prefixed with the path of the field it is about when one can be
+/// found. Decoding again with paths tracked costs only on refusal: the
+/// accepted path stays untracked.
+fn with_field_path(bytes: &[u8], error: String) -> String {
+    match ciborium::from_reader::<PathTracked, _>(bytes) {
+        Err(ciborium::de::Error::Semantic(_, tracked)) => tracked,
+        _ => error,
+    }
 }
 
 /// Whether `id` is a well-formed gateway, device or key id: 1..=64 bytes of
@@ -221,18 +252,18 @@ fn check_id(what: &str, id: &str) -> Result<(), String> {
     }
 }
 
-fn check_text(what: &str, s: &Option<String>) -> Result<(), String> {
-    match s {
-        Some(s) if s.len() > 256 => Err(format!("{what} is {} bytes, more than 256", s.len())),
-        _ => Ok(()),
-    }
+fn check_optional(field: &Field, s: &Option<String>) -> Result<(), String> {
+    s.as_deref().map_or(Ok(()), |s| field.check_text(s))
 }
 
-fn check_data_type(name: &str) -> Result<(), String> {
+/// A data-type name at `path`: it must fit the data-type columns
+/// ([`columns::DATA_TYPE`]) wherever it appears.
+fn check_data_type(path: &str, name: &str) -> Result<(), String> {
     // Unknown names are allowed (stored in the DEFAULT partition) but must
     // look like a data-type name.
+    let max = columns::DATA_TYPE.max_chars().unwrap_or(MAX_ID_LEN);
     if !name.is_empty()
-        && name.len() <= MAX_ID_LEN
+        && name.len() <= max
         && name
             .bytes()
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
@@ -240,7 +271,7 @@ fn check_data_type(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "data type {name:?} must be 1..=64 characters of A-Z 0-9 _"
+            "{path} {name:?} must be 1..={max} characters of A-Z 0-9 _"
         ))
     }
 }
@@ -249,39 +280,43 @@ impl Envelope {
     /// The structural rules of WIRE.md §"Validation".
     pub fn validate(&self) -> Result<(), String> {
         check_id("gateway_id", &self.gateway_id)?;
+        columns::SENT_AT.check_time(self.sent_at_ms)?;
         match &self.body {
             Body::Registration(r) => {
                 check_id("device_id", &r.device_id)?;
-                check_data_type(&r.device_type)?;
+                check_data_type(columns::DEVICE_TYPE.path, &r.device_type)?;
+                columns::DEVICE_TYPE.check_text(&r.device_type)?;
                 if r.data_types.is_empty() || r.data_types.len() > 8 {
                     return Err("registration must list 1..=8 data types".into());
                 }
                 for t in &r.data_types {
-                    check_data_type(t)?;
+                    check_data_type(columns::DATA_TYPES.path, t)?;
                 }
-                if r.bluetooth_address.len() > 64 {
-                    return Err("bluetooth_address is longer than 64 bytes".into());
-                }
-                for (what, s) in [
-                    ("name", &r.name),
-                    ("manufacturer", &r.manufacturer),
-                    ("model", &r.model),
-                    ("serial", &r.serial),
-                    ("firmware_version", &r.firmware_version),
-                    ("hardware_version", &r.hardware_version),
+                columns::BLUETOOTH_ADDRESS.check_text(&r.bluetooth_address)?;
+                for (field, s) in [
+                    (&columns::NAME, &r.name),
+                    (&columns::MANUFACTURER, &r.manufacturer),
+                    (&columns::MODEL, &r.model),
+                    (&columns::SERIAL, &r.serial),
+                    (&columns::FIRMWARE_VERSION, &r.firmware_version),
+                    (&columns::HARDWARE_VERSION, &r.hardware_version),
                 ] {
-                    check_text(what, s)?;
+                    check_optional(field, s)?;
                 }
-                Ok(())
+                columns::PAIRED_AT.check_time(r.paired_at_ms)
             }
             Body::DeviceState(s) => {
                 check_id("device_id", &s.device_id)?;
                 if let Some(b) = s.battery_level
                     && b > 100
                 {
-                    return Err(format!("battery_level {b} is more than 100"));
+                    return Err(format!(
+                        "{} {b} is more than 100",
+                        columns::BATTERY_LEVEL.path
+                    ));
                 }
-                check_text("firmware_version", &s.firmware_version)
+                check_optional(&columns::FIRMWARE_VERSION, &s.firmware_version)?;
+                columns::OBSERVED_AT.check_time(s.observed_at_ms)
             }
             Body::Readings(batch) => {
                 check_id("device_id", &batch.device_id)?;
@@ -302,7 +337,9 @@ impl ProvenGroup {
         match (&self.proof, &self.no_proof_reason) {
             (Some(p), None) if p.len() == PROOF_LEN => {}
             (Some(p), None) => return Err(format!("proof is {} bytes, not {PROOF_LEN}", p.len())),
-            (None, Some(reason)) if !reason.is_empty() && reason.len() <= 256 => {}
+            (None, Some(reason)) if !reason.is_empty() && reason.len() <= 256 => {
+                columns::NO_PROOF_REASON.check_text(reason)?;
+            }
             (None, _) => return Err("no proof and no (1..=256-byte) reason".into()),
             (Some(_), Some(_)) => return Err("both a proof and a no_proof_reason".into()),
         }
@@ -319,9 +356,14 @@ impl ProvenGroup {
             _ => {}
         }
         let first = &self.readings[0];
+        // The last seq of the group must fit the seq columns too.
+        columns::SEQ.check_integer(i128::from(first.seq) + n as i128 - 1)?;
         for (i, r) in self.readings.iter().enumerate() {
-            check_data_type(&r.data_type)?;
+            check_data_type(columns::DATA_TYPE.path, &r.data_type)?;
             check_id("kid", &r.sealed.kid)?;
+            columns::RECORDED_AT
+                .check_time(r.recorded_at_ms)
+                .map_err(|e| format!("reading {i}: {e}"))?;
             if r.sealed.ciphertext.len() < 16 || r.sealed.ciphertext.len() > MAX_CIPHERTEXT {
                 return Err(format!(
                     "reading {i}: ciphertext is {} bytes, not 16..={MAX_CIPHERTEXT}",

@@ -4,6 +4,7 @@
 //!
 //! - [`data_type`]: the clinical data-type table (DESIGN §3).
 //! - [`envelope`]: the versioned MQTT envelope and its one CBOR codec (§4).
+//! - [`columns`]: the column each envelope field is stored in, and its limits.
 //! - [`topic`]: MQTT topic names.
 //! - [`header`]: canonical reading/window headers and the proof context `x` (§5.1).
 //! - [`group`]: taken readings → proven, sealed groups (one assembly for every publisher).
@@ -13,6 +14,7 @@
 //! - [`zk`]: the Groth16 statement, prover and batch verifier (§5).
 
 pub mod cid;
+pub mod columns;
 pub mod data_type;
 pub mod envelope;
 pub mod gatt;

@@ -6,6 +6,7 @@ use super::adapter::CALL_TIMEOUT;
 use anyhow::Context;
 use btleplug::api::{Characteristic, Peripheral as _};
 use btleplug::platform::Peripheral;
+use hailan_proto::columns;
 use hailan_proto::gatt::device_kind::{BATTERY_SERVICE, DEVICE_INFORMATION_SERVICE};
 use hailan_proto::gatt::{BatteryLevel, Delivery, DeviceInfoString, DeviceKind, sig_uuid16};
 
@@ -86,12 +87,19 @@ pub(crate) async fn read(p: &Peripheral, c: &Characteristic) -> anyhow::Result<V
         .with_context(|| format!("reading {what}"))
 }
 
-/// A Device Information string, `None` if absent or unreadable (logged).
-pub(crate) async fn read_info_string(p: &Peripheral, who: &str, char16: u16) -> Option<String> {
+/// A Device Information string fitted to the column it is registered in
+/// (cut at NUL padding, trimmed, shortened: [`columns::fit_text`]); `None`
+/// if absent, empty or unreadable (logged).
+pub(crate) async fn read_info_string(
+    p: &Peripheral,
+    who: &str,
+    char16: u16,
+    field: &columns::Field,
+) -> Option<String> {
     let c = find(p, DEVICE_INFORMATION_SERVICE, char16)?;
     match read(p, &c).await {
         Ok(bytes) => match DeviceInfoString::decode(&bytes) {
-            Ok(s) => Some(s.0),
+            Ok(s) => columns::fit_text(field, &s.0),
             Err(e) => {
                 tracing::warn!(device = %who, "device information {char16:04X}: {e}");
                 None

@@ -14,6 +14,7 @@ use bluez_async::DeviceId;
 use btleplug::api::{Central as _, Peripheral as _};
 use btleplug::platform::Peripheral;
 use futures::StreamExt;
+use hailan_proto::columns;
 use hailan_proto::gatt::DeviceKind;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -58,6 +59,7 @@ async fn answers_to(p: &Peripheral, who: &str) -> bool {
         Ok(Some(props)) => [props.local_name, props.advertisement_name]
             .into_iter()
             .flatten()
+            .filter_map(|n| columns::fit_text(&columns::NAME, &n))
             .any(|n| n.eq_ignore_ascii_case(who.trim())),
         _ => false,
     }
@@ -152,7 +154,11 @@ async fn paired_info(
         .await
         .with_context(|| format!("reading properties of {label}"))?
         .unwrap_or_default();
-    let name = props.local_name.clone();
+    // Advertised names come NUL-padded from some devices: fit for registering.
+    let name = props
+        .local_name
+        .as_deref()
+        .and_then(|n| columns::fit_text(&columns::NAME, n));
     let advertised: Vec<u16> = props
         .services
         .iter()
@@ -212,11 +218,17 @@ async fn paired_info(
         name,
         kind,
         bonded,
-        manufacturer: gatt::read_info_string(p, label, 0x2A29).await,
-        model: gatt::read_info_string(p, label, 0x2A24).await,
-        serial: gatt::read_info_string(p, label, 0x2A25).await,
-        firmware: gatt::read_info_string(p, label, gatt::FIRMWARE_REVISION).await,
-        hardware: gatt::read_info_string(p, label, 0x2A27).await,
+        manufacturer: gatt::read_info_string(p, label, 0x2A29, &columns::MANUFACTURER).await,
+        model: gatt::read_info_string(p, label, 0x2A24, &columns::MODEL).await,
+        serial: gatt::read_info_string(p, label, 0x2A25, &columns::SERIAL).await,
+        firmware: gatt::read_info_string(
+            p,
+            label,
+            gatt::FIRMWARE_REVISION,
+            &columns::FIRMWARE_VERSION,
+        )
+        .await,
+        hardware: gatt::read_info_string(p, label, 0x2A27, &columns::HARDWARE_VERSION).await,
         battery,
     })
 }

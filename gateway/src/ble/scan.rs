@@ -39,7 +39,10 @@ pub(crate) async fn nearby(p: &Peripheral) -> Option<Nearby> {
     }
     Some(Nearby {
         address: p.address().to_string().to_ascii_uppercase(),
-        name: props.local_name,
+        name: props
+            .local_name
+            .as_deref()
+            .and_then(|n| hailan_proto::columns::fit_text(&hailan_proto::columns::NAME, n)),
         rssi: props.rssi,
         kinds,
     })

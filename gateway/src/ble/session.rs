@@ -416,7 +416,14 @@ impl Session {
                 Err(e) => tracing::warn!(device = %label, "{e:#}"),
             }
         }
-        if let Some(fw) = gatt::read_info_string(p, &label, FIRMWARE_REVISION).await {
+        if let Some(fw) = gatt::read_info_string(
+            p,
+            &label,
+            FIRMWARE_REVISION,
+            &hailan_proto::columns::FIRMWARE_VERSION,
+        )
+        .await
+        {
             self.status.firmware = Some(fw);
         }
         let mut link = Link {

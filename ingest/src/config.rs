@@ -151,7 +151,9 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             host: "127.0.0.1".into(),
-            port: 1883,
+            // The broker's service listener (deploy/mosquitto: ingest
+            // accounts only; gateways log in on 1883/8883).
+            port: 1884,
             client_id: "hailan-ingest-1".into(),
             username: "hailan-ingest".into(),
             password: None,
@@ -295,7 +297,7 @@ mod tests {
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/ingest.example.toml");
         let cfg = IngestConfig::load(Some(&path)).expect("the shipped example parses");
-        assert_eq!(cfg.mqtt.port, 8883);
+        assert_eq!(cfg.mqtt.port, 8884);
         assert_eq!(cfg.batch.max_messages, 500);
         assert!(!cfg.zk.allow_dev_keys);
         assert!(cfg.fair_share.enabled);

@@ -586,3 +586,138 @@ async fn sigterm_while_the_database_is_gone_exits_within_5_s_and_loses_nothing()
     assert_eq!(distinct, 40);
     Ok(())
 }
+
+/// A window group of `n` readings of `dev` (the next seqs, one second
+/// apart), with 128 bytes that are no proof at all.
+fn garbage_window(dev: &mut TestDevice, key: [u8; 32], n: usize) -> hailan_proto::ProvenGroup {
+    let Body::Readings(mut b) = dev.unproven_reading(&[70]).body else {
+        unreachable!("readings")
+    };
+    let mut g = b.groups.remove(0);
+    let template = g.readings[0].clone();
+    g.readings = (0..n as u64)
+        .map(|i| hailan_proto::Reading {
+            seq: template.seq + i,
+            recorded_at_ms: template.recorded_at_ms + 1000 * i as i64,
+            ..template.clone()
+        })
+        .collect();
+    dev.next_seq = template.seq + n as u64;
+    g.kind = hailan_proto::envelope::ProofKind::Window;
+    g.key_id = key;
+    g.proof = Some(vec![0xA5; hailan_proto::envelope::PROOF_LEN]);
+    g.no_proof_reason = None;
+    g
+}
+
+/// The largest envelope of `groups` groups of equal windows (at most 64
+/// readings each) that fits the 256 KiB limit.
+fn worst_case_envelope(dev: &mut TestDevice, key: [u8; 32], groups: usize) -> Vec<u8> {
+    let mut best = Vec::new();
+    for per_group in 1..=hailan_proto::envelope::MAX_GROUP_READINGS {
+        let start = dev.next_seq;
+        let mut e = dev.unproven_reading(&[70]);
+        dev.next_seq = start;
+        let Body::Readings(b) = &mut e.body else {
+            unreachable!("readings")
+        };
+        b.groups = (0..groups)
+            .map(|_| garbage_window(dev, key, per_group))
+            .collect();
+        let bytes = enc(&e);
+        if bytes.len() > hailan_proto::envelope::MAX_ENVELOPE_BYTES {
+            dev.next_seq = start + (groups * (per_group - 1)) as u64;
+            break;
+        }
+        best = bytes;
+    }
+    best
+}
+
+/// Peak resident memory of process `pid`, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmHWM in /proc/<pid>/status")?;
+    Ok(kb * 1024)
+}
+
+/// A stream of the largest envelopes a gateway may send — 256 groups, or
+/// 64-reading windows, every group failing — costs one quarantine row per
+/// message and keeps ingest under 100 MB resident.
+#[tokio::test]
+async fn worst_case_envelopes_keep_ingest_under_100_mb() -> Result<()> {
+    let gw = "gw-hostile-6";
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    enrol(&db.pool, gw).await?;
+    let opts = IngestOptions {
+        env: &[("HAILAN_INGEST__FAIR_SHARE__ENABLED", "false")],
+        ..Default::default()
+    };
+    let ingest = IngestProcess::start_opts(Path::new(BIN), &db, &zk, &[gw], logs.path(), opts)?;
+    let mut publisher = Publisher::connect(gw).await?;
+    let mut dev = TestDevice::new(gw, "dev-h6", DataType::HeartRate, 460);
+    publisher.register(&db.pool, &[&dev]).await?;
+
+    // The window key's id: every group reaches the verifier, and fails there.
+    let key = zk.window.id().0;
+    let mut sent = 0_usize;
+    let mut bytes = 0_usize;
+    for round in 0..8 {
+        let payloads: Vec<Vec<u8>> = (0..25)
+            .map(|i| {
+                let groups = if (round + i) % 2 == 0 { 256 } else { 32 };
+                worst_case_envelope(&mut dev, key, groups)
+            })
+            .collect();
+        sent += payloads.len();
+        bytes += payloads.iter().map(Vec::len).sum::<usize>();
+        publisher.publish_all(&topic::up(gw), payloads).await?;
+    }
+    ensure!(
+        bytes > sent * 200 * 1024,
+        "envelopes of {} bytes on average",
+        bytes / sent
+    );
+    let pool = db.pool.clone();
+    eventually(WAIT, &format!("{sent} messages quarantined"), || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_readings")
+                .fetch_one(&pool)
+                .await?;
+            Ok((n as usize >= sent).then_some(()))
+        }
+    })
+    .await?;
+    let rows: Vec<(String, i32, i32)> = sqlx::query_as(
+        "SELECT reason, octet_length(detail), octet_length(payload) FROM rejected_readings",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    assert_eq!(rows.len(), sent, "one row per message");
+    for (reason, detail, payload) in &rows {
+        // Windows longer than the key's statement fail on their shape, the
+        // others on their proof bytes.
+        assert!(
+            reason == "malformed_proof" || reason == "bad_group_shape",
+            "{reason}"
+        );
+        assert!(*detail <= 4096 + 64, "detail of {detail} bytes");
+        assert!(*payload > 200 * 1024);
+    }
+    let peak = peak_rss(ingest.child.id())?;
+    eprintln!(
+        "peak RSS {:.1} MB after {sent} envelopes ({:.1} MB)",
+        peak as f64 / 1e6,
+        bytes as f64 / 1e6
+    );
+    assert!(peak < 100_000_000, "peak RSS {peak} bytes");
+    db.drop().await
+}

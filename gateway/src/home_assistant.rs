@@ -84,7 +84,7 @@ mod tests {
             address: "AA:BB:CC:DD:EE:FF".into(),
             name: Some("strap".into()),
             kind: "heart_rate_monitor".into(),
-            secret: [1; 32],
+            secret: hailan_proto::zk::DeviceSecret::from_bytes([1; 32]).expect("a valid scalar"),
             manufacturer: None,
             model: None,
             serial: None,

@@ -59,21 +59,23 @@ impl Keys {
 
 /// Read the owner's data key: 64 hex characters, mode 0600.
 pub fn load_data_key(path: &Path, kid: &str) -> Result<DataKey> {
-    let text = read_secret_file(path, "keys.data_key_file")?;
-    let bytes = hex::decode(text.trim()).with_context(|| {
+    let text = zeroize::Zeroizing::new(read_secret_file(path, "keys.data_key_file")?);
+    let bytes = zeroize::Zeroizing::new(hex::decode(text.trim()).with_context(|| {
         format!(
             "keys.data_key_file: {} is not hex (64 hex characters expected)",
             path.display()
         )
-    })?;
-    let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+    })?);
+    let mut key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
         anyhow::anyhow!(
             "keys.data_key_file: {} holds {} bytes, an AES-256 key is 32",
             path.display(),
-            b.len()
+            bytes.len()
         )
     })?;
-    Ok(DataKey::new(kid, key))
+    let data_key = DataKey::new(kid, key);
+    zeroize::Zeroize::zeroize(&mut key);
+    Ok(data_key)
 }
 
 /// Write a new random data key to `path` (mode 0600); refuses to overwrite.

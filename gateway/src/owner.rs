@@ -171,7 +171,7 @@ pub async fn pair(cfg: &GatewayConfig, who: &str, json: bool) -> Result<()> {
         address: info.address.clone(),
         name: info.name.clone(),
         kind: kind.into(),
-        secret: secret.to_bytes(),
+        secret: secret.clone(),
         manufacturer: info.manufacturer.clone(),
         model: info.model.clone(),
         serial: info.serial.clone(),

@@ -282,8 +282,7 @@ impl Pipeline {
             device_id: device_id.to_owned(),
             data_type,
             windowed: self.cfg.is_windowed(data_type),
-            secret: DeviceSecret::from_bytes(row.secret)
-                .context("the stored device secret is not a valid scalar")?,
+            secret: row.secret.clone(),
             next_seq: row.next_seq,
             cursor,
             window: Vec::new(),

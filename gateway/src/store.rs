@@ -12,6 +12,7 @@
 //! leaves only when the broker acknowledged it ([`Store::remove`]).
 
 use anyhow::{Context, Result, bail};
+use hailan_proto::zk::DeviceSecret;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -58,8 +59,9 @@ pub struct DeviceRow {
     pub name: Option<String>,
     /// `DeviceKind::as_str()`.
     pub kind: String,
+    /// Wiped when dropped, never printed (`DeviceSecret`'s own Drop and Debug).
     #[serde(skip)]
-    pub secret: [u8; 32],
+    pub secret: DeviceSecret,
     pub manufacturer: Option<String>,
     pub model: Option<String>,
     pub serial: Option<String>,
@@ -222,7 +224,7 @@ impl Store {
             "INSERT INTO devices (device_id, address, name, kind, secret, manufacturer, model, serial, firmware, hardware, paired_at_ms, battery)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
-                d.device_id, d.address, d.name, d.kind, d.secret.to_vec(), d.manufacturer, d.model,
+                d.device_id, d.address, d.name, d.kind, d.secret.to_bytes().to_vec(), d.manufacturer, d.model,
                 d.serial, d.firmware, d.hardware, d.paired_at_ms, d.battery
             ],
         )
@@ -255,13 +257,23 @@ impl Store {
             .map_err(|e| db_err(e, "listing devices"))?;
         let rows = st
             .query_map([], |r| {
-                let secret: Vec<u8> = r.get(4)?;
+                let secret: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(r.get(4)?);
+                let secret = <[u8; 32]>::try_from(secret.as_slice())
+                    .ok()
+                    .and_then(|b| DeviceSecret::from_bytes(b).ok())
+                    .ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            4,
+                            rusqlite::types::Type::Blob,
+                            "the stored device secret is not a valid scalar".into(),
+                        )
+                    })?;
                 Ok(DeviceRow {
                     device_id: r.get(0)?,
                     address: r.get(1)?,
                     name: r.get(2)?,
                     kind: r.get(3)?,
-                    secret: secret.try_into().unwrap_or([0; 32]),
+                    secret,
                     manufacturer: r.get(5)?,
                     model: r.get(6)?,
                     serial: r.get(7)?,
@@ -576,7 +588,7 @@ mod tests {
             address: address.into(),
             name: Some(format!("{id} name")),
             kind: "heart_rate_monitor".into(),
-            secret: [9; 32],
+            secret: DeviceSecret::from_bytes([9; 32]).expect("a valid scalar"),
             manufacturer: None,
             model: None,
             serial: None,

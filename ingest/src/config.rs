@@ -29,6 +29,33 @@ pub struct IngestConfig {
     pub api: ApiConfig,
     #[serde(default)]
     pub fair_share: FairShareConfig,
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
+}
+
+/// How long, and how much, quarantine keeps (`crate::quarantine::prune`):
+/// held messages are for inspection and replay, not for ever, and a
+/// gateway's flood of bad input must not fill the disk. Oldest rows go first.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineConfig {
+    /// Rows older than this many days are dropped; 0 keeps them for ever.
+    pub max_age_days: u32,
+    /// When the held payloads add up to more than this many bytes, the
+    /// oldest rows are dropped until they fit; 0: no quota.
+    pub max_bytes: u64,
+    /// How often a consumer applies both, in seconds; 0: never.
+    pub prune_interval_s: u64,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        QuarantineConfig {
+            max_age_days: 90,
+            max_bytes: 10 * 1024 * 1024 * 1024,
+            prune_interval_s: 300,
+        }
+    }
 }
 
 /// Per-gateway limits, so one gateway that floods the broker or keeps

@@ -70,9 +70,51 @@ pub fn targets(url: &str) -> Result<Vec<PgConnectOptions>> {
     split_hosts(url)?
         .iter()
         .map(|u| {
-            PgConnectOptions::from_str(u).context("DATABASE_URL is not a valid PostgreSQL URL")
+            let o = PgConnectOptions::from_str(u)
+                .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+            refuse_plaintext(&o)?;
+            Ok(o)
         })
         .collect()
+}
+
+/// Whether `options` reach a server on this machine (a Unix socket, or a
+/// loopback address), where the connection never crosses a network.
+fn is_local(options: &PgConnectOptions) -> bool {
+    let host = options.get_host();
+    options.get_socket().is_some()
+        || host.starts_with('/')
+        || host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A server on another machine must be reached over TLS: `disable`, `allow`
+/// and `prefer` (libpq's default, which silently stays plaintext when the
+/// server offers no TLS) would send health data and the password in the
+/// clear. `require` encrypts; `verify-full` (with `sslrootcert=`) also
+/// proves the server is the one named.
+fn refuse_plaintext(options: &PgConnectOptions) -> Result<()> {
+    use sqlx::postgres::PgSslMode;
+    let mode = options.get_ssl_mode();
+    if is_local(options)
+        || !matches!(
+            mode,
+            PgSslMode::Disable | PgSslMode::Allow | PgSslMode::Prefer
+        )
+    {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "DATABASE_URL: {} is not on this machine, and sslmode={} (the default when none is \
+         given) may connect without TLS; add sslmode=verify-full&sslrootcert=/path/to/ca.pem \
+         (or at least sslmode=require)",
+        options.get_host(),
+        format!("{mode:?}").to_ascii_lowercase()
+    )
 }
 
 /// Split a libpq multi-host URL into one URL per host (see [`targets`]).
@@ -411,6 +453,19 @@ mod tests {
     #[test]
     fn a_single_host_url_is_kept() {
         let u = "postgres://hailan:pw@db.example:5432/hailan?sslmode=require";
+        for plain in ["", "?sslmode=prefer", "?sslmode=disable", "?sslmode=allow"] {
+            let e = targets(&format!(
+                "postgres://hailan:pw@db.example:5432/hailan{plain}"
+            ))
+            .expect_err("plaintext to another machine")
+            .to_string();
+            assert!(e.contains("db.example") && e.contains("verify-full"), "{e}");
+        }
+        for local in ["127.0.0.1", "localhost", "[::1]"] {
+            targets(&format!("postgres://hailan:pw@{local}:5432/hailan")).expect("local");
+        }
+        targets("postgres://hailan:pw@db.example/hailan?sslmode=verify-full&sslrootcert=/ca.pem")
+            .expect("verified TLS");
         assert_eq!(split_hosts(u).expect("valid"), vec![u.to_owned()]);
     }
 
@@ -427,7 +482,7 @@ mod tests {
                 "postgres://hailan:p%40w@10.0.0.2:5433/hailan?sslmode=require",
             ]
         );
-        let t = targets("postgres://u@a:1,b:2/d").expect("valid");
+        let t = targets("postgres://u@a:1,b:2/d?sslmode=require").expect("valid");
         assert_eq!(
             t.iter().map(server_name).collect::<Vec<_>>(),
             ["a:1", "b:2"]

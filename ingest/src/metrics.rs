@@ -57,6 +57,13 @@ pub struct Metrics {
     pub pairing_checks: Family<BatchLabel, Counter>,
     pub delivery_backlog: Gauge,
     pub rate_limited_replayed: Counter,
+    /// Quarantine rows dropped by retention (`[quarantine]`), by cause (`age`, `quota`).
+    pub quarantine_dropped: Family<CauseLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CauseLabel {
+    pub cause: String,
 }
 
 impl Default for Metrics {
@@ -85,6 +92,7 @@ impl Metrics {
             pairing_checks: Family::default(),
             delivery_backlog: Gauge::default(),
             rate_limited_replayed: Counter::default(),
+            quarantine_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches committed", m.batches.clone());
@@ -158,6 +166,11 @@ impl Metrics {
             "rate_limited_replayed",
             "rate_limited quarantine rows replayed automatically (fair_share.replay_interval_ms)",
             m.rate_limited_replayed.clone(),
+        );
+        registry.register(
+            "quarantine_dropped",
+            "Quarantine rows dropped by retention ([quarantine] max_age_days, max_bytes), by cause",
+            m.quarantine_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

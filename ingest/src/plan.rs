@@ -132,6 +132,10 @@ impl QuarantineRow {
     }
 }
 
+/// Most payload bytes kept of a message from an account that is not an
+/// enrolled gateway.
+pub const UNKNOWN_SENDER_PAYLOAD: usize = 4096;
+
 /// Most bytes of reasons one quarantine row's detail collects from the
 /// groups and readings of its message; the rest are counted.
 pub const DETAIL_CAP: usize = 4096;
@@ -396,12 +400,21 @@ pub async fn plan_with(
                 continue;
             }
             None => {
-                plan.quarantine(
+                // Not one of ours: hold enough to see what it was, not
+                // whatever an unknown account cares to fill the disk with.
+                let mut row = QuarantineRow::of_message(
                     msg,
-                    Some(&d.gateway),
                     Reason::UnknownGateway,
-                    "gateway is not enrolled",
+                    "gateway is not enrolled".into(),
                 );
+                if row.payload.len() > UNKNOWN_SENDER_PAYLOAD {
+                    row.detail = format!(
+                        "gateway is not enrolled (payload cut to its first {UNKNOWN_SENDER_PAYLOAD} of {} bytes)",
+                        row.payload.len()
+                    );
+                    row.payload.truncate(UNKNOWN_SENDER_PAYLOAD);
+                }
+                plan.quarantine.push(row);
                 continue;
             }
         };

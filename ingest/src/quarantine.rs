@@ -126,6 +126,42 @@ impl Rejected {
     }
 }
 
+/// Rows dropped by one [`prune`], by cause.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub by_age: u64,
+    pub by_quota: u64,
+}
+
+/// Apply retention: drop rows older than `max_age_days` (0: none), then the
+/// oldest rows until the held payloads fit `max_bytes` (0: no quota).
+pub async fn prune(pool: &PgPool, max_age_days: u32, max_bytes: u64) -> Result<Pruned> {
+    let mut pruned = Pruned::default();
+    if max_age_days > 0 {
+        pruned.by_age = sqlx::query(
+            "DELETE FROM rejected_readings WHERE received_at < now() - make_interval(days => $1)",
+        )
+        .bind(i32::try_from(max_age_days).unwrap_or(i32::MAX))
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
+    if max_bytes > 0 {
+        // Keep the newest rows whose payloads, added up newest first, fit.
+        pruned.by_quota = sqlx::query(
+            "DELETE FROM rejected_readings r
+              USING (SELECT id, sum(octet_length(payload)) OVER (ORDER BY received_at DESC, id DESC) AS held
+                       FROM rejected_readings) s
+              WHERE r.id = s.id AND s.held > $1",
+        )
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
+        .execute(pool)
+        .await?
+        .rows_affected();
+    }
+    Ok(pruned)
+}
+
 /// Quarantine rows, newest first, optionally of one reason.
 pub async fn list(pool: &PgPool, reason: Option<&str>, limit: i64) -> Result<Vec<Rejected>> {
     Ok(sqlx::query_as::<_, Rejected>(

@@ -156,6 +156,31 @@ async fn replay_rate_limited(
     }
 }
 
+/// Apply quarantine retention between batches; a failure is logged (the
+/// next tick tries again), never fatal.
+async fn prune_quarantine(pool: &PgPool, cfg: &crate::config::QuarantineConfig, metrics: &Metrics) {
+    match quarantine::prune(pool, cfg.max_age_days, cfg.max_bytes).await {
+        Ok(p) => {
+            for (cause, n) in [("age", p.by_age), ("quota", p.by_quota)] {
+                if n > 0 {
+                    metrics
+                        .quarantine_dropped
+                        .get_or_create(&crate::metrics::CauseLabel {
+                            cause: cause.into(),
+                        })
+                        .inc_by(n);
+                    tracing::warn!(
+                        rows = n,
+                        cause,
+                        "quarantine retention dropped the oldest rows"
+                    );
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "quarantine retention failed"),
+    }
+}
+
 /// A batch taken from the broker, with its plan (decoded, resolved,
 /// verified) unless planning failed — then the writer plans it again in its
 /// retry loop.
@@ -415,9 +440,18 @@ pub async fn run(
         cfg.fair_share.replay_interval_ms.max(1),
     ));
     replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let retention = cfg.quarantine.clone();
+    let prune_on = retention.prune_interval_s > 0;
+    let mut prune_tick =
+        tokio::time::interval(Duration::from_secs(retention.prune_interval_s.max(1)));
+    prune_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         let first = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => break },
+            _ = prune_tick.tick(), if prune_on => {
+                prune_quarantine(&pool, &retention, &metrics).await;
+                continue;
+            }
             _ = replay_tick.tick(), if replay_on => {
                 let committer = Committer {
                     pool: &pool,

@@ -24,6 +24,14 @@ pub struct DataKey {
     cipher: Aes256Gcm,
 }
 
+/// The key bytes are wiped when the key is dropped (the AES key schedule is
+/// wiped by `aes-gcm` itself, its `zeroize` feature).
+impl Drop for DataKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataKey")

@@ -24,6 +24,13 @@ use std::fmt;
 #[derive(Clone, PartialEq, Eq)]
 pub struct DeviceSecret([u8; 32]);
 
+/// Wiped when dropped: a gateway holds one per paired device for months.
+impl Drop for DeviceSecret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl fmt::Debug for DeviceSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("DeviceSecret(…)")

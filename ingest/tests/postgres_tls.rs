@@ -1,0 +1,151 @@
+//! TLS to PostgreSQL (rustls through sqlx): `sslmode=verify-full` against a
+//! private PostgreSQL whose certificate a test CA signed — accepted, and the
+//! connection really is encrypted; another CA, or another host name than
+//! the certificate's, refused. The `hailan-ingest` binary connects the same way.
+
+use anyhow::{Context, Result, ensure};
+use hailan_tests::PrivatePostgres;
+use hailan_tests::gateway::test_ca;
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hailan-ingest");
+
+/// `openssl ARGS` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .context("running openssl (Debian package openssl)")?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A server certificate for 127.0.0.1 (only: not `localhost`) signed by the
+/// CA `ca.pem`/`ca.key` in `dir`, its key readable by the `postgres`
+/// account alone, as PostgreSQL requires.
+fn server_cert(dir: &Path) -> Result<()> {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    )?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ],
+    )?;
+    for (args, what) in [
+        (
+            vec!["postgres:postgres", "server.key", "server.pem"],
+            "chown",
+        ),
+        (vec!["600", "server.key"], "chmod"),
+    ] {
+        let ok = Command::new(what)
+            .args(&args)
+            .current_dir(dir)
+            .status()?
+            .success();
+        ensure!(ok, "{what} {args:?}");
+    }
+    Ok(())
+}
+
+async fn ssl_in_use(url: &str) -> Result<bool> {
+    let pool = hailan_ingest::db::connect(url, 1).await?;
+    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await?;
+    pool.close().await;
+    Ok(ssl)
+}
+
+#[tokio::test]
+async fn verify_full_connects_over_tls_and_refuses_a_wrong_server() -> Result<()> {
+    let certs = tempfile::Builder::new()
+        .prefix("hailan-pg-tls-")
+        .tempdir()?;
+    Command::new("chmod")
+        .arg("755")
+        .arg(certs.path())
+        .status()?;
+    test_ca(certs.path(), "hailan test CA", "ca")?;
+    server_cert(certs.path())?;
+    let dir = certs.path().display();
+    let pg = PrivatePostgres::start_with(&[
+        "ssl = on".into(),
+        format!("ssl_cert_file = '{dir}/server.pem'"),
+        format!("ssl_key_file = '{dir}/server.key'"),
+    ])
+    .await?;
+    let port = pg.port;
+    let verified = format!(
+        "postgres://hailan:hailan@127.0.0.1:{port}/hailan?sslmode=verify-full&sslrootcert={dir}/ca.pem"
+    );
+    assert!(ssl_in_use(&verified).await?, "verify-full is encrypted");
+
+    // A certificate from another CA is refused.
+    let other = tempfile::tempdir()?;
+    let other_ca = test_ca(other.path(), "someone else's CA", "other")?;
+    let wrong_ca = format!(
+        "postgres://hailan:hailan@127.0.0.1:{port}/hailan?sslmode=verify-full&sslrootcert={}",
+        other_ca.display()
+    );
+    let e = ssl_in_use(&wrong_ca).await.expect_err("another CA");
+    assert!(
+        format!("{e:#}").to_lowercase().contains("certificate"),
+        "{e:#}"
+    );
+    // So is a host name the certificate does not name.
+    let wrong_name = format!(
+        "postgres://hailan:hailan@localhost:{port}/hailan?sslmode=verify-full&sslrootcert={dir}/ca.pem"
+    );
+    ensure!(
+        ssl_in_use(&wrong_name).await.is_err(),
+        "localhost is not 127.0.0.1's certificate"
+    );
+
+    // The binary itself, over verify-full.
+    let out = Command::new(BIN)
+        .arg("schema")
+        .env("DATABASE_URL", &verified)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "hailan-ingest schema over verify-full: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

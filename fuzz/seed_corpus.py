@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""Seed fuzz/corpus/gatt_* from shared/vectors/gatt.json (the `shared` dir beside the repo)."""
+"""Seed fuzz/corpus/gatt_* from proto/vectors/gatt.json."""
 import json, os, pathlib
 
 here = pathlib.Path(__file__).resolve().parent
-vectors = json.loads((here / "../../shared/vectors/gatt.json").read_text())
+vectors = json.loads((here / "../proto/vectors/gatt.json").read_text())
 target = {"2A37": "heart_rate", "2A38": "body_sensor_location", "2A35": "blood_pressure",
           "2A36": "cuff_pressure", "2A1C": "temperature", "2A1D": "temperature_type",
           "2A1E": "intermediate_temperature", "2A18": "glucose", "2A34": "glucose_context",

@@ -1,5 +1,5 @@
 //! hailan-firmware-sim: simulated health-device firmware behind a fake BlueZ
-//! on a private D-Bus (see `shared/BLUEZ-SIMULATION.md`).
+//! on a private D-Bus (see `firmware-sim/BLUEZ-SIMULATION.md`).
 //!
 //! - [`bluez`]: the D-Bus objects (`org.bluez` names, types, errors).
 //! - [`sim`]: the engine ([`Simulator`]), discovery, connections, RACP.

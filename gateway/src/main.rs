@@ -54,7 +54,7 @@ enum Command {
         json: bool,
     },
     /// Decode one GATT characteristic value and print its fields as JSON
-    /// (field names of shared/vectors/gatt.json). Exits 1 on malformed input.
+    /// (field names of proto/vectors/gatt.json). Exits 1 on malformed input.
     Decode {
         /// Characteristic UUID: `2A37`, `0x2A37` or `00002a37-0000-1000-8000-00805f9b34fb`.
         uuid: String,

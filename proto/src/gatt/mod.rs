@@ -23,7 +23,7 @@
 //! Every characteristic type has `decode(&[u8]) -> Result<Self, GattError>`,
 //! `encode(&self) -> Vec<u8>` and `to_json()`. [`Characteristic`] names the
 //! characteristics by UUID, [`decode`] dispatches on it to a [`Decoded`],
-//! and [`decode_to_json`] gives the field names of `shared/vectors/gatt.json`
+//! and [`decode_to_json`] gives the field names of `proto/vectors/gatt.json`
 //! (used by `hailan-gateway decode`).
 //!
 //! Decoders are strict: every value is little-endian, optional fields appear
@@ -361,7 +361,7 @@ impl Decoded {
         }
     }
 
-    /// JSON with the field names of `shared/vectors/gatt.json`.
+    /// JSON with the field names of `proto/vectors/gatt.json`.
     pub fn to_json(&self) -> Value {
         match self {
             Decoded::HeartRateMeasurement(v) => v.to_json(),
@@ -387,7 +387,7 @@ impl Decoded {
 }
 
 /// Decode `bytes` of the characteristic named by `uuid` (`2A37`, `0x2A37`,
-/// or 128-bit) to JSON with the field names of `shared/vectors/gatt.json`,
+/// or 128-bit) to JSON with the field names of `proto/vectors/gatt.json`,
 /// plus `characteristic_uuid` and `characteristic`. `flags` is the flags
 /// byte as received (including reserved bits).
 pub fn decode_to_json(uuid: &str, bytes: &[u8]) -> Result<Value, GattError> {

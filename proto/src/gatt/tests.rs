@@ -1,4 +1,4 @@
-//! Tests of the whole module: the outside vectors of `shared/vectors/gatt.json`,
+//! Tests of the whole module: the outside vectors of `proto/vectors/gatt.json`,
 //! every flag combination of every flagged characteristic, and property tests
 //! (encode → decode round trips; decode of arbitrary bytes never panics and is
 //! stable under re-encoding).
@@ -19,7 +19,7 @@ const ANNOTATIONS: &[&str] = &[
 ];
 
 fn vectors_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors/gatt.json")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors/gatt.json")
 }
 
 /// Every key of `expected` must be in `actual` with an equal value (numbers
@@ -66,7 +66,7 @@ fn check_subset(path: &str, expected: &Value, actual: &Value, problems: &mut Vec
 fn shared_vectors() {
     let path = vectors_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("GATT vectors missing: cannot read {} ({e}); the `shared` dir must sit beside the repository", path.display())
+        panic!("GATT vectors missing: cannot read {} ({e})", path.display())
     });
     let vectors: Vec<Value> = serde_json::from_str(&text).expect("gatt.json is a JSON array");
     assert!(!vectors.is_empty(), "gatt.json has no vectors");

@@ -256,7 +256,34 @@ fn python_decoder_refuses_what_rust_refuses() -> Result<()> {
     if let Body::Readings(b) = &mut gapped.body {
         b.groups[0].readings[2].seq += 1;
     }
-    for (name, e) in [("future", future), ("gapped", gapped)] {
+    // WIRE.md §6 "Storable": fields that would not fit their columns.
+    let mut long_name = others().remove(0);
+    let mut nul_model = others().remove(0);
+    if let (Body::Registration(a), Body::Registration(b)) = (&mut long_name.body, &mut nul_model.body)
+    {
+        a.name = Some("ü".repeat(101));
+        b.model = Some("HRM\0\0".into());
+    }
+    let mut too_late = batch(&key);
+    if let Body::Readings(b) = &mut too_late.body {
+        for r in &mut b.groups[0].readings {
+            r.recorded_at_ms = hailan_proto::columns::MAX_TIME_MS + 1;
+        }
+    }
+    let mut long_type = batch(&key);
+    if let Body::Readings(b) = &mut long_type.body {
+        for r in &mut b.groups[0].readings {
+            r.data_type = "A".repeat(51);
+        }
+    }
+    for (name, e) in [
+        ("future", future),
+        ("gapped", gapped),
+        ("long_name", long_name),
+        ("nul_model", nul_model),
+        ("too_late", too_late),
+        ("long_type", long_type),
+    ] {
         let bytes = envelope::encode(&e);
         assert!(envelope::decode(&bytes).is_err(), "rust accepted {name}");
         let path = dir.path().join(name);

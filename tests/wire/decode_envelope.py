@@ -18,7 +18,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 R = 21888242871839275222246405745257275088548364400416034343698204186575808495617
 MAX_BYTES = 262144
 ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-DATA_TYPE = re.compile(r"^[A-Z0-9_]{1,64}$")
+DATA_TYPE = re.compile(r"^[A-Z0-9_]{1,50}$")
+# WIRE.md §6 "Storable": times a FHIR instant can write, seqs a bigint holds.
+MIN_TIME_MS, MAX_TIME_MS = -62_135_596_800_000, 253_402_300_799_999
+MAX_SEQ = 2**63 - 1
 
 
 class Invalid(Exception):
@@ -68,12 +71,24 @@ def check_id(what, v):
     need(isinstance(v, str) and ID.match(v), f"{what} is not an identifier")
 
 
+def check_text(what, v, max_chars):
+    """Optional text: at most max_chars characters (not bytes), no NUL."""
+    if v is None:
+        return
+    need(isinstance(v, str) and "\0" not in v and len(v) <= max_chars, f"{what} does not fit its column")
+
+
+def check_time(what, v):
+    need(isinstance(v, int) and MIN_TIME_MS <= v <= MAX_TIME_MS, f"{what} is out of range")
+
+
 def decode(data, keys):
     need(len(data) <= MAX_BYTES, "larger than 262144 bytes")
     env = cbor2.loads(data)
     need(isinstance(env, dict), "not a map")
     need(env.get("v") == 1, f"unsupported version {env.get('v')}")
     check_id("gateway_id", env.get("gateway_id"))
+    check_time("sent_at_ms", env.get("sent_at_ms"))
     body = env.get("body")
     need(isinstance(body, dict) and len(body) == 1, "body must have exactly one key")
     (kind, msg), = body.items()
@@ -82,9 +97,17 @@ def decode(data, keys):
         check_id("device_id", msg["device_id"])
         need(len(msg["device_commitment"]) == 32, "device_commitment is not 32 bytes")
         need(1 <= len(msg["data_types"]) <= 8, "data_types")
+        need(all(DATA_TYPE.match(t) for t in msg["data_types"] + [msg["device_type"]]), "data type names")
+        check_text("bluetooth_address", msg["bluetooth_address"], 50)
+        for key, width in [("name", 100), ("manufacturer", 100), ("model", 100), ("serial", 100),
+                           ("firmware_version", 50), ("hardware_version", 50)]:
+            check_text(key, msg.get(key), width)
+        check_time("paired_at_ms", msg["paired_at_ms"])
     elif kind == "device_state":
         check_id("device_id", msg["device_id"])
         need(msg.get("battery_level") is None or 0 <= msg["battery_level"] <= 100, "battery_level")
+        check_text("firmware_version", msg.get("firmware_version"), 50)
+        check_time("observed_at_ms", msg["observed_at_ms"])
     elif kind == "readings":
         gw, dev = env["gateway_id"], msg["device_id"]
         check_id("device_id", dev)
@@ -94,13 +117,16 @@ def decode(data, keys):
             rs = g["readings"]
             need((g.get("proof") is None) != (g.get("no_proof_reason") is None), "proof xor reason")
             need(g.get("proof") is None or len(g["proof"]) == 128, "proof length")
+            check_text("no_proof_reason", g.get("no_proof_reason"), 256)
             need(len(g["key_id"]) == 32 and len(g["commitment"]) == 32, "key_id/commitment length")
             if g["kind"] == "reading":
                 need(len(rs) == 1, "a reading group holds one reading")
             else:
                 need(g["kind"] == "window" and 1 <= len(rs) <= 64, "window size")
+            need(rs[0]["seq"] + len(rs) - 1 <= MAX_SEQ, "seq beyond bigint")
             for i, r in enumerate(rs):
                 need(DATA_TYPE.match(r["data_type"]), "data_type")
+                check_time("recorded_at_ms", r["recorded_at_ms"])
                 need(r["data_type"] == rs[0]["data_type"], "window mixes data types")
                 need(r["seq"] == rs[0]["seq"] + i, "window seqs not consecutive")
                 need(0 <= r["recorded_at_ms"] - rs[0]["recorded_at_ms"] < 2**32, "window times")

@@ -259,7 +259,8 @@ fn python_decoder_refuses_what_rust_refuses() -> Result<()> {
     // WIRE.md §6 "Storable": fields that would not fit their columns.
     let mut long_name = others().remove(0);
     let mut nul_model = others().remove(0);
-    if let (Body::Registration(a), Body::Registration(b)) = (&mut long_name.body, &mut nul_model.body)
+    if let (Body::Registration(a), Body::Registration(b)) =
+        (&mut long_name.body, &mut nul_model.body)
     {
         a.name = Some("ü".repeat(101));
         b.model = Some("HRM\0\0".into());

@@ -169,7 +169,14 @@ impl Device {
         // GATT layout: (service, [(char, flags, secure, initial value)])
         type CharDef = (u16, Vec<&'static str>, bool, Vec<u8>);
         let mut layout: Vec<(u16, Vec<CharDef>)> = Vec::new();
-        let r = |s: &str| s.as_bytes().to_vec();
+        let pad = kind.pads_device_information();
+        let r = |s: &str| {
+            let mut b = s.as_bytes().to_vec();
+            if pad && b.len() < 20 {
+                b.resize(20, 0);
+            }
+            b
+        };
         let sw = "1.4.2";
         layout.push((
             0x180A,

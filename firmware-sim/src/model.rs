@@ -94,6 +94,14 @@ impl DeviceKind {
         matches!(self, DeviceKind::Bp | DeviceKind::Glucose)
     }
 
+    /// Whether this model serves its Device Information strings in fixed
+    /// 20-byte fields padded with NULs, as cheap scales and thermometers
+    /// with C-string firmware do (the SIG's strings have no terminator: a
+    /// host must cut the padding, not register it).
+    pub fn pads_device_information(self) -> bool {
+        matches!(self, DeviceKind::Temp | DeviceKind::Scale)
+    }
+
     /// Model number string (Device Information 0x2A24).
     pub fn model_number(self) -> &'static str {
         match self {

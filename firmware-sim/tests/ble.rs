@@ -86,9 +86,17 @@ fn discovers_every_kind_and_reads_device_information() -> anyhow::Result<()> {
                     let c = ch(p, u)?;
                     anyhow::Ok(String::from_utf8(p.read(&c).await?)?)
                 };
-                assert_eq!(read(0x2A29).await?, "HaiLan Sim Devices");
-                assert_eq!(read(0x2A24).await?, d.kind.model_number());
-                assert_eq!(read(0x2A25).await?, d.serial);
+                // Some models pad their strings with NULs to 20 bytes.
+                let padded = |s: &str| {
+                    let mut s = s.to_owned();
+                    while d.kind.pads_device_information() && s.len() < 20 {
+                        s.push('\0');
+                    }
+                    s
+                };
+                assert_eq!(read(0x2A29).await?, padded("HaiLan Sim Devices"));
+                assert_eq!(read(0x2A24).await?, padded(d.kind.model_number()));
+                assert_eq!(read(0x2A25).await?, padded(&d.serial));
                 assert!(read(0x2A26).await?.starts_with("fw-"));
                 assert!(!read(0x2A27).await?.is_empty());
                 let battery = p.read(&ch(p, 0x2A19)?).await?;

@@ -54,7 +54,9 @@ fn ble_scan_finds_every_kind() -> anyhow::Result<()> {
 
 /// Pairing each kind (by address, and by advertised name) returns the Device
 /// Information the simulator serves and a battery level; cuff and meter
-/// are bonded (their measurements are refused without).
+/// are bonded (their measurements are refused without). The thermometer and
+/// the scale serve their strings NUL-padded to 20 bytes: the gateway cuts
+/// the padding before anything is registered.
 #[test]
 fn ble_pair_each_kind_reads_device_information() -> anyhow::Result<()> {
     isolated(
@@ -85,6 +87,11 @@ fn ble_pair_each_kind_reads_device_information() -> anyhow::Result<()> {
                     DeviceKind::BloodPressureMonitor | DeviceKind::GlucoseMeter
                 );
                 assert_eq!(info.bonded, needs_bond, "{}", d.name);
+                assert_eq!(
+                    d.kind.pads_device_information(),
+                    matches!(kind, DeviceKind::Thermometer | DeviceKind::WeightScale),
+                    "the simulator pads what this test says"
+                );
                 assert_eq!(info.manufacturer.as_deref(), Some("HaiLan Sim Devices"));
                 assert_eq!(info.model.as_deref(), Some(d.kind.model_number()));
                 assert_eq!(info.serial.as_deref(), Some(d.serial.as_str()));

@@ -721,3 +721,95 @@ async fn worst_case_envelopes_keep_ingest_under_100_mb() -> Result<()> {
     assert!(peak < 100_000_000, "peak RSS {peak} bytes");
     db.drop().await
 }
+
+/// Quarantine retention: rows past `max_age_days` go, then the oldest until
+/// the held payloads fit `max_bytes`; the newest stay.
+#[tokio::test]
+async fn quarantine_retention_drops_the_oldest_first() -> Result<()> {
+    let db = TestDb::create().await?;
+    let insert = |age_days: i32, n: u8| {
+        let pool = db.pool.clone();
+        async move {
+            let payload = vec![n; 1024];
+            sqlx::query(
+                "INSERT INTO rejected_readings (received_at, topic, reason, detail, payload, payload_sha256)
+                 VALUES (now() - make_interval(days => $1) - make_interval(secs => $2), 'hailan/v1/gw/up',
+                         'undecodable', 'test', $3, $4)",
+            )
+            .bind(age_days)
+            .bind(f64::from(n))
+            .bind(&payload)
+            .bind(sha256_hex(&payload))
+            .execute(&pool)
+            .await?;
+            anyhow::Ok(())
+        }
+    };
+    for n in 0..3 {
+        insert(40, n).await?;
+    }
+    for n in 10..15 {
+        insert(0, n).await?;
+    }
+    let pruned = hailan_ingest::quarantine::prune(&db.pool, 30, 3 * 1024).await?;
+    assert_eq!((pruned.by_age, pruned.by_quota), (3, 2));
+    // The newest three are kept (n = 10 is the newest: the least seconds back).
+    let kept: Vec<i16> = sqlx::query_scalar(
+        "SELECT get_byte(payload, 0)::int2 FROM rejected_readings ORDER BY received_at DESC",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    assert_eq!(kept, vec![10, 11, 12]);
+    // Limits of 0 keep everything.
+    let none = hailan_ingest::quarantine::prune(&db.pool, 0, 0).await?;
+    assert_eq!((none.by_age, none.by_quota), (0, 0));
+    db.drop().await
+}
+
+/// A message from an account that is no enrolled gateway keeps only its
+/// first 4 KiB in quarantine; an enrolled gateway's message keeps all of it.
+#[tokio::test]
+async fn strangers_payloads_are_cut_to_4_kib() -> Result<()> {
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    enrol(&db.pool, "gw-known").await?;
+    let keys = hailan_ingest::zk_cli::load_verifying_keys(zk.dir.path())?;
+    let verifier = std::sync::Arc::new(hailan_proto::zk::Verifier::new(
+        keys,
+        hailan_proto::zk::Policy::from_spec(),
+        hailan_proto::zk::DevKeys::Allow,
+    )?);
+    let big = |gw: &str| {
+        let mut d = TestDevice::new(gw, "dev-big", DataType::HeartRate, 470);
+        let mut e = d.unproven_reading(&[70]);
+        if let Body::Readings(b) = &mut e.body {
+            let g = b.groups[0].clone();
+            b.groups = (0..60).map(|_| g.clone()).collect();
+        }
+        hailan_ingest::plan::Message {
+            topic: topic::up(gw),
+            payload: enc(&e).into(),
+            from_quarantine: None,
+            rate_limited: None,
+        }
+    };
+    let messages = vec![big("gw-stranger"), big("gw-known")];
+    ensure!(messages[0].payload.len() > 4096, "a message over 4 KiB");
+    let plan = hailan_ingest::plan::plan(&db.pool, verifier, &messages).await?;
+    let by_reason = |r: &str| {
+        plan.quarantine
+            .iter()
+            .find(|q| q.reason.code() == r)
+            .with_context(|| format!("a {r} row"))
+    };
+    let stranger = by_reason("unknown_gateway")?;
+    assert_eq!(stranger.payload.len(), 4096);
+    assert!(
+        stranger.detail.contains("first 4096"),
+        "{}",
+        stranger.detail
+    );
+    let known = by_reason("unknown_device")?;
+    assert_eq!(known.payload.len(), messages[1].payload.len());
+    db.drop().await
+}

@@ -74,13 +74,17 @@ async fn replay_registered(
     devices: &[String],
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    let rows = quarantine::for_replay(
+    let query = quarantine::for_replay(
         committer.pool,
         Some(quarantine::Reason::UnknownDevice.code()),
         devices,
         10_000,
-    )
-    .await?;
+    );
+    let rows = tokio::select! {
+        r = query => r?,
+        // Left for the next registration or `quarantine replay`.
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     if rows.is_empty() {
         return Ok(());
     }
@@ -122,9 +126,12 @@ async fn replay_rate_limited(
     shutdown: &CancellationToken,
 ) {
     let per_gateway = (max / 2).max(1) as i64;
-    let rows = match quarantine::rate_limited_for_replay(committer.pool, per_gateway, max as i64)
-        .await
-    {
+    let query = quarantine::rate_limited_for_replay(committer.pool, per_gateway, max as i64);
+    // A database that is gone must not hold up a shutdown (pool waits are long).
+    let rows = match tokio::select! {
+        r = query => r,
+        _ = shutdown.cancelled() => return,
+    } {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "cannot read rate_limited rows to replay");
@@ -449,7 +456,10 @@ pub async fn run(
         let first = tokio::select! {
             d = rx.recv() => match d { Some(d) => d, None => break },
             _ = prune_tick.tick(), if prune_on => {
-                prune_quarantine(&pool, &retention, &metrics).await;
+                tokio::select! {
+                    _ = prune_quarantine(&pool, &retention, &metrics) => {}
+                    _ = shutdown.cancelled() => break,
+                }
                 continue;
             }
             _ = replay_tick.tick(), if replay_on => {

@@ -304,6 +304,12 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         &ingest_config,
         format!("[mqtt]\nsubscriptions = [\"$share/hailan-demo/hailan/v1/{GATEWAY}/up\"]\n"),
     )?;
+    // Ingest logs in on the broker's service listener, not the gateways'.
+    let (ingest_host, ingest_port) = e
+        .mqtt_ingest_url
+        .trim_start_matches("mqtt://")
+        .rsplit_once(':')
+        .context("MQTT ingest URL")?;
     // A persistent session keeps its subscriptions across restarts, whatever
     // the config says now: start the demo consumer's session afresh (one
     // clean-session connect discards it), so it holds exactly the filter above.
@@ -314,9 +320,9 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     Cmd::new("mosquitto_sub")
         .args([
             "-h",
-            host,
+            ingest_host,
             "-p",
-            port,
+            ingest_port,
             "-u",
             "hailan-ingest",
             "-P",
@@ -328,16 +334,19 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
             "-t",
             &format!("hailan/v1/{GATEWAY}/status"),
         ])
-        .args(["-C", "1", "-W", "1"])
+        // Exit once subscribed: the clean session has replaced the old one.
+        .arg("-E")
         .quiet()
-        .output()
-        .ok();
+        .run()
+        .context("resetting the demo consumer's broker session")?;
     let mut ingest_cmd = Command::new(&ingest);
     ingest_cmd
         .arg("--config")
         .arg(&ingest_config)
         .arg("run")
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("HAILAN_INGEST__MQTT__HOST", ingest_host)
+        .env("HAILAN_INGEST__MQTT__PORT", ingest_port)
         .env("HAILAN_INGEST__MQTT__PASSWORD", ingest_pw)
         .env("HAILAN_INGEST__MQTT__CLIENT_ID", "hailan-ingest-demo")
         .env("HAILAN_INGEST__ZK__KEYS_DIR", &zk)

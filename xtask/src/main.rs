@@ -77,6 +77,7 @@ fn run(cli: Cli) -> Result<()> {
             println!();
             println!("DATABASE_URL={}", e.database_url);
             println!("HAILAN_MQTT_URL={}", e.mqtt_url);
+            println!("HAILAN_MQTT_INGEST_URL={}", e.mqtt_ingest_url);
             println!("(all settings: {})", e.state_dir.join("env").display());
             Ok(())
         }

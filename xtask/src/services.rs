@@ -1,7 +1,8 @@
 //! `cargo xtask services`: install what is missing and start the services
 //! hailan needs on this machine — PostgreSQL 15 and a Mosquitto broker running
-//! the project's own configuration on 127.0.0.1 — plus the small outside tools
-//! the tests use (a Python venv with cbor2, snarkjs from npm).
+//! the project's own configuration on 127.0.0.1 (gateway listener on 1883,
+//! service listener for ingest on 1884) — plus the small outside tools the
+//! tests use (a Python venv with cbor2, snarkjs from npm).
 //!
 //! Idempotent: each step first looks at what is there and does nothing when it
 //! is already right, so a second run changes nothing. As root it installs
@@ -10,7 +11,7 @@
 
 use crate::sh::{Cmd, is_root, repo_root, state_dir};
 use anyhow::{Context, Result, bail};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -19,7 +20,10 @@ use std::time::{Duration, Instant};
 /// Where the services listen and how to reach them.
 pub struct Endpoints {
     pub database_url: String,
+    /// The broker's gateway listener: gateways and Home Assistant.
     pub mqtt_url: String,
+    /// The broker's service listener: ingest (the only account it accepts).
+    pub mqtt_ingest_url: String,
     pub state_dir: PathBuf,
     /// MQTT user → password of the development broker.
     pub mqtt_credentials: BTreeMap<String, String>,
@@ -31,6 +35,10 @@ impl Endpoints {
         let mut env = vec![
             ("DATABASE_URL".into(), self.database_url.clone()),
             ("HAILAN_MQTT_URL".into(), self.mqtt_url.clone()),
+            (
+                "HAILAN_MQTT_INGEST_URL".into(),
+                self.mqtt_ingest_url.clone(),
+            ),
             (
                 "HAILAN_STATE_DIR".into(),
                 self.state_dir.display().to_string(),
@@ -59,11 +67,20 @@ const DB_PASSWORD: &str = "hailan";
 const DB_NAME: &str = "hailan";
 const PG_VERSION: &str = "15";
 const PG_CLUSTER: &str = "main";
+/// The gateway listener (gateways, Home Assistant).
 const MQTT_PORT: u16 = 1883;
+/// The service listener (ingest).
+const MQTT_SERVICE_PORT: u16 = 1884;
 const INGEST_USER: &str = "hailan-ingest";
-/// Development MQTT accounts: ingest, and gateways for the demo and tests.
-const MQTT_USERS: &[&str] = &[
-    INGEST_USER,
+/// Development accounts of the service listener (`services.passwd`): one
+/// ingest account that every test's ingest process shares, each under its
+/// own client id (so that listener does not force client ids; the gateway
+/// listener does).
+const SERVICE_USERS: &[&str] = &[INGEST_USER];
+/// Development accounts of the gateway listener (`passwd`): Home Assistant,
+/// and gateways for the demo and tests.
+const GATEWAY_USERS: &[&str] = &[
+    "homeassistant",
     "gw-demo",
     "gw-test-1",
     "gw-test-2",
@@ -100,6 +117,14 @@ const MQTT_USERS: &[&str] = &[
     "gw-drill-2",
     "gw-drill-3",
     "gw-drill-4",
+    // hostile input (ingest/tests/hostile.rs)
+    "gw-hostile-1",
+    "gw-hostile-2",
+    "gw-hostile-3",
+    "gw-hostile-4",
+    "gw-hostile-5",
+    "gw-hostile-6",
+    "gw-hostile-7",
     // clinician API tests (ingest/tests/api.rs)
     "gw-api-1",
     "gw-api-2",
@@ -136,14 +161,15 @@ pub fn run(quiet: bool) -> Result<Endpoints> {
     };
     ensure_packages(&say)?;
     let database_url = ensure_postgres(&say)?;
-    let (mqtt_credentials, mqtt_url) = ensure_mosquitto(&say)?;
+    let broker = ensure_mosquitto(&say)?;
     ensure_python_tools(&say)?;
     ensure_node_tools(&say)?;
     let endpoints = Endpoints {
         database_url,
-        mqtt_url,
+        mqtt_url: broker.url,
+        mqtt_ingest_url: broker.ingest_url,
         state_dir: state_dir(),
-        mqtt_credentials,
+        mqtt_credentials: broker.credentials,
     };
     write_env_file(&endpoints)?;
     Ok(endpoints)
@@ -367,56 +393,35 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The development broker, as [`ensure_mosquitto`] leaves it.
+struct DevBroker {
+    /// MQTT user → password, both listeners' accounts.
+    credentials: BTreeMap<String, String>,
+    /// The gateway listener.
+    url: String,
+    /// The service listener.
+    ingest_url: String,
+}
+
 /// Start (or leave running) the development broker with the shipped config.
-fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, String)> {
+fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<DevBroker> {
+    check_mosquitto_version()?;
     let dir = state_dir().join("mosquitto");
     fs::create_dir_all(dir.join("data")).with_context(|| format!("creating {}", dir.display()))?;
 
-    // Credentials: generated once, kept in .hailan/mosquitto/credentials.
     let cred_path = dir.join("credentials");
-    let mut creds: BTreeMap<String, String> = fs::read_to_string(&cred_path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(u, p)| (u.to_owned(), p.to_owned()))
-        .collect();
-    let mut changed = false;
-    for user in MQTT_USERS {
-        if !creds.contains_key(*user) {
-            creds.insert((*user).to_owned(), random_hex(12)?);
-            changed = true;
-        }
+    let (creds, new_users) = ensure_credentials(&cred_path)?;
+    // One password file per listener (per_listener_settings true): gateway
+    // accounts are unknown to the service listener and ingest's to the
+    // gateway listener.
+    let mut passwords_changed = false;
+    for (file, users) in [
+        ("passwd", GATEWAY_USERS),
+        ("services.passwd", SERVICE_USERS),
+    ] {
+        passwords_changed |= ensure_passwd(&dir.join(file), users, &creds, new_users)?;
     }
-    let passwd = dir.join("passwd");
-    if changed || !passwd.exists() {
-        let text: String = creds.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
-        fs::write(&cred_path, text)?;
-        fs::write(&passwd, "")?;
-        for (u, p) in &creds {
-            Cmd::new("mosquitto_passwd")
-                .arg("-b")
-                .arg(&passwd)
-                .args([u, p])
-                .run()?;
-        }
-    }
-
-    let root = repo_root();
-    let template = fs::read_to_string(root.join("deploy/mosquitto/dev.conf.in"))
-        .context("reading deploy/mosquitto/dev.conf.in")?;
-    let conf = template
-        .replace("@STATE@", &dir.display().to_string())
-        .replace("@PORT@", &MQTT_PORT.to_string());
-    let acl = fs::read_to_string(root.join("deploy/mosquitto/hailan.acl"))
-        .context("reading deploy/mosquitto/hailan.acl")?;
-    let conf_path = dir.join("mosquitto.conf");
-    let acl_path = dir.join("hailan.acl");
-    let config_changed = fs::read_to_string(&conf_path).ok().as_deref() != Some(conf.as_str())
-        || fs::read_to_string(&acl_path).ok().as_deref() != Some(acl.as_str());
-    if config_changed {
-        fs::write(&conf_path, &conf)?;
-        fs::write(&acl_path, &acl)?;
-    }
+    let config_changed = write_config(&dir)?;
     if is_root() {
         // Mosquitto drops root privileges to the `mosquitto` user.
         Cmd::new("chown")
@@ -426,44 +431,177 @@ fn ensure_mosquitto(say: &dyn Fn(&str)) -> Result<(BTreeMap<String, String>, Str
     }
 
     match running_broker(&dir) {
-        Some(pid) if !config_changed && !changed => {
+        Some(pid) if !config_changed && !passwords_changed => {
             say(&format!("mosquitto: already running (pid {pid})"));
         }
         Some(pid) if !config_changed => {
-            // New users only: a reload re-reads the password file.
+            // Accounts only: a reload re-reads both password files.
             say("mosquitto: reloading credentials");
             Cmd::new("kill").args(["-HUP", &pid.to_string()]).run()?;
         }
         other => {
+            // A reload would not do: listeners (and use_username_as_clientid)
+            // are read at start only.
             if let Some(pid) = other {
                 say("mosquitto: configuration changed, restarting");
                 stop(pid)?;
             }
-            if port_open(MQTT_PORT) {
-                bail!(
-                    "127.0.0.1:{MQTT_PORT} is taken by another broker (not hailan's config); stop it first, e.g. `service mosquitto stop`"
-                );
+            for port in [MQTT_PORT, MQTT_SERVICE_PORT] {
+                if port_open(port) {
+                    bail!(
+                        "127.0.0.1:{port} is taken by another broker (not hailan's config); stop it first, e.g. `service mosquitto stop`"
+                    );
+                }
             }
             say("mosquitto: starting with deploy/mosquitto/dev.conf.in");
             Cmd::new("mosquitto")
                 .arg("-c")
-                .arg(&conf_path)
+                .arg(dir.join("mosquitto.conf"))
                 .arg("-d")
                 .run()?;
         }
     }
-    wait_for_port(MQTT_PORT, Duration::from_secs(15)).with_context(|| {
-        format!(
-            "mosquitto did not start; see {}",
-            dir.join("mosquitto.log").display()
-        )
-    })?;
-    let url = format!("mqtt://127.0.0.1:{MQTT_PORT}");
+    for port in [MQTT_PORT, MQTT_SERVICE_PORT] {
+        wait_for_port(port, Duration::from_secs(15)).with_context(|| {
+            format!(
+                "mosquitto did not start; see {}",
+                dir.join("mosquitto.log").display()
+            )
+        })?;
+    }
+    let broker = DevBroker {
+        credentials: creds,
+        url: format!("mqtt://127.0.0.1:{MQTT_PORT}"),
+        ingest_url: format!("mqtt://127.0.0.1:{MQTT_SERVICE_PORT}"),
+    };
     say(&format!(
-        "mosquitto: ready at {url} (users in {})",
+        "mosquitto: ready at {} (gateways) and {} (ingest; users in {})",
+        broker.url,
+        broker.ingest_url,
         cred_path.display()
     ));
-    Ok((creds, url))
+    Ok(broker)
+}
+
+/// Mosquitto 2.0.12 to 2.0.22 stop queueing messages for a disconnected
+/// client when `per_listener_settings` is true, as the shipped configuration
+/// has it (eclipse-mosquitto/mosquitto#2618, fixed in 2.0.23): ingest would
+/// lose what is published while it is away, and the tests would fail far from
+/// the cause. Debian 12's 2.0.11 is fine.
+fn check_mosquitto_version() -> Result<()> {
+    // `mosquitto -h` prints "mosquitto version 2.0.11" first and exits 3.
+    let out = std::process::Command::new("mosquitto")
+        .arg("-h")
+        .output()
+        .context("running `mosquitto -h`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(version) = text
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("mosquitto version "))
+    else {
+        return Ok(());
+    };
+    let parts: Vec<u32> = version
+        .trim()
+        .split('.')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    if matches!(parts[..], [2, 0, patch] if (12..=22).contains(&patch)) {
+        bail!(
+            "mosquitto {} drops messages for disconnected clients with per_listener_settings true \
+             (eclipse-mosquitto/mosquitto#2618); use 2.0.11 (Debian 12) or 2.0.23 or later",
+            version.trim()
+        );
+    }
+    Ok(())
+}
+
+/// The development accounts' passwords, generated once and kept in
+/// `cred_path` (`.hailan/mosquitto/credentials`, which the tests read);
+/// whether any was generated now.
+fn ensure_credentials(cred_path: &Path) -> Result<(BTreeMap<String, String>, bool)> {
+    let mut creds: BTreeMap<String, String> = fs::read_to_string(cred_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        .collect();
+    let mut changed = false;
+    for user in GATEWAY_USERS.iter().chain(SERVICE_USERS) {
+        if !creds.contains_key(*user) {
+            creds.insert((*user).to_owned(), random_hex(12)?);
+            changed = true;
+        }
+    }
+    if changed {
+        let text: String = creds.iter().map(|(u, p)| format!("{u}:{p}\n")).collect();
+        fs::write(cred_path, text)?;
+    }
+    Ok((creds, changed))
+}
+
+/// Write the Mosquitto password file `path` holding exactly `users`, unless
+/// it already does and no password changed (`force`); whether it was written.
+/// Comparing user names also rewrites a file from before the listeners were
+/// split, when one file held every account.
+fn ensure_passwd(
+    path: &Path,
+    users: &[&str],
+    creds: &BTreeMap<String, String>,
+    force: bool,
+) -> Result<bool> {
+    let present: BTreeSet<String> = fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(u, _)| u.to_owned())
+        .collect();
+    let wanted: BTreeSet<String> = users.iter().map(|u| (*u).to_owned()).collect();
+    if !force && present == wanted && path.exists() {
+        return Ok(false);
+    }
+    fs::write(path, "")?;
+    for u in users {
+        let p = creds
+            .get(*u)
+            .with_context(|| format!("no password for {u}"))?;
+        Cmd::new("mosquitto_passwd")
+            .arg("-b")
+            .arg(path)
+            .args([*u, p.as_str()])
+            .run()?;
+    }
+    Ok(true)
+}
+
+/// Write the broker's configuration and both listeners' ACLs into `dir` from
+/// `deploy/mosquitto/`; whether any of them changed (then a running broker
+/// must restart).
+fn write_config(dir: &Path) -> Result<bool> {
+    let root = repo_root();
+    let read = |name: &str| {
+        fs::read_to_string(root.join("deploy/mosquitto").join(name))
+            .with_context(|| format!("reading deploy/mosquitto/{name}"))
+    };
+    let conf = read("dev.conf.in")?
+        .replace("@STATE@", &dir.display().to_string())
+        .replace("@PORT@", &MQTT_PORT.to_string())
+        .replace("@SERVICE_PORT@", &MQTT_SERVICE_PORT.to_string());
+    let files = [
+        ("mosquitto.conf", conf),
+        ("hailan.acl", read("hailan.acl")?),
+        ("hailan-services.acl", read("hailan-services.acl")?),
+    ];
+    let mut changed = false;
+    for (name, text) in &files {
+        let path = dir.join(name);
+        if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            fs::write(&path, text)?;
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 const PYTHON_PACKAGES: &[(&str, &str)] = &[

@@ -21,7 +21,8 @@ use hailan_proto::envelope::{self, Body, Envelope};
 use hailan_proto::zk::{DevKeys, GroupClaim, Policy, Verifier, device_commitment};
 use hailan_proto::{DataType, topic};
 use hailan_tests::{
-    DevZk, Publisher, TestDb, TestDevice, count_readings, enrol, mqtt_host_port, mqtt_password,
+    DevZk, Publisher, TestDb, TestDevice, count_readings, enrol, mqtt_ingest_host_port,
+    mqtt_password,
 };
 use sha2::Digest;
 use sqlx::Row;
@@ -187,7 +188,7 @@ fn stored(consumers: &[Consumer]) -> u64 {
 }
 
 async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
-    let (host, port) = mqtt_host_port();
+    let (host, port) = mqtt_ingest_host_port();
     let cfg = IngestConfig {
         database_url: Some(url.to_owned()),
         mqtt: MqttConfig {
@@ -203,6 +204,7 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
         batch: BatchConfig {
             max_messages: 500,
             max_wait_ms: 20,
+            ..BatchConfig::default()
         },
         zk: ZkConfig {
             keys_dir: zk.dir.path().to_owned(),
@@ -218,6 +220,7 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
             enabled: false,
             ..Default::default()
         },
+        quarantine: Default::default(),
     };
     let pool = db::connect(url, 8).await?;
     let verifier = Arc::new(run::load_verifier(&cfg)?);

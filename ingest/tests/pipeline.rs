@@ -481,10 +481,13 @@ async fn an_outage_longer_than_mosquittos_default_queue_loses_nothing() -> Resul
 
 #[tokio::test]
 async fn the_broker_refuses_a_gateway_publishing_under_another_gateways_topic() -> Result<()> {
-    // Subscribe as ingest would, to both gateways' topics.
-    let (host, port) = hailan_tests::mqtt_host_port();
-    let mut opts =
-        rumqttc::MqttOptions::new(format!("acl-{}", uuid::Uuid::new_v4().simple()), host, port);
+    // Subscribe as ingest would (on the service listener), to the gateway's topic.
+    let (host, port) = hailan_tests::mqtt_ingest_host_port();
+    let mut opts = rumqttc::MqttOptions::new(
+        format!("acl-{}", uuid::Uuid::new_v4().simple()),
+        &host,
+        port,
+    );
     opts.set_credentials(
         "hailan-ingest",
         hailan_tests::mqtt_password("hailan-ingest")?,
@@ -521,6 +524,15 @@ async fn the_broker_refuses_a_gateway_publishing_under_another_gateways_topic() 
     intruder
         .publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-7".to_vec()])
         .await?;
+    // Nor may the ingest account publish anything (a stolen ingest password
+    // injects no readings): another ingest connection tries.
+    let mut ingest_account = Publisher::connect_to("hailan-ingest", &host, port, None).await?;
+    ingest_account
+        .publish_all(
+            "hailan/v1/gw-test-8/up",
+            vec![b"from hailan-ingest".to_vec()],
+        )
+        .await?;
     let mut owner = Publisher::connect("gw-test-8").await?;
     owner
         .publish_all("hailan/v1/gw-test-8/up", vec![b"from gw-test-8".to_vec()])
@@ -529,7 +541,7 @@ async fn the_broker_refuses_a_gateway_publishing_under_another_gateways_topic() 
     assert_eq!(
         got,
         vec![b"from gw-test-8".to_vec()],
-        "the intruder's message got through"
+        "the intruder's or the ingest account's message got through"
     );
     Ok(())
 }

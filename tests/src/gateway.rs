@@ -2,7 +2,7 @@
 //! `hailan-sim` (fake BlueZ on a private D-Bus) and a real Mosquitto — the
 //! set-up's shared broker or a private one that a test may stop and start.
 
-use crate::{DevZk, mqtt_host_port, mqtt_password, repo_root};
+use crate::{DevZk, mqtt_host_port, mqtt_ingest_host_port, mqtt_password, repo_root};
 use anyhow::{Context, Result, bail, ensure};
 use hailan_firmware_sim::harness::SimHarness;
 use hailan_proto::envelope::{Body, Envelope};
@@ -39,18 +39,27 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
 pub const TEST_DATA_KEY: [u8; 32] = [0x42; 32];
 pub const TEST_DATA_KEY_ID: &str = "owner-key-test";
 
-/// Where a gateway under test connects.
+/// Where a gateway under test connects, and where ingest does.
 #[derive(Clone, Debug)]
 pub struct Broker {
     pub host: String,
+    /// The gateway listener: gateway and Home Assistant accounts, the
+    /// client id forced to the user name.
     pub port: u16,
+    /// The service listener on the same host: the `hailan-ingest` account.
+    pub ingest_port: u16,
 }
 
 impl Broker {
     /// The set-up's shared development broker.
     pub fn shared() -> Broker {
         let (host, port) = mqtt_host_port();
-        Broker { host, port }
+        let (_, ingest_port) = mqtt_ingest_host_port();
+        Broker {
+            host,
+            port,
+            ingest_port,
+        }
     }
 }
 
@@ -271,25 +280,44 @@ impl Received {
     }
 }
 
-/// A QoS 1 subscriber (as the ingest account) to one gateway's `up` and
-/// `status` topics, with a persistent session, so nothing published while it
-/// reconnects is lost.
+/// A QoS 1 subscriber to one gateway's `up` and `status` topics, with a
+/// persistent session, so nothing published while it reconnects is lost.
 pub struct Collector {
     pub received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Collector {
+    /// As the ingest account, on the service listener (its own client id).
     pub async fn start(broker: &Broker, gateway_id: &str) -> Result<Collector> {
         let topics = vec![
             hailan_proto::topic::up(gateway_id),
             hailan_proto::topic::status(gateway_id),
         ];
-        Self::start_as(broker, "hailan-ingest", gateway_id, topics).await
+        Self::connect(
+            broker.ingest_port,
+            broker,
+            "hailan-ingest",
+            gateway_id,
+            topics,
+        )
+        .await
     }
 
-    /// A collector logged in as `user`, subscribed to `topics`.
+    /// A collector logged in as `user` on the gateway listener (a Home
+    /// Assistant or gateway account: the broker makes `user` the client id),
+    /// subscribed to `topics`.
     pub async fn start_as(
+        broker: &Broker,
+        user: &str,
+        gateway_id: &str,
+        topics: Vec<String>,
+    ) -> Result<Collector> {
+        Self::connect(broker.port, broker, user, gateway_id, topics).await
+    }
+
+    async fn connect(
+        port: u16,
         broker: &Broker,
         user: &str,
         gateway_id: &str,
@@ -298,7 +326,7 @@ impl Collector {
         let mut opts = rumqttc::MqttOptions::new(
             format!("collector-{gateway_id}-{}", uuid::Uuid::new_v4().simple()),
             broker.host.clone(),
-            broker.port,
+            port,
         );
         opts.set_credentials(user, mqtt_password(user)?);
         opts.set_clean_session(false);
@@ -341,7 +369,9 @@ impl Collector {
         });
         tokio::time::timeout(Duration::from_secs(10), ready_rx)
             .await
-            .context("the collector did not subscribe within 10 s")??;
+            .with_context(|| {
+                format!("the collector ({user} on port {port}) did not subscribe within 10 s")
+            })??;
         Ok(Collector { received, task })
     }
 
@@ -400,13 +430,16 @@ pub fn readings_of<'a>(
         .collect()
 }
 
-/// A private Mosquitto (same accounts and ACL as the set-up's) that a test
+/// A private Mosquitto (same accounts and ACLs as the set-up's) that a test
 /// may stop and start; persistence on, so sessions and queues survive.
 pub struct PrivateMosquitto {
     dir: tempfile::TempDir,
     conf: PathBuf,
     child: Option<Child>,
+    /// The gateway listener (gateway and Home Assistant accounts).
     pub port: u16,
+    /// The service listener (the `hailan-ingest` account).
+    pub ingest_port: u16,
 }
 
 /// Run `openssl ARGS` in `dir`.
@@ -436,51 +469,91 @@ pub fn test_ca(dir: &std::path::Path, common_name: &str, stem: &str) -> Result<P
     Ok(dir.join(pem))
 }
 
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`) in `dir`.
+fn server_certificate(dir: &std::path::Path) -> Result<()> {
+    let run = |args: &[&str]| openssl(dir, args);
+    test_ca(dir, "hailan test CA", "ca")?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ])
+}
+
+/// Two distinct TCP ports on 127.0.0.1 that were free a moment ago.
+fn two_free_ports() -> Result<(u16, u16)> {
+    let a = crate::free_port()?;
+    loop {
+        let b = crate::free_port()?;
+        if b != a {
+            return Ok((a, b));
+        }
+    }
+}
+
+/// A fresh broker directory with the set-up's password files (`passwd`:
+/// gateways and Home Assistant; `services.passwd`: ingest) and the shipped
+/// ACLs (`hailan.acl`, `hailan-services.acl`).
+fn broker_dir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("hailan-mqtt-").tempdir()?;
+    let src = repo_root().join(".hailan/mosquitto");
+    for file in ["passwd", "services.passwd"] {
+        std::fs::copy(src.join(file), dir.path().join(file)).with_context(|| {
+            format!("copying the set-up's broker passwords {file} (run `cargo xtask services`)")
+        })?;
+    }
+    for file in ["hailan.acl", "hailan-services.acl"] {
+        std::fs::copy(
+            repo_root().join("deploy/mosquitto").join(file),
+            dir.path().join(file),
+        )
+        .with_context(|| format!("copying deploy/mosquitto/{file}"))?;
+    }
+    std::fs::create_dir_all(dir.path().join("data"))?;
+    Ok(dir)
+}
+
 impl PrivateMosquitto {
     pub fn start() -> Result<PrivateMosquitto> {
         Self::start_with(|_| Ok(String::new()))
     }
 
-    /// Like [`start`](Self::start), plus a second listener on `tls_port`
+    /// Like [`start`](Self::start), plus a third listener on `tls_port`
     /// with TLS, its certificate signed by a test CA (`ca.pem` in
-    /// [`dir`](Self::dir)); the first listener stays plain.
+    /// [`dir`](Self::dir)), and the gateway listener's accounts, ACL and
+    /// forced client ids; the first two listeners stay plain.
     pub fn start_with_tls() -> Result<(PrivateMosquitto, u16)> {
         let tls_port = crate::free_port()?;
         let m = Self::start_with(|dir| {
-            let run = |args: &[&str]| openssl(dir, args);
-            test_ca(dir, "hailan test CA", "ca")?;
-            run(&[
-                "req",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-            ])?;
-            std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
-            run(&[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "1",
-                "-extfile",
-                "san.ext",
-                "-out",
-                "server.pem",
-            ])?;
+            server_certificate(dir)?;
             Ok(format!(
-                "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+                "\nlistener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nuse_username_as_clientid true\nallow_anonymous false\npassword_file {d}/passwd\nacl_file {d}/hailan.acl\n",
                 d = dir.display()
             ))
         })?;
@@ -495,21 +568,25 @@ impl PrivateMosquitto {
     fn start_with(
         extra: impl FnOnce(&std::path::Path) -> Result<String>,
     ) -> Result<PrivateMosquitto> {
-        let port = crate::free_port()?;
-        let dir = tempfile::Builder::new().prefix("hailan-mqtt-").tempdir()?;
-        let src = repo_root().join(".hailan/mosquitto");
-        std::fs::copy(src.join("passwd"), dir.path().join("passwd"))
-            .context("copying the set-up's broker passwords (run `cargo xtask services`)")?;
-        std::fs::copy(
-            repo_root().join("deploy/mosquitto/hailan.acl"),
-            dir.path().join("hailan.acl"),
-        )?;
-        std::fs::create_dir_all(dir.path().join("data"))?;
-        let template = std::fs::read_to_string(repo_root().join("deploy/mosquitto/dev.conf.in"))?;
+        let (port, ingest_port) = two_free_ports()?;
+        let dir = broker_dir()?;
+        let template = std::fs::read_to_string(repo_root().join("deploy/mosquitto/dev.conf.in"))
+            .context("reading deploy/mosquitto/dev.conf.in")?;
         let conf_text = template
             .replace("@STATE@", &dir.path().display().to_string())
             .replace("@PORT@", &port.to_string())
+            .replace("@SERVICE_PORT@", &ingest_port.to_string())
             + &extra(dir.path())?;
+        Self::launch(dir, conf_text, port, ingest_port)
+    }
+
+    /// Write `conf_text` as the configuration in `dir` and start the broker.
+    fn launch(
+        dir: tempfile::TempDir,
+        conf_text: String,
+        port: u16,
+        ingest_port: u16,
+    ) -> Result<PrivateMosquitto> {
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(&conf, conf_text)?;
         if is_root() {
@@ -524,6 +601,7 @@ impl PrivateMosquitto {
             conf,
             child: None,
             port,
+            ingest_port,
         };
         m.start_again()?;
         Ok(m)
@@ -533,26 +611,42 @@ impl PrivateMosquitto {
         Broker {
             host: "127.0.0.1".into(),
             port: self.port,
+            ingest_port: self.ingest_port,
         }
     }
 
-    /// Start it (after [`stop`](Self::stop)) and wait until it accepts connections.
+    /// Start it (after [`stop`](Self::stop)) and wait until both listeners
+    /// accept connections.
     pub fn start_again(&mut self) -> Result<()> {
+        let stderr_path = self.dir.path().join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path)
+            .with_context(|| format!("creating {}", stderr_path.display()))?;
         let child = Command::new("mosquitto")
             .arg("-c")
             .arg(&self.conf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("starting mosquitto")?;
         self.child = Some(child);
         let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if start.elapsed() > Duration::from_secs(10) {
-                bail!("mosquitto did not listen on {} within 10 s", self.port);
+        for port in [self.port, self.ingest_port] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(c) = self.child.as_mut()
+                    && let Some(status) = c.try_wait()?
+                {
+                    bail!(
+                        "mosquitto exited at start ({status}): {}{}",
+                        std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+                    );
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    bail!("mosquitto did not listen on {port} within 10 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }

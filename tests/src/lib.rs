@@ -144,18 +144,38 @@ pub fn mqtt_password(user: &str) -> Result<String> {
         .with_context(|| format!("no broker account {user} (run `cargo xtask services`)"))
 }
 
-/// Host and port of the development broker.
-pub fn mqtt_host_port() -> (String, u16) {
-    let url = setting("HAILAN_MQTT_URL").unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+/// Host and port of an `mqtt://host:port` URL from setting `name`, else `default_port` on 127.0.0.1.
+fn broker_host_port(name: &str, default_port: u16) -> (String, u16) {
+    let url = setting(name).unwrap_or_else(|| format!("mqtt://127.0.0.1:{default_port}"));
     let rest = url.trim_start_matches("mqtt://");
     match rest.rsplit_once(':') {
-        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(1883)),
-        None => (rest.to_owned(), 1883),
+        Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(default_port)),
+        None => (rest.to_owned(), default_port),
     }
+}
+
+/// Host and port of the development broker's gateway listener
+/// (`HAILAN_MQTT_URL`): gateway and Home Assistant accounts. The broker
+/// forces the client id to the user name there, so one account holds one
+/// connection at a time: a second one takes over the first.
+pub fn mqtt_host_port() -> (String, u16) {
+    broker_host_port("HAILAN_MQTT_URL", 1883)
+}
+
+/// Host and port of the development broker's service listener
+/// (`HAILAN_MQTT_INGEST_URL`): the `hailan-ingest` account only, each
+/// connection under its own client id.
+pub fn mqtt_ingest_host_port() -> (String, u16) {
+    broker_host_port("HAILAN_MQTT_INGEST_URL", 1884)
 }
 
 /// A QoS 1 publisher logged in as one gateway; `publish` returns once the
 /// broker has acknowledged the message.
+///
+/// The gateway listener makes the account its client id (whatever id is sent
+/// here), so a `Publisher` for gateway X takes over the connection of X's
+/// daemon or of another `Publisher` for X: give each concurrently running
+/// test its own gateway accounts.
 pub struct Publisher {
     client: rumqttc::AsyncClient,
     acks: tokio::sync::mpsc::UnboundedReceiver<u16>,
@@ -163,14 +183,30 @@ pub struct Publisher {
 }
 
 impl Publisher {
+    /// Log in as gateway `user` on the development broker's gateway listener.
     pub async fn connect(user: &str) -> Result<Publisher> {
         let (host, port) = mqtt_host_port();
+        Self::connect_to(user, &host, port, None).await
+    }
+
+    /// Log in as `user` on `host:port`, over TLS trusting the CA certificate
+    /// `ca_file` (PEM) when given.
+    pub async fn connect_to(
+        user: &str,
+        host: &str,
+        port: u16,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Publisher> {
         let mut opts = rumqttc::MqttOptions::new(
             format!("{user}-{}", uuid::Uuid::new_v4().simple()),
             host,
             port,
         );
         opts.set_credentials(user, mqtt_password(user)?);
+        if let Some(ca) = ca_file {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            opts.set_transport(rumqttc::Transport::tls(pem, None, None));
+        }
         opts.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
         let (tx, acks) = tokio::sync::mpsc::unbounded_channel();
@@ -485,7 +521,7 @@ pub struct IngestOptions<'a> {
     pub group: Option<&'a str>,
     /// `http.listen` for `/metrics` (`None`: off).
     pub http_listen: Option<&'a str>,
-    /// The broker (`None`: the set-up's).
+    /// The broker's service listener (`None`: the set-up's).
     pub broker: Option<(&'a str, u16)>,
     /// More `HAILAN_INGEST__SECTION__KEY` settings.
     pub env: &'a [(&'a str, &'a str)],
@@ -535,7 +571,7 @@ impl IngestProcess {
         let group = opts.group.unwrap_or(&fresh);
         let (host, port) = match opts.broker {
             Some((h, p)) => (h.to_owned(), p),
-            None => mqtt_host_port(),
+            None => mqtt_ingest_host_port(),
         };
         let http_listen = opts.http_listen.unwrap_or("");
         let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());

@@ -92,6 +92,22 @@ async fn stored(pool: &PgPool, device_id: &str) -> Result<BTreeMap<u64, (String,
     Ok(out)
 }
 
+/// `hailan_ingest_readings_total{outcome="duplicate"}` of the ingest process
+/// serving `/metrics` on `port` (0 before the first duplicate).
+async fn duplicate_readings(port: u16) -> Result<u64> {
+    let (code, body) = hailan_tests::http_get(port, "/metrics").await?;
+    ensure!(code == 200, "GET /metrics: {code}");
+    let prefix = "hailan_ingest_readings_total{outcome=\"duplicate\"} ";
+    match body.lines().find_map(|l| l.strip_prefix(prefix)) {
+        Some(v) => v
+            .trim()
+            .parse::<f64>()
+            .map(|v| v as u64)
+            .with_context(|| format!("metric value {v}")),
+        None => Ok(0),
+    }
+}
+
 async fn quarantine(pool: &PgPool) -> Result<HashMap<String, i64>> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT reason, count(*) FROM rejected_readings GROUP BY reason")
@@ -113,8 +129,11 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
     enrol(&pool, gw_id).await?;
     enrol(&pool, forger).await?;
     let ingest_bin = workspace_binary("hailan-ingest")?;
+    let metrics_port = hailan_tests::free_port()?;
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
     let on_private_broker = IngestOptions {
-        broker: Some((&broker.host, broker.port)),
+        broker: Some((&broker.host, broker.ingest_port)),
+        http_listen: Some(&metrics_listen),
         ..Default::default()
     };
     let mut ingest = IngestProcess::start_opts(
@@ -191,7 +210,8 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
     rows = stored_at_least(&pool, rows + 8, "readings after the gateway's kill -9").await?;
 
     // 7. Bad input, published with mosquitto_pub by a forger that holds
-    // valid broker credentials, and replays of real messages.
+    // valid broker credentials (and, once the gateway has stopped, replays
+    // of real messages).
     let up = topic::up(forger);
     let hr0 = id_of_kind(&devices, "hr")?;
     let pub_as = |user: &str, topic: &str, bytes: &[u8]| -> Result<bool> {
@@ -228,22 +248,6 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
     // Readings of a device nobody registered.
     let mut stray = TestDevice::new(forger, "stray-0", DataType::HeartRate, 94);
     ensure!(pub_as(forger, &up, &enc(&stray.unproven_reading(&[70])))?);
-    // Replays of five real messages, by the real gateway's account.
-    let real: Vec<Vec<u8>> = collector
-        .snapshot()
-        .into_iter()
-        .filter(|r| r.topic == topic::up(gw_id))
-        .filter(|r| {
-            r.envelope()
-                .is_some_and(|e| matches!(e.body, Body::Readings(_)))
-        })
-        .take(5)
-        .map(|r| r.payload)
-        .collect();
-    ensure!(real.len() == 5, "five real messages to replay");
-    for p in &real {
-        ensure!(pub_as(gw_id, &topic::up(gw_id), p)?);
-    }
     let expected: HashMap<String, i64> =
         BAD_INPUT.iter().map(|(r, n)| (r.to_string(), *n)).collect();
     let total_bad: i64 = expected.values().sum();
@@ -266,6 +270,44 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
         Ok((count_readings(&pool, "").await? >= assigned).then_some(()))
     })
     .await?;
+    // Replays of five real messages, by the real gateway's account: only
+    // now that its daemon has stopped, since the broker makes the account
+    // the client id and a second connection under it would take over the
+    // daemon's. Each replayed reading is counted a duplicate; nothing is
+    // stored (the exact counts below).
+    let real: Vec<(Vec<u8>, u64)> = collector
+        .snapshot()
+        .into_iter()
+        .filter(|r| r.topic == topic::up(gw_id))
+        .filter_map(|r| match r.envelope()?.body {
+            Body::Readings(b) => {
+                let n = b.groups.iter().map(|g| g.readings.len() as u64).sum();
+                Some((r.payload, n))
+            }
+            _ => None,
+        })
+        .take(5)
+        .collect();
+    ensure!(real.len() == 5, "five real messages to replay");
+    let replayed: u64 = real.iter().map(|(_, n)| n).sum();
+    let before = duplicate_readings(metrics_port).await?;
+    for (p, _) in &real {
+        ensure!(pub_as(gw_id, &topic::up(gw_id), p)?);
+    }
+    let after = eventually(
+        WAIT,
+        "ingest to count the replays as duplicates",
+        || async {
+            let n = duplicate_readings(metrics_port).await?;
+            Ok((n >= before + replayed).then_some(n))
+        },
+    )
+    .await?;
+    assert_eq!(
+        after,
+        before + replayed,
+        "duplicate readings after the replays"
+    );
     ingest.terminate()?;
 
     eprintln!(

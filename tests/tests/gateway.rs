@@ -554,11 +554,12 @@ async fn home_assistant_sees_battery_and_link_never_a_health_value() -> Result<(
         "[home_assistant]\nenabled = true\n",
         &[],
     )?;
-    // The gateway's own account may read what it announces (Home Assistant
-    // gets the `homeassistant` account of the shipped ACL).
+    // Home Assistant's account of the shipped ACL (not the gateway's own:
+    // the broker makes the account the client id, so a second connection
+    // as the gateway would push its daemon off).
     let ha = Collector::start_as(
         &broker,
-        gw_id,
+        "homeassistant",
         gw_id,
         vec![
             format!("homeassistant/+/{gw_id}/#"),

@@ -560,6 +560,87 @@ impl PrivateMosquitto {
         Ok((m, tls_port))
     }
 
+    /// The production configuration itself, `deploy/mosquitto/hailan.conf`,
+    /// with only its paths and addresses made the test's: both listeners on
+    /// 127.0.0.1 (`port`: gateway listener, `ingest_port`: service
+    /// listener), TLS with a server certificate of a test CA (`ca.pem` in
+    /// [`dir`](Self::dir)), the set-up's accounts. Fails if the file no
+    /// longer has a line this rewrites, or still names a production path.
+    pub fn start_shipped() -> Result<PrivateMosquitto> {
+        let (port, ingest_port) = two_free_ports()?;
+        let dir = broker_dir()?;
+        server_certificate(dir.path())?;
+        let d = dir.path().display().to_string();
+        let shipped = std::fs::read_to_string(repo_root().join("deploy/mosquitto/hailan.conf"))
+            .context("reading deploy/mosquitto/hailan.conf")?;
+        let rewrites: Vec<(String, String)> = [
+            ("listener 8883", format!("listener {port} 127.0.0.1")),
+            (
+                "listener 8884 10.0.0.10",
+                format!("listener {ingest_port} 127.0.0.1"),
+            ),
+            (
+                "persistence_location /var/lib/mosquitto/",
+                format!("persistence_location {d}/data/"),
+            ),
+            (
+                "certfile /etc/mosquitto/certs/server.crt",
+                format!("certfile {d}/server.pem"),
+            ),
+            (
+                "keyfile /etc/mosquitto/certs/server.key",
+                format!("keyfile {d}/server.key"),
+            ),
+            (
+                "cafile /etc/mosquitto/ca_certificates/ca.crt",
+                format!("cafile {d}/ca.pem"),
+            ),
+            (
+                "password_file /etc/mosquitto/hailan.passwd",
+                format!("password_file {d}/passwd"),
+            ),
+            (
+                "password_file /etc/mosquitto/hailan-services.passwd",
+                format!("password_file {d}/services.passwd"),
+            ),
+            (
+                "acl_file /etc/mosquitto/hailan.acl",
+                format!("acl_file {d}/hailan.acl"),
+            ),
+            (
+                "acl_file /etc/mosquitto/hailan-services.acl",
+                format!("acl_file {d}/hailan-services.acl"),
+            ),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b))
+        .collect();
+        let mut used = vec![false; rewrites.len()];
+        let mut conf = String::new();
+        for line in shipped.lines() {
+            let mut line = line.to_owned();
+            if let Some(i) = rewrites.iter().position(|(from, _)| line.trim() == from) {
+                used[i] = true;
+                line = rewrites[i].1.clone();
+            }
+            ensure!(
+                line.trim_start().starts_with('#')
+                    || !(line.contains("/etc/") || line.contains("/var/")),
+                "deploy/mosquitto/hailan.conf has a line the test does not rewrite: {line}"
+            );
+            conf.push_str(&line);
+            conf.push('\n');
+        }
+        for ((from, _), used) in rewrites.iter().zip(used) {
+            ensure!(used, "deploy/mosquitto/hailan.conf has no line `{from}`");
+        }
+        // Logging only (global options, valid after the listeners).
+        conf.push_str(&format!(
+            "\nlog_dest file {d}/mosquitto.log\nlog_type all\nconnection_messages true\n"
+        ));
+        Self::launch(dir, conf, port, ingest_port)
+    }
+
     /// The broker's directory (configuration, persistence, log, certificates).
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

@@ -523,6 +523,9 @@ pub struct IngestOptions<'a> {
     pub http_listen: Option<&'a str>,
     /// The broker's service listener (`None`: the set-up's).
     pub broker: Option<(&'a str, u16)>,
+    /// The MQTT client id (`None`: a fresh one). The same id again resumes
+    /// the broker's persistent session of an earlier process.
+    pub client_id: Option<&'a str>,
     /// More `HAILAN_INGEST__SECTION__KEY` settings.
     pub env: &'a [(&'a str, &'a str)],
 }
@@ -574,7 +577,10 @@ impl IngestProcess {
             None => mqtt_ingest_host_port(),
         };
         let http_listen = opts.http_listen.unwrap_or("");
-        let client_id = format!("ingest-test-{}", uuid::Uuid::new_v4().simple());
+        let client_id = match opts.client_id {
+            Some(id) => id.to_owned(),
+            None => format!("ingest-test-{}", uuid::Uuid::new_v4().simple()),
+        };
         let subs: Vec<String> = gateways
             .iter()
             .map(|g| format!("\"$share/{group}/hailan/v1/{g}/up\""))

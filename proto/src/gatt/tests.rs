@@ -65,9 +65,8 @@ fn check_subset(path: &str, expected: &Value, actual: &Value, problems: &mut Vec
 #[test]
 fn shared_vectors() {
     let path = vectors_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("GATT vectors missing: cannot read {} ({e})", path.display())
-    });
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("GATT vectors missing: cannot read {} ({e})", path.display()));
     let vectors: Vec<Value> = serde_json::from_str(&text).expect("gatt.json is a JSON array");
     assert!(!vectors.is_empty(), "gatt.json has no vectors");
     let mut problems = Vec::new();

@@ -21,6 +21,7 @@ pub mod check;
 pub mod fhir;
 pub mod keyring;
 pub mod opened_cache;
+pub mod params;
 pub mod routes;
 pub mod session;
 

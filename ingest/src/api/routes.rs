@@ -1,17 +1,18 @@
 //! The JSON endpoints, and the reads they share with FHIR.
 
 use super::check::{self, Check, StoredReading, decode_rows};
+use super::params::{ApiPath, ApiQuery, ObservationParams, ObservationQuery};
+use super::params::{SeriesParams, SeriesQuery};
 use super::session::{Kind, Session};
 use super::{ApiError, ApiState};
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -21,6 +22,8 @@ use uuid::Uuid;
 
 /// The clinicians' web page (plain HTML and an inline SVG chart).
 pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+
+pub use super::params::{EARLIEST, LATEST, bucket_ms, parse_types};
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
@@ -43,13 +46,6 @@ async fn index() -> impl IntoResponse {
 // ------------------------------------------------------------------ reads
 
 use check::READING_SELECT;
-
-/// Open ends of a time range (inside PostgreSQL's timestamptz range).
-pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
-pub const LATEST: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 0) {
-    Some(t) => t,
-    None => DateTime::UNIX_EPOCH,
-};
 
 /// A time range and a page position.
 pub struct Range {
@@ -371,24 +367,6 @@ pub async fn read_checked(
     Ok(rows.into_iter().zip(checks).take(n).collect())
 }
 
-/// Data type names from a comma-separated `type` parameter (all known when empty).
-pub fn parse_types(param: Option<&str>) -> Result<Vec<String>, ApiError> {
-    match param.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(DataType::ALL
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect()),
-        Some(s) => s
-            .split(',')
-            .map(|t| {
-                DataType::from_name(t.trim())
-                    .map(|d| d.as_str().to_owned())
-                    .ok_or_else(|| ApiError::BadRequest(format!("unknown data type {t:?}")))
-            })
-            .collect(),
-    }
-}
-
 /// The JSON of one checked reading.
 pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
     let spec = DataType::from_name(&r.data_type).map(|t| t.spec());
@@ -512,44 +490,19 @@ async fn patients(
     Ok(Json(json!({ "patients": list })))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ObservationQuery {
-    #[serde(rename = "type")]
-    pub data_type: Option<String>,
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub limit: Option<i64>,
-    pub cursor: Option<String>,
-}
-
-fn time_bounds(
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-) -> (DateTime<Utc>, DateTime<Utc>) {
-    (from.unwrap_or(EARLIEST), to.unwrap_or(LATEST))
-}
-
-fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    let bad = || ApiError::BadRequest("malformed cursor".into());
-    let (micros, id) = c.split_once('_').ok_or_else(bad)?;
-    let t = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(bad)?;
-    Ok((t, id.parse().map_err(|_| bad())?))
-}
-
 async fn observations(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(patient): Path<Uuid>,
-    Query(q): Query<ObservationQuery>,
+    ApiPath(patient): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<ObservationQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let types = parse_types(q.data_type.as_deref())?;
-    let (from, to) = time_bounds(q.from, q.to);
-    let limit = q.limit.unwrap_or(500).clamp(1, state.max_page);
-    let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    let ObservationParams {
+        types,
+        from,
+        to,
+        limit,
+        after,
+    } = ObservationParams::parse(&q, state.max_page)?;
     let mut s = Session::begin(&state, &headers).await?;
     let range = Range {
         from,
@@ -583,15 +536,6 @@ async fn observations(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct SeriesQuery {
-    #[serde(rename = "type")]
-    pub data_type: String,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub bucket: Option<String>,
-}
-
 /// Per-bucket aggregate of one slot set.
 #[derive(Default)]
 struct Agg {
@@ -601,44 +545,25 @@ struct Agg {
     sum: Vec<u64>,
 }
 
-/// Bucket length in milliseconds.
-pub fn bucket_ms(name: &str) -> Option<i64> {
-    match name {
-        "minute" => Some(60_000),
-        "hour" => Some(3_600_000),
-        "day" => Some(86_400_000),
-        _ => None,
-    }
-}
-
 async fn series(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(patient): Path<Uuid>,
-    Query(q): Query<SeriesQuery>,
+    ApiPath(patient): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let data_type = DataType::from_name(&q.data_type)
-        .ok_or_else(|| ApiError::BadRequest(format!("unknown data type {:?}", q.data_type)))?;
-    let bucket = q.bucket.as_deref().unwrap_or("minute");
-    let step = bucket_ms(bucket)
-        .ok_or_else(|| ApiError::BadRequest("bucket is minute, hour or day".into()))?;
-    // Every reading in range is decrypted: bound the work one request asks for.
-    let max_days = match bucket {
-        "minute" => 7,
-        "hour" => 92,
-        _ => 366,
-    };
-    if q.to < q.from || (q.to - q.from).num_days() >= max_days {
-        return Err(ApiError::BadRequest(format!(
-            "from must precede to, less than {max_days} days apart for {bucket} buckets"
-        )));
-    }
+    let SeriesParams {
+        data_type,
+        from,
+        to,
+        bucket,
+        step,
+    } = SeriesParams::parse(&q)?;
     let started = std::time::Instant::now();
     let mut s = Session::begin(&state, &headers).await?;
     let session_ms = started.elapsed().as_secs_f64() * 1e3;
     let range = Range {
-        from: q.from,
-        to: q.to,
+        from,
+        to,
         after: None,
         limit: None,
     };
@@ -685,7 +610,7 @@ async fn series(
         &format!("/api/v1/patients/{patient}/series"),
         Some(patient),
         checked.len(),
-        json!({ "type": data_type.as_str(), "from": q.from, "to": q.to, "bucket": bucket,
+        json!({ "type": data_type.as_str(), "from": from, "to": to, "bucket": bucket,
                 "unverifiable": unverifiable }),
     )
     .await?;
@@ -722,8 +647,8 @@ async fn series(
         "data_type": data_type.as_str(),
         "bucket": bucket,
         "bucket_ms": step,
-        "from": q.from,
-        "to": q.to,
+        "from": from,
+        "to": to,
         "slots": spec.slots.iter().map(|s| json!({ "name": s.name, "display": s.display, "unit": s.unit })).collect::<Vec<_>>(),
         "readings": readings,
         "points": points,
@@ -756,7 +681,7 @@ struct DeviceRow {
 async fn devices(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(patient): Path<Uuid>,
+    ApiPath(patient): ApiPath<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     let devs: Vec<DeviceRow> = sqlx::query_as(
@@ -825,7 +750,7 @@ async fn devices(
 async fn proof(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path((patient, reading)): Path<(Uuid, Uuid)>,
+    ApiPath((patient, reading)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     // Every data type named: the primary key is (user_id, data_type, id), so

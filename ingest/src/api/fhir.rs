@@ -13,7 +13,7 @@
 //!   value: `dataAbsentReason` = `error` with the reason as text.
 
 use super::check::{Check, StoredReading};
-use super::routes::{Range, read_checked};
+use super::routes::{Range, Take, read_checked};
 use super::session::Session;
 use super::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
@@ -271,7 +271,7 @@ pub async fn observations(
         from: from.unwrap_or(super::routes::EARLIEST),
         to: to.unwrap_or(super::routes::LATEST),
         after: None,
-        limit: Some(count),
+        take: Take::Page(count),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     s.finish(

@@ -9,6 +9,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The clinicians' web page (plain HTML and an inline SVG chart).
@@ -25,7 +27,11 @@ pub const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 pub use super::params::{EARLIEST, LATEST, bucket_ms, parse_types};
 
+/// The API's routes, with (outermost first) the failed-log-in limiter and
+/// the request bounds (timeout, slots) around them.
 pub fn router(state: ApiState) -> Router {
+    let limits = state.limits.clone();
+    let logins = std::sync::Arc::clone(&limits.logins);
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -37,6 +43,14 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/patients/{id}/readings/{reading}/proof", get(proof))
         .route("/fhir/Observation", get(super::fhir::observations))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            limits,
+            super::limits::bound_request,
+        ))
+        .layer(middleware::from_fn_with_state(
+            logins,
+            super::login_limiter::guard,
+        ))
 }
 
 async fn index() -> impl IntoResponse {
@@ -53,19 +67,55 @@ pub struct Range {
     pub to: DateTime<Utc>,
     /// Keyset cursor: readings after (recorded_at, id).
     pub after: Option<(DateTime<Utc>, Uuid)>,
-    /// Most readings; `None`: all of them, in no particular order and
-    /// without their CIDs (a chart aggregates them: PostgreSQL streams the
-    /// scan without sorting it).
-    pub limit: Option<i64>,
+    /// A page, or every reading up to a cap.
+    pub take: Take,
+}
+
+/// How many readings of a range are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// At most this many, in time order, with their CIDs (a page).
+    Page(i64),
+    /// All of them, in no particular order and without their CIDs (a chart
+    /// aggregates them: PostgreSQL streams the scan without sorting it) —
+    /// but more than `cap` is refused ([`ApiError::TooManyRows`]): the read
+    /// stops at `cap + 1` rows.
+    All { cap: i64 },
 }
 
 impl Range {
     /// The readings query (parameters: patient, types, from, to, after
-    /// time, after id, limit).
+    /// time, after id, page size). The cap of [`Take::All`] is written into
+    /// the statement, not bound: the planner then knows it (with a bound
+    /// `LIMIT $n` PostgreSQL's generic plan guesses a tenth of the rows and
+    /// may pick another scan), and a cap above the range's rows leaves the
+    /// plan as it was without one.
     pub fn sql(&self) -> String {
-        match self.limit {
-            Some(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
-            None => format!("{} {RANGE_WHERE_ALL}", check::READING_SELECT_NO_CID),
+        match self.take {
+            Take::Page(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
+            Take::All { cap } => format!(
+                "{} {RANGE_WHERE_ALL} LIMIT {}",
+                check::READING_SELECT_NO_CID,
+                cap.saturating_add(1)
+            ),
+        }
+    }
+
+    /// The page size bound as `$7` (NULL for [`Take::All`]).
+    pub fn page(&self) -> Option<i64> {
+        match self.take {
+            Take::Page(n) => Some(n),
+            Take::All { .. } => None,
+        }
+    }
+
+    /// `Err(TooManyRows)` when `read` rows are more than [`Take::All`]'s cap.
+    fn check_cap(&self, read: usize) -> Result<(), ApiError> {
+        match self.take {
+            Take::All { cap } if read as u64 > cap.max(0) as u64 => {
+                Err(ApiError::TooManyRows { cap })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -99,7 +149,7 @@ fn readings_query<'a>(
         .bind(range.to)
         .bind(after_at)
         .bind(after_id)
-        .bind(range.limit)
+        .bind(range.page())
 }
 
 /// Readings of `patient` of `types` in `range` (as RLS lets the caller see
@@ -114,11 +164,12 @@ pub async fn read_readings(
     range: &Range,
 ) -> Result<(Vec<StoredReading>, usize), ApiError> {
     let devices = read_devices(conn, patient).await?;
-    let mut rows = decode_rows(
-        &readings_query(range, patient, types)
-            .fetch_all(&mut *conn)
-            .await?,
-    )?;
+    let raw = readings_query(range, patient, types)
+        .fetch_all(&mut *conn)
+        .await?;
+    range.check_cap(raw.len())?;
+    let mut rows = decode_rows(&raw)?;
+    drop(raw);
     let n = rows.len();
     complete_proofs(conn, patient, &mut rows).await?;
     let cut = check::incomplete_windows(&rows, &check::groups(&rows));
@@ -268,16 +319,23 @@ type OpenedChunk = (
 
 /// Decode a chunk of raw rows, then open it, on the blocking pool: the
 /// request's task only receives rows, so PostgreSQL's stream is never held
-/// up by decoding, decrypting or hashing.
+/// up by decoding, decrypting or hashing. A chunk whose request has given
+/// up (`abandoned`: over the row cap, timed out, failed) by the time it
+/// starts is skipped.
 fn spawn_open(
     chunk: Vec<PgRow>,
     state: &ApiState,
     devices: &Arc<Devices>,
+    abandoned: &CancellationToken,
 ) -> tokio::task::JoinHandle<Result<OpenedChunk, sqlx::Error>> {
     let keys = Arc::clone(&state.keys);
     let cache = Arc::clone(&state.opened);
     let devices = Arc::clone(devices);
+    let abandoned = abandoned.clone();
     tokio::task::spawn_blocking(move || {
+        if abandoned.is_cancelled() {
+            return Ok(Default::default());
+        }
         let mut rows = decode_rows(&chunk)?;
         drop(chunk);
         for r in &mut rows {
@@ -312,19 +370,26 @@ pub async fn read_checked(
     use futures::TryStreamExt;
     let started = std::time::Instant::now();
     let devices = Arc::new(read_devices(conn, patient).await?);
+    // Chunks not yet opened are skipped once this request returns early.
+    let abandoned = CancellationToken::new();
+    let _abandon_on_return = abandoned.clone().drop_guard();
     let mut tasks = Vec::new();
     let mut chunk = Vec::with_capacity(OPEN_CHUNK);
+    let mut streamed_rows = 0usize;
     {
         let mut stream = readings_query(range, patient, types).fetch(&mut *conn);
         while let Some(row) = stream.try_next().await? {
+            streamed_rows += 1;
+            range.check_cap(streamed_rows)?;
             chunk.push(row);
             if chunk.len() == OPEN_CHUNK {
-                tasks.push(spawn_open(std::mem::take(&mut chunk), state, &devices));
+                let full = std::mem::take(&mut chunk);
+                tasks.push(spawn_open(full, state, &devices, &abandoned));
             }
         }
     }
     if !chunk.is_empty() {
-        tasks.push(spawn_open(chunk, state, &devices));
+        tasks.push(spawn_open(chunk, state, &devices, &abandoned));
     }
     let streamed = started.elapsed();
     let mut rows = Vec::with_capacity(tasks.len() * OPEN_CHUNK);
@@ -344,7 +409,8 @@ pub async fn read_checked(
     let cut = check::incomplete_windows(&rows, &groups);
     if !cut.is_empty() {
         let more = read_siblings(conn, patient, &cut, &rows).await?;
-        let (mut more, more_opened, _) = join_open(spawn_open(more, state, &devices)).await?;
+        let (mut more, more_opened, _) =
+            join_open(spawn_open(more, state, &devices, &abandoned)).await?;
         complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);
         opened.extend(more_opened);
@@ -508,7 +574,7 @@ async fn observations(
         from,
         to,
         after,
-        limit: Some(limit),
+        take: Take::Page(limit),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     let next = (checked.len() as i64 == limit)
@@ -561,11 +627,14 @@ async fn series(
     let started = std::time::Instant::now();
     let mut s = Session::begin(&state, &headers).await?;
     let session_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Every reading in range is decrypted: at most api.max_rows_per_request.
     let range = Range {
         from,
         to,
         after: None,
-        limit: None,
+        take: Take::All {
+            cap: state.limits.max_rows,
+        },
     };
     let types = vec![data_type.as_str().to_owned()];
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;

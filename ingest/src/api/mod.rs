@@ -20,11 +20,13 @@
 //! What one request or one client may cost is bounded ([`limits`]): a
 //! statement timeout in every transaction, a cap on the readings one request
 //! reads, a request timeout, a number of requests served at once, and failed
-//! log-ins per client address ([`login_limiter`]). Query strings are parsed
-//! by [`params`] and the FHIR search, never trusted to be well formed.
+//! log-ins per client address ([`login_limiter`]). Every answer carries the
+//! security headers of [`headers`]; query strings are parsed by [`params`]
+//! and the FHIR search, never trusted to be well formed.
 
 pub mod check;
 pub mod fhir;
+pub mod headers;
 pub mod keyring;
 pub mod limits;
 pub mod login_limiter;

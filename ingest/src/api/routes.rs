@@ -27,8 +27,8 @@ pub const INDEX_HTML: &str = include_str!("../../web/index.html");
 
 pub use super::params::{EARLIEST, LATEST, bucket_ms, parse_types};
 
-/// The API's routes, with (outermost first) the failed-log-in limiter and
-/// the request bounds (timeout, slots) around them.
+/// The API's routes, with (outermost first) the security headers, the
+/// failed-log-in limiter and the request bounds (timeout, slots) around them.
 pub fn router(state: ApiState) -> Router {
     let limits = state.limits.clone();
     let logins = std::sync::Arc::clone(&limits.logins);
@@ -51,10 +51,24 @@ pub fn router(state: ApiState) -> Router {
             logins,
             super::login_limiter::guard,
         ))
+        .layer(middleware::from_fn(super::headers::secure))
 }
 
+/// The page, with the policy that lets exactly its own script and style run.
 async fn index() -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-store")], Html(INDEX_HTML))
+    (
+        [
+            (
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                super::headers::PAGE_CSP.clone(),
+            ),
+        ],
+        Html(INDEX_HTML),
+    )
 }
 
 // ------------------------------------------------------------------ reads

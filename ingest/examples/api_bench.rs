@@ -262,7 +262,10 @@ async fn main() -> Result<()> {
             to: chrono::DateTime::from_timestamp_millis(DAY_START_MS + DAY_S * 1000 - 1)
                 .context("t")?,
             after: None,
-            limit: None,
+            // What the API's series reads: every reading, up to the default cap.
+            take: api::routes::Take::All {
+                cap: hailan_ingest::config::ApiConfig::default().max_rows_per_request,
+            },
         };
         let t = Instant::now();
         let (rows, _) =
@@ -332,6 +335,7 @@ async fn main() -> Result<()> {
             vks: Arc::new(Default::default()),
             replica_wait: Duration::from_secs(2),
             max_page: 5000,
+            limits: api::limits::Limits::new(&hailan_ingest::config::ApiConfig::default()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         ports.push(listener.local_addr()?.port());

@@ -139,6 +139,28 @@ pub struct ApiConfig {
     /// first. About 2.5 KB each: 5,400 windows are one day of 1 Hz heart rate.
     /// 0 disables it.
     pub opened_cache_windows: usize,
+    /// Longest one SQL statement of a request may run, in milliseconds
+    /// (`SET LOCAL statement_timeout` in each request's transaction, log-in
+    /// included); over it the request answers 503 and is logged. Keep it
+    /// below `request_timeout_ms`, or the request timeout answers first.
+    pub statement_timeout_ms: u64,
+    /// Most readings one request may read and decrypt. A chart (`/series`)
+    /// whose range holds more answers 400 naming this key; pages
+    /// (`/observations`, FHIR) are bounded by `max_page`, which may not
+    /// exceed it. The default holds two days of 1 Hz heart rate.
+    pub max_rows_per_request: i64,
+    /// Requests served at once; more wait for a slot (the wait counts
+    /// towards `request_timeout_ms`). Each holds a database connection
+    /// (`max_connections`) and, for a chart, its decrypted readings.
+    pub max_concurrent_requests: usize,
+    /// Longest a request may take, waiting for a slot included, in
+    /// milliseconds; over it the request answers 503.
+    pub request_timeout_ms: u64,
+    /// Failed bearer-token authentications one client address (IPv6: its
+    /// /64) may make within a minute; past them every request from it
+    /// answers 429 with `Retry-After` until the minute has passed. The
+    /// address is the TCP peer's: behind a reverse proxy, the proxy's.
+    pub login_failures_per_minute: u32,
 }
 
 impl Default for ApiConfig {
@@ -151,7 +173,50 @@ impl Default for ApiConfig {
             replica_wait_ms: 2000,
             max_connections: 8,
             opened_cache_windows: 20_000,
+            statement_timeout_ms: 10_000,
+            max_rows_per_request: 200_000,
+            max_concurrent_requests: 16,
+            request_timeout_ms: 30_000,
+            login_failures_per_minute: 10,
         }
+    }
+}
+
+impl ApiConfig {
+    /// The limits' values make sense together; an error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("max_page", self.max_page >= 1),
+            ("max_rows_per_request", self.max_rows_per_request >= 1),
+            ("max_concurrent_requests", self.max_concurrent_requests >= 1),
+            ("request_timeout_ms", self.request_timeout_ms >= 1),
+            (
+                "login_failures_per_minute",
+                self.login_failures_per_minute >= 1,
+            ),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, ok)| !ok) {
+            anyhow::bail!("invalid configuration: api.{key} must be at least 1");
+        }
+        // PostgreSQL's statement_timeout is an int4 of milliseconds; 0 would turn it off.
+        if !(1..=i32::MAX as u64).contains(&self.statement_timeout_ms) {
+            anyhow::bail!(
+                "invalid configuration: api.statement_timeout_ms must be 1 to {}, not {}",
+                i32::MAX,
+                self.statement_timeout_ms
+            );
+        }
+        if self.max_page > self.max_rows_per_request {
+            anyhow::bail!(
+                "invalid configuration: api.max_page ({}) must not exceed api.max_rows_per_request ({})",
+                self.max_page,
+                self.max_rows_per_request
+            );
+        }
+        if self.max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS {
+            anyhow::bail!("invalid configuration: api.max_concurrent_requests is too large");
+        }
+        Ok(())
     }
 }
 
@@ -299,6 +364,7 @@ impl IngestConfig {
         if !(f.bad_proof_cost.is_finite() && f.bad_proof_cost >= 0.0) {
             anyhow::bail!("invalid configuration: fair_share.bad_proof_cost must be 0 or more");
         }
+        cfg.api.validate()?;
         if cfg.batch.max_messages == 0 {
             anyhow::bail!("invalid configuration: batch.max_messages must be at least 1");
         }
@@ -340,6 +406,55 @@ mod tests {
         assert_eq!(cfg.api.key_ring, PathBuf::from("/etc/hailan/api-keys"));
         assert_eq!(cfg.api.read_database_url, None);
         assert_eq!(cfg.api.max_page, 5000);
+        let d = ApiConfig::default();
+        assert_eq!(
+            (
+                cfg.api.statement_timeout_ms,
+                cfg.api.max_rows_per_request,
+                cfg.api.max_concurrent_requests,
+                cfg.api.request_timeout_ms,
+                cfg.api.login_failures_per_minute
+            ),
+            (
+                d.statement_timeout_ms,
+                d.max_rows_per_request,
+                d.max_concurrent_requests,
+                d.request_timeout_ms,
+                d.login_failures_per_minute
+            ),
+            "the example shows the defaults"
+        );
+        assert!(
+            d.max_rows_per_request >= 86_400,
+            "a day of 1 Hz heart rate fits"
+        );
+    }
+
+    #[test]
+    fn a_bad_api_limit_names_its_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        for (toml, key) in [
+            ("statement_timeout_ms = 0", "api.statement_timeout_ms"),
+            (
+                "statement_timeout_ms = 3000000000",
+                "api.statement_timeout_ms",
+            ),
+            ("max_rows_per_request = 0", "api.max_rows_per_request"),
+            ("max_rows_per_request = 100", "api.max_page"),
+            ("max_concurrent_requests = 0", "api.max_concurrent_requests"),
+            ("request_timeout_ms = 0", "api.request_timeout_ms"),
+            (
+                "login_failures_per_minute = 0",
+                "api.login_failures_per_minute",
+            ),
+            ("max_page = 0", "api.max_page"),
+            ("request_timeout_ms = \"soon\"", "request_timeout_ms"),
+        ] {
+            std::fs::write(&path, format!("[api]\n{toml}\n")).expect("write");
+            let err = IngestConfig::load(Some(&path)).expect_err(toml).to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

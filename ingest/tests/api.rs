@@ -6,7 +6,9 @@
 use anyhow::{Context, Result};
 use hailan_proto::envelope::{self, Envelope};
 use hailan_proto::{DataType, topic};
-use hailan_tests::api::{ApiProcess, User, ensure_api_login, http_get_auth, user, write_key_ring};
+use hailan_tests::api::{
+    ApiProcess, User, ensure_api_login, http_get_answer, http_get_auth, user, write_key_ring,
+};
 use hailan_tests::{
     DevZk, IngestProcess, Publisher, T0_MS, TestDb, TestDevice, count_readings, eventually,
     plausible_slots,
@@ -774,6 +776,7 @@ async fn series_devices_and_proof_bundles() -> Result<()> {
     let s = hr_series(&r, &doc.token, p, "hour", cut_from, to).await?;
     assert_eq!(s["unverifiable"], serde_json::json!([]), "{s}");
     assert_eq!(s["readings"], 15, "{s}");
+    check_the_row_cap(&r, &doc).await?;
 
     let d = r
         .api
@@ -1328,4 +1331,461 @@ async fn proofs_are_looked_up_by_hash_through_their_key_in_the_generic_plan() ->
     );
     tx.rollback().await?;
     db.drop().await
+}
+
+// ------------------------------------------------------------------ limits (issue 16)
+
+/// A database, a clinician, and `hailan-ingest api` with `env` — no broker
+/// and no ingest: for what does not need readings.
+struct BareApi {
+    db: TestDb,
+    doc: User,
+    api: ApiProcess,
+    /// Last: the API prints its log from here when dropped.
+    _logs: tempfile::TempDir,
+}
+
+async fn bare_api(env: &[(&str, &str)]) -> Result<BareApi> {
+    let db = TestDb::create().await?;
+    ensure_api_login(&db.pool).await?;
+    let logs = tempfile::tempdir()?;
+    let doc = user(&db.pool, "CLINICIAN", "Dr Limits").await?;
+    let ring = write_key_ring(logs.path())?;
+    // No verifying keys: only proof bundles would need them.
+    let api = ApiProcess::start_with_env(
+        Path::new(BIN),
+        &db,
+        None,
+        &ring,
+        logs.path(),
+        logs.path(),
+        env,
+    )
+    .await?;
+    Ok(BareApi {
+        db,
+        doc,
+        api,
+        _logs: logs,
+    })
+}
+
+/// `audit_logs` locked by a transaction of the test's own: every request
+/// then stops at its audit row (`/api/v1/me` writes one too) until
+/// [`AuditLock::release`].
+struct AuditLock(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl AuditLock {
+    async fn take(pool: &sqlx::PgPool) -> Result<AuditLock> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("LOCK TABLE audit_logs IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        Ok(AuditLock(tx))
+    }
+
+    async fn release(self) -> Result<()> {
+        Ok(self.0.rollback().await?)
+    }
+}
+
+/// Requests waiting for the lock on `audit_logs` (`pg_locks` is readable by
+/// any role, unlike other roles' rows of `pg_stat_activity`).
+async fn audit_lock_waiters(pool: &sqlx::PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'audit_logs'::regclass AND NOT granted",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+async fn wait_for_audit_lock_waiters(pool: &sqlx::PgPool, n: i64) -> Result<()> {
+    let pool = pool.clone();
+    eventually(
+        WAIT,
+        &format!("{n} request(s) waiting on audit_logs"),
+        || {
+            let pool = pool.clone();
+            async move { Ok((audit_lock_waiters(&pool).await? == n).then_some(())) }
+        },
+    )
+    .await
+}
+
+fn error_text(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("(not a JSON error: {body})"))
+}
+
+/// A chart reads at most `api.max_rows_per_request` readings: a range that
+/// holds more is refused with a 400 naming the cap (the read stops at cap +
+/// 1 rows); a range within it is drawn. Pages keep paging, `limit` bounded
+/// by `max_page`. (On a seeded rig of its own: a second API with a cap of
+/// 20 and pages of 10 over [`seed`]'s 24 verified heart-rate readings.)
+async fn check_the_row_cap(r: &Rig, doc: &User) -> Result<()> {
+    let logs = tempfile::tempdir()?;
+    let ring = write_key_ring(logs.path())?;
+    let api = ApiProcess::start_with_env(
+        Path::new(BIN),
+        &r.db,
+        None,
+        &ring,
+        r.zk.dir.path(),
+        logs.path(),
+        &[
+            ("HAILAN_INGEST__API__MAX_ROWS_PER_REQUEST", "20"),
+            ("HAILAN_INGEST__API__MAX_PAGE", "10"),
+        ],
+    )
+    .await?;
+    let p = r.patient.id;
+    let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
+    let series = |to: chrono::DateTime<chrono::Utc>| {
+        format!(
+            "/api/v1/patients/{p}/series?type=HEART_RATE&bucket=minute&from={}&to={}",
+            rfc3339(from),
+            rfc3339(to)
+        )
+    };
+    // 24 verified heart-rate readings in the hour: over the cap of 20.
+    let (code, body) = api
+        .get(&doc.token, &series(from + chrono::Duration::hours(1)))
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    let e = error_text(&body);
+    assert!(
+        e.contains("more than 20 readings") && e.contains("api.max_rows_per_request"),
+        "{e}"
+    );
+    // The first window alone (16 readings) is within it.
+    let s = api
+        .json(&doc.token, &series(from + chrono::Duration::seconds(30)))
+        .await?;
+    assert_eq!(s["readings"], 16, "{s}");
+    assert_eq!(s["points"][0]["n"], 16, "{s}");
+
+    // Pages: limit=1000 is served as max_page = 10, and the cursor walks all 25.
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let extra = cursor
+            .as_ref()
+            .map(|c| format!("&cursor={c}"))
+            .unwrap_or_default();
+        let page = api.json(&doc.token, &obs_path(p, &extra)).await?;
+        let n = observations(&page).len();
+        assert!(n <= 10, "{page}");
+        seen += n;
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 25);
+    let f = api
+        .json(
+            &doc.token,
+            &format!("/fhir/Observation?patient={p}&_count=1000"),
+        )
+        .await?;
+    assert_eq!(f["entry"].as_array().map(Vec::len), Some(10), "{f}");
+    Ok(())
+}
+
+/// A statement that runs past `api.statement_timeout_ms` (here: waiting for
+/// a lock another transaction holds) is cancelled by PostgreSQL, and the
+/// request answers 503 saying so, logged; a request past
+/// `api.request_timeout_ms` answers 503 too, naming that key.
+#[tokio::test]
+async fn slow_requests_answer_503_naming_the_timeout() -> Result<()> {
+    let b = bare_api(&[
+        ("HAILAN_INGEST__API__STATEMENT_TIMEOUT_MS", "300"),
+        ("RUST_LOG", "info"),
+    ])
+    .await?;
+    let lock = AuditLock::take(&b.db.pool).await?;
+    let (code, body) = b.api.get(&b.doc.token, "/api/v1/me").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        error_text(&body).contains("api.statement_timeout_ms"),
+        "{body}"
+    );
+    let log = b.api.log_text();
+    assert!(
+        log.contains("WARN")
+            && log.contains("ran past api.statement_timeout_ms")
+            && log.contains("/api/v1/me"),
+        "{log}"
+    );
+    lock.release().await?;
+    b.api.json(&b.doc.token, "/api/v1/me").await?;
+
+    // The request timeout, with a statement timeout that would come later.
+    let logs = tempfile::tempdir()?;
+    let ring = write_key_ring(logs.path())?;
+    let slow = ApiProcess::start_with_env(
+        Path::new(BIN),
+        &b.db,
+        None,
+        &ring,
+        logs.path(),
+        logs.path(),
+        &[
+            ("HAILAN_INGEST__API__REQUEST_TIMEOUT_MS", "500"),
+            ("HAILAN_INGEST__API__STATEMENT_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await?;
+    let lock = AuditLock::take(&b.db.pool).await?;
+    let (code, body) = slow.get(&b.doc.token, "/api/v1/me").await?;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        error_text(&body).contains("api.request_timeout_ms (500 ms)"),
+        "{body}"
+    );
+    lock.release().await?;
+    slow.json(&b.doc.token, "/api/v1/me").await?;
+    drop(slow);
+    drop(b.api);
+    b.db.drop().await
+}
+
+/// Over `api.max_concurrent_requests` a request waits for a slot (it does
+/// not reach the database meanwhile) and is served when one comes free.
+#[tokio::test]
+async fn a_request_over_the_concurrency_limit_waits_for_a_slot() -> Result<()> {
+    let b = bare_api(&[
+        ("HAILAN_INGEST__API__MAX_CONCURRENT_REQUESTS", "1"),
+        ("HAILAN_INGEST__API__STATEMENT_TIMEOUT_MS", "60000"),
+        ("HAILAN_INGEST__API__REQUEST_TIMEOUT_MS", "60000"),
+        ("RUST_LOG", "info,hailan_ingest::api::limits=debug"),
+    ])
+    .await?;
+    let pool = b.db.pool.clone();
+    let lock = AuditLock::take(&pool).await?;
+    let port = b.api.port;
+    let get_me = |token: String| {
+        tokio::spawn(async move { http_get_auth(port, "/api/v1/me", Some(&token)).await })
+    };
+    // The first takes the only slot and stops at its audit row.
+    let first = get_me(b.doc.token.clone());
+    wait_for_audit_lock_waiters(&pool, 1).await?;
+    // The second waits for the slot, not for the lock.
+    let second = get_me(b.doc.token.clone());
+    let api = &b.api;
+    eventually(
+        WAIT,
+        "the second request waiting for a slot",
+        || async move {
+            Ok(api
+                .log_text()
+                .contains("every request slot is taken")
+                .then_some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        audit_lock_waiters(&pool).await?,
+        1,
+        "the waiting request reached the database"
+    );
+    assert!(!second.is_finished());
+    lock.release().await?;
+    for (name, task) in [("first", first), ("second", second)] {
+        let (code, body) = task.await??;
+        assert_eq!(code, 200, "{name}: {body}");
+    }
+    assert_eq!(audit_count(&pool, &b.doc).await?, 2);
+    drop(b.api);
+    b.db.drop().await
+}
+
+/// Failed log-ins are logged with the client's address and the reason, never
+/// the token; past `api.login_failures_per_minute` the address is answered
+/// 429 with Retry-After — a good token too, and before the database is asked.
+#[tokio::test]
+async fn failed_logins_are_logged_and_limited_per_address() -> Result<()> {
+    let b = bare_api(&[
+        ("HAILAN_INGEST__API__LOGIN_FAILURES_PER_MINUTE", "3"),
+        ("RUST_LOG", "info"),
+    ])
+    .await?;
+    let bad: Vec<String> = (0..4)
+        .map(|k| format!("hl_guess-{k}-{}", uuid::Uuid::new_v4()))
+        .collect();
+    for t in &bad[..3] {
+        let (code, body) = b.api.get(t, "/api/v1/patients").await?;
+        assert_eq!(code, 401, "{body}");
+    }
+    // The fourth failure is not even tried.
+    let a = http_get_answer(b.api.port, "/api/v1/patients", Some(&bad[3])).await?;
+    assert_eq!(a.code, 429, "{a:?}");
+    let retry: u64 = a
+        .header("retry-after")
+        .context("Retry-After")?
+        .parse()
+        .context("Retry-After in seconds")?;
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(
+        error_text(&a.body).contains("api.login_failures_per_minute"),
+        "{a:?}"
+    );
+    // A good token from the same address waits out the minute as well.
+    let a = http_get_answer(b.api.port, "/api/v1/me", Some(&b.doc.token)).await?;
+    assert_eq!(a.code, 429, "{a:?}");
+    assert!(a.header("retry-after").is_some(), "{a:?}");
+    assert_eq!(
+        audit_count(&b.db.pool, &b.doc).await?,
+        0,
+        "the database was asked"
+    );
+
+    let log = b.api.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("failed bearer-token authentication"))
+        .collect();
+    assert_eq!(failures.len(), 3, "{log}");
+    for l in &failures {
+        assert!(
+            l.contains("WARN")
+                && l.contains("127.0.0.1")
+                && l.contains("unknown, expired or revoked token"),
+            "{l}"
+        );
+    }
+    assert!(
+        log.contains("too many failed log-ins from this address"),
+        "{log}"
+    );
+    for t in bad.iter().chain([&b.doc.token]) {
+        assert!(!log.contains(t.as_str()), "a token reached the log:\n{log}");
+    }
+    drop(b.api);
+    b.db.drop().await
+}
+
+/// The page may run only its own inline script and style (by hash), may not
+/// be framed and sends no Referer; every other answer forbids everything.
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() -> Result<()> {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let b = bare_api(&[]).await?;
+    let page = http_get_answer(b.api.port, "/", None).await?;
+    assert_eq!(page.code, 200);
+    let csp = page
+        .header("content-security-policy")
+        .context("CSP on the page")?;
+    let inline = |tag: &str| -> Result<String> {
+        let open = format!("<{tag}>");
+        let start = page.body.find(&open).context("inline element")? + open.len();
+        let len = page.body[start..]
+            .find(&format!("</{tag}>"))
+            .context("its end")?;
+        let digest = Sha256::digest(&page.body.as_bytes()[start..start + len]);
+        Ok(format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        ))
+    };
+    assert!(csp.starts_with("default-src 'self';"), "{csp}");
+    assert!(
+        csp.contains(&format!("script-src {};", inline("script")?)),
+        "{csp}"
+    );
+    assert!(
+        csp.contains(&format!("style-src {};", inline("style")?)),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    let refused = http_get_answer(b.api.port, "/api/v1/me", None).await?;
+    assert_eq!(refused.code, 401);
+    let ok = http_get_answer(b.api.port, "/api/v1/me", Some(&b.doc.token)).await?;
+    assert_eq!(ok.code, 200);
+    for a in [&page, &refused, &ok] {
+        assert_eq!(a.header("referrer-policy"), Some("no-referrer"), "{a:?}");
+        assert_eq!(a.header("x-content-type-options"), Some("nosniff"), "{a:?}");
+        assert_eq!(a.header("x-frame-options"), Some("DENY"), "{a:?}");
+    }
+    for a in [&refused, &ok] {
+        assert_eq!(
+            a.header("content-security-policy"),
+            Some("default-src 'none'; frame-ancestors 'none'"),
+            "{a:?}"
+        );
+    }
+    drop(b.api);
+    b.db.drop().await
+}
+
+/// Malformed query strings are a 400 naming the parameter, with or without a
+/// token — `date=262142-12-31` used to panic the FHIR search (adding a day
+/// overflowed) before authentication.
+#[tokio::test]
+async fn malformed_parameters_are_a_400_naming_them() -> Result<()> {
+    let b = bare_api(&[]).await?;
+    let p = uuid::Uuid::new_v4();
+    let cases = [
+        (
+            format!("/fhir/Observation?patient={p}&date=262142-12-31"),
+            "date",
+        ),
+        (
+            format!("/fhir/Observation?patient={p}&date=lt-262143-01-01"),
+            "date",
+        ),
+        (
+            format!("/fhir/Observation?patient={p}&date=ge2026-13-01"),
+            "date",
+        ),
+        (
+            format!("/fhir/Observation?patient={p}&_count=lots"),
+            "_count",
+        ),
+        ("/fhir/Observation?patient=Patient/x".to_owned(), "patient"),
+        (
+            format!(
+                "/api/v1/patients/{p}/series?type=HEART_RATE&from=yesterday&to=2026-12-01T00:00:00Z"
+            ),
+            "from",
+        ),
+        (
+            format!("/api/v1/patients/{p}/series?type=HEART_RATE&from=2026-12-01T00:00:00Z"),
+            "`to`",
+        ),
+        (
+            format!("/api/v1/patients/{p}/observations?limit=-x"),
+            "limit",
+        ),
+        (
+            format!("/api/v1/patients/{p}/observations?cursor=1_2"),
+            "cursor",
+        ),
+        (
+            format!("/api/v1/patients/{p}/observations?type=PULSE"),
+            "type",
+        ),
+        (
+            "/api/v1/patients/not-a-uuid/observations".to_owned(),
+            "UUID",
+        ),
+    ];
+    for token in [None, Some(b.doc.token.as_str())] {
+        for (path, name) in &cases {
+            let (code, body) = http_get_auth(b.api.port, path, token).await?;
+            assert_eq!(code, 400, "{path}: {body}");
+            let e = error_text(&body);
+            assert!(e.contains(name), "{path}: {e}");
+        }
+    }
+    let (code, _) = http_get_auth(b.api.port, "/healthz", None).await?;
+    assert_eq!(code, 200, "the API is still up");
+    drop(b.api);
+    b.db.drop().await
 }

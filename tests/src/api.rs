@@ -168,6 +168,31 @@ impl Drop for ApiProcess {
 
 /// GET `path` from 127.0.0.1:`port` (HTTP/1.0) with an optional bearer token.
 pub async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+    let a = http_get_answer(port, path, token).await?;
+    Ok((a.code, a.body))
+}
+
+/// An HTTP answer: status, headers (names in lower case), body.
+#[derive(Debug)]
+pub struct Answer {
+    pub code: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Like [`http_get_auth`], with the answer's headers.
+pub async fn http_get_answer(port: u16, path: &str, token: Option<&str>) -> Result<Answer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = token
@@ -182,12 +207,19 @@ pub async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .context("no HTTP status")?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((code, body))
+        .with_context(|| format!("no HTTP status in {buf:?}"))?;
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(Answer {
+        code,
+        headers,
+        body: body.to_owned(),
+    })
 }
 
 /// A hot standby of a [`crate::PrivatePostgres`] (`pg_basebackup -R`, its own

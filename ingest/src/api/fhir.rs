@@ -13,13 +13,13 @@
 //!   value: `dataAbsentReason` = `error` with the reason as text.
 
 use super::check::{Check, StoredReading};
-use super::routes::{Range, read_checked};
+use super::routes::{Range, Take, read_checked};
 use super::session::Session;
 use super::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use hailan_proto::{DataType, SlotSpec};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -44,40 +44,120 @@ fn types_for_code(code: &str) -> Vec<DataType> {
         .collect()
 }
 
-/// A FHIR date or dateTime with its prefix, as [lo, hi] bounds.
 /// Lower and upper bound of a search date.
 type Bounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 
+/// A FHIR date (`YYYY-MM-DD`, its whole UTC day) or dateTime with its
+/// prefix, as [lo, hi] bounds. Years 0–9999, as FHIR writes them, and no
+/// arithmetic that can overflow: a malformed or extreme date is a 400 naming
+/// the parameter (`date=262142-12-31` used to panic adding a day).
 fn date_bound(v: &str) -> Result<Bounds, ApiError> {
-    let (prefix, rest) = match v.get(..2) {
-        Some(p @ ("ge" | "gt" | "le" | "lt" | "eq")) => (p, &v[2..]),
+    let (prefix, rest) = match v.split_at_checked(2) {
+        Some((p @ ("ge" | "gt" | "le" | "lt" | "eq"), rest)) => (p, rest),
         _ => ("eq", v),
     };
     let bad = || {
         ApiError::BadRequest(format!(
-            "date {v:?}: expected [ge|gt|le|lt|eq]YYYY-MM-DD or a dateTime"
+            "date {v:?}: expected [ge|gt|le|lt|eq]YYYY-MM-DD or a dateTime, years 0 to 9999"
         ))
     };
-    // A date covers its whole (UTC) day.
+    let us = chrono::Duration::microseconds(1);
     let (start, end) = if let Ok(t) = DateTime::parse_from_rfc3339(rest) {
         let t = t.with_timezone(&Utc);
         (t, t)
     } else {
         let d = NaiveDate::parse_from_str(rest, "%Y-%m-%d").map_err(|_| bad())?;
         let s = d.and_hms_opt(0, 0, 0).ok_or_else(bad)?.and_utc();
-        (
-            s,
-            s + chrono::Duration::days(1) - chrono::Duration::microseconds(1),
-        )
+        let e = s
+            .checked_add_signed(chrono::Duration::days(1))
+            .and_then(|t| t.checked_sub_signed(us))
+            .ok_or_else(bad)?;
+        (s, e)
     };
-    let us = chrono::Duration::microseconds(1);
+    if !(0..=9999).contains(&start.year()) || !(0..=9999).contains(&end.year()) {
+        return Err(bad());
+    }
     Ok(match prefix {
         "ge" => (Some(start), None),
-        "gt" => (Some(end + us), None),
+        "gt" => (Some(end.checked_add_signed(us).ok_or_else(bad)?), None),
         "le" => (None, Some(end)),
-        "lt" => (None, Some(start - us)),
+        "lt" => (None, Some(start.checked_sub_signed(us).ok_or_else(bad)?)),
         _ => (Some(start), Some(end)),
     })
+}
+
+/// A FHIR Observation search, parsed from its query string.
+#[derive(Debug)]
+pub struct SearchParams {
+    pub patient: Uuid,
+    /// Data type names.
+    pub types: Vec<String>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// `_count`, 1 to `max_page` (500 unless asked).
+    pub count: i64,
+}
+
+impl SearchParams {
+    /// Parse `raw` (the query string); any malformed parameter is a 400
+    /// naming it. Runs before authentication.
+    pub fn parse(raw: &str, max_page: i64) -> Result<Self, ApiError> {
+        let mut patient: Option<Uuid> = None;
+        let mut types: Option<Vec<String>> = None;
+        let (mut from, mut to): Bounds = (None, None);
+        let mut count = 500i64;
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            match k.as_ref() {
+                "patient" | "subject" => {
+                    let id = v.strip_prefix("Patient/").unwrap_or(&v);
+                    patient = Some(id.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("{k} {v:?} is not a patient id"))
+                    })?);
+                }
+                "code" => {
+                    let t = types.get_or_insert_with(Vec::new);
+                    for c in v.split(',') {
+                        t.extend(types_for_code(c).iter().map(|d| d.as_str().to_owned()));
+                    }
+                }
+                "date" => {
+                    let (lo, hi) = date_bound(&v)?;
+                    if let Some(lo) = lo {
+                        from = Some(from.map_or(lo, |f| f.max(lo)));
+                    }
+                    if let Some(hi) = hi {
+                        to = Some(to.map_or(hi, |t| t.min(hi)));
+                    }
+                }
+                "_count" => {
+                    count = v.trim().parse().map_err(|_| {
+                        ApiError::BadRequest(format!("_count {v:?}: expected a whole number"))
+                    })?;
+                }
+                "category" | "_format" => {}
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unsupported search parameter {other:?}"
+                    )));
+                }
+            }
+        }
+        let patient = patient
+            .ok_or_else(|| ApiError::BadRequest("the patient parameter is required".into()))?;
+        let types = types.unwrap_or_else(|| {
+            DataType::ALL
+                .iter()
+                .map(|t| t.as_str().to_owned())
+                .collect()
+        });
+        Ok(SearchParams {
+            patient,
+            types,
+            from,
+            to,
+            count: count.clamp(1, max_page.max(1)),
+        })
+    }
 }
 
 fn quantity(s: &SlotSpec, v: u32) -> Value {
@@ -179,61 +259,19 @@ pub async fn observations(
     RawQuery(raw): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let raw = raw.unwrap_or_default();
-    let mut patient: Option<Uuid> = None;
-    let mut types: Option<Vec<String>> = None;
-    let (mut from, mut to): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) = (None, None);
-    let mut count = 500i64;
-    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-        match k.as_ref() {
-            "patient" | "subject" => {
-                let id = v.strip_prefix("Patient/").unwrap_or(&v);
-                patient =
-                    Some(id.parse().map_err(|_| {
-                        ApiError::BadRequest(format!("patient {v:?} is not an id"))
-                    })?);
-            }
-            "code" => {
-                let t = types.get_or_insert_with(Vec::new);
-                for c in v.split(',') {
-                    t.extend(types_for_code(c).iter().map(|d| d.as_str().to_owned()));
-                }
-            }
-            "date" => {
-                let (lo, hi) = date_bound(&v)?;
-                if let Some(lo) = lo {
-                    from = Some(from.map_or(lo, |f| f.max(lo)));
-                }
-                if let Some(hi) = hi {
-                    to = Some(to.map_or(hi, |t| t.min(hi)));
-                }
-            }
-            "_count" => {
-                count = v
-                    .parse()
-                    .map_err(|_| ApiError::BadRequest("_count is a number".into()))?;
-            }
-            "category" | "_format" => {}
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unsupported search parameter {other:?}"
-                )));
-            }
-        }
-    }
-    let patient =
-        patient.ok_or_else(|| ApiError::BadRequest("the patient parameter is required".into()))?;
-    let types = types.unwrap_or_else(|| {
-        DataType::ALL
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect()
-    });
+    let SearchParams {
+        patient,
+        types,
+        from,
+        to,
+        count,
+    } = SearchParams::parse(&raw, state.max_page)?;
     let mut s = Session::begin(&state, &headers).await?;
     let range = Range {
         from: from.unwrap_or(super::routes::EARLIEST),
         to: to.unwrap_or(super::routes::LATEST),
         after: None,
-        limit: Some(count.clamp(1, state.max_page)),
+        take: Take::Page(count),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     s.finish(
@@ -254,7 +292,7 @@ pub async fn observations(
             })
         })
         .collect();
-    let full_page = range.limit.is_some_and(|l| entries.len() as i64 >= l);
+    let full_page = entries.len() as i64 >= count;
     let mut bundle = json!({
         "resourceType": "Bundle",
         "id": Uuid::new_v4(),
@@ -296,5 +334,73 @@ mod tests {
         assert_eq!(lo, None);
         assert_eq!(hi.map(|t| t.timestamp()), Some(1_735_787_045));
         assert!(date_bound("xx").is_err());
+    }
+
+    #[test]
+    fn extreme_dates_are_a_bad_request_not_a_panic() {
+        for v in [
+            "262142-12-31",
+            "ge262142-12-31",
+            "gt262142-12-31",
+            "lt-262143-01-01",
+            "-262143-01-01",
+            "le10000-01-01",
+            "ge\u{e9}\u{e9}",
+            "g\u{e9}",
+        ] {
+            assert!(
+                matches!(date_bound(v), Err(ApiError::BadRequest(m)) if m.starts_with("date ")),
+                "{v}"
+            );
+        }
+        assert!(date_bound("gt9999-12-31T23:59:59.999999Z").is_ok());
+    }
+
+    /// Query strings: parameters the search knows with values near and far
+    /// from their formats, and anything at all.
+    fn query() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            any::<String>(),
+            "(ge|gt|le|lt|eq|x)?-?[0-9]{1,7}-[0-9]{1,3}-[0-9]{1,3}(T[0-9:.]{1,15}(Z|[+-][0-9:]{1,6})?)?",
+            "(Patient/)?[0-9a-f-]{0,40}",
+            "-?[0-9]{0,25}",
+        ];
+        let key = prop_oneof![
+            Just("patient".to_owned()),
+            Just("subject".to_owned()),
+            Just("code".to_owned()),
+            Just("date".to_owned()),
+            Just("_count".to_owned()),
+            Just("category".to_owned()),
+            any::<String>(),
+        ];
+        proptest::collection::vec((key, value), 0..6).prop_map(|kv| {
+            form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kv)
+                .finish()
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_query_string_parses_or_is_a_bad_request(
+            raw in query(),
+            noise in proptest::prelude::any::<String>(),
+            max_page in proptest::prelude::any::<i64>(),
+        ) {
+            for q in [&raw, &noise] {
+                match SearchParams::parse(q, max_page) {
+                    Ok(p) => {
+                        proptest::prop_assert!(p.count >= 1);
+                        for t in p.from.iter().chain(&p.to) {
+                            proptest::prop_assert!((0..=10_000).contains(&t.year()));
+                        }
+                    }
+                    Err(ApiError::BadRequest(_)) => {}
+                    Err(e) => return Err(proptest::test_runner::TestCaseError::fail(format!("{e:?}"))),
+                }
+            }
+        }
     }
 }

@@ -16,11 +16,22 @@
 //! - `GET /api/v1/patients/{id}/readings/{reading}/proof` — proof bundle + snarkjs JSON
 //! - `GET /fhir/Observation?patient=&code=&date=ge…&date=le…` — FHIR R4 searchset ([`fhir`])
 //! - `GET /` — the clinicians' web page; `GET /healthz`
+//!
+//! What one request or one client may cost is bounded ([`limits`]): a
+//! statement timeout in every transaction, a cap on the readings one request
+//! reads, a request timeout, a number of requests served at once, and failed
+//! log-ins per client address ([`login_limiter`]). Every answer carries the
+//! security headers of [`headers`]; query strings are parsed by [`params`]
+//! and the FHIR search, never trusted to be well formed.
 
 pub mod check;
 pub mod fhir;
+pub mod headers;
 pub mod keyring;
+pub mod limits;
+pub mod login_limiter;
 pub mod opened_cache;
+pub mod params;
 pub mod routes;
 pub mod session;
 
@@ -49,51 +60,132 @@ pub struct ApiState {
     pub vks: Arc<HashMap<String, VerifyingKey>>,
     pub replica_wait: Duration,
     pub max_page: i64,
+    /// What one request may cost (statement timeout, rows, time, slots).
+    pub limits: limits::Limits,
 }
 
 /// A request that did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// No valid bearer token; the reason is logged (with the client's
+    /// address, never the token) and counted by [`login_limiter`].
     #[error("a valid bearer token is required")]
-    Unauthorized,
+    Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("not found")]
     NotFound,
+    /// A range holds more readings than one request may read.
+    #[error(
+        "the range holds more than {cap} readings (api.max_rows_per_request); ask for a shorter range"
+    )]
+    TooManyRows { cap: i64 },
+    /// PostgreSQL cancelled a statement at the transaction's `statement_timeout`.
+    #[error(
+        "a database query took longer than api.statement_timeout_ms allows; ask for a shorter range or try again later"
+    )]
+    StatementTimeout,
+    /// The whole request took longer than `api.request_timeout_ms`.
+    #[error("the request took longer than api.request_timeout_ms ({ms} ms); try again later")]
+    RequestTimeout { ms: u64 },
+    /// No database connection came free in time.
+    #[error("the database is busy; try again later")]
+    PoolBusy,
+    /// Too many failed log-ins from this client address.
+    #[error(
+        "too many failed log-ins from this address (api.login_failures_per_minute); retry after {} s",
+        retry_after.as_secs()
+    )]
+    TooManyFailedLogins { retry_after: Duration },
     #[error("database: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     #[error("internal: {0}")]
     Internal(String),
 }
 
+/// SQLSTATE `query_canceled`: what a statement stopped by `statement_timeout` raises.
+const QUERY_CANCELED: &str = "57014";
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut => ApiError::PoolBusy,
+            sqlx::Error::Database(d) if d.code().as_deref() == Some(QUERY_CANCELED) => {
+                ApiError::StatementTimeout
+            }
+            _ => ApiError::Db(e),
+        }
+    }
+}
+
+/// Marks a 401 answer for [`login_limiter`], with why the log-in failed.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginFailure(pub &'static str);
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest(_) | ApiError::TooManyRows { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::StatementTimeout | ApiError::RequestTimeout { .. } | ApiError::PoolBusy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::TooManyFailedLogins { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Db(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Log what the operator should see (the request's span names its path).
+    fn log(&self) {
+        match self {
+            ApiError::Db(e) => tracing::error!(error = %e, "database error"),
+            ApiError::Internal(e) => tracing::error!(error = %e, "internal error"),
+            ApiError::StatementTimeout => {
+                tracing::warn!("a statement ran past api.statement_timeout_ms: answered 503")
+            }
+            ApiError::RequestTimeout { ms } => {
+                tracing::warn!(
+                    ms,
+                    "the request ran past api.request_timeout_ms: answered 503"
+                )
+            }
+            ApiError::PoolBusy => {
+                tracing::warn!("no database connection came free: answered 503")
+            }
+            ApiError::TooManyRows { cap } => {
+                tracing::info!(cap, "a range over api.max_rows_per_request: answered 400")
+            }
+            _ => {}
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = match &self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Db(e) => {
-                tracing::error!(error = %e, "database error");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-            ApiError::Internal(e) => {
-                tracing::error!(error = %e, "internal error");
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
-        };
+        self.log();
+        let code = self.status();
         let msg = match &self {
             ApiError::Db(_) | ApiError::Internal(_) => "internal error".to_owned(),
             e => e.to_string(),
         };
         let mut resp = (code, Json(serde_json::json!({ "error": msg }))).into_response();
-        if code == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
+        match self {
+            ApiError::Unauthorized(reason) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                resp.extensions_mut().insert(LoginFailure(reason));
+            }
+            ApiError::TooManyFailedLogins { retry_after } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, retry_after.as_secs().max(1).into());
+            }
+            _ => {}
         }
         resp
     }
@@ -152,17 +244,21 @@ pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
         vks: Arc::new(load_vks(&cfg.zk.keys_dir)),
         replica_wait: Duration::from_millis(cfg.api.replica_wait_ms),
         max_page: cfg.api.max_page.max(1),
+        limits: limits::Limits::new(&cfg.api),
     })
 }
 
-/// Serve the API on `listener` until `shutdown`.
+/// Serve the API on `listener` until `shutdown`. Each request knows its
+/// peer's address (`ConnectInfo<SocketAddr>`), for [`login_limiter`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, routes::router(state))
+    let app = routes::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+        .await
+        .context("serving the API")?;
     Ok(())
 }

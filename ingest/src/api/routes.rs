@@ -1,28 +1,37 @@
 //! The JSON endpoints, and the reads they share with FHIR.
 
 use super::check::{self, Check, StoredReading, decode_rows};
+use super::params::{ApiPath, ApiQuery, ObservationParams, ObservationQuery};
+use super::params::{SeriesParams, SeriesQuery};
 use super::session::{Kind, Session};
 use super::{ApiError, ApiState};
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The clinicians' web page (plain HTML and an inline SVG chart).
 pub const INDEX_HTML: &str = include_str!("../../web/index.html");
 
+pub use super::params::{EARLIEST, LATEST, bucket_ms, parse_types};
+
+/// The API's routes, with (outermost first) the security headers, the
+/// failed-log-in limiter and the request bounds (timeout, slots) around them.
 pub fn router(state: ApiState) -> Router {
+    let limits = state.limits.clone();
+    let logins = std::sync::Arc::clone(&limits.logins);
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -34,22 +43,37 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/patients/{id}/readings/{reading}/proof", get(proof))
         .route("/fhir/Observation", get(super::fhir::observations))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            limits,
+            super::limits::bound_request,
+        ))
+        .layer(middleware::from_fn_with_state(
+            logins,
+            super::login_limiter::guard,
+        ))
+        .layer(middleware::from_fn(super::headers::secure))
 }
 
+/// The page, with the policy that lets exactly its own script and style run.
 async fn index() -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-store")], Html(INDEX_HTML))
+    (
+        [
+            (
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                super::headers::PAGE_CSP.clone(),
+            ),
+        ],
+        Html(INDEX_HTML),
+    )
 }
 
 // ------------------------------------------------------------------ reads
 
 use check::READING_SELECT;
-
-/// Open ends of a time range (inside PostgreSQL's timestamptz range).
-pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
-pub const LATEST: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 0) {
-    Some(t) => t,
-    None => DateTime::UNIX_EPOCH,
-};
 
 /// A time range and a page position.
 pub struct Range {
@@ -57,19 +81,55 @@ pub struct Range {
     pub to: DateTime<Utc>,
     /// Keyset cursor: readings after (recorded_at, id).
     pub after: Option<(DateTime<Utc>, Uuid)>,
-    /// Most readings; `None`: all of them, in no particular order and
-    /// without their CIDs (a chart aggregates them: PostgreSQL streams the
-    /// scan without sorting it).
-    pub limit: Option<i64>,
+    /// A page, or every reading up to a cap.
+    pub take: Take,
+}
+
+/// How many readings of a range are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// At most this many, in time order, with their CIDs (a page).
+    Page(i64),
+    /// All of them, in no particular order and without their CIDs (a chart
+    /// aggregates them: PostgreSQL streams the scan without sorting it) —
+    /// but more than `cap` is refused ([`ApiError::TooManyRows`]): the read
+    /// stops at `cap + 1` rows.
+    All { cap: i64 },
 }
 
 impl Range {
     /// The readings query (parameters: patient, types, from, to, after
-    /// time, after id, limit).
+    /// time, after id, page size). The cap of [`Take::All`] is written into
+    /// the statement, not bound: the planner then knows it (with a bound
+    /// `LIMIT $n` PostgreSQL's generic plan guesses a tenth of the rows and
+    /// may pick another scan), and a cap above the range's rows leaves the
+    /// plan as it was without one.
     pub fn sql(&self) -> String {
-        match self.limit {
-            Some(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
-            None => format!("{} {RANGE_WHERE_ALL}", check::READING_SELECT_NO_CID),
+        match self.take {
+            Take::Page(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
+            Take::All { cap } => format!(
+                "{} {RANGE_WHERE_ALL} LIMIT {}",
+                check::READING_SELECT_NO_CID,
+                cap.saturating_add(1)
+            ),
+        }
+    }
+
+    /// The page size bound as `$7` (NULL for [`Take::All`]).
+    pub fn page(&self) -> Option<i64> {
+        match self.take {
+            Take::Page(n) => Some(n),
+            Take::All { .. } => None,
+        }
+    }
+
+    /// `Err(TooManyRows)` when `read` rows are more than [`Take::All`]'s cap.
+    fn check_cap(&self, read: usize) -> Result<(), ApiError> {
+        match self.take {
+            Take::All { cap } if read as u64 > cap.max(0) as u64 => {
+                Err(ApiError::TooManyRows { cap })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -103,7 +163,7 @@ fn readings_query<'a>(
         .bind(range.to)
         .bind(after_at)
         .bind(after_id)
-        .bind(range.limit)
+        .bind(range.page())
 }
 
 /// Readings of `patient` of `types` in `range` (as RLS lets the caller see
@@ -118,11 +178,12 @@ pub async fn read_readings(
     range: &Range,
 ) -> Result<(Vec<StoredReading>, usize), ApiError> {
     let devices = read_devices(conn, patient).await?;
-    let mut rows = decode_rows(
-        &readings_query(range, patient, types)
-            .fetch_all(&mut *conn)
-            .await?,
-    )?;
+    let raw = readings_query(range, patient, types)
+        .fetch_all(&mut *conn)
+        .await?;
+    range.check_cap(raw.len())?;
+    let mut rows = decode_rows(&raw)?;
+    drop(raw);
     let n = rows.len();
     complete_proofs(conn, patient, &mut rows).await?;
     let cut = check::incomplete_windows(&rows, &check::groups(&rows));
@@ -272,16 +333,23 @@ type OpenedChunk = (
 
 /// Decode a chunk of raw rows, then open it, on the blocking pool: the
 /// request's task only receives rows, so PostgreSQL's stream is never held
-/// up by decoding, decrypting or hashing.
+/// up by decoding, decrypting or hashing. A chunk whose request has given
+/// up (`abandoned`: over the row cap, timed out, failed) by the time it
+/// starts is skipped.
 fn spawn_open(
     chunk: Vec<PgRow>,
     state: &ApiState,
     devices: &Arc<Devices>,
+    abandoned: &CancellationToken,
 ) -> tokio::task::JoinHandle<Result<OpenedChunk, sqlx::Error>> {
     let keys = Arc::clone(&state.keys);
     let cache = Arc::clone(&state.opened);
     let devices = Arc::clone(devices);
+    let abandoned = abandoned.clone();
     tokio::task::spawn_blocking(move || {
+        if abandoned.is_cancelled() {
+            return Ok(Default::default());
+        }
         let mut rows = decode_rows(&chunk)?;
         drop(chunk);
         for r in &mut rows {
@@ -316,19 +384,26 @@ pub async fn read_checked(
     use futures::TryStreamExt;
     let started = std::time::Instant::now();
     let devices = Arc::new(read_devices(conn, patient).await?);
+    // Chunks not yet opened are skipped once this request returns early.
+    let abandoned = CancellationToken::new();
+    let _abandon_on_return = abandoned.clone().drop_guard();
     let mut tasks = Vec::new();
     let mut chunk = Vec::with_capacity(OPEN_CHUNK);
+    let mut streamed_rows = 0usize;
     {
         let mut stream = readings_query(range, patient, types).fetch(&mut *conn);
         while let Some(row) = stream.try_next().await? {
+            streamed_rows += 1;
+            range.check_cap(streamed_rows)?;
             chunk.push(row);
             if chunk.len() == OPEN_CHUNK {
-                tasks.push(spawn_open(std::mem::take(&mut chunk), state, &devices));
+                let full = std::mem::take(&mut chunk);
+                tasks.push(spawn_open(full, state, &devices, &abandoned));
             }
         }
     }
     if !chunk.is_empty() {
-        tasks.push(spawn_open(chunk, state, &devices));
+        tasks.push(spawn_open(chunk, state, &devices, &abandoned));
     }
     let streamed = started.elapsed();
     let mut rows = Vec::with_capacity(tasks.len() * OPEN_CHUNK);
@@ -348,7 +423,8 @@ pub async fn read_checked(
     let cut = check::incomplete_windows(&rows, &groups);
     if !cut.is_empty() {
         let more = read_siblings(conn, patient, &cut, &rows).await?;
-        let (mut more, more_opened, _) = join_open(spawn_open(more, state, &devices)).await?;
+        let (mut more, more_opened, _) =
+            join_open(spawn_open(more, state, &devices, &abandoned)).await?;
         complete_proofs(conn, patient, &mut more).await?;
         rows.extend(more);
         opened.extend(more_opened);
@@ -369,24 +445,6 @@ pub async fn read_checked(
     );
     let rows = Arc::try_unwrap(rows).unwrap_or_else(|a| (*a).clone());
     Ok(rows.into_iter().zip(checks).take(n).collect())
-}
-
-/// Data type names from a comma-separated `type` parameter (all known when empty).
-pub fn parse_types(param: Option<&str>) -> Result<Vec<String>, ApiError> {
-    match param.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(DataType::ALL
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect()),
-        Some(s) => s
-            .split(',')
-            .map(|t| {
-                DataType::from_name(t.trim())
-                    .map(|d| d.as_str().to_owned())
-                    .ok_or_else(|| ApiError::BadRequest(format!("unknown data type {t:?}")))
-            })
-            .collect(),
-    }
 }
 
 /// The JSON of one checked reading.
@@ -512,50 +570,25 @@ async fn patients(
     Ok(Json(json!({ "patients": list })))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ObservationQuery {
-    #[serde(rename = "type")]
-    pub data_type: Option<String>,
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub limit: Option<i64>,
-    pub cursor: Option<String>,
-}
-
-fn time_bounds(
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-) -> (DateTime<Utc>, DateTime<Utc>) {
-    (from.unwrap_or(EARLIEST), to.unwrap_or(LATEST))
-}
-
-fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    let bad = || ApiError::BadRequest("malformed cursor".into());
-    let (micros, id) = c.split_once('_').ok_or_else(bad)?;
-    let t = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .ok_or_else(bad)?;
-    Ok((t, id.parse().map_err(|_| bad())?))
-}
-
 async fn observations(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(patient): Path<Uuid>,
-    Query(q): Query<ObservationQuery>,
+    ApiPath(patient): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<ObservationQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let types = parse_types(q.data_type.as_deref())?;
-    let (from, to) = time_bounds(q.from, q.to);
-    let limit = q.limit.unwrap_or(500).clamp(1, state.max_page);
-    let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
+    let ObservationParams {
+        types,
+        from,
+        to,
+        limit,
+        after,
+    } = ObservationParams::parse(&q, state.max_page)?;
     let mut s = Session::begin(&state, &headers).await?;
     let range = Range {
         from,
         to,
         after,
-        limit: Some(limit),
+        take: Take::Page(limit),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     let next = (checked.len() as i64 == limit)
@@ -583,15 +616,6 @@ async fn observations(
     ))
 }
 
-#[derive(Debug, Deserialize)]
-pub struct SeriesQuery {
-    #[serde(rename = "type")]
-    pub data_type: String,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub bucket: Option<String>,
-}
-
 /// Per-bucket aggregate of one slot set.
 #[derive(Default)]
 struct Agg {
@@ -601,46 +625,30 @@ struct Agg {
     sum: Vec<u64>,
 }
 
-/// Bucket length in milliseconds.
-pub fn bucket_ms(name: &str) -> Option<i64> {
-    match name {
-        "minute" => Some(60_000),
-        "hour" => Some(3_600_000),
-        "day" => Some(86_400_000),
-        _ => None,
-    }
-}
-
 async fn series(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(patient): Path<Uuid>,
-    Query(q): Query<SeriesQuery>,
+    ApiPath(patient): ApiPath<Uuid>,
+    ApiQuery(q): ApiQuery<SeriesQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let data_type = DataType::from_name(&q.data_type)
-        .ok_or_else(|| ApiError::BadRequest(format!("unknown data type {:?}", q.data_type)))?;
-    let bucket = q.bucket.as_deref().unwrap_or("minute");
-    let step = bucket_ms(bucket)
-        .ok_or_else(|| ApiError::BadRequest("bucket is minute, hour or day".into()))?;
-    // Every reading in range is decrypted: bound the work one request asks for.
-    let max_days = match bucket {
-        "minute" => 7,
-        "hour" => 92,
-        _ => 366,
-    };
-    if q.to < q.from || (q.to - q.from).num_days() >= max_days {
-        return Err(ApiError::BadRequest(format!(
-            "from must precede to, less than {max_days} days apart for {bucket} buckets"
-        )));
-    }
+    let SeriesParams {
+        data_type,
+        from,
+        to,
+        bucket,
+        step,
+    } = SeriesParams::parse(&q)?;
     let started = std::time::Instant::now();
     let mut s = Session::begin(&state, &headers).await?;
     let session_ms = started.elapsed().as_secs_f64() * 1e3;
+    // Every reading in range is decrypted: at most api.max_rows_per_request.
     let range = Range {
-        from: q.from,
-        to: q.to,
+        from,
+        to,
         after: None,
-        limit: None,
+        take: Take::All {
+            cap: state.limits.max_rows,
+        },
     };
     let types = vec![data_type.as_str().to_owned()];
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
@@ -685,7 +693,7 @@ async fn series(
         &format!("/api/v1/patients/{patient}/series"),
         Some(patient),
         checked.len(),
-        json!({ "type": data_type.as_str(), "from": q.from, "to": q.to, "bucket": bucket,
+        json!({ "type": data_type.as_str(), "from": from, "to": to, "bucket": bucket,
                 "unverifiable": unverifiable }),
     )
     .await?;
@@ -722,8 +730,8 @@ async fn series(
         "data_type": data_type.as_str(),
         "bucket": bucket,
         "bucket_ms": step,
-        "from": q.from,
-        "to": q.to,
+        "from": from,
+        "to": to,
         "slots": spec.slots.iter().map(|s| json!({ "name": s.name, "display": s.display, "unit": s.unit })).collect::<Vec<_>>(),
         "readings": readings,
         "points": points,
@@ -756,7 +764,7 @@ struct DeviceRow {
 async fn devices(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(patient): Path<Uuid>,
+    ApiPath(patient): ApiPath<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     let devs: Vec<DeviceRow> = sqlx::query_as(
@@ -825,7 +833,7 @@ async fn devices(
 async fn proof(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path((patient, reading)): Path<(Uuid, Uuid)>,
+    ApiPath((patient, reading)): ApiPath<(Uuid, Uuid)>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     // Every data type named: the primary key is (user_id, data_type, id), so

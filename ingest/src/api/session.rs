@@ -10,12 +10,17 @@
 //! revoked or a reading committed before the request is seen). The primary
 //! transaction (log-in, audit row) commits before any data is returned:
 //! nothing leaves the API unaudited.
+//!
+//! Each transaction begins with `SET LOCAL statement_timeout`
+//! (`api.statement_timeout_ms`, [`super::limits`]), in the same round trip
+//! as its `BEGIN`: no statement of a request, the log-in included, runs
+//! longer.
 
 use super::ApiError;
 use super::ApiState;
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Transaction};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -45,31 +50,37 @@ pub struct Session {
     replica: Option<Transaction<'static, Postgres>>,
 }
 
-/// The bearer token of a request.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The bearer token of a request, or why there is none.
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     let v = headers
-        .get(axum::http::header::AUTHORIZATION)?
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or(ApiError::Unauthorized("no Authorization header"))?
         .to_str()
-        .ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+        .map_err(|_| ApiError::Unauthorized("malformed Authorization header"))?;
+    match v.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => Ok(token.trim()),
+        _ => Err(ApiError::Unauthorized("not a bearer token")),
+    }
 }
 
 impl Session {
     /// Log in with the request's bearer token and open the transaction(s).
     pub async fn begin(state: &ApiState, headers: &HeaderMap) -> Result<Session, ApiError> {
-        let token = bearer(headers).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(headers)?;
         let hash = hex::encode(Sha256::digest(token.as_bytes()));
-        let mut primary = state.primary.begin().await?;
+        let mut primary = state
+            .primary
+            .begin_with(AssertSqlSafe(state.limits.begin_sql()))
+            .await?;
         let who: Option<(Uuid, String)> =
             sqlx::query_as("SELECT user_id, user_kind FROM hailan_api_login($1)")
                 .bind(&hash)
                 .fetch_optional(&mut *primary)
                 .await?;
         let Some((user_id, kind)) = who else {
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::Unauthorized(
+                "unknown, expired or revoked token, or inactive user",
+            ));
         };
         let kind = match kind.as_str() {
             "CLINICIAN" => Kind::Clinician,
@@ -87,9 +98,8 @@ impl Session {
                 let lsn: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
                     .fetch_one(&mut *primary)
                     .await?;
-                let mut rtx = pool.begin().await?;
-                sqlx::query("SET TRANSACTION READ ONLY")
-                    .execute(&mut *rtx)
+                let mut rtx = pool
+                    .begin_with(AssertSqlSafe(state.limits.begin_read_only_sql()))
                     .await?;
                 sqlx::raw_sql(kind.role()).execute(&mut *rtx).await?;
                 sqlx::query("SELECT set_config('hailan.user_id', $1, true)")

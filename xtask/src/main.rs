@@ -2,7 +2,8 @@
 //!
 //! - `services`: install and start PostgreSQL and Mosquitto (idempotent).
 //! - `demo`: the main job (see README).
-//! - `test`: services, then the whole test suite — what CI runs.
+//! - `test`: services, `cargo fmt --check`, `cargo deny` (bans, licenses,
+//!   sources), then the whole test suite — what CI runs.
 //! - `bench`: every benchmark, written into BENCHMARKS.md.
 
 mod bench;
@@ -117,6 +118,33 @@ pub(crate) fn cargo() -> Cmd {
     Cmd::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(repo_root())
 }
 
+/// The cargo-deny release `cargo xtask test` installs when none is found.
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// `cargo deny check bans licenses sources` with the committed `deny.toml`
+/// (installing cargo-deny first if it is missing). Advisories need the
+/// RustSec database from GitHub, which these machines cannot reach: run
+/// `cargo deny check advisories` where it can.
+fn cargo_deny() -> Result<()> {
+    let installed = cargo()
+        .args(["deny", "--version"])
+        .quiet()
+        .run()
+        .is_ok();
+    if !installed {
+        println!("== cargo install cargo-deny {CARGO_DENY_VERSION}");
+        cargo()
+            .args(["install", "--locked", "cargo-deny", "--version", CARGO_DENY_VERSION])
+            .run()
+            .context("installing cargo-deny")?;
+    }
+    println!("== cargo deny check bans licenses sources");
+    cargo()
+        .args(["deny", "check", "bans", "licenses", "sources"])
+        .run()
+        .context("cargo deny: see deny.toml")
+}
+
 fn has_nextest() -> bool {
     cargo().args(["nextest", "--version"]).quiet().run().is_ok()
 }
@@ -130,6 +158,7 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["fmt", "--all", "--", "--check"])
         .run()
         .context("formatting: run `cargo fmt --all`")?;
+    cargo_deny()?;
     if has_nextest() {
         println!("== cargo nextest run --workspace");
         cargo()

@@ -151,6 +151,12 @@ const PACKAGES: &[(&str, &str)] = &[
     // an independent CID implementation for the content-addressing test
     // (ingest/tests/content_cid.rs; it prints dag-pb UnixFS CIDs only)
     ("/usr/bin/ipfs_cid", "ipfs-cid"),
+    // Debian's python3 makes venvs only with this (the Python tools' venv)
+    ("/usr/lib/python3.11/ensurepip/__init__.py", "python3-venv"),
+    // test CAs and certificates (TLS to the broker and to PostgreSQL)
+    ("/usr/bin/openssl", "openssl"),
+    // `systemd-analyze verify` of the shipped units (tests/tests/gateway.rs)
+    ("/usr/bin/systemd-analyze", "systemd"),
 ];
 
 pub fn run(quiet: bool) -> Result<Endpoints> {

@@ -126,15 +126,17 @@ const CARGO_DENY_VERSION: &str = "0.20.2";
 /// RustSec database from GitHub, which these machines cannot reach: run
 /// `cargo deny check advisories` where it can.
 fn cargo_deny() -> Result<()> {
-    let installed = cargo()
-        .args(["deny", "--version"])
-        .quiet()
-        .run()
-        .is_ok();
+    let installed = cargo().args(["deny", "--version"]).quiet().run().is_ok();
     if !installed {
         println!("== cargo install cargo-deny {CARGO_DENY_VERSION}");
         cargo()
-            .args(["install", "--locked", "cargo-deny", "--version", CARGO_DENY_VERSION])
+            .args([
+                "install",
+                "--locked",
+                "cargo-deny",
+                "--version",
+                CARGO_DENY_VERSION,
+            ])
             .run()
             .context("installing cargo-deny")?;
     }

@@ -225,10 +225,27 @@ proptest! {
     }
 
     #[test]
-    fn device_state_round_trips(battery in proptest::option::of(0u8..=100), rssi in any::<Option<i16>>(), connected: bool, t: i64) {
+    fn device_state_round_trips(
+        battery in proptest::option::of(0u8..=100),
+        rssi in any::<Option<i16>>(),
+        connected: bool,
+        t in hailan_proto::columns::MIN_TIME_MS..=hailan_proto::columns::MAX_TIME_MS,
+    ) {
         let e = envelope(Body::DeviceState(DeviceState {
             device_id: "d-1".into(), battery_level: battery, rssi, connected, firmware_version: None, observed_at_ms: t,
         }));
         prop_assert_eq!(envelope::decode(&envelope::encode(&e)).ok(), Some(e));
+    }
+
+    /// A time no column can hold is refused, and the refusal names the field.
+    #[test]
+    fn device_state_times_outside_the_columns_are_refused(
+        t in prop_oneof![i64::MIN..hailan_proto::columns::MIN_TIME_MS, (hailan_proto::columns::MAX_TIME_MS + 1)..=i64::MAX],
+    ) {
+        let e = envelope(Body::DeviceState(DeviceState {
+            device_id: "d-1".into(), battery_level: None, rssi: None, connected: true, firmware_version: None, observed_at_ms: t,
+        }));
+        let err = envelope::decode(&envelope::encode(&e)).expect_err("out of range").to_string();
+        prop_assert!(err.contains("device_state.observed_at_ms"), "{}", err);
     }
 }

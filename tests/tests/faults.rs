@@ -28,7 +28,8 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(60);
 /// What the forger's bad input must leave in quarantine, by reason.
 const BAD_INPUT: &[(&str, i64)] = &[
-    ("undecodable", 1),
+    // one malformed CBOR, three poison messages valid on the wire
+    ("undecodable", 4),
     ("oversize", 1),
     ("gateway_mismatch", 1),
     ("device_gateway_mismatch", 1),
@@ -248,6 +249,24 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
     // Readings of a device nobody registered.
     let mut stray = TestDevice::new(forger, "stray-0", DataType::HeartRate, 94);
     ensure!(pub_as(forger, &up, &enc(&stray.unproven_reading(&[70])))?);
+    // Poison: valid CBOR of the right shape whose fields would not fit their
+    // columns (a NUL-padded model, a name one character too long, a time
+    // past 9999): each refused at decode, naming its field, the stream goes on.
+    let mut nul_model = TestDevice::new(forger, "poison-0", DataType::HeartRate, 95).registration();
+    let mut long_name = TestDevice::new(forger, "poison-1", DataType::HeartRate, 96).registration();
+    if let (Body::Registration(a), Body::Registration(b)) =
+        (&mut nul_model.body, &mut long_name.body)
+    {
+        a.model = Some("HRM\0\0\0".into());
+        b.name = Some("n".repeat(101));
+    }
+    let mut far_future = stray.unproven_reading(&[71]);
+    if let Body::Readings(b) = &mut far_future.body {
+        b.groups[0].readings[0].recorded_at_ms = hailan_proto::columns::MAX_TIME_MS + 1;
+    }
+    for poison in [&nul_model, &long_name, &far_future] {
+        ensure!(pub_as(forger, &up, &enc(poison))?);
+    }
     let expected: HashMap<String, i64> =
         BAD_INPUT.iter().map(|(r, n)| (r.to_string(), *n)).collect();
     let total_bad: i64 = expected.values().sum();

@@ -69,9 +69,14 @@ pub struct TestDb {
 }
 
 fn with_database(url: &str, db: &str) -> String {
+    // Keep the query (`?sslmode=…`): only the database name changes.
+    let (url, query) = match url.split_once('?') {
+        Some((u, q)) => (u, format!("?{q}")),
+        None => (url, String::new()),
+    };
     match url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{db}"),
-        None => url.to_owned(),
+        Some((base, _)) => format!("{base}/{db}{query}"),
+        None => format!("{url}{query}"),
     }
 }
 

@@ -5,9 +5,11 @@
 //! - `test`: services, `cargo fmt --check`, `cargo deny` (bans, licenses,
 //!   sources), then the whole test suite — what CI runs.
 //! - `bench`: every benchmark, written into BENCHMARKS.md.
+//! - `package`: the Debian packages (cargo-deb), checked with lintian.
 
 mod bench;
 mod demo;
+mod package;
 mod procstat;
 mod services;
 mod sh;
@@ -55,6 +57,23 @@ enum Command {
         /// Shorter runs (for checking the command itself, not for figures).
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the Debian packages hailan-gateway and hailan-server (cargo-deb),
+    /// check them with lintian and print where they are.
+    Package {
+        /// Cargo profile of the packaged binaries (`dev` only to test the
+        /// packaging itself: cargo-deb warns about it).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Debian revision: the packages are `<version>-<revision>`.
+        #[arg(long, default_value_t = 1)]
+        revision: u32,
+        /// Where the .deb files go (default: target/debian).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Package the binaries already built for the profile.
+        #[arg(long)]
+        no_build: bool,
     },
     /// Set up services and run the whole test suite (this is what CI runs).
     Test {
@@ -109,6 +128,28 @@ fn run(cli: Cli) -> Result<()> {
             services::run(false)?;
             services::drop_stale_test_databases(false);
             bench::run(quick)
+        }
+        Command::Package {
+            profile,
+            revision,
+            out,
+            no_build,
+        } => {
+            let out = match out {
+                Some(dir) => std::env::current_dir()?.join(dir),
+                None => repo_root().join("target/debian"),
+            };
+            let debs = package::run(&package::Options {
+                profile,
+                revision,
+                out,
+                no_build,
+            })?;
+            println!();
+            for deb in debs {
+                println!("{}", deb.display());
+            }
+            Ok(())
         }
         Command::Test { args } => test(&args),
     }

@@ -74,6 +74,10 @@ enum Command {
         /// Package the binaries already built for the profile.
         #[arg(long)]
         no_build: bool,
+        /// `amd64`: both packages; `arm64`: the gateway, cross-compiled with
+        /// Debian's gcc-aarch64-linux-gnu and run under qemu-user-static.
+        #[arg(long, default_value = "amd64")]
+        arch: String,
     },
     /// Set up services and run the whole test suite (this is what CI runs).
     Test {
@@ -134,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
             revision,
             out,
             no_build,
+            arch,
         } => {
             let out = match out {
                 Some(dir) => std::env::current_dir()?.join(dir),
@@ -144,6 +149,7 @@ fn run(cli: Cli) -> Result<()> {
                 revision,
                 out,
                 no_build,
+                arch,
             })?;
             println!();
             for deb in debs {
@@ -202,6 +208,8 @@ fn test(extra: &[String]) -> Result<()> {
         .run()
         .context("formatting: run `cargo fmt --all`")?;
     cargo_deny()?;
+    // tests/tests/packaging.rs runs `cargo xtask package`
+    package::ensure_cargo_deb()?;
     if has_nextest() {
         println!("== cargo nextest run --workspace");
         cargo()

@@ -37,7 +37,23 @@ pub struct Options {
     pub out: PathBuf,
     /// Package the binaries already built for `profile`.
     pub no_build: bool,
+    /// Debian architecture: `amd64` (both packages, built natively) or
+    /// `arm64` (the gateway, cross-compiled, then run under qemu).
+    pub arch: String,
 }
+
+/// The arm64 cross build: Rust target, and the Debian tools it needs.
+const ARM64_TARGET: &str = "aarch64-unknown-linux-gnu";
+const ARM64_TOOLS: &[(&str, &str)] = &[
+    ("/usr/bin/aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
+    // multiarch: needs `dpkg --add-architecture arm64` (done when root)
+    (
+        "/usr/lib/aarch64-linux-gnu/pkgconfig/dbus-1.pc",
+        "libdbus-1-dev:arm64",
+    ),
+    ("/usr/bin/aarch64-linux-gnu-pkg-config", "pkgconf:arm64"),
+    ("/usr/bin/qemu-aarch64-static", "qemu-user-static"),
+];
 
 /// One binary package: its crate, its Debian name, its binary and units.
 struct Pkg {
@@ -65,16 +81,36 @@ const PACKAGES: &[Pkg] = &[
 
 /// The packages built, with where they are.
 pub fn run(o: &Options) -> Result<Vec<PathBuf>> {
-    ensure_tools()?;
+    let arm64 = match o.arch.as_str() {
+        "amd64" => false,
+        "arm64" => true,
+        other => bail!("--arch {other}: amd64 or arm64"),
+    };
+    ensure_tools(TOOLS)?;
+    if arm64 {
+        ensure_tools(ARM64_TOOLS)?;
+        ensure_rust_target(ARM64_TARGET)?;
+    }
     ensure_cargo_deb()?;
+    // arm64: the gateway only (gateways run on ARM boards; the server on amd64).
+    let packages: Vec<&Pkg> = PACKAGES
+        .iter()
+        .filter(|p| !arm64 || p.deb == "hailan-gateway")
+        .collect();
     let started = Instant::now();
     if !o.no_build {
+        let names: Vec<&str> = packages.iter().map(|p| p.krate).collect();
         println!(
-            "== cargo build --profile {} (hailan-gateway, hailan-ingest)",
-            o.profile
+            "== cargo build --profile {} ({}, {})",
+            o.profile,
+            names.join(", "),
+            o.arch
         );
         let mut build = crate::cargo().args(["build", "--locked", "--profile", &o.profile]);
-        for p in PACKAGES {
+        if arm64 {
+            build = cross_env(build.args(["--target", ARM64_TARGET]));
+        }
+        for p in &packages {
             build = build.args(["-p", p.krate]);
         }
         build.run()?;
@@ -86,20 +122,39 @@ pub fn run(o: &Options) -> Result<Vec<PathBuf>> {
         .canonicalize()
         .with_context(|| format!("resolving {}", o.out.display()))?;
     let mut debs = Vec::new();
-    for p in PACKAGES {
-        let bin = target_dir().join(profile_dir(&o.profile)).join(p.bin);
+    for p in packages {
+        let mut bin = target_dir();
+        if arm64 {
+            bin.push(ARM64_TARGET);
+        }
+        let bin = bin.join(profile_dir(&o.profile)).join(p.bin);
         if !bin.is_file() {
             bail!(
-                "{} is not built: run `cargo build --profile {} -p {}` (or drop --no-build)",
+                "{} is not built: run `cargo xtask package --profile {} --arch {}` without --no-build",
                 bin.display(),
                 o.profile,
-                p.krate
+                o.arch
             );
         }
-        render_assets(p, &bin, &version)?;
+        if arm64 {
+            // Whatever ran in the man page's making also runs here, on arm64.
+            qemu_smoke(&bin)?;
+        }
+        let runnable = if arm64 {
+            qemu_wrapper(&bin)?
+        } else {
+            bin.clone()
+        };
+        render_assets(p, &runnable, &version)?;
         println!("== cargo deb -p {} ({} {version})", p.krate, p.deb);
-        let printed = crate::cargo()
-            .args(["deb", "--locked", "--no-build", "-p", p.krate])
+        let mut deb = crate::cargo();
+        if arm64 {
+            deb = cross_env(deb.args(["--target", ARM64_TARGET]));
+        }
+        let printed = deb
+            // --strip: the release profile keeps line tables (backtraces in
+            // development); a package ships stripped binaries (lintian).
+            .args(["deb", "--locked", "--no-build", "--strip", "-p", p.krate])
             .args(["--profile", &o.profile])
             .args(["--deb-revision", &o.revision.to_string()])
             .arg("--output")
@@ -244,9 +299,106 @@ fn description(bin: &str) -> &'static str {
     }
 }
 
-/// The Debian tools packaging uses, installed with apt when root.
-fn ensure_tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
+/// The environment of a cross build for arm64 with Debian's toolchain and
+/// the arm64 (multiarch) libraries.
+fn cross_env(cmd: Cmd) -> Cmd {
+    cmd.env(
+        "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",
+        "aarch64-linux-gnu-gcc",
+    )
+    .env("CC_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-gcc")
+    .env("AR_aarch64_unknown_linux_gnu", "aarch64-linux-gnu-ar")
+    .env(
+        "PKG_CONFIG_aarch64_unknown_linux_gnu",
+        "aarch64-linux-gnu-pkg-config",
+    )
+    .env("PKG_CONFIG_ALLOW_CROSS", "1")
+}
+
+/// A script that runs the arm64 `bin` under qemu (help2man runs it).
+fn qemu_wrapper(bin: &Path) -> Result<PathBuf> {
+    let dir = target_dir().join(ARM64_TARGET).join("qemu");
+    fs::create_dir_all(&dir)?;
+    let name = bin.file_name().context("binary name")?;
+    let path = dir.join(name);
+    fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\nexec qemu-aarch64-static '{}' \"$@\"\n",
+            bin.display()
+        ),
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}
+
+/// The arm64 gateway runs under qemu-user: `--version`, and `decode` of every
+/// outside GATT vector (proto/vectors/gatt.json) gives the expected fields.
+fn qemu_smoke(bin: &Path) -> Result<()> {
+    let qemu = || Cmd::new("qemu-aarch64-static").arg(bin);
+    let version = qemu().arg("--version").output()?;
+    println!("== under qemu-aarch64: {}", version.trim());
+    let path = repo_root().join("proto/vectors/gatt.json");
+    let vectors: serde_json::Value = serde_json::from_str(&fs::read_to_string(&path)?)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let vectors = vectors.as_array().context("gatt.json: an array")?;
+    for v in vectors {
+        let (uuid, hex) = (v["characteristic_uuid"].as_str(), v["hex"].as_str());
+        let (Some(uuid), Some(hex)) = (uuid, hex) else {
+            bail!("gatt.json: a vector without characteristic_uuid or hex: {v}");
+        };
+        let out = qemu().args(["decode", uuid, hex]).output()?;
+        let got: serde_json::Value = serde_json::from_str(&out)
+            .with_context(|| format!("decode {uuid} {hex} under qemu printed {out}"))?;
+        let expected = v["expected"].as_object().context("expected: an object")?;
+        for (key, want) in expected {
+            let have = got.get(key).unwrap_or(&serde_json::Value::Null);
+            if !same(have, want) {
+                bail!("arm64 decode {uuid} {hex}: {key} is {have}, the vector says {want}");
+            }
+        }
+    }
+    println!(
+        "== under qemu-aarch64: decode of {} GATT vectors as expected",
+        vectors.len()
+    );
+    Ok(())
+}
+
+/// JSON equality with floats equal to 1e-9 (relative).
+fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value::{Array, Number, Object};
+    match (a, b) {
+        (Number(x), Number(y)) => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+            _ => x == y,
+        },
+        (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y)),
+        (Object(x), Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// `rustup target add` when the standard library for `target` is missing.
+fn ensure_rust_target(target: &str) -> Result<()> {
+    let installed = Cmd::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("rustup (the arm64 standard library comes from `rustup target add`)")?;
+    if installed.lines().any(|l| l.trim() == target) {
+        return Ok(());
+    }
+    println!("== rustup target add {target}");
+    Cmd::new("rustup").args(["target", "add", target]).run()
+}
+
+/// The Debian tools packaging uses, installed with apt when root (an
+/// `:arm64` package first adds the architecture to dpkg).
+fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(path, _)| !Path::new(path).exists())
         .map(|(_, pkg)| *pkg)
@@ -254,8 +406,14 @@ fn ensure_tools() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
+    let foreign = missing.iter().any(|p| p.ends_with(":arm64"));
     let install = format!(
-        "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+        "{}apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
+        if foreign {
+            "dpkg --add-architecture arm64 && "
+        } else {
+            ""
+        },
         missing.join(" ")
     );
     if !is_root() {
@@ -265,6 +423,11 @@ fn ensure_tools() -> Result<()> {
         );
     }
     println!("== installing {}", missing.join(" "));
+    if foreign {
+        Cmd::new("dpkg")
+            .args(["--add-architecture", "arm64"])
+            .run()?;
+    }
     Cmd::new("apt-get").args(["update", "-q"]).quiet().run()?;
     Cmd::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -277,7 +440,7 @@ fn ensure_tools() -> Result<()> {
 
 /// cargo-deb, the pinned release, installed with `cargo install --locked`
 /// when missing or another release.
-fn ensure_cargo_deb() -> Result<()> {
+pub fn ensure_cargo_deb() -> Result<()> {
     let found = crate::cargo().args(["deb", "--version"]).quiet().output();
     if found.is_ok_and(|v| v.split_whitespace().any(|w| w == CARGO_DEB_VERSION)) {
         return Ok(());
@@ -293,4 +456,31 @@ fn ensure_cargo_deb() -> Result<()> {
         ])
         .run()
         .context("installing cargo-deb")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packaged_units_run_the_packaged_binary_and_name_the_package_docs() {
+        let unit = fs::read_to_string(repo_root().join("deploy/hailan-api.service")).unwrap();
+        assert!(unit.contains("ExecStart=/usr/local/bin/hailan-ingest "));
+        let packaged = packaged_unit(&unit, "hailan-server");
+        assert!(packaged.contains("ExecStart=/usr/bin/hailan-ingest "));
+        assert!(!packaged.contains("/usr/local/"));
+        assert!(packaged.contains("file:///usr/share/doc/hailan-server/README.md"));
+    }
+
+    #[test]
+    fn decoded_fields_compare_as_json_with_float_tolerance() {
+        use serde_json::json;
+        assert!(same(&json!(0.0322265625), &json!(0.0322265625 + 1e-15)));
+        assert!(!same(&json!(0.0322265625), &json!(0.0322266)));
+        assert!(same(&json!([33, {"a": 1.5}]), &json!([33, {"a": 1.5}])));
+        assert!(!same(&json!(85), &json!(86)));
+        assert!(!same(&json!([33]), &json!([33, 34])));
+        assert!(!same(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        assert!(!same(&json!(null), &json!(0)));
+    }
 }

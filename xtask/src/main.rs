@@ -5,9 +5,11 @@
 //! - `test`: services, `cargo fmt --check`, `cargo deny` (bans, licenses,
 //!   sources), then the whole test suite — what CI runs.
 //! - `bench`: every benchmark, written into BENCHMARKS.md.
+//! - `package`: the Debian packages (cargo-deb), checked with lintian.
 
 mod bench;
 mod demo;
+mod package;
 mod procstat;
 mod services;
 mod sh;
@@ -55,6 +57,27 @@ enum Command {
         /// Shorter runs (for checking the command itself, not for figures).
         #[arg(long)]
         quick: bool,
+    },
+    /// Build the Debian packages hailan-gateway and hailan-server (cargo-deb),
+    /// check them with lintian and print where they are.
+    Package {
+        /// Cargo profile of the packaged binaries (`dev` only to test the
+        /// packaging itself: cargo-deb warns about it).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Debian revision: the packages are `<version>-<revision>`.
+        #[arg(long, default_value_t = 1)]
+        revision: u32,
+        /// Where the .deb files go (default: target/debian).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Package the binaries already built for the profile.
+        #[arg(long)]
+        no_build: bool,
+        /// `amd64`: both packages; `arm64`: the gateway, cross-compiled with
+        /// Debian's gcc-aarch64-linux-gnu and run under qemu-user-static.
+        #[arg(long, default_value = "amd64")]
+        arch: String,
     },
     /// Set up services and run the whole test suite (this is what CI runs).
     Test {
@@ -110,6 +133,30 @@ fn run(cli: Cli) -> Result<()> {
             services::drop_stale_test_databases(false);
             bench::run(quick)
         }
+        Command::Package {
+            profile,
+            revision,
+            out,
+            no_build,
+            arch,
+        } => {
+            let out = match out {
+                Some(dir) => std::env::current_dir()?.join(dir),
+                None => repo_root().join("target/debian"),
+            };
+            let debs = package::run(&package::Options {
+                profile,
+                revision,
+                out,
+                no_build,
+                arch,
+            })?;
+            println!();
+            for deb in debs {
+                println!("{}", deb.display());
+            }
+            Ok(())
+        }
         Command::Test { args } => test(&args),
     }
 }
@@ -161,6 +208,8 @@ fn test(extra: &[String]) -> Result<()> {
         .run()
         .context("formatting: run `cargo fmt --all`")?;
     cargo_deny()?;
+    // tests/tests/packaging.rs runs `cargo xtask package`
+    package::ensure_cargo_deb()?;
     if has_nextest() {
         println!("== cargo nextest run --workspace");
         cargo()

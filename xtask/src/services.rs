@@ -157,6 +157,12 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/openssl", "openssl"),
     // `systemd-analyze verify` of the shipped units (tests/tests/gateway.rs)
     ("/usr/bin/systemd-analyze", "systemd"),
+    // `cargo xtask package` and its test (tests/tests/packaging.rs): cargo-deb's
+    // dependencies, lintian, man pages, the throw-away Debian root filesystem
+    ("/usr/bin/dpkg-shlibdeps", "dpkg-dev"),
+    ("/usr/bin/lintian", "lintian"),
+    ("/usr/bin/help2man", "help2man"),
+    ("/usr/bin/mmdebstrap", "mmdebstrap"),
 ];
 
 pub fn run(quiet: bool) -> Result<Endpoints> {

@@ -29,6 +29,10 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_hailan-ingest");
 const WAIT: Duration = Duration::from_secs(60);
+/// A column narrower than `hailan_proto::columns` says (drift, or a check
+/// nobody told the envelope about): a 20-character model passes `decode`
+/// and PostgreSQL refuses it.
+const NARROW_MODEL: &str = "ALTER TABLE iot_devices ALTER COLUMN model TYPE varchar(8)";
 
 fn enc(e: &Envelope) -> Vec<u8> {
     envelope::encode(e)
@@ -65,6 +69,46 @@ async fn held(pool: &PgPool, payload: &[u8]) -> Result<(String, String, Option<S
         }
     })
     .await
+}
+
+/// What the consumer tests start from: a fresh database (changed first by
+/// `alter`, run as its owner), `gw` enrolled, development keys, a consumer
+/// for `gw` (with `env` settings), a publisher as `gw`, and the device
+/// `good` registered.
+struct Rig {
+    db: TestDb,
+    zk: DevZk,
+    _logs: tempfile::TempDir,
+    ingest: IngestProcess,
+    publisher: Publisher,
+    good: TestDevice,
+}
+
+async fn rig(gw: &str, alter: &[&str], env: &[(&str, &str)], good: TestDevice) -> Result<Rig> {
+    let db = TestDb::create().await?;
+    for sql in alter {
+        sqlx::query(sqlx::AssertSqlSafe(*sql))
+            .execute(&db.pool)
+            .await?;
+    }
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    enrol(&db.pool, gw).await?;
+    let opts = IngestOptions {
+        env,
+        ..Default::default()
+    };
+    let ingest = IngestProcess::start_opts(Path::new(BIN), &db, &zk, &[gw], logs.path(), opts)?;
+    let mut publisher = Publisher::connect(gw).await?;
+    publisher.register(&db.pool, &[&good]).await?;
+    Ok(Rig {
+        db,
+        zk,
+        _logs: logs,
+        ingest,
+        publisher,
+        good,
+    })
 }
 
 // ------------------------------------------------------------------ the corpus
@@ -320,14 +364,13 @@ async fn the_column_table_is_the_migrated_schema() -> Result<()> {
 #[tokio::test]
 async fn a_hostile_corpus_from_the_schema_never_stops_the_stream() -> Result<()> {
     let gw = "gw-hostile-1";
-    let db = TestDb::create().await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
-    enrol(&db.pool, gw).await?;
-    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut publisher = Publisher::connect(gw).await?;
-    let mut good = TestDevice::new(gw, "dev-h-good", DataType::HeartRate, 400);
-    publisher.register(&db.pool, &[&good]).await?;
+    let good = TestDevice::new(gw, "dev-h-good", DataType::HeartRate, 400);
+    let Rig {
+        db,
+        mut publisher,
+        mut good,
+        ..
+    } = rig(gw, &[], &[], good).await?;
     let mut bad_dev = TestDevice::new(gw, "dev-h-good", DataType::HeartRate, 400);
     bad_dev.next_seq = 1_000;
     let corpus = hostile_corpus(gw, &mut bad_dev)?;
@@ -385,17 +428,14 @@ async fn a_hostile_corpus_from_the_schema_never_stops_the_stream() -> Result<()>
 #[tokio::test]
 async fn a_message_the_database_refuses_is_isolated_and_the_rest_commits() -> Result<()> {
     let gw = "gw-hostile-2";
-    let db = TestDb::create().await?;
-    sqlx::query("ALTER TABLE iot_devices ALTER COLUMN model TYPE varchar(8)")
-        .execute(&db.pool)
-        .await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
-    enrol(&db.pool, gw).await?;
-    let ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut publisher = Publisher::connect(gw).await?;
-    let mut good = TestDevice::new(gw, "dev-h2-good", DataType::HeartRate, 410);
-    publisher.register(&db.pool, &[&good]).await?;
+    let good = TestDevice::new(gw, "dev-h2-good", DataType::HeartRate, 410);
+    let Rig {
+        db,
+        ingest,
+        mut publisher,
+        mut good,
+        ..
+    } = rig(gw, &[NARROW_MODEL], &[], good).await?;
 
     let poison = registration_with(gw, 2_000, |r| r.model = Some("Model 20 characters!".into()));
     let mut payloads: Vec<Vec<u8>> = (0..50)
@@ -429,18 +469,15 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_commits() -> Re
 #[tokio::test]
 async fn a_message_whose_quarantine_row_is_refused_keeps_its_payload() -> Result<()> {
     let gw = "gw-hostile-3";
-    let db = TestDb::create().await?;
+    let good = TestDevice::new(gw, "dev-h3-good", DataType::HeartRate, 420);
     // Every quarantine row naming this gateway is now refused.
-    sqlx::query("ALTER TABLE rejected_readings ALTER COLUMN gateway_id TYPE varchar(3)")
-        .execute(&db.pool)
-        .await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
-    enrol(&db.pool, gw).await?;
-    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
-    let mut publisher = Publisher::connect(gw).await?;
-    let mut good = TestDevice::new(gw, "dev-h3-good", DataType::HeartRate, 420);
-    publisher.register(&db.pool, &[&good]).await?;
+    let narrow_gateway = "ALTER TABLE rejected_readings ALTER COLUMN gateway_id TYPE varchar(3)";
+    let Rig {
+        db,
+        mut publisher,
+        mut good,
+        ..
+    } = rig(gw, &[narrow_gateway], &[], good).await?;
     // A reading of a device nobody registered: quarantined `unknown_device`
     // with its gateway — which the narrowed column refuses.
     let mut stranger = TestDevice::new(gw, "dev-h3-stranger", DataType::HeartRate, 421);
@@ -466,24 +503,12 @@ async fn a_message_whose_quarantine_row_is_refused_keeps_its_payload() -> Result
 #[tokio::test]
 async fn a_rate_limited_row_that_cannot_be_stored_does_not_stop_replay() -> Result<()> {
     let gw = "gw-hostile-4";
-    let db = TestDb::create().await?;
-    sqlx::query("ALTER TABLE iot_devices ALTER COLUMN model TYPE varchar(8)")
-        .execute(&db.pool)
-        .await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
-    enrol(&db.pool, gw).await?;
-    let opts = IngestOptions {
-        env: &[
-            ("HAILAN_INGEST__FAIR_SHARE__ENABLED", "true"),
-            ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
-        ],
-        ..Default::default()
-    };
-    let _ingest = IngestProcess::start_opts(Path::new(BIN), &db, &zk, &[gw], logs.path(), opts)?;
-    let mut publisher = Publisher::connect(gw).await?;
-    let mut good = TestDevice::new(gw, "dev-h4-good", DataType::HeartRate, 430);
-    publisher.register(&db.pool, &[&good]).await?;
+    let good = TestDevice::new(gw, "dev-h4-good", DataType::HeartRate, 430);
+    let env = [
+        ("HAILAN_INGEST__FAIR_SHARE__ENABLED", "true"),
+        ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
+    ];
+    let Rig { db, mut good, .. } = rig(gw, &[NARROW_MODEL], &env, good).await?;
 
     // Held as over the gateway's rate: the poison first, oldest.
     let poison = registration_with(gw, 3_000, |r| r.model = Some("Model 20 characters!".into()));
@@ -652,18 +677,16 @@ fn peak_rss(pid: u32) -> Result<u64> {
 #[tokio::test]
 async fn worst_case_envelopes_keep_ingest_under_100_mb() -> Result<()> {
     let gw = "gw-hostile-6";
-    let db = TestDb::create().await?;
-    let zk = DevZk::new()?;
-    let logs = tempfile::tempdir()?;
-    enrol(&db.pool, gw).await?;
-    let opts = IngestOptions {
-        env: &[("HAILAN_INGEST__FAIR_SHARE__ENABLED", "false")],
-        ..Default::default()
-    };
-    let ingest = IngestProcess::start_opts(Path::new(BIN), &db, &zk, &[gw], logs.path(), opts)?;
-    let mut publisher = Publisher::connect(gw).await?;
-    let mut dev = TestDevice::new(gw, "dev-h6", DataType::HeartRate, 460);
-    publisher.register(&db.pool, &[&dev]).await?;
+    let dev = TestDevice::new(gw, "dev-h6", DataType::HeartRate, 460);
+    let env = [("HAILAN_INGEST__FAIR_SHARE__ENABLED", "false")];
+    let Rig {
+        db,
+        zk,
+        ingest,
+        mut publisher,
+        good: mut dev,
+        ..
+    } = rig(gw, &[], &env, dev).await?;
 
     // The window key's id: every group reaches the verifier, and fails there.
     let key = zk.window.id().0;

@@ -3,69 +3,18 @@
 //! connection really is encrypted; another CA, or another host name than
 //! the certificate's, refused. The `hailan-ingest` binary connects the same way.
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use hailan_tests::PrivatePostgres;
-use hailan_tests::gateway::test_ca;
+use hailan_tests::gateway::{server_certificate, test_ca};
 use std::path::Path;
 use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hailan-ingest");
 
-/// `openssl ARGS` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .context("running openssl (Debian package openssl)")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A server certificate for 127.0.0.1 (only: not `localhost`) signed by the
-/// CA `ca.pem`/`ca.key` in `dir`, its key readable by the `postgres`
-/// account alone, as PostgreSQL requires.
+/// The test CA and 127.0.0.1's certificate (`server_certificate`), the key
+/// readable by the `postgres` account alone, as PostgreSQL requires.
 fn server_cert(dir: &Path) -> Result<()> {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ],
-    )?;
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n")?;
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.pem",
-        ],
-    )?;
+    server_certificate(dir)?;
     for (args, what) in [
         (
             vec!["postgres:postgres", "server.key", "server.pem"],
@@ -101,7 +50,6 @@ async fn verify_full_connects_over_tls_and_refuses_a_wrong_server() -> Result<()
         .arg("755")
         .arg(certs.path())
         .status()?;
-    test_ca(certs.path(), "hailan test CA", "ca")?;
     server_cert(certs.path())?;
     let dir = certs.path().display();
     let pg = PrivatePostgres::start_with(&[

@@ -469,9 +469,9 @@ pub fn test_ca(dir: &std::path::Path, common_name: &str, stem: &str) -> Result<P
     Ok(dir.join(pem))
 }
 
-/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 signed by it
-/// (`server.pem`, `server.key`) in `dir`.
-fn server_certificate(dir: &std::path::Path) -> Result<()> {
+/// A test CA (`ca.pem`) and a server certificate for 127.0.0.1 (only: not
+/// `localhost`) signed by it (`server.pem`, `server.key`) in `dir`.
+pub fn server_certificate(dir: &std::path::Path) -> Result<()> {
     let run = |args: &[&str]| openssl(dir, args);
     test_ca(dir, "hailan test CA", "ca")?;
     run(&[

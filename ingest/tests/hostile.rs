@@ -74,7 +74,8 @@ async fn held(pool: &PgPool, payload: &[u8]) -> Result<(String, String, Option<S
 /// What the consumer tests start from: a fresh database (changed first by
 /// `alter`, run as its owner), `gw` enrolled, development keys, a consumer
 /// for `gw` (with `env` settings), a publisher as `gw`, and the device
-/// `good` registered.
+/// `good` registered. Bind every field of it: one left unbound is dropped
+/// at once (the consumer killed, its log and keys deleted).
 struct Rig {
     db: TestDb,
     zk: DevZk,
@@ -365,11 +366,14 @@ async fn the_column_table_is_the_migrated_schema() -> Result<()> {
 async fn a_hostile_corpus_from_the_schema_never_stops_the_stream() -> Result<()> {
     let gw = "gw-hostile-1";
     let good = TestDevice::new(gw, "dev-h-good", DataType::HeartRate, 400);
+    // Every field bound: an unbound one would be dropped here (the consumer killed).
     let Rig {
         db,
+        zk: _zk,
+        _logs,
+        ingest: _ingest,
         mut publisher,
         mut good,
-        ..
     } = rig(gw, &[], &[], good).await?;
     let mut bad_dev = TestDevice::new(gw, "dev-h-good", DataType::HeartRate, 400);
     bad_dev.next_seq = 1_000;
@@ -431,10 +435,11 @@ async fn a_message_the_database_refuses_is_isolated_and_the_rest_commits() -> Re
     let good = TestDevice::new(gw, "dev-h2-good", DataType::HeartRate, 410);
     let Rig {
         db,
+        zk: _zk,
+        _logs,
         ingest,
         mut publisher,
         mut good,
-        ..
     } = rig(gw, &[NARROW_MODEL], &[], good).await?;
 
     let poison = registration_with(gw, 2_000, |r| r.model = Some("Model 20 characters!".into()));
@@ -474,9 +479,11 @@ async fn a_message_whose_quarantine_row_is_refused_keeps_its_payload() -> Result
     let narrow_gateway = "ALTER TABLE rejected_readings ALTER COLUMN gateway_id TYPE varchar(3)";
     let Rig {
         db,
+        zk: _zk,
+        _logs,
+        ingest: _ingest,
         mut publisher,
         mut good,
-        ..
     } = rig(gw, &[narrow_gateway], &[], good).await?;
     // A reading of a device nobody registered: quarantined `unknown_device`
     // with its gateway — which the narrowed column refuses.
@@ -508,7 +515,14 @@ async fn a_rate_limited_row_that_cannot_be_stored_does_not_stop_replay() -> Resu
         ("HAILAN_INGEST__FAIR_SHARE__ENABLED", "true"),
         ("HAILAN_INGEST__FAIR_SHARE__REPLAY_INTERVAL_MS", "100"),
     ];
-    let Rig { db, mut good, .. } = rig(gw, &[NARROW_MODEL], &env, good).await?;
+    let Rig {
+        db,
+        zk: _zk,
+        _logs,
+        ingest: _ingest,
+        publisher: _publisher,
+        mut good,
+    } = rig(gw, &[NARROW_MODEL], &env, good).await?;
 
     // Held as over the gateway's rate: the poison first, oldest.
     let poison = registration_with(gw, 3_000, |r| r.model = Some("Model 20 characters!".into()));
@@ -685,7 +699,7 @@ async fn worst_case_envelopes_keep_ingest_under_100_mb() -> Result<()> {
         ingest,
         mut publisher,
         good: mut dev,
-        ..
+        _logs,
     } = rig(gw, &[], &env, dev).await?;
 
     // The window key's id: every group reaches the verifier, and fails there.

@@ -70,6 +70,13 @@ pub async fn user(pool: &PgPool, kind: &str, name: &str) -> Result<User> {
     Ok(User { id, did, token })
 }
 
+/// How a starting API process ended its wait.
+enum Ready {
+    Yes,
+    /// Another process bound the port first.
+    PortTaken,
+}
+
 /// A running `hailan-ingest api`; killed on drop.
 pub struct ApiProcess {
     pub child: std::process::Child,
@@ -101,36 +108,61 @@ impl ApiProcess {
         log_dir: &Path,
         env: &[(&str, &str)],
     ) -> Result<ApiProcess> {
-        let port = free_port()?;
-        let log = log_dir.join(format!("api-{port}.log"));
-        let out = std::fs::File::create(&log)?;
-        let err = out.try_clone()?;
-        let mut cmd = std::process::Command::new(binary);
-        cmd.arg("api")
-            .env("DATABASE_URL", as_api_login(db.url())?)
-            .env("HAILAN_INGEST__API__LISTEN", format!("127.0.0.1:{port}"))
-            .env("HAILAN_INGEST__API__KEY_RING", key_ring)
-            .env("HAILAN_INGEST__ZK__KEYS_DIR", zk_dir)
-            .env_remove("HAILAN_INGEST_CONFIG")
-            .envs(env.iter().copied())
-            .stdin(std::process::Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(r) = read_url {
-            cmd.env("HAILAN_INGEST__API__READ_DATABASE_URL", as_api_login(r)?);
+        // The port was free a moment ago; another test's process may take it
+        // before ours binds it. Ready means *our* process says it listens
+        // (a 200 from /healthz alone could be another test's API), and a
+        // port taken meanwhile is tried again with another.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let port = free_port()?;
+            let log = log_dir.join(format!("api-{port}.log"));
+            let out = std::fs::File::create(&log)?;
+            let err = out.try_clone()?;
+            let mut cmd = std::process::Command::new(binary);
+            cmd.arg("api")
+                .env("DATABASE_URL", as_api_login(db.url())?)
+                .env("HAILAN_INGEST__API__LISTEN", format!("127.0.0.1:{port}"))
+                .env("HAILAN_INGEST__API__KEY_RING", key_ring)
+                .env("HAILAN_INGEST__ZK__KEYS_DIR", zk_dir)
+                .env_remove("HAILAN_INGEST_CONFIG")
+                .envs(env.iter().copied())
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            if let Some(r) = read_url {
+                cmd.env("HAILAN_INGEST__API__READ_DATABASE_URL", as_api_login(r)?);
+            }
+            let child = cmd.spawn().context("starting hailan-ingest api")?;
+            let mut p = ApiProcess { child, port, log };
+            match p.wait_ready().await? {
+                Ready::Yes => return Ok(p),
+                Ready::PortTaken if attempts < 5 => continue,
+                Ready::PortTaken => {
+                    anyhow::bail!("no free port for the API after {attempts} attempts")
+                }
+            }
         }
-        let child = cmd.spawn().context("starting hailan-ingest api")?;
-        let mut p = ApiProcess { child, port, log };
+    }
+
+    /// Wait until this process logs that it listens and answers `/healthz`.
+    async fn wait_ready(&mut self) -> Result<Ready> {
         let start = std::time::Instant::now();
         loop {
-            if let Some(status) = p.child.try_wait()? {
-                anyhow::bail!("hailan-ingest api exited ({status}):\n{}", p.log_text());
+            if let Some(status) = self.child.try_wait()? {
+                let log = self.log_text();
+                if log.contains("Address already in use") {
+                    return Ok(Ready::PortTaken);
+                }
+                anyhow::bail!("hailan-ingest api exited ({status}):\n{log}");
             }
-            if let Ok((200, _)) = crate::http_get(port, "/healthz").await {
-                return Ok(p);
+            if self.log_text().contains("clinician API listening")
+                && let Ok((200, _)) = crate::http_get(self.port, "/healthz").await
+            {
+                return Ok(Ready::Yes);
             }
             if start.elapsed() > std::time::Duration::from_secs(30) {
-                anyhow::bail!("the API did not come up in 30 s:\n{}", p.log_text());
+                anyhow::bail!("the API did not come up in 30 s:\n{}", self.log_text());
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

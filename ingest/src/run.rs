@@ -447,6 +447,14 @@ pub async fn run(
         cfg.fair_share.replay_interval_ms.max(1),
     ));
     replay_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Replays of rate_limited rows commit from this loop, between batches.
+    let replayer = Committer {
+        pool: &pool,
+        verifier: &verifier,
+        name: &name,
+        metrics: &metrics,
+        status: &status,
+    };
     let retention = cfg.quarantine.clone();
     let prune_on = retention.prune_interval_s > 0;
     let mut prune_tick =
@@ -463,14 +471,7 @@ pub async fn run(
                 continue;
             }
             _ = replay_tick.tick(), if replay_on => {
-                let committer = Committer {
-                    pool: &pool,
-                    verifier: &verifier,
-                    name: &name,
-                    metrics: &metrics,
-                    status: &status,
-                };
-                replay_rate_limited(&committer, &mut fair, cfg.batch.max_messages, &shutdown).await;
+                replay_rate_limited(&replayer, &mut fair, cfg.batch.max_messages, &shutdown).await;
                 continue;
             }
             _ = shutdown.cancelled() => break,

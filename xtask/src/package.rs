@@ -459,44 +459,20 @@ fn ensure_rust_target(target: &str) -> Result<()> {
 /// The Debian tools packaging uses, installed with apt when root (an
 /// `:arm64` package first adds the architecture to dpkg).
 fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|(path, _)| !Path::new(path).exists())
-        .map(|(_, pkg)| *pkg)
-        .collect();
+    let missing = crate::services::missing_packages(tools);
     if missing.is_empty() {
         return Ok(());
     }
-    let foreign = missing.iter().any(|p| p.ends_with(":arm64"));
-    let install = format!(
-        "{}apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
-        if foreign {
-            "dpkg --add-architecture arm64 && "
-        } else {
-            ""
-        },
-        missing.join(" ")
-    );
-    if !is_root() {
-        bail!(
-            "packaging needs {}; run as root:\n  sudo sh -c '{install}'",
-            missing.join(" ")
-        );
-    }
-    println!("== installing {}", missing.join(" "));
-    if foreign {
+    if missing.iter().any(|p| p.ends_with(":arm64")) {
+        if !is_root() {
+            bail!("packaging for arm64 needs, as root: dpkg --add-architecture arm64");
+        }
         Cmd::new("dpkg")
             .args(["--add-architecture", "arm64"])
             .run()?;
     }
-    Cmd::new("apt-get").args(["update", "-q"]).quiet().run()?;
-    Cmd::new("apt-get")
-        .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(missing.iter().copied())
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .quiet()
-        .run()
-        .with_context(|| format!("installing {}", missing.join(" ")))
+    println!("== installing {}", missing.join(" "));
+    crate::services::apt_install(&missing)
 }
 
 /// cargo-deb, the pinned release, installed with `cargo install --locked`

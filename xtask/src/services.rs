@@ -188,36 +188,48 @@ pub fn run(quiet: bool) -> Result<Endpoints> {
 }
 
 fn ensure_packages(say: &dyn Fn(&str)) -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES
+    let missing = missing_packages(PACKAGES);
+    if missing.is_empty() {
+        say("packages: all present");
+        return Ok(());
+    }
+    say(&format!("packages: installing {}", missing.join(" ")));
+    apt_install(&missing)
+}
+
+/// The Debian packages of `wanted` (file that must exist, package that
+/// provides it) whose file is missing, each once.
+pub fn missing_packages<'a>(wanted: &[(&str, &'a str)]) -> Vec<&'a str> {
+    let mut missing: Vec<&str> = wanted
         .iter()
         .filter(|(path, _)| !Path::new(path).exists())
         .map(|(_, pkg)| *pkg)
         .collect();
     missing.dedup();
-    if missing.is_empty() {
-        say("packages: all present");
-        return Ok(());
-    }
+    missing
+}
+
+/// `apt-get install` of `packages` as root; otherwise an error with the
+/// command to run.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     let install = format!(
         "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {}",
-        missing.join(" ")
+        packages.join(" ")
     );
     if !is_root() {
         bail!(
             "missing Debian packages: {}\nrun as root:\n  sudo sh -c '{install}'",
-            missing.join(" ")
+            packages.join(" ")
         );
     }
-    say(&format!("packages: installing {}", missing.join(" ")));
     Cmd::new("apt-get").args(["update", "-q"]).quiet().run()?;
     Cmd::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(missing.iter().copied())
+        .args(packages.iter().copied())
         .env("DEBIAN_FRONTEND", "noninteractive")
         .quiet()
         .run()
-        .context("apt-get install")?;
-    Ok(())
+        .with_context(|| format!("apt-get install {}", packages.join(" ")))
 }
 
 fn psql_as_postgres(sql: &str) -> Result<String> {

@@ -21,6 +21,8 @@ pub struct DeviceInfo {
     pub local_name: String,
     /// Serial number (Device Information 0x2A25).
     pub serial: String,
+    /// How it pairs, and the passkey/number/PIN it shows.
+    pub pairing: crate::pairing::Pairing,
 }
 
 /// One characteristic of a device.
@@ -101,6 +103,13 @@ pub struct DevState {
     pub out_of_range_next: u32,
     /// A measurement was asked for now.
     pub measure_now: bool,
+    /// A `Device1.Pair` is in progress.
+    pub pairing: bool,
+    /// The next pairing finds the device out of pairing mode (fault).
+    pub pairing_mode_timeout: bool,
+    /// The device forgot its bond (battery change, reset): BlueZ still
+    /// says `Paired`, but the link's encryption fails (fault).
+    pub bond_lost: bool,
 }
 
 /// Model state (values waiting for delivery, stored records).
@@ -133,6 +142,8 @@ pub struct Device {
     pub wake: tokio::sync::Notify,
     /// Serialises connect/disconnect/pair.
     pub op: tokio::sync::Mutex<()>,
+    /// `Device1.CancelPairing` wakes the pairing in progress.
+    pub cancel_pairing: tokio::sync::Notify,
 }
 
 impl Device {
@@ -161,6 +172,7 @@ impl Device {
             address,
             path: path.clone(),
             serial: serial.clone(),
+            pairing: crate::pairing::Pairing::default_for(kind, seed, index),
         };
         let mut phys = Physiology::new(seed, index as u64);
         let battery = 60.0 + (index % 5) as f64 * 10.0;
@@ -222,6 +234,12 @@ impl Device {
                 (0x2A9D, vec!["indicate"], false, vec![]),
                 // features: time stamp, multiple users, weight resolution 0.005 kg
                 (0x2A9E, vec!["read"], false, vec![0x0B, 0x00, 0x00, 0x00]),
+            ],
+            DeviceKind::Bodycomp => vec![
+                (0x2A9C, vec!["indicate"], false, vec![]),
+                // Body Composition Feature: every optional field (bits 0–10),
+                // mass resolution 0.005 kg (7 << 11), height 0.001 m (3 << 15)
+                (0x2A9B, vec!["read"], false, vec![0xFF, 0xBF, 0x01, 0x00]),
             ],
         };
         layout.push((kind.service_uuid16(), profile));
@@ -295,6 +313,9 @@ impl Device {
                 malformed_next: 0,
                 out_of_range_next: 0,
                 measure_now: false,
+                pairing: false,
+                pairing_mode_timeout: false,
+                bond_lost: false,
             }),
             services,
             model: Mutex::new(ModelState {
@@ -305,6 +326,7 @@ impl Device {
             }),
             wake: tokio::sync::Notify::new(),
             op: tokio::sync::Mutex::new(()),
+            cancel_pairing: tokio::sync::Notify::new(),
         }
     }
 }
@@ -349,6 +371,7 @@ mod tests {
                 DeviceKind::Temp => P::Thermometer,
                 DeviceKind::Glucose => P::GlucoseMeter,
                 DeviceKind::Scale => P::WeightScale,
+                DeviceKind::Bodycomp => P::BodyCompositionScale,
             };
             assert_eq!(P::from_service(kind.service_uuid16()), Some(want));
             let chars: Vec<u16> = d

@@ -5,10 +5,10 @@
 
 use crate::model::{DateTime, Measurement, PressureUnit, TempUnit, WeightUnit};
 use hailan_proto::gatt::{
-    self, BatteryLevel, BloodPressureMeasurement, Float, GlucoseConcentration, GlucoseMeasurement,
-    GlucoseUnit, HeartRate, HeartRateMeasurement, IntermediateCuffPressure, PlxContinuous,
-    PlxSpotCheck, SFloat, SensorContact, SpO2Pr, TemperatureMeasurement, TemperatureType,
-    TemperatureUnit, WeightMeasurement,
+    self, BatteryLevel, BloodPressureMeasurement, BodyCompositionMeasurement, Float,
+    GlucoseConcentration, GlucoseMeasurement, GlucoseUnit, HeartRate, HeartRateMeasurement,
+    IntermediateCuffPressure, PlxContinuous, PlxSpotCheck, SFloat, SensorContact, SpO2Pr,
+    TemperatureMeasurement, TemperatureType, TemperatureUnit, WeightMeasurement,
 };
 
 /// 1 mmHg in kPa (the conventional millimetre of mercury, as proto converts).
@@ -188,10 +188,99 @@ pub fn encode(m: &Measurement) -> Vec<u8> {
             bmi_height: None,
         }
         .encode(),
+        Measurement::BodyComposition { .. } => {
+            body_composition(m).map(|b| b.encode()).unwrap_or_default()
+        }
         Measurement::Battery { percent } => BatteryLevel::new((*percent).min(100))
             .map(|b| b.encode())
             .unwrap_or_else(|| vec![(*percent).min(100)]),
     }
+}
+
+/// Grams in the wire unit of a Weight or Body Composition mass (5 g, or
+/// 0.01 lb rounded).
+fn wire_mass(unit: WeightUnit, grams: u32) -> u16 {
+    match unit {
+        WeightUnit::Kilogram => (grams / 5).min(u32::from(u16::MAX)) as u16,
+        WeightUnit::Pound => ((f64::from(grams)) / 453.592_37 * 100.0)
+            .round()
+            .min(f64::from(u16::MAX)) as u16,
+    }
+}
+
+/// The simulator's body composition as proto's 0x2A9C value, every field present.
+fn body_composition(m: &Measurement) -> Option<BodyCompositionMeasurement> {
+    let Measurement::BodyComposition {
+        body_fat_x10,
+        muscle_pct_x10,
+        muscle_mass_g,
+        fat_free_mass_g,
+        soft_lean_mass_g,
+        body_water_mass_g,
+        basal_metabolism_kj,
+        impedance_x10,
+        weight_g,
+        height_mm,
+        unit,
+        user,
+        time,
+    } = m
+    else {
+        return None;
+    };
+    let u16_of = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    let mut b = BodyCompositionMeasurement::new(
+        match unit {
+            WeightUnit::Kilogram => gatt::WeightUnit::Si,
+            WeightUnit::Pound => gatt::WeightUnit::Imperial,
+        },
+        u16_of(*body_fat_x10),
+    );
+    b.timestamp = Some(gatt_time(time));
+    b.user_id = Some(*user);
+    b.basal_metabolism_kj = Some(u16_of(*basal_metabolism_kj));
+    b.muscle_pct_raw = Some(u16_of(*muscle_pct_x10));
+    b.muscle_mass_raw = Some(wire_mass(*unit, *muscle_mass_g));
+    b.fat_free_mass_raw = Some(wire_mass(*unit, *fat_free_mass_g));
+    b.soft_lean_mass_raw = Some(wire_mass(*unit, *soft_lean_mass_g));
+    b.body_water_mass_raw = Some(wire_mass(*unit, *body_water_mass_g));
+    b.impedance_raw = Some(u16_of(*impedance_x10));
+    b.weight_raw = Some(wire_mass(*unit, *weight_g));
+    b.height_raw = Some(match unit {
+        WeightUnit::Kilogram => u16_of(*height_mm),
+        // 0.1 in = 2.54 mm
+        WeightUnit::Pound => (f64::from(*height_mm) / 2.54)
+            .round()
+            .min(f64::from(u16::MAX)) as u16,
+    });
+    Some(b)
+}
+
+/// The ATT values that carry `m`, in order. One, except a body composition
+/// with every field (32 bytes): at the default ATT MTU (23) an indication
+/// carries 20, so the scale sends the two packets of a multiple-packet
+/// measurement (BCS §3.2), each with its flags and body fat: time stamp,
+/// user, basal metabolism, muscle % and muscle mass in the first (18
+/// bytes), the masses, impedance, weight and height in the second (16).
+pub fn packets(m: &Measurement) -> Vec<Vec<u8>> {
+    let Some(full) = body_composition(m) else {
+        return vec![encode(m)];
+    };
+    let mut first = BodyCompositionMeasurement::new(full.unit, full.body_fat_raw);
+    first.multiple_packet = true;
+    first.timestamp = full.timestamp;
+    first.user_id = full.user_id;
+    first.basal_metabolism_kj = full.basal_metabolism_kj;
+    first.muscle_pct_raw = full.muscle_pct_raw;
+    first.muscle_mass_raw = full.muscle_mass_raw;
+    let mut second = full;
+    second.multiple_packet = true;
+    second.timestamp = None;
+    second.user_id = None;
+    second.basal_metabolism_kj = None;
+    second.muscle_pct_raw = None;
+    second.muscle_mass_raw = None;
+    vec![first.encode(), second.encode()]
 }
 
 /// Make a notification malformed the way broken firmware does: the flags
@@ -240,6 +329,7 @@ mod tests {
                 p.temperature(),
                 p.glucose(7, DateTime::now()),
                 p.weight(),
+                p.body_composition(),
             ];
             ms.extend(ms.clone().into_iter().map(Physiology::out_of_range));
             for m in ms {
@@ -247,9 +337,10 @@ mod tests {
                 let want = m.slots();
                 assert_eq!(got.len(), want.len(), "{m:?}");
                 let tol: u64 = match m {
-                    Measurement::BloodPressure { .. } => 4, // kPa: ≤ 0.4 mmHg
-                    Measurement::Temperature { .. } => 1,   // °F: ≤ 0.01 °C
-                    Measurement::Weight { .. } => 5,        // lb: ≤ 5 g
+                    Measurement::BloodPressure { .. } => 4,   // kPa: ≤ 0.4 mmHg
+                    Measurement::Temperature { .. } => 1,     // °F: ≤ 0.01 °C
+                    Measurement::Weight { .. } => 5,          // lb: ≤ 5 g
+                    Measurement::BodyComposition { .. } => 5, // lb: ≤ 5 g
                     _ => 0,
                 };
                 for (g, w) in got.iter().zip(&want) {
@@ -263,6 +354,62 @@ mod tests {
                 let b = encode(&c);
                 let d = IntermediateCuffPressure::decode(&b).expect("cuff pressure");
                 assert!(d.current_cuff_pressure().to_f64().is_some_and(|v| v > 0.0));
+            }
+        }
+    }
+
+    /// The two packets proto joins are the full measurement, every field
+    /// within the wire resolution of the truth, each packet ≤ 20 bytes.
+    #[test]
+    fn body_composition_goes_in_two_packets() {
+        for seed in 0..20 {
+            let m = Physiology::new(seed, seed).body_composition();
+            let p = packets(&m);
+            assert_eq!(p.len(), 2);
+            assert!(
+                p.iter().all(|b| b.len() <= 20),
+                "{:?}",
+                p.iter().map(Vec::len).collect::<Vec<_>>()
+            );
+            let a = BodyCompositionMeasurement::decode(&p[0]).expect("first");
+            let b = BodyCompositionMeasurement::decode(&p[1]).expect("second");
+            let joined = a.merge(&b).expect("merge");
+            let mut whole = BodyCompositionMeasurement::decode(&encode(&m)).expect("whole");
+            whole.multiple_packet = true;
+            assert_eq!(joined, whole);
+            let r = joined.to_reading().expect("reading");
+            let Measurement::BodyComposition {
+                fat_free_mass_g,
+                soft_lean_mass_g,
+                weight_g,
+                height_mm,
+                basal_metabolism_kj,
+                impedance_x10,
+                ..
+            } = m
+            else {
+                unreachable!("a body composition")
+            };
+            let int = |k: &str| {
+                r.extras
+                    .get(k)
+                    .and_then(|v| v.as_integer())
+                    .map(i128::from)
+                    .unwrap_or(-1)
+            };
+            for (k, want, tol) in [
+                ("fat_free_mass_g", fat_free_mass_g, 5),
+                ("soft_lean_mass_g", soft_lean_mass_g, 5),
+                ("weight_g", weight_g, 5),
+                ("height_mm", height_mm, 2),
+                ("basal_metabolism_kj", basal_metabolism_kj, 0),
+                ("impedance_ohm_x10", impedance_x10, 0),
+            ] {
+                assert!(
+                    int(k).abs_diff(i128::from(want)) <= tol,
+                    "{k}: {} vs {want}",
+                    int(k)
+                );
             }
         }
     }

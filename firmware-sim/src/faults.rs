@@ -56,6 +56,19 @@ pub enum Fault {
     },
     /// End a discovery stall.
     ResumeDiscovery,
+    /// The device forgets its bond (a battery change, a factory reset):
+    /// BlueZ keeps `Paired = true`, but what needs encryption is refused
+    /// until the bond is removed (`Adapter1.RemoveDevice`) and made again.
+    BondLost {
+        /// device name or address.
+        device: String,
+    },
+    /// The device leaves pairing mode before the next pairing completes:
+    /// that `Device1.Pair` fails with `AuthenticationTimeout`.
+    PairingModeTimeout {
+        /// device name or address.
+        device: String,
+    },
     /// Make the next `count` measurement notifications of a device malformed.
     Malformed {
         /// device name or address.
@@ -170,6 +183,12 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
         },
         "stall" => Fault::StallDiscovery { duration },
         "resume" => Fault::ResumeDiscovery,
+        "bond-lost" => Fault::BondLost {
+            device: need("DEVICE")?,
+        },
+        "pairing-mode-timeout" => Fault::PairingModeTimeout {
+            device: need("DEVICE")?,
+        },
         "malformed" => Fault::Malformed {
             device: need("DEVICE")?,
             count: 1,

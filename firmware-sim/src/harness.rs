@@ -106,6 +106,21 @@ pub struct SimDeviceLine {
     pub address: String,
     /// D-Bus object path.
     pub path: String,
+    /// `just-works`, `passkey 123456`, `numeric 123456`, `pin 0000`.
+    pub pairing: String,
+}
+
+impl SimDeviceLine {
+    /// The flags of `hailan-gateway pair` that answer this device's pairing
+    /// (`--passkey N`, `--confirm`, `--pin P`; none for Just Works).
+    pub fn pair_flags(&self) -> Vec<String> {
+        match self.pairing.split_once(' ') {
+            Some(("passkey", n)) => vec!["--passkey".into(), n.into()],
+            Some(("numeric", _)) => vec!["--confirm".into()],
+            Some(("pin", p)) => vec!["--pin".into(), p.into()],
+            _ => vec![],
+        }
+    }
 }
 
 /// The `hailan-sim` binary running as a child process. Killed on drop.
@@ -161,7 +176,7 @@ impl SimProcess {
             // commands) go to the channel; anything else is echoed.
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let protocol = ["OK ", "ERR ", "DEVICE ", "BUS "]
+                let protocol = ["OK ", "ERR ", "DEVICE ", "PAIRING ", "BUS "]
                     .iter()
                     .any(|p| line.starts_with(p))
                     || line.trim() == "READY";
@@ -196,7 +211,13 @@ impl SimProcess {
                             kind: kind.to_string(),
                             address: address.to_string(),
                             path: path.to_string(),
+                            pairing: "just-works".into(),
                         }),
+                        ["PAIRING", name, method @ ..] => {
+                            if let Some(d) = devices.iter_mut().find(|d| d.name == *name) {
+                                d.pairing = method.join(" ");
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -218,15 +239,36 @@ impl SimProcess {
     /// and wait for the reply: when this returns Ok a fault has been applied
     /// (a `measure` has been requested). An `ERR` reply is an error.
     pub fn command(&mut self, line: &str) -> anyhow::Result<()> {
+        self.ask(line).map(drop)
+    }
+
+    /// Send one stdin command and return its answer (after `OK `).
+    pub fn ask(&mut self, line: &str) -> anyhow::Result<String> {
         let stdin = self.stdin.as_mut().context("simulator stdin closed")?;
         writeln!(stdin, "{line}").context("writing to simulator stdin")?;
         stdin.flush().context("flushing simulator stdin")?;
         match self.replies.recv_timeout(Duration::from_secs(10)) {
-            Ok(Some(reply)) if reply.starts_with("OK ") => Ok(()),
-            Ok(Some(reply)) => bail!("hailan-sim: {reply}"),
+            Ok(Some(reply)) => match reply.strip_prefix("OK ") {
+                Some(answer) => Ok(answer.to_owned()),
+                None => bail!("hailan-sim: {reply}"),
+            },
             Ok(None) => bail!("hailan-sim exited"),
             Err(_) => bail!("hailan-sim did not answer {line:?} within 10 s"),
         }
+    }
+
+    /// `links`: links up now, and the most ever up at once.
+    pub fn links(&mut self) -> anyhow::Result<(usize, usize)> {
+        let answer = self.ask("links")?;
+        let field = |name: &str| -> anyhow::Result<usize> {
+            answer
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .with_context(|| format!("no {name} in {answer:?}"))?
+                .parse()
+                .with_context(|| format!("{name} in {answer:?}"))
+        };
+        Ok((field("now=")?, field("peak=")?))
     }
 
     /// The child's process id.

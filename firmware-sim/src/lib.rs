@@ -7,6 +7,7 @@
 //! - [`model`]: typed measurements and seeded physiology.
 //! - [`encode`]: measurement → characteristic bytes through `hailan_proto::gatt`.
 //! - [`faults`]: fault injection (library enum and CLI spec).
+//! - [`pairing`]: each device's pairing method and the secret it shows.
 //! - [`truth`]: the ground-truth log.
 //! - [`harness`]: private `dbus-daemon`, simulator child process, per-test bus isolation.
 
@@ -16,6 +17,7 @@ pub mod encode;
 pub mod faults;
 pub mod harness;
 pub mod model;
+pub mod pairing;
 pub mod schedule;
 pub mod sim;
 pub mod truth;
@@ -23,6 +25,7 @@ pub mod truth;
 pub use device::DeviceInfo;
 pub use faults::Fault;
 pub use model::{DeviceKind, Measurement};
+pub use pairing::Pairing;
 pub use sim::{SimConfig, Simulator};
 pub use truth::{TruthEvent, TruthRecord};
 

@@ -29,7 +29,7 @@ struct Cli {
 enum Cmd {
     /// Run the simulator until killed (or `quit` on stdin).
     Run {
-        /// Devices per kind: hr, bp, spo2, temp, glucose, scale.
+        /// Devices per kind: hr, bp, spo2, temp, glucose, scale, bodycomp.
         #[arg(long, default_value = "hr=1,bp=1,spo2=1,temp=1,glucose=1,scale=1")]
         devices: String,
         /// Physiology seed (same seed, same values).
@@ -39,9 +39,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1.0)]
         speed: f64,
         /// Faults: KIND[=ARG][@AT][+FOR][%EVERY],… (drop, refuse, stall,
-        /// malformed, out-of-range, rssi, power-off, power-on).
+        /// malformed, out-of-range, rssi, power-off, power-on,
+        /// pairing-mode-timeout).
         #[arg(long)]
         faults: Option<String>,
+        /// Pairing methods other than each model's own (glucose meters show a
+        /// passkey, the rest pair Just Works): DEVICE=METHOD,… with METHOD
+        /// just-works, passkey[:NNNNNN], numeric[:NNNNNN] or pin[:PIN].
+        /// Each device's method and secret is printed: `PAIRING glucose0 passkey 123456`.
+        #[arg(long)]
+        pairing: Option<String>,
         /// Write every value sent (and every stored glucose record) as JSON lines.
         #[arg(long)]
         ground_truth: Option<PathBuf>,
@@ -69,6 +76,7 @@ fn main() -> anyhow::Result<()> {
             seed,
             speed,
             faults,
+            pairing,
             ground_truth,
             bus,
             private_bus,
@@ -80,6 +88,12 @@ fn main() -> anyhow::Result<()> {
                 ground_truth,
                 faults: match faults {
                     Some(s) => faults::parse_faults(&s).map_err(anyhow::Error::msg)?,
+                    None => vec![],
+                },
+                pairing: match pairing {
+                    Some(s) => hailan_firmware_sim::pairing::parse_pairing(&s)
+                        .map_err(anyhow::Error::msg)
+                        .context("--pairing")?,
                     None => vec![],
                 },
             };
@@ -119,6 +133,9 @@ async fn run(bus: String, cfg: SimConfig) -> anyhow::Result<()> {
                 d.address,
                 d.path
             )?;
+        }
+        for d in sim.devices() {
+            writeln!(out, "PAIRING {} {}", d.name, d.pairing.describe())?;
         }
         writeln!(out, "BUS {bus}")?;
         writeln!(out, "READY")?;
@@ -160,6 +177,11 @@ async fn command(sim: &Simulator, line: &str) -> bool {
         "" => Ok(()),
         "quit" => return false,
         "measure" => sim.measure_now(arg.trim()),
+        "links" => {
+            let (now, peak) = sim.links();
+            println!("OK links now={now} peak={peak}");
+            return true;
+        }
         "fault" => match faults::parse_faults(arg) {
             Ok(fs) => {
                 let mut r = Ok(());
@@ -173,7 +195,7 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             Err(e) => Err(anyhow::Error::msg(e)),
         },
         other => Err(anyhow::anyhow!(
-            "unknown command {other:?} (fault SPEC | measure NAME | quit)"
+            "unknown command {other:?} (fault SPEC | measure NAME | links | quit)"
         )),
     };
     match result {

@@ -23,17 +23,22 @@ pub enum DeviceKind {
     Glucose,
     /// Weight scale (0x181D), indications, kg or lb, user id.
     Scale,
+    /// Body-composition scale (0x181B): every field of 0x2A9C, sent as the
+    /// two packets of a multiple-packet measurement (32 bytes do not fit
+    /// one indication at the default MTU), kg or lb, user id.
+    Bodycomp,
 }
 
 impl DeviceKind {
     /// All kinds, in a fixed order.
-    pub const ALL: [DeviceKind; 6] = [
+    pub const ALL: [DeviceKind; 7] = [
         DeviceKind::Hr,
         DeviceKind::Bp,
         DeviceKind::Spo2,
         DeviceKind::Temp,
         DeviceKind::Glucose,
         DeviceKind::Scale,
+        DeviceKind::Bodycomp,
     ];
 
     /// The short name used on the command line (`hr`, `bp`, …).
@@ -45,6 +50,7 @@ impl DeviceKind {
             DeviceKind::Temp => "temp",
             DeviceKind::Glucose => "glucose",
             DeviceKind::Scale => "scale",
+            DeviceKind::Bodycomp => "bodycomp",
         }
     }
 
@@ -62,6 +68,7 @@ impl DeviceKind {
             DeviceKind::Temp => 4,
             DeviceKind::Glucose => 5,
             DeviceKind::Scale => 6,
+            DeviceKind::Bodycomp => 7,
         }
     }
 
@@ -74,18 +81,20 @@ impl DeviceKind {
             DeviceKind::Temp => 0x1809,
             DeviceKind::Glucose => 0x1808,
             DeviceKind::Scale => 0x181D,
+            DeviceKind::Bodycomp => 0x181B,
         }
     }
 
     /// GAP appearance value.
     pub fn appearance(self) -> u16 {
         match self {
-            DeviceKind::Hr => 0x0341,      // heart rate belt
-            DeviceKind::Bp => 0x0381,      // blood pressure: arm
-            DeviceKind::Spo2 => 0x0C41,    // pulse oximeter: fingertip
-            DeviceKind::Temp => 0x0301,    // thermometer: ear
-            DeviceKind::Glucose => 0x0400, // glucose meter
-            DeviceKind::Scale => 0x0C80,   // weight scale
+            DeviceKind::Hr => 0x0341,       // heart rate belt
+            DeviceKind::Bp => 0x0381,       // blood pressure: arm
+            DeviceKind::Spo2 => 0x0C41,     // pulse oximeter: fingertip
+            DeviceKind::Temp => 0x0301,     // thermometer: ear
+            DeviceKind::Glucose => 0x0400,  // glucose meter
+            DeviceKind::Scale => 0x0C80,    // weight scale
+            DeviceKind::Bodycomp => 0x0C80, // weight scale (no body-composition sub-category)
         }
     }
 
@@ -99,7 +108,10 @@ impl DeviceKind {
     /// with C-string firmware do (the SIG's strings have no terminator: a
     /// host must cut the padding, not register it).
     pub fn pads_device_information(self) -> bool {
-        matches!(self, DeviceKind::Temp | DeviceKind::Scale)
+        matches!(
+            self,
+            DeviceKind::Temp | DeviceKind::Scale | DeviceKind::Bodycomp
+        )
     }
 
     /// Model number string (Device Information 0x2A24).
@@ -111,6 +123,7 @@ impl DeviceKind {
             DeviceKind::Temp => "HL-THM-40",
             DeviceKind::Glucose => "HL-GLU-50",
             DeviceKind::Scale => "HL-WSC-60",
+            DeviceKind::Bodycomp => "HL-BCS-70",
         }
     }
 }
@@ -284,6 +297,36 @@ pub enum Measurement {
         /// time stamp.
         time: DateTime,
     },
+    /// 0x2A9C (indication; two packets). Masses in grams (multiples of
+    /// 5 g: what the SI wire carries exactly; lb scales round on the wire).
+    BodyComposition {
+        /// body fat, % ×10.
+        body_fat_x10: u32,
+        /// muscle, % ×10.
+        muscle_pct_x10: u32,
+        /// muscle mass, g.
+        muscle_mass_g: u32,
+        /// fat-free mass, g.
+        fat_free_mass_g: u32,
+        /// soft lean mass, g.
+        soft_lean_mass_g: u32,
+        /// body water mass, g.
+        body_water_mass_g: u32,
+        /// basal metabolism, kJ (per day).
+        basal_metabolism_kj: u32,
+        /// impedance, Ω ×10.
+        impedance_x10: u32,
+        /// weight, g.
+        weight_g: u32,
+        /// height, mm (lb scales send 0.1 in).
+        height_mm: u32,
+        /// unit on the wire.
+        unit: WeightUnit,
+        /// user id.
+        user: u8,
+        /// time stamp.
+        time: DateTime,
+    },
     /// 0x2A19 battery level.
     Battery {
         /// percent.
@@ -303,6 +346,7 @@ impl Measurement {
             Measurement::Temperature { .. } => 0x2A1C,
             Measurement::Glucose { .. } => 0x2A18,
             Measurement::Weight { .. } => 0x2A9D,
+            Measurement::BodyComposition { .. } => 0x2A9C,
             Measurement::Battery { .. } => 0x2A19,
         }
     }
@@ -359,6 +403,18 @@ impl Measurement {
             Measurement::Temperature { celsius_x100, .. } => vec![(*celsius_x100).max(0) as u64],
             Measurement::Glucose { mg_dl_x10, .. } => vec![u64::from(*mg_dl_x10)],
             Measurement::Weight { grams, .. } => vec![u64::from(*grams)],
+            Measurement::BodyComposition {
+                body_fat_x10,
+                muscle_pct_x10,
+                muscle_mass_g,
+                body_water_mass_g,
+                ..
+            } => vec![
+                u64::from(*body_fat_x10),
+                u64::from(*muscle_pct_x10),
+                u64::from(*muscle_mass_g),
+                u64::from(*body_water_mass_g),
+            ],
             Measurement::CuffPressure { .. } | Measurement::Battery { .. } => vec![],
         }
     }
@@ -568,58 +624,63 @@ impl Physiology {
         }
     }
 
-    /// Replace the values of `m` by implausible ones (the out-of-range fault).
-    pub fn out_of_range(m: Measurement) -> Measurement {
-        match m {
-            Measurement::HeartRate { rr_1024, .. } => Measurement::HeartRate {
-                bpm: 350,
-                rr_1024,
-                contact: true,
-            },
-            Measurement::BloodPressure {
-                pulse,
-                user,
-                unit,
-                time,
-                ..
-            } => Measurement::BloodPressure {
-                systolic_x10: 3500,
-                diastolic_x10: 150,
-                map_x10: 1330,
-                pulse,
-                user,
-                unit,
-                time,
-            },
-            Measurement::SpO2Continuous { pulse, .. } => Measurement::SpO2Continuous {
-                spo2_x10: 400,
-                pulse,
-            },
-            Measurement::SpO2Spot { pulse, time, .. } => Measurement::SpO2Spot {
-                spo2_x10: 400,
-                pulse,
-                time,
-            },
-            Measurement::Temperature { unit, time, .. } => Measurement::Temperature {
-                celsius_x100: 4850,
-                unit,
-                time,
-            },
-            Measurement::Glucose { seq, time, .. } => Measurement::Glucose {
-                seq,
-                mg_dl_x10: 7000,
-                time,
-            },
-            Measurement::Weight {
-                unit, user, time, ..
-            } => Measurement::Weight {
-                grams: 300,
-                unit,
-                user,
-                time,
-            },
-            other => other,
+    /// A body-composition measurement of this patient: weight from the same
+    /// walk as the scale's, the rest from plausible fractions of it
+    /// (fat-free = weight − fat; water 73 % and soft lean 94 % of fat-free;
+    /// basal metabolism by Katch–McArdle, 370 + 21.6 kcal per kg fat-free).
+    pub fn body_composition(&mut self) -> Measurement {
+        let g5 = |g: f64| ((g / 5.0).round() as u32) * 5;
+        let kg = self.weight.step(&mut self.rng);
+        let weight_g = g5(kg * 1000.0);
+        let fat: f64 = self.rng.gen_range(0.12..0.35);
+        let muscle: f64 = self.rng.gen_range(0.30..0.45);
+        let ffm = f64::from(weight_g) * (1.0 - fat);
+        // Height stays with the patient: derived, not drawn (no change to
+        // the draws of the other measurements).
+        let height_mm = 1550 + (self.weight.mean * 7.0) as u32 % 400;
+        Measurement::BodyComposition {
+            body_fat_x10: (fat * 1000.0).round() as u32,
+            muscle_pct_x10: (muscle * 1000.0).round() as u32,
+            muscle_mass_g: g5(f64::from(weight_g) * muscle),
+            fat_free_mass_g: g5(ffm),
+            soft_lean_mass_g: g5(ffm * 0.94),
+            body_water_mass_g: g5(ffm * 0.73),
+            basal_metabolism_kj: ((370.0 + 21.6 * ffm / 1000.0) * 4.184).round() as u32,
+            impedance_x10: self.rng.gen_range(4000..6000),
+            weight_g,
+            height_mm,
+            unit: self.weight_unit,
+            user: self.user,
+            time: DateTime::now(),
         }
+    }
+
+    /// Replace the values of `m` by implausible ones (the out-of-range fault).
+    pub fn out_of_range(mut m: Measurement) -> Measurement {
+        match &mut m {
+            Measurement::HeartRate { bpm, contact, .. } => {
+                *bpm = 350;
+                *contact = true;
+            }
+            Measurement::BloodPressure {
+                systolic_x10,
+                diastolic_x10,
+                map_x10,
+                ..
+            } => {
+                *systolic_x10 = 3500;
+                *diastolic_x10 = 150;
+                *map_x10 = 1330;
+            }
+            Measurement::SpO2Continuous { spo2_x10, .. }
+            | Measurement::SpO2Spot { spo2_x10, .. } => *spo2_x10 = 400,
+            Measurement::Temperature { celsius_x100, .. } => *celsius_x100 = 4850,
+            Measurement::Glucose { mg_dl_x10, .. } => *mg_dl_x10 = 7000,
+            Measurement::Weight { grams, .. } => *grams = 300,
+            Measurement::BodyComposition { body_fat_x10, .. } => *body_fat_x10 = 950,
+            Measurement::CuffPressure { .. } | Measurement::Battery { .. } => {}
+        }
+        m
     }
 }
 

@@ -2,13 +2,14 @@
 //! faults, records the ground truth.
 
 use crate::bluez::{
-    ADAPTER_PATH, Adapter, AgentManager, BluezError, CharIface, DescIface, DeviceIface,
+    ADAPTER_PATH, Adapter, AgentManager, Agents, BluezError, CharIface, DescIface, DeviceIface,
     ServiceIface,
 };
 use crate::device::{Char, Device, DeviceInfo};
 use crate::encode;
 use crate::faults::{Fault, ScheduledFault};
 use crate::model::{DeviceKind, Measurement, Physiology};
+use crate::pairing::Pairing;
 use crate::schedule::Schedule;
 use crate::truth::{TruthEvent, TruthLog, TruthRecord, hex};
 use anyhow::Context;
@@ -24,6 +25,9 @@ use zbus::Connection;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::Value;
 
+/// How long BlueZ waits for an agent's answer (bluetoothd's agent request timeout).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -38,6 +42,9 @@ pub struct SimConfig {
     pub ground_truth: Option<PathBuf>,
     /// Faults to apply on a schedule.
     pub faults: Vec<ScheduledFault>,
+    /// Pairing methods other than the models' own: (device name, method
+    /// as [`Pairing::parse`] reads it).
+    pub pairing: Vec<(String, String)>,
 }
 
 impl Default for SimConfig {
@@ -48,6 +55,7 @@ impl Default for SimConfig {
             speed: 1.0,
             ground_truth: None,
             faults: vec![],
+            pairing: vec![],
         }
     }
 }
@@ -75,6 +83,9 @@ pub(crate) struct AdapterState {
     discovery_clients: BTreeSet<String>,
     discovery_started: Option<Instant>,
     stalled_until: Option<Option<Instant>>,
+    /// Links up now, and the most ever up at once (`links` command).
+    links: usize,
+    links_peak: usize,
 }
 
 /// Shared engine state (D-Bus interfaces hold an `Arc` of it).
@@ -83,6 +94,8 @@ pub struct Inner {
     cfg: SimConfig,
     adapter: Mutex<AdapterState>,
     pub(crate) devices: Vec<Arc<Device>>,
+    /// Pairing agents registered through `AgentManager1`.
+    agents: Arc<Mutex<Agents>>,
     truth: TruthLog,
     start: Instant,
     notifications: std::sync::atomic::AtomicU64,
@@ -238,7 +251,10 @@ impl Inner {
         let Some(dev) = self.devices.iter().find(|d| d.info.path == path).cloned() else {
             return Err(BluezError::Failed("Device does not exist".into()));
         };
-        self.disconnect(&dev).await?;
+        match self.disconnect(&dev).await {
+            Ok(()) | Err(BluezError::NotConnected(_)) => {}
+            Err(e) => return Err(e),
+        }
         let server = self.conn.object_server();
         // Children first, so InterfacesRemoved arrive leaf to root.
         if lock(&dev.st).gatt_exported {
@@ -257,6 +273,7 @@ impl Inner {
         st.exported = false;
         st.gatt_exported = false;
         st.paired = false;
+        st.bond_lost = false;
         Ok(())
     }
 
@@ -339,6 +356,11 @@ impl Inner {
             }
         }
         lock(&dev.st).connected = true;
+        {
+            let mut a = lock(&self.adapter);
+            a.links += 1;
+            a.links_peak = a.links_peak.max(a.links);
+        }
         self.emit(
             &dev.info.path,
             "org.bluez.Device1",
@@ -381,6 +403,10 @@ impl Inner {
             st.connected = false;
             st.services_resolved = false;
         }
+        {
+            let mut a = lock(&self.adapter);
+            a.links = a.links.saturating_sub(1);
+        }
         for c in dev.services.iter().flat_map(|s| s.chars.iter()) {
             let had = {
                 let mut s = lock(&c.sessions);
@@ -421,11 +447,39 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) async fn pair(self: &Arc<Self>, dev: &Arc<Device>) -> Result<(), BluezError> {
-        if lock(&dev.st).paired {
-            return Err(BluezError::AlreadyExists("Already Paired".into()));
+    /// `Device1.Pair` from `caller` (a D-Bus unique name): connect, then
+    /// authenticate as the device's pairing method needs, asking the
+    /// caller's agent (else the default agent). A failed pairing drops the
+    /// link and leaves nothing bonded.
+    pub(crate) async fn pair(
+        self: &Arc<Self>,
+        dev: &Arc<Device>,
+        caller: &str,
+    ) -> Result<(), BluezError> {
+        {
+            let mut st = lock(&dev.st);
+            if st.paired {
+                return Err(BluezError::AlreadyExists("Already Paired".into()));
+            }
+            if st.pairing {
+                return Err(BluezError::InProgress("In Progress".into()));
+            }
+            st.pairing = true;
         }
-        self.connect(dev).await?;
+        let r = async {
+            self.connect(dev).await?;
+            self.authenticate(dev, caller).await
+        }
+        .await;
+        lock(&dev.st).pairing = false;
+        if let Err(e) = r {
+            tracing::info!(device = %dev.info.name, "pairing failed: {e:?}");
+            let _op = dev.op.lock().await;
+            if lock(&dev.st).connected {
+                self.drop_link(dev).await;
+            }
+            return Err(e);
+        }
         lock(&dev.st).paired = true;
         self.emit(
             &dev.info.path,
@@ -437,6 +491,106 @@ impl Inner {
         Ok(())
     }
 
+    /// The association model of the device's [`Pairing`], with the agent
+    /// answering. Agent errors map as BlueZ maps them: `Rejected` →
+    /// `AuthenticationRejected`, `Canceled` → `AuthenticationCanceled`; a
+    /// wrong passkey or PIN → `AuthenticationFailed`; no answer within
+    /// [`AGENT_TIMEOUT`] → `Cancel` to the agent and `AuthenticationTimeout`.
+    async fn authenticate(&self, dev: &Arc<Device>, caller: &str) -> Result<(), BluezError> {
+        if std::mem::take(&mut lock(&dev.st).pairing_mode_timeout) {
+            return Err(BluezError::AuthenticationTimeout(
+                "Authentication Timeout".into(),
+            ));
+        }
+        let method = dev.info.pairing.clone();
+        if method == Pairing::JustWorks {
+            return Ok(());
+        }
+        let agent = lock(&self.agents).for_caller(caller);
+        let Some((client, path)) = agent else {
+            // No agent: BlueZ pairs as NoInputNoOutput, which a device that
+            // needs a passkey or a confirmation refuses.
+            return Err(BluezError::AuthenticationFailed(
+                "Authentication Failed".into(),
+            ));
+        };
+        let device = zbus::zvariant::ObjectPath::try_from(dev.info.path.as_str())
+            .map_err(|e| BluezError::Failed(e.to_string()))?;
+        let ask = async {
+            let conn = &self.conn;
+            let (to, at) = (Some(client.as_str()), path.as_str());
+            let agent = Some("org.bluez.Agent1");
+            match &method {
+                Pairing::JustWorks => Ok(true),
+                Pairing::Passkey(n) => {
+                    let reply = conn
+                        .call_method(to, at, agent, "RequestPasskey", &(&device,))
+                        .await?;
+                    Ok(reply.body().deserialize::<u32>()? == *n)
+                }
+                Pairing::NumericComparison(n) => conn
+                    .call_method(to, at, agent, "RequestConfirmation", &(&device, *n))
+                    .await
+                    .map(|_| true),
+                Pairing::LegacyPin(pin) => {
+                    let reply = conn
+                        .call_method(to, at, agent, "RequestPinCode", &(&device,))
+                        .await?;
+                    Ok(reply.body().deserialize::<String>()? == *pin)
+                }
+            }
+        };
+        let cancel_agent = || async {
+            let _ = self
+                .conn
+                .call_method(
+                    Some(client.as_str()),
+                    path.as_str(),
+                    Some("org.bluez.Agent1"),
+                    "Cancel",
+                    &(),
+                )
+                .await;
+        };
+        let answer: zbus::Result<bool> = tokio::select! {
+            a = ask => a,
+            _ = tokio::time::sleep(AGENT_TIMEOUT) => {
+                cancel_agent().await;
+                return Err(BluezError::AuthenticationTimeout("Authentication Timeout".into()));
+            }
+            _ = dev.cancel_pairing.notified() => {
+                cancel_agent().await;
+                return Err(BluezError::AuthenticationCanceled("Authentication Canceled".into()));
+            }
+        };
+        match answer {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BluezError::AuthenticationFailed(
+                "Authentication Failed".into(),
+            )),
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.bluez.Error.Rejected" =>
+            {
+                Err(BluezError::AuthenticationRejected(
+                    "Authentication Rejected".into(),
+                ))
+            }
+            Err(zbus::Error::MethodError(name, _, _))
+                if name.as_str() == "org.bluez.Error.Canceled" =>
+            {
+                Err(BluezError::AuthenticationCanceled(
+                    "Authentication Canceled".into(),
+                ))
+            }
+            Err(e) => {
+                tracing::info!(device = %dev.info.name, "agent answered with an error: {e}");
+                Err(BluezError::AuthenticationFailed(
+                    "Authentication Failed".into(),
+                ))
+            }
+        }
+    }
+
     fn check_access(&self, dev: &Device, ch: &Char) -> Result<(), BluezError> {
         let st = lock(&dev.st);
         if !st.connected {
@@ -444,6 +598,13 @@ impl Inner {
         }
         if ch.secure && !st.paired {
             return Err(BluezError::not_paired());
+        }
+        if ch.secure && st.bond_lost {
+            // The device has no key for this bond: encryption fails
+            // ("PIN or Key Missing"), the request is refused.
+            return Err(BluezError::NotPermitted(
+                "Authentication Failed: key missing (0x06)".into(),
+            ));
         }
         Ok(())
     }
@@ -564,7 +725,7 @@ impl Inner {
             return false;
         };
         let st = lock(&dev.st);
-        st.connected && (!ch.secure || st.paired) && ch.notifying()
+        st.connected && (!ch.secure || (st.paired && !st.bond_lost)) && ch.notifying()
     }
 
     /// Put a value on the air: set `Value`, emit `PropertiesChanged`, log it.
@@ -591,26 +752,29 @@ impl Inner {
         } else {
             (m, false, false)
         };
-        let mut bytes = encode::encode(&m);
-        if malformed {
-            bytes = encode::malform(&bytes);
+        // One value, or the packets of a multiple-packet body composition.
+        let mut packets = encode::packets(&m);
+        if malformed && let Some(first) = packets.first_mut() {
+            *first = encode::malform(first);
         }
-        *lock(&ch.value) = bytes.clone();
         let event = if ch.indicates() {
             TruthEvent::Indicate
         } else {
             TruthEvent::Notify
         };
         // Truth first: a client may see the value before `emit` returns.
-        self.record(dev, event, uuid16, &bytes, m, malformed, oor);
-        self.emit(
-            &ch.path,
-            "org.bluez.GattCharacteristic1",
-            vec![("Value", Value::from(bytes))],
-        )
-        .await;
-        self.notifications
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.record(dev, event, uuid16, &packets, m, malformed, oor);
+        for bytes in packets {
+            *lock(&ch.value) = bytes.clone();
+            self.emit(
+                &ch.path,
+                "org.bluez.GattCharacteristic1",
+                vec![("Value", Value::from(bytes))],
+            )
+            .await;
+            self.notifications
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         true
     }
 
@@ -620,12 +784,13 @@ impl Inner {
         dev: &Device,
         event: TruthEvent,
         uuid16: u16,
-        bytes: &[u8],
+        packets: &[Vec<u8>],
         m: Measurement,
         malformed: bool,
         out_of_range: bool,
     ) {
-        tracing::debug!(device = %dev.info.name, ?event, char = format!("{uuid16:04x}"), bytes = %hex(bytes), "sent");
+        let bytes = packets.iter().map(|p| hex(p)).collect::<Vec<_>>().join(" ");
+        tracing::debug!(device = %dev.info.name, ?event, char = format!("{uuid16:04x}"), bytes = %bytes, "sent");
         self.truth.push(TruthRecord {
             t_ms: self.start.elapsed().as_millis() as u64,
             unix: crate::model::unix_now(),
@@ -634,7 +799,7 @@ impl Inner {
             kind: dev.info.kind,
             event,
             characteristic: format!("{uuid16:04x}"),
-            bytes: hex(bytes),
+            bytes,
             slots: m.slots(),
             measurement: m,
             malformed,
@@ -784,6 +949,16 @@ impl Inner {
                 lock(&self.adapter).stalled_until = Some(duration.map(|d| Instant::now() + d));
             }
             Fault::ResumeDiscovery => lock(&self.adapter).stalled_until = None,
+            Fault::BondLost { device } => {
+                for d in find(&device)? {
+                    lock(&d.st).bond_lost = true;
+                }
+            }
+            Fault::PairingModeTimeout { device } => {
+                for d in find(&device)? {
+                    lock(&d.st).pairing_mode_timeout = true;
+                }
+            }
             Fault::Malformed { device, count } => {
                 for d in find(&device)? {
                     lock(&d.st).malformed_next += count;
@@ -927,7 +1102,7 @@ impl Inner {
             DeviceKind::Hr | DeviceKind::Spo2 => 1.0,
             DeviceKind::Bp => 180.0,
             DeviceKind::Temp => 60.0,
-            DeviceKind::Scale => 120.0,
+            DeviceKind::Scale | DeviceKind::Bodycomp => 120.0,
             DeviceKind::Glucose => 300.0,
         };
         let period = Duration::from_secs_f64(period_s / speed);
@@ -1001,6 +1176,10 @@ impl Inner {
             }
             DeviceKind::Scale => {
                 let m = lock(&dev.model).phys.weight();
+                queue(dev, m);
+            }
+            DeviceKind::Bodycomp => {
+                let m = lock(&dev.model).phys.body_composition();
                 queue(dev, m);
             }
             DeviceKind::Glucose => self.store_glucose(dev, false),
@@ -1083,14 +1262,34 @@ impl Simulator {
                 .filter(|d: &&Arc<Device>| d.info.kind == *kind)
                 .count();
             for k in 0..*n {
-                devices.push(Arc::new(Device::new(*kind, already + k, index, cfg.seed)));
+                let mut device = Device::new(*kind, already + k, index, cfg.seed);
+                if let Some((_, method)) = cfg.pairing.iter().find(|(d, _)| *d == device.info.name)
+                {
+                    device.info.pairing = Pairing::parse(method, cfg.seed, index)
+                        .map_err(anyhow::Error::msg)
+                        .with_context(|| format!("pairing of {}", device.info.name))?;
+                }
+                devices.push(Arc::new(device));
                 index += 1;
             }
         }
+        if let Some((d, _)) = cfg
+            .pairing
+            .iter()
+            .find(|(d, _)| !devices.iter().any(|x| x.info.name == *d))
+        {
+            anyhow::bail!("--pairing names {d:?}, which is not a simulated device");
+        }
+        let agents = Arc::new(Mutex::new(Agents::default()));
         let conn = zbus::connection::Builder::address(bus_address)
             .with_context(|| format!("bad bus address {bus_address:?}"))?
             .serve_at("/", zbus::fdo::ObjectManager)?
-            .serve_at("/org/bluez", AgentManager)?
+            .serve_at(
+                "/org/bluez",
+                AgentManager {
+                    agents: agents.clone(),
+                },
+            )?
             .build()
             .await
             .with_context(|| format!("connecting to {bus_address}"))?;
@@ -1102,8 +1301,11 @@ impl Simulator {
                 discovery_clients: BTreeSet::new(),
                 discovery_started: None,
                 stalled_until: None,
+                links: 0,
+                links_peak: 0,
             }),
             devices,
+            agents,
             truth: TruthLog::new(file),
             start: Instant::now(),
             notifications: Default::default(),
@@ -1164,6 +1366,12 @@ impl Simulator {
     /// Apply a fault now.
     pub async fn inject(&self, fault: Fault) -> anyhow::Result<()> {
         self.inner.inject(fault).await
+    }
+
+    /// Links up now and the most ever up at once.
+    pub fn links(&self) -> (usize, usize) {
+        let a = lock(&self.inner.adapter);
+        (a.links, a.links_peak)
     }
 
     /// Take a measurement now (cuff, thermometer, scale, glucose record, …).

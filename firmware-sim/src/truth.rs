@@ -36,7 +36,8 @@ pub struct TruthRecord {
     pub event: TruthEvent,
     /// Characteristic, 16-bit UUID in lower-case hex (`2a37`).
     pub characteristic: String,
-    /// The bytes sent (hex), empty for [`TruthEvent::Stored`].
+    /// The bytes sent (hex), empty for [`TruthEvent::Stored`]; the packets of
+    /// a multiple-packet value (body composition) separated by a space.
     pub bytes: String,
     /// The typed value (the truth).
     pub measurement: Measurement,

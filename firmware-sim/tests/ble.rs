@@ -72,7 +72,7 @@ fn discovers_every_kind_and_reads_device_information() -> anyhow::Result<()> {
             let sim = Simulator::start(&bus, cfg(&DeviceKind::ALL.map(|k| (k, 1)))).await?;
             let adapter = adapter().await?;
             let mut events = adapter.events().await?;
-            let ps = scan(&adapter, &mut events, 6).await?;
+            let ps = scan(&adapter, &mut events, DeviceKind::ALL.len()).await?;
             adapter.stop_scan().await?;
             for d in sim.devices() {
                 let p = by_address(&ps, &d.address)?;
@@ -237,7 +237,16 @@ fn racp_returns_exactly_the_stored_glucose_records() -> anyhow::Result<()> {
         "racp_returns_exactly_the_stored_glucose_records",
         LIMIT,
         |bus| async move {
-            let sim = Simulator::start(&bus, cfg(&[(DeviceKind::Glucose, 1)])).await?;
+            // This client registers no agent: the meter pairs Just Works here
+            // (its own method, a passkey, would fail without one).
+            let sim = Simulator::start(
+                &bus,
+                SimConfig {
+                    pairing: vec![("glucose0".into(), "just-works".into())],
+                    ..cfg(&[(DeviceKind::Glucose, 1)])
+                },
+            )
+            .await?;
             let adapter = adapter().await?;
             let mut events = adapter.events().await?;
             let ps = scan(&adapter, &mut events, 1).await?;

@@ -113,8 +113,10 @@ impl Default for MqttConfig {
 pub struct BleSection {
     /// Adapter name (`hci0`); empty = the first one.
     pub adapter: String,
-    /// Simultaneous connection attempts (the rest wait in a queue).
+    /// Links held at once (the rest wait in a queue).
     pub max_connections: usize,
+    /// Close a hand-over device's link after this many seconds without a value.
+    pub idle_disconnect_s: u64,
     pub battery_interval_s: u64,
     /// No discovery event for this long while scanning = a stalled scanner.
     pub scan_stall_s: u64,
@@ -128,6 +130,7 @@ impl Default for BleSection {
         BleSection {
             adapter: String::new(),
             max_connections: 4,
+            idle_disconnect_s: 10,
             battery_interval_s: 300,
             scan_stall_s: 30,
             reconnect_min_ms: 1000,
@@ -172,7 +175,15 @@ pub struct PipelineConfig {
     pub windowed: Vec<String>,
     /// Proofs computed at once (each takes one core while it runs).
     pub prover_threads: usize,
+    /// Every this many seconds while the broker is connected (and at once
+    /// on every connection), the state of every paired device is sent
+    /// again, so ingest knows it is still true (its `api.stale_after_s`,
+    /// 900 s by default, must be longer). 10..=86,400.
+    pub state_refresh_s: u64,
 }
+
+/// Bounds of `pipeline.state_refresh_s`.
+pub const STATE_REFRESH_S: std::ops::RangeInclusive<u64> = 10..=86_400;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -181,6 +192,7 @@ impl Default for PipelineConfig {
             window_max_ms: 20_000,
             windowed: vec!["HEART_RATE".into()],
             prover_threads: 1,
+            state_refresh_s: 300,
         }
     }
 }
@@ -193,6 +205,10 @@ impl PipelineConfig {
 
     pub fn window_max(&self) -> Duration {
         Duration::from_millis(self.window_max_ms)
+    }
+
+    pub fn state_refresh(&self) -> Duration {
+        Duration::from_secs(self.state_refresh_s)
     }
 }
 
@@ -282,8 +298,22 @@ impl GatewayConfig {
         if self.pipeline.prover_threads == 0 {
             bad("pipeline.prover_threads", "must be at least 1".into())?;
         }
+        if !STATE_REFRESH_S.contains(&self.pipeline.state_refresh_s) {
+            bad(
+                "pipeline.state_refresh_s",
+                format!(
+                    "must be {}..={} seconds, not {}",
+                    STATE_REFRESH_S.start(),
+                    STATE_REFRESH_S.end(),
+                    self.pipeline.state_refresh_s
+                ),
+            )?;
+        }
         if self.ble.max_connections == 0 {
             bad("ble.max_connections", "must be at least 1".into())?;
+        }
+        if self.ble.idle_disconnect_s == 0 {
+            bad("ble.idle_disconnect_s", "must be at least 1".into())?;
         }
         if self.ble.reconnect_min_ms == 0 || self.ble.reconnect_min_ms > self.ble.reconnect_max_ms {
             bad(
@@ -336,6 +366,7 @@ impl GatewayConfig {
         crate::ble::BleConfig {
             adapter: Some(self.ble.adapter.clone()).filter(|a| !a.is_empty()),
             max_connections: self.ble.max_connections,
+            idle_disconnect: Duration::from_secs(self.ble.idle_disconnect_s),
             battery_interval: Duration::from_secs(self.ble.battery_interval_s.max(1)),
             scan_stall_after: Duration::from_secs(self.ble.scan_stall_s.max(1)),
             reconnect_min: Duration::from_millis(self.ble.reconnect_min_ms),
@@ -381,6 +412,11 @@ mod tests {
         assert!(cfg.mqtt.ca_file.is_some());
         assert!(!cfg.keys.allow_dev_keys);
         assert!(cfg.pipeline.is_windowed(DataType::HeartRate));
+        assert_eq!(
+            cfg.pipeline.state_refresh_s,
+            PipelineConfig::default().state_refresh_s,
+            "the example shows the default"
+        );
         Ok(())
     }
 
@@ -394,6 +430,14 @@ mod tests {
         assert!(e.contains("pipeline.window_size"), "{e}");
         let e = err("gateway_id = \"gw\"\n[pipeline]\nwindowed = [\"BLOOD_PRESSURE\"]\n");
         assert!(e.contains("pipeline.windowed"), "{e}");
+        for v in ["0", "9", "86401"] {
+            let e = err(&format!(
+                "gateway_id = \"gw\"\n[pipeline]\nstate_refresh_s = {v}\n"
+            ));
+            assert!(e.contains("pipeline.state_refresh_s"), "{v}: {e}");
+        }
+        let e = err("gateway_id = \"gw\"\n[pipeline]\nstate_refresh_s = -1\n");
+        assert!(e.contains("state_refresh_s"), "{e}");
         let e = err("gateway_id = \"gw\"\n[ble]\nmax_conections = 3\n");
         assert!(e.contains("max_conections"), "{e}");
         let e = err("gateway_id = \"no spaces\"\n");

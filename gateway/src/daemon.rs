@@ -33,6 +33,8 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
     let cfg = Arc::new(cfg);
     let keys = Arc::new(Keys::load(&cfg)?);
     let store = Arc::new(Store::open(&cfg.state_dir, cfg.quota_bytes())?);
+    // No link is held yet, whatever a killed run left recorded.
+    store.reset_links()?;
     store.set_meta("daemon_pid", &std::process::id().to_string())?;
     store.set_meta("daemon_started_ms", &now_ms().to_string())?;
     let metrics = Metrics::new();
@@ -42,6 +44,16 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
     let ble = Ble::open(cfg.ble_config())
         .await
         .context("opening the Bluetooth adapter (ble.adapter)")?;
+    // BlueZ's default agent while the daemon runs: a device asking to pair by
+    // itself is refused and logged (only the owner pairs). Kept alive to the end.
+    let _agent = match crate::ble::agent::serve_default().await {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::warn!("no pairing agent: {e:#}");
+            None
+        }
+    };
+    let ble_stats = ble.stats();
     let ble_beat = Beat::new();
     let pub_beat = Beat::new();
     let outbox_changed = Arc::new(Notify::new());
@@ -69,6 +81,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
         outbox_changed: outbox_changed.clone(),
         metrics: metrics.clone(),
         cursors: cursors.clone(),
+        link: link_tx.subscribe(),
     };
     let pipeline_stop = CancellationToken::new();
     let pipeline_task = tokio::spawn(pipeline.run(events_rx, pipeline_stop.clone()));
@@ -138,10 +151,9 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
             Ok(now) => {
                 devices_tx.send_if_modified(|old| {
                     let same = old.len() == now.len()
-                        && old
-                            .iter()
-                            .zip(&now)
-                            .all(|(a, b)| a.device_id == b.device_id);
+                        && old.iter().zip(&now).all(|(a, b)| {
+                            a.device_id == b.device_id && a.bonded_at_ms == b.bonded_at_ms
+                        });
                     if !same {
                         tracing::info!(devices = now.len(), "paired devices changed");
                         *old = now;
@@ -151,6 +163,10 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
             }
             Err(e) => tracing::warn!("reading paired devices: {e:#}"),
         }
+        metrics.ble_slots_held.set(ble_stats.slots_held() as i64);
+        metrics
+            .ble_slots_waiting
+            .set(ble_stats.slots_waiting() as i64);
         let status = status_line(&store, &metrics, &link_rx.borrow());
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);
@@ -192,6 +208,8 @@ fn known_devices(store: &Store, cursors: &Cursors) -> Result<Vec<KnownDevice>> {
     let mut map = cursors.lock().unwrap_or_else(|p| p.into_inner());
     Ok(rows
         .into_iter()
+        // A device that refused its bond gets no session until re-paired.
+        .filter(|r| !r.needs_repair)
         .filter_map(|r| {
             let kind = DeviceKind::ALL.into_iter().find(|k| k.as_str() == r.kind)?;
             let cursor = map
@@ -203,6 +221,7 @@ fn known_devices(store: &Store, cursors: &Cursors) -> Result<Vec<KnownDevice>> {
                 address: r.address,
                 kind,
                 glucose_cursor: cursor,
+                bonded_at_ms: r.bonded_at_ms,
             })
         })
         .collect())
@@ -211,6 +230,8 @@ fn known_devices(store: &Store, cursors: &Cursors) -> Result<Vec<KnownDevice>> {
 fn status_line(store: &Store, metrics: &Metrics, link: &Link) -> String {
     let devices = store.devices().unwrap_or_default();
     let connected = devices.iter().filter(|d| d.connected).count();
+    let needing_repair = devices.iter().filter(|d| d.needs_repair).count();
+    metrics.devices_needing_repair.set(needing_repair as i64);
     let stats = store.outbox_stats().unwrap_or_default();
     metrics.outbox_entries.set(stats.entries as i64);
     metrics.outbox_readings.set(stats.readings as i64);
@@ -224,8 +245,13 @@ fn status_line(store: &Store, metrics: &Metrics, link: &Link) -> String {
         Link::Connecting => "connecting to the broker".to_owned(),
         Link::Down(_) => "broker unreachable".to_owned(),
     };
+    let repair = if needing_repair > 0 {
+        format!(", {needing_repair} need pairing again")
+    } else {
+        String::new()
+    };
     format!(
-        "{connected}/{} devices connected, {broker}, outbox {} readings (oldest {age_s} s)",
+        "{connected}/{} devices connected{repair}, {broker}, outbox {} readings (oldest {age_s} s)",
         devices.len(),
         stats.readings
     )

@@ -98,6 +98,8 @@ mod tests {
             connected: true,
             state_at_ms: None,
             last_reading_at_ms: None,
+            needs_repair: false,
+            bonded_at_ms: 0,
             outbox_depth: 0,
         };
         let msgs = discovery("homeassistant", "gw-1", std::slice::from_ref(&d));

@@ -7,6 +7,7 @@ use crate::config::{GatewayConfig, read_secret_file};
 use anyhow::{Context, Result, bail};
 use hailan_proto::envelope::ProofKind;
 use hailan_proto::seal::DataKey;
+use hailan_proto::zk::keys::kind_name;
 use hailan_proto::zk::{KeyOrigin, ProvingKey};
 use std::path::Path;
 
@@ -21,40 +22,53 @@ impl Keys {
     /// Load the keys named by `cfg.keys`.
     pub fn load(cfg: &GatewayConfig) -> Result<Keys> {
         let data_key = load_data_key(&cfg.keys.data_key_file, &cfg.keys.data_key_id)?;
-        let pk = |kind: ProofKind, file: &str| -> Result<ProvingKey> {
-            let path = cfg.keys.zk_dir.join(file);
-            let bytes = std::fs::read(&path).with_context(|| {
-                format!(
-                    "keys.zk_dir: cannot read {} (write the keys with `hailan-ingest zk setup --out {}`)",
-                    path.display(),
-                    cfg.keys.zk_dir.display()
-                )
-            })?;
-            let key = ProvingKey::from_bytes(&bytes)
-                .with_context(|| format!("keys.zk_dir: {} is not a proving key", path.display()))?;
-            if key.kind() != kind {
-                bail!(
-                    "keys.zk_dir: {} holds a {:?} key",
-                    path.display(),
-                    key.kind()
-                );
-            }
+        let pk = |kind: ProofKind| -> Result<ProvingKey> {
+            let key = read_proving_key(&cfg.keys.zk_dir, kind)?;
             if let KeyOrigin::Dev { seed } = key.origin()
                 && !cfg.keys.allow_dev_keys
             {
                 bail!(
                     "keys.zk_dir: {} is a development key (seed {seed}): anyone can forge its proofs; set keys.allow_dev_keys = true only for tests and demos",
-                    path.display()
+                    proving_key_path(&cfg.keys.zk_dir, kind).display()
                 );
             }
             Ok(key)
         };
         Ok(Keys {
             data_key,
-            reading: pk(ProofKind::Reading, "reading.pk")?,
-            window: pk(ProofKind::Window, "window.pk")?,
+            reading: pk(ProofKind::Reading)?,
+            window: pk(ProofKind::Window)?,
         })
     }
+}
+
+/// Where `zk setup` writes the proving key of `kind` in a key directory.
+fn proving_key_path(zk_dir: &Path, kind: ProofKind) -> std::path::PathBuf {
+    zk_dir.join(format!("{}.pk", kind_name(kind)))
+}
+
+/// Read the proving key of `kind` from the key directory `zk_dir`
+/// (`keys.zk_dir`), checking that it proves that statement. Development
+/// keys are returned as they are: the caller decides whether they may serve.
+pub fn read_proving_key(zk_dir: &Path, kind: ProofKind) -> Result<ProvingKey> {
+    let path = proving_key_path(zk_dir, kind);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "keys.zk_dir: cannot read {} (write the keys with `hailan-ingest zk setup --out {}`)",
+            path.display(),
+            zk_dir.display()
+        )
+    })?;
+    let key = ProvingKey::from_bytes(&bytes)
+        .with_context(|| format!("keys.zk_dir: {} is not a proving key", path.display()))?;
+    if key.kind() != kind {
+        bail!(
+            "keys.zk_dir: {} holds a {:?} key",
+            path.display(),
+            key.kind()
+        );
+    }
+    Ok(key)
 }
 
 /// Read the owner's data key: 64 hex characters, mode 0600.

@@ -8,7 +8,8 @@
 //! - [`daemon`]: `run`, wiring the above with systemd notify and one shutdown signal.
 //! - [`owner`]: the owner's commands (`init`, `scan`, `pair`, `devices`, `forget`, `status`).
 //! - [`config`], [`keys`], [`metrics`], [`health`]: configuration, key material,
-//!   Prometheus metrics, watchdog beats; [`home_assistant`]: optional MQTT discovery.
+//!   Prometheus metrics, watchdog beats; [`home_assistant`]: optional MQTT discovery;
+//!   [`selftest`]: prove one window with the installed keys (`hailan-gateway selftest`).
 
 pub mod ble;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod owner;
 pub mod pipeline;
 pub mod publisher;
+pub mod selftest;
 pub mod store;
 
 /// The gateway's version string, as printed by `hailan-gateway --version`.

@@ -1,6 +1,7 @@
 //! `hailan-gateway`: thin binary over the library crate.
 
 use clap::{Parser, Subcommand};
+use hailan_gateway::ble::agent::{PairingAnswers, parse_passkey};
 use hailan_gateway::config::GatewayConfig;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -35,8 +36,23 @@ enum Command {
     },
     /// Pair a device (by address or advertised name): bond if needed, read
     /// its information, make its secret, queue its registration.
+    ///
+    /// A device that shows a passkey, asks to compare a number or wants a PIN
+    /// is answered from the flags, or asked on the terminal; without either
+    /// the command fails at once and says which flag to add.
     Pair {
         device: String,
+        /// The device's 6-digit passkey, when it is fixed (printed on it or in
+        /// its manual); one shown anew each time is typed at the prompt.
+        #[arg(long, value_parser = parse_passkey)]
+        passkey: Option<u32>,
+        /// A legacy PIN code (from the device's screen or manual).
+        #[arg(long)]
+        pin: Option<String>,
+        /// Accept the number a device asks to compare without comparing it
+        /// (as safe as Just Works; on a terminal the number is shown and asked).
+        #[arg(long)]
+        confirm: bool,
         #[arg(long)]
         json: bool,
     },
@@ -45,7 +61,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Forget a paired device (by id, address or name) and its unsent readings.
+    /// Forget a paired device (by id, address or name) and its unsent
+    /// readings, and remove its bond from BlueZ.
     Forget { device: String },
     /// Is the daemon up, the broker connected; outbox depth and oldest unsent
     /// reading. Exits 3 when the daemon is not running.
@@ -60,6 +77,21 @@ enum Command {
         uuid: String,
         /// The value in hex (spaces and `:` allowed; `""` is a zero-length value).
         hex: String,
+    },
+    /// Prove one window of synthetic heart-rate readings with the installed
+    /// window key, verify it, and print the proof bundle as JSON (for
+    /// `hailan-ingest zk verify --bundle FILE --keys DIR` on the server).
+    /// Publishes nothing, touches no state.
+    Selftest {
+        /// Key directory [default: keys.zk_dir of the configuration].
+        #[arg(long)]
+        zk_dir: Option<PathBuf>,
+        /// Readings under the window proof (1 to 16).
+        #[arg(long, default_value_t = hailan_proto::zk::WINDOW_LEN)]
+        readings: usize,
+        /// Write the bundle here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -93,7 +125,20 @@ fn main() -> ExitCode {
         };
     }
     init_tracing();
-    match run(cli) {
+    match cli.command {
+        // With its key directory given, the self-test needs no configuration
+        // (a fresh install, a cross-built binary under qemu).
+        Command::Selftest {
+            zk_dir: Some(dir),
+            readings,
+            out,
+        } => exit_code(selftest(dir, readings, out)),
+        command => exit_code(run(cli.config, command)),
+    }
+}
+
+fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("hailan-gateway: {e:#}");
@@ -102,26 +147,72 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let cfg = GatewayConfig::load(cli.config.as_deref())?;
+fn selftest(zk_dir: PathBuf, readings: usize, out: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    let made = hailan_gateway::selftest::run(&zk_dir, readings)?;
+    let json = serde_json::to_string_pretty(&made.bundle)?;
+    match &out {
+        Some(path) => std::fs::write(path, json + "\n")
+            .with_context(|| format!("--out: writing {}", path.display()))?,
+        None => println!("{json}"),
+    }
+    let dev = match made.origin {
+        hailan_proto::zk::KeyOrigin::Dev { seed } => format!(", DEVELOPMENT key (seed {seed})"),
+        hailan_proto::zk::KeyOrigin::Setup => String::new(),
+    };
+    eprintln!(
+        "selftest: a window of {} readings proven in {} ms on {}, verified against key {}{dev}",
+        made.readings,
+        made.prove_time.as_millis(),
+        std::env::consts::ARCH,
+        made.bundle.key_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
+    let cfg = GatewayConfig::load(config.as_deref())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     use hailan_gateway::{daemon, owner};
-    match cli.command {
+    match command {
         Command::Run => rt.block_on(daemon::run(cfg))?,
         Command::Init => owner::init(&cfg)?,
         Command::Scan { duration, json } => {
             rt.block_on(owner::scan(&cfg, Duration::from_secs(duration), json))?
         }
-        Command::Pair { device, json } => rt.block_on(owner::pair(&cfg, &device, json))?,
+        Command::Pair {
+            device,
+            passkey,
+            pin,
+            confirm,
+            json,
+        } => {
+            let answers = PairingAnswers {
+                passkey,
+                pin,
+                confirm,
+                ..PairingAnswers::from_terminal()
+            };
+            let paired = rt.block_on(owner::pair(&cfg, &device, &answers, json));
+            // A prompt BlueZ gave up on still reads the terminal on a
+            // blocking thread: do not wait for it.
+            rt.shutdown_background();
+            paired?
+        }
         Command::Devices { json } => owner::devices(&cfg, json)?,
-        Command::Forget { device } => owner::forget(&cfg, &device)?,
+        Command::Forget { device } => rt.block_on(owner::forget(&cfg, &device))?,
         Command::Status { json } => {
             if !owner::status(&cfg, json)? {
                 return Ok(ExitCode::from(3));
             }
         }
+        Command::Selftest {
+            zk_dir,
+            readings,
+            out,
+        } => return selftest(zk_dir.unwrap_or(cfg.keys.zk_dir), readings, out),
         Command::Decode { .. } => {}
     }
     Ok(ExitCode::SUCCESS)

@@ -23,6 +23,12 @@ pub struct Metrics {
     pub broker_connects: Counter,
     pub broker_connected: Gauge,
     pub outbox_entries: Gauge,
+    /// Paired devices that refused their bond (`needs_repair`).
+    pub devices_needing_repair: Gauge,
+    /// Links held now (`ble.max_connections` at most).
+    pub ble_slots_held: Gauge,
+    /// Devices waiting for a link.
+    pub ble_slots_waiting: Gauge,
     pub outbox_readings: Gauge,
     pub outbox_bytes: Gauge,
     pub outbox_oldest_age_seconds: Gauge,
@@ -46,6 +52,9 @@ impl Metrics {
             broker_connects: Counter::default(),
             broker_connected: Gauge::default(),
             outbox_entries: Gauge::default(),
+            devices_needing_repair: Gauge::default(),
+            ble_slots_held: Gauge::default(),
+            ble_slots_waiting: Gauge::default(),
             outbox_readings: Gauge::default(),
             outbox_bytes: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
@@ -107,6 +116,21 @@ impl Metrics {
             "broker_connected",
             "1 while connected to the broker",
             m.broker_connected.clone(),
+        );
+        r.register(
+            "devices_needing_repair",
+            "Paired devices that refused their bond: pair them again",
+            m.devices_needing_repair.clone(),
+        );
+        r.register(
+            "ble_slots_held",
+            "Bluetooth links held now (at most ble.max_connections)",
+            m.ble_slots_held.clone(),
+        );
+        r.register(
+            "ble_slots_waiting",
+            "Devices waiting for a free Bluetooth link",
+            m.ble_slots_waiting.clone(),
         );
         r.register(
             "outbox_entries",

@@ -3,6 +3,7 @@
 //! runs or not (the daemon picks up pairings and forgettings within
 //! seconds).
 
+use crate::ble::agent::PairingAnswers;
 use crate::ble::{Ble, Nearby};
 use crate::config::GatewayConfig;
 use crate::pipeline::now_ms;
@@ -124,8 +125,20 @@ fn new_device_id(kind: &str, address: &str) -> String {
 
 /// `pair`: connect, bond if needed, read Device Information and battery,
 /// make the device secret, store it and queue the registration.
-pub async fn pair(cfg: &GatewayConfig, who: &str, json: bool) -> Result<()> {
+/// A device that shows a passkey, asks to compare a number or wants a PIN is
+/// answered from `answers` (flags, or a prompt on a terminal).
+pub async fn pair(
+    cfg: &GatewayConfig,
+    who: &str,
+    answers: &PairingAnswers,
+    json: bool,
+) -> Result<()> {
     let store = open_store(cfg)?;
+    if let Some(d) = store.find_device(who)?
+        && d.needs_repair
+    {
+        return repair(cfg, &store, &d, answers).await;
+    }
     if let Some(d) = store.find_device(who)? {
         bail!(
             "{who} is already paired as {} ({}); `hailan-gateway forget {}` first to pair it again",
@@ -135,10 +148,8 @@ pub async fn pair(cfg: &GatewayConfig, who: &str, json: bool) -> Result<()> {
         );
     }
     let ble = Ble::open(cfg.ble_config()).await?;
-    let info = ble
-        .pair(who)
-        .await
-        .with_context(|| format!("pairing {who}"))?;
+    // Pairing errors name the device, the cause and the command to run.
+    let info = ble.pair(who, answers).await?;
     let secret = DeviceSecret::generate(&mut rand_core::OsRng);
     let kind = info.kind.as_str();
     let device_id = new_device_id(kind, &info.address);
@@ -185,6 +196,8 @@ pub async fn pair(cfg: &GatewayConfig, who: &str, json: bool) -> Result<()> {
         connected: false,
         state_at_ms: None,
         last_reading_at_ms: None,
+        needs_repair: false,
+        bonded_at_ms: paired_at_ms,
         outbox_depth: 0,
     };
     store.add_device(&row, &hailan_proto::envelope::encode(&registration))?;
@@ -217,6 +230,63 @@ pub async fn pair(cfg: &GatewayConfig, who: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What tells the device that answered at `d`'s address from `d`: another
+/// kind, or another serial, model or manufacturer where both sides read one
+/// (Device Information).
+fn not_the_same_device(d: &DeviceRow, info: &crate::ble::PairedInfo) -> Option<String> {
+    if info.kind.as_str() != d.kind {
+        return Some(format!(
+            "kind {} (paired as {})",
+            info.kind.as_str(),
+            d.kind
+        ));
+    }
+    let fields = [
+        ("serial", &d.serial, &info.serial),
+        ("model", &d.model, &info.model),
+        ("manufacturer", &d.manufacturer, &info.manufacturer),
+    ];
+    fields.iter().find_map(|(what, was, now)| match (was, now) {
+        (Some(was), Some(now)) if was != now => Some(format!("{what} {now:?} (paired as {was:?})")),
+        _ => None,
+    })
+}
+
+/// `pair` of a device marked `needs_repair`: BlueZ's stale bond is removed,
+/// the device paired again, and it keeps its device id, secret and seq line
+/// (ingest sees the same device continue, no new registration).
+async fn repair(
+    cfg: &GatewayConfig,
+    store: &Store,
+    d: &DeviceRow,
+    answers: &PairingAnswers,
+) -> Result<()> {
+    let ble = Ble::open(cfg.ble_config()).await?;
+    ble.remove_device(&d.address).await?;
+    let info = ble.pair(&d.address, answers).await?;
+    if let Some(differs) = not_the_same_device(d, &info) {
+        // Leave no bond to a device that is not this one.
+        if let Err(e) = ble.remove_device(&d.address).await {
+            tracing::warn!("removing the new bond again: {e:#}");
+        }
+        bail!(
+            "{} answers with {differs}: not the device {} was; nothing changed — `hailan-gateway forget {}` and pair it as new if it is a new device",
+            d.address,
+            d.device_id,
+            d.device_id
+        );
+    }
+    store.rebonded(&d.device_id, now_ms())?;
+    println!(
+        "paired {} ({}) again as {}: same device id, readings continue at seq {}",
+        info.name.as_deref().unwrap_or("device"),
+        d.address,
+        d.device_id,
+        d.next_seq
+    );
+    Ok(())
+}
+
 /// `devices`: paired devices with battery, connection, last reading, outbox depth.
 pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
     let rows = open_store(cfg)?.devices()?;
@@ -229,18 +299,24 @@ pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<28} {:<19} {:<22} {:>7} {:<9} {:>8} {:>7}  LAST READING",
+        "{:<28} {:<19} {:<22} {:>7} {:<12} {:>8} {:>7}  LAST READING",
         "DEVICE", "ADDRESS", "TYPE", "BATTERY", "LINK", "NEXT SEQ", "OUTBOX"
     );
     let now = now_ms();
     for d in rows {
         println!(
-            "{:<28} {:<19} {:<22} {:>7} {:<9} {:>8} {:>7}  {}",
+            "{:<28} {:<19} {:<22} {:>7} {:<12} {:>8} {:>7}  {}",
             d.device_id,
             d.address,
             d.kind,
             d.battery.map_or("-".into(), |b| format!("{b} %")),
-            if d.connected { "connected" } else { "-" },
+            if d.needs_repair {
+                "needs repair"
+            } else if d.connected {
+                "connected"
+            } else {
+                "-"
+            },
             d.next_seq,
             d.outbox_depth,
             d.last_reading_at_ms.map_or("never".into(), |t| format!(
@@ -252,13 +328,26 @@ pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `forget`: remove a device, its secret and its unsent readings.
-pub fn forget(cfg: &GatewayConfig, who: &str) -> Result<()> {
+/// `forget`: remove a device, its secret and its unsent readings, and its
+/// bond from BlueZ (so pairing it again is a new pairing, passkey and all).
+pub async fn forget(cfg: &GatewayConfig, who: &str) -> Result<()> {
     let store = open_store(cfg)?;
     let d = store
         .find_device(who)?
         .with_context(|| format!("no paired device {who:?} (see `hailan-gateway devices`)"))?;
     let dropped = store.forget_device(&d.device_id)?;
+    // The gateway's side is gone whatever BlueZ says; a bond left behind is
+    // reported with the command that removes it by hand.
+    let removed = match Ble::open(cfg.ble_config()).await {
+        Ok(ble) => ble.remove_device(&d.address).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = removed {
+        eprintln!(
+            "warning: {} is forgotten here but BlueZ may still hold its bond ({e:#}); remove it with `bluetoothctl remove {}`",
+            d.device_id, d.address
+        );
+    }
     println!(
         "forgot {} ({}){}",
         d.device_id,
@@ -280,6 +369,8 @@ pub struct Status {
     pub broker: Option<String>,
     pub devices: usize,
     pub devices_connected: usize,
+    /// Devices that refused their bond: `hailan-gateway pair` them again.
+    pub devices_needing_repair: Vec<String>,
     pub outbox: crate::store::OutboxStats,
     pub oldest_unsent_age_s: Option<i64>,
 }
@@ -311,6 +402,11 @@ pub fn status(cfg: &GatewayConfig, json: bool) -> Result<bool> {
         } else {
             0
         },
+        devices_needing_repair: devices
+            .iter()
+            .filter(|d| d.needs_repair)
+            .map(|d| d.device_id.clone())
+            .collect(),
         oldest_unsent_age_s: outbox
             .oldest_recorded_at_ms
             .map(|t| (now - t).max(0) / 1000),
@@ -331,6 +427,11 @@ pub fn status(cfg: &GatewayConfig, json: bool) -> Result<bool> {
             "devices: {} paired, {} connected",
             s.devices, s.devices_connected
         );
+        for d in &s.devices_needing_repair {
+            println!(
+                "         {d} needs repair: its bond was refused; `hailan-gateway pair {d}` again"
+            );
+        }
         println!(
             "outbox:  {} readings in {} envelopes, {} bytes{}",
             s.outbox.readings,

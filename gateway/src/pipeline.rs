@@ -13,10 +13,11 @@ use crate::ble::BleEvent;
 use crate::config::PipelineConfig;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
+use crate::publisher::Link;
 use crate::store::{NewReadings, Refused, Store};
 use anyhow::{Context, Result};
 use hailan_proto::envelope::{Body, DeviceState, Envelope, ReadingBatch};
-use hailan_proto::gatt::{self, Characteristic, Decoded, DeviceKind};
+use hailan_proto::gatt::{self, BodyCompositionMeasurement, Characteristic, Decoded, DeviceKind};
 use hailan_proto::group::{Prover, Taken};
 use hailan_proto::zk::DeviceSecret;
 use hailan_proto::{DataType, ProvenGroup};
@@ -49,6 +50,10 @@ pub struct Pipeline {
     pub outbox_changed: Arc<Notify>,
     pub metrics: Arc<Metrics>,
     pub cursors: Cursors,
+    /// The broker link (from the publisher): on every (re)connection, and
+    /// every `state_refresh_s` while connected, every paired device's state
+    /// is sent again.
+    pub link: tokio::sync::watch::Receiver<crate::publisher::Link>,
 }
 
 /// One decoded measurement on its way to a device worker.
@@ -66,6 +71,15 @@ struct LastState {
     firmware: Option<String>,
     at: Instant,
 }
+
+/// First halves of multiple-packet Body Composition measurements, per device,
+/// with when they arrived.
+type Halves = HashMap<String, (BodyCompositionMeasurement, i64)>;
+
+/// The second packet of a Body Composition measurement follows the first at
+/// once (two indications in a row); a first half older than this is from a
+/// measurement whose second half was lost.
+const SECOND_HALF_WITHIN_MS: i64 = 10_000;
 
 /// RSSI moves all the time; publish it only on a large change, rarely.
 const RSSI_STEP_DBM: i16 = 10;
@@ -85,9 +99,35 @@ impl Pipeline {
         let mut workers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut states: HashMap<String, LastState> = HashMap::new();
+        let mut halves = Halves::new();
+        let mut link = shared.link.clone();
+        let mut link_open = true;
+        let period = shared.cfg.state_refresh();
+        let mut refresh = tokio::time::interval_at(Instant::now() + period, period);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let ev = tokio::select! {
                 ev = events.recv() => ev,
+                changed = link.changed(), if link_open && !stop.is_cancelled() => {
+                    match changed {
+                        Ok(()) => {
+                            let connected = *link.borrow_and_update() == Link::Connected;
+                            if connected {
+                                shared.resend_states(&mut states).await;
+                                refresh.reset();
+                            }
+                        }
+                        Err(_) => link_open = false,
+                    }
+                    continue;
+                }
+                _ = refresh.tick(), if !stop.is_cancelled() => {
+                    let connected = *link.borrow() == Link::Connected;
+                    if connected {
+                        shared.resend_states(&mut states).await;
+                    }
+                    continue;
+                }
                 _ = stop.cancelled() => events.try_recv().ok(),
             };
             let Some(ev) = ev else { break };
@@ -98,9 +138,13 @@ impl Pipeline {
                     bytes,
                     received_at_ms,
                 } => {
-                    let Some(item) =
-                        shared.measurement(&device_id, characteristic, &bytes, received_at_ms)
-                    else {
+                    let Some(item) = shared.measurement(
+                        &device_id,
+                        characteristic,
+                        &bytes,
+                        received_at_ms,
+                        &mut halves,
+                    ) else {
                         continue;
                     };
                     if !workers.contains_key(&device_id) {
@@ -152,16 +196,37 @@ impl Pipeline {
                     };
                     if publish {
                         states.insert(device_id.clone(), next.clone());
-                        let store = shared.clone();
-                        let res = tokio::task::spawn_blocking(move || {
-                            store.record_device_state(&device_id, &next)
-                        })
-                        .await;
-                        match res {
-                            Ok(Err(e)) => tracing::warn!("device state not recorded: {e:#}"),
-                            Err(e) => tracing::warn!("device state task failed: {e}"),
-                            Ok(Ok(())) => {}
+                        shared.record_state_blocking(device_id, next, false).await;
+                    }
+                }
+                BleEvent::NeedsRepair { device_id, reason } => {
+                    let store = shared.clone();
+                    let id = device_id.clone();
+                    let marked =
+                        tokio::task::spawn_blocking(move || store.store.set_needs_repair(&id))
+                            .await;
+                    match marked {
+                        Ok(Ok(true)) => tracing::error!(
+                            device = %device_id,
+                            "needs_repair: {reason}; nothing is taken from it until `hailan-gateway pair` again"
+                        ),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => {
+                            tracing::error!(device = %device_id, "marking needs_repair: {e:#}")
                         }
+                        Err(e) => tracing::error!(device = %device_id, "marking needs_repair: {e}"),
+                    }
+                    // Its link is down as far as anyone downstream knows.
+                    if let Some(last) = states.get(&device_id).cloned()
+                        && last.connected
+                    {
+                        let next = LastState {
+                            connected: false,
+                            at: Instant::now(),
+                            ..last
+                        };
+                        states.insert(device_id.clone(), next.clone());
+                        shared.record_state_blocking(device_id, next, true).await;
                     }
                 }
             }
@@ -175,7 +240,67 @@ impl Pipeline {
         Ok(())
     }
 
-    fn record_device_state(&self, device_id: &str, s: &LastState) -> Result<()> {
+    /// Send the state of every paired device again (a forgotten one is
+    /// not paired any more, so never): what this run of the daemon saw last,
+    /// or not connected for a device it has no link to yet. Observed now, so
+    /// it supersedes the UNKNOWN ingest wrote while this gateway was offline.
+    async fn resend_states(self: &Arc<Self>, states: &mut HashMap<String, LastState>) {
+        let store = self.store.clone();
+        let rows = match tokio::task::spawn_blocking(move || store.devices()).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!("device states not sent again: {e:#}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("device states not sent again: {e}");
+                return;
+            }
+        };
+        states.retain(|id, _| rows.iter().any(|r| &r.device_id == id));
+        let n = rows.len();
+        for row in rows {
+            let state = match states.get(&row.device_id) {
+                Some(s) if !row.needs_repair => s.clone(),
+                _ => LastState {
+                    connected: false,
+                    battery: row.battery,
+                    rssi: row.rssi,
+                    firmware: row.firmware.clone(),
+                    at: Instant::now(),
+                },
+            };
+            self.record_state_blocking(row.device_id, state, row.needs_repair)
+                .await;
+        }
+        tracing::debug!(devices = n, "device states sent again");
+    }
+
+    /// [`Self::record_device_state`] off the async runtime.
+    async fn record_state_blocking(
+        self: &Arc<Self>,
+        device_id: String,
+        next: LastState,
+        needs_repair: bool,
+    ) {
+        let store = self.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            store.record_device_state(&device_id, &next, needs_repair)
+        })
+        .await;
+        match res {
+            Ok(Err(e)) => tracing::warn!("device state not recorded: {e:#}"),
+            Err(e) => tracing::warn!("device state task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
+
+    fn record_device_state(
+        &self,
+        device_id: &str,
+        s: &LastState,
+        needs_repair: bool,
+    ) -> Result<()> {
         let at = now_ms();
         let envelope = Envelope {
             v: 1,
@@ -188,6 +313,7 @@ impl Pipeline {
                 connected: s.connected,
                 firmware_version: s.firmware.clone(),
                 observed_at_ms: at,
+                needs_repair: Some(needs_repair),
             }),
         };
         let payload = hailan_proto::envelope::encode(&envelope);
@@ -207,13 +333,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Decode a value into a reading, or say (log and count) why not.
+    /// Decode a value into a reading, or say (log and count) why not. The
+    /// first packet of a multiple-packet Body Composition measurement is kept
+    /// in `halves` until the second arrives; the two make one reading.
     fn measurement(
         &self,
         device_id: &str,
         characteristic: u16,
         bytes: &[u8],
         received_at_ms: i64,
+        halves: &mut Halves,
     ) -> Option<Item> {
         let Some(c) = Characteristic::from_uuid16(characteristic) else {
             tracing::debug!(device = %device_id, "value on {characteristic:04x} ignored");
@@ -226,6 +355,32 @@ impl Pipeline {
                 tracing::warn!(device = %device_id, characteristic = %format!("{characteristic:04x}"), bytes = %hex::encode(bytes), "malformed value: {e}");
                 return None;
             }
+        };
+        let decoded = match decoded {
+            Decoded::BodyCompositionMeasurement(second) if second.multiple_packet => {
+                match halves.remove(device_id) {
+                    Some((first, at)) if received_at_ms - at <= SECOND_HALF_WITHIN_MS => {
+                        match first.merge(&second) {
+                            Ok(joined) => Decoded::BodyCompositionMeasurement(joined),
+                            Err(e) => {
+                                self.metrics.malformed.inc();
+                                tracing::warn!(device = %device_id, "body composition packets do not make one measurement ({e}); the first is dropped, the second waits for its other half");
+                                halves.insert(device_id.to_owned(), (second, received_at_ms));
+                                return None;
+                            }
+                        }
+                    }
+                    stale => {
+                        if stale.is_some() {
+                            self.metrics.no_reading.inc();
+                            tracing::warn!(device = %device_id, "a body composition measurement's second packet never came; its first is dropped");
+                        }
+                        halves.insert(device_id.to_owned(), (second, received_at_ms));
+                        return None;
+                    }
+                }
+            }
+            d => d,
         };
         let glucose_record = match &decoded {
             Decoded::GlucoseMeasurement(g) => Some(g.sequence_number),

@@ -35,7 +35,9 @@ CREATE TABLE IF NOT EXISTS devices (
     battery INTEGER, rssi INTEGER,
     connected INTEGER NOT NULL DEFAULT 0,
     state_at_ms INTEGER,
-    last_reading_at_ms INTEGER
+    last_reading_at_ms INTEGER,
+    needs_repair INTEGER NOT NULL DEFAULT 0,
+    bonded_at_ms INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -75,6 +77,12 @@ pub struct DeviceRow {
     pub connected: bool,
     pub state_at_ms: Option<i64>,
     pub last_reading_at_ms: Option<i64>,
+    /// The device refused its bond (a battery change, a reset, another
+    /// host): no session runs until the owner pairs it again.
+    pub needs_repair: bool,
+    /// When BlueZ's bond was last made (pairing, or pairing again after
+    /// `needs_repair`): a new value restarts the device's session.
+    pub bonded_at_ms: i64,
     /// Outbox rows of this device not yet acknowledged by the broker.
     pub outbox_depth: u64,
 }
@@ -182,6 +190,7 @@ impl Store {
             .map_err(|e| db_err(e, "synchronous=FULL"))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| db_err(e, "creating the gateway schema"))?;
+        upgrade(&conn)?;
         Ok(Store {
             conn: Mutex::new(conn),
             path,
@@ -221,8 +230,8 @@ impl Store {
             );
         }
         tx.execute(
-            "INSERT INTO devices (device_id, address, name, kind, secret, manufacturer, model, serial, firmware, hardware, paired_at_ms, battery)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            "INSERT INTO devices (device_id, address, name, kind, secret, manufacturer, model, serial, firmware, hardware, paired_at_ms, battery, bonded_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?11)",
             params![
                 d.device_id, d.address, d.name, d.kind, d.secret.to_bytes().to_vec(), d.manufacturer, d.model,
                 d.serial, d.firmware, d.hardware, d.paired_at_ms, d.battery
@@ -251,7 +260,7 @@ impl Store {
                 "SELECT d.device_id, d.address, d.name, d.kind, d.secret, d.manufacturer, d.model, d.serial,
                         d.firmware, d.hardware, d.paired_at_ms, d.next_seq, d.glucose_cursor, d.battery, d.rssi,
                         d.connected, d.state_at_ms, d.last_reading_at_ms,
-                        (SELECT count(*) FROM outbox o WHERE o.device_id = d.device_id)
+                        (SELECT count(*) FROM outbox o WHERE o.device_id = d.device_id), d.needs_repair, d.bonded_at_ms
                  FROM devices d ORDER BY d.paired_at_ms, d.device_id",
             )
             .map_err(|e| db_err(e, "listing devices"))?;
@@ -288,11 +297,38 @@ impl Store {
                     state_at_ms: r.get(16)?,
                     last_reading_at_ms: r.get(17)?,
                     outbox_depth: r.get(18)?,
+                    needs_repair: r.get(19)?,
+                    bonded_at_ms: r.get(20)?,
                 })
             })
             .map_err(|e| db_err(e, "listing devices"))?;
         rows.collect::<Result<Vec<_>, _>>()
             .map_err(|e| db_err(e, "reading a device row"))
+    }
+
+    /// Mark a device whose bond was refused. Returns whether it was not
+    /// marked before.
+    pub fn set_needs_repair(&self, device_id: &str) -> Result<bool> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE devices SET needs_repair = 1, connected = 0 WHERE device_id = ?1 AND needs_repair = 0",
+                params![device_id],
+            )
+            .map_err(|e| db_err(e, "marking a device needs_repair"))?;
+        Ok(n > 0)
+    }
+
+    /// The device was paired again at `at_ms`: its bond is new, its
+    /// `needs_repair` cleared (the daemon starts a fresh session).
+    pub fn rebonded(&self, device_id: &str, at_ms: i64) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE devices SET needs_repair = 0, bonded_at_ms = ?2 WHERE device_id = ?1",
+                params![device_id, at_ms],
+            )
+            .map_err(|e| db_err(e, "recording the new bond"))?;
+        Ok(())
     }
 
     /// A device by id, address (any case) or name.
@@ -340,8 +376,19 @@ impl Store {
         Ok(dropped as u64)
     }
 
+    /// At daemon start no link is held yet, whatever the last run (perhaps
+    /// killed) recorded: every device is not connected until its session
+    /// says otherwise, so a state sent again is never a stale `connected`.
+    pub fn reset_links(&self) -> Result<()> {
+        self.conn()
+            .execute("UPDATE devices SET connected = 0 WHERE connected <> 0", [])
+            .map_err(|e| db_err(e, "resetting the devices' links"))?;
+        Ok(())
+    }
+
     /// Record a device's latest state; queue `payload` (its device-state
-    /// envelope) if given and there is room. Returns whether it was queued.
+    /// envelope) if given and there is room. Returns whether it was queued;
+    /// nothing is recorded nor queued for a device that is not paired (forgotten).
     pub fn record_state(
         &self,
         device_id: &str,
@@ -353,13 +400,15 @@ impl Store {
     ) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
-        tx.execute(
-            "UPDATE devices SET battery = COALESCE(?2, battery), rssi = COALESCE(?3, rssi), connected = ?4, state_at_ms = ?5 WHERE device_id = ?1",
-            params![device_id, battery, rssi, connected, at_ms],
-        )
-        .map_err(|e| db_err(e, "updating device state"))?;
+        let known = tx
+            .execute(
+                "UPDATE devices SET battery = COALESCE(?2, battery), rssi = COALESCE(?3, rssi), connected = ?4, state_at_ms = ?5 WHERE device_id = ?1",
+                params![device_id, battery, rssi, connected, at_ms],
+            )
+            .map_err(|e| db_err(e, "updating device state"))?;
         let mut queued = false;
-        if let Some(p) = payload
+        if known > 0
+            && let Some(p) = payload
             && outbox_bytes(&tx)? + p.len() as u64 <= self.quota_bytes
         {
             insert_entry(
@@ -536,6 +585,30 @@ impl Store {
     }
 }
 
+/// Brings a database made by an older gateway to the current schema
+/// (SQLite's `CREATE TABLE IF NOT EXISTS` leaves an existing table as it is).
+fn upgrade(conn: &Connection) -> Result<()> {
+    for (column, definition) in [
+        ("needs_repair", "INTEGER NOT NULL DEFAULT 0"),
+        ("bonded_at_ms", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
+        let present: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('devices') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_err(e, "reading the devices table's columns"))?;
+        if present == 0 {
+            conn.execute_batch(&format!(
+                "ALTER TABLE devices ADD COLUMN {column} {definition}"
+            ))
+            .map_err(|e| db_err(e, &format!("adding devices.{column}")))?;
+        }
+    }
+    Ok(())
+}
+
 fn outbox_bytes(conn: &Connection) -> Result<u64> {
     let v: String = conn
         .query_row(
@@ -602,6 +675,8 @@ mod tests {
             connected: false,
             state_at_ms: None,
             last_reading_at_ms: None,
+            needs_repair: false,
+            bonded_at_ms: 0,
             outbox_depth: 0,
         }
     }
@@ -648,6 +723,33 @@ mod tests {
     }
 
     #[test]
+    fn a_state_directory_of_an_older_gateway_gains_the_repair_columns() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        {
+            // The devices table as the first release made it.
+            let old = Connection::open(dir.path().join(DB_FILE))?;
+            old.execute_batch(
+                "CREATE TABLE devices (device_id TEXT PRIMARY KEY, address TEXT NOT NULL UNIQUE,
+                 name TEXT, kind TEXT NOT NULL, secret BLOB NOT NULL, manufacturer TEXT, model TEXT,
+                 serial TEXT, firmware TEXT, hardware TEXT, paired_at_ms INTEGER NOT NULL,
+                 next_seq INTEGER NOT NULL DEFAULT 1, glucose_cursor INTEGER NOT NULL DEFAULT -1,
+                 battery INTEGER, rssi INTEGER, connected INTEGER NOT NULL DEFAULT 0,
+                 state_at_ms INTEGER, last_reading_at_ms INTEGER);",
+            )?;
+        }
+        let store = Store::open(dir.path(), 1 << 20)?;
+        store.add_device(&device("d1", "AA:00:00:00:00:01"), b"reg")?;
+        assert!(store.set_needs_repair("d1")?);
+        assert!(!store.set_needs_repair("d1")?, "marked once");
+        assert!(store.devices()?[0].needs_repair);
+        store.rebonded("d1", 99)?;
+        let d = &store.devices()?[0];
+        assert!(!d.needs_repair);
+        assert_eq!(d.bonded_at_ms, 99);
+        Ok(())
+    }
+
+    #[test]
     fn a_full_outbox_refuses_readings_without_consuming_their_seq() -> Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path(), 10)?;
@@ -683,6 +785,14 @@ mod tests {
         assert_eq!(store.forget_device("d1")?, 1);
         assert!(store.find_device("d1")?.is_none());
         assert_eq!(store.outbox_stats()?.bytes, 4);
+        assert!(
+            !store.record_state("d1", None, None, true, 5, Some(b"state"))?,
+            "nothing is queued for a forgotten device"
+        );
+        assert_eq!(store.outbox_stats()?.bytes, 4);
+        assert!(store.record_state("d2", None, None, true, 5, None).is_ok());
+        store.reset_links()?;
+        assert!(store.devices()?.iter().all(|d| !d.connected));
         assert!(matches!(
             store.commit_readings(&readings("d1", 1, 1, b"x"), 1),
             Err(Refused::UnknownDevice(_))

@@ -38,7 +38,8 @@ fn ble_run_delivers_measurements_matching_truth() -> anyhow::Result<()> {
             };
             let ble = Ble::open(cfg).await?;
             for name in ["bp0", "glucose0"] {
-                ble.pair(&sim.device(name).expect("device").address).await?;
+                let d = sim.device(name).expect("device");
+                ble.pair(&d.address, &answers(&d)).await?;
             }
             let names = ["hr0", "bp0", "temp0", "glucose0"];
             let devices = names
@@ -91,6 +92,9 @@ fn ble_run_delivers_measurements_matching_truth() -> anyhow::Result<()> {
                         ..
                     } => {
                         panic!("{device_id} disconnected unexpectedly");
+                    }
+                    BleEvent::NeedsRepair { device_id, reason } => {
+                        panic!("{device_id} refused its bond: {reason}");
                     }
                     BleEvent::Measurement {
                         device_id,
@@ -177,8 +181,8 @@ fn ble_run_survives_disconnect_storm() -> anyhow::Result<()> {
 /// A link that drops between `Connect` and `ServicesResolved` (the device
 /// walked away mid-connection) is noticed at once and connected again —
 /// not left waiting for a service resolution that never comes (bluez-async
-/// waits 30 s, longer than this test's step) while holding the only
-/// connection permit, which would starve the other device too.
+/// waits 30 s, longer than this test's step) while holding its connection
+/// slot. Two slots, two straps: each holds one.
 #[test]
 fn ble_run_reconnects_when_the_link_drops_while_connecting() -> anyhow::Result<()> {
     isolated(
@@ -188,7 +192,7 @@ fn ble_run_reconnects_when_the_link_drops_while_connecting() -> anyhow::Result<(
             init_tracing();
             let sim = Simulator::start(&bus, sim_config(&[(Sim::Hr, 2)])).await?;
             let ble = Ble::open(BleConfig {
-                max_connections: 1,
+                max_connections: 2,
                 ..fast()
             })
             .await?;
@@ -316,8 +320,9 @@ fn ble_run_fetches_glucose_records_after_the_cursor() -> anyhow::Result<()> {
             init_tracing();
             let sim = Simulator::start(&bus, sim_config(&[(Sim::Glucose, 1)])).await?;
             let ble = Ble::open(fast()).await?;
-            let address = sim.device("glucose0").expect("glucose0").address;
-            ble.pair(&address).await?;
+            let glucose0 = sim.device("glucose0").expect("glucose0");
+            let address = glucose0.address.clone();
+            ble.pair(&address, &answers(&glucose0)).await?;
             // The gateway already holds records 1..=5.
             let dev = known(&sim, "glucose0", 5)?;
             let cursor = dev.glucose_cursor.clone();

@@ -27,7 +27,7 @@ fn ble_scan_finds_every_kind() -> anyhow::Result<()> {
                 progress.insert(n.address.clone(), n.clone());
             })
             .await?;
-        assert_eq!(found.len(), 6, "{found:#?}");
+        assert_eq!(found.len(), sim.devices().len(), "{found:#?}");
         for d in sim.devices() {
             let n = found
                 .iter()
@@ -77,7 +77,7 @@ fn ble_pair_each_kind_reads_device_information() -> anyhow::Result<()> {
                 } else {
                     d.local_name.clone()
                 };
-                let info = ble.pair(&who).await?;
+                let info = ble.pair(&who, &answers(&d)).await?;
                 let kind = kind_of(&d)?;
                 assert_eq!(info.address, d.address);
                 assert_eq!(info.kind, kind);
@@ -89,7 +89,12 @@ fn ble_pair_each_kind_reads_device_information() -> anyhow::Result<()> {
                 assert_eq!(info.bonded, needs_bond, "{}", d.name);
                 assert_eq!(
                     d.kind.pads_device_information(),
-                    matches!(kind, DeviceKind::Thermometer | DeviceKind::WeightScale),
+                    matches!(
+                        kind,
+                        DeviceKind::Thermometer
+                            | DeviceKind::WeightScale
+                            | DeviceKind::BodyCompositionScale
+                    ),
                     "the simulator pads what this test says"
                 );
                 assert_eq!(info.manufacturer.as_deref(), Some("HaiLan Sim Devices"));
@@ -109,7 +114,8 @@ fn ble_pair_each_kind_reads_device_information() -> anyhow::Result<()> {
                 assert!(!sim.is_connected(&d.name), "{} left connected", d.name);
             }
             // Pairing again is fine ("Already Paired").
-            let again = ble.pair(&sim.device("bp0").expect("bp0").address).await?;
+            let bp0 = sim.device("bp0").expect("bp0");
+            let again = ble.pair(&bp0.address, &answers(&bp0)).await?;
             assert!(again.bonded);
             // Unknown devices are an error naming them.
             let e = Ble::open(hailan_gateway::ble::BleConfig {
@@ -117,7 +123,7 @@ fn ble_pair_each_kind_reads_device_information() -> anyhow::Result<()> {
                 ..fast()
             })
             .await?
-            .pair("no-such-device")
+            .pair("no-such-device", &Default::default())
             .await
             .expect_err("unknown device");
             assert!(format!("{e:#}").contains("no-such-device"), "{e:#}");

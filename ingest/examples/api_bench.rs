@@ -335,6 +335,7 @@ async fn main() -> Result<()> {
             vks: Arc::new(Default::default()),
             replica_wait: Duration::from_secs(2),
             max_page: 5000,
+            stale_after: Duration::from_secs(900),
             limits: api::limits::Limits::new(&hailan_ingest::config::ApiConfig::default()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -161,7 +161,15 @@ pub struct ApiConfig {
     /// answers 429 with `Retry-After` until the minute has passed. The
     /// address is the TCP peer's: behind a reverse proxy, the proxy's.
     pub login_failures_per_minute: u32,
+    /// A device state older than this many seconds is stale: the API says
+    /// so (`state_stale`) and never shows it as `CONNECTED`. Gateways
+    /// re-send every device's state every `pipeline.state_refresh_s` (300 s
+    /// by default), so keep it above that. 1 to 31,536,000 (a year).
+    pub stale_after_s: u64,
 }
+
+/// Longest `api.stale_after_s`: a year.
+pub const MAX_STALE_AFTER_S: u64 = 365 * 24 * 3600;
 
 impl Default for ApiConfig {
     fn default() -> Self {
@@ -178,6 +186,7 @@ impl Default for ApiConfig {
             max_concurrent_requests: 16,
             request_timeout_ms: 30_000,
             login_failures_per_minute: 10,
+            stale_after_s: 900,
         }
     }
 }
@@ -213,6 +222,12 @@ impl ApiConfig {
                 self.max_rows_per_request
             );
         }
+        if !(1..=MAX_STALE_AFTER_S).contains(&self.stale_after_s) {
+            anyhow::bail!(
+                "invalid configuration: api.stale_after_s must be 1 to {MAX_STALE_AFTER_S} seconds, not {}",
+                self.stale_after_s
+            );
+        }
         if self.max_concurrent_requests > tokio::sync::Semaphore::MAX_PERMITS {
             anyhow::bail!("invalid configuration: api.max_concurrent_requests is too large");
         }
@@ -237,6 +252,10 @@ pub struct MqttConfig {
     /// Topic filters to subscribe to (QoS 1). The default shared
     /// subscription lets several ingest processes split the load.
     pub subscriptions: Vec<String>,
+    /// The gateways' status topics (`online` / `offline`), subscribed by
+    /// every process (not shared): a gateway going offline marks its
+    /// devices' link UNKNOWN. Empty: this process does not follow them.
+    pub status_subscription: String,
 }
 
 impl Default for MqttConfig {
@@ -252,6 +271,7 @@ impl Default for MqttConfig {
             keep_alive_s: 30,
             ca_file: None,
             subscriptions: vec![hailan_proto::topic::INGEST_SHARED_SUBSCRIPTION.to_owned()],
+            status_subscription: hailan_proto::topic::STATUS_SUBSCRIPTION.to_owned(),
         }
     }
 }
@@ -413,14 +433,16 @@ mod tests {
                 cfg.api.max_rows_per_request,
                 cfg.api.max_concurrent_requests,
                 cfg.api.request_timeout_ms,
-                cfg.api.login_failures_per_minute
+                cfg.api.login_failures_per_minute,
+                cfg.api.stale_after_s
             ),
             (
                 d.statement_timeout_ms,
                 d.max_rows_per_request,
                 d.max_concurrent_requests,
                 d.request_timeout_ms,
-                d.login_failures_per_minute
+                d.login_failures_per_minute,
+                d.stale_after_s
             ),
             "the example shows the defaults"
         );
@@ -449,6 +471,9 @@ mod tests {
                 "api.login_failures_per_minute",
             ),
             ("max_page = 0", "api.max_page"),
+            ("stale_after_s = 0", "api.stale_after_s"),
+            ("stale_after_s = 40000000", "api.stale_after_s"),
+            ("stale_after_s = -5", "stale_after_s"),
             ("request_timeout_ms = \"soon\"", "request_timeout_ms"),
         ] {
             std::fs::write(&path, format!("[api]\n{toml}\n")).expect("write");

@@ -161,12 +161,24 @@ pub fn split_hosts(url: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Whether the server behind `options` accepts writes (is not in recovery).
+/// What a following pool wants of the server it connects to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// The read-write primary (libpq's `target_session_attrs=read-write`,
+    /// Patroni's `GET /primary`): the writers.
+    ReadWrite,
+    /// A running standby (Patroni's `GET /replica`), else the primary:
+    /// the clinician API's read replica, which waits for the primary's WAL
+    /// position before it reads, so either is correct.
+    Standby,
+}
+
+/// Whether the server behind `options` is in recovery (a standby).
 /// `None` when it cannot be reached within two seconds.
-pub async fn is_primary(options: &PgConnectOptions) -> Option<bool> {
+pub async fn in_recovery(options: &PgConnectOptions) -> Option<bool> {
     let probe = async {
         let mut c = PgConnection::connect_with(options).await?;
-        let r: bool = sqlx::query_scalar("SELECT NOT pg_is_in_recovery()")
+        let r: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
             .fetch_one(&mut c)
             .await?;
         let _ = c.close().await;
@@ -178,23 +190,40 @@ pub async fn is_primary(options: &PgConnectOptions) -> Option<bool> {
         .and_then(|r| r.ok())
 }
 
+/// Whether the server behind `options` accepts writes (is not in recovery).
+/// `None` when it cannot be reached within two seconds.
+pub async fn is_primary(options: &PgConnectOptions) -> Option<bool> {
+    in_recovery(options).await.map(|r| !r)
+}
+
 /// The first of `targets` that is a read-write primary, with its index.
 pub async fn find_primary(targets: &[PgConnectOptions]) -> Option<(usize, &PgConnectOptions)> {
+    find(targets, Want::ReadWrite).await
+}
+
+/// The first of `targets` that is what `want` asks for (for
+/// [`Want::Standby`]: the first standby, else the first primary).
+pub async fn find(targets: &[PgConnectOptions], want: Want) -> Option<(usize, &PgConnectOptions)> {
+    let mut primary = None;
     for (i, t) in targets.iter().enumerate() {
-        if is_primary(t).await == Some(true) {
-            return Some((i, t));
+        match (want, in_recovery(t).await) {
+            (Want::ReadWrite, Some(false)) | (Want::Standby, Some(true)) => return Some((i, t)),
+            (Want::Standby, Some(false)) if primary.is_none() => primary = Some((i, t)),
+            _ => {}
         }
     }
-    None
+    primary
 }
 
 /// How often [`connect_following`]'s watcher asks the current server
 /// whether it is still the primary.
 pub const PRIMARY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// The state of a pool that follows the primary among several servers.
+/// The state of a pool that follows the primary (or a standby) among
+/// several servers.
 pub struct Follower {
     targets: Vec<PgConnectOptions>,
+    want: Want,
     current: AtomicUsize,
     started: Instant,
     /// Milliseconds after `started` of the last switch: pooled connections
@@ -227,17 +256,40 @@ pub async fn connect_following(
     url: &str,
     max_connections: u32,
 ) -> Result<(PgPool, Option<Arc<Follower>>)> {
+    connect_following_as(url, max_connections, Want::ReadWrite).await
+}
+
+/// [`connect_following`] for what `want` asks: [`Want::Standby`] connects
+/// to the first listed standby (else the primary) and the watcher keeps it
+/// on a standby while one runs.
+pub async fn connect_following_as(
+    url: &str,
+    max_connections: u32,
+    want: Want,
+) -> Result<(PgPool, Option<Arc<Follower>>)> {
     let targets = targets(url)?;
     if targets.len() == 1 {
-        return Ok((connect(url, max_connections).await?, None));
+        let options = targets
+            .into_iter()
+            .next()
+            .context("no server in DATABASE_URL")?;
+        let pool = pool_options(max_connections)
+            .connect_with(options)
+            .await
+            .context(
+                "connecting to PostgreSQL (is it running? `cargo xtask services` starts it)",
+            )?;
+        return Ok((pool, None));
     }
-    let (first, options) = find_primary(&targets)
-        .await
-        .with_context(|| no_primary(&targets))?;
+    let (first, options) = find(&targets, want).await.with_context(|| match want {
+        Want::ReadWrite => no_primary(&targets),
+        Want::Standby => format!("{} (nor a standby)", no_primary(&targets)),
+    })?;
     let options = options.clone();
-    tracing::info!(server = %server_name(&options), servers = targets.len(), "writing to the primary");
+    tracing::info!(server = %server_name(&options), servers = targets.len(), ?want, "connected to a listed server");
     let follower = Arc::new(Follower {
         targets,
+        want,
         current: AtomicUsize::new(first),
         started: Instant::now(),
         switched_ms: AtomicU64::new(0),
@@ -246,8 +298,11 @@ pub async fn connect_following(
     let pool = pool_options(max_connections)
         // A connection to a standby could never write: refuse it (the pool
         // retries until the watcher points it at the new primary).
-        .after_connect(|conn, _meta| {
+        .after_connect(move |conn, _meta| {
             Box::pin(async move {
+                if want == Want::Standby {
+                    return Ok(());
+                }
                 let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
                     .fetch_one(&mut *conn)
                     .await?;
@@ -270,10 +325,11 @@ pub async fn connect_following(
     Ok((pool, Some(follower)))
 }
 
-/// Keep `pool` on the primary until `shutdown`: every
-/// [`PRIMARY_PROBE_INTERVAL`] ask the current server whether it is still a
-/// read-write primary; when it is not (dead, or in recovery), take the first
-/// listed server that is, and count the switch in `switches`.
+/// Keep `pool` on the primary (or, for a [`Want::Standby`] follower, on a
+/// standby) until `shutdown`: every [`PRIMARY_PROBE_INTERVAL`] ask the
+/// current server what it is; when it is not what is wanted (dead, demoted,
+/// promoted), take the first listed server that is, and count the switch in
+/// `switches`.
 pub async fn follow_primary(
     pool: PgPool,
     follower: Arc<Follower>,
@@ -290,13 +346,18 @@ pub async fn follow_primary(
         let Some(options) = follower.targets.get(current) else {
             return;
         };
-        if is_primary(options).await == Some(true) {
+        let recovery = in_recovery(options).await;
+        let fine = match follower.want {
+            Want::ReadWrite => recovery == Some(false),
+            Want::Standby => recovery == Some(true),
+        };
+        if fine {
             outage = false;
             continue;
         }
-        let Some((next, options)) = find_primary(&follower.targets).await else {
+        let Some((next, options)) = find(&follower.targets, follower.want).await else {
             if !outage {
-                tracing::warn!(server = %server_name(options), "the primary is gone and no listed server is read-write yet; waiting for a promotion");
+                tracing::warn!(server = %server_name(options), want = ?follower.want, "the server is gone and no listed server will do yet; waiting");
             }
             outage = true;
             continue;
@@ -305,11 +366,18 @@ pub async fn follow_primary(
         if next == current {
             continue;
         }
-        tracing::warn!(
-            from = %follower.current(),
-            to = %server_name(options),
-            "the primary changed: writing to the new primary"
-        );
+        match follower.want {
+            Want::ReadWrite => tracing::warn!(
+                from = %follower.current(),
+                to = %server_name(options),
+                "the primary changed: writing to the new primary"
+            ),
+            Want::Standby => tracing::warn!(
+                from = %follower.current(),
+                to = %server_name(options),
+                "the read replica changed: reading from another server"
+            ),
+        }
         pool.set_connect_options(options.clone());
         follower.current.store(next, Ordering::SeqCst);
         follower.switched_ms.store(

@@ -22,6 +22,7 @@ pub mod config;
 pub mod db;
 pub mod fair_share;
 pub mod http;
+pub mod link;
 pub mod metrics;
 pub mod plan;
 pub mod quarantine;

@@ -185,8 +185,29 @@ async fn api_service(cfg: IngestConfig) -> Result<()> {
     hailan_ingest::api::serve(listener, state, shutdown).await
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Errors end as one line on stderr and exit status 1 (like the gateway),
+/// not as a `Debug` dump with a backtrace.
+fn main() -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hailan-ingest: starting the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(cli_main()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hailan-ingest: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn cli_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub rate_limited_replayed: Counter,
     /// Quarantine rows dropped by retention (`[quarantine]`), by cause (`age`, `quota`).
     pub quarantine_dropped: Family<CauseLabel, Counter>,
+    /// Gateway status messages applied, by outcome (`online`, `offline`,
+    /// `unknown_gateway`, `invalid`).
+    pub gateway_status: Family<OutcomeLabel, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +76,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Count one gateway status message by `outcome`.
+    pub fn count_gateway_status(&self, outcome: &str) {
+        self.gateway_status
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("hailan_ingest");
         let m = Metrics {
@@ -93,9 +105,15 @@ impl Metrics {
             delivery_backlog: Gauge::default(),
             rate_limited_replayed: Counter::default(),
             quarantine_dropped: Family::default(),
+            gateway_status: Family::default(),
             registry: Registry::default(),
         };
         registry.register("batches", "Batches committed", m.batches.clone());
+        registry.register(
+            "gateway_status",
+            "Gateway status messages (online/offline) applied, by outcome",
+            m.gateway_status.clone(),
+        );
         registry.register(
             "batch_failures",
             "Batch attempts that failed and were retried",

@@ -21,7 +21,7 @@ use crate::config::IngestConfig;
 use crate::fair_share::{Allowance, FairShare};
 use crate::metrics::Metrics;
 use crate::plan::{self, Message};
-use crate::{quarantine, store};
+use crate::{link, quarantine, store};
 use anyhow::{Context, Result};
 use hailan_proto::zk::{BatchWeights, DevKeys, Policy, Verifier};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -40,6 +40,98 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 struct Delivery {
     epoch: u64,
     publish: Publish,
+}
+
+/// A gateway status message, when it was seen, and its connection.
+struct StatusDelivery {
+    epoch: u64,
+    seen_at: chrono::DateTime<chrono::Utc>,
+    publish: Publish,
+}
+
+/// Apply gateway status messages in arrival order ([`link::apply`]), each
+/// acknowledged after its transaction commits. A database failure is
+/// retried with backoff until shutdown (unacknowledged, the message comes
+/// back with the next session); a payload that is neither `online` nor
+/// `offline` is logged, counted and acknowledged.
+async fn follow_gateway_status(
+    pool: PgPool,
+    client: AsyncClient,
+    mut rx: mpsc::UnboundedReceiver<StatusDelivery>,
+    epoch: Arc<AtomicU64>,
+    acks_unsent: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let d = tokio::select! {
+            d = rx.recv() => match d { Some(d) => d, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let Some(hailan_proto::topic::Topic::Status { gateway_id }) =
+            hailan_proto::topic::parse(&d.publish.topic)
+        else {
+            continue;
+        };
+        match link::GatewayStatus::parse(&d.publish.payload) {
+            None => {
+                metrics.count_gateway_status("invalid");
+                tracing::warn!(
+                    gateway = gateway_id,
+                    bytes = d.publish.payload.len(),
+                    "a gateway status that is neither online nor offline; ignored"
+                );
+            }
+            Some(status) => {
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    let applied = tokio::select! {
+                        a = link::apply(&pool, gateway_id, status, d.seen_at) => a,
+                        _ = shutdown.cancelled() => return,
+                    };
+                    match applied {
+                        Ok(a) if !a.known_gateway => {
+                            metrics.count_gateway_status("unknown_gateway");
+                            tracing::debug!(
+                                gateway = gateway_id,
+                                "status of a gateway that is not enrolled"
+                            );
+                            break;
+                        }
+                        Ok(a) => {
+                            metrics.count_gateway_status(status.as_str());
+                            tracing::info!(
+                                gateway = gateway_id,
+                                status = status.as_str(),
+                                devices = a.devices,
+                                offline_since = ?a.offline_since,
+                                retained = d.publish.retain,
+                                "gateway status"
+                            );
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(gateway = gateway_id, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "gateway status not applied");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff) => {}
+                                _ = shutdown.cancelled() => return,
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        }
+        if d.epoch == epoch.load(Ordering::SeqCst) && d.publish.qos != QoS::AtMostOnce {
+            acks_unsent.fetch_add(1, Ordering::SeqCst);
+            if let Err(e) = client.ack(&d.publish).await {
+                let _ = acks_unsent.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                    Some(n.saturating_sub(1))
+                });
+                tracing::warn!(error = %e, "acknowledging a gateway status");
+            }
+        }
+    }
 }
 
 /// Shared state for health checks.
@@ -285,6 +377,16 @@ pub async fn run(
     let high_water = cfg.batch.max_messages.max(1) * 4;
     let high_water_bytes = cfg.batch.max_bytes.max(1).saturating_mul(4);
     let epoch = Arc::new(AtomicU64::new(0));
+    let (to_link, from_loop) = mpsc::unbounded_channel::<StatusDelivery>();
+    let link_task = tokio::spawn(follow_gateway_status(
+        pool.clone(),
+        client.clone(),
+        from_loop,
+        Arc::clone(&epoch),
+        Arc::clone(&acks_unsent),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
 
     // The event loop: connection, subscription, incoming messages, and the
     // outgoing acks. It outlives `shutdown` until the last batch's acks and
@@ -295,7 +397,13 @@ pub async fn run(
         let epoch = Arc::clone(&epoch);
         let status = Arc::clone(&status);
         let shutdown = loop_stop.clone();
-        let subscriptions = cfg.mqtt.subscriptions.clone();
+        let mut subscriptions = cfg.mqtt.subscriptions.clone();
+        if !cfg.mqtt.status_subscription.is_empty()
+            && !subscriptions.contains(&cfg.mqtt.status_subscription)
+        {
+            subscriptions.push(cfg.mqtt.status_subscription.clone());
+        }
+        let to_link = to_link.clone();
         let (held, held_bytes, acks_unsent, drained) = (
             Arc::clone(&held),
             Arc::clone(&held_bytes),
@@ -338,6 +446,20 @@ pub async fn run(
                                 tracing::error!(%err, filter, "cannot subscribe");
                             }
                         }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(publish)))
+                        if matches!(
+                            hailan_proto::topic::parse(&publish.topic),
+                            Some(hailan_proto::topic::Topic::Status { .. })
+                        ) =>
+                    {
+                        // A gateway's online/offline: applied in arrival
+                        // order by the link task, stamped with when it was seen.
+                        let _ = to_link.send(StatusDelivery {
+                            epoch: epoch.load(Ordering::SeqCst),
+                            seen_at: chrono::Utc::now(),
+                            publish,
+                        });
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         let d = Delivery {
@@ -584,6 +706,8 @@ pub async fn run(
     }
     tracing::info!("shutting down: committed batches acknowledged, the rest left to the broker");
     drop(rx);
+    drop(to_link);
+    link_task.abort();
     let _ = client.disconnect().await;
     let mut loop_handle = loop_handle;
     // The DISCONNECT goes out in milliseconds when the broker is there; a

@@ -222,14 +222,21 @@ async fn write_states(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result
         .values()
         .map(|s| DateTime::from_timestamp_millis(s.observed_at_ms))
         .collect();
+    let needs_repair: Vec<Option<bool>> = latest.values().map(|s| s.needs_repair).collect();
+    // A state observed before the newest one stored never overwrites it —
+    // nor one observed before its gateway went offline: `link::apply` moved
+    // `state_observed_at` up to that moment with the UNKNOWN it wrote.
     sqlx::query(
         "UPDATE iot_devices d
             SET battery_level = COALESCE(s.battery, d.battery_level), rssi = COALESCE(s.rssi, d.rssi),
                 connection_state = s.connection, firmware_version = COALESCE(s.firmware, d.firmware_version),
+                needs_repair = COALESCE(s.needs_repair, d.needs_repair),
                 state_observed_at = s.observed, last_sync = now()
-           FROM UNNEST($1::uuid[], $2::int[], $3::int2[], $4::text[], $5::text[], $6::timestamptz[])
-                AS s(id, battery, rssi, connection, firmware, observed)
-          WHERE d.id = s.id AND (d.state_observed_at IS NULL OR d.state_observed_at <= s.observed)",
+           FROM UNNEST($1::uuid[], $2::int[], $3::int2[], $4::text[], $5::text[], $6::timestamptz[], $7::bool[])
+                AS s(id, battery, rssi, connection, firmware, observed, needs_repair)
+          WHERE d.id = s.id
+            AND (d.state_observed_at IS NULL OR d.state_observed_at < s.observed
+                 OR (d.state_observed_at = s.observed AND d.gateway_offline_since IS NULL))",
     )
     .bind(&ids)
     .bind(&battery)
@@ -237,6 +244,7 @@ async fn write_states(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result
     .bind(&connection)
     .bind(&firmware)
     .bind(&observed)
+    .bind(&needs_repair)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -41,19 +41,32 @@ pub enum ZkCommand {
     /// Write a stored proof as snarkjs groth16 JSON (vk.json, proof.json,
     /// public.json) for `snarkjs groth16 verify vk.json public.json proof.json`.
     Export {
-        /// Proof bundle JSON: {"statement", "key_id", "proof" (hex), "public_inputs" (decimal)}.
-        #[arg(long)]
-        bundle: PathBuf,
-        /// Key directory; the verifying key named by the bundle's key id is used.
-        #[arg(long, conflicts_with = "vk")]
-        keys: Option<PathBuf>,
-        /// A verifying key file instead of a key directory.
-        #[arg(long)]
-        vk: Option<PathBuf>,
+        #[command(flatten)]
+        bundle: BundleArgs,
         /// Directory to write vk.json, proof.json and public.json into.
         #[arg(long)]
         out: PathBuf,
     },
+    /// Verify a proof bundle natively (e.g. one made by `hailan-gateway
+    /// selftest` on another machine). Exits 1 when it does not verify.
+    Verify {
+        #[command(flatten)]
+        bundle: BundleArgs,
+    },
+}
+
+/// A proof bundle and the verifying key to check it with.
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    /// Proof bundle JSON: {"statement", "key_id", "proof" (hex), "public_inputs" (decimal)}.
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Key directory; the verifying key named by the bundle's key id is used.
+    #[arg(long, conflicts_with = "vk")]
+    keys: Option<PathBuf>,
+    /// A verifying key file instead of a key directory.
+    #[arg(long)]
+    vk: Option<PathBuf>,
 }
 
 /// Runs one `zk` subcommand.
@@ -64,12 +77,8 @@ pub fn run(cmd: ZkCommand) -> anyhow::Result<()> {
             dev_seed,
             force,
         } => setup(&out, dev_seed, force),
-        ZkCommand::Export {
-            bundle,
-            keys,
-            vk,
-            out,
-        } => export(&bundle, keys.as_deref(), vk.as_deref(), &out),
+        ZkCommand::Export { bundle, out } => export(&bundle, &out),
+        ZkCommand::Verify { bundle } => verify(&bundle),
     }
 }
 
@@ -153,12 +162,10 @@ pub fn load_verifying_keys(dir: &Path) -> anyhow::Result<Vec<VerifyingKey>> {
         .collect()
 }
 
-fn export(
-    bundle_path: &Path,
-    keys: Option<&Path>,
-    vk: Option<&Path>,
-    out: &Path,
-) -> anyhow::Result<()> {
+/// Reads a proof bundle and the verifying key it names (from `--vk`, or by
+/// its key id from `--keys`); warns when that key is a development key.
+fn bundle_and_key(args: &BundleArgs) -> anyhow::Result<(ProofBundle, VerifyingKey)> {
+    let (bundle_path, keys, vk) = (&args.bundle, args.keys.as_deref(), args.vk.as_deref());
     let raw =
         fs::read(bundle_path).with_context(|| format!("reading {}", bundle_path.display()))?;
     let bundle: ProofBundle = serde_json::from_slice(&raw)
@@ -178,10 +185,27 @@ fn export(
         (None, None) => bail!("pass --keys DIR or --vk FILE"),
     };
     if let KeyOrigin::Dev { seed } = vk.origin() {
-        eprintln!(
-            "warning: exporting against a development key (seed {seed}): such proofs prove nothing"
-        );
+        eprintln!("warning: the key is a development key (seed {seed}): its proofs prove nothing");
     }
+    Ok((bundle, vk))
+}
+
+fn verify(args: &BundleArgs) -> anyhow::Result<()> {
+    let (bundle, vk) = bundle_and_key(args)?;
+    bundle
+        .verify(&vk)
+        .with_context(|| format!("{} does not verify", args.bundle.display()))?;
+    println!(
+        "verified: {} proof with key {} ({} public inputs)",
+        bundle.statement,
+        vk.id(),
+        bundle.public_inputs.len()
+    );
+    Ok(())
+}
+
+fn export(args: &BundleArgs, out: &Path) -> anyhow::Result<()> {
+    let (bundle, vk) = bundle_and_key(args)?;
     let export =
         SnarkjsExport::new(&vk, &bundle).context("the bundle does not verify against the key")?;
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

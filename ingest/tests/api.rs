@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use hailan_proto::envelope::{self, Envelope};
 use hailan_proto::{DataType, topic};
 use hailan_tests::api::{
-    ApiProcess, User, ensure_api_login, http_get_answer, http_get_auth, user, write_key_ring,
+    ApiProcess, User, ensure_api_login, http_get_answer, http_get_auth, user, validate_fhir,
+    write_key_ring,
 };
 use hailan_tests::{
     DevZk, IngestProcess, Publisher, T0_MS, TestDb, TestDevice, count_readings, eventually,
@@ -591,41 +592,6 @@ async fn an_opened_window_is_opened_again_when_its_stored_bytes_change() -> Resu
     r.db.drop().await
 }
 
-/// Validate `bundle` with the `fhir.resources` package (FHIR R4B models,
-/// whose Observation and Bundle are R4's) from the set-up's Python.
-fn validate_fhir(bundle: &str, dir: &Path) -> Result<String> {
-    let python = hailan_tests::setting("HAILAN_PYTHON").unwrap_or_else(|| "python3".into());
-    let file = dir.join("bundle.json");
-    std::fs::write(&file, bundle)?;
-    let script = r#"
-import json, sys
-from fhir.resources.R4B.bundle import Bundle
-from fhir.resources.R4B.observation import Observation
-text = open(sys.argv[1]).read()
-b = Bundle.model_validate_json(text)
-assert b.type == "searchset", b.type
-n = 0
-for e in b.entry or []:
-    o = Observation.model_validate(e.resource.model_dump())
-    assert o.category[0].coding[0].code == "vital-signs"
-    n += 1
-print("valid", n)
-"#;
-    let out = std::process::Command::new(python)
-        .arg("-c")
-        .arg(script)
-        .arg(&file)
-        .output()
-        .context("running python (cargo xtask services installs fhir.resources)")?;
-    anyhow::ensure!(
-        out.status.success(),
-        "FHIR validation failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 #[tokio::test]
 async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
     let mut r = rig("gw-api-3").await?;
@@ -993,7 +959,7 @@ async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
     .await?;
     assert_eq!(
         series_reads,
-        1 + 6,
+        1 + DataType::ALL.len() as i64,
         "one by the test, one per data type by the page"
     );
     if let Some(keep) = std::env::var_os("HAILAN_KEEP_SCREENSHOT") {

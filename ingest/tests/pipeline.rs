@@ -128,10 +128,11 @@ async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
     payloads.push(enc(&hr.state(10, hailan_tests::T0_MS)));
     publisher.publish_all(&topic::up(gw), payloads).await?;
 
-    wait_rows(&db, "", 6 + 16).await?;
+    let types = DataType::ALL.len() as i64;
+    wait_rows(&db, "", types + 16).await?;
     assert_eq!(
         count_readings(&db.pool, "AND verified AND zk_proof_hash IS NOT NULL").await?,
-        22
+        types + 16
     );
     for t in DataType::ALL {
         let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -149,11 +150,11 @@ async fn every_data_type_lands_verified_with_device_state() -> Result<()> {
             .await?;
     assert_eq!(value["alg"], "A256GCM");
     assert!(value.get("slots").is_none());
-    // One proof row per proof: 6 single + 1 window.
+    // One proof row per proof: one per data type + 1 window.
     let proofs: i64 = sqlx::query_scalar("SELECT count(*) FROM zk_proofs")
         .fetch_one(&db.pool)
         .await?;
-    assert_eq!(proofs, 7);
+    assert_eq!(proofs, types + 1);
     // Device state and sync state.
     let (battery, last_seq, status): (Option<i32>, Option<i64>, String) = sqlx::query_as(
         "SELECT battery_level, last_seq, sync_status FROM iot_devices WHERE device_id = 'dev-heart_rate'",

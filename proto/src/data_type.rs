@@ -20,6 +20,7 @@ pub enum DataType {
     BodyTemperature,
     Glucose,
     BodyWeight,
+    BodyComposition,
 }
 
 /// One value slot of a data type: how its unsigned fixed-point integer reads.
@@ -73,6 +74,32 @@ pub struct DataTypeSpec {
     pub slots: &'static [SlotSpec],
     /// High-rate types prove a window of readings rather than each one (DESIGN §5.1).
     pub windowed: bool,
+    /// Values sealed beside the slots (in the plaintext's `extras`) that the
+    /// API shows, marked as not proven: what did not fit the proof's slots.
+    pub shown_extras: &'static [ExtraSpec],
+}
+
+/// A sealed, unproven value of a reading that the API shows (FHIR
+/// component, page): an integer under `key` in the sealed `extras`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExtraSpec {
+    /// Key in the sealed `extras` map.
+    pub key: &'static str,
+    /// Human-readable name.
+    pub display: &'static str,
+    /// UCUM unit of the decoded value (integer ÷ `scale`).
+    pub unit: &'static str,
+    /// Fixed-point divisor.
+    pub scale: u32,
+    /// LOINC code, or `None` where LOINC has none (see ARCHITECTURE.md).
+    pub loinc: Option<&'static str>,
+}
+
+impl ExtraSpec {
+    /// The integer as a decimal number in `unit`.
+    pub fn to_decimal(&self, fixed: i64) -> f64 {
+        fixed as f64 / f64::from(self.scale)
+    }
 }
 
 const HEART_RATE_SLOT: SlotSpec = SlotSpec {
@@ -85,7 +112,53 @@ const HEART_RATE_SLOT: SlotSpec = SlotSpec {
     loinc: "8867-4",
 };
 
-static SPECS: [DataTypeSpec; 6] = [
+/// Body composition: the fields of 0x2A9C that are not proven slots.
+const BODY_COMPOSITION_EXTRAS: &[ExtraSpec] = &[
+    ExtraSpec {
+        key: "basal_metabolism_kj",
+        display: "Basal metabolism",
+        unit: "kJ/d",
+        scale: 1,
+        loinc: None,
+    },
+    ExtraSpec {
+        key: "fat_free_mass_g",
+        display: "Fat free mass",
+        unit: "kg",
+        scale: 1000,
+        loinc: None,
+    },
+    ExtraSpec {
+        key: "soft_lean_mass_g",
+        display: "Soft lean mass",
+        unit: "kg",
+        scale: 1000,
+        loinc: None,
+    },
+    ExtraSpec {
+        key: "impedance_ohm_x10",
+        display: "Body impedance",
+        unit: "Ohm",
+        scale: 10,
+        loinc: None,
+    },
+    ExtraSpec {
+        key: "weight_g",
+        display: "Body weight",
+        unit: "kg",
+        scale: 1000,
+        loinc: Some("29463-7"),
+    },
+    ExtraSpec {
+        key: "height_mm",
+        display: "Body height",
+        unit: "m",
+        scale: 1000,
+        loinc: Some("8302-2"),
+    },
+];
+
+static SPECS: [DataTypeSpec; 7] = [
     DataTypeSpec {
         data_type: DataType::HeartRate,
         name: "HEART_RATE",
@@ -96,6 +169,7 @@ static SPECS: [DataTypeSpec; 6] = [
         gatt_measurements: &[0x2A37],
         slots: &[HEART_RATE_SLOT],
         windowed: true,
+        shown_extras: &[],
     },
     DataTypeSpec {
         data_type: DataType::BloodPressure,
@@ -144,6 +218,7 @@ static SPECS: [DataTypeSpec; 6] = [
             },
         ],
         windowed: false,
+        shown_extras: &[],
     },
     DataTypeSpec {
         data_type: DataType::Spo2,
@@ -174,6 +249,7 @@ static SPECS: [DataTypeSpec; 6] = [
             },
         ],
         windowed: false,
+        shown_extras: &[],
     },
     DataTypeSpec {
         data_type: DataType::BodyTemperature,
@@ -193,6 +269,7 @@ static SPECS: [DataTypeSpec; 6] = [
             loinc: "8310-5",
         }],
         windowed: false,
+        shown_extras: &[],
     },
     DataTypeSpec {
         data_type: DataType::Glucose,
@@ -212,6 +289,7 @@ static SPECS: [DataTypeSpec; 6] = [
             loinc: "41653-7",
         }],
         windowed: false,
+        shown_extras: &[],
     },
     DataTypeSpec {
         data_type: DataType::BodyWeight,
@@ -231,6 +309,61 @@ static SPECS: [DataTypeSpec; 6] = [
             loinc: "29463-7",
         }],
         windowed: false,
+        shown_extras: &[],
+    },
+    // Body Composition Measurement 0x2A9C. The proof has four slots; the
+    // mandatory body fat and the three optional fields with LOINC codes of
+    // their own are proven, the other values are sealed extras
+    // (`shown_extras`). An optional slot holds 0 when the device did not send
+    // the field (0 % muscle or 0 kg is not a body), so its lower bound is 0.
+    DataTypeSpec {
+        data_type: DataType::BodyComposition,
+        name: "BODY_COMPOSITION",
+        loinc: "41982-0",
+        loinc_display: "Percentage of body fat Measured",
+        extra_loinc: &[],
+        gatt_service: 0x181B,
+        gatt_measurements: &[0x2A9C],
+        slots: &[
+            SlotSpec {
+                name: "body_fat",
+                display: "Percentage of body fat Measured",
+                unit: "%",
+                scale: 10,
+                lo: 10,
+                hi: 900,
+                loinc: "41982-0",
+            },
+            SlotSpec {
+                name: "muscle_percentage",
+                display: "Body muscle mass/Body weight Measured",
+                unit: "%",
+                scale: 10,
+                lo: 0,
+                hi: 1000,
+                loinc: "73965-6",
+            },
+            SlotSpec {
+                name: "muscle_mass",
+                display: "Body muscle mass",
+                unit: "kg",
+                scale: 1000,
+                lo: 0,
+                hi: 650_000,
+                loinc: "73964-9",
+            },
+            SlotSpec {
+                name: "body_water_mass",
+                display: "Body water mass",
+                unit: "kg",
+                scale: 1000,
+                lo: 0,
+                hi: 650_000,
+                loinc: "101683-1",
+            },
+        ],
+        windowed: false,
+        shown_extras: BODY_COMPOSITION_EXTRAS,
     },
 ];
 
@@ -240,13 +373,14 @@ pub const GLUCOSE_NON_CAPILLARY_LOINC: &str = "2339-0";
 
 impl DataType {
     /// Every known data type, in table order.
-    pub const ALL: [DataType; 6] = [
+    pub const ALL: [DataType; 7] = [
         DataType::HeartRate,
         DataType::BloodPressure,
         DataType::Spo2,
         DataType::BodyTemperature,
         DataType::Glucose,
         DataType::BodyWeight,
+        DataType::BodyComposition,
     ];
 
     /// The row of the data-type table for this type.
@@ -295,7 +429,7 @@ impl std::str::FromStr for DataType {
 /// A data-type name that is not in the table.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown data type {0:?} (known: HEART_RATE, BLOOD_PRESSURE, SPO2, BODY_TEMPERATURE, GLUCOSE, BODY_WEIGHT)"
+    "unknown data type {0:?} (known: HEART_RATE, BLOOD_PRESSURE, SPO2, BODY_TEMPERATURE, GLUCOSE, BODY_WEIGHT, BODY_COMPOSITION)"
 )]
 pub struct UnknownDataType(pub String);
 

@@ -149,6 +149,11 @@ pub struct DeviceState {
     #[serde(default)]
     pub firmware_version: Option<String>,
     pub observed_at_ms: i64,
+    /// The device refused its bond and gets no link until the owner pairs
+    /// it again (`hailan-gateway pair`). `None`: the gateway did not say
+    /// (envelopes written before this field existed decode as `None`).
+    #[serde(default)]
+    pub needs_repair: Option<bool>,
 }
 
 /// Why bytes are not a valid envelope.

@@ -6,6 +6,9 @@ use crate::envelope::is_valid_id;
 pub const PREFIX: &str = "hailan/v1";
 /// The shared subscription ingest processes use to split the load.
 pub const INGEST_SHARED_SUBSCRIPTION: &str = "$share/hailan-ingest/hailan/v1/+/up";
+/// The gateways' status topics, subscribed by every ingest process (not
+/// shared: each one follows every gateway's `online` / `offline`).
+pub const STATUS_SUBSCRIPTION: &str = "hailan/v1/+/status";
 /// Payload of the retained status topic while the gateway is connected.
 pub const STATUS_ONLINE: &[u8] = b"online";
 /// Payload of the retained status topic after the gateway left (its last will).

@@ -81,7 +81,59 @@ pub fn device_state() -> Envelope {
         connected: true,
         firmware_version: None,
         observed_at_ms: 1_763_900_000_500,
+        needs_repair: Some(false),
     }))
+}
+
+/// A device state as a gateway wrote it before `needs_repair` existed: the
+/// same map without that key. It still decodes, as "not said".
+#[test]
+fn a_device_state_without_needs_repair_still_decodes() {
+    use ciborium::Value;
+    let mut e = device_state();
+    let bytes = envelope::encode(&e);
+    let mut v: Value = ciborium::from_reader(bytes.as_slice()).expect("CBOR");
+    let state = v
+        .as_map_mut()
+        .and_then(|m| m.iter_mut().find(|(k, _)| k.as_text() == Some("body")))
+        .and_then(|(_, b)| b.as_map_mut())
+        .and_then(|m| m.first_mut())
+        .and_then(|(_, s)| s.as_map_mut())
+        .expect("body.device_state map");
+    let before = state.len();
+    state.retain(|(k, _)| k.as_text() != Some("needs_repair"));
+    assert_eq!(state.len(), before - 1, "the encoder writes needs_repair");
+    let mut old = Vec::new();
+    ciborium::into_writer(&v, &mut old).expect("CBOR");
+    if let Body::DeviceState(s) = &mut e.body {
+        s.needs_repair = None;
+    }
+    assert_eq!(envelope::decode(&old).expect("an old device state"), e);
+}
+
+#[test]
+fn needs_repair_must_be_a_bool() {
+    use ciborium::Value;
+    let bytes = envelope::encode(&device_state());
+    let mut v: Value = ciborium::from_reader(bytes.as_slice()).expect("CBOR");
+    let state = v
+        .as_map_mut()
+        .and_then(|m| m.iter_mut().find(|(k, _)| k.as_text() == Some("body")))
+        .and_then(|(_, b)| b.as_map_mut())
+        .and_then(|m| m.first_mut())
+        .and_then(|(_, s)| s.as_map_mut())
+        .expect("body.device_state map");
+    for (k, val) in state.iter_mut() {
+        if k.as_text() == Some("needs_repair") {
+            *val = Value::Integer(1.into());
+        }
+    }
+    let mut bad = Vec::new();
+    ciborium::into_writer(&v, &mut bad).expect("CBOR");
+    let err = envelope::decode(&bad)
+        .expect_err("an integer is not a bool")
+        .to_string();
+    assert!(err.contains("needs_repair"), "{err}");
 }
 
 #[test]
@@ -229,10 +281,12 @@ proptest! {
         battery in proptest::option::of(0u8..=100),
         rssi in any::<Option<i16>>(),
         connected: bool,
+        needs_repair in any::<Option<bool>>(),
         t in hailan_proto::columns::MIN_TIME_MS..=hailan_proto::columns::MAX_TIME_MS,
     ) {
         let e = envelope(Body::DeviceState(DeviceState {
             device_id: "d-1".into(), battery_level: battery, rssi, connected, firmware_version: None, observed_at_ms: t,
+            needs_repair,
         }));
         prop_assert_eq!(envelope::decode(&envelope::encode(&e)).ok(), Some(e));
     }
@@ -244,6 +298,7 @@ proptest! {
     ) {
         let e = envelope(Body::DeviceState(DeviceState {
             device_id: "d-1".into(), battery_level: None, rssi: None, connected: true, firmware_version: None, observed_at_ms: t,
+            needs_repair: None,
         }));
         let err = envelope::decode(&envelope::encode(&e)).expect_err("out of range").to_string();
         prop_assert!(err.contains("device_state.observed_at_ms"), "{}", err);

@@ -64,7 +64,7 @@ async fn main() -> Result<()> {
     )?;
     let paired = Instant::now();
     for d in &sim.sim.devices {
-        rig.pair(&d.address)?;
+        rig.pair_with(&d.address, &d.pair_flags())?;
     }
     eprintln!("paired {n} devices in {:.1?}", paired.elapsed());
     let collector = Collector::start(&broker, &rig.gateway_id).await?;

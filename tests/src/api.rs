@@ -353,3 +353,38 @@ impl Drop for Standby {
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]);
     }
 }
+
+/// Validate `bundle` with the `fhir.resources` package (FHIR R4B models,
+/// whose Observation and Bundle are R4's) from the set-up's Python.
+pub fn validate_fhir(bundle: &str, dir: &Path) -> Result<String> {
+    let python = crate::setting("HAILAN_PYTHON").unwrap_or_else(|| "python3".into());
+    let file = dir.join("bundle.json");
+    std::fs::write(&file, bundle)?;
+    let script = r#"
+import json, sys
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.observation import Observation
+text = open(sys.argv[1]).read()
+b = Bundle.model_validate_json(text)
+assert b.type == "searchset", b.type
+n = 0
+for e in b.entry or []:
+    o = Observation.model_validate(e.resource.model_dump())
+    assert o.category[0].coding[0].code == "vital-signs"
+    n += 1
+print("valid", n)
+"#;
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(&file)
+        .output()
+        .context("running python (cargo xtask services installs fhir.resources)")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "FHIR validation failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}

@@ -63,6 +63,27 @@ impl Broker {
     }
 }
 
+/// `base` with the tables and keys of `extra` laid over it (a table named in
+/// both is merged key by key: `extra` may set a `[ble]` key the rig sets).
+fn merged_toml(base: &str, extra: &str) -> Result<String> {
+    fn lay(under: &mut toml::Table, over: toml::Table) {
+        for (k, v) in over {
+            match (under.get_mut(&k), v) {
+                (Some(toml::Value::Table(u)), toml::Value::Table(o)) => lay(u, o),
+                (_, v) => {
+                    under.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut config: toml::Table = base.parse().context("the rig's own gateway config")?;
+    let extra: toml::Table = extra
+        .parse()
+        .with_context(|| format!("extra config {extra:?}"))?;
+    lay(&mut config, extra);
+    toml::to_string(&config).context("writing the gateway config")
+}
+
 /// A gateway's state directory, config and keys, on one simulator bus.
 pub struct GatewayRig {
     pub dir: tempfile::TempDir,
@@ -75,7 +96,7 @@ pub struct GatewayRig {
 
 impl GatewayRig {
     /// Write a config for `gateway_id` (a broker account made by the set-up)
-    /// with dev zk keys from `zk`; `extra` is appended to the TOML.
+    /// with dev zk keys from `zk`; the tables of `extra` are laid over it.
     pub fn new(
         gateway_id: &str,
         bus: &str,
@@ -92,10 +113,8 @@ impl GatewayRig {
         std::fs::write(&pw_file, mqtt_password(gateway_id)?)?;
         std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600))?;
         let config = dir.path().join("gateway.toml");
-        std::fs::write(
-            &config,
-            format!(
-                r#"gateway_id = "{gateway_id}"
+        let base = format!(
+            r#"gateway_id = "{gateway_id}"
 state_dir = "{state}"
 
 [mqtt]
@@ -110,22 +129,25 @@ battery_interval_s = 2
 reconnect_min_ms = 200
 reconnect_max_ms = 2000
 pair_timeout_s = 20
+# Every link held, as before slots: tests of one behaviour need not wait
+# their turn (tests/tests/slots.rs sets the real bounds).
+max_connections = 32
+idle_disconnect_s = 3600
 
 [keys]
 data_key_file = "{key}"
 data_key_id = "{TEST_DATA_KEY_ID}"
 zk_dir = "{zk}"
 allow_dev_keys = true
-{extra}
 "#,
-                state = dir.path().join("state").display(),
-                host = broker.host,
-                port = broker.port,
-                pw = pw_file.display(),
-                key = key_file.display(),
-                zk = zk.dir.path().display(),
-            ),
-        )?;
+            state = dir.path().join("state").display(),
+            host = broker.host,
+            port = broker.port,
+            pw = pw_file.display(),
+            key = key_file.display(),
+            zk = zk.dir.path().display(),
+        );
+        std::fs::write(&config, merged_toml(&base, extra)?)?;
         Ok(GatewayRig {
             config,
             gateway_id: gateway_id.to_owned(),
@@ -165,9 +187,17 @@ allow_dev_keys = true
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `pair ADDRESS --json`.
+    /// `pair ADDRESS --json` (a Just Works device).
     pub fn pair(&self, address: &str) -> Result<serde_json::Value> {
-        let out = self.cli(&["pair", address, "--json"])?;
+        self.pair_with(address, &[])
+    }
+
+    /// `pair ADDRESS FLAGS… --json`: `flags` answer the device's pairing
+    /// (`SimDeviceLine::pair_flags`: `--passkey N`, `--confirm`, `--pin P`).
+    pub fn pair_with(&self, address: &str, flags: &[String]) -> Result<serde_json::Value> {
+        let mut args = vec!["pair", address, "--json"];
+        args.extend(flags.iter().map(String::as_str));
+        let out = self.cli(&args)?;
         serde_json::from_str(out.trim()).with_context(|| format!("pair output: {out}"))
     }
 
@@ -798,6 +828,7 @@ pub fn data_type_of(characteristic: &str) -> Option<DataType> {
         "2a1c" => DataType::BodyTemperature,
         "2a18" => DataType::Glucose,
         "2a9d" => DataType::BodyWeight,
+        "2a9c" => DataType::BodyComposition,
         _ => return None,
     })
 }
@@ -807,7 +838,8 @@ pub fn tolerance(characteristic: &str) -> u64 {
     match characteristic {
         "2a35" => 4,
         "2a1c" => 1,
-        "2a9d" => 5,
+        // lb scales: masses within 5 g (body fat and muscle % are exact)
+        "2a9d" | "2a9c" => 5,
         _ => 0,
     }
 }
@@ -1035,7 +1067,7 @@ pub fn sim_and_pair(
         .iter()
         .filter(|d| !skip.contains(&d.name.as_str()))
     {
-        let out = rig.pair(&d.address)?;
+        let out = rig.pair_with(&d.address, &d.pair_flags())?;
         let id = out["device_id"]
             .as_str()
             .context("pair --json gives device_id")?
@@ -1094,7 +1126,7 @@ pub async fn after_stop(
 }
 
 /// Paired device ids (of `sim_and_pair`'s address → id map) of one simulator
-/// kind (`hr`, `bp`, `spo2`, `temp`, `glucose`, `scale`), in address order:
+/// kind (`hr`, `bp`, `spo2`, `temp`, `glucose`, `scale`, `bodycomp`), in address order:
 /// the simulator's addresses are `F0:4A:1A:<kind code>:<index>`.
 pub fn ids_of_kind(devices: &HashMap<String, String>, kind: &str) -> Vec<String> {
     let code = match kind {
@@ -1104,6 +1136,7 @@ pub fn ids_of_kind(devices: &HashMap<String, String>, kind: &str) -> Vec<String>
         "temp" => "04",
         "glucose" => "05",
         "scale" => "06",
+        "bodycomp" => "07",
         _ => "",
     };
     let mut found: Vec<(&String, &String)> = devices

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod cpu;
 pub mod gateway;
+pub mod ha;
 pub mod ops;
 
 use anyhow::{Context, Result};
@@ -202,12 +203,35 @@ impl Publisher {
         port: u16,
         ca_file: Option<&std::path::Path>,
     ) -> Result<Publisher> {
+        Self::connect_opts(user, host, port, ca_file, None).await
+    }
+
+    /// Log in as gateway `user` on the development broker's gateway listener
+    /// with a last will: `payload` on `topic`, QoS 1, retained — as a
+    /// gateway's `offline`. Dropping the publisher closes its socket without
+    /// a DISCONNECT, so the broker publishes the will at once.
+    pub async fn connect_with_will(user: &str, topic: &str, payload: &[u8]) -> Result<Publisher> {
+        let (host, port) = mqtt_host_port();
+        let will = rumqttc::LastWill::new(topic, payload.to_vec(), rumqttc::QoS::AtLeastOnce, true);
+        Self::connect_opts(user, &host, port, None, Some(will)).await
+    }
+
+    async fn connect_opts(
+        user: &str,
+        host: &str,
+        port: u16,
+        ca_file: Option<&std::path::Path>,
+        will: Option<rumqttc::LastWill>,
+    ) -> Result<Publisher> {
         let mut opts = rumqttc::MqttOptions::new(
             format!("{user}-{}", uuid::Uuid::new_v4().simple()),
             host,
             port,
         );
         opts.set_credentials(user, mqtt_password(user)?);
+        if let Some(will) = will {
+            opts.set_last_will(will);
+        }
         if let Some(ca) = ca_file {
             let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
             opts.set_transport(rumqttc::Transport::tls(pem, None, None));
@@ -260,6 +284,18 @@ impl Publisher {
                 .context("waiting for PUBACK")?
                 .context("publisher stopped")?;
         }
+        Ok(())
+    }
+
+    /// Publish one retained message on `topic` at QoS 1 and wait for its PUBACK.
+    pub async fn publish_retained(&mut self, topic: &str, payload: &[u8]) -> Result<()> {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_vec())
+            .await?;
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.acks.recv())
+            .await
+            .context("waiting for PUBACK")?
+            .context("publisher stopped")?;
         Ok(())
     }
 
@@ -407,6 +443,21 @@ impl TestDevice {
             connected: true,
             firmware_version: None,
             observed_at_ms,
+            needs_repair: Some(false),
+        }))
+    }
+
+    /// A device state saying whether the device is connected, observed at
+    /// `observed_at_ms` (battery 50 %).
+    pub fn link_state(&self, connected: bool, observed_at_ms: i64) -> Envelope {
+        self.envelope(Body::DeviceState(DeviceState {
+            device_id: self.device_id.clone(),
+            battery_level: Some(50),
+            rssi: Some(-60),
+            connected,
+            firmware_version: None,
+            observed_at_ms,
+            needs_repair: Some(false),
         }))
     }
 
@@ -812,16 +863,20 @@ pub struct PrivatePostgres {
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-pub(crate) fn as_postgres(program: &str) -> std::process::Command {
-    let root = std::fs::read_to_string("/proc/self/status")
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
-        .unwrap_or(false);
-    if root {
+        .unwrap_or(false)
+}
+
+pub(crate) fn as_postgres(program: &str) -> std::process::Command {
+    if is_root() {
         let mut c = std::process::Command::new("runuser");
         c.args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")]);
         c
@@ -932,39 +987,7 @@ impl PrivatePostgres {
     /// kill -9 the postmaster and every backend it started: a crash of the
     /// server, not a shutdown (nothing is flushed or handed over).
     pub fn kill9(&self) -> Result<()> {
-        let pidfile = std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
-            .context("reading postmaster.pid (is the cluster running?)")?;
-        let pid: u32 = pidfile
-            .lines()
-            .next()
-            .and_then(|l| l.trim().parse().ok())
-            .context("postmaster.pid without a pid")?;
-        let mut victims = vec![pid];
-        victims.extend(children_of(pid));
-        // One `kill` for all, so that no backend outlives the postmaster by
-        // more than an instant. A backend that exited on its own between the
-        // listing and the kill makes `kill` report failure ("No such
-        // process"): what matters is that none of them is left.
-        let _ = std::process::Command::new("kill")
-            .arg("-KILL")
-            .args(victims.iter().map(|p| p.to_string()))
-            .status()?;
-        let alive = |p: &u32| {
-            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
-                s.rsplit_once(')')
-                    .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
-            })
-        };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while victims.iter().any(alive) {
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "kill -KILL left {:?} running",
-                victims.iter().filter(|p| alive(p)).collect::<Vec<_>>()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        Ok(())
+        kill9_postmaster(&self.data_dir())
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<()> {
@@ -985,6 +1008,45 @@ impl PrivatePostgres {
     pub fn start_again(&self) -> Result<()> {
         self.pg_ctl(&["start", "-w", "-t", "30"])
     }
+}
+
+/// kill -9 the postmaster of the cluster in `data` and every backend it
+/// started: a crash of the server, not a shutdown (nothing is flushed or
+/// handed over).
+pub fn kill9_postmaster(data: &std::path::Path) -> Result<()> {
+    let pidfile = std::fs::read_to_string(data.join("postmaster.pid"))
+        .context("reading postmaster.pid (is the cluster running?)")?;
+    let pid: u32 = pidfile
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .context("postmaster.pid without a pid")?;
+    let mut victims = vec![pid];
+    victims.extend(children_of(pid));
+    // One `kill` for all, so that no backend outlives the postmaster by
+    // more than an instant. A backend that exited on its own between the
+    // listing and the kill makes `kill` report failure ("No such
+    // process"): what matters is that none of them is left.
+    let _ = std::process::Command::new("kill")
+        .arg("-KILL")
+        .args(victims.iter().map(|p| p.to_string()))
+        .status()?;
+    let alive = |p: &u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while victims.iter().any(alive) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "kill -KILL left {:?} running",
+            victims.iter().filter(|p| alive(p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// Append `lines` to `data/postgresql.conf` (later settings win).

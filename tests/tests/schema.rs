@@ -108,6 +108,66 @@ async fn seqs_as(conn: &mut PgConnection, role: &str, user: Option<Uuid>) -> Res
     Ok(rows?)
 }
 
+/// Migration 0008 on a database that already stored BODY_COMPOSITION
+/// readings in DEFAULT (sent before the type existed): they move into the new
+/// partition instead of making the migration fail. Re-enacted on a fresh
+/// database by detaching the partition and forgetting 0008.
+#[tokio::test]
+async fn body_composition_partition_takes_rows_stored_in_default() -> Result<()> {
+    let db = TestDb::create().await?;
+    let mut conn = db.pool.acquire().await?;
+    let f = fixture(&mut conn).await?;
+    for sql in [
+        "ALTER TABLE health_data DETACH PARTITION health_data_body_composition",
+        "DROP TABLE health_data_body_composition",
+        "DELETE FROM _sqlx_migrations WHERE version = 8",
+    ] {
+        sqlx::query(sql).execute(&mut *conn).await?;
+    }
+    for seq in [1, 2] {
+        insert_reading(
+            &mut conn,
+            f.patient_a,
+            f.device_a,
+            "BODY_COMPOSITION",
+            seq,
+            false,
+        )
+        .await?;
+    }
+    let in_default: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM health_data_default WHERE data_type = 'BODY_COMPOSITION'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    assert_eq!(in_default, 2);
+    hailan_ingest::db::migrate(&db.pool).await?;
+    let moved: Vec<i64> =
+        sqlx::query_scalar("SELECT seq FROM health_data_body_composition ORDER BY seq")
+            .fetch_all(&mut *conn)
+            .await?;
+    assert_eq!(moved, vec![1, 2]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM health_data_default")
+        .fetch_one(&mut *conn)
+        .await?;
+    assert_eq!(left, 0);
+    // The reading key still holds on the attached partition.
+    assert_eq!(
+        insert_reading(
+            &mut conn,
+            f.patient_a,
+            f.device_a,
+            "BODY_COMPOSITION",
+            1,
+            false
+        )
+        .await?,
+        0
+    );
+    drop(conn);
+    db.drop().await
+}
+
 #[tokio::test]
 async fn each_data_type_lands_in_its_partition_and_unknown_in_default() -> Result<()> {
     let db = TestDb::create().await?;
@@ -152,7 +212,8 @@ async fn each_data_type_lands_in_its_partition_and_unknown_in_default() -> Resul
         .await?;
     assert_eq!(strategy, "LIST (data_type)");
     let summary = hailan_ingest::db::schema_summary(&db.pool).await?;
-    assert_eq!(summary.partitions.len(), 7);
+    // One per data type, and DEFAULT.
+    assert_eq!(summary.partitions.len(), DataType::ALL.len() + 1);
     assert!(summary.rls_enabled && summary.rls_forced);
     drop(conn);
     db.drop().await
@@ -370,5 +431,90 @@ async fn migrations_are_idempotent() -> Result<()> {
         .fetch_one(&db.pool)
         .await?;
     assert_eq!(applied as usize, hailan_ingest::db::MIGRATOR.iter().count());
+    db.drop().await
+}
+
+/// Link truth (0009): ingest records when a gateway went offline, on the
+/// gateway and on its devices; clinicians and patients read it through
+/// `iot_devices`' own policies and still cannot read `gateways`.
+#[tokio::test]
+async fn link_truth_columns_follow_the_device_policies() -> Result<()> {
+    let db = TestDb::create().await?;
+    let mut conn = db.pool.acquire().await?;
+    let f = fixture(&mut conn).await?;
+    let clinician = user(&mut conn, "CLINICIAN").await?;
+    sqlx::query("INSERT INTO care_grants (patient_id, clinician_id) VALUES ($1, $2)")
+        .bind(f.patient_a)
+        .bind(clinician)
+        .execute(&mut *conn)
+        .await?;
+
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    sqlx::query("SET LOCAL ROLE hailan_ingest")
+        .execute(&mut *conn)
+        .await?;
+    let gw = sqlx::query(
+        "UPDATE gateways SET status = 'OFFLINE', offline_since = now(), last_seen = now() WHERE id = 'gw-a'",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let devices = sqlx::query(
+        "UPDATE iot_devices SET connection_state = 'UNKNOWN', gateway_offline_since = now(),
+                state_observed_at = now(), needs_repair = true
+          WHERE gateway_id = 'gw-a'",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("COMMIT").execute(&mut *conn).await?;
+    assert_eq!((gw.rows_affected(), devices.rows_affected()), (1, 1));
+
+    // Ingest may change a gateway's status, never its owner.
+    sqlx::query("BEGIN").execute(&mut *conn).await?;
+    sqlx::query("SET LOCAL ROLE hailan_ingest")
+        .execute(&mut *conn)
+        .await?;
+    let err = sqlx::query("UPDATE gateways SET owner_id = $1")
+        .bind(f.patient_b)
+        .execute(&mut *conn)
+        .await
+        .expect_err("owner_id is not ingest's");
+    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+    let code = err.as_database_error().and_then(|e| e.code());
+    assert_eq!(code.as_deref(), Some("42501"), "{err}");
+
+    for (role, who, expected) in [
+        ("hailan_clinician", clinician, vec!["dev-a"]),
+        ("hailan_patient", f.patient_a, vec!["dev-a"]),
+        ("hailan_patient", f.patient_b, vec![]),
+    ] {
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        sqlx::query(AssertSqlSafe(format!("SET LOCAL ROLE {role}")))
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("SELECT set_config('hailan.user_id', $1, true)")
+            .bind(who.to_string())
+            .execute(&mut *conn)
+            .await?;
+        let rows: Vec<(String, bool, Option<bool>)> = sqlx::query_as(
+            "SELECT device_id, gateway_offline_since IS NOT NULL, needs_repair FROM iot_devices
+              WHERE gateway_offline_since IS NOT NULL ORDER BY device_id",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let gateways = sqlx::query("SELECT offline_since FROM gateways")
+            .execute(&mut *conn)
+            .await;
+        sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+        let seen: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+        assert_eq!(seen, expected, "{role}");
+        assert!(rows.iter().all(|r| r.1 && r.2 == Some(true)), "{role}");
+        let code = gateways
+            .expect_err("gateways is not readable")
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{role}");
+    }
+    drop(conn);
     db.drop().await
 }

@@ -134,6 +134,7 @@ fn others() -> Vec<Envelope> {
                 connected: false,
                 firmware_version: None,
                 observed_at_ms: 2,
+                needs_repair: Some(true),
             }),
         },
     ]
@@ -208,6 +209,7 @@ fn python_decoder_from_the_spec_reads_what_rust_writes() -> Result<()> {
         (Some(55), Some(-70))
     );
     assert_eq!(state["connected"], false);
+    assert_eq!(state["needs_repair"], true);
 
     // Headers, contexts and plaintexts agree with the Rust side.
     let Body::Readings(b) = &envelopes[0].body else {

@@ -108,6 +108,7 @@ def decode(data, keys):
         need(msg.get("battery_level") is None or 0 <= msg["battery_level"] <= 100, "battery_level")
         check_text("firmware_version", msg.get("firmware_version"), 50)
         check_time("observed_at_ms", msg["observed_at_ms"])
+        need(msg.get("needs_repair") in (None, True, False), "needs_repair")
     elif kind == "readings":
         gw, dev = env["gateway_id"], msg["device_id"]
         check_id("device_id", dev)

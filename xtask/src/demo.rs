@@ -88,6 +88,7 @@ fn logged(cmd: &mut Command, log: &Path) -> Result<Child> {
 const ROWS: &str = "(SELECT * FROM health_data_heart_rate UNION ALL SELECT * FROM health_data_blood_pressure \
     UNION ALL SELECT * FROM health_data_spo2 UNION ALL SELECT * FROM health_data_body_temperature \
     UNION ALL SELECT * FROM health_data_glucose UNION ALL SELECT * FROM health_data_body_weight \
+    UNION ALL SELECT * FROM health_data_body_composition \
     UNION ALL SELECT * FROM health_data_default)";
 
 fn psql(e: &Endpoints, sql: &str) -> Result<String> {
@@ -226,6 +227,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     };
     let mut bus = String::new();
     let mut addresses = Vec::new();
+    let mut pair_flags: std::collections::HashMap<String, Vec<String>> = Default::default();
     let mut lines = BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let line = line?;
@@ -233,6 +235,16 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         match f.as_slice() {
             ["DEVICE", name, kind, address, ..] => {
                 addresses.push((name.to_string(), kind.to_string(), address.to_string()))
+            }
+            // What the device "shows" for pairing; the owner would read it.
+            ["PAIRING", name, "passkey", n] => {
+                pair_flags.insert(name.to_string(), vec!["--passkey".into(), n.to_string()]);
+            }
+            ["PAIRING", name, "numeric", _] => {
+                pair_flags.insert(name.to_string(), vec!["--confirm".into()]);
+            }
+            ["PAIRING", name, "pin", p] => {
+                pair_flags.insert(name.to_string(), vec!["--pin".into(), p.to_string()]);
             }
             ["BUS", address] => bus = address.to_string(),
             ["READY"] => break,
@@ -268,7 +280,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "gateway_id = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[mqtt]\nhost = \"{host}\"\nport = {port}\npassword_file = \"{}\"\n\n[keys]\ndata_key_file = \"{}\"\ndata_key_id = \"owner-key-demo\"\nzk_dir = \"{}\"\nallow_dev_keys = true\n\n[pipeline]\nwindow_size = 16\nwindow_max_ms = 5000\n\n[ble]\nbattery_interval_s = 10\n",
+            "gateway_id = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[mqtt]\nhost = \"{host}\"\nport = {port}\npassword_file = \"{}\"\n\n[keys]\ndata_key_file = \"{}\"\ndata_key_id = \"owner-key-demo\"\nzk_dir = \"{}\"\nallow_dev_keys = true\n\n[pipeline]\nwindow_size = 16\nwindow_max_ms = 5000\n\n[ble]\nbattery_interval_s = 10\n# the demo's eight devices each on a link of their own\nmax_connections = 10\n",
             gw_state.display(),
             pw_file.display(),
             key_file.display(),
@@ -292,7 +304,11 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         addresses.len()
     );
     for (name, kind, address) in &addresses {
-        let out = gateway(&["pair", address])?;
+        let mut args = vec!["pair", address.as_str()];
+        if let Some(flags) = pair_flags.get(name) {
+            args.extend(flags.iter().map(String::as_str));
+        }
+        let out = gateway(&args)?;
         println!("   {name:<8} {kind:<8} {}", out.trim());
     }
 
@@ -393,7 +409,10 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     // One measurement of each spot device right away (then their schedules).
     if let Some(stdin) = sim_stdin.as_mut() {
         for (name, kind, _) in &addresses {
-            if matches!(kind.as_str(), "bp" | "temp" | "scale" | "glucose" | "spo2") {
+            if matches!(
+                kind.as_str(),
+                "bp" | "temp" | "scale" | "bodycomp" | "glucose" | "spo2"
+            ) {
                 writeln!(stdin, "measure {name}")?;
             }
         }

@@ -6,9 +6,11 @@
 //!   sources), then the whole test suite — what CI runs.
 //! - `bench`: every benchmark, written into BENCHMARKS.md.
 //! - `package`: the Debian packages (cargo-deb), checked with lintian.
+//! - `ha start|status|stop`: a Patroni cluster on this machine (OPERATIONS.md §3).
 
 mod bench;
 mod demo;
+mod ha;
 mod package;
 mod procstat;
 mod services;
@@ -78,6 +80,12 @@ enum Command {
         /// Debian's gcc-aarch64-linux-gnu and run under qemu-user-static.
         #[arg(long, default_value = "amd64")]
         arch: String,
+    },
+    /// A Patroni cluster on this machine: two PostgreSQL nodes over three
+    /// etcd members (loopback ports); `status` prints `patronictl list`.
+    Ha {
+        #[arg(value_parser = ["start", "status", "stop"])]
+        action: String,
     },
     /// Set up services and run the whole test suite (this is what CI runs).
     Test {
@@ -157,6 +165,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Ha { action } => match action.as_str() {
+            "start" => ha::start(),
+            "status" => ha::status(),
+            _ => ha::stop(),
+        },
         Command::Test { args } => test(&args),
     }
 }

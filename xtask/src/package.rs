@@ -139,6 +139,7 @@ pub fn run(o: &Options) -> Result<Vec<PathBuf>> {
         if arm64 {
             // Whatever ran in the man page's making also runs here, on arm64.
             qemu_smoke(&bin)?;
+            qemu_window_proof(&bin, &o.profile)?;
         }
         let runnable = if arm64 {
             qemu_wrapper(&bin)?
@@ -393,6 +394,61 @@ fn qemu_smoke(bin: &Path) -> Result<()> {
     }
     println!(
         "== under qemu-aarch64: gatt.json: {decoded} vectors decoded as expected, {refused} refused as expected"
+    );
+    Ok(())
+}
+
+/// The arm64 gateway proves a window (`hailan-gateway selftest`) with keys
+/// made on this machine, and the amd64 `hailan-ingest zk verify` accepts the
+/// bundle: the arm64 build's field and curve arithmetic agree with the
+/// server's. The self-test's timing is not printed: under emulation it says
+/// nothing about a board (BENCHMARKS.md takes figures from real hardware only).
+fn qemu_window_proof(bin: &Path, profile: &str) -> Result<()> {
+    let dir = target_dir().join(ARM64_TARGET).join("selftest");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let keys = dir.join("zk");
+    let bundle = dir.join("bundle.json");
+    let ingest = |args: &[&str]| {
+        crate::cargo()
+            .args(["run", "--locked", "-q", "--profile", profile])
+            .args(["-p", "hailan-ingest", "--bin", "hailan-ingest", "--"])
+            .args(args)
+    };
+    let keys_arg = keys.to_str().context("non-UTF-8 target directory")?;
+    ingest(&[
+        "zk",
+        "setup",
+        "--dev-seed",
+        "17",
+        "--force",
+        "--out",
+        keys_arg,
+    ])
+    .quiet()
+    .run()
+    .context("amd64 `hailan-ingest zk setup` for the arm64 self-test")?;
+    Cmd::new("qemu-aarch64-static")
+        .arg(bin)
+        .args(["selftest", "--zk-dir"])
+        .arg(&keys)
+        .arg("--out")
+        .arg(&bundle)
+        .quiet()
+        .run()
+        .context("arm64 `hailan-gateway selftest` under qemu")?;
+    let verified = ingest(&[
+        "zk",
+        "verify",
+        "--bundle",
+        bundle.to_str().context("non-UTF-8 target directory")?,
+        "--keys",
+        keys_arg,
+    ])
+    .output()
+    .context("the window proof made on arm64 does not verify on amd64")?;
+    println!(
+        "== under qemu-aarch64: a window proof made on arm64, {} on amd64",
+        verified.trim()
     );
     Ok(())
 }

@@ -105,6 +105,7 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-e2e-8",
     "gw-e2e-9",
     "gw-e2e-10",
+    "gw-e2e-11",
     // operations tests: content addressing, fair share (gw-ops-*), backup
     // and restore drill, failover (gw-drill-*)
     "gw-ops-1",
@@ -133,10 +134,18 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-api-5",
     "gw-api-6",
     "gw-api-7",
+    // body composition end to end (tests/tests/body_composition.rs)
+    "gw-body-1",
+    // truthful link state (ingest/tests/link.rs, tests/tests/link.rs)
+    "gw-link-1",
+    "gw-link-2",
+    "gw-link-3",
+    // connection slots (tests/tests/slots.rs)
+    "gw-slots-1",
 ];
 
 /// (command or file that must exist, Debian package that provides it)
-const PACKAGES: &[(&str, &str)] = &[
+pub const PACKAGES: &[(&str, &str)] = &[
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
     ("/usr/bin/pg_ctlcluster", "postgresql-common"),
     ("/usr/sbin/mosquitto", "mosquitto"),
@@ -163,6 +172,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("/usr/bin/lintian", "lintian"),
     ("/usr/bin/help2man", "help2man"),
     ("/usr/bin/mmdebstrap", "mmdebstrap"),
+    // PostgreSQL failover on a real HA engine (ingest/tests/ha.rs, `cargo xtask ha`)
+    ("/usr/bin/patroni", "patroni"),
+    ("/usr/bin/patronictl", "patroni"),
+    ("/usr/bin/etcd", "etcd-server"),
+    ("/usr/bin/etcdctl", "etcd-client"),
 ];
 
 pub fn run(quiet: bool) -> Result<Endpoints> {
@@ -194,7 +208,31 @@ fn ensure_packages(say: &dyn Fn(&str)) -> Result<()> {
         return Ok(());
     }
     say(&format!("packages: installing {}", missing.join(" ")));
-    apt_install(&missing)
+    apt_install(&missing)?;
+    if missing.contains(&"etcd-server") {
+        disable_packaged_etcd(say);
+    }
+    Ok(())
+}
+
+/// The etcd-server package starts a single etcd member on the default ports
+/// (2379, 2380) under systemd. The project's etcd members are started by the
+/// HA tests and `cargo xtask ha` on ports of their own; a stray packaged
+/// member only holds ports and memory, so stop and disable it.
+fn disable_packaged_etcd(say: &dyn Fn(&str)) {
+    if !Path::new("/run/systemd/system").exists() {
+        return; // no systemd: the package could not start it
+    }
+    match Cmd::new("systemctl")
+        .args(["disable", "--now", "etcd"])
+        .quiet()
+        .run()
+    {
+        Ok(()) => say("etcd: the package's own service stopped and disabled"),
+        Err(e) => say(&format!(
+            "etcd: could not disable the package's service: {e:#}"
+        )),
+    }
 }
 
 /// The Debian packages of `wanted` (file that must exist, package that

@@ -24,6 +24,16 @@ pub enum BluezError {
     AlreadyExists(String),
     /// `org.bluez.Error.NotConnected`.
     NotConnected(String),
+    /// `org.bluez.Error.DoesNotExist` (no such agent).
+    DoesNotExist(String),
+    /// `org.bluez.Error.AuthenticationFailed` (wrong passkey or PIN).
+    AuthenticationFailed(String),
+    /// `org.bluez.Error.AuthenticationCanceled` (agent or `CancelPairing`).
+    AuthenticationCanceled(String),
+    /// `org.bluez.Error.AuthenticationRejected` (the agent said no).
+    AuthenticationRejected(String),
+    /// `org.bluez.Error.AuthenticationTimeout` (no answer in time).
+    AuthenticationTimeout(String),
 }
 
 impl BluezError {

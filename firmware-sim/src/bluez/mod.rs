@@ -35,22 +35,101 @@ fn setter_error(e: BluezError) -> zbus::fdo::Error {
     zbus::fdo::Error::Failed(e.description().unwrap_or("Failed").to_string())
 }
 
-/// `org.bluez.AgentManager1` at `/org/bluez` (accepts agents; pairing is Just Works).
-pub struct AgentManager;
+/// The registered pairing agents, as BlueZ keeps them: one per D-Bus
+/// client (unique name → object path), and which one is the default.
+#[derive(Debug, Default)]
+pub struct Agents {
+    by_client: HashMap<String, String>,
+    default: Option<String>,
+}
+
+impl Agents {
+    /// The caller of a message about `agent`, if it registered that agent.
+    fn owner_of(&self, hdr: &Header<'_>, agent: &ObjectPath<'_>) -> Result<String, BluezError> {
+        let client = sender(hdr);
+        if self.by_client.get(&client).map(String::as_str) != Some(agent.as_str()) {
+            return Err(BluezError::DoesNotExist("Does Not Exist".into()));
+        }
+        Ok(client)
+    }
+
+    /// The agent that answers a pairing `caller` started: the caller's own,
+    /// else the default agent (doc/org.bluez.Device.rst, `Pair`).
+    pub fn for_caller(&self, caller: &str) -> Option<(String, String)> {
+        let client = if self.by_client.contains_key(caller) {
+            caller.to_string()
+        } else {
+            self.default.clone()?
+        };
+        let path = self.by_client.get(&client)?.clone();
+        Some((client, path))
+    }
+}
+
+/// The capabilities `RegisterAgent` accepts (doc/org.bluez.AgentManager.rst).
+const CAPABILITIES: [&str; 6] = [
+    "",
+    "DisplayOnly",
+    "DisplayYesNo",
+    "KeyboardOnly",
+    "NoInputNoOutput",
+    "KeyboardDisplay",
+];
+
+/// `org.bluez.AgentManager1` at `/org/bluez`.
+pub struct AgentManager {
+    pub(crate) agents: Arc<std::sync::Mutex<Agents>>,
+}
+
+impl AgentManager {
+    fn agents(&self) -> std::sync::MutexGuard<'_, Agents> {
+        self.agents.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 #[zbus::interface(name = "org.bluez.AgentManager1", introspection_docs = false)]
 impl AgentManager {
     async fn register_agent(
         &self,
-        _agent: ObjectPath<'_>,
-        _capability: String,
+        agent: ObjectPath<'_>,
+        capability: String,
+        #[zbus(header)] hdr: Header<'_>,
     ) -> Result<(), BluezError> {
+        if !CAPABILITIES.contains(&capability.as_str()) {
+            return Err(BluezError::InvalidArguments(
+                "Invalid arguments in method call".into(),
+            ));
+        }
+        let mut a = self.agents();
+        let client = sender(&hdr);
+        if a.by_client.contains_key(&client) {
+            return Err(BluezError::AlreadyExists("Already Exists".into()));
+        }
+        tracing::info!(%client, path = %agent, %capability, "agent registered");
+        a.by_client.insert(client, agent.to_string());
         Ok(())
     }
-    async fn unregister_agent(&self, _agent: ObjectPath<'_>) -> Result<(), BluezError> {
+    async fn unregister_agent(
+        &self,
+        agent: ObjectPath<'_>,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), BluezError> {
+        let mut a = self.agents();
+        let client = a.owner_of(&hdr, &agent)?;
+        a.by_client.remove(&client);
+        if a.default.as_deref() == Some(client.as_str()) {
+            a.default = None;
+        }
         Ok(())
     }
-    async fn request_default_agent(&self, _agent: ObjectPath<'_>) -> Result<(), BluezError> {
+    async fn request_default_agent(
+        &self,
+        agent: ObjectPath<'_>,
+        #[zbus(header)] hdr: Header<'_>,
+    ) -> Result<(), BluezError> {
+        let mut a = self.agents();
+        let client = a.owner_of(&hdr, &agent)?;
+        a.default = Some(client);
         Ok(())
     }
 }
@@ -165,11 +244,15 @@ impl DeviceIface {
     async fn disconnect(&self) -> Result<(), BluezError> {
         self.inner.disconnect(&self.dev).await
     }
-    async fn pair(&self) -> Result<(), BluezError> {
-        self.inner.pair(&self.dev).await
+    async fn pair(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
+        self.inner.pair(&self.dev, &sender(&hdr)).await
     }
     async fn cancel_pairing(&self) -> Result<(), BluezError> {
-        Err(BluezError::Failed("No pairing in progress".into()))
+        if !self.st(|s| s.pairing) {
+            return Err(BluezError::DoesNotExist("Does Not Exist".into()));
+        }
+        self.dev.cancel_pairing.notify_waiters();
+        Ok(())
     }
     async fn connect_profile(&self, _uuid: String) -> Result<(), BluezError> {
         Err(BluezError::NotSupported(

@@ -12,6 +12,7 @@
 //! | file | job |
 //! |---|---|
 //! | [`adapter`] | open BlueZ + the adapter; power, discovery, BlueZ error names |
+//! | [`agent`] | the pairing agent (`org.bluez.Agent1`): passkey, comparison, PIN |
 //! | [`gatt`] | which characteristics a kind uses; DIS/battery reads |
 //! | [`scan`] | one-off scans ([`Ble::scan`]) |
 //! | [`pair`] | find, connect, bond, check the GATT table, read DIS ([`Ble::pair`]) |
@@ -19,10 +20,12 @@
 //! | [`glucose`] | RACP: fetch the records after the cursor |
 //! | [`hub`] | the one btleplug event stream, fanned out to everyone |
 //! | [`watchdog`] | keep discovery running and reporting |
+//! | [`slots`] | how many links are held at once, and who waits for one |
 //! | [`supervisor`] | [`Ble::run`]: start/stop sessions, scanner, heartbeat |
 //! | [`backoff`] | jittered exponential backoff |
 
 mod adapter;
+pub mod agent;
 mod backoff;
 mod gatt;
 mod glucose;
@@ -30,6 +33,7 @@ mod hub;
 mod pair;
 mod scan;
 mod session;
+mod slots;
 mod supervisor;
 mod watchdog;
 
@@ -44,8 +48,12 @@ use std::time::Duration;
 pub struct BleConfig {
     /// Adapter name, e.g. `hci0`; `None` = the first adapter.
     pub adapter: Option<String>,
-    /// Simultaneous connection *attempts* in flight (the rest queue).
+    /// Links held at once: streaming devices keep theirs,
+    /// devices that hand over measurements give theirs back when idle.
     pub max_connections: usize,
+    /// A hand-over device's link is closed after this long without a value
+    /// (or an RACP procedure in flight).
+    pub idle_disconnect: Duration,
     /// Periodic battery read per connected device (a glucose meter is also
     /// asked for new records then).
     pub battery_interval: Duration,
@@ -65,6 +73,7 @@ impl Default for BleConfig {
         BleConfig {
             adapter: None,
             max_connections: 4,
+            idle_disconnect: Duration::from_secs(10),
             battery_interval: Duration::from_secs(5 * 60),
             scan_stall_after: Duration::from_secs(30),
             reconnect_min: Duration::from_secs(1),
@@ -133,6 +142,9 @@ pub struct KnownDevice {
     /// greater than or equal to" last+1, or "all records" when -1) so no
     /// record is missed across disconnects.
     pub glucose_cursor: Arc<AtomicI32>,
+    /// When its bond was made: a new bond (pairing again after
+    /// `needs_repair`) restarts its session.
+    pub bonded_at_ms: i64,
 }
 
 /// What the BLE layer tells the pipeline.
@@ -163,6 +175,9 @@ pub enum BleEvent {
         rssi: Option<i16>,
         firmware: Option<String>,
     },
+    /// The device refused its bond: nothing more is taken from it until the
+    /// owner pairs it again (`needs_repair`).
+    NeedsRepair { device_id: String, reason: String },
 }
 
 /// RSSI changes smaller than this (dB) do not cause a [`BleEvent::State`] by themselves.
@@ -175,6 +190,10 @@ pub struct BleStats {
     adapter_resets: AtomicU64,
     connections: AtomicU64,
     disconnections: AtomicU64,
+    /// Links held now ([`slots`]).
+    pub(crate) slots_held: AtomicU64,
+    /// Devices waiting for a link now.
+    pub(crate) slots_waiting: AtomicU64,
     /// Bumped with every counter, so one can await a change.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -186,6 +205,8 @@ impl Default for BleStats {
             adapter_resets: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             disconnections: AtomicU64::new(0),
+            slots_held: AtomicU64::new(0),
+            slots_waiting: AtomicU64::new(0),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
@@ -207,6 +228,14 @@ impl BleStats {
     /// Established sessions that lost their link.
     pub fn disconnections(&self) -> u64 {
         self.disconnections.load(Ordering::Relaxed)
+    }
+    /// Links held at once now (at most `ble.max_connections`).
+    pub fn slots_held(&self) -> u64 {
+        self.slots_held.load(Ordering::Relaxed)
+    }
+    /// Devices waiting for a free link now.
+    pub fn slots_waiting(&self) -> u64 {
+        self.slots_waiting.load(Ordering::Relaxed)
     }
     /// Wait until `pred` holds (checked now and after every counter change).
     pub async fn wait_for(&self, pred: impl Fn(&BleStats) -> bool) {
@@ -268,8 +297,49 @@ impl Ble {
     /// ("Already Paired" counts as success), discover services, check the
     /// kind's characteristics, read Device Information and battery, then
     /// disconnect.
-    pub async fn pair(&self, who: &str) -> anyhow::Result<PairedInfo> {
-        pair::pair(&self.radio, &self.cfg, who).await
+    /// A device that needs a person to pair (a passkey it shows, a number to
+    /// compare, a PIN) is answered from `answers` by the gateway's agent.
+    pub async fn pair(
+        &self,
+        who: &str,
+        answers: &agent::PairingAnswers,
+    ) -> anyhow::Result<PairedInfo> {
+        pair::pair(&self.radio, &self.cfg, who, answers).await
+    }
+
+    /// Remove `address` from BlueZ (`Adapter1.RemoveDevice`): its bond and
+    /// its cached services go, so pairing it again asks for its passkey
+    /// again. A device BlueZ does not know is not an error.
+    pub async fn remove_device(&self, address: &str) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let id = self.radio.device_id(address)?;
+        let conn = zbus::Connection::system()
+            .await
+            .context("connecting to the system D-Bus (BlueZ)")?;
+        let device = zbus::zvariant::ObjectPath::try_from(format!("/org/bluez/{id}"))
+            .context("device path")?;
+        let adapter = format!("/org/bluez/{}", self.radio.name);
+        match conn
+            .call_method(
+                Some("org.bluez"),
+                adapter.as_str(),
+                Some("org.bluez.Adapter1"),
+                "RemoveDevice",
+                &(device,),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(zbus::Error::MethodError(name, msg, _))
+                if name.as_str() == "org.bluez.Error.DoesNotExist"
+                    || msg.as_deref().is_some_and(|m| m.contains("does not exist")) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "removing {address} from BlueZ (Adapter1.RemoveDevice on {adapter})"
+            ))),
+        }
     }
 
     /// Run until `shutdown` is cancelled: keep scanning (with the stall

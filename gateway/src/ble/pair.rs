@@ -2,53 +2,22 @@
 //! has encrypted characteristics, prove the GATT table is the kind's, read
 //! Device Information and battery, disconnect.
 //!
-//! btleplug has no pair call: bonding is BlueZ `Device1.Pair` through
-//! bluez-async ([`bond`]), also used by sessions when a bond was lost.
+//! btleplug has no pair call: the owner's pairing is BlueZ `Device1.Pair`
+//! with the gateway's agent answering ([`agent::pair`]). Nothing else bonds:
+//! a session that finds a bond lost marks the device `needs_repair`.
 
-use super::adapter::{Radio, bluetooth_dbus_error, normalise_address};
+use super::adapter::{Radio, normalise_address};
+use super::agent::{self, PairingAnswers};
 use super::gatt::{self, needs_bond};
 use super::scan::event_peripheral;
 use super::{BleConfig, PairedInfo};
 use anyhow::{Context, bail};
-use bluez_async::DeviceId;
 use btleplug::api::{Central as _, Peripheral as _};
 use btleplug::platform::Peripheral;
 use futures::StreamExt;
 use hailan_proto::columns;
 use hailan_proto::gatt::DeviceKind;
-use std::time::Duration;
 use tokio::time::Instant;
-
-/// Bond with BlueZ `Device1.Pair` (connects if needed, waits for services).
-/// "Already Paired" counts as success.
-pub(crate) async fn bond(
-    radio: &Radio,
-    id: &DeviceId,
-    who: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let r = tokio::time::timeout(
-        timeout + Duration::from_secs(1),
-        radio.bluez.pair_with_timeout(id, timeout),
-    )
-    .await
-    .with_context(|| format!("pairing {who}: no answer within {timeout:?}"))?;
-    match r {
-        Ok(()) => {
-            tracing::info!(device = %who, "bonded");
-            Ok(())
-        }
-        Err(e) => match bluetooth_dbus_error(&e) {
-            Some((name, msg))
-                if name == "org.bluez.Error.AlreadyExists" || msg.contains("Already Paired") =>
-            {
-                tracing::debug!(device = %who, "already bonded");
-                Ok(())
-            }
-            _ => Err(anyhow::Error::new(e).context(format!("pairing {who} (BlueZ Device1.Pair)"))),
-        },
-    }
-}
 
 /// Does this peripheral answer to `who` (address or advertised name)?
 async fn answers_to(p: &Peripheral, who: &str) -> bool {
@@ -121,8 +90,26 @@ fn kind_of(p: &Peripheral, advertised: &[DeviceKind]) -> Option<DeviceKind> {
         .find(|k| k.is_satisfied_by(&gatt::characteristics_of(p, k.service())))
 }
 
+/// The command an owner runs to pair `who` again, quoted for a shell.
+fn pair_command(who: &str) -> String {
+    let plain = !who.is_empty()
+        && who
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ":_.-".contains(c));
+    if plain {
+        format!("hailan-gateway pair {who}")
+    } else {
+        format!("hailan-gateway pair '{}'", who.replace('\'', r"'\''"))
+    }
+}
+
 /// See [`super::Ble::pair`].
-pub(crate) async fn pair(radio: &Radio, cfg: &BleConfig, who: &str) -> anyhow::Result<PairedInfo> {
+pub(crate) async fn pair(
+    radio: &Radio,
+    cfg: &BleConfig,
+    who: &str,
+    answers: &PairingAnswers,
+) -> anyhow::Result<PairedInfo> {
     let deadline = Instant::now() + cfg.pair_timeout;
     let p = find(radio, who, deadline).await?;
     let address = p.address().to_string().to_ascii_uppercase();
@@ -131,7 +118,11 @@ pub(crate) async fn pair(radio: &Radio, cfg: &BleConfig, who: &str) -> anyhow::R
     } else {
         format!("{who} ({address})")
     };
-    let r = paired_info(radio, cfg, &p, &address, &label, deadline).await;
+    let bonding = Bonding {
+        answers,
+        command: pair_command(who),
+    };
+    let r = paired_info(radio, cfg, &p, &address, &label, deadline, &bonding).await;
     // Always leave the device free (sessions connect it when it is known).
     if p.is_connected().await.unwrap_or(false)
         && let Err(e) = p.disconnect().await
@@ -141,6 +132,12 @@ pub(crate) async fn pair(radio: &Radio, cfg: &BleConfig, who: &str) -> anyhow::R
     r
 }
 
+/// How to bond: the owner's answers for the agent, and the command named in errors.
+struct Bonding<'a> {
+    answers: &'a PairingAnswers,
+    command: String,
+}
+
 async fn paired_info(
     radio: &Radio,
     cfg: &BleConfig,
@@ -148,6 +145,7 @@ async fn paired_info(
     address: &str,
     label: &str,
     deadline: Instant,
+    bonding: &Bonding<'_>,
 ) -> anyhow::Result<PairedInfo> {
     let props = p
         .properties()
@@ -180,7 +178,15 @@ async fn paired_info(
     };
     let id = radio.device_id(address)?;
     if needs_bond(kind) {
-        bond(radio, &id, label, cfg.pair_timeout).await?;
+        agent::pair(
+            &format!("/org/bluez/{id}"),
+            label,
+            &bonding.command,
+            bonding.answers,
+            cfg.pair_timeout,
+        )
+        .await?;
+        tracing::info!(device = %label, "bonded");
         p.discover_services()
             .await
             .with_context(|| format!("discovering services of {label} after bonding"))?;

@@ -1,8 +1,14 @@
 //! One known device, kept connected: wait until BlueZ knows it, connect
-//! (bounded by the connection semaphore), discover services, subscribe to
+//! (holding one of the adapter's [`slots`](super::slots)), discover services, subscribe to
 //! every Notify/Indicate characteristic of its kind (re-bonding if BlueZ
 //! says "not paired"), read battery and firmware, fetch glucose records,
 //! forward values, notice the link going away, reconnect with backoff.
+//!
+//! A streaming device (heart rate, continuous SpO2) keeps its link. A device
+//! that hands over measurements is connected when it is heard advertising
+//! (or, if never heard, after the reconnect backoff's longest delay), and
+//! its link is closed once no value came for `ble.idle_disconnect_s` and no
+//! RACP procedure is in flight, giving its slot back.
 //!
 //! Disconnection is seen two ways: btleplug's `DeviceDisconnected` (from the
 //! hub, double-checked with `Connected`, since a stale event from the previous
@@ -17,10 +23,12 @@
 
 use super::adapter::{CALL_TIMEOUT, Radio, error_name, needs_pairing};
 use super::backoff::Backoff;
-use super::gatt::{self, BATTERY_LEVEL, FIRMWARE_REVISION, GLUCOSE_MEASUREMENT, RACP};
+use super::gatt::{
+    self, BATTERY_LEVEL, FIRMWARE_REVISION, GLUCOSE_MEASUREMENT, PLX_CONTINUOUS, RACP,
+};
 use super::glucose;
 use super::hub::Hub;
-use super::pair::bond;
+use super::slots::{self, Slot, Slots};
 use super::{BleConfig, BleEvent, BleStats, KnownDevice, RSSI_DEAD_BAND, wall_ms};
 use anyhow::{Context, bail};
 use btleplug::api::{
@@ -34,7 +42,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +57,7 @@ pub(crate) struct SessionCtx {
     pub(crate) radio: Radio,
     pub(crate) cfg: BleConfig,
     pub(crate) hub: Arc<Hub>,
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) slots: Arc<Slots>,
     pub(crate) stats: Arc<BleStats>,
     pub(crate) events: mpsc::Sender<BleEvent>,
 }
@@ -62,6 +70,8 @@ enum Ended {
     Cancelled,
     /// The link went away.
     Lost(String),
+    /// A hand-over device's link idled and was closed.
+    Idle,
 }
 
 /// The values a [`BleEvent::State`] carries.
@@ -95,6 +105,8 @@ struct Link {
     racp_pending: Option<Instant>,
     /// Highest glucose sequence number forwarded on this link.
     seen: Option<u16>,
+    /// When the last value came (or the link was set up).
+    last_value: Instant,
 }
 
 /// A hub event, or "you missed some".
@@ -125,6 +137,10 @@ struct Session {
     status: Status,
     sent: Option<Status>,
     cancel: CancellationToken,
+    /// Holds its link (streams) rather than handing over measurements.
+    streaming: bool,
+    /// Heard advertising since its last link ended.
+    heard: bool,
 }
 
 /// Run the session of one known device until `cancel`.
@@ -154,6 +170,8 @@ pub(crate) async fn run(
         status: Status::default(),
         sent: None,
         cancel,
+        streaming: slots::streams(d.kind),
+        heard: false,
     };
     s.run().await;
 }
@@ -165,6 +183,8 @@ impl Session {
             return;
         };
         let mut notes: Option<Notes> = None;
+        // Given back only once the link is down (a slot is a link).
+        let mut slot: Option<Slot> = None;
         loop {
             if self.cancel.is_cancelled() {
                 break;
@@ -183,6 +203,16 @@ impl Session {
                     }
                 }
             }
+            // A hand-over device is connected when it advertises.
+            if !self.streaming && !self.wait_until_heard(self.ctx.cfg.reconnect_max).await {
+                break;
+            }
+            slot = Some(tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => break,
+                slot = self.ctx.slots.take(self.streaming) => slot,
+            });
+            self.heard = false;
             // Events from before this attempt are about an older link.
             self.central = self.central.resubscribe();
             let started = Instant::now();
@@ -206,8 +236,14 @@ impl Session {
                     }
                     let end = self.connected(&p, n, link).await;
                     self.status.connected = false;
+                    self.heard = false;
                     match end {
                         Ended::Cancelled => break,
+                        Ended::Idle => {
+                            tracing::info!(device = %self.label, "idle: link closed until it advertises again");
+                            self.disconnect(&p).await;
+                            backoff.reset();
+                        }
                         Ended::Lost(why) => {
                             self.ctx.stats.bump(|s| &s.disconnections);
                             tracing::warn!(device = %self.label, "link lost ({why}); reconnecting");
@@ -227,6 +263,24 @@ impl Session {
                     tracing::warn!(device = %self.label, "connected, but no notification stream: retrying");
                     self.disconnect(&p).await;
                 }
+                (Err(e), _) if e.downcast_ref::<BondRefused>().is_some() => {
+                    tracing::error!(
+                        device = %self.label,
+                        "{e:#}: marked needs_repair; pair it again with `hailan-gateway pair {}`",
+                        self.device.borrow().address
+                    );
+                    self.disconnect(&p).await;
+                    drop(slot.take());
+                    let reason = e.to_string();
+                    let device_id = self.device_id.clone();
+                    if !self.send(BleEvent::NeedsRepair { device_id, reason }).await {
+                        break;
+                    }
+                    // No more attempts: the supervisor ends this session
+                    // when the device leaves the list (until it is re-paired).
+                    self.cancel.cancelled().await;
+                    break;
+                }
                 (Err(e), _) => {
                     tracing::warn!(device = %self.label, "connection attempt failed: {e:#}");
                     // Start the next attempt from a clean link.
@@ -235,16 +289,19 @@ impl Session {
                     }
                 }
             }
+            // The link is down: the slot goes back before any pause.
+            drop(slot.take());
             let delay = backoff.next_delay();
             tracing::debug!(device = %self.label, "next connection attempt in {delay:?}");
             if !self.pause(delay).await {
                 break;
             }
         }
-        // Leaving (forgotten or shutting down): free the device.
+        // Leaving (forgotten or shutting down): free the device, then its slot.
         if p.is_connected().await.unwrap_or(false) {
             self.disconnect(&p).await;
         }
+        drop(slot);
         if self.status.connected {
             self.status.connected = false;
             let _ = self.publish().await;
@@ -291,7 +348,13 @@ impl Session {
 
     /// Note what the hub said about this device while not connected.
     async fn note(&mut self, heard: &Heard) -> bool {
-        if let Heard::Event(CentralEvent::RssiUpdate { id, rssi }) = heard
+        let Heard::Event(ev) = heard else {
+            return true;
+        };
+        if advertised_by(ev, &self.pid) {
+            self.heard = true;
+        }
+        if let CentralEvent::RssiUpdate { id, rssi } = ev
             && *id == self.pid
         {
             self.status.rssi = Some(*rssi);
@@ -300,10 +363,23 @@ impl Session {
         true
     }
 
+    /// Wait until the device is heard advertising, or `fallback` passed
+    /// (an advertisement whose RSSI did not change makes no D-Bus signal).
+    /// False if cancelled.
+    async fn wait_until_heard(&mut self, fallback: Duration) -> bool {
+        self.listen(fallback, true).await
+    }
+
     /// Wait `d` (listening for RSSI). False if cancelled.
     async fn pause(&mut self, d: Duration) -> bool {
+        self.listen(d, false).await
+    }
+
+    /// Note hub events for up to `d`, or until the device is heard if
+    /// `until_heard`. False if cancelled.
+    async fn listen(&mut self, d: Duration, until_heard: bool) -> bool {
         let until = Instant::now() + d;
-        loop {
+        while !(until_heard && self.heard) {
             let heard = tokio::select! {
                 _ = self.cancel.cancelled() => return false,
                 _ = tokio::time::sleep_until(until) => return true,
@@ -313,6 +389,7 @@ impl Session {
                 return false;
             }
         }
+        true
     }
 
     /// The peripheral, once BlueZ knows the device (discovered by the
@@ -324,7 +401,9 @@ impl Session {
                 if let Ok(Some(props)) = p.properties().await
                     && props.rssi.is_some()
                 {
+                    // BlueZ drops RSSI when discovery stops: heard in this one.
                     self.status.rssi = props.rssi;
+                    self.heard = true;
                 }
                 return Some(p);
             }
@@ -349,15 +428,8 @@ impl Session {
     }
 
     /// Connect, discover, subscribe, read battery/firmware, ask for glucose
-    /// records. Holds a connection permit throughout.
+    /// records. The caller holds a slot.
     async fn establish(&mut self, p: &Peripheral) -> anyhow::Result<Link> {
-        let _permit = self
-            .ctx
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .context("connection semaphore closed")?;
         let label = self.label.clone();
         tokio::time::timeout(CONNECT_TIMEOUT, p.connect())
             .await
@@ -378,7 +450,6 @@ impl Session {
                 kind.as_str()
             );
         }
-        let mut bonded_now = false;
         for (u, required) in gatt::subscribed(kind) {
             let Some(c) = gatt::find(p, kind.service(), u) else {
                 if required {
@@ -388,14 +459,14 @@ impl Session {
             };
             match self.subscribe(p, &c).await {
                 Ok(()) => {}
-                Err(e) if gatt::needs_bond(kind) && !bonded_now && is_not_paired(&e) => {
-                    tracing::warn!(device = %label, "BlueZ refuses {u:04X} without a bond: pairing again");
-                    let id = self.ctx.radio.device_id(&self.device.borrow().address)?;
-                    bond(&self.ctx.radio, &id, &label, self.ctx.cfg.pair_timeout).await?;
-                    bonded_now = true;
-                    self.subscribe(p, &c).await.with_context(|| {
-                        format!("subscribing to {u:04X} of {label} after bonding")
-                    })?;
+                Err(e) if gatt::needs_bond(kind) && is_not_paired(&e) => {
+                    // The bond is gone on one side (the device was reset or
+                    // its battery changed, or BlueZ lost it) — or this is
+                    // not the device that was paired. Never re-bond without
+                    // the owner: an impostor at the same address would be let in.
+                    return Err(anyhow::Error::new(BondRefused(format!(
+                        "{u:04X} refused on the bonded link: {e:#}"
+                    ))));
                 }
                 Err(e) => return Err(e.context(format!("subscribing to {u:04X} of {label}"))),
             }
@@ -426,11 +497,18 @@ impl Session {
         {
             self.status.firmware = Some(fw);
         }
+        if kind == DeviceKind::PulseOximeter
+            && gatt::find(p, kind.service(), PLX_CONTINUOUS).is_none()
+        {
+            // A spot-check oximeter: it hands over, like a cuff.
+            self.streaming = false;
+        }
         let mut link = Link {
             battery,
             racp: None,
             racp_pending: None,
             seen: None,
+            last_value: Instant::now(),
         };
         if kind == DeviceKind::GlucoseMeter {
             link.racp = gatt::find(p, kind.service(), RACP);
@@ -488,10 +566,13 @@ impl Session {
             .max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let idle_after = self.ctx.cfg.idle_disconnect;
         loop {
             let racp_deadline = link.racp_pending;
+            let idles = !self.streaming && racp_deadline.is_none();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ended::Cancelled,
+                _ = tokio::time::sleep_until(link.last_value + idle_after), if idles => return Ended::Idle,
                 n = notes.next() => {
                     let Some(n) = n else {
                         return Ended::Lost("notification stream ended".into());
@@ -567,6 +648,9 @@ impl Session {
             }
             return true;
         }
+        // A measurement or an RACP answer keeps a hand-over link up; a
+        // battery level does not.
+        link.last_value = Instant::now();
         if u == RACP && link.racp.is_some() {
             if glucose::on_response(&self.label, &n.value) {
                 link.racp_pending = None;
@@ -611,7 +695,23 @@ async fn dropped_while_connecting(rx: &mut broadcast::Receiver<CentralEvent>, pi
     }
 }
 
-/// BlueZ says the link needs a bond.
+/// An advertisement of `pid` (found, or heard again: RSSI, data, services).
+fn advertised_by(ev: &CentralEvent, pid: &PeripheralId) -> bool {
+    match ev {
+        CentralEvent::DeviceDiscovered(id)
+        | CentralEvent::RssiUpdate { id, .. }
+        | CentralEvent::ManufacturerDataAdvertisement { id, .. }
+        | CentralEvent::ServiceDataAdvertisement { id, .. }
+        | CentralEvent::ServicesAdvertisement { id, .. } => id == pid,
+        _ => false,
+    }
+}
+
+/// A bonded device's link refused what needs the bond.
+#[derive(Debug, thiserror::Error)]
+#[error("the bond of this device is lost ({0})")]
+struct BondRefused(String);
+
 fn is_not_paired(e: &anyhow::Error) -> bool {
     e.downcast_ref::<btleplug::Error>()
         .is_some_and(needs_pairing)

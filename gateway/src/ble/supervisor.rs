@@ -5,6 +5,7 @@
 
 use super::hub::Hub;
 use super::session::{self, SessionCtx};
+use super::slots::{self, Slots};
 use super::watchdog::Scanner;
 use super::{Ble, BleEvent, KnownDevice};
 use crate::health::Beat;
@@ -15,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 struct Running {
     address: String,
     kind: DeviceKind,
+    bonded_at_ms: i64,
     device: watch::Sender<KnownDevice>,
     cancel: CancellationToken,
     task: JoinHandle<()>,
@@ -55,7 +57,7 @@ pub(crate) async fn run(
         radio: radio.clone(),
         cfg: cfg.clone(),
         hub: hub.clone(),
-        permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+        slots: Slots::new(cfg.max_connections, stats.clone()),
         stats: stats.clone(),
         events: events.clone(),
     });
@@ -149,14 +151,17 @@ fn reconcile(ctx: &Arc<SessionCtx>, sessions: &mut HashMap<String, Running>, lis
         addresses.insert(a, &d.device_id);
         wanted.insert(&d.device_id, d);
     }
+    share_slots(ctx, wanted.values().map(|d| d.kind));
     // Stop what is gone or changed; remember the tasks a replacement must wait for.
     let mut ending: HashMap<String, JoinHandle<()>> = HashMap::new();
     let ids: Vec<String> = sessions.keys().cloned().collect();
     for id in ids {
         let keep = wanted.get(id.as_str()).is_some_and(|d| {
-            sessions
-                .get(&id)
-                .is_some_and(|r| r.address.eq_ignore_ascii_case(&d.address) && r.kind == d.kind)
+            sessions.get(&id).is_some_and(|r| {
+                r.address.eq_ignore_ascii_case(&d.address)
+                    && r.kind == d.kind
+                    && r.bonded_at_ms == d.bonded_at_ms
+            })
         });
         if keep {
             continue;
@@ -192,10 +197,40 @@ fn reconcile(ctx: &Arc<SessionCtx>, sessions: &mut HashMap<String, Running>, lis
             Running {
                 address: d.address.clone(),
                 kind: d.kind,
+                bonded_at_ms: d.bonded_at_ms,
                 device: tx,
                 cancel,
                 task,
             },
+        );
+    }
+}
+
+/// Keep one slot for hand-overs while devices of both kinds are paired, and
+/// say so when streaming devices outnumber the links left to them.
+fn share_slots(ctx: &SessionCtx, kinds: impl Iterator<Item = DeviceKind>) {
+    let (streaming, handing_over) = kinds.fold((0usize, 0usize), |(s, h), k| {
+        if slots::streams(k) {
+            (s + 1, h)
+        } else {
+            (s, h + 1)
+        }
+    });
+    ctx.slots
+        .keep_one_for_handovers(streaming > 0 && handing_over > 0);
+    let cap = ctx.slots.streaming_cap();
+    if streaming > cap {
+        tracing::warn!(
+            streaming,
+            links = cap,
+            max_connections = ctx.cfg.max_connections,
+            "more streaming devices than links for them: {} wait until one frees; raise ble.max_connections if the adapter holds more links",
+            streaming - cap
+        );
+    }
+    if ctx.cfg.max_connections == 1 && streaming > 0 && handing_over > 0 {
+        tracing::warn!(
+            "ble.max_connections = 1 with streaming and hand-over devices: a hand-over waits while a streaming device holds the link"
         );
     }
 }

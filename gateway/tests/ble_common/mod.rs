@@ -5,6 +5,7 @@
 
 use anyhow::{Context, bail};
 use hailan_firmware_sim::{DeviceInfo, SimConfig, Simulator, TruthRecord};
+use hailan_gateway::ble::agent::PairingAnswers;
 use hailan_gateway::ble::{Ble, BleConfig, BleEvent, BleStats, DeviceKind, KnownDevice};
 use hailan_gateway::health::Beat;
 use hailan_proto::gatt::{self, Characteristic};
@@ -44,13 +45,29 @@ pub fn sim_config(devices: &[(hailan_firmware_sim::DeviceKind, usize)]) -> SimCo
 pub fn fast() -> BleConfig {
     BleConfig {
         adapter: None,
-        max_connections: 2,
+        // Every device holds its link (slots are tested in tests/tests/slots.rs).
+        max_connections: 16,
+        idle_disconnect: Duration::from_secs(3600),
         battery_interval: Duration::from_secs(60),
         scan_stall_after: Duration::from_secs(3),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
         pair_timeout: Duration::from_secs(10),
     }
+}
+
+/// What an owner reads off the simulated device to pair it: its passkey,
+/// "yes" to its number, its PIN.
+pub fn answers(d: &DeviceInfo) -> PairingAnswers {
+    use hailan_firmware_sim::Pairing;
+    let mut a = PairingAnswers::default();
+    match &d.pairing {
+        Pairing::JustWorks => {}
+        Pairing::Passkey(n) => a.passkey = Some(*n),
+        Pairing::NumericComparison(_) => a.confirm = true,
+        Pairing::LegacyPin(p) => a.pin = Some(p.clone()),
+    }
+    a
 }
 
 /// proto's kind for a simulated device.
@@ -69,6 +86,7 @@ pub fn known(sim: &Simulator, name: &str, cursor: i32) -> anyhow::Result<KnownDe
         address: d.address.clone(),
         kind: kind_of(&d)?,
         glucose_cursor: Arc::new(AtomicI32::new(cursor)),
+        bonded_at_ms: 0,
     })
 }
 

@@ -7,12 +7,21 @@
 //!   carries 59408-5 and 2708-6 with pulse as a component.
 //! - `effectiveDateTime` is `recorded_at`; `device` references the
 //!   `iot_devices` row; `subject` the patient.
+//! - Body composition: body fat % is the value (41982-0); the other proven
+//!   slots are components, left out when the scale did not send them (an
+//!   optional slot whose bound admits 0 holds 0). The values that did not fit
+//!   the proof (the data type's `shown_extras`: fat-free and soft lean mass,
+//!   basal metabolism, impedance, weight, height) are components too, read
+//!   from the decrypted value and marked with [`UNPROVEN_EXTENSION`] = true:
+//!   sealed by the gateway (AES-GCM under the owner's key, bound to the
+//!   reading's header) but not covered by the range proof.
 //! - Verification travels in the extension [`ZK_EXTENSION`]: `state`
 //!   (`verified` / `unverifiable`), `proofHash`, `statement`, `keyId`, and for
 //!   an unverifiable reading its `reason`. An unverifiable reading has no
 //!   value: `dataAbsentReason` = `error` with the reason as text.
 
-use super::check::{Check, StoredReading};
+use super::check::{Check, StoredReading, open_row};
+use super::keyring::KeyRing;
 use super::routes::{Range, Take, read_checked};
 use super::session::Session;
 use super::{ApiError, ApiState};
@@ -26,6 +35,10 @@ use uuid::Uuid;
 
 /// The extension that carries a reading's proof state.
 pub const ZK_EXTENSION: &str = "urn:hailan:fhir:StructureDefinition:zk-verification";
+/// On a component: `valueBoolean` true when the value was sealed but not proven.
+pub const UNPROVEN_EXTENSION: &str = "urn:hailan:fhir:StructureDefinition:unproven";
+/// Codes for values LOINC has no code for (the sealed extras' keys).
+const HAILAN_CODES: &str = "urn:hailan:fhir:CodeSystem:extras";
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
@@ -168,8 +181,39 @@ fn coding(code: &str, display: &str) -> Value {
     json!({ "system": LOINC, "code": code, "display": display })
 }
 
-/// One reading as a vital-signs Observation.
-pub fn observation(patient: Uuid, r: &StoredReading, c: &Check) -> Value {
+/// Components for the sealed, unproven values a data type shows
+/// (`shown_extras`) of a verified reading: decrypted again (only types that
+/// have them pay for it). A value the gateway did not send is left out.
+pub fn unproven_components(r: &StoredReading, c: &Check, keys: &KeyRing) -> Vec<Value> {
+    let Some(spec) = DataType::from_name(&r.data_type).map(|t| t.spec()) else {
+        return Vec::new();
+    };
+    if spec.shown_extras.is_empty() || !matches!(c, Check::Verified(_)) {
+        return Vec::new();
+    }
+    let Ok(opened) = open_row(r, keys) else {
+        return Vec::new();
+    };
+    spec.shown_extras
+        .iter()
+        .filter_map(|e| {
+            let v = i64::try_from(i128::from(opened.extras.get(e.key)?.as_integer()?)).ok()?;
+            let code = match e.loinc {
+                Some(l) => coding(l, e.display),
+                None => json!({ "system": HAILAN_CODES, "code": e.key, "display": e.display }),
+            };
+            Some(json!({
+                "extension": [{ "url": UNPROVEN_EXTENSION, "valueBoolean": true }],
+                "code": { "coding": [code], "text": e.display },
+                "valueQuantity": { "value": e.to_decimal(v), "unit": e.unit, "system": UCUM, "code": e.unit },
+            }))
+        })
+        .collect()
+}
+
+/// One reading as a vital-signs Observation; `unproven` are its
+/// [`unproven_components`].
+pub fn observation(patient: Uuid, r: &StoredReading, c: &Check, unproven: &[Value]) -> Value {
     let mut ext = vec![json!({ "url": "state", "valueCode": match c {
         Check::Verified(_) => "verified",
         Check::Unverifiable(_) => "unverifiable",
@@ -236,7 +280,10 @@ pub fn observation(patient: Uuid, r: &StoredReading, c: &Check) -> Value {
                 .iter()
                 .zip(slots)
                 .skip(skip)
+                // An optional slot (its bound admits 0) holding 0: not sent.
+                .filter(|(s, v)| !(s.lo == 0 && **v == 0))
                 .map(|(s, v)| json!({ "code": { "coding": [coding(s.loinc, s.display)] }, "valueQuantity": quantity(s, *v) }))
+                .chain(unproven.iter().cloned())
                 .collect();
             if !comps.is_empty() {
                 o["component"] = Value::Array(comps);
@@ -287,7 +334,7 @@ pub async fn observations(
         .map(|(r, c)| {
             json!({
                 "fullUrl": format!("urn:uuid:{}", r.id),
-                "resource": observation(patient, r, c),
+                "resource": observation(patient, r, c, &unproven_components(r, c, &state.keys)),
                 "search": { "mode": "match" },
             })
         })

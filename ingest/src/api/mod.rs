@@ -12,7 +12,11 @@
 //! - `GET /api/v1/patients` — the caller's patients (active grants), or the patient themself
 //! - `GET /api/v1/patients/{id}/observations?type=&from=&to=&limit=&cursor=`
 //! - `GET /api/v1/patients/{id}/series?type=&from=&to=&bucket=minute|hour|day`
-//! - `GET /api/v1/patients/{id}/devices` — battery, last sync, sync status, gaps
+//! - `GET /api/v1/patients/{id}/devices` — battery, last sync, sync status, gaps, and the
+//!   link: `connection_state` (`CONNECTED` only for a fresh state from an online
+//!   gateway, else the last reported state or `UNKNOWN`), `reported_connection_state`,
+//!   `state_observed_at`, `state_stale` (older than `api.stale_after_s`),
+//!   `gateway_offline_since`, `needs_repair`
 //! - `GET /api/v1/patients/{id}/readings/{reading}/proof` — proof bundle + snarkjs JSON
 //! - `GET /fhir/Observation?patient=&code=&date=ge…&date=le…` — FHIR R4 searchset ([`fhir`])
 //! - `GET /` — the clinicians' web page; `GET /healthz`
@@ -60,6 +64,8 @@ pub struct ApiState {
     pub vks: Arc<HashMap<String, VerifyingKey>>,
     pub replica_wait: Duration,
     pub max_page: i64,
+    /// A device state older than this is stale (`api.stale_after_s`).
+    pub stale_after: Duration,
     /// What one request may cost (statement timeout, rows, time, slots).
     pub limits: limits::Limits,
 }
@@ -227,13 +233,34 @@ pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
     if keys.is_empty() {
         tracing::warn!("the key ring holds no key: no value can be shown");
     }
-    let primary = crate::db::connect(cfg.database_url()?, cfg.api.max_connections).await?;
+    // Both pools follow Patroni's leader changes on a multi-host URL: the
+    // primary pool the read-write server, the replica pool a standby (else
+    // the primary); see OPERATIONS.md §3.
+    let follow = |pool: &sqlx::PgPool, follower: Option<Arc<crate::db::Follower>>| {
+        if let Some(f) = follower {
+            tokio::spawn(crate::db::follow_primary(
+                pool.clone(),
+                f,
+                Default::default(),
+                tokio_util::sync::CancellationToken::new(),
+            ));
+        }
+    };
+    let (primary, follower) =
+        crate::db::connect_following(cfg.database_url()?, cfg.api.max_connections).await?;
+    follow(&primary, follower);
     let replica = match cfg.api.read_database_url.as_deref() {
-        Some(url) if !url.is_empty() => Some(
-            crate::db::connect(url, cfg.api.max_connections)
-                .await
-                .context("api.read_database_url")?,
-        ),
+        Some(url) if !url.is_empty() => {
+            let (pool, follower) = crate::db::connect_following_as(
+                url,
+                cfg.api.max_connections,
+                crate::db::Want::Standby,
+            )
+            .await
+            .context("api.read_database_url")?;
+            follow(&pool, follower);
+            Some(pool)
+        }
         _ => None,
     };
     Ok(ApiState {
@@ -244,6 +271,7 @@ pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
         vks: Arc::new(load_vks(&cfg.zk.keys_dir)),
         replica_wait: Duration::from_millis(cfg.api.replica_wait_ms),
         max_page: cfg.api.max_page.max(1),
+        stale_after: Duration::from_secs(cfg.api.stale_after_s),
         limits: limits::Limits::new(&cfg.api),
     })
 }

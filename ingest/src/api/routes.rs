@@ -620,6 +620,9 @@ async fn observations(
 #[derive(Default)]
 struct Agg {
     n: u32,
+    /// Per slot: readings that carry it (an optional slot — its bound admits
+    /// 0 — holding 0 was not sent by the device and is not averaged).
+    counts: Vec<u32>,
     min: Vec<u32>,
     max: Vec<u32>,
     sum: Vec<u64>,
@@ -663,12 +666,17 @@ async fn series(
             Check::Verified(v) if v.len() == slots => {
                 let a = buckets.entry(b).or_insert_with(|| Agg {
                     n: 0,
+                    counts: vec![0; slots],
                     min: vec![u32::MAX; slots],
                     max: vec![0; slots],
                     sum: vec![0; slots],
                 });
                 a.n += 1;
                 for (k, x) in v.iter().enumerate() {
+                    if *x == 0 && spec.slots[k].lo == 0 {
+                        continue;
+                    }
+                    a.counts[k] += 1;
                     a.min[k] = a.min[k].min(*x);
                     a.max[k] = a.max[k].max(*x);
                     a.sum[k] += u64::from(*x);
@@ -708,12 +716,15 @@ async fn series(
     let points: Vec<Value> = buckets
         .into_iter()
         .map(|(b, a)| {
-            let dec = |k: usize, x: f64| x / f64::from(spec.slots[k].scale);
+            // null: no reading of the bucket carries the slot.
+            let dec = |k: usize, x: f64| {
+                (a.counts[k] > 0).then(|| x / f64::from(spec.slots[k].scale))
+            };
             json!({
                 "t": t(b),
                 "n": a.n,
                 "min": (0..slots).map(|k| dec(k, f64::from(a.min[k]))).collect::<Vec<_>>(),
-                "avg": (0..slots).map(|k| dec(k, a.sum[k] as f64 / f64::from(a.n))).collect::<Vec<_>>(),
+                "avg": (0..slots).map(|k| dec(k, a.sum[k] as f64 / f64::from(a.counts[k].max(1)))).collect::<Vec<_>>(),
                 "max": (0..slots).map(|k| dec(k, f64::from(a.max[k]))).collect::<Vec<_>>(),
             })
         })
@@ -759,6 +770,42 @@ struct DeviceRow {
     missing_seqs: i64,
     data_types: Vec<String>,
     is_active: Option<bool>,
+    gateway_offline_since: Option<DateTime<Utc>>,
+    needs_repair: Option<bool>,
+}
+
+/// What the page and the API may say about a device's link, `now`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LinkView {
+    /// `CONNECTED` only for a fresh state from an online gateway; a stale
+    /// state, or any state while the gateway is offline, is `UNKNOWN`
+    /// unless it is `DISCONNECTED`.
+    pub connection_state: &'static str,
+    /// The state was observed more than `stale_after` before `now` (or never).
+    pub stale: bool,
+}
+
+/// The link of a device whose last state is `reported`, observed at
+/// `observed_at`, its gateway offline since `gateway_offline_since`.
+pub fn link_view(
+    reported: &str,
+    observed_at: Option<DateTime<Utc>>,
+    gateway_offline_since: Option<DateTime<Utc>>,
+    stale_after: std::time::Duration,
+    now: DateTime<Utc>,
+) -> LinkView {
+    let stale = observed_at.is_none_or(|t| {
+        chrono::Duration::from_std(stale_after).is_ok_and(|d| now.signed_duration_since(t) > d)
+    });
+    let connection_state = match reported {
+        "CONNECTED" if !stale && gateway_offline_since.is_none() => "CONNECTED",
+        "DISCONNECTED" if !stale && gateway_offline_since.is_none() => "DISCONNECTED",
+        _ => "UNKNOWN",
+    };
+    LinkView {
+        connection_state,
+        stale,
+    }
 }
 
 async fn devices(
@@ -770,7 +817,7 @@ async fn devices(
     let devs: Vec<DeviceRow> = sqlx::query_as(
         "SELECT id, device_id, device_name, device_type, manufacturer, model, firmware_version, gateway_id,
                 battery_level, last_sync, sync_status, connection_state, rssi, state_observed_at, last_seq,
-                missing_seqs, data_types, is_active
+                missing_seqs, data_types, is_active, gateway_offline_since, needs_repair
            FROM iot_devices WHERE user_id = $1 ORDER BY device_id",
     )
     .bind(patient)
@@ -807,9 +854,17 @@ async fn devices(
         json!({ "gaps": gaps.len() }),
     )
     .await?;
+    let now = Utc::now();
     let list: Vec<Value> = devs
         .iter()
         .map(|d| {
+            let link = link_view(
+                &d.connection_state,
+                d.state_observed_at,
+                d.gateway_offline_since,
+                state.stale_after,
+                now,
+            );
             let g: Vec<Value> = gaps
                 .iter()
                 .filter(|g| g.0 == d.id)
@@ -820,8 +875,10 @@ async fn devices(
                 "id": d.id, "device_id": d.device_id, "name": d.device_name, "device_type": d.device_type,
                 "manufacturer": d.manufacturer, "model": d.model, "firmware_version": d.firmware_version,
                 "gateway_id": d.gateway_id, "battery_level": d.battery_level, "last_sync": d.last_sync,
-                "sync_status": d.sync_status, "connection_state": d.connection_state, "rssi": d.rssi,
-                "state_observed_at": d.state_observed_at, "last_seq": d.last_seq,
+                "sync_status": d.sync_status, "connection_state": link.connection_state,
+                "reported_connection_state": d.connection_state, "state_stale": link.stale,
+                "gateway_offline_since": d.gateway_offline_since, "needs_repair": d.needs_repair,
+                "rssi": d.rssi, "state_observed_at": d.state_observed_at, "last_seq": d.last_seq,
                 "missing_seqs": d.missing_seqs, "data_types": d.data_types, "active": d.is_active,
                 "gaps": g,
             })
@@ -925,4 +982,49 @@ async fn proof(
         "reverified": reverified.map(|r| json!({ "valid": r.0, "reason": r.1 })),
         "snarkjs": snarkjs,
     })))
+}
+
+#[cfg(test)]
+mod link_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn connected_only_when_fresh_and_the_gateway_is_online() {
+        let now = Utc::now();
+        let fresh = Some(now - chrono::Duration::seconds(10));
+        let old = Some(now - chrono::Duration::seconds(901));
+        let after = Duration::from_secs(900);
+        let v = |r, at, off| link_view(r, at, off, after, now);
+        assert_eq!(
+            v("CONNECTED", fresh, None),
+            LinkView {
+                connection_state: "CONNECTED",
+                stale: false
+            }
+        );
+        assert_eq!(
+            v("CONNECTED", old, None),
+            LinkView {
+                connection_state: "UNKNOWN",
+                stale: true
+            }
+        );
+        assert_eq!(v("CONNECTED", None, None).connection_state, "UNKNOWN");
+        assert!(v("CONNECTED", None, None).stale);
+        assert_eq!(
+            v("CONNECTED", fresh, Some(now)).connection_state,
+            "UNKNOWN",
+            "the gateway is offline"
+        );
+        assert_eq!(
+            v("DISCONNECTED", fresh, None).connection_state,
+            "DISCONNECTED"
+        );
+        assert_eq!(v("DISCONNECTED", old, None).connection_state, "UNKNOWN");
+        assert_eq!(v("UNKNOWN", fresh, None).connection_state, "UNKNOWN");
+        // A clock ahead of ours is not stale.
+        let ahead = Some(now + chrono::Duration::seconds(60));
+        assert!(!v("CONNECTED", ahead, None).stale);
+    }
 }

@@ -9,6 +9,10 @@
 //! | glucose meter | 0x1808 | 0x2A18 notify, 0x2A34 notify, 0x2A52 indicate (mandatory) | 0x2A52 write (RACP requests) |
 //! | pulse oximeter | 0x1822 | 0x2A5E indicate and/or 0x2A5F notify (at least one) | 0x2A52 (optional RACP) |
 //! | weight scale | 0x181D | 0x2A9D indicate (mandatory) | — |
+//! | body-composition scale | 0x181B | 0x2A9C indicate (mandatory) | — |
+//!
+//! A scale with both 0x181D and 0x181B is two kinds (paired as two devices),
+//! as a cuff with heart rate is.
 //!
 //! Every kind may also expose Battery 0x180F (0x2A19 read, optionally
 //! notify), Device Information 0x180A (strings, PnP ID) and Current Time
@@ -76,6 +80,7 @@ pub enum DeviceKind {
     GlucoseMeter,
     PulseOximeter,
     WeightScale,
+    BodyCompositionScale,
 }
 
 use Characteristic as C;
@@ -117,6 +122,13 @@ const PLX: &[CharacteristicUse] = &[
     ),
 ];
 const WEIGHT: &[CharacteristicUse] = &[use_(0x181D, C::WeightMeasurement, Indicate, true, true)];
+const BODY_COMPOSITION: &[CharacteristicUse] = &[use_(
+    0x181B,
+    C::BodyCompositionMeasurement,
+    Indicate,
+    true,
+    true,
+)];
 
 /// Characteristics every kind may have (battery, device information, time).
 pub const COMMON: &[CharacteristicUse] = &[
@@ -169,13 +181,14 @@ pub const COMMON: &[CharacteristicUse] = &[
 
 impl DeviceKind {
     /// Every kind, in data-type table order.
-    pub const ALL: [DeviceKind; 6] = [
+    pub const ALL: [DeviceKind; 7] = [
         DeviceKind::HeartRateMonitor,
         DeviceKind::BloodPressureMonitor,
         DeviceKind::Thermometer,
         DeviceKind::GlucoseMeter,
         DeviceKind::PulseOximeter,
         DeviceKind::WeightScale,
+        DeviceKind::BodyCompositionScale,
     ];
 
     /// The data type its readings have.
@@ -187,6 +200,7 @@ impl DeviceKind {
             DeviceKind::GlucoseMeter => DataType::Glucose,
             DeviceKind::PulseOximeter => DataType::Spo2,
             DeviceKind::WeightScale => DataType::BodyWeight,
+            DeviceKind::BodyCompositionScale => DataType::BodyComposition,
         }
     }
 
@@ -199,6 +213,7 @@ impl DeviceKind {
             DataType::Glucose => DeviceKind::GlucoseMeter,
             DataType::Spo2 => DeviceKind::PulseOximeter,
             DataType::BodyWeight => DeviceKind::WeightScale,
+            DataType::BodyComposition => DeviceKind::BodyCompositionScale,
         }
     }
 
@@ -216,6 +231,7 @@ impl DeviceKind {
             DeviceKind::GlucoseMeter => "glucose_meter",
             DeviceKind::PulseOximeter => "pulse_oximeter",
             DeviceKind::WeightScale => "weight_scale",
+            DeviceKind::BodyCompositionScale => "body_composition_scale",
         }
     }
 
@@ -228,6 +244,7 @@ impl DeviceKind {
             DeviceKind::GlucoseMeter => GLUCOSE,
             DeviceKind::PulseOximeter => PLX,
             DeviceKind::WeightScale => WEIGHT,
+            DeviceKind::BodyCompositionScale => BODY_COMPOSITION,
         }
     }
 

@@ -16,6 +16,7 @@
 //! | [`racp`] | Record Access Control Point 0x2A52 (requests and responses) |
 //! | [`plx`] | PLX Spot-Check 0x2A5E, PLX Continuous 0x2A5F |
 //! | [`weight`] | Weight Measurement 0x2A9D |
+//! | [`body_composition`] | Body Composition Measurement 0x2A9C (two-byte flags, multiple packets) |
 //! | [`device_info`] | Battery Level 0x2A19, Device Information strings, PnP ID 0x2A50 |
 //! | [`slots`] | measurement → [`ReadingSlots`] (fixed point, unit conversion, extras) or [`NoReading`] |
 //! | [`device_kind`] | services/characteristics → [`DeviceKind`] (scanning and pairing) |
@@ -33,6 +34,7 @@
 //! number. Reserved flag bits are ignored (and not re-encoded).
 
 pub mod blood_pressure;
+pub mod body_composition;
 mod codec;
 pub mod datetime;
 pub mod device_info;
@@ -52,6 +54,7 @@ mod tests;
 pub use blood_pressure::{
     BloodPressureMeasurement, BpStatus, IntermediateCuffPressure, PressureUnit,
 };
+pub use body_composition::BodyCompositionMeasurement;
 pub use codec::ATT_MAX_VALUE_LEN;
 pub use datetime::{CurrentTime, DateTime};
 pub use device_info::{BatteryLevel, DeviceInfoString, PnpId};
@@ -193,6 +196,7 @@ characteristics! {
     PlxSpotCheck = 0x2A5E, "PLX Spot-Check Measurement";
     PlxContinuous = 0x2A5F, "PLX Continuous Measurement";
     WeightMeasurement = 0x2A9D, "Weight Measurement";
+    BodyCompositionMeasurement = 0x2A9C, "Body Composition Measurement";
     BatteryLevel = 0x2A19, "Battery Level";
     ManufacturerName = 0x2A29, "Manufacturer Name String";
     ModelNumber = 0x2A24, "Model Number String";
@@ -233,6 +237,7 @@ impl Characteristic {
                 | C::PlxSpotCheck
                 | C::PlxContinuous
                 | C::WeightMeasurement
+                | C::BodyCompositionMeasurement
         )
     }
 
@@ -258,6 +263,7 @@ pub enum Decoded {
     PlxSpotCheck(PlxSpotCheck),
     PlxContinuous(PlxContinuous),
     WeightMeasurement(WeightMeasurement),
+    BodyCompositionMeasurement(BodyCompositionMeasurement),
     BatteryLevel(BatteryLevel),
     /// One of the six Device Information strings.
     DeviceInfoString(Characteristic, DeviceInfoString),
@@ -295,6 +301,9 @@ pub fn decode(characteristic: Characteristic, bytes: &[u8]) -> Result<Decoded, G
         C::PlxSpotCheck => Decoded::PlxSpotCheck(PlxSpotCheck::decode(bytes)?),
         C::PlxContinuous => Decoded::PlxContinuous(PlxContinuous::decode(bytes)?),
         C::WeightMeasurement => Decoded::WeightMeasurement(WeightMeasurement::decode(bytes)?),
+        C::BodyCompositionMeasurement => {
+            Decoded::BodyCompositionMeasurement(BodyCompositionMeasurement::decode(bytes)?)
+        }
         C::BatteryLevel => Decoded::BatteryLevel(BatteryLevel::decode(bytes)?),
         C::ManufacturerName
         | C::ModelNumber
@@ -328,6 +337,7 @@ impl Decoded {
             Decoded::PlxSpotCheck(_) => C::PlxSpotCheck,
             Decoded::PlxContinuous(_) => C::PlxContinuous,
             Decoded::WeightMeasurement(_) => C::WeightMeasurement,
+            Decoded::BodyCompositionMeasurement(_) => C::BodyCompositionMeasurement,
             Decoded::BatteryLevel(_) => C::BatteryLevel,
             Decoded::DeviceInfoString(c, _) => *c,
             Decoded::PnpId(_) => C::PnpId,
@@ -353,6 +363,7 @@ impl Decoded {
             Decoded::PlxSpotCheck(v) => v.encode(),
             Decoded::PlxContinuous(v) => v.encode(),
             Decoded::WeightMeasurement(v) => v.encode(),
+            Decoded::BodyCompositionMeasurement(v) => v.encode(),
             Decoded::BatteryLevel(v) => v.encode(),
             Decoded::DeviceInfoString(_, v) => v.encode(),
             Decoded::PnpId(v) => v.encode(),
@@ -377,6 +388,7 @@ impl Decoded {
             Decoded::PlxSpotCheck(v) => v.to_json(),
             Decoded::PlxContinuous(v) => v.to_json(),
             Decoded::WeightMeasurement(v) => v.to_json(),
+            Decoded::BodyCompositionMeasurement(v) => v.to_json(),
             Decoded::BatteryLevel(v) => v.to_json(),
             Decoded::DeviceInfoString(_, v) => v.to_json(),
             Decoded::PnpId(v) => v.to_json(),
@@ -395,7 +407,12 @@ pub fn decode_to_json(uuid: &str, bytes: &[u8]) -> Result<Value, GattError> {
     let decoded = decode(characteristic, bytes)?;
     let mut json = decoded.to_json();
     if let Value::Object(m) = &mut json {
-        if characteristic.has_flags()
+        if characteristic == Characteristic::BodyCompositionMeasurement {
+            // The one characteristic here with a two-byte (uint16) flags field.
+            if let [lo, hi, ..] = bytes {
+                m.insert("flags".into(), Value::from(u16::from_le_bytes([*lo, *hi])));
+            }
+        } else if characteristic.has_flags()
             && let Some(f) = bytes.first()
         {
             m.insert("flags".into(), Value::from(*f));

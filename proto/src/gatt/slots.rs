@@ -50,6 +50,7 @@
 //! reading with its own receive time.
 
 use super::blood_pressure::{BloodPressureMeasurement, PressureUnit};
+use super::body_composition::BodyCompositionMeasurement;
 use super::datetime::DateTime;
 use super::glucose::{GlucoseMeasurement, GlucoseMeasurementContext, GlucoseUnit, MedicationUnit};
 use super::heart_rate::{HeartRateMeasurement, SensorContact};
@@ -93,8 +94,8 @@ pub enum NoReading {
     /// The value does not fit the slot (negative, too large, or absurd exponent).
     #[error("{field} cannot be a slot value: {reason}")]
     NotRepresentable { field: &'static str, reason: String },
-    /// The weight scale reported 0xFFFF.
-    #[error("weight measurement unsuccessful (0xFFFF)")]
+    /// The scale reported 0xFFFF (weight, or body fat percentage).
+    #[error("measurement unsuccessful (0xFFFF)")]
     MeasurementUnsuccessful,
     /// The characteristic is not a measurement (or an intermediate one).
     #[error("{0} does not make a reading")]
@@ -578,6 +579,113 @@ impl WeightMeasurement {
     }
 }
 
+/// A Weight or Body Composition mass in kg, exactly: SI raw × 0.005 kg,
+/// imperial raw × 0.01 lb × 0.45359237 kg/lb.
+fn mass_kg(unit: WeightUnit, raw: u16) -> Exact {
+    let raw = i128::from(raw);
+    match unit {
+        WeightUnit::Si => Exact {
+            num: raw * 5,
+            den: 1000,
+        },
+        WeightUnit::Imperial => Exact {
+            num: raw * 45_359_237,
+            den: 10_000_000_000,
+        },
+    }
+    .reduced()
+}
+
+/// `v` × 1000, rounded half away from zero (kg → g, m → mm).
+fn thousandths(field: &'static str, v: Exact) -> Result<i64, NoReading> {
+    v.mul(1000, 1)
+        .and_then(Exact::round_half_away)
+        .and_then(|r| i64::try_from(r).ok())
+        .ok_or_else(|| overflow(field))
+}
+
+impl BodyCompositionMeasurement {
+    /// BODY_COMPOSITION: body fat % × 10, muscle % × 10, muscle mass and
+    /// body water mass kg × 1000 (masses converted as weight is; an optional
+    /// field the scale did not send is 0). Extras (sealed, not proven, shown
+    /// by the API from the data type's `shown_extras`): basal metabolism kJ,
+    /// fat-free and soft lean mass in g, impedance Ω × 10, weight in g,
+    /// height in mm (imperial 0.1 in × 2.54 mm, rounded); user id; whether it
+    /// came in two packets.
+    pub fn to_reading(&self) -> Result<ReadingSlots, NoReading> {
+        if self.is_unsuccessful() {
+            return Err(NoReading::MeasurementUnsuccessful);
+        }
+        let t = DataType::BodyComposition;
+        let mut r = ReadingSlots::new(t);
+        if self.unit == WeightUnit::Imperial {
+            r.original_unit = Some("[lb_av]".into());
+        }
+        let tenth = |raw: u16| Exact {
+            num: i128::from(raw),
+            den: 10,
+        };
+        let mass = |raw: Option<u16>| raw.map_or(Exact::int(0), |m| mass_kg(self.unit, m));
+        r.slots.push(to_slot(
+            "body fat percentage",
+            t,
+            0,
+            tenth(self.body_fat_raw),
+        )?);
+        r.slots.push(to_slot(
+            "muscle percentage",
+            t,
+            1,
+            tenth(self.muscle_pct_raw.unwrap_or(0)),
+        )?);
+        r.slots
+            .push(to_slot("muscle mass", t, 2, mass(self.muscle_mass_raw))?);
+        r.slots.push(to_slot(
+            "body water mass",
+            t,
+            3,
+            mass(self.body_water_mass_raw),
+        )?);
+        r.device_time(self.timestamp);
+        if let Some(u) = self.user_id {
+            r.extra("user_id", cbor_int(u));
+        }
+        if let Some(b) = self.basal_metabolism_kj {
+            r.extra("basal_metabolism_kj", cbor_int(b));
+        }
+        for (key, raw) in [
+            ("fat_free_mass_g", self.fat_free_mass_raw),
+            ("soft_lean_mass_g", self.soft_lean_mass_raw),
+            ("weight_g", self.weight_raw),
+        ] {
+            if let Some(m) = raw {
+                r.extra(key, cbor_int(thousandths(key, mass_kg(self.unit, m))?));
+            }
+        }
+        if let Some(z) = self.impedance_raw {
+            r.extra("impedance_ohm_x10", cbor_int(z));
+        }
+        if let Some(h) = self.height_raw {
+            let m = match self.unit {
+                WeightUnit::Si => Exact {
+                    num: i128::from(h),
+                    den: 1000,
+                },
+                // 0.1 in = 2.54 mm
+                WeightUnit::Imperial => Exact {
+                    num: i128::from(h) * 254,
+                    den: 100_000,
+                },
+            };
+            r.extra("height_mm", cbor_int(thousandths("height", m)?));
+        }
+        if self.multiple_packet {
+            r.extra("multiple_packet", Cbor::Bool(true));
+        }
+        Ok(r)
+    }
+}
+
 impl Decoded {
     /// The reading this value makes, if it is a final measurement
     /// (intermediate cuff pressure and temperature are not readings).
@@ -590,6 +698,7 @@ impl Decoded {
             Decoded::PlxSpotCheck(v) => v.to_reading(),
             Decoded::PlxContinuous(v) => v.to_reading(),
             Decoded::WeightMeasurement(v) => v.to_reading(),
+            Decoded::BodyCompositionMeasurement(v) => v.to_reading(),
             other => Err(NoReading::NotAMeasurement(other.characteristic().name())),
         }
     }
@@ -854,5 +963,51 @@ mod tests {
             r.extras.get("rr_intervals_1024"),
             Some(&Cbor::Array(vec![cbor_int(800u16), cbor_int(810u16)]))
         );
+    }
+
+    #[test]
+    fn body_composition_slots_and_extras() {
+        let mut m = BodyCompositionMeasurement::new(WeightUnit::Si, 215);
+        m.muscle_pct_raw = Some(412);
+        m.muscle_mass_raw = Some(6000); // 30 kg
+        m.body_water_mass_raw = Some(8001); // 40.005 kg
+        m.fat_free_mass_raw = Some(11800);
+        m.soft_lean_mass_raw = Some(11000);
+        m.basal_metabolism_kj = Some(7100);
+        m.impedance_raw = Some(5123);
+        m.weight_raw = Some(15000);
+        m.height_raw = Some(1750);
+        m.user_id = Some(3);
+        let r = m.to_reading().expect("reading");
+        assert_eq!(r.data_type, DataType::BodyComposition);
+        assert_eq!(r.slots, vec![215, 412, 30_000, 40_005]);
+        let int = |k: &str| r.extras.get(k).and_then(|v| v.as_integer()).map(i128::from);
+        assert_eq!(int("fat_free_mass_g"), Some(59_000));
+        assert_eq!(int("soft_lean_mass_g"), Some(55_000));
+        assert_eq!(int("weight_g"), Some(75_000));
+        assert_eq!(int("height_mm"), Some(1750));
+        assert_eq!(int("basal_metabolism_kj"), Some(7100));
+        assert_eq!(int("impedance_ohm_x10"), Some(5123));
+        assert_eq!(int("user_id"), Some(3));
+        // Every shown extra is one the mapping writes.
+        for e in DataType::BodyComposition.spec().shown_extras {
+            assert!(r.extras.contains_key(e.key), "{}", e.key);
+        }
+        // Absent optional fields are 0; imperial masses are converted.
+        let mut i = BodyCompositionMeasurement::new(WeightUnit::Imperial, 300);
+        i.muscle_mass_raw = Some(6614); // 66.14 lb = 30.0005994 kg
+        i.height_raw = Some(689); // 68.9 in = 1750.06 mm
+        let r = i.to_reading().expect("reading");
+        assert_eq!(r.slots, vec![300, 0, 30_001, 0]);
+        assert_eq!(r.original_unit.as_deref(), Some("[lb_av]"));
+        assert_eq!(
+            r.extras
+                .get("height_mm")
+                .and_then(|v| v.as_integer())
+                .map(i128::from),
+            Some(1750)
+        );
+        let failed = BodyCompositionMeasurement::new(WeightUnit::Si, 0xFFFF);
+        assert_eq!(failed.to_reading(), Err(NoReading::MeasurementUnsuccessful));
     }
 }

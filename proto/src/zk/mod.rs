@@ -85,6 +85,8 @@ pub enum ZkError {
     Policy(String),
     #[error("malformed key: {0}")]
     MalformedKey(String),
+    #[error("proof bundle: {0}")]
+    Bundle(String),
     #[error("{0} is not a canonical BN254 scalar (32 bytes, little-endian, below the group order)")]
     MalformedScalar(&'static str),
     #[error("development keys (dev seed {0}) are refused by this configuration")]

@@ -57,16 +57,16 @@ impl ProofBundle {
 
     /// The parsed proof (subgroup-checked).
     pub fn proof(&self) -> Result<Proof<Bn254>, ZkError> {
-        let bytes = hex::decode(&self.proof)
-            .map_err(|_| ZkError::MalformedKey("proof is not hex".into()))?;
+        let bytes =
+            hex::decode(&self.proof).map_err(|_| ZkError::Bundle("proof is not hex".into()))?;
         if bytes.len() != PROOF_LEN {
-            return Err(ZkError::MalformedKey(format!(
+            return Err(ZkError::Bundle(format!(
                 "proof is {} bytes, not {PROOF_LEN}",
                 bytes.len()
             )));
         }
         Proof::deserialize_with_mode(&bytes[..], Compress::Yes, Validate::Yes)
-            .map_err(|e| ZkError::MalformedKey(format!("proof: {e}")))
+            .map_err(|e| ZkError::Bundle(format!("proof: {e}")))
     }
 }
 
@@ -145,41 +145,51 @@ pub fn proof_json(proof: &Proof<Bn254>) -> SnarkjsProof {
     }
 }
 
-impl SnarkjsExport {
-    /// Checks the bundle against the key (same id, same statement, exactly
-    /// the key's public-input count, proof verifies natively) and converts.
-    pub fn new(vk: &VerifyingKey, bundle: &ProofBundle) -> Result<Self, ZkError> {
-        if bundle.key_id != vk.id().to_string() {
-            return Err(ZkError::MalformedKey(format!(
+impl ProofBundle {
+    /// Verifies the bundle natively against `vk`: the same key id, the same
+    /// statement, exactly the key's public-input count, and a proof that
+    /// verifies. Returns the parsed proof.
+    pub fn verify(&self, vk: &VerifyingKey) -> Result<Proof<Bn254>, ZkError> {
+        if self.key_id != vk.id().to_string() {
+            return Err(ZkError::Bundle(format!(
                 "the bundle names key {}, the verifying key is {}",
-                bundle.key_id,
+                self.key_id,
                 vk.id()
             )));
         }
-        if kind_from_name(&bundle.statement) != Some(vk.kind()) {
-            return Err(ZkError::MalformedKey(format!(
+        if kind_from_name(&self.statement) != Some(vk.kind()) {
+            return Err(ZkError::Bundle(format!(
                 "the bundle is a {:?} statement, the key proves {} statements",
-                bundle.statement,
+                self.statement,
                 kind_name(vk.kind())
             )));
         }
-        let inputs = bundle.inputs()?;
+        let inputs = self.inputs()?;
         let expected = public_input_count(vk.kind());
         if inputs.len() != expected || vk.ark().gamma_abc_g1.len() != expected + 1 {
-            return Err(ZkError::MalformedKey(format!(
+            return Err(ZkError::Bundle(format!(
                 "{} public inputs given, the {} statement has {expected}",
                 inputs.len(),
                 kind_name(vk.kind())
             )));
         }
-        let proof = bundle.proof()?;
+        let proof = self.proof()?;
         let ok =
             ark_groth16::Groth16::<Bn254>::verify_proof(&vk.pvk, &proof, &inputs).unwrap_or(false);
         if !ok {
-            return Err(ZkError::MalformedKey(
+            return Err(ZkError::Bundle(
                 "the proof does not verify against this key".into(),
             ));
         }
+        Ok(proof)
+    }
+}
+
+impl SnarkjsExport {
+    /// Checks the bundle against the key (same id, same statement, exactly
+    /// the key's public-input count, proof verifies natively) and converts.
+    pub fn new(vk: &VerifyingKey, bundle: &ProofBundle) -> Result<Self, ZkError> {
+        let proof = bundle.verify(vk)?;
         Ok(SnarkjsExport {
             vk: vk_json(vk),
             proof: proof_json(&proof),

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use hailan_proto::envelope::{self, Envelope};
 use hailan_proto::{DataType, topic};
 use hailan_tests::api::{
-    ApiProcess, User, ensure_api_login, http_get_answer, http_get_auth, user, validate_fhir,
-    write_key_ring,
+    ApiProcess, User, ensure_api_login, fhir_profile_errors, http_get_answer, http_get_auth, user,
+    validate_fhir, write_key_ring,
 };
 use hailan_tests::{
     DevZk, IngestProcess, Publisher, T0_MS, TestDb, TestDevice, count_readings, eventually,
@@ -592,9 +592,10 @@ async fn an_opened_window_is_opened_again_when_its_stored_bytes_change() -> Resu
     r.db.drop().await
 }
 
-#[tokio::test]
-async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
-    let mut r = rig("gw-api-3").await?;
+/// `seed` and one SpO2 reading (two codes, pulse as a component): 26
+/// proven readings of three devices under four proofs; a clinician granted.
+async fn fhir_rig(gw: &'static str) -> Result<(Rig, User)> {
+    let mut r = rig(gw).await?;
     seed(&mut r).await?;
     // One SpO2 reading as well (two codes, pulse as a component).
     let mut ox = TestDevice::new(r.gw, "ox-1", DataType::Spo2, 3);
@@ -618,9 +619,16 @@ async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
         .publish_all(&topic, vec![enc(&ox_reading)])
         .await?;
     wait_rows(&pool, SEEDED + 1).await?;
-    let p = r.patient.id;
     let doc = user(&pool, "CLINICIAN", "Dr Fhir").await?;
     grant(&pool, &r.patient, &doc, None).await?;
+    Ok((r, doc))
+}
+
+#[tokio::test]
+async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
+    let (r, doc) = fhir_rig("gw-api-3").await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
 
     let from = chrono::DateTime::from_timestamp_millis(T0_MS).context("t0")?;
     let q = format!(
@@ -640,6 +648,42 @@ async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
         "24 HR + BP + SpO2 (the unverified one is not shown)"
     );
     assert_eq!(validate_fhir(&body, r.logs.path())?, "valid 26");
+    // The outside validator (HL7's R4 definitions and vital-signs profiles)
+    // finds nothing wrong — and does find it when a required element goes.
+    let none: Vec<String> = Vec::new();
+    assert_eq!(fhir_profile_errors(&body, r.logs.path())?, none);
+    let mut broken: Value = serde_json::from_str(&body)?;
+    let hr_at = entries
+        .iter()
+        .position(|e| e["resource"]["code"]["coding"][0]["code"] == "8867-4")
+        .context("a heart rate")?;
+    let bp_at = entries
+        .iter()
+        .position(|e| e["resource"]["code"]["coding"][0]["code"] == "85354-9")
+        .context("a blood pressure")?;
+    broken["entry"][hr_at]["resource"]
+        .as_object_mut()
+        .context("hr")?
+        .remove("category");
+    let errors = fhir_profile_errors(&broken.to_string(), r.logs.path())?;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&format!("entry[{hr_at}].resource.category"))),
+        "{errors:?}"
+    );
+    let mut broken: Value = serde_json::from_str(&body)?;
+    broken["entry"][bp_at]["resource"]["component"][1]
+        .as_object_mut()
+        .context("bp component")?
+        .remove("code");
+    let errors = fhir_profile_errors(&broken.to_string(), r.logs.path())?;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains(&format!("entry[{bp_at}].resource.component[1].code"))),
+        "{errors:?}"
+    );
 
     let find = |code: &str| {
         entries
@@ -712,6 +756,458 @@ async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
     .fetch_one(&pool)
     .await?;
     assert_eq!(audited, 2);
+    drop(r.api);
+    r.db.drop().await
+}
+
+/// The entries of a Bundle by resource type.
+fn entries_of<'a>(b: &'a Value, kind: &str) -> Vec<&'a Value> {
+    b["entry"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .filter(|e| e["resource"]["resourceType"] == kind)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of an Observation's ZK extension part `name`.
+fn zk_part<'a>(o: &'a Value, name: &str) -> Option<&'a str> {
+    o["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == hailan_ingest::api::fhir::ZK_EXTENSION)?["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == name)
+        .and_then(|e| e["valueString"].as_str())
+}
+
+/// The gatewayDevice reference of an Observation.
+fn gateway_ref(o: &Value) -> Option<&str> {
+    o["extension"]
+        .as_array()?
+        .iter()
+        .find(|e| e["url"] == "http://hl7.org/fhir/StructureDefinition/observation-gatewayDevice")?
+        ["valueReference"]["reference"]
+        .as_str()
+}
+
+#[tokio::test]
+async fn everything_and_the_export_trace_each_value_to_its_devices_and_proof() -> Result<()> {
+    let (r, doc) = fhir_rig("gw-api-8").await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+
+    // $everything: 26 Observations, 3 sensors + 1 gateway, 4 proofs.
+    let (code, body) = r
+        .api
+        .get(&doc.token, &format!("/fhir/Patient/{p}/$everything"))
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let b: Value = serde_json::from_str(&body)?;
+    assert_eq!(b["type"], "searchset");
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        fhir_profile_errors(&body, r.logs.path())?,
+        none,
+        "$everything"
+    );
+    let obs = entries_of(&b, "Observation");
+    let devices = entries_of(&b, "Device");
+    let provs = entries_of(&b, "Provenance");
+    assert_eq!((obs.len(), devices.len(), provs.len()), (26, 4, 4));
+    let ids = |es: &[&Value], kind: &str| -> std::collections::HashSet<String> {
+        es.iter()
+            .filter_map(|e| {
+                e["resource"]["id"]
+                    .as_str()
+                    .map(|id| format!("{kind}/{id}"))
+            })
+            .collect()
+    };
+    let device_refs = ids(&devices, "Device");
+    let obs_refs = ids(&obs, "Observation");
+    for e in &devices {
+        assert_eq!(e["search"]["mode"], "include");
+    }
+    let sensor = devices
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|d| d["identifier"][0]["value"] == "ox-1")
+        .context("the oximeter's Device")?;
+    assert_eq!(sensor["patient"]["reference"], format!("Patient/{p}"));
+    assert_eq!(sensor["identifier"][0]["system"], "urn:hailan:device");
+    assert_eq!(
+        sensor["specialization"][0]["systemType"]["coding"][0]["code"],
+        "528388"
+    );
+    // Every Observation names a sensor and the gateway in the Bundle, and
+    // is a target of the one Provenance whose proof hash it carries.
+    for e in &obs {
+        let o = &e["resource"];
+        assert_eq!(e["search"]["mode"], "match");
+        let dev = o["device"]["reference"].as_str().context("device")?;
+        assert!(device_refs.contains(dev), "{dev}");
+        let gw = gateway_ref(o).context("gatewayDevice")?;
+        assert!(device_refs.contains(gw), "{gw}");
+        let hash = zk_part(o, "proofHash").context("proofHash")?;
+        let me = format!("Observation/{}", o["id"].as_str().context("id")?);
+        let covering: Vec<&&Value> = provs
+            .iter()
+            .filter(|pv| {
+                pv["resource"]["target"]
+                    .as_array()
+                    .is_some_and(|ts| ts.iter().any(|t| t["reference"] == me.as_str()))
+            })
+            .collect();
+        assert_eq!(covering.len(), 1, "{me}");
+        let pv = &covering[0]["resource"];
+        assert_eq!(pv["entity"][0]["what"]["identifier"]["value"], hash);
+        assert_eq!(pv["agent"][0]["who"]["reference"], gw);
+    }
+    let window: Vec<&&Value> = provs
+        .iter()
+        .filter(|pv| pv["resource"]["target"].as_array().map(Vec::len) == Some(16))
+        .collect();
+    assert_eq!(
+        window.len(),
+        1,
+        "the first heart-rate window's proof covers 16"
+    );
+    for pv in &provs {
+        for t in pv["resource"]["target"].as_array().context("targets")? {
+            assert!(obs_refs.contains(t["reference"].as_str().unwrap_or("")));
+        }
+        // The proof bundle it names is there, and is that proof.
+        let url = pv["resource"]["entity"][0]["extension"][0]["valueUrl"]
+            .as_str()
+            .context("bundle url")?;
+        let bundle = r.api.json(&doc.token, url).await?;
+        assert_eq!(
+            bundle["proof_hash"], pv["resource"]["entity"][0]["what"]["identifier"]["value"],
+            "{bundle}"
+        );
+    }
+    // Paging: _count=10 gives 10 Observations and a next link that goes on.
+    let (_, page) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Patient/{p}/$everything?_count=10"),
+        )
+        .await?;
+    let page: Value = serde_json::from_str(&page)?;
+    assert_eq!(entries_of(&page, "Observation").len(), 10);
+    let next = page["link"]
+        .as_array()
+        .and_then(|ls| ls.iter().find(|l| l["relation"] == "next"))
+        .and_then(|l| l["url"].as_str())
+        .context("next link")?;
+    let rest = r.api.json(&doc.token, next).await?;
+    let first: std::collections::HashSet<&str> = entries_of(&page, "Observation")
+        .iter()
+        .filter_map(|e| e["resource"]["id"].as_str())
+        .collect();
+    let second = entries_of(&rest, "Observation");
+    assert_eq!(second.len(), 10);
+    assert!(
+        second
+            .iter()
+            .all(|e| !first.contains(e["resource"]["id"].as_str().unwrap_or("")))
+    );
+
+    // Devices read one by one; a device nobody may see is a 404.
+    let gw_id = devices
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|d| d["identifier"][0]["system"] == "urn:hailan:gateway")
+        .and_then(|d| d["id"].as_str())
+        .context("gateway Device")?;
+    let gw_dev = r
+        .api
+        .json(&doc.token, &format!("/fhir/Device/{gw_id}"))
+        .await?;
+    assert_eq!(gw_dev["identifier"][0]["value"], r.gw);
+    let (code, _) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Device/{}", uuid::Uuid::new_v4()),
+        )
+        .await?;
+    assert_eq!(code, 404);
+
+    // The export: a transaction of conditional creates, references by urn:uuid.
+    let (code, body) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/export.fhir.json"),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let t: Value = serde_json::from_str(&body)?;
+    assert_eq!(t["type"], "transaction");
+    assert_eq!(
+        fhir_profile_errors(&body, r.logs.path())?,
+        none,
+        "the export"
+    );
+    let entries = t["entry"].as_array().context("entries")?;
+    assert_eq!(entries.len(), 34);
+    let full_urls: std::collections::HashSet<&str> = entries
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str())
+        .collect();
+    for e in entries {
+        let kind = e["resource"]["resourceType"].as_str().unwrap_or("");
+        match kind {
+            "Observation" | "Device" => {
+                assert_eq!(e["request"]["method"], "POST", "{e}");
+                assert!(
+                    e["request"]["ifNoneExist"]
+                        .as_str()
+                        .is_some_and(|q| q.starts_with("identifier=urn:hailan:")),
+                    "{e}"
+                );
+                assert!(e["resource"].get("id").is_none());
+            }
+            "Provenance" => assert_eq!(e["request"]["method"], "PUT"),
+            other => panic!("unexpected {other}"),
+        }
+        if kind == "Observation" {
+            let o = &e["resource"];
+            assert!(full_urls.contains(o["device"]["reference"].as_str().unwrap_or("")));
+            assert!(full_urls.contains(gateway_ref(o).unwrap_or("")));
+            assert_eq!(
+                o["subject"]["reference"],
+                format!("Patient?identifier=urn:hailan:patient|{p}")
+            );
+        }
+    }
+    // CSV: one line per reading of the type, the values the API shows.
+    let (code, csv) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/export.csv?type=BLOOD_PRESSURE"),
+        )
+        .await?;
+    assert_eq!(code, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[0].starts_with("recorded_at,device_id,seq,verification,reason,"),
+        "{csv}"
+    );
+    assert!(
+        lines[1].contains(",bp-1,") && lines[1].contains(",verified,"),
+        "{csv}"
+    );
+    let bp_obs = obs
+        .iter()
+        .map(|e| &e["resource"])
+        .find(|o| o["code"]["coding"][0]["code"] == "85354-9")
+        .context("bp observation")?;
+    let systolic = bp_obs["component"][0]["valueQuantity"]["value"]
+        .as_f64()
+        .context("systolic")?;
+    assert!(
+        lines[1].contains(&format!(",{systolic},")),
+        "{csv} vs {systolic}"
+    );
+    let (_, hr_csv) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/export.csv?type=HEART_RATE"),
+        )
+        .await?;
+    let hr_obs = obs
+        .iter()
+        .filter(|e| e["resource"]["code"]["coding"][0]["code"] == "8867-4")
+        .count();
+    assert_eq!(hr_csv.lines().count(), 1 + hr_obs, "{hr_csv}");
+    let (code, body) = r
+        .api
+        .get(&doc.token, &format!("/api/v1/patients/{p}/export.csv"))
+        .await?;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("type"), "{body}");
+    let audited: Vec<String> = sqlx::query_scalar(
+        "SELECT action FROM audit_logs WHERE actor_id = $1 AND patient_id = $2 ORDER BY at",
+    )
+    .bind(doc.id)
+    .bind(p)
+    .fetch_all(&pool)
+    .await?;
+    for action in [
+        "fhir_everything",
+        "fhir_read_device",
+        "export_fhir",
+        "export_csv",
+    ] {
+        assert!(audited.iter().any(|a| a == action), "{action}: {audited:?}");
+    }
+    drop(r.api);
+    r.db.drop().await
+}
+
+#[tokio::test]
+async fn a_patient_gives_and_revokes_grants_and_a_clinician_cannot() -> Result<()> {
+    let mut r = rig("gw-api-9").await?;
+    seed(&mut r).await?;
+    let pool = r.db.pool.clone();
+    let p = r.patient.id;
+    let doc = user(&pool, "CLINICIAN", "Dr Given").await?;
+    let other = user(&pool, "PATIENT", "Pat Other").await?;
+    let obs = obs_path(p, "");
+
+    // Nothing granted: the clinician sees nothing of the patient.
+    let (code, _) = r.api.get(&doc.token, &obs).await?;
+    let before = if code == 200 {
+        observations(&r.api.json(&doc.token, &obs).await?).len()
+    } else {
+        0
+    };
+    assert_eq!(before, 0);
+
+    // The patient grants heart rate for a week.
+    let expires = (chrono::Utc::now() + chrono::Duration::days(7))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = format!(
+        r#"{{"clinician":"{}","data_types":["HEART_RATE"],"expires_at":"{expires}"}}"#,
+        doc.did
+    );
+    let (code, made) = r
+        .api
+        .send("POST", &r.patient.token, "/api/v1/grants", Some(&body))
+        .await?;
+    assert_eq!(code, 201, "{made}");
+    let made: Value = serde_json::from_str(&made)?;
+    assert_eq!(made["active"], true);
+    assert_eq!(made["clinician"]["did"], doc.did.as_str());
+    let id = made["id"].as_str().context("grant id")?.to_owned();
+    let seen = observations(&r.api.json(&doc.token, &obs).await?);
+    assert!(!seen.is_empty());
+    assert!(
+        seen.iter().all(|o| o["data_type"] == "HEART_RATE"),
+        "only the granted type"
+    );
+
+    // Both parties list it; a third user does not see it.
+    for who in [&r.patient, &doc] {
+        let l = r.api.json(&who.token, "/api/v1/grants").await?;
+        assert_eq!(l["grants"].as_array().map(Vec::len), Some(1), "{l}");
+    }
+    let l = r.api.json(&other.token, "/api/v1/grants").await?;
+    assert_eq!(l["grants"].as_array().map(Vec::len), Some(0), "{l}");
+
+    // A clinician can neither give nor revoke; nor can another patient revoke.
+    let self_grant = format!(r#"{{"clinician":"{}"}}"#, doc.did);
+    let (code, msg) = r
+        .api
+        .send("POST", &doc.token, "/api/v1/grants", Some(&self_grant))
+        .await?;
+    assert_eq!(code, 403, "{msg}");
+    let (code, msg) = r
+        .api
+        .send("DELETE", &doc.token, &format!("/api/v1/grants/{id}"), None)
+        .await?;
+    assert_eq!(code, 403, "{msg}");
+    let (code, msg) = r
+        .api
+        .send(
+            "DELETE",
+            &other.token,
+            &format!("/api/v1/grants/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(code, 404, "{msg}");
+    // Grants only to clinicians, with known types.
+    let to_patient = format!(r#"{{"clinician":"{}"}}"#, other.did);
+    let (code, msg) = r
+        .api
+        .send(
+            "POST",
+            &r.patient.token,
+            "/api/v1/grants",
+            Some(&to_patient),
+        )
+        .await?;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("not a clinician"), "{msg}");
+    let bad_type = format!(r#"{{"clinician":"{}","data_types":["MOOD"]}}"#, doc.did);
+    let (code, msg) = r
+        .api
+        .send("POST", &r.patient.token, "/api/v1/grants", Some(&bad_type))
+        .await?;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("data_types"), "{msg}");
+
+    // The database holds the line too: as hailan_patient, a grant from
+    // someone else is refused by its policy.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET LOCAL ROLE hailan_patient")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('hailan.user_id', $1, true)")
+        .bind(other.id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let forged = sqlx::query("INSERT INTO care_grants (patient_id, clinician_id) VALUES ($1, $2)")
+        .bind(p)
+        .bind(doc.id)
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        forged.is_err(),
+        "a patient inserted another patient's grant"
+    );
+    tx.rollback().await?;
+
+    // Revoked: the clinician sees nothing again; revoking again is harmless.
+    let (code, msg) = r
+        .api
+        .send(
+            "DELETE",
+            &r.patient.token,
+            &format!("/api/v1/grants/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(code, 200, "{msg}");
+    let revoked: Value = serde_json::from_str(&msg)?;
+    assert_eq!(revoked["active"], false);
+    let (code, _) = r.api.get(&doc.token, &obs).await?;
+    let after = if code == 200 {
+        observations(&r.api.json(&doc.token, &obs).await?).len()
+    } else {
+        0
+    };
+    assert_eq!(after, 0);
+    let (code, _) = r
+        .api
+        .send(
+            "DELETE",
+            &r.patient.token,
+            &format!("/api/v1/grants/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(code, 200);
+
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_logs WHERE actor_id = $1 ORDER BY at")
+            .bind(r.patient.id)
+            .fetch_all(&pool)
+            .await?;
+    for a in ["grant_access", "read_grants", "revoke_grant"] {
+        assert!(actions.iter().any(|x| x == a), "{a}: {actions:?}");
+    }
     drop(r.api);
     r.db.drop().await
 }

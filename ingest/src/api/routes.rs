@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::middleware;
 use axum::response::{Html, IntoResponse};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
 use serde_json::{Value, json};
@@ -41,7 +41,25 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/patients/{id}/series", get(series))
         .route("/api/v1/patients/{id}/devices", get(devices))
         .route("/api/v1/patients/{id}/readings/{reading}/proof", get(proof))
+        .route(
+            "/api/v1/grants",
+            get(super::grants::list).post(super::grants::create),
+        )
+        .route("/api/v1/grants/{id}", delete(super::grants::revoke))
         .route("/fhir/Observation", get(super::fhir::observations))
+        .route(
+            "/fhir/Patient/{id}/$everything",
+            get(super::fhir::everything::everything),
+        )
+        .route("/fhir/Device/{id}", get(super::fhir::everything::device))
+        .route(
+            "/api/v1/patients/{id}/export.csv",
+            get(super::export_csv::export_csv),
+        )
+        .route(
+            "/api/v1/patients/{id}/export.fhir.json",
+            get(super::fhir::everything::export_transaction),
+        )
         .with_state(state)
         .layer(middleware::from_fn_with_state(
             limits,

@@ -20,6 +20,9 @@
 //!   an unverifiable reading its `reason`. An unverifiable reading has no
 //!   value: `dataAbsentReason` = `error` with the reason as text.
 
+pub mod everything;
+pub mod trace;
+
 use super::check::{Check, StoredReading, open_row};
 use super::keyring::KeyRing;
 use super::routes::{Range, Take, read_checked};
@@ -31,12 +34,16 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use hailan_proto::{DataType, SlotSpec};
 use serde_json::{Value, json};
+use trace::Refs;
 use uuid::Uuid;
 
 /// The extension that carries a reading's proof state.
 pub const ZK_EXTENSION: &str = "urn:hailan:fhir:StructureDefinition:zk-verification";
 /// On a component: `valueBoolean` true when the value was sealed but not proven.
 pub const UNPROVEN_EXTENSION: &str = "urn:hailan:fhir:StructureDefinition:unproven";
+/// A reading's identifier (device, data type, sequence number): what a
+/// receiving server creates an Observation on, once.
+pub const READING_ID_SYSTEM: &str = "urn:hailan:reading";
 /// Codes for values LOINC has no code for (the sealed extras' keys).
 const HAILAN_CODES: &str = "urn:hailan:fhir:CodeSystem:extras";
 const LOINC: &str = "http://loinc.org";
@@ -109,6 +116,8 @@ pub struct SearchParams {
     pub to: Option<DateTime<Utc>>,
     /// `_count`, 1 to `max_page` (500 unless asked).
     pub count: i64,
+    /// `_include=Observation:device`, `_revinclude=Provenance:target`.
+    pub include: everything::Include,
 }
 
 impl SearchParams {
@@ -119,6 +128,7 @@ impl SearchParams {
         let mut types: Option<Vec<String>> = None;
         let (mut from, mut to): Bounds = (None, None);
         let mut count = 500i64;
+        let mut include = everything::Include::default();
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
             match k.as_ref() {
                 "patient" | "subject" => {
@@ -147,6 +157,13 @@ impl SearchParams {
                         ApiError::BadRequest(format!("_count {v:?}: expected a whole number"))
                     })?;
                 }
+                "_include" if v == "Observation:device" => include.devices = true,
+                "_revinclude" if v == "Provenance:target" => include.provenance = true,
+                "_include" | "_revinclude" => {
+                    return Err(ApiError::BadRequest(format!(
+                        "{k} {v:?}: supported are _include=Observation:device and _revinclude=Provenance:target"
+                    )));
+                }
                 "category" | "_format" => {}
                 other => {
                     return Err(ApiError::BadRequest(format!(
@@ -169,6 +186,7 @@ impl SearchParams {
             from,
             to,
             count: count.clamp(1, max_page.max(1)),
+            include,
         })
     }
 }
@@ -213,7 +231,13 @@ pub fn unproven_components(r: &StoredReading, c: &Check, keys: &KeyRing) -> Vec<
 
 /// One reading as a vital-signs Observation; `unproven` are its
 /// [`unproven_components`].
-pub fn observation(patient: Uuid, r: &StoredReading, c: &Check, unproven: &[Value]) -> Value {
+pub fn observation(
+    patient: Uuid,
+    r: &StoredReading,
+    c: &Check,
+    unproven: &[Value],
+    refs: Refs,
+) -> Value {
     let mut ext = vec![json!({ "url": "state", "valueCode": match c {
         Check::Verified(_) => "verified",
         Check::Unverifiable(_) => "unverifiable",
@@ -228,8 +252,8 @@ pub fn observation(patient: Uuid, r: &StoredReading, c: &Check, unproven: &[Valu
     if let Check::Unverifiable(why) = c {
         ext.push(json!({ "url": "reason", "valueString": why }));
     }
-    let mut identifier = vec![json!({ "system": "urn:hailan:reading", "value": format!(
-        "{}/{}/{}", r.device_id.map(|d| d.to_string()).unwrap_or_default(), r.data_type, r.seq) })];
+    let mut identifier =
+        vec![json!({ "system": READING_ID_SYSTEM, "value": everything::reading_identifier(r) })];
     // The sealed value's content address (CIDv1, raw, sha2-256 of its ciphertext).
     if let Some(cid) = &r.ipfs_data_cid {
         identifier.push(json!({ "system": "urn:hailan:sealed-value-cid", "value": cid }));
@@ -238,18 +262,23 @@ pub fn observation(patient: Uuid, r: &StoredReading, c: &Check, unproven: &[Valu
         "resourceType": "Observation",
         "id": r.id,
         "meta": { "profile": ["http://hl7.org/fhir/StructureDefinition/vitalsigns"] },
-        "extension": [{ "url": ZK_EXTENSION, "extension": ext }],
+        "extension": [
+            { "url": ZK_EXTENSION, "extension": ext },
+            { "url": trace::GATEWAY_DEVICE_EXTENSION, "valueReference": {
+                "reference": refs.to("Device", trace::gateway_device_id(&r.gateway_id)),
+                "display": &*r.gateway_id } },
+        ],
         "identifier": identifier,
         "status": "final",
         "category": [{ "coding": [{
             "system": "http://terminology.hl7.org/CodeSystem/observation-category",
             "code": "vital-signs", "display": "Vital Signs" }] }],
-        "subject": { "reference": format!("Patient/{patient}") },
+        "subject": { "reference": refs.patient(patient) },
         "effectiveDateTime": r.recorded_at.to_rfc3339_opts(SecondsFormat::Millis, true),
     });
     if let Some(d) = r.device_id {
         let display = r.device.as_ref().map(|d| d.name.as_ref().unwrap_or(&d.ext));
-        o["device"] = json!({ "reference": format!("Device/{d}"), "display": display });
+        o["device"] = json!({ "reference": refs.to("Device", d), "display": display });
     }
     let Some(spec) = DataType::from_name(&r.data_type).map(|t| t.spec()) else {
         o["code"] = json!({ "text": r.data_type });
@@ -312,6 +341,7 @@ pub async fn observations(
         from,
         to,
         count,
+        include,
     } = SearchParams::parse(&raw, state.max_page)?;
     let mut s = Session::begin(&state, &headers).await?;
     let range = Range {
@@ -321,6 +351,7 @@ pub async fn observations(
         take: Take::Page(count),
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
+    let referenced = everything::Referenced::read(s.reader(), patient, &checked, include).await?;
     s.finish(
         "fhir_search_observation",
         "/fhir/Observation",
@@ -329,17 +360,19 @@ pub async fn observations(
         json!({ "query": raw, "types": types }),
     )
     .await?;
-    let entries: Vec<Value> = checked
-        .iter()
-        .map(|(r, c)| {
-            json!({
-                "fullUrl": format!("urn:uuid:{}", r.id),
-                "resource": observation(patient, r, c, &unproven_components(r, c, &state.keys)),
-                "search": { "mode": "match" },
-            })
-        })
-        .collect();
-    let full_page = entries.len() as i64 >= count;
+    let unproven = |r: &StoredReading, c: &Check| unproven_components(r, c, &state.keys);
+    let entries: Vec<Value> = everything::resources(
+        patient,
+        &checked,
+        &unproven,
+        &referenced,
+        include,
+        Refs::Server,
+    )
+    .into_iter()
+    .map(everything::search_entry)
+    .collect();
+    let full_page = checked.len() as i64 >= count;
     let mut bundle = json!({
         "resourceType": "Bundle",
         "id": Uuid::new_v4(),
@@ -350,7 +383,7 @@ pub async fn observations(
     });
     // `total` is the number of matches: known only when the page is not full.
     if !full_page {
-        bundle["total"] = json!(bundle["entry"].as_array().map_or(0, Vec::len));
+        bundle["total"] = json!(checked.len());
     }
     Ok((
         [(header::CONTENT_TYPE, "application/fhir+json")],

@@ -1,0 +1,552 @@
+//! A patient's record as one Bundle, with what it references:
+//!
+//! - `GET /fhir/Patient/{id}/$everything?start=…&end=…&_count=…` — a
+//!   `searchset` of the patient's Observations in the range (paged, `next`
+//!   link), each sensor and gateway `Device` they name and each proof's
+//!   `Provenance` (`search.mode = include`).
+//! - `GET /api/v1/patients/{id}/export.fhir.json?from=…&to=…` — the same
+//!   resources as a `transaction` Bundle a record system can post as it is:
+//!   Observations and Devices are conditional creates (`ifNoneExist` on
+//!   their identifiers: posting the export twice creates nothing the second
+//!   time), each Provenance an update at its proof's id (Provenance has no
+//!   identifier to create on), references between entries by `urn:uuid:`
+//!   and to the patient by identifier. Up to `api.max_rows_per_request`
+//!   readings; more is a 400 asking for a shorter range.
+//! - `GET /fhir/Device/{id}` — one sensor's or gateway's Device.
+//!
+//! Every read is audited as any other (`fhir_everything`, `export_fhir`,
+//! `fhir_read_device`).
+
+use super::trace::{self, ProofRow, Refs, SensorRow};
+use super::{Check, StoredReading, observation, unproven_components};
+use crate::api::params::{ApiPath, parse_cursor};
+use crate::api::routes::{EARLIEST, LATEST, Range, Take, read_checked};
+use crate::api::session::Session;
+use crate::api::{ApiError, ApiState};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+use sqlx::{AssertSqlSafe, PgConnection};
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+const SENSOR_SELECT: &str =
+    "SELECT id, user_id, device_id, device_name, device_type, manufacturer, model,
+        serial_number, firmware_version, hardware_version, bluetooth_address, gateway_id, is_active
+   FROM iot_devices";
+
+/// The sensors `ids` of `patient` the caller may see (RLS decides).
+pub async fn read_sensors(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<SensorRow>, ApiError> {
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
+        "{SENSOR_SELECT} WHERE user_id = $1 AND id = ANY($2) ORDER BY id"
+    )))
+    .bind(patient)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The proofs of `patient` with hashes `hashes` (compared as `bpchar`, the
+/// column's type, so that the unique index serves them).
+pub async fn read_proofs(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    hashes: &[&str],
+) -> Result<Vec<ProofRow>, ApiError> {
+    Ok(sqlx::query_as(
+        "SELECT id, proof_hash::text AS proof_hash, key_id::text AS key_id, statement::text AS statement, created_at
+           FROM zk_proofs WHERE user_id = $1 AND proof_hash = ANY($2::bpchar[]) ORDER BY id",
+    )
+    .bind(patient)
+    .bind(hashes)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// What a Bundle holds besides the Observations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Include {
+    /// The sensors' and gateways' Devices (`_include=Observation:device`).
+    pub devices: bool,
+    /// The proofs' Provenance (`_revinclude=Provenance:target`).
+    pub provenance: bool,
+}
+
+/// The resources the checked readings reference, read in the session.
+#[derive(Debug, Default)]
+pub struct Referenced {
+    pub sensors: Vec<SensorRow>,
+    pub proofs: Vec<ProofRow>,
+}
+
+impl Referenced {
+    pub async fn read(
+        conn: &mut PgConnection,
+        patient: Uuid,
+        checked: &[(StoredReading, Check)],
+        include: Include,
+    ) -> Result<Referenced, ApiError> {
+        let mut out = Referenced::default();
+        if include.devices {
+            let ids: BTreeSet<Uuid> = checked.iter().filter_map(|(r, _)| r.device_id).collect();
+            let ids: Vec<Uuid> = ids.into_iter().collect();
+            out.sensors = read_sensors(conn, patient, &ids).await?;
+        }
+        if include.provenance {
+            let hashes: BTreeSet<&str> = checked
+                .iter()
+                .filter_map(|(r, _)| r.zk_proof_hash.as_deref())
+                .collect();
+            let hashes: Vec<&str> = hashes.into_iter().collect();
+            out.proofs = read_proofs(conn, patient, &hashes).await?;
+        }
+        Ok(out)
+    }
+}
+
+/// The identifier a reading's Observation is created on (the device, the
+/// data type and the device's sequence number: one reading, one value).
+pub fn reading_identifier(r: &StoredReading) -> String {
+    format!(
+        "{}/{}/{}",
+        r.device_id.map(|d| d.to_string()).unwrap_or_default(),
+        r.data_type,
+        r.seq
+    )
+}
+
+/// One resource and what it is in the Bundle.
+#[derive(Debug)]
+pub struct Resource {
+    pub kind: &'static str,
+    pub id: Uuid,
+    pub body: Value,
+    /// `match` for an Observation, `include` for what it references.
+    pub matched: bool,
+    /// The search that finds it on a receiving server (conditional create);
+    /// `None`: written by id.
+    pub if_none_exist: Option<String>,
+}
+
+/// The resources of `checked` and what they reference, Observations first
+/// (in time order), then Devices, then Provenance.
+pub fn resources(
+    patient: Uuid,
+    checked: &[(StoredReading, Check)],
+    unproven: &dyn Fn(&StoredReading, &Check) -> Vec<Value>,
+    referenced: &Referenced,
+    include: Include,
+    refs: Refs,
+) -> Vec<Resource> {
+    let mut out: Vec<Resource> = checked
+        .iter()
+        .map(|(r, c)| Resource {
+            kind: "Observation",
+            id: r.id,
+            body: observation(patient, r, c, &unproven(r, c), refs),
+            matched: true,
+            if_none_exist: Some(format!(
+                "identifier={}|{}",
+                super::READING_ID_SYSTEM,
+                reading_identifier(r)
+            )),
+        })
+        .collect();
+    if include.devices {
+        out.extend(referenced.sensors.iter().map(|d| Resource {
+            kind: "Device",
+            id: d.id,
+            body: trace::sensor_device(d, refs),
+            matched: false,
+            if_none_exist: Some(format!(
+                "identifier={}|{}",
+                trace::DEVICE_ID_SYSTEM,
+                d.device_id
+            )),
+        }));
+        let gateways: BTreeSet<&str> = checked.iter().map(|(r, _)| &*r.gateway_id).collect();
+        out.extend(gateways.into_iter().map(|g| Resource {
+            kind: "Device",
+            id: trace::gateway_device_id(g),
+            body: trace::gateway_device(g),
+            matched: false,
+            if_none_exist: Some(format!("identifier={}|{g}", trace::GATEWAY_ID_SYSTEM)),
+        }));
+    }
+    if include.provenance {
+        // The Observations each proof covers (in this Bundle), and one of
+        // them to name the proof bundle by.
+        let mut covered: BTreeMap<&str, (Vec<Uuid>, &StoredReading)> = BTreeMap::new();
+        for (r, _) in checked {
+            if let Some(h) = r.zk_proof_hash.as_deref() {
+                covered
+                    .entry(h)
+                    .or_insert_with(|| (Vec::new(), r))
+                    .0
+                    .push(r.id);
+            }
+        }
+        out.extend(referenced.proofs.iter().filter_map(|p| {
+            let (targets, first) = covered.get(p.proof_hash.as_str())?;
+            let url = format!("/api/v1/patients/{patient}/readings/{}/proof", first.id);
+            Some(Resource {
+                kind: "Provenance",
+                id: p.id,
+                body: trace::provenance(p, targets, &first.gateway_id, &url, refs),
+                matched: false,
+                if_none_exist: None,
+            })
+        }));
+    }
+    out
+}
+
+/// A `searchset` entry.
+pub fn search_entry(r: Resource) -> Value {
+    json!({
+        "fullUrl": format!("urn:uuid:{}", r.id),
+        "resource": r.body,
+        "search": { "mode": if r.matched { "match" } else { "include" } },
+    })
+}
+
+/// A `transaction` entry: a conditional create, or an update at the id.
+fn transaction_entry(r: Resource) -> Value {
+    let Resource {
+        kind,
+        id,
+        mut body,
+        if_none_exist,
+        ..
+    } = r;
+    let request = match if_none_exist {
+        Some(q) => {
+            // The receiving server assigns the id of what it creates.
+            if let Some(o) = body.as_object_mut() {
+                o.remove("id");
+            }
+            json!({ "method": "POST", "url": kind, "ifNoneExist": q })
+        }
+        None => json!({ "method": "PUT", "url": format!("{kind}/{id}") }),
+    };
+    json!({ "fullUrl": format!("urn:uuid:{id}"), "resource": body, "request": request })
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// `$everything`'s parameters.
+#[derive(Debug)]
+struct EverythingParams {
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    count: i64,
+    after: Option<(DateTime<Utc>, Uuid)>,
+}
+
+impl EverythingParams {
+    fn parse(raw: &str, max_page: i64) -> Result<Self, ApiError> {
+        let mut p = EverythingParams {
+            start: None,
+            end: None,
+            count: max_page,
+            after: None,
+        };
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            match k.as_ref() {
+                // A date's whole day, or a dateTime, as in a search's `date`.
+                "start" => p.start = super::date_bound(&format!("ge{v}"))?.0,
+                "end" => p.end = super::date_bound(&format!("le{v}"))?.1,
+                "_count" => {
+                    p.count = v.trim().parse().map_err(|_| {
+                        ApiError::BadRequest(format!("_count {v:?}: expected a whole number"))
+                    })?
+                }
+                "_cursor" => p.after = Some(parse_cursor(&v)?),
+                "_format" => {}
+                other => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unsupported $everything parameter {other:?}"
+                    )));
+                }
+            }
+        }
+        p.count = p.count.clamp(1, max_page.max(1));
+        Ok(p)
+    }
+}
+
+fn fhir_json(body: Value) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/fhir+json")],
+        body.to_string(),
+    )
+}
+
+const ALL: Include = Include {
+    devices: true,
+    provenance: true,
+};
+
+fn all_types() -> Vec<String> {
+    hailan_proto::DataType::ALL
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect()
+}
+
+/// `GET /fhir/Patient/{id}/$everything`.
+pub async fn everything(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiPath(patient): ApiPath<Uuid>,
+    RawQuery(raw): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let p = EverythingParams::parse(&raw, state.max_page)?;
+    let mut s = Session::begin(&state, &headers).await?;
+    let range = Range {
+        from: p.start.unwrap_or(EARLIEST),
+        to: p.end.unwrap_or(LATEST),
+        after: p.after,
+        take: Take::Page(p.count),
+    };
+    let checked = read_checked(&state, s.reader(), patient, &all_types(), &range).await?;
+    let referenced = Referenced::read(s.reader(), patient, &checked, ALL).await?;
+    let path = format!("/fhir/Patient/{patient}/$everything");
+    s.finish(
+        "fhir_everything",
+        &path,
+        Some(patient),
+        checked.len(),
+        json!({ "query": raw, "devices": referenced.sensors.len(), "proofs": referenced.proofs.len() }),
+    )
+    .await?;
+    let next = (checked.len() as i64 == p.count)
+        .then(|| checked.last())
+        .flatten()
+        .map(|(r, _)| {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+                if k != "_cursor" {
+                    q.append_pair(&k, &v);
+                }
+            }
+            q.append_pair(
+                "_cursor",
+                &format!("{}_{}", r.recorded_at.timestamp_micros(), r.id),
+            );
+            format!("{path}?{}", q.finish())
+        });
+    let unproven = |r: &StoredReading, c: &Check| unproven_components(r, c, &state.keys);
+    let entries: Vec<Value> =
+        resources(patient, &checked, &unproven, &referenced, ALL, Refs::Server)
+            .into_iter()
+            .map(search_entry)
+            .collect();
+    let mut links = vec![json!({ "relation": "self", "url": format!("{path}?{raw}") })];
+    if let Some(n) = next {
+        links.push(json!({ "relation": "next", "url": n }));
+    }
+    Ok(fhir_json(json!({
+        "resourceType": "Bundle",
+        "id": Uuid::new_v4(),
+        "meta": { "lastUpdated": now() },
+        "type": "searchset",
+        "link": links,
+        "entry": entries,
+    })))
+}
+
+/// `GET /api/v1/patients/{id}/export.fhir.json`.
+pub async fn export_transaction(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiPath(patient): ApiPath<Uuid>,
+    RawQuery(raw): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let (from, to) = export_range(&raw)?;
+    let mut s = Session::begin(&state, &headers).await?;
+    let cap = state.limits.max_rows;
+    let range = Range {
+        from: from.unwrap_or(EARLIEST),
+        to: to.unwrap_or(LATEST),
+        after: None,
+        take: Take::Page(cap.saturating_add(1)),
+    };
+    let checked = read_checked(&state, s.reader(), patient, &all_types(), &range).await?;
+    if checked.len() as i64 > cap {
+        return Err(ApiError::TooManyRows { cap });
+    }
+    let referenced = Referenced::read(s.reader(), patient, &checked, ALL).await?;
+    s.finish(
+        "export_fhir",
+        &format!("/api/v1/patients/{patient}/export.fhir.json"),
+        Some(patient),
+        checked.len(),
+        json!({ "query": raw, "devices": referenced.sensors.len(), "proofs": referenced.proofs.len() }),
+    )
+    .await?;
+    let unproven = |r: &StoredReading, c: &Check| unproven_components(r, c, &state.keys);
+    let entries: Vec<Value> = resources(
+        patient,
+        &checked,
+        &unproven,
+        &referenced,
+        ALL,
+        Refs::Transaction,
+    )
+    .into_iter()
+    .map(transaction_entry)
+    .collect();
+    let body = json!({
+        "resourceType": "Bundle",
+        "id": Uuid::new_v4(),
+        "meta": { "lastUpdated": now() },
+        "type": "transaction",
+        "entry": entries,
+    });
+    let name = format!("attachment; filename=\"hailan-{patient}.fhir.json\"");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/fhir+json".to_owned()),
+            (header::CONTENT_DISPOSITION, name),
+        ],
+        body.to_string(),
+    ))
+}
+
+/// An export's `from` / `to` (RFC 3339 times or dates).
+fn export_range(raw: &str) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+    let (mut from, mut to) = (None, None);
+    for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+        match k.as_ref() {
+            "from" => from = super::date_bound(&format!("ge{v}"))?.0,
+            "to" => to = super::date_bound(&format!("le{v}"))?.1,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unsupported export parameter {other:?}"
+                )));
+            }
+        }
+    }
+    Ok((from, to))
+}
+
+/// `GET /fhir/Device/{id}`: a sensor the caller may see, or a gateway one
+/// of them came through.
+pub async fn device(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<Uuid>,
+) -> Result<impl IntoResponse, ApiError> {
+    let mut s = Session::begin(&state, &headers).await?;
+    let sensor: Option<SensorRow> =
+        sqlx::query_as(AssertSqlSafe(format!("{SENSOR_SELECT} WHERE id = $1")))
+            .bind(id)
+            .fetch_optional(s.reader())
+            .await?;
+    let body = match sensor {
+        Some(d) => Some((d.user_id, trace::sensor_device(&d, Refs::Server))),
+        None => {
+            // Gateways of the devices the caller may see.
+            let gateways: Vec<(String, Uuid)> =
+                sqlx::query_as("SELECT DISTINCT gateway_id, user_id FROM iot_devices")
+                    .fetch_all(s.reader())
+                    .await?;
+            gateways
+                .into_iter()
+                .find(|(g, _)| trace::gateway_device_id(g) == id)
+                .map(|(g, user)| (user, trace::gateway_device(&g)))
+        }
+    };
+    let Some((owner, body)) = body else {
+        return Err(ApiError::NotFound);
+    };
+    s.finish(
+        "fhir_read_device",
+        &format!("/fhir/Device/{id}"),
+        Some(owner),
+        1,
+        json!({}),
+    )
+    .await?;
+    Ok(fhir_json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_parameters_parse_or_name_the_bad_one() {
+        let p = EverythingParams::parse("start=2026-01-02&end=2026-01-03&_count=10", 500)
+            .expect("parses");
+        assert_eq!(
+            p.start.map(|t| t.to_rfc3339()),
+            Some("2026-01-02T00:00:00+00:00".into())
+        );
+        assert_eq!(
+            p.end.map(|t| t.to_rfc3339()),
+            Some("2026-01-03T23:59:59.999999+00:00".into())
+        );
+        assert_eq!(p.count, 10);
+        assert_eq!(
+            EverythingParams::parse("_count=99999", 500)
+                .expect("clamped")
+                .count,
+            500
+        );
+        for bad in [
+            "start=yesterday",
+            "_count=x",
+            "_since=2026-01-01",
+            "_cursor=1",
+        ] {
+            assert!(
+                matches!(
+                    EverythingParams::parse(bad, 500),
+                    Err(ApiError::BadRequest(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(
+            matches!(export_range("type=x"), Err(ApiError::BadRequest(m)) if m.contains("\"type\""))
+        );
+    }
+
+    #[test]
+    fn a_transaction_entry_is_a_conditional_create_or_an_update_by_id() {
+        let id = Uuid::from_u128(5);
+        let create = transaction_entry(Resource {
+            kind: "Observation",
+            id,
+            body: json!({ "resourceType": "Observation", "id": id }),
+            matched: true,
+            if_none_exist: Some("identifier=a|b".into()),
+        });
+        assert_eq!(create["request"]["method"], "POST");
+        assert_eq!(create["request"]["ifNoneExist"], "identifier=a|b");
+        assert!(create["resource"].get("id").is_none());
+        assert_eq!(create["fullUrl"], format!("urn:uuid:{id}"));
+        let update = transaction_entry(Resource {
+            kind: "Provenance",
+            id,
+            body: json!({ "resourceType": "Provenance", "id": id }),
+            matched: false,
+            if_none_exist: None,
+        });
+        assert_eq!(update["request"]["method"], "PUT");
+        assert_eq!(update["request"]["url"], format!("Provenance/{id}"));
+        assert_eq!(update["resource"]["id"], json!(id));
+    }
+}

@@ -425,7 +425,7 @@ pub async fn export_transaction(
 }
 
 /// An export's `from` / `to` (RFC 3339 times or dates).
-fn export_range(raw: &str) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), ApiError> {
+fn export_range(raw: &str) -> Result<super::Bounds, ApiError> {
     let (mut from, mut to) = (None, None);
     for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
         match k.as_ref() {

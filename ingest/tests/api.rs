@@ -890,6 +890,32 @@ async fn everything_and_the_export_trace_each_value_to_its_devices_and_proof() -
             "{bundle}"
         );
     }
+    // The search includes the same Devices and Provenance when asked, and
+    // names an include it does not know.
+    let inc = r
+        .api
+        .json(
+            &doc.token,
+            &format!("/fhir/Observation?patient={p}&_include=Observation:device&_revinclude=Provenance:target"),
+        )
+        .await?;
+    assert_eq!(
+        (
+            entries_of(&inc, "Observation").len(),
+            entries_of(&inc, "Device").len(),
+            entries_of(&inc, "Provenance").len()
+        ),
+        (26, 4, 4)
+    );
+    let (code, msg) = r
+        .api
+        .get(
+            &doc.token,
+            &format!("/fhir/Observation?patient={p}&_include=Observation:subject"),
+        )
+        .await?;
+    assert_eq!(code, 400, "{msg}");
+    assert!(msg.contains("_include"), "{msg}");
     // Paging: _count=10 gives 10 Observations and a next link that goes on.
     let (_, page) = r
         .api

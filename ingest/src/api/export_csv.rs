@@ -11,7 +11,7 @@
 
 use super::check::{Check, StoredReading};
 use super::params::ApiPath;
-use super::routes::{EARLIEST, LATEST, Range, Take, read_checked};
+use super::routes::{EARLIEST, LATEST, read_capped};
 use super::session::Session;
 use super::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
@@ -106,18 +106,8 @@ pub async fn export_csv(
     let data_type =
         data_type.ok_or_else(|| ApiError::BadRequest("type: one data type is required".into()))?;
     let mut s = Session::begin(&state, &headers).await?;
-    let cap = state.limits.max_rows;
-    let range = Range {
-        from,
-        to,
-        after: None,
-        take: Take::Page(cap.saturating_add(1)),
-    };
     let types = [data_type.as_str().to_owned()];
-    let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
-    if checked.len() as i64 > cap {
-        return Err(ApiError::TooManyRows { cap });
-    }
+    let checked = read_capped(&state, s.reader(), patient, &types, from, to).await?;
     s.finish(
         "export_csv",
         &format!("/api/v1/patients/{patient}/export.csv"),

@@ -83,13 +83,18 @@ pub fn parse_cursor(c: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((t, id.parse().map_err(|_| bad())?))
 }
 
+/// Every data type's name.
+pub fn all_type_names() -> Vec<String> {
+    DataType::ALL
+        .iter()
+        .map(|t| t.as_str().to_owned())
+        .collect()
+}
+
 /// Data type names from a comma-separated `type` parameter (all known when empty).
 pub fn parse_types(param: Option<&str>) -> Result<Vec<String>, ApiError> {
     match param.map(str::trim).filter(|s| !s.is_empty()) {
-        None => Ok(DataType::ALL
-            .iter()
-            .map(|t| t.as_str().to_owned())
-            .collect()),
+        None => Ok(all_type_names()),
         Some(s) => s
             .split(',')
             .map(|t| {

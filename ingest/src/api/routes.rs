@@ -465,6 +465,31 @@ pub async fn read_checked(
     Ok(rows.into_iter().zip(checks).take(n).collect())
 }
 
+/// Every reading of `from..=to` in time order, checked, for an export: at
+/// most `api.max_rows_per_request` of them, more is
+/// [`ApiError::TooManyRows`] (ask for a shorter range).
+pub async fn read_capped(
+    state: &ApiState,
+    conn: &mut PgConnection,
+    patient: Uuid,
+    types: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(StoredReading, Check)>, ApiError> {
+    let cap = state.limits.max_rows;
+    let range = Range {
+        from,
+        to,
+        after: None,
+        take: Take::Page(cap.saturating_add(1)),
+    };
+    let checked = read_checked(state, conn, patient, types, &range).await?;
+    if checked.len() as i64 > cap {
+        return Err(ApiError::TooManyRows { cap });
+    }
+    Ok(checked)
+}
+
 /// The JSON of one checked reading.
 pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
     let spec = DataType::from_name(&r.data_type).map(|t| t.spec());

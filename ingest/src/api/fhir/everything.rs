@@ -18,15 +18,15 @@
 //! `fhir_read_device`).
 
 use super::trace::{self, ProofRow, Refs, SensorRow};
-use super::{Check, StoredReading, observation, unproven_components};
-use crate::api::params::{ApiPath, parse_cursor};
-use crate::api::routes::{EARLIEST, LATEST, Range, Take, read_checked};
+use super::{Check, StoredReading, bundle, fhir_json, observation, unproven_components};
+use crate::api::params::{ApiPath, all_type_names, parse_cursor};
+use crate::api::routes::{EARLIEST, LATEST, Range, Take, read_capped, read_checked};
 use crate::api::session::Session;
 use crate::api::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::{AssertSqlSafe, PgConnection};
 use std::collections::{BTreeMap, BTreeSet};
@@ -238,10 +238,6 @@ fn transaction_entry(r: Resource) -> Value {
     json!({ "fullUrl": format!("urn:uuid:{id}"), "resource": body, "request": request })
 }
 
-fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 /// `$everything`'s parameters.
 #[derive(Debug)]
 struct EverythingParams {
@@ -283,24 +279,10 @@ impl EverythingParams {
     }
 }
 
-fn fhir_json(body: Value) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/fhir+json")],
-        body.to_string(),
-    )
-}
-
 const ALL: Include = Include {
     devices: true,
     provenance: true,
 };
-
-fn all_types() -> Vec<String> {
-    hailan_proto::DataType::ALL
-        .iter()
-        .map(|t| t.as_str().to_owned())
-        .collect()
-}
 
 /// `GET /fhir/Patient/{id}/$everything`.
 pub async fn everything(
@@ -318,7 +300,7 @@ pub async fn everything(
         after: p.after,
         take: Take::Page(p.count),
     };
-    let checked = read_checked(&state, s.reader(), patient, &all_types(), &range).await?;
+    let checked = read_checked(&state, s.reader(), patient, &all_type_names(), &range).await?;
     let referenced = Referenced::read(s.reader(), patient, &checked, ALL).await?;
     let path = format!("/fhir/Patient/{patient}/$everything");
     s.finish(
@@ -355,14 +337,7 @@ pub async fn everything(
     if let Some(n) = next {
         links.push(json!({ "relation": "next", "url": n }));
     }
-    Ok(fhir_json(json!({
-        "resourceType": "Bundle",
-        "id": Uuid::new_v4(),
-        "meta": { "lastUpdated": now() },
-        "type": "searchset",
-        "link": links,
-        "entry": entries,
-    })))
+    Ok(fhir_json(bundle("searchset", links, entries)))
 }
 
 /// `GET /api/v1/patients/{id}/export.fhir.json`.
@@ -375,17 +350,8 @@ pub async fn export_transaction(
     let raw = raw.unwrap_or_default();
     let (from, to) = export_range(&raw)?;
     let mut s = Session::begin(&state, &headers).await?;
-    let cap = state.limits.max_rows;
-    let range = Range {
-        from: from.unwrap_or(EARLIEST),
-        to: to.unwrap_or(LATEST),
-        after: None,
-        take: Take::Page(cap.saturating_add(1)),
-    };
-    let checked = read_checked(&state, s.reader(), patient, &all_types(), &range).await?;
-    if checked.len() as i64 > cap {
-        return Err(ApiError::TooManyRows { cap });
-    }
+    let (from, to) = (from.unwrap_or(EARLIEST), to.unwrap_or(LATEST));
+    let checked = read_capped(&state, s.reader(), patient, &all_type_names(), from, to).await?;
     let referenced = Referenced::read(s.reader(), patient, &checked, ALL).await?;
     s.finish(
         "export_fhir",
@@ -407,13 +373,7 @@ pub async fn export_transaction(
     .into_iter()
     .map(transaction_entry)
     .collect();
-    let body = json!({
-        "resourceType": "Bundle",
-        "id": Uuid::new_v4(),
-        "meta": { "lastUpdated": now() },
-        "type": "transaction",
-        "entry": entries,
-    });
+    let body = bundle("transaction", Vec::new(), entries);
     let name = format!("attachment; filename=\"hailan-{patient}.fhir.json\"");
     Ok((
         [

@@ -174,12 +174,7 @@ impl SearchParams {
         }
         let patient = patient
             .ok_or_else(|| ApiError::BadRequest("the patient parameter is required".into()))?;
-        let types = types.unwrap_or_else(|| {
-            DataType::ALL
-                .iter()
-                .map(|t| t.as_str().to_owned())
-                .collect()
-        });
+        let types = types.unwrap_or_else(super::params::all_type_names);
         Ok(SearchParams {
             patient,
             types,
@@ -373,22 +368,36 @@ pub async fn observations(
     .map(everything::search_entry)
     .collect();
     let full_page = checked.len() as i64 >= count;
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": Uuid::new_v4(),
-        "meta": { "lastUpdated": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true) },
-        "type": "searchset",
-        "link": [{ "relation": "self", "url": format!("/fhir/Observation?{raw}") }],
-        "entry": entries,
-    });
+    let self_link = json!({ "relation": "self", "url": format!("/fhir/Observation?{raw}") });
+    let mut bundle = bundle("searchset", vec![self_link], entries);
     // `total` is the number of matches: known only when the page is not full.
     if !full_page {
         bundle["total"] = json!(checked.len());
     }
-    Ok((
+    Ok(fhir_json(bundle))
+}
+
+/// A Bundle of `kind` (`searchset`, `transaction`) made now.
+pub fn bundle(kind: &str, links: Vec<Value>, entries: Vec<Value>) -> Value {
+    let mut b = json!({
+        "resourceType": "Bundle",
+        "id": Uuid::new_v4(),
+        "meta": { "lastUpdated": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true) },
+        "type": kind,
+        "entry": entries,
+    });
+    if !links.is_empty() {
+        b["link"] = Value::Array(links);
+    }
+    b
+}
+
+/// A FHIR JSON answer.
+pub fn fhir_json(body: Value) -> impl IntoResponse {
+    (
         [(header::CONTENT_TYPE, "application/fhir+json")],
-        bundle.to_string(),
-    ))
+        body.to_string(),
+    )
 }
 
 #[cfg(test)]

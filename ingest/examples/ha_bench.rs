@@ -22,11 +22,12 @@
 //!   (`patronictl edit-config`), median of each.
 //!
 //! Ingest runs inside this process (the same code as `hailan-ingest run`,
-//! including the follower of `hailan_ingest::db`).
+//! including the follower of `hailan_db`).
 
 use anyhow::Result;
+use hailan_db as db;
 use hailan_ingest::config::{BatchConfig, HttpConfig, IngestConfig, MqttConfig, ZkConfig};
-use hailan_ingest::{db, metrics::Metrics, run};
+use hailan_ingest::{metrics::Metrics, run};
 use hailan_proto::{DataType, envelope, topic};
 use hailan_tests::ha::HaCluster;
 use hailan_tests::{
@@ -77,7 +78,6 @@ async fn consumer(url: &str, client_id: &str, group: &str, zk: &DevZk) -> Result
         http: HttpConfig {
             listen: String::new(),
         },
-        api: Default::default(),
         fair_share: hailan_ingest::config::FairShareConfig {
             enabled: false,
             ..Default::default()

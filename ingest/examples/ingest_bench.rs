@@ -15,8 +15,9 @@
 //! broker and a fresh database per scenario.
 
 use anyhow::{Context, Result};
+use hailan_db as db;
 use hailan_ingest::config::{BatchConfig, HttpConfig, IngestConfig, MqttConfig, ZkConfig};
-use hailan_ingest::{db, metrics::Metrics, run};
+use hailan_ingest::{metrics::Metrics, run};
 use hailan_proto::envelope::{self, Body, Envelope};
 use hailan_proto::zk::{DevKeys, GroupClaim, Policy, Verifier, device_commitment};
 use hailan_proto::{DataType, topic};
@@ -216,7 +217,6 @@ async fn consumer(url: &str, group: &str, zk: &DevZk) -> Result<Consumer> {
         http: HttpConfig {
             listen: String::new(),
         },
-        api: Default::default(),
         // One gateway publishes the whole benchmark load: no per-gateway limits.
         fair_share: hailan_ingest::config::FairShareConfig {
             enabled: false,
@@ -407,7 +407,7 @@ async fn copy_baseline(w: &Workload) -> Result<f64> {
         let g = &b.groups[0];
         let hash = hex::encode(sha2::Sha256::digest(g.proof.as_deref().unwrap_or_default()));
         for r in &g.readings {
-            let value = hailan_ingest::plan::sealed_json(&r.sealed)
+            let value = hailan_proto::stored::encode(&r.sealed)
                 .to_string()
                 .replace('"', "\"\"");
             let t = chrono::DateTime::from_timestamp_millis(r.recorded_at_ms).context("time")?;

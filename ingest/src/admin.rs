@@ -36,14 +36,7 @@ pub async fn add_user(
     Ok(id)
 }
 
-/// The user with this DID.
-pub async fn user_id(pool: &PgPool, did: &str) -> Result<Uuid> {
-    sqlx::query_scalar("SELECT id FROM users WHERE did = $1")
-        .bind(did)
-        .fetch_optional(pool)
-        .await?
-        .with_context(|| format!("no user with DID {did}"))
-}
+pub use hailan_db::user_id;
 
 /// Enrol gateway `gateway_id` (its MQTT user name) for the owner `owner_did`.
 pub async fn enrol_gateway(
@@ -137,4 +130,17 @@ pub async fn issue_token(
     .execute(pool)
     .await?;
     Ok(token)
+}
+
+/// `hailan-ingest admin revoke-tokens`: revoke every unrevoked API token of
+/// the user with this DID; returns how many.
+pub async fn revoke_tokens(pool: &PgPool, did: &str) -> Result<u64> {
+    let user = user_id(pool, did).await?;
+    let r = sqlx::query(
+        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected())
 }

@@ -1,9 +1,10 @@
 //! hailan-ingest: the server side of DESIGN §1 — MQTT consumer, batch
-//! verifier, PostgreSQL writer, quarantine, device state, admin CLI and the
-//! clinician API. The binary (`src/main.rs`) is a thin layer over this crate.
+//! verifier, PostgreSQL writer, quarantine, device state and the admin CLI.
+//! The binary (`src/main.rs`) is a thin layer over this crate. The database
+//! connection and migrations are `hailan_db`'s; the clinician API is its own
+//! crate and process (`hailan-api`).
 //!
 //! - [`config`]: the TOML + environment configuration.
-//! - [`db`]: connecting, the embedded migrations, and the schema summary.
 //! - [`plan`]: one batch of messages → the rows of one transaction (verifies proofs).
 //! - [`store`]: writing a plan in one transaction.
 //! - [`commit`]: committing a batch whatever it holds — retry connection loss, isolate what cannot be stored.
@@ -13,13 +14,10 @@
 //! - [`admin`]: users, gateways, grants and tokens.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`zk_cli`]: `hailan-ingest zk setup / export`.
-//! - [`api`]: `hailan-ingest api`, the clinician API (JSON, FHIR, web page).
 
 pub mod admin;
-pub mod api;
 pub mod commit;
 pub mod config;
-pub mod db;
 pub mod fair_share;
 pub mod http;
 pub mod link;

@@ -2,10 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hailan_db as db;
 use hailan_ingest::config::IngestConfig;
 use hailan_ingest::metrics::Metrics;
 use hailan_ingest::run::Status;
-use hailan_ingest::{admin, db, quarantine, run, zk_cli};
+use hailan_ingest::{admin, quarantine, run, zk_cli};
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,8 @@ enum Command {
     /// Users, gateways, grants and API tokens.
     #[command(subcommand)]
     Admin(AdminCommand),
-    /// Serve the clinician API (JSON, FHIR R4, web page) until SIGTERM/SIGINT.
+    /// Moved: the clinician API is its own program, `hailan-api`.
+    #[command(hide = true)]
     Api,
     /// Zero-knowledge keys and third-party export.
     #[command(subcommand)]
@@ -169,22 +171,6 @@ async fn run_service(cfg: IngestConfig) -> Result<()> {
     run::run(cfg, pool, verifier, metrics, status, shutdown).await
 }
 
-async fn api_service(cfg: IngestConfig) -> Result<()> {
-    let state = hailan_ingest::api::state_from_config(&cfg).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(shutdown_signal(shutdown.clone()));
-    let listener = tokio::net::TcpListener::bind(&cfg.api.listen)
-        .await
-        .with_context(|| format!("api.listen = {}", cfg.api.listen))?;
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        keys = state.keys.len(),
-        replica = state.replica.is_some(),
-        "clinician API listening"
-    );
-    hailan_ingest::api::serve(listener, state, shutdown).await
-}
-
 /// Errors end as one line on stderr and exit status 1 (like the gateway),
 /// not as a `Debug` dump with a backtrace.
 fn main() -> std::process::ExitCode {
@@ -222,7 +208,10 @@ async fn cli_main() -> Result<()> {
     match cli.command {
         Command::Zk(cmd) => zk_cli::run(cmd)?,
         Command::Run => run_service(cfg).await?,
-        Command::Api => api_service(cfg).await?,
+        Command::Api => anyhow::bail!(
+            "the clinician API is its own program now: run `hailan-api --config /etc/hailan/api.toml` \
+             (the hailan-api.service unit does)"
+        ),
         Command::Migrate => {
             let pool = db::connect(cfg.database_url()?, 2).await?;
             db::migrate(&pool).await?;
@@ -331,7 +320,7 @@ async fn cli_main() -> Result<()> {
                     println!("{n} grant(s) revoked");
                 }
                 AdminCommand::RevokeTokens { did } => {
-                    let n = hailan_ingest::api::revoke_tokens(&pool, &did).await?;
+                    let n = admin::revoke_tokens(&pool, &did).await?;
                     println!("{n} token(s) revoked");
                 }
                 AdminCommand::Token { did, days, label } => {

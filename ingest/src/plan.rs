@@ -705,7 +705,7 @@ pub async fn plan_with(
                 user_id,
                 device,
                 data_type: r.data_type.clone(),
-                value: sealed_json(&r.sealed),
+                value: hailan_proto::stored::encode(&r.sealed),
                 data_cid: hailan_proto::cid::sealed_value_cid(&r.sealed.ciphertext),
                 unit: DataType::from_name(&r.data_type).map(|t| t.spec().slots[0].unit.to_owned()),
                 recorded_at,
@@ -719,14 +719,4 @@ pub async fn plan_with(
     }
     plan.quarantine = one_row_per_message(std::mem::take(&mut plan.quarantine));
     Ok(plan)
-}
-
-/// The JSON stored in `health_data.value`: the sealed value, never plaintext.
-pub fn sealed_json(s: &envelope::Sealed) -> serde_json::Value {
-    serde_json::json!({
-        "alg": "A256GCM",
-        "kid": s.kid,
-        "nonce": hex(&s.nonce),
-        "ciphertext": hex(&s.ciphertext),
-    })
 }

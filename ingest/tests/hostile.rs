@@ -580,7 +580,7 @@ async fn a_rate_limited_row_that_cannot_be_stored_does_not_stop_replay() -> Resu
 async fn sigterm_while_the_database_is_gone_exits_within_5_s_and_loses_nothing() -> Result<()> {
     let gw = "gw-hostile-5";
     let pg = PrivatePostgres::start().await?;
-    let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+    let pool = hailan_db::connect(&pg.url, 2).await?;
     let zk = DevZk::new()?;
     let logs = tempfile::tempdir()?;
     enrol(&pool, gw).await?;
@@ -614,7 +614,7 @@ async fn sigterm_while_the_database_is_gone_exits_within_5_s_and_loses_nothing()
     assert!(status.success(), "exit status {status}");
 
     pg.start_again()?;
-    let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+    let pool = hailan_db::connect(&pg.url, 2).await?;
     ingest.restart()?;
     wait_readings(&pool, 40).await?;
     assert_eq!(count_readings(&pool, "").await?, 40);

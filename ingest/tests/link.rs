@@ -123,8 +123,7 @@ async fn offline_marks_devices_unknown_and_online_lets_states_back() -> Result<(
     hailan_ingest::admin::enrol_gateway(&db.pool, gw, &patient.did, None).await?;
     let ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
     let ring = write_key_ring(logs.path())?;
-    let api =
-        ApiProcess::start(Path::new(BIN), &db, None, &ring, zk.dir.path(), logs.path()).await?;
+    let api = ApiProcess::start(&db, None, &ring, zk.dir.path(), logs.path()).await?;
     let mut p = Publisher::connect(gw).await?;
     // An earlier run may have left `offline` retained: start online.
     p.publish_retained(&status, b"online").await?;

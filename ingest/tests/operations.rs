@@ -126,7 +126,7 @@ async fn backup_and_point_in_time_restore_drill() -> Result<()> {
     let started = Instant::now();
     let archive = shared_tempdir("hailan-archive-")?;
     let pg = PrivatePostgres::start_with(&ops::archive_conf(archive.path())?).await?;
-    let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+    let pool = hailan_db::connect(&pg.url, 2).await?;
     let zk = DevZk::new()?;
     let logs = tempfile::tempdir()?;
     let gw = "gw-drill-1";
@@ -268,8 +268,8 @@ async fn failover_to_the_synchronous_standby_loses_and_doubles_nothing() -> Resu
     })
     .await?;
     su.close().await;
-    let pool = hailan_ingest::db::connect(&primary.url, 2).await?;
-    let replica = hailan_ingest::db::connect(&standby.url, 2).await?;
+    let pool = hailan_db::connect(&primary.url, 2).await?;
+    let replica = hailan_db::connect(&standby.url, 2).await?;
     let gw = "gw-drill-2";
     enrol(&pool, gw).await?;
     let zk = DevZk::new()?;

@@ -600,7 +600,7 @@ async fn metrics_and_health_endpoints_report_what_happened() -> Result<()> {
 async fn postgres_restart_mid_stream_loses_and_doubles_nothing() -> Result<()> {
     // A cluster of this test's own, so restarting it disturbs no other test.
     let pg = hailan_tests::PrivatePostgres::start().await?;
-    let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+    let pool = hailan_db::connect(&pg.url, 2).await?;
     let zk = DevZk::new()?;
     let logs = tempfile::tempdir()?;
     let gw = "gw-test-12";

@@ -33,7 +33,7 @@ fn server_cert(dir: &Path) -> Result<()> {
 }
 
 async fn ssl_in_use(url: &str) -> Result<bool> {
-    let pool = hailan_ingest::db::connect(url, 1).await?;
+    let pool = hailan_db::connect(url, 1).await?;
     let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
         .fetch_one(&pool)
         .await?;

@@ -1,4 +1,4 @@
-//! Helpers for the clinician API tests: the `hailan-ingest api` process
+//! Helpers for the clinician API tests: the `hailan-api` process
 //! (connected as a login that is only a member of `hailan_api`), key rings,
 //! users with tokens, and HTTP with a bearer token.
 
@@ -77,7 +77,7 @@ enum Ready {
     PortTaken,
 }
 
-/// A running `hailan-ingest api`; killed on drop.
+/// A running `hailan-api`; killed on drop.
 pub struct ApiProcess {
     pub child: std::process::Child,
     pub port: u16,
@@ -88,19 +88,17 @@ impl ApiProcess {
     /// Start the API against `db` (as the API login), reading from
     /// `read_url` when given, with `key_ring` and the zk keys in `zk_dir`.
     pub async fn start(
-        binary: &Path,
         db: &impl HasUrl,
         read_url: Option<&str>,
         key_ring: &Path,
         zk_dir: &Path,
         log_dir: &Path,
     ) -> Result<ApiProcess> {
-        Self::start_with_env(binary, db, read_url, key_ring, zk_dir, log_dir, &[]).await
+        Self::start_with_env(db, read_url, key_ring, zk_dir, log_dir, &[]).await
     }
 
-    /// Like [`ApiProcess::start`], with more environment (`HAILAN_INGEST__API__…`).
+    /// Like [`ApiProcess::start`], with more environment (`HAILAN_API__API__…`).
     pub async fn start_with_env(
-        binary: &Path,
         db: &impl HasUrl,
         read_url: Option<&str>,
         key_ring: &Path,
@@ -112,6 +110,7 @@ impl ApiProcess {
         // before ours binds it. Ready means *our* process says it listens
         // (a 200 from /healthz alone could be another test's API), and a
         // port taken meanwhile is tried again with another.
+        let binary = crate::gateway::workspace_binary("hailan-api")?;
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -119,21 +118,22 @@ impl ApiProcess {
             let log = log_dir.join(format!("api-{port}.log"));
             let out = std::fs::File::create(&log)?;
             let err = out.try_clone()?;
-            let mut cmd = std::process::Command::new(binary);
-            cmd.arg("api")
-                .env("DATABASE_URL", as_api_login(db.url())?)
-                .env("HAILAN_INGEST__API__LISTEN", format!("127.0.0.1:{port}"))
-                .env("HAILAN_INGEST__API__KEY_RING", key_ring)
-                .env("HAILAN_INGEST__ZK__KEYS_DIR", zk_dir)
-                .env_remove("HAILAN_INGEST_CONFIG")
+            let mut cmd = std::process::Command::new(&binary);
+            cmd.env("DATABASE_URL", as_api_login(db.url())?)
+                .env("HAILAN_API__API__LISTEN", format!("127.0.0.1:{port}"))
+                .env("HAILAN_API__API__KEY_RING", key_ring)
+                .env("HAILAN_API__ZK__KEYS_DIR", zk_dir)
+                .env_remove("HAILAN_API_CONFIG")
                 .envs(env.iter().copied())
                 .stdin(std::process::Stdio::null())
                 .stdout(out)
                 .stderr(err);
             if let Some(r) = read_url {
-                cmd.env("HAILAN_INGEST__API__READ_DATABASE_URL", as_api_login(r)?);
+                cmd.env("HAILAN_API__API__READ_DATABASE_URL", as_api_login(r)?);
             }
-            let child = cmd.spawn().context("starting hailan-ingest api")?;
+            let child = cmd
+                .spawn()
+                .with_context(|| format!("starting {}", binary.display()))?;
             let mut p = ApiProcess { child, port, log };
             match p.wait_ready().await? {
                 Ready::Yes => return Ok(p),
@@ -154,7 +154,7 @@ impl ApiProcess {
                 if log.contains("Address already in use") {
                     return Ok(Ready::PortTaken);
                 }
-                anyhow::bail!("hailan-ingest api exited ({status}):\n{log}");
+                anyhow::bail!("hailan-api exited ({status}):\n{log}");
             }
             if self.log_text().contains("clinician API listening")
                 && let Ok((200, _)) = crate::http_get(self.port, "/healthz").await

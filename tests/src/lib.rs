@@ -94,13 +94,13 @@ impl TestDb {
             .await?;
         admin.close().await?;
         let url = with_database(&admin_url, &name);
-        let pool = hailan_ingest::db::connect(&url, 4).await?;
+        let pool = hailan_db::connect(&url, 4).await?;
         // Roles are cluster-wide: migrations of parallel test databases would
         // race on them, so test processes take turns (nextest runs each test
         // in its own process, hence a file lock rather than a mutex).
         let lock = std::fs::File::create(std::env::temp_dir().join("hailan-test-migrate.lock"))?;
         lock.lock()?;
-        let migrated = hailan_ingest::db::migrate(&pool).await;
+        let migrated = hailan_db::migrate(&pool).await;
         lock.unlock()?;
         migrated?;
         Ok(TestDb {
@@ -953,8 +953,8 @@ impl PrivatePostgres {
             .await?;
         c.execute("CREATE DATABASE hailan OWNER hailan").await?;
         c.close().await?;
-        let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
-        hailan_ingest::db::migrate(&pool).await?;
+        let pool = hailan_db::connect(&pg.url, 2).await?;
+        hailan_db::migrate(&pool).await?;
         pool.close().await;
         Ok(pg)
     }

@@ -182,8 +182,7 @@ async fn every_body_composition_field_arrives_through_fhir() -> Result<()> {
     // Through FHIR, as the patient.
     ensure_api_login(&db.pool).await?;
     let ring = write_key_ring(logs.path())?;
-    let api_bin = workspace_binary("hailan-ingest")?;
-    let api = ApiProcess::start(&api_bin, &db, None, &ring, zk.dir.path(), logs.path()).await?;
+    let api = ApiProcess::start(&db, None, &ring, zk.dir.path(), logs.path()).await?;
     let path = format!("/fhir/Observation?patient={patient}&code=http://loinc.org|41982-0");
     let (code, body) = api.get(&token, &path).await?;
     ensure!(code == 200, "GET {path}: {code} {body}");

@@ -122,7 +122,7 @@ async fn the_fault_matrix_loses_and_doubles_nothing() -> Result<()> {
     let gw_id = "gw-e2e-9";
     let forger = "gw-e2e-10";
     let pg = PrivatePostgres::start().await?;
-    let pool = hailan_ingest::db::connect(&pg.url, 2).await?;
+    let pool = hailan_db::connect(&pg.url, 2).await?;
     let mut mq = PrivateMosquitto::start()?;
     let broker = mq.broker();
     let zk = DevZk::new()?;

@@ -129,7 +129,7 @@ async fn devices_of_a_stopped_killed_or_hung_gateway_turn_unknown_and_come_back(
     let ingest_bin = workspace_binary("hailan-ingest")?;
     let _ingest = IngestProcess::start(&ingest_bin, &db, &zk, &[gw_id], logs.path())?;
     let ring = write_key_ring(logs.path())?;
-    let api = ApiProcess::start(&ingest_bin, &db, None, &ring, zk.dir.path(), logs.path()).await?;
+    let api = ApiProcess::start(&db, None, &ring, zk.dir.path(), logs.path()).await?;
     let broker = Broker::shared();
     let (_sim, rig, devices) = sim_and_pair(
         "hr=2",

@@ -141,7 +141,7 @@ async fn body_composition_partition_takes_rows_stored_in_default() -> Result<()>
     .fetch_one(&mut *conn)
     .await?;
     assert_eq!(in_default, 2);
-    hailan_ingest::db::migrate(&db.pool).await?;
+    hailan_db::migrate(&db.pool).await?;
     let moved: Vec<i64> =
         sqlx::query_scalar("SELECT seq FROM health_data_body_composition ORDER BY seq")
             .fetch_all(&mut *conn)
@@ -211,7 +211,7 @@ async fn each_data_type_lands_in_its_partition_and_unknown_in_default() -> Resul
         .fetch_one(&mut *conn)
         .await?;
     assert_eq!(strategy, "LIST (data_type)");
-    let summary = hailan_ingest::db::schema_summary(&db.pool).await?;
+    let summary = hailan_db::schema_summary(&db.pool).await?;
     // One per data type, and DEFAULT.
     assert_eq!(summary.partitions.len(), DataType::ALL.len() + 1);
     assert!(summary.rls_enabled && summary.rls_forced);
@@ -426,11 +426,11 @@ async fn rls_matrix_patients_and_clinicians() -> Result<()> {
 #[tokio::test]
 async fn migrations_are_idempotent() -> Result<()> {
     let db = TestDb::create().await?;
-    hailan_ingest::db::migrate(&db.pool).await?;
+    hailan_db::migrate(&db.pool).await?;
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&db.pool)
         .await?;
-    assert_eq!(applied as usize, hailan_ingest::db::MIGRATOR.iter().count());
+    assert_eq!(applied as usize, hailan_db::MIGRATOR.iter().count());
     db.drop().await
 }
 

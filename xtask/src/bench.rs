@@ -60,8 +60,8 @@ fn benches(quick: bool) -> Vec<Bench> {
         Bench {
             title: "Clinician API: a one-day heart-rate chart",
             args: split(pick(
-                "run --quiet --release -p hailan-ingest --example api_bench -- 50",
-                "run --quiet --release -p hailan-ingest --example api_bench -- 3",
+                "run --quiet --release -p hailan-api --example api_bench -- 50",
+                "run --quiet --release -p hailan-api --example api_bench -- 3",
             )),
         },
         Bench {

@@ -120,7 +120,12 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     let bins = target_dir(opts.release);
     let bin = |name: &str| bins.join(name);
     if opts.no_build {
-        for name in ["hailan-ingest", "hailan-gateway", "hailan-sim"] {
+        for name in [
+            "hailan-ingest",
+            "hailan-api",
+            "hailan-gateway",
+            "hailan-sim",
+        ] {
             if !bin(name).is_file() {
                 bail!("--no-build: {} is missing", bin(name).display());
             }
@@ -133,6 +138,8 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
                 "--quiet",
                 "-p",
                 "hailan-ingest",
+                "-p",
+                "hailan-api",
                 "-p",
                 "hailan-gateway",
                 "-p",
@@ -381,16 +388,14 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         &key_ring,
         &format!("owner-key-demo = {}\n", owner_key.trim()),
     )?;
-    let mut api_cmd = Command::new(&ingest);
+    let mut api_cmd = Command::new(bin("hailan-api"));
     api_cmd
-        .arg("api")
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .env("HAILAN_INGEST__API__LISTEN", API_LISTEN)
-        .env("HAILAN_INGEST__API__KEY_RING", &key_ring)
-        .env("HAILAN_INGEST__ZK__KEYS_DIR", &zk)
-        .env("HAILAN_INGEST__ZK__ALLOW_DEV_KEYS", "true");
+        .env("HAILAN_API__API__LISTEN", API_LISTEN)
+        .env("HAILAN_API__API__KEY_RING", &key_ring)
+        .env("HAILAN_API__ZK__KEYS_DIR", &zk);
     let mut api_proc = Proc {
-        name: "hailan-ingest api",
+        name: "hailan-api",
         child: logged(&mut api_cmd, &dir.join("api.log"))?,
         keep: opts.keep,
     };

@@ -55,26 +55,49 @@ const ARM64_TOOLS: &[(&str, &str)] = &[
     ("/usr/bin/qemu-aarch64-static", "qemu-user-static"),
 ];
 
-/// One binary package: its crate, its Debian name, its binary and units.
+/// One binary package: the crate whose metadata describes it, its Debian
+/// name, the programs it ships and its units.
 struct Pkg {
     krate: &'static str,
     deb: &'static str,
-    bin: &'static str,
+    bins: &'static [Bin],
     /// `deploy/<unit>.service` files it ships.
     units: &'static [&'static str],
+}
+
+/// One program a package ships: its crate, its name, and its man page's one line.
+struct Bin {
+    krate: &'static str,
+    name: &'static str,
+    description: &'static str,
 }
 
 const PACKAGES: &[Pkg] = &[
     Pkg {
         krate: "hailan-gateway",
         deb: "hailan-gateway",
-        bin: "hailan-gateway",
+        bins: &[Bin {
+            krate: "hailan-gateway",
+            name: "hailan-gateway",
+            description: "edge gateway for Bluetooth LE health devices",
+        }],
         units: &["hailan-gateway"],
     },
     Pkg {
         krate: "hailan-ingest",
         deb: "hailan-server",
-        bin: "hailan-ingest",
+        bins: &[
+            Bin {
+                krate: "hailan-ingest",
+                name: "hailan-ingest",
+                description: "hailan ingestion service and admin",
+            },
+            Bin {
+                krate: "hailan-api",
+                name: "hailan-api",
+                description: "hailan clinician API (JSON, FHIR R4, web page)",
+            },
+        ],
         units: &["hailan-ingest", "hailan-api"],
     },
 ];
@@ -99,7 +122,10 @@ pub fn run(o: &Options) -> Result<Vec<PathBuf>> {
         .collect();
     let started = Instant::now();
     if !o.no_build {
-        let names: Vec<&str> = packages.iter().map(|p| p.krate).collect();
+        let names: Vec<&str> = packages
+            .iter()
+            .flat_map(|p| p.bins.iter().map(|b| b.krate))
+            .collect();
         println!(
             "== cargo build --profile {} ({}, {})",
             o.profile,
@@ -110,8 +136,8 @@ pub fn run(o: &Options) -> Result<Vec<PathBuf>> {
         if arm64 {
             build = cross_env(build.args(["--target", ARM64_TARGET]));
         }
-        for p in &packages {
-            build = build.args(["-p", p.krate]);
+        for krate in &names {
+            build = build.args(["-p", krate]);
         }
         build.run()?;
     }
@@ -127,26 +153,26 @@ pub fn run(o: &Options) -> Result<Vec<PathBuf>> {
         if arm64 {
             bin.push(ARM64_TARGET);
         }
-        let bin = bin.join(profile_dir(&o.profile)).join(p.bin);
-        if !bin.is_file() {
-            bail!(
-                "{} is not built: run `cargo xtask package --profile {} --arch {}` without --no-build",
-                bin.display(),
-                o.profile,
-                o.arch
-            );
+        let mut runnables = Vec::new();
+        for b in p.bins {
+            let bin = bin.join(profile_dir(&o.profile)).join(b.name);
+            if !bin.is_file() {
+                bail!(
+                    "{} is not built: run `cargo xtask package --profile {} --arch {}` without --no-build",
+                    bin.display(),
+                    o.profile,
+                    o.arch
+                );
+            }
+            if arm64 {
+                // Whatever ran in the man page's making also runs here, on arm64.
+                qemu_smoke(&bin)?;
+                qemu_window_proof(&bin, &o.profile)?;
+            }
+            let runnable = if arm64 { qemu_wrapper(&bin)? } else { bin };
+            runnables.push((b, runnable));
         }
-        if arm64 {
-            // Whatever ran in the man page's making also runs here, on arm64.
-            qemu_smoke(&bin)?;
-            qemu_window_proof(&bin, &o.profile)?;
-        }
-        let runnable = if arm64 {
-            qemu_wrapper(&bin)?
-        } else {
-            bin.clone()
-        };
-        render_assets(p, &runnable, &version)?;
+        render_assets(p, &runnables, &version)?;
         println!("== cargo deb -p {} ({} {version})", p.krate, p.deb);
         let mut deb = crate::cargo()
             // --strip: the release profile keeps line tables (backtraces in
@@ -249,7 +275,7 @@ pub fn packaged_unit(text: &str, deb: &str) -> String {
     )
 }
 
-fn render_assets(p: &Pkg, bin: &Path, version: &str) -> Result<()> {
+fn render_assets(p: &Pkg, bins: &[(&Bin, PathBuf)], version: &str) -> Result<()> {
     let dir = assets_dir(p.deb);
     if dir.exists() {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -267,27 +293,29 @@ fn render_assets(p: &Pkg, bin: &Path, version: &str) -> Result<()> {
         };
         fs::write(dir.join(name), packaged_unit(&text, p.deb))?;
     }
-    // The man page, from `--help` and `--version`; gzip -n: reproducible.
-    let man = dir.join(format!("{}.1", p.bin));
-    Cmd::new("help2man")
-        .args([
-            "--no-info",
-            "--section",
-            "1",
-            "--source",
-            "hailan",
-            "--locale",
-            "C.UTF-8",
-        ])
-        .args(["--name", description(p.bin)])
-        .arg("--output")
-        .arg(&man)
-        .arg(bin)
-        .env("LC_ALL", "C.UTF-8")
-        .quiet()
-        .run()
-        .context("help2man")?;
-    Cmd::new("gzip").args(["-9", "-n", "-f"]).arg(&man).run()?;
+    // The man pages, from `--help` and `--version`; gzip -n: reproducible.
+    for (b, bin) in bins {
+        let man = dir.join(format!("{}.1", b.name));
+        Cmd::new("help2man")
+            .args([
+                "--no-info",
+                "--section",
+                "1",
+                "--source",
+                "hailan",
+                "--locale",
+                "C.UTF-8",
+            ])
+            .args(["--name", b.description])
+            .arg("--output")
+            .arg(&man)
+            .arg(bin)
+            .env("LC_ALL", "C.UTF-8")
+            .quiet()
+            .run()
+            .with_context(|| format!("help2man {}", b.name))?;
+        Cmd::new("gzip").args(["-9", "-n", "-f"]).arg(&man).run()?;
+    }
     // A Debian changelog for the version being built.
     let date = Cmd::new("date").arg("-R").output()?;
     fs::write(
@@ -299,13 +327,6 @@ fn render_assets(p: &Pkg, bin: &Path, version: &str) -> Result<()> {
         ),
     )?;
     Ok(())
-}
-
-fn description(bin: &str) -> &'static str {
-    match bin {
-        "hailan-gateway" => "edge gateway for Bluetooth LE health devices",
-        _ => "hailan ingestion service, admin and clinician API",
-    }
 }
 
 /// The environment of a cross build for arm64 with Debian's toolchain and

@@ -609,8 +609,8 @@ impl HaCluster {
             .await?;
         }
         c.close().await?;
-        let pool = hailan_ingest::db::connect(&node.app_url(), 2).await?;
-        hailan_ingest::db::migrate(&pool)
+        let pool = hailan_db::connect(&node.app_url(), 2).await?;
+        hailan_db::migrate(&pool)
             .await
             .context("migrating through the leader")?;
         pool.close().await;

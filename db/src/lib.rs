@@ -1,5 +1,9 @@
-//! The database: connection, the migrations embedded from `migrations/` (the
-//! only place the schema is defined), and a summary of what the schema holds.
+//! hailan-db: what the ingest service and the clinician API share about the
+//! database — connecting (to a primary, or following Patroni's leader across
+//! a multi-host URL), the migrations embedded from `migrations/` (the only
+//! place the schema is defined), a summary of what the schema holds, and
+//! looking a user up by DID. Both services depend on this crate; neither
+//! depends on the other.
 
 use anyhow::{Context, Result};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -512,6 +516,15 @@ impl std::fmt::Display for SchemaSummary {
         }
         Ok(())
     }
+}
+
+/// The id of the user with this DID, or an error naming the DID.
+pub async fn user_id(pool: &PgPool, did: &str) -> Result<uuid::Uuid> {
+    sqlx::query_scalar("SELECT id FROM users WHERE did = $1")
+        .bind(did)
+        .fetch_optional(pool)
+        .await?
+        .with_context(|| format!("no user with DID {did}"))
 }
 
 #[cfg(test)]

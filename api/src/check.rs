@@ -12,7 +12,6 @@
 use super::keyring::KeyRing;
 use super::opened_cache::{self, OpenedCache, OpenedWindow};
 use chrono::{DateTime, Utc};
-use hailan_proto::envelope::NONCE_LEN;
 use hailan_proto::seal::{SealedValue, open_parts};
 use hailan_proto::zk::fr_from_bytes;
 use hailan_proto::zk::prove::{reading_commitment, window_commitment};
@@ -73,35 +72,7 @@ pub struct StoredReading {
     pub proof: Option<Arc<ProofInfo>>,
 }
 
-/// A stored sealed value's nonce and ciphertext (its key id is
-/// [`StoredReading::kid`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SealedBytes {
-    pub nonce: [u8; NONCE_LEN],
-    pub ciphertext: Vec<u8>,
-}
-
-impl SealedBytes {
-    /// From the hex text stored in `health_data.value` (faster-hex: the
-    /// `hex` crate's decoding cost as much as the AES-GCM).
-    pub fn from_hex(nonce: Option<&[u8]>, ciphertext: Option<&[u8]>) -> Result<Self, &'static str> {
-        let (Some(nonce), Some(ct)) = (nonce, ciphertext) else {
-            return Err("the stored value is not a sealed value");
-        };
-        let mut n = [0u8; NONCE_LEN];
-        if nonce.len() != 2 * NONCE_LEN || faster_hex::hex_decode(nonce, &mut n).is_err() {
-            return Err("the stored nonce is malformed");
-        }
-        let mut ciphertext = vec![0u8; ct.len() / 2];
-        if ct.len() % 2 != 0 || faster_hex::hex_decode(ct, &mut ciphertext).is_err() {
-            return Err("the stored ciphertext is not hex");
-        }
-        Ok(SealedBytes {
-            nonce: n,
-            ciphertext,
-        })
-    }
-}
+pub use hailan_proto::stored::SealedBytes;
 
 /// The bytes in column `i` of `row` (`None` for NULL).
 fn raw_bytes(row: &PgRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
@@ -741,38 +712,15 @@ mod tests {
     }
 
     #[test]
-    fn stored_hex_that_is_not_a_nonce_or_ciphertext_says_which() {
-        let nonce = "00".repeat(NONCE_LEN);
-        let ok = SealedBytes::from_hex(Some(nonce.as_bytes()), Some(b"0aFF"));
-        assert_eq!(
-            ok,
-            Ok(SealedBytes {
-                nonce: [0; NONCE_LEN],
-                ciphertext: vec![0x0a, 0xff],
-            })
-        );
-        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, &'a str);
-        let cases: [Case; 5] = [
-            (None, Some(b"00"), "the stored value is not a sealed value"),
-            (
-                Some(nonce.as_bytes()),
-                None,
-                "the stored value is not a sealed value",
-            ),
-            (Some(b"0011"), Some(b"00"), "the stored nonce is malformed"),
-            (
-                Some(nonce.as_bytes()),
-                Some(b"0g"),
-                "the stored ciphertext is not hex",
-            ),
-            (
-                Some(nonce.as_bytes()),
-                Some(b"001"),
-                "the stored ciphertext is not hex",
-            ),
-        ];
-        for (n, c, why) in cases {
-            assert_eq!(SealedBytes::from_hex(n, c), Err(why), "{n:?} {c:?}");
+    fn the_select_reads_the_fields_proto_stores() {
+        use hailan_proto::stored::{CIPHERTEXT, KID, NONCE};
+        for select in [READING_SELECT, READING_SELECT_NO_CID] {
+            for field in [KID, NONCE, CIPHERTEXT] {
+                assert!(
+                    select.contains(&format!("h.value->>'{field}' AS {field}")),
+                    "{field}: {select}"
+                );
+            }
         }
     }
 

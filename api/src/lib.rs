@@ -1,4 +1,6 @@
-//! `hailan-ingest api`: the clinician API (DESIGN §1, §5.2, §6).
+//! hailan-api: the clinician and patient read side (DESIGN §1, §2, §5.2, §6),
+//! its own program (`hailan-api`, `src/main.rs` a thin layer over this crate)
+//! with its own configuration ([`config`]) and systemd unit.
 //!
 //! The only process that holds the owners' data keys. Every request is one
 //! transaction under the caller's PostgreSQL role and identity
@@ -18,7 +20,11 @@
 //!   `state_observed_at`, `state_stale` (older than `api.stale_after_s`),
 //!   `gateway_offline_since`, `needs_repair`
 //! - `GET /api/v1/patients/{id}/readings/{reading}/proof` — proof bundle + snarkjs JSON
-//! - `GET /fhir/Observation?patient=&code=&date=ge…&date=le…` — FHIR R4 searchset ([`fhir`])
+//! - `GET /api/v1/patients/{id}/export.csv?type=&from=&to=` ([`export_csv`]),
+//!   `GET /api/v1/patients/{id}/export.fhir.json?from=&to=` (a FHIR `transaction`)
+//! - `GET|POST /api/v1/grants`, `DELETE /api/v1/grants/{id}` — a patient's grants ([`grants`])
+//! - `GET /fhir/Observation?patient=&code=&date=ge…&date=le…` — FHIR R4 searchset ([`fhir`]),
+//!   `GET /fhir/Patient/{id}/$everything`, `GET /fhir/Device/{id}`
 //! - `GET /` — the clinicians' web page; `GET /healthz`
 //!
 //! What one request or one client may cost is bounded ([`limits`]): a
@@ -29,6 +35,7 @@
 //! and the FHIR search, never trusted to be well formed.
 
 pub mod check;
+pub mod config;
 pub mod export_csv;
 pub mod fhir;
 pub mod grants;
@@ -41,7 +48,7 @@ pub mod params;
 pub mod routes;
 pub mod session;
 
-use crate::config::IngestConfig;
+use crate::config::Config;
 use anyhow::Context;
 use axum::Json;
 use axum::http::{StatusCode, header};
@@ -199,19 +206,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// `hailan-ingest admin revoke-tokens`: revoke every unrevoked API token of
-/// the user with this DID; returns how many.
-pub async fn revoke_tokens(pool: &PgPool, did: &str) -> anyhow::Result<u64> {
-    let user = crate::admin::user_id(pool, did).await?;
-    let r = sqlx::query(
-        "UPDATE api_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(user)
-    .execute(pool)
-    .await?;
-    Ok(r.rows_affected())
-}
-
 /// Verifying keys found in `dir` (`reading.vk`, `window.vk`), by hex key id.
 /// Missing keys only mean proof bundles come without `vk.json`.
 pub fn load_vks(dir: &std::path::Path) -> HashMap<String, VerifyingKey> {
@@ -230,7 +224,7 @@ pub fn load_vks(dir: &std::path::Path) -> HashMap<String, VerifyingKey> {
 }
 
 /// Build the state from the configuration (connects to the databases, reads the key ring).
-pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
+pub async fn state_from_config(cfg: &Config) -> anyhow::Result<ApiState> {
     let keys = KeyRing::load(&cfg.api.key_ring)?;
     if keys.is_empty() {
         tracing::warn!("the key ring holds no key: no value can be shown");
@@ -238,9 +232,9 @@ pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
     // Both pools follow Patroni's leader changes on a multi-host URL: the
     // primary pool the read-write server, the replica pool a standby (else
     // the primary); see OPERATIONS.md §3.
-    let follow = |pool: &sqlx::PgPool, follower: Option<Arc<crate::db::Follower>>| {
+    let follow = |pool: &sqlx::PgPool, follower: Option<Arc<hailan_db::Follower>>| {
         if let Some(f) = follower {
-            tokio::spawn(crate::db::follow_primary(
+            tokio::spawn(hailan_db::follow_primary(
                 pool.clone(),
                 f,
                 Default::default(),
@@ -249,14 +243,14 @@ pub async fn state_from_config(cfg: &IngestConfig) -> anyhow::Result<ApiState> {
         }
     };
     let (primary, follower) =
-        crate::db::connect_following(cfg.database_url()?, cfg.api.max_connections).await?;
+        hailan_db::connect_following(cfg.database_url()?, cfg.api.max_connections).await?;
     follow(&primary, follower);
     let replica = match cfg.api.read_database_url.as_deref() {
         Some(url) if !url.is_empty() => {
-            let (pool, follower) = crate::db::connect_following_as(
+            let (pool, follower) = hailan_db::connect_following_as(
                 url,
                 cfg.api.max_connections,
-                crate::db::Want::Standby,
+                hailan_db::Want::Standby,
             )
             .await
             .context("api.read_database_url")?;

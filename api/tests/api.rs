@@ -18,7 +18,11 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hailan-ingest");
+/// The ingest binary, built with the workspace (`cargo xtask test` builds
+/// every program; `cargo nextest run -p hailan-api` alone does not rebuild it).
+fn ingest_bin() -> Result<std::path::PathBuf> {
+    hailan_tests::gateway::workspace_binary("hailan-ingest")
+}
 const WAIT: Duration = Duration::from_secs(60);
 
 fn enc(e: &Envelope) -> Vec<u8> {
@@ -66,11 +70,10 @@ async fn rig(gw: &'static str) -> Result<Rig> {
     let logs = tempfile::tempdir()?;
     let patient = user(&db.pool, "PATIENT", "Pat Example").await?;
     hailan_ingest::admin::enrol_gateway(&db.pool, gw, &patient.did, None).await?;
-    let ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let ingest = IngestProcess::start(&ingest_bin()?, &db, &zk, &[gw], logs.path())?;
     let publisher = Publisher::connect(gw).await?;
     let ring = write_key_ring(logs.path())?;
-    let api =
-        ApiProcess::start(Path::new(BIN), &db, None, &ring, zk.dir.path(), logs.path()).await?;
+    let api = ApiProcess::start(&db, None, &ring, zk.dir.path(), logs.path()).await?;
     Ok(Rig {
         db,
         zk,
@@ -356,7 +359,7 @@ async fn access_follows_grants_and_every_read_is_audited() -> Result<()> {
     assert_eq!(code, 401);
     let (code, _) = r.api.get("hl_not-a-token", "/api/v1/patients").await?;
     assert_eq!(code, 401);
-    let revoked = std::process::Command::new(BIN)
+    let revoked = std::process::Command::new(ingest_bin()?)
         .args(["admin", "revoke-tokens", &none.did])
         .env("DATABASE_URL", &r.db.url)
         .env_remove("HAILAN_INGEST_CONFIG")
@@ -407,7 +410,7 @@ async fn reseal(pool: &sqlx::PgPool, dev: &TestDevice, seq: u64, slots: Vec<u32>
         "UPDATE {table} SET value = $2 WHERE seq = $1"
     )))
     .bind(seq as i64)
-    .bind(hailan_ingest::plan::sealed_json(&forged))
+    .bind(hailan_proto::stored::encode(&forged))
     .execute(pool)
     .await?;
     Ok(())
@@ -723,7 +726,7 @@ async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     );
     let ext = &hr["extension"][0];
-    assert_eq!(ext["url"], hailan_ingest::api::fhir::ZK_EXTENSION);
+    assert_eq!(ext["url"], hailan_api::fhir::ZK_EXTENSION);
     assert_eq!(ext["extension"][0]["valueCode"], "verified");
     assert_eq!(ext["extension"][1]["url"], "proofHash");
     let hash = ext["extension"][1]["valueString"]
@@ -777,7 +780,7 @@ fn zk_part<'a>(o: &'a Value, name: &str) -> Option<&'a str> {
     o["extension"]
         .as_array()?
         .iter()
-        .find(|e| e["url"] == hailan_ingest::api::fhir::ZK_EXTENSION)?["extension"]
+        .find(|e| e["url"] == hailan_api::fhir::ZK_EXTENSION)?["extension"]
         .as_array()?
         .iter()
         .find(|e| e["url"] == name)
@@ -1503,10 +1506,10 @@ async fn last_audit_replica(pool: &sqlx::PgPool, actor: &User) -> Result<Option<
 #[tokio::test]
 async fn reads_are_served_by_a_hot_standby_once_replayed() -> Result<()> {
     let primary = hailan_tests::PrivatePostgres::start().await?;
-    let pool = hailan_ingest::db::connect(&primary.url, 4).await?;
+    let pool = hailan_db::connect(&primary.url, 4).await?;
     ensure_api_login(&pool).await?;
     let standby = hailan_tests::api::Standby::start(&primary).await?;
-    let standby_pool = hailan_ingest::db::connect(&standby.url, 2).await?;
+    let standby_pool = hailan_db::connect(&standby.url, 2).await?;
     let zk = DevZk::new()?;
     let logs = tempfile::tempdir()?;
     let gw = "gw-api-6";
@@ -1514,17 +1517,16 @@ async fn reads_are_served_by_a_hot_standby_once_replayed() -> Result<()> {
     hailan_ingest::admin::enrol_gateway(&pool, gw, &patient.did, None).await?;
     let doc = user(&pool, "CLINICIAN", "Dr Replica").await?;
     grant(&pool, &patient, &doc, None).await?;
-    let _ingest = IngestProcess::start(Path::new(BIN), &primary, &zk, &[gw], logs.path())?;
+    let _ingest = IngestProcess::start(&ingest_bin()?, &primary, &zk, &[gw], logs.path())?;
     let mut publisher = Publisher::connect(gw).await?;
     let ring = write_key_ring(logs.path())?;
     let api = ApiProcess::start_with_env(
-        Path::new(BIN),
         &primary,
         Some(&standby.url),
         &ring,
         zk.dir.path(),
         logs.path(),
-        &[("HAILAN_INGEST__API__REPLICA_WAIT_MS", "300")],
+        &[("HAILAN_API__API__REPLICA_WAIT_MS", "300")],
     )
     .await?;
     let topic = topic::up(gw);
@@ -1614,9 +1616,7 @@ async fn a_readable_key_ring_is_refused() -> Result<()> {
     let logs = tempfile::tempdir()?;
     let ring = write_key_ring(logs.path())?;
     std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o644))?;
-    let err = match ApiProcess::start(Path::new(BIN), &db, None, &ring, zk.dir.path(), logs.path())
-        .await
-    {
+    let err = match ApiProcess::start(&db, None, &ring, zk.dir.path(), logs.path()).await {
         Ok(_) => anyhow::bail!("the API started with a world-readable key ring"),
         Err(e) => e.to_string(),
     };
@@ -1806,7 +1806,7 @@ async fn proofs_are_looked_up_by_hash_through_their_key_in_the_generic_plan() ->
         .await?;
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN {}",
-        hailan_ingest::api::routes::PROOF_INPUTS_SELECT
+        hailan_api::routes::PROOF_INPUTS_SELECT
     )))
     .bind(uuid::Uuid::new_v4())
     .bind(vec!["ab".repeat(32)])
@@ -1840,16 +1840,7 @@ async fn bare_api(env: &[(&str, &str)]) -> Result<BareApi> {
     let doc = user(&db.pool, "CLINICIAN", "Dr Limits").await?;
     let ring = write_key_ring(logs.path())?;
     // No verifying keys: only proof bundles would need them.
-    let api = ApiProcess::start_with_env(
-        Path::new(BIN),
-        &db,
-        None,
-        &ring,
-        logs.path(),
-        logs.path(),
-        env,
-    )
-    .await?;
+    let api = ApiProcess::start_with_env(&db, None, &ring, logs.path(), logs.path(), env).await?;
     Ok(BareApi {
         db,
         doc,
@@ -1916,15 +1907,14 @@ async fn check_the_row_cap(r: &Rig, doc: &User) -> Result<()> {
     let logs = tempfile::tempdir()?;
     let ring = write_key_ring(logs.path())?;
     let api = ApiProcess::start_with_env(
-        Path::new(BIN),
         &r.db,
         None,
         &ring,
         r.zk.dir.path(),
         logs.path(),
         &[
-            ("HAILAN_INGEST__API__MAX_ROWS_PER_REQUEST", "20"),
-            ("HAILAN_INGEST__API__MAX_PAGE", "10"),
+            ("HAILAN_API__API__MAX_ROWS_PER_REQUEST", "20"),
+            ("HAILAN_API__API__MAX_PAGE", "10"),
         ],
     )
     .await?;
@@ -1989,7 +1979,7 @@ async fn check_the_row_cap(r: &Rig, doc: &User) -> Result<()> {
 #[tokio::test]
 async fn slow_requests_answer_503_naming_the_timeout() -> Result<()> {
     let b = bare_api(&[
-        ("HAILAN_INGEST__API__STATEMENT_TIMEOUT_MS", "300"),
+        ("HAILAN_API__API__STATEMENT_TIMEOUT_MS", "300"),
         ("RUST_LOG", "info"),
     ])
     .await?;
@@ -2014,15 +2004,14 @@ async fn slow_requests_answer_503_naming_the_timeout() -> Result<()> {
     let logs = tempfile::tempdir()?;
     let ring = write_key_ring(logs.path())?;
     let slow = ApiProcess::start_with_env(
-        Path::new(BIN),
         &b.db,
         None,
         &ring,
         logs.path(),
         logs.path(),
         &[
-            ("HAILAN_INGEST__API__REQUEST_TIMEOUT_MS", "500"),
-            ("HAILAN_INGEST__API__STATEMENT_TIMEOUT_MS", "60000"),
+            ("HAILAN_API__API__REQUEST_TIMEOUT_MS", "500"),
+            ("HAILAN_API__API__STATEMENT_TIMEOUT_MS", "60000"),
         ],
     )
     .await?;
@@ -2045,10 +2034,10 @@ async fn slow_requests_answer_503_naming_the_timeout() -> Result<()> {
 #[tokio::test]
 async fn a_request_over_the_concurrency_limit_waits_for_a_slot() -> Result<()> {
     let b = bare_api(&[
-        ("HAILAN_INGEST__API__MAX_CONCURRENT_REQUESTS", "1"),
-        ("HAILAN_INGEST__API__STATEMENT_TIMEOUT_MS", "60000"),
-        ("HAILAN_INGEST__API__REQUEST_TIMEOUT_MS", "60000"),
-        ("RUST_LOG", "info,hailan_ingest::api::limits=debug"),
+        ("HAILAN_API__API__MAX_CONCURRENT_REQUESTS", "1"),
+        ("HAILAN_API__API__STATEMENT_TIMEOUT_MS", "60000"),
+        ("HAILAN_API__API__REQUEST_TIMEOUT_MS", "60000"),
+        ("RUST_LOG", "info,hailan_api::limits=debug"),
     ])
     .await?;
     let pool = b.db.pool.clone();
@@ -2096,7 +2085,7 @@ async fn a_request_over_the_concurrency_limit_waits_for_a_slot() -> Result<()> {
 #[tokio::test]
 async fn failed_logins_are_logged_and_limited_per_address() -> Result<()> {
     let b = bare_api(&[
-        ("HAILAN_INGEST__API__LOGIN_FAILURES_PER_MINUTE", "3"),
+        ("HAILAN_API__API__LOGIN_FAILURES_PER_MINUTE", "3"),
         ("RUST_LOG", "info"),
     ])
     .await?;

@@ -19,10 +19,10 @@
 
 use super::trace::{self, ProofRow, Refs, SensorRow};
 use super::{Check, StoredReading, bundle, fhir_json, observation, unproven_components};
-use crate::api::params::{ApiPath, all_type_names, parse_cursor};
-use crate::api::routes::{EARLIEST, LATEST, Range, Take, read_capped, read_checked};
-use crate::api::session::Session;
-use crate::api::{ApiError, ApiState};
+use crate::params::{ApiPath, all_type_names, parse_cursor};
+use crate::routes::{EARLIEST, LATEST, Range, Take, read_capped, read_checked};
+use crate::session::Session;
+use crate::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;

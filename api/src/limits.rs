@@ -43,7 +43,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The limits `cfg` sets (validated by `IngestConfig::load`).
+    /// The limits `cfg` sets (validated by `Config::load`).
     pub fn new(cfg: &ApiConfig) -> Limits {
         let slot_count = cfg.max_concurrent_requests.max(1);
         Limits {

@@ -4,7 +4,7 @@
 //!
 //! ```sh
 //! cargo xtask services
-//! cargo run -p hailan-ingest --example api_bench -- [REQUESTS]
+//! cargo run -p hailan-api --example api_bench -- [REQUESTS]
 //! ```
 //!
 //! The day is written into a fresh database the way ingest writes it (as
@@ -14,12 +14,12 @@
 //! would take minutes and which the API does not re-verify on reads (it
 //! decrypts every reading and re-opens every window commitment, which is what
 //! is measured). The API runs in this process (the same router as
-//! `hailan-ingest api`), reached over HTTP on 127.0.0.1: twice, once without
+//! `hailan-api`), reached over HTTP on 127.0.0.1: twice, once without
 //! the opened-window cache (every request opens the day afresh, as the first
 //! look at a day does) and once with it (the default: the day read again).
 
 use anyhow::{Context, Result};
-use hailan_ingest::api::{self, ApiState, keyring::KeyRing};
+use hailan_api::{self as api, ApiState, keyring::KeyRing};
 use hailan_proto::seal::{DataKey, SealedValue, seal};
 use hailan_proto::zk::fr_from_bytes;
 use hailan_proto::zk::prove::window_commitment;
@@ -119,7 +119,7 @@ fn day(key: &DataKey) -> Result<(Rows, Vec<ProofRow>)> {
             };
             let s = seal(key, &rh, &value, &mut rng);
             rows.ids.push(Uuid::new_v4());
-            rows.values.push(hailan_ingest::plan::sealed_json(&s));
+            rows.values.push(hailan_proto::stored::encode(&s));
             rows.recorded
                 .push(chrono::DateTime::from_timestamp_millis(t).context("time")?);
             rows.hashes.push(hash.clone());
@@ -264,7 +264,7 @@ async fn main() -> Result<()> {
             after: None,
             // What the API's series reads: every reading, up to the default cap.
             take: api::routes::Take::All {
-                cap: hailan_ingest::config::ApiConfig::default().max_rows_per_request,
+                cap: hailan_api::config::ApiConfig::default().max_rows_per_request,
             },
         };
         let t = Instant::now();
@@ -324,11 +324,11 @@ async fn main() -> Result<()> {
     let mut servers = Vec::new();
     for cache_windows in [
         0,
-        hailan_ingest::config::ApiConfig::default().opened_cache_windows,
+        hailan_api::config::ApiConfig::default().opened_cache_windows,
     ] {
         let opened = Arc::new(api::opened_cache::OpenedCache::new(cache_windows));
         let state = ApiState {
-            primary: hailan_ingest::db::connect(&db.url, 8).await?,
+            primary: hailan_db::connect(&db.url, 8).await?,
             replica: None,
             keys: Arc::new(KeyRing::from_keys([DataKey::new("owner-key-1", [7; 32])])),
             opened: Arc::clone(&opened),
@@ -336,7 +336,7 @@ async fn main() -> Result<()> {
             replica_wait: Duration::from_secs(2),
             max_page: 5000,
             stale_after: Duration::from_secs(900),
-            limits: api::limits::Limits::new(&hailan_ingest::config::ApiConfig::default()),
+            limits: api::limits::Limits::new(&hailan_api::config::ApiConfig::default()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         ports.push(listener.local_addr()?.port());

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The clinicians' web page (plain HTML and an inline SVG chart).
-pub const INDEX_HTML: &str = include_str!("../../web/index.html");
+pub const INDEX_HTML: &str = include_str!("../web/index.html");
 
 pub use super::params::{EARLIEST, LATEST, bucket_ms, parse_types};
 

@@ -12,13 +12,14 @@
 //! Endpoints (JSON unless said):
 //! - `GET /api/v1/me`
 //! - `GET /api/v1/patients` — the caller's patients (active grants), or the patient themself
-//! - `GET /api/v1/patients/{id}/observations?type=&from=&to=&limit=&cursor=`
+//! - `GET /api/v1/patients/{id}/observations?type=&from=&to=&limit=&cursor=&order=asc|desc`
 //! - `GET /api/v1/patients/{id}/series?type=&from=&to=&bucket=minute|hour|day`
 //! - `GET /api/v1/patients/{id}/devices` — battery, last sync, sync status, gaps, and the
 //!   link: `connection_state` (`CONNECTED` only for a fresh state from an online
 //!   gateway, else the last reported state or `UNKNOWN`), `reported_connection_state`,
 //!   `state_observed_at`, `state_stale` (older than `api.stale_after_s`),
-//!   `gateway_offline_since`, `needs_repair`
+//!   `gateway_offline_since`, `needs_repair`; `bluetooth_address` and `registered_at`
+//!   (the page folds re-registrations of one physical device)
 //! - `GET /api/v1/patients/{id}/readings/{reading}/proof` — proof bundle + snarkjs JSON
 //! - `GET /api/v1/patients/{id}/export.csv?type=&from=&to=` ([`export_csv`]),
 //!   `GET /api/v1/patients/{id}/export.fhir.json?from=&to=` (a FHIR `transaction`)

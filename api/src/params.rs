@@ -125,6 +125,8 @@ pub struct ObservationQuery {
     pub to: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
+    /// `asc` (oldest first, the default) or `desc` (newest first).
+    pub order: Option<String>,
 }
 
 /// `/observations`' parameters, parsed.
@@ -136,6 +138,8 @@ pub struct ObservationParams {
     /// Page size, 1 to `max_page` (500 unless asked).
     pub limit: i64,
     pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// `order=desc`: newest first, the cursor pages backwards.
+    pub newest_first: bool,
 }
 
 impl ObservationParams {
@@ -152,6 +156,15 @@ impl ObservationParams {
             to: parse_opt_time("to", q.to.as_deref())?.unwrap_or(LATEST),
             limit: limit.clamp(1, max_page.max(1)),
             after: q.cursor.as_deref().map(parse_cursor).transpose()?,
+            newest_first: match q.order.as_deref().map(str::trim) {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(o) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "order {o:?}: expected asc or desc"
+                    )));
+                }
+            },
         })
     }
 }
@@ -241,9 +254,10 @@ mod tests {
             to in proptest::option::of(input()),
             limit in proptest::option::of(input()),
             cursor in proptest::option::of(input()),
+            order in proptest::option::of(input()),
             max_page in any::<i64>(),
         ) {
-            let q = ObservationQuery { data_type, from, to, limit, cursor };
+            let q = ObservationQuery { data_type, from, to, limit, cursor, order };
             let r = ObservationParams::parse(&q, max_page);
             if let Ok(p) = &r {
                 prop_assert!(p.limit >= 1);

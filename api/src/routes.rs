@@ -97,7 +97,8 @@ use check::READING_SELECT;
 pub struct Range {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    /// Keyset cursor: readings after (recorded_at, id).
+    /// Keyset cursor: readings after (recorded_at, id) — before it for
+    /// [`Take::NewestFirst`].
     pub after: Option<(DateTime<Utc>, Uuid)>,
     /// A page, or every reading up to a cap.
     pub take: Take,
@@ -108,6 +109,9 @@ pub struct Range {
 pub enum Take {
     /// At most this many, in time order, with their CIDs (a page).
     Page(i64),
+    /// At most this many, newest first, with their CIDs (a page read
+    /// backwards: the latest value of a vital is one row of an index scan).
+    NewestFirst(i64),
     /// All of them, in no particular order and without their CIDs (a chart
     /// aggregates them: PostgreSQL streams the scan without sorting it) —
     /// but more than `cap` is refused ([`ApiError::TooManyRows`]): the read
@@ -125,6 +129,7 @@ impl Range {
     pub fn sql(&self) -> String {
         match self.take {
             Take::Page(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
+            Take::NewestFirst(_) => format!("{READING_SELECT} {RANGE_WHERE_NEWEST_FIRST}"),
             Take::All { cap } => format!(
                 "{} {RANGE_WHERE_ALL} LIMIT {}",
                 check::READING_SELECT_NO_CID,
@@ -136,7 +141,7 @@ impl Range {
     /// The page size bound as `$7` (NULL for [`Take::All`]).
     pub fn page(&self) -> Option<i64> {
         match self.take {
-            Take::Page(n) => Some(n),
+            Take::Page(n) | Take::NewestFirst(n) => Some(n),
             Take::All { .. } => None,
         }
     }
@@ -156,6 +161,11 @@ const RANGE_WHERE: &str =
     "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
             AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
           ORDER BY h.recorded_at, h.id
+          LIMIT $7";
+const RANGE_WHERE_NEWEST_FIRST: &str =
+    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
+            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) < ($5, $6))
+          ORDER BY h.recorded_at DESC, h.id DESC
           LIMIT $7";
 const RANGE_WHERE_ALL: &str =
     "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
@@ -625,13 +635,18 @@ async fn observations(
         to,
         limit,
         after,
+        newest_first,
     } = ObservationParams::parse(&q, state.max_page)?;
     let mut s = Session::begin(&state, &headers).await?;
     let range = Range {
         from,
         to,
         after,
-        take: Take::Page(limit),
+        take: if newest_first {
+            Take::NewestFirst(limit)
+        } else {
+            Take::Page(limit)
+        },
     };
     let checked = read_checked(&state, s.reader(), patient, &types, &range).await?;
     let next = (checked.len() as i64 == limit)
@@ -654,8 +669,9 @@ async fn observations(
         .iter()
         .map(|(r, c)| observation_json(r, c))
         .collect();
+    let order = if newest_first { "desc" } else { "asc" };
     Ok(Json(
-        json!({ "patient": patient, "observations": list, "next_cursor": next }),
+        json!({ "patient": patient, "order": order, "observations": list, "next_cursor": next }),
     ))
 }
 
@@ -815,6 +831,8 @@ struct DeviceRow {
     is_active: Option<bool>,
     gateway_offline_since: Option<DateTime<Utc>>,
     needs_repair: Option<bool>,
+    bluetooth_address: Option<String>,
+    created_at: Option<DateTime<Utc>>,
 }
 
 /// What the page and the API may say about a device's link, `now`.
@@ -860,7 +878,8 @@ async fn devices(
     let devs: Vec<DeviceRow> = sqlx::query_as(
         "SELECT id, device_id, device_name, device_type, manufacturer, model, firmware_version, gateway_id,
                 battery_level, last_sync, sync_status, connection_state, rssi, state_observed_at, last_seq,
-                missing_seqs, data_types, is_active, gateway_offline_since, needs_repair
+                missing_seqs, data_types, is_active, gateway_offline_since, needs_repair,
+                bluetooth_address, created_at
            FROM iot_devices WHERE user_id = $1 ORDER BY device_id",
     )
     .bind(patient)
@@ -923,6 +942,7 @@ async fn devices(
                 "gateway_offline_since": d.gateway_offline_since, "needs_repair": d.needs_repair,
                 "rssi": d.rssi, "state_observed_at": d.state_observed_at, "last_seq": d.last_seq,
                 "missing_seqs": d.missing_seqs, "data_types": d.data_types, "active": d.is_active,
+                "bluetooth_address": d.bluetooth_address, "registered_at": d.created_at,
                 "gaps": g,
             })
         })

@@ -238,29 +238,38 @@ async fn access_follows_grants_and_every_read_is_audited() -> Result<()> {
         bp["values"]["systolic"]["value"].as_f64(),
         Some(f64::from(slots[0]) / 10.0)
     );
-    // Cursor pagination walks the same rows.
-    let mut seen = 0;
-    let mut cursor: Option<String> = None;
-    loop {
-        let extra = cursor
-            .as_ref()
-            .map(|c| format!("&cursor={c}"))
-            .unwrap_or_default();
-        let page = r
-            .api
-            .json(
-                &full.token,
-                &format!("/api/v1/patients/{p}/observations?limit=7{extra}"),
-            )
-            .await?;
-        full_reads += 1;
-        seen += observations(&page).len();
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => break,
+    // Cursor pagination walks the same rows, oldest first by default and
+    // newest first with `order=desc` (the page's "latest value").
+    let mut walked = std::collections::HashMap::new();
+    for order in ["asc", "desc"] {
+        let mut ids = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let extra = cursor
+                .as_ref()
+                .map(|c| format!("&cursor={c}"))
+                .unwrap_or_default();
+            let page = r
+                .api
+                .json(
+                    &full.token,
+                    &format!("/api/v1/patients/{p}/observations?limit=7&order={order}{extra}"),
+                )
+                .await?;
+            full_reads += 1;
+            assert_eq!(page["order"], order, "{page}");
+            ids.extend(observations(&page).iter().map(|o| o["id"].to_string()));
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => break,
+            }
         }
+        walked.insert(order, ids);
     }
-    assert_eq!(seen, 25);
+    assert_eq!(walked["asc"].len(), 25);
+    let mut newest_first = walked["asc"].clone();
+    newest_first.reverse();
+    assert_eq!(walked["desc"], newest_first);
 
     // No grant: no patients, no rows — through the API and through SQL.
     let v = r.api.json(&none.token, "/api/v1/patients").await?;
@@ -1469,6 +1478,58 @@ async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
         .context("hr-1 row")?;
     assert_eq!(attr(row, "data-battery"), Some("55"));
     assert_eq!(attr(row, "data-sync"), Some("GAPS"));
+    assert_eq!(attr(row, "data-registrations"), Some("1"));
+    // The summary: the latest reading of each vital, as the API has it.
+    for data_type in ["HEART_RATE", "BLOOD_PRESSURE"] {
+        let latest = r
+            .api
+            .json(
+                &doc.token,
+                &format!("/api/v1/patients/{p}/observations?type={data_type}&order=desc&limit=1"),
+            )
+            .await?;
+        let latest = observations(&latest)
+            .first()
+            .cloned()
+            .context("a latest reading")?;
+        let card = dom
+            .split("<div")
+            .find(|t| t.contains(&format!("data-summary=\"{data_type}\"")))
+            .with_context(|| format!("{data_type} summary"))?;
+        assert_eq!(
+            attr(card, "data-time"),
+            latest["recorded_at"].as_str(),
+            "{card}"
+        );
+        let verified = latest["status"] == "verified";
+        assert_eq!(
+            attr(card, "data-verified"),
+            Some(if verified { "true" } else { "false" })
+        );
+        if verified {
+            let shown: Vec<f64> = attr(card, "data-value")
+                .context("data-value")?
+                .split('/')
+                .map(|v| v.parse::<f64>())
+                .collect::<Result<_, _>>()?;
+            let slots: Vec<&str> = attr(card, "data-slots")
+                .context("data-slots")?
+                .split('/')
+                .collect();
+            let api: Vec<f64> = slots
+                .iter()
+                .filter_map(|s| latest["values"][s]["value"].as_f64())
+                .collect();
+            assert_eq!(shown, api, "{card}");
+        }
+    }
+    // The newest heart rate is the last of the second window (the unproven
+    // reading is older).
+    let hr_card = dom
+        .split("<div")
+        .find(|t| t.contains("data-summary=\"HEART_RATE\""))
+        .context("heart-rate summary")?;
+    assert_eq!(attr(hr_card, "data-value"), Some("94"), "{hr_card}");
     let png = std::fs::read(&shot).context("screenshot")?;
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
@@ -1483,10 +1544,13 @@ async fn web_page_charts_the_api_series_in_headless_chromium() -> Result<()> {
     .fetch_one(&pool)
     .await?;
     assert_eq!(
-        series_reads,
-        1 + DataType::ALL.len() as i64,
-        "one by the test, one per data type by the page"
+        series_reads, 3,
+        "one by the test, one per data type with readings by the page"
     );
+    // The screenshot is kept as the run's artefact.
+    let artefacts = Path::new(env!("CARGO_TARGET_TMPDIR")).join("artefacts");
+    std::fs::create_dir_all(&artefacts)?;
+    std::fs::copy(&shot, artefacts.join("clinician-page.png"))?;
     if let Some(keep) = std::env::var_os("HAILAN_KEEP_SCREENSHOT") {
         std::fs::copy(&shot, keep)?;
     }
@@ -2243,6 +2307,10 @@ async fn malformed_parameters_are_a_400_naming_them() -> Result<()> {
         (
             format!("/api/v1/patients/{p}/observations?cursor=1_2"),
             "cursor",
+        ),
+        (
+            format!("/api/v1/patients/{p}/observations?order=newest"),
+            "order",
         ),
         (
             format!("/api/v1/patients/{p}/observations?type=PULSE"),

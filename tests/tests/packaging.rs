@@ -216,7 +216,7 @@ fn check_installed(c: &Chroot, version: &str) -> Result<()> {
         );
     }
     // The binaries run.
-    for bin in ["hailan-gateway", "hailan-ingest"] {
+    for bin in ["hailan-gateway", "hailan-ingest", "hailan-api"] {
         assert_eq!(c.stat(&format!("/usr/bin/{bin}"))?, "root:root 755");
         let v = c.sh(&format!("{bin} --version"))?;
         assert!(v.starts_with(&format!("{bin} 0.")), "{bin} --version: {v}");
@@ -281,6 +281,16 @@ fn check_installed(c: &Chroot, version: &str) -> Result<()> {
     );
     assert_eq!(c.stat("/etc/hailan/api-keys")?, "hailan-api:hailan-api 600");
     assert_eq!(c.stat("/etc/hailan/zk")?, "root:root 755");
+    // The API's user reads its configuration and key ring (empty until the
+    // operator adds the owners' keys).
+    let checked = c.sh(
+        "setpriv --reuid hailan-api --regid hailan-api --init-groups \
+         hailan-api --config /etc/hailan/api.toml --check-config",
+    )?;
+    assert!(
+        checked.contains("configuration OK") && checked.contains("0 data key(s)"),
+        "hailan-api --check-config: {checked}"
+    );
     // The service user can use them: its key is accepted, its state opens.
     let init = c.sh(
         "setpriv --reuid hailan-gateway --regid hailan-gateway --init-groups \
@@ -299,7 +309,7 @@ fn check_installed(c: &Chroot, version: &str) -> Result<()> {
     for (unit, user, bin) in [
         ("hailan-gateway", "hailan-gateway", "hailan-gateway"),
         ("hailan-ingest", "hailan", "hailan-ingest"),
-        ("hailan-api", "hailan-api", "hailan-ingest"),
+        ("hailan-api", "hailan-api", "hailan-api"),
     ] {
         let path = format!("/usr/lib/systemd/system/{unit}.service");
         let text = c.read(&path)?;
@@ -434,6 +444,7 @@ fn the_packages_install_upgrade_and_purge_in_a_debian_root() -> Result<()> {
         "/etc/hailan",
         "/var/lib/hailan-gateway",
         "/usr/bin/hailan-ingest",
+        "/usr/bin/hailan-api",
         "/usr/lib/systemd/system/hailan-api.service",
         "/usr/share/doc/hailan-server",
     ] {

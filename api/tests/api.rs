@@ -626,7 +626,22 @@ async fn fhir_rig(gw: &'static str) -> Result<(Rig, User)> {
         }
     })
     .await?;
-    let ox_reading = ox.proven_reading(&r.zk.reading, &plausible_slots(DataType::Spo2))?;
+    // The oximeter flags the measurement (questionable, low perfusion).
+    let status = [
+        (
+            "measurement_status".to_owned(),
+            ciborium::Value::from(1u64 << 14),
+        ),
+        (
+            "device_and_sensor_status".to_owned(),
+            ciborium::Value::from(1u64 << 5),
+        ),
+    ];
+    let ox_reading = ox.proven_reading_with_extras(
+        &r.zk.reading,
+        &plausible_slots(DataType::Spo2),
+        status.into_iter().collect(),
+    )?;
     r.publisher
         .publish_all(&topic, vec![enc(&ox_reading)])
         .await?;
@@ -660,6 +675,36 @@ async fn fhir_searchset_validates_and_carries_verification() -> Result<()> {
         "24 HR + BP + SpO2 (the unverified one is not shown)"
     );
     assert_eq!(validate_fhir(&body, r.logs.path())?, "valid 26");
+    // The oximeter's quality flags are components, marked unproven.
+    let spo2 = entries
+        .iter()
+        .find(|e| e["resource"]["code"]["coding"][0]["code"] == "59408-5")
+        .context("an SpO2")?;
+    let flags: Vec<(&str, &str)> = spo2["resource"]["component"]
+        .as_array()
+        .context("components")?
+        .iter()
+        .filter(|c| c["code"]["coding"][0]["system"] == hailan_api::fhir::QUALITY_CODES)
+        .filter(|c| c["valueBoolean"] == true)
+        .filter(|c| c["extension"][0]["url"] == hailan_api::fhir::UNPROVEN_EXTENSION)
+        .filter_map(|c| {
+            Some((
+                c["code"]["coding"][0]["code"].as_str()?,
+                c["code"]["coding"][0]["display"].as_str()?,
+            ))
+        })
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (
+                "plx-measurement-status.14",
+                "questionable measurement detected"
+            ),
+            ("plx-device-sensor-status.5", "low perfusion detected")
+        ],
+        "{spo2}"
+    );
     // The outside validator (HL7's R4 definitions and vital-signs profiles)
     // finds nothing wrong — and does find it when a required element goes.
     let none: Vec<String> = Vec::new();

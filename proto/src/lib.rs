@@ -10,6 +10,7 @@
 //! - [`group`]: taken readings → proven, sealed groups (one assembly for every publisher).
 //! - [`cid`]: content identifiers (CIDv1, raw, sha2-256) of sealed values.
 //! - [`seal`]: AES-256-GCM sealing of values with the header as associated data.
+//! - [`quality`]: the quality flags a device set on a measurement, named.
 //! - [`stored`]: the JSON a sealed value is stored as (`health_data.value`).
 //! - [`gatt`]: Bluetooth SIG measurement codecs.
 //! - [`zk`]: the Groth16 statement, prover and batch verifier (§5).
@@ -21,6 +22,7 @@ pub mod envelope;
 pub mod gatt;
 pub mod group;
 pub mod header;
+pub mod quality;
 pub mod seal;
 pub mod stored;
 pub mod topic;

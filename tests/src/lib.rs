@@ -517,9 +517,21 @@ impl TestDevice {
 
     /// One reading with its own proof (the next seq, one second apart).
     pub fn proven_reading(&mut self, pk: &ProvingKey, slots: &[u32]) -> Result<Envelope> {
+        self.proven_reading_with_extras(pk, slots, Default::default())
+    }
+
+    /// [`TestDevice::proven_reading`] carrying `extras` sealed beside the
+    /// slots (status bits, sensor contact …: what a device sends unproven).
+    pub fn proven_reading_with_extras(
+        &mut self,
+        pk: &ProvingKey,
+        slots: &[u32],
+        extras: std::collections::BTreeMap<String, ciborium::Value>,
+    ) -> Result<Envelope> {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let taken = Taken::new(T0_MS + 1000 * seq as i64, slots.to_vec());
+        let mut taken = Taken::new(T0_MS + 1000 * seq as i64, slots.to_vec());
+        taken.extras = extras;
         let mut rng = self.rng.clone();
         let group = self.prover(pk).reading(seq, &taken, &mut rng);
         self.rng = rng;

@@ -15,6 +15,12 @@
 //!   from the decrypted value and marked with [`UNPROVEN_EXTENSION`] = true:
 //!   sealed by the gateway (AES-GCM under the owner's key, bound to the
 //!   reading's header) but not covered by the range proof.
+//! - Quality flags the device set (blood-pressure measurement status: body
+//!   movement, cuff too loose, irregular pulse, pulse out of range, improper
+//!   position; heart-rate sensor contact; pulse-oximetry measurement and
+//!   device/sensor status; glucose sensor status and control solution) are
+//!   components coded in [`QUALITY_CODES`] with `valueBoolean` true, also
+//!   marked unproven: the device said so, sealed, but no proof covers it.
 //! - Verification travels in the extension [`ZK_EXTENSION`]: `state`
 //!   (`verified` / `unverifiable`), `proofHash`, `statement`, `keyId`, and for
 //!   an unverifiable reading its `reason`. An unverifiable reading has no
@@ -32,7 +38,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
-use hailan_proto::{DataType, SlotSpec};
+use hailan_proto::{DataType, SlotSpec, quality};
 use serde_json::{Value, json};
 use trace::Refs;
 use uuid::Uuid;
@@ -46,6 +52,8 @@ pub const UNPROVEN_EXTENSION: &str = "urn:hailan:fhir:StructureDefinition:unprov
 pub const READING_ID_SYSTEM: &str = "urn:hailan:reading";
 /// Codes for values LOINC has no code for (the sealed extras' keys).
 const HAILAN_CODES: &str = "urn:hailan:fhir:CodeSystem:extras";
+/// Code system of the devices' quality flags (`hailan_proto::quality` codes).
+pub const QUALITY_CODES: &str = "urn:hailan:fhir:CodeSystem:quality-flags";
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
 
@@ -194,34 +202,48 @@ fn coding(code: &str, display: &str) -> Value {
     json!({ "system": LOINC, "code": code, "display": display })
 }
 
-/// Components for the sealed, unproven values a data type shows
-/// (`shown_extras`) of a verified reading: decrypted again (only types that
-/// have them pay for it). A value the gateway did not send is left out.
+/// Components for what a verified reading carries sealed but unproven: the
+/// values a data type shows (`shown_extras`) and the device's quality flags
+/// ([`hailan_proto::quality`]: cuff fit, body movement, irregular pulse,
+/// sensor contact, control solution …). Decrypted again, only for types
+/// that have either. A value the gateway did not send is left out; a flag
+/// is a component only when set (`valueBoolean` true).
 pub fn unproven_components(r: &StoredReading, c: &Check, keys: &KeyRing) -> Vec<Value> {
-    let Some(spec) = DataType::from_name(&r.data_type).map(|t| t.spec()) else {
+    let Some(t) = DataType::from_name(&r.data_type) else {
         return Vec::new();
     };
-    if spec.shown_extras.is_empty() || !matches!(c, Check::Verified(_)) {
+    let spec = t.spec();
+    if (spec.shown_extras.is_empty() && !quality::has_flags(t)) || !matches!(c, Check::Verified(_))
+    {
         return Vec::new();
     }
     let Ok(opened) = open_row(r, keys) else {
         return Vec::new();
     };
-    spec.shown_extras
-        .iter()
-        .filter_map(|e| {
-            let v = i64::try_from(i128::from(opened.extras.get(e.key)?.as_integer()?)).ok()?;
-            let code = match e.loinc {
-                Some(l) => coding(l, e.display),
-                None => json!({ "system": HAILAN_CODES, "code": e.key, "display": e.display }),
-            };
-            Some(json!({
-                "extension": [{ "url": UNPROVEN_EXTENSION, "valueBoolean": true }],
-                "code": { "coding": [code], "text": e.display },
-                "valueQuantity": { "value": e.to_decimal(v), "unit": e.unit, "system": UCUM, "code": e.unit },
-            }))
+    let unproven = || json!([{ "url": UNPROVEN_EXTENSION, "valueBoolean": true }]);
+    let values = spec.shown_extras.iter().filter_map(|e| {
+        let v = i64::try_from(i128::from(opened.extras.get(e.key)?.as_integer()?)).ok()?;
+        let code = match e.loinc {
+            Some(l) => coding(l, e.display),
+            None => json!({ "system": HAILAN_CODES, "code": e.key, "display": e.display }),
+        };
+        Some(json!({
+            "extension": unproven(),
+            "code": { "coding": [code], "text": e.display },
+            "valueQuantity": { "value": e.to_decimal(v), "unit": e.unit, "system": UCUM, "code": e.unit },
+        }))
+    });
+    let flags = quality::flags(t, &opened.extras).into_iter().map(|f| {
+        json!({
+            "extension": unproven(),
+            "code": {
+                "coding": [{ "system": QUALITY_CODES, "code": f.code, "display": f.display }],
+                "text": f.display,
+            },
+            "valueBoolean": true,
         })
-        .collect()
+    });
+    values.chain(flags).collect()
 }
 
 /// One reading as a vital-signs Observation; `unproven` are its

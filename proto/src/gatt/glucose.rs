@@ -98,28 +98,39 @@ pub fn sample_location_name(l: u8) -> &'static str {
 }
 
 const SENSOR_STATUS_BITS: [&str; 12] = [
-    "device battery low (bit0)",
-    "sensor malfunction (bit1)",
-    "sample size insufficient (bit2)",
-    "strip insertion error (bit3)",
-    "strip type incorrect (bit4)",
-    "sensor result too high (bit5)",
-    "sensor result too low (bit6)",
-    "sensor temperature too high (bit7)",
-    "sensor temperature too low (bit8)",
-    "sensor read interrupted (bit9)",
-    "general device fault (bit10)",
-    "time fault (bit11)",
+    "device battery low",
+    "sensor malfunction",
+    "sample size insufficient",
+    "strip insertion error",
+    "strip type incorrect",
+    "sensor result too high",
+    "sensor result too low",
+    "sensor temperature too high",
+    "sensor temperature too low",
+    "sensor read interrupted",
+    "general device fault",
+    "time fault",
 ];
+
+/// The set Sensor Status Annunciation bits with their names (reserved bits left out).
+pub fn sensor_status_names(status: u16) -> Vec<(usize, &'static str)> {
+    SENSOR_STATUS_BITS
+        .iter()
+        .enumerate()
+        .filter(|(b, _)| status & (1 << b) != 0)
+        .map(|(b, n)| (b, *n))
+        .collect()
+}
 
 /// Names of the set Sensor Status Annunciation bits (reserved bits as `reserved (bitN)`).
 pub fn sensor_status_bits(status: u16) -> Vec<String> {
     (0..16)
         .filter(|b| status & (1 << b) != 0)
         .map(|b| {
-            SENSOR_STATUS_BITS
-                .get(b)
-                .map_or_else(|| format!("reserved (bit{b})"), |s| (*s).to_owned())
+            format!(
+                "{} (bit{b})",
+                SENSOR_STATUS_BITS.get(b).copied().unwrap_or("reserved")
+            )
         })
         .collect()
 }

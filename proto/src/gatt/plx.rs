@@ -58,6 +58,25 @@ const DEVICE_SENSOR_STATUS: [&str; 16] = [
     "sensor disconnected",
 ];
 
+/// The set PLX Measurement Status bits with their names (reserved bits left out).
+pub fn measurement_status_names(status: u16) -> Vec<(u32, &'static str)> {
+    MEASUREMENT_STATUS
+        .iter()
+        .filter(|(b, _)| status & (1 << b) != 0)
+        .copied()
+        .collect()
+}
+
+/// The set Device and Sensor Status bits with their names (reserved bits left out).
+pub fn device_sensor_status_names(status: u32) -> Vec<(usize, &'static str)> {
+    DEVICE_SENSOR_STATUS
+        .iter()
+        .enumerate()
+        .filter(|(b, _)| status & (1 << b) != 0)
+        .map(|(b, n)| (b, *n))
+        .collect()
+}
+
 /// Names of the set PLX Measurement Status bits, e.g. `measurement ongoing (bit5)`.
 pub fn measurement_status_bits(status: u16) -> Vec<String> {
     (0..16u32)

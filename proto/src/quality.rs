@@ -59,13 +59,13 @@ fn int(extras: &BTreeMap<String, Cbor>, key: &str) -> Option<u64> {
 pub fn flags(t: DataType, extras: &BTreeMap<String, Cbor>) -> Vec<QualityFlag> {
     let mut out = Vec::new();
     match t {
-        DataType::HeartRate => {
-            if extras.get("sensor_contact").and_then(Cbor::as_text) == Some("not_detected") {
-                out.push(QualityFlag::new(
-                    "hr-sensor-contact.not-detected",
-                    "sensor contact not detected",
-                ));
-            }
+        DataType::HeartRate
+            if extras.get("sensor_contact").and_then(Cbor::as_text) == Some("not_detected") =>
+        {
+            out.push(QualityFlag::new(
+                "hr-sensor-contact.not-detected",
+                "sensor contact not detected",
+            ));
         }
         DataType::BloodPressure => {
             if let Some(s) = int(extras, "measurement_status") {

@@ -206,10 +206,23 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// A message that decoded: its index in the batch, its gateway (from the
+/// topic, equal to the envelope's) and its envelope.
 struct Decoded {
     index: usize,
     gateway: String,
     envelope: Envelope,
+}
+
+impl Decoded {
+    /// The device the envelope is about.
+    fn device_id(&self) -> &str {
+        match &self.envelope.body {
+            Body::Registration(r) => &r.device_id,
+            Body::Readings(b) => &b.device_id,
+            Body::DeviceState(s) => &s.device_id,
+        }
+    }
 }
 
 /// Owner, device, verdict and public inputs (decimal) of one proven group.
@@ -225,6 +238,16 @@ struct Pending {
 }
 
 impl Plan {
+    /// An empty plan for `messages` (their count, and the quarantine rows
+    /// they replay).
+    fn for_messages(messages: &[Message]) -> Plan {
+        Plan {
+            replayed: messages.iter().filter_map(|m| m.from_quarantine).collect(),
+            message_count: messages.len(),
+            ..Plan::default()
+        }
+    }
+
     /// Add what a later, separately written part of the same batch wrote.
     pub fn absorb(&mut self, other: Plan) {
         self.message_count += other.message_count;
@@ -261,14 +284,33 @@ impl Plan {
     }
 }
 
-/// Load the gateways and devices a batch names.
-async fn lookup(
-    pool: &PgPool,
-    gateways: &HashSet<String>,
-    devices: &HashSet<String>,
-) -> Result<(HashMap<String, GatewayRow>, HashMap<String, DeviceRow>)> {
-    let gw_ids: Vec<String> = gateways.iter().cloned().collect();
-    let gw: HashMap<String, GatewayRow> = sqlx::query_as::<_, (String, Uuid, bool)>(
+/// What planning needs to know from the database: the gateways and devices
+/// a batch names (by id). [`lookup`] reads it; a test builds it in memory
+/// and plans against it with [`plan_against`].
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// Gateways by id (their MQTT user name).
+    pub gateways: HashMap<String, GatewayRow>,
+    /// Devices by their own id (`iot_devices.device_id`).
+    pub devices: HashMap<String, DeviceRow>,
+}
+
+/// Stage 2: load the gateways and devices the decoded messages name — the
+/// only database read of planning.
+async fn lookup(pool: &PgPool, decoded: &[Decoded]) -> Result<Known> {
+    let gw_ids: Vec<String> = decoded
+        .iter()
+        .map(|d| d.gateway.clone())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let dev_ids: Vec<String> = decoded
+        .iter()
+        .map(|d| d.device_id().to_owned())
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let gateways = sqlx::query_as::<_, (String, Uuid, bool)>(
         "SELECT id, owner_id, revoked_at IS NOT NULL FROM gateways WHERE id = ANY($1)",
     )
     .bind(&gw_ids)
@@ -277,8 +319,7 @@ async fn lookup(
     .into_iter()
     .map(|(id, owner_id, revoked)| (id, GatewayRow { owner_id, revoked }))
     .collect();
-    let dev_ids: Vec<String> = devices.iter().cloned().collect();
-    let dev: HashMap<String, DeviceRow> = sqlx::query_as::<_, (Uuid, Uuid, String, String, Vec<u8>)>(
+    let devices = sqlx::query_as::<_, (Uuid, Uuid, String, String, Vec<u8>)>(
         "SELECT id, user_id, device_id, gateway_id, zk_device_commitment FROM iot_devices WHERE device_id = ANY($1)",
     )
     .bind(&dev_ids)
@@ -290,7 +331,7 @@ async fn lookup(
         Some((device_id, DeviceRow { id, user_id, gateway_id, commitment }))
     })
     .collect();
-    Ok((gw, dev))
+    Ok(Known { gateways, devices })
 }
 
 /// Build the plan for `messages`, without fair-share limits (replays).
@@ -298,20 +339,62 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
     plan_with(pool, verifier, messages, &Allowance::unlimited()).await
 }
 
-/// Build the plan for `messages` within the gateways' proof `allowance`.
+/// Build the plan for `messages` within the gateways' proof `allowance`:
+/// decode, look the gateways and devices up, then [`plan_decoded`].
 pub async fn plan_with(
     pool: &PgPool,
     verifier: Arc<Verifier>,
     messages: &[Message],
     allowance: &Allowance,
 ) -> Result<Plan> {
-    let mut plan = Plan {
-        replayed: messages.iter().filter_map(|m| m.from_quarantine).collect(),
-        message_count: messages.len(),
-        ..Plan::default()
-    };
+    let mut plan = Plan::for_messages(messages);
+    let decoded = decode(&mut plan, messages);
+    let known = lookup(pool, &decoded).await?;
+    plan_decoded(plan, known, verifier, messages, decoded, allowance).await
+}
 
-    // 1. Topic, size, decoding, gateway consistency.
+/// [`plan_with`] against gateways and devices given in memory instead of
+/// read from the database: the same stages, for tests and tools.
+pub async fn plan_against(
+    known: Known,
+    verifier: Arc<Verifier>,
+    messages: &[Message],
+    allowance: &Allowance,
+) -> Result<Plan> {
+    let mut plan = Plan::for_messages(messages);
+    let decoded = decode(&mut plan, messages);
+    plan_decoded(plan, known, verifier, messages, decoded, allowance).await
+}
+
+/// Stages 3–6, once the batch's gateways and devices are known.
+async fn plan_decoded(
+    mut plan: Plan,
+    mut known: Known,
+    verifier: Arc<Verifier>,
+    messages: &[Message],
+    decoded: Vec<Decoded>,
+    allowance: &Allowance,
+) -> Result<Plan> {
+    let accepted = register(&mut plan, messages, decoded, &mut known);
+    let admitted = admit(&mut plan, messages, accepted, &known.devices, allowance);
+    let keep = Arc::new(admitted.keep);
+    let verdicts = verify(verifier, Arc::clone(&keep), &admitted.pending, allowance).await?;
+    plan.groups_verified = admitted.pending.len();
+    write_rows(
+        &mut plan,
+        messages,
+        &keep,
+        &admitted.pending,
+        verdicts,
+        admitted.unverifiable,
+    );
+    plan.quarantine = one_row_per_message(std::mem::take(&mut plan.quarantine));
+    Ok(plan)
+}
+
+/// Stage 1: topic, rate limit, size, decoding and gateway consistency; what
+/// fails is quarantined with its reason.
+fn decode(plan: &mut Plan, messages: &[Message]) -> Vec<Decoded> {
     let mut decoded = Vec::with_capacity(messages.len());
     for (index, msg) in messages.iter().enumerate() {
         let Some(Topic::Up { gateway_id }) = topic::parse(&msg.topic) else {
@@ -371,20 +454,19 @@ pub async fn plan_with(
         });
     }
 
-    // 2. Who are they.
-    let gateway_ids: HashSet<String> = decoded.iter().map(|d| d.gateway.clone()).collect();
-    let device_ids: HashSet<String> = decoded
-        .iter()
-        .map(|d| match &d.envelope.body {
-            Body::Registration(r) => r.device_id.clone(),
-            Body::Readings(b) => b.device_id.clone(),
-            Body::DeviceState(s) => s.device_id.clone(),
-        })
-        .collect();
-    let (gateways, mut devices) = lookup(pool, &gateway_ids, &device_ids).await?;
+    decoded
+}
 
-    // 3. Registrations first (in arrival order), so a batch holding a device's
-    //    registration and its first readings stores both.
+/// Stage 3: gateways must be enrolled and not revoked; registrations are
+/// taken first (in arrival order), so a batch holding a device's
+/// registration and its first readings stores both. Returns the rest.
+fn register(
+    plan: &mut Plan,
+    messages: &[Message],
+    decoded: Vec<Decoded>,
+    known: &mut Known,
+) -> Vec<Decoded> {
+    let (gateways, devices) = (&known.gateways, &mut known.devices);
     let mut accepted = Vec::with_capacity(decoded.len());
     for d in decoded {
         let msg = &messages[d.index];
@@ -464,7 +546,31 @@ pub async fn plan_with(
         accepted.push(d);
     }
 
-    // 4. Device states and readings of known devices; groups to verify.
+    accepted
+}
+
+/// What stage 4 admits: the messages kept (indexed by `pending` and
+/// `unverifiable`), the proven groups to verify, and the groups stored
+/// unverified without verification (no proof, or a data type this build
+/// does not know).
+struct Admitted {
+    keep: Vec<Decoded>,
+    pending: Vec<Pending>,
+    unverifiable: Vec<Unverified>,
+}
+
+/// A group stored unverified: (message in `keep`, group, owner, device, why).
+type Unverified = (usize, usize, Uuid, Uuid, Reject);
+
+/// Stage 4: device states and readings of known devices of the sending
+/// gateway, within its proof budget; the groups to verify.
+fn admit(
+    plan: &mut Plan,
+    messages: &[Message],
+    accepted: Vec<Decoded>,
+    devices: &HashMap<String, DeviceRow>,
+    allowance: &Allowance,
+) -> Admitted {
     let mut pending: Vec<Pending> = Vec::new();
     let mut proofs_left: HashMap<String, f64> = HashMap::new();
     let mut unverifiable: Vec<(usize, usize, Uuid, Uuid, Reject)> = Vec::new();
@@ -560,65 +666,93 @@ pub async fn plan_with(
         keep.push(d);
     }
 
-    // 5. Verify every proven group in one batch, off the async runtime.
-    let keep = Arc::new(keep);
-    let verdicts = {
-        let keep = Arc::clone(&keep);
-        let claims_of: Vec<(usize, usize, [u8; 32])> = pending
-            .iter()
-            .map(|p| (p.msg, p.group, p.commitment))
-            .collect();
-        // Suspect gateways' proofs are verified in batches of their own:
-        // bisecting their bad proofs costs nobody else a pairing check.
-        // Key None = the shared batch.
-        let mut partitions: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
-        for (i, p) in pending.iter().enumerate() {
-            let gw = &keep[p.msg].gateway;
-            let key = allowance.is_suspect(gw).then(|| gw.clone());
-            partitions.entry(key).or_default().push(i);
-        }
-        let verifier = Arc::clone(&verifier);
-        tokio::task::spawn_blocking(move || {
-            let claims: Vec<GroupClaim<'_>> = claims_of
-                .iter()
-                .map(|(m, g, c)| {
-                    let d = &keep[*m];
-                    let Body::Readings(b) = &d.envelope.body else {
-                        unreachable!("pending groups are readings")
-                    };
-                    GroupClaim {
-                        gateway_id: &d.gateway,
-                        device_id: &b.device_id,
-                        device_commitment: c,
-                        group: &b.groups[*g],
-                    }
-                })
-                .collect();
-            let mut verdicts: Vec<Result<(), Reject>> = vec![Ok(()); claims.len()];
-            let (mut shared, mut isolated) = (0, 0);
-            for (key, indices) in &partitions {
-                let part: Vec<GroupClaim<'_>> = indices.iter().map(|&i| claims[i]).collect();
-                let (v, checks) = verifier.verify_batch_counted(&part, &mut rand_core::OsRng);
-                if key.is_some() {
-                    isolated += checks;
-                } else {
-                    shared += checks;
-                }
-                for (&i, v) in indices.iter().zip(v) {
-                    verdicts[i] = v;
-                }
-            }
-            let inputs: Vec<Option<Vec<String>>> = claims
-                .iter()
-                .map(|c| verifier.bundle(c).ok().map(|b| b.public_inputs))
-                .collect();
-            (verdicts, inputs, shared, isolated)
-        })
-        .await?
-    };
-    plan.groups_verified = pending.len();
+    Admitted {
+        keep,
+        pending,
+        unverifiable,
+    }
+}
 
-    // 6. Rows.
+/// Verdicts of stage 5: per pending group, its verdict and public inputs;
+/// the pairing checks spent on the shared batch and on suspects' batches.
+type Verdicts = (
+    Vec<Result<(), Reject>>,
+    Vec<Option<Vec<String>>>,
+    usize,
+    usize,
+);
+
+/// Stage 5: verify every proven group in one batch, off the async runtime
+/// (suspect gateways' groups in batches of their own).
+async fn verify(
+    verifier: Arc<Verifier>,
+    keep: Arc<Vec<Decoded>>,
+    pending: &[Pending],
+    allowance: &Allowance,
+) -> Result<Verdicts> {
+    let claims_of: Vec<(usize, usize, [u8; 32])> = pending
+        .iter()
+        .map(|p| (p.msg, p.group, p.commitment))
+        .collect();
+    // Suspect gateways' proofs are verified in batches of their own:
+    // bisecting their bad proofs costs nobody else a pairing check.
+    // Key None = the shared batch.
+    let mut partitions: BTreeMap<Option<String>, Vec<usize>> = BTreeMap::new();
+    for (i, p) in pending.iter().enumerate() {
+        let gw = &keep[p.msg].gateway;
+        let key = allowance.is_suspect(gw).then(|| gw.clone());
+        partitions.entry(key).or_default().push(i);
+    }
+    tokio::task::spawn_blocking(move || {
+        let claims: Vec<GroupClaim<'_>> = claims_of
+            .iter()
+            .map(|(m, g, c)| {
+                let d = &keep[*m];
+                let Body::Readings(b) = &d.envelope.body else {
+                    unreachable!("pending groups are readings")
+                };
+                GroupClaim {
+                    gateway_id: &d.gateway,
+                    device_id: &b.device_id,
+                    device_commitment: c,
+                    group: &b.groups[*g],
+                }
+            })
+            .collect();
+        let mut verdicts: Vec<Result<(), Reject>> = vec![Ok(()); claims.len()];
+        let (mut shared, mut isolated) = (0, 0);
+        for (key, indices) in &partitions {
+            let part: Vec<GroupClaim<'_>> = indices.iter().map(|&i| claims[i]).collect();
+            let (v, checks) = verifier.verify_batch_counted(&part, &mut rand_core::OsRng);
+            if key.is_some() {
+                isolated += checks;
+            } else {
+                shared += checks;
+            }
+            for (&i, v) in indices.iter().zip(v) {
+                verdicts[i] = v;
+            }
+        }
+        let inputs: Vec<Option<Vec<String>>> = claims
+            .iter()
+            .map(|c| verifier.bundle(c).ok().map(|b| b.public_inputs))
+            .collect();
+        (verdicts, inputs, shared, isolated)
+    })
+    .await
+    .map_err(anyhow::Error::from)
+}
+
+/// Stage 6: the rows — proofs, readings (verified or stored unverified) —
+/// and quarantine rows for groups whose proof failed.
+fn write_rows(
+    plan: &mut Plan,
+    messages: &[Message],
+    keep: &[Decoded],
+    pending: &[Pending],
+    verdicts: Verdicts,
+    unverifiable: Vec<Unverified>,
+) {
     let (verdicts, inputs, shared, isolated) = verdicts;
     plan.pairing_checks_shared = shared;
     plan.pairing_checks_isolated = isolated;
@@ -717,6 +851,170 @@ pub async fn plan_with(
             });
         }
     }
-    plan.quarantine = one_row_per_message(std::mem::take(&mut plan.quarantine));
-    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Planning against gateways and devices given in memory ([`plan_against`]):
+    //! every stage but the database read, without PostgreSQL or proofs (an
+    //! empty verifier: the groups here carry none).
+    use super::*;
+    use hailan_proto::zk::{DevKeys, Policy};
+    use hailan_tests::TestDevice;
+
+    const GW: &str = "gw-plan";
+
+    fn message(topic: String, e: &Envelope) -> Message {
+        Message {
+            topic,
+            payload: Bytes::from(envelope::encode(e)),
+            from_quarantine: None,
+            rate_limited: None,
+        }
+    }
+
+    fn up(e: &Envelope) -> Message {
+        message(topic::up(&e.gateway_id), e)
+    }
+
+    fn known(gateways: &[(&str, Uuid, bool)]) -> Known {
+        Known {
+            gateways: gateways
+                .iter()
+                .map(|(id, owner_id, revoked)| {
+                    (
+                        (*id).to_owned(),
+                        GatewayRow {
+                            owner_id: *owner_id,
+                            revoked: *revoked,
+                        },
+                    )
+                })
+                .collect(),
+            devices: HashMap::new(),
+        }
+    }
+
+    async fn plan_of(known: Known, messages: &[Message]) -> Plan {
+        let verifier = Verifier::new(Vec::new(), Policy::from_spec(), DevKeys::Allow)
+            .expect("an empty verifier");
+        plan_against(known, Arc::new(verifier), messages, &Allowance::unlimited())
+            .await
+            .expect("planning in memory does not fail")
+    }
+
+    fn reasons(plan: &Plan) -> Vec<(Option<&str>, Reason)> {
+        plan.quarantine
+            .iter()
+            .map(|q| (q.device_id.as_deref(), q.reason))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_registration_and_its_readings_in_one_batch_are_stored_together() {
+        let owner = Uuid::new_v4();
+        let mut hr = TestDevice::new(GW, "hr-plan", DataType::HeartRate, 1);
+        let mut stranger = TestDevice::new(GW, "hr-unregistered", DataType::HeartRate, 2);
+        let messages = [
+            up(&hr.unproven_reading(&[70])),
+            up(&hr.registration()),
+            up(&hr.state(80, 1_000)),
+            up(&stranger.unproven_reading(&[71])),
+            message("hailan/v1/gw-plan/down".into(), &hr.registration()),
+        ];
+        let plan = plan_of(known(&[(GW, owner, false)]), &messages).await;
+        assert_eq!(plan.message_count, 5);
+        // The registration is taken first, whatever its place in the batch.
+        assert_eq!(plan.registered, ["hr-plan"]);
+        let dev = &plan.devices[0];
+        assert!(dev.new);
+        assert_eq!(
+            dev.user_id, owner,
+            "a new device belongs to its gateway's owner"
+        );
+        assert_eq!(plan.readings.len(), 1);
+        let r = &plan.readings[0];
+        assert_eq!((r.device, r.user_id, r.verified), (dev.id, owner, false));
+        let Body::Readings(b) = envelope::decode(&messages[0].payload)
+            .expect("decodes")
+            .body
+        else {
+            panic!("the first message is a reading")
+        };
+        let sealed = &b.groups[0].readings[0].sealed;
+        assert_eq!(
+            r.value,
+            hailan_proto::stored::encode(sealed),
+            "stored sealed, never opened"
+        );
+        assert_eq!(plan.states.len(), 1);
+        assert_eq!(
+            reasons(&plan),
+            [
+                (None, Reason::BadTopic),
+                (Some("hr-unregistered"), Reason::UnknownDevice)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn gateways_and_devices_that_do_not_match_are_quarantined_with_their_reason() {
+        let owner = Uuid::new_v4();
+        let theirs = TestDevice::new("gw-other", "bp-theirs", DataType::BloodPressure, 3);
+        let mine = TestDevice::new(GW, "bp-theirs", DataType::BloodPressure, 3);
+        let rekeyed = TestDevice::new(GW, "bp-mine", DataType::BloodPressure, 4);
+        let revoked = TestDevice::new("gw-revoked", "t-1", DataType::BodyTemperature, 5);
+        let unknown = TestDevice::new("gw-unknown", "t-2", DataType::BodyTemperature, 6);
+        let mut k = known(&[(GW, owner, false), ("gw-revoked", owner, true)]);
+        for (dev, gw, seed) in [("bp-theirs", "gw-other", 3), ("bp-mine", GW, 7)] {
+            let commitment = match TestDevice::new(gw, dev, DataType::BloodPressure, seed)
+                .registration()
+                .body
+            {
+                Body::Registration(r) => r.device_commitment,
+                _ => unreachable!("a registration"),
+            };
+            k.devices.insert(
+                dev.to_owned(),
+                DeviceRow {
+                    id: Uuid::new_v4(),
+                    user_id: owner,
+                    gateway_id: gw.to_owned(),
+                    commitment,
+                },
+            );
+        }
+        let messages = [
+            up(&mine.registration()),
+            up(&mine.state(50, 0)),
+            up(&rekeyed.registration()),
+            up(&revoked.registration()),
+            up(&unknown.registration()),
+            // Published on our gateway's topic by another gateway's envelope.
+            message(topic::up(GW), &theirs.registration()),
+        ];
+        let plan = plan_of(k, &messages).await;
+        assert!(
+            plan.devices.is_empty() && plan.states.is_empty(),
+            "{:?}",
+            plan.devices
+        );
+        let mut got: Vec<Reason> = plan.quarantine.iter().map(|q| q.reason).collect();
+        got.sort();
+        let mut want = vec![
+            Reason::DeviceGatewayMismatch,
+            Reason::DeviceGatewayMismatch,
+            Reason::DeviceKeyMismatch,
+            Reason::UnknownGateway,
+            Reason::UnknownGateway,
+            Reason::GatewayMismatch,
+        ];
+        want.sort();
+        assert_eq!(got, want, "{:?}", plan.quarantine);
+        assert_eq!(
+            plan.quarantine.len(),
+            messages.len(),
+            "each message ends in exactly one place"
+        );
+    }
 }

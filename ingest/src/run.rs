@@ -333,6 +333,11 @@ async fn write_planned(
 
 /// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
 /// disconnect (the broker keeps the session and queues for our return).
+///
+/// Four tasks: the broker's event loop ([`event_loop`]), the gateway-status
+/// follower ([`follow_gateway_status`]), the writer ([`write_batches`]) and
+/// this one, which gathers batches, admits them through fair share and plans
+/// them ([`gather`], [`admit`], then `plan::plan_with`).
 pub async fn run(
     cfg: IngestConfig,
     pool: PgPool,
@@ -346,36 +351,9 @@ pub async fn run(
         cfg.mqtt.client_id,
         std::process::id()
     );
-    let mut opts = MqttOptions::new(&cfg.mqtt.client_id, &cfg.mqtt.host, cfg.mqtt.port);
-    opts.set_clean_session(false);
-    opts.set_manual_acks(true);
-    opts.set_keep_alive(Duration::from_secs(cfg.mqtt.keep_alive_s.max(5)));
-    opts.set_max_packet_size(hailan_proto::envelope::MAX_ENVELOPE_BYTES + 4096, 4096);
-    if let Some(pw) = &cfg.mqtt.password {
-        opts.set_credentials(&cfg.mqtt.username, pw);
-    }
-    if let Some(ca) = &cfg.mqtt.ca_file {
-        let pem = std::fs::read(ca).with_context(|| format!("mqtt.ca_file = {}", ca.display()))?;
-        opts.set_transport(rumqttc::Transport::tls(pem, None, None));
-    }
-    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    // The event loop must never wait for the batch loop while acks are
-    // queued: rumqttc sends them from the same loop (one queued request per
-    // poll), and an event loop parked on a full delivery channel while the
-    // batch loop waits on a full request queue is a deadlock — seen under a
-    // 20,000-message flood (ingest/tests/fair_share.rs). So the channel is
-    // unbounded, and the event loop pauses (stops reading the broker) only
-    // while more than `high_water` messages are held *and* no ack is waiting
-    // to go out. (Mosquitto 2.0.11 was measured sending well past
-    // `max_inflight_messages` to this client, so the broker's window alone
-    // does not bound what is held.)
+    let (client, eventloop) = AsyncClient::new(mqtt_options(&cfg.mqtt)?, 10_000);
     let (tx, mut rx) = mpsc::unbounded_channel::<Delivery>();
-    let held = Arc::new(AtomicUsize::new(0));
-    let held_bytes = Arc::new(AtomicUsize::new(0));
-    let acks_unsent = Arc::new(AtomicUsize::new(0));
-    let drained = Arc::new(tokio::sync::Notify::new());
-    let high_water = cfg.batch.max_messages.max(1) * 4;
-    let high_water_bytes = cfg.batch.max_bytes.max(1).saturating_mul(4);
+    let flow = Flow::new(&cfg.batch);
     let epoch = Arc::new(AtomicU64::new(0));
     let (to_link, from_loop) = mpsc::unbounded_channel::<StatusDelivery>();
     let link_task = tokio::spawn(follow_gateway_status(
@@ -383,184 +361,45 @@ pub async fn run(
         client.clone(),
         from_loop,
         Arc::clone(&epoch),
-        Arc::clone(&acks_unsent),
+        Arc::clone(&flow.acks_unsent),
         Arc::clone(&metrics),
         shutdown.clone(),
     ));
-
-    // The event loop: connection, subscription, incoming messages, and the
-    // outgoing acks. It outlives `shutdown` until the last batch's acks and
-    // the DISCONNECT have gone out (`loop_stop`).
+    // The event loop outlives `shutdown` until the last batch's acks and the
+    // DISCONNECT have gone out (`loop_stop`).
     let loop_stop = CancellationToken::new();
-    let loop_handle = {
-        let client = client.clone();
-        let epoch = Arc::clone(&epoch);
-        let status = Arc::clone(&status);
-        let shutdown = loop_stop.clone();
-        let mut subscriptions = cfg.mqtt.subscriptions.clone();
-        if !cfg.mqtt.status_subscription.is_empty()
-            && !subscriptions.contains(&cfg.mqtt.status_subscription)
-        {
-            subscriptions.push(cfg.mqtt.status_subscription.clone());
-        }
-        let to_link = to_link.clone();
-        let (held, held_bytes, acks_unsent, drained) = (
-            Arc::clone(&held),
-            Arc::clone(&held_bytes),
-            Arc::clone(&acks_unsent),
-            Arc::clone(&drained),
-        );
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
-            loop {
-                // Back-pressure without deadlock (see above).
-                while (held.load(Ordering::SeqCst) >= high_water
-                    || held_bytes.load(Ordering::SeqCst) >= high_water_bytes)
-                    && acks_unsent.load(Ordering::SeqCst) == 0
-                    && !shutdown.is_cancelled()
-                {
-                    tokio::select! {
-                        _ = drained.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                        _ = shutdown.cancelled() => {}
-                    }
-                }
-                let event = tokio::select! {
-                    e = eventloop.poll() => e,
-                    _ = shutdown.cancelled() => break,
-                };
-                match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        let e = epoch.fetch_add(1, Ordering::SeqCst) + 1;
-                        status.mqtt_connected.store(true, Ordering::Relaxed);
-                        backoff = Duration::from_millis(200);
-                        tracing::info!(
-                            session_present = ack.session_present,
-                            epoch = e,
-                            "connected to the broker"
-                        );
-                        for filter in &subscriptions {
-                            // Never wait on the request queue here: only this
-                            // loop empties it.
-                            if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
-                                tracing::error!(%err, filter, "cannot subscribe");
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish)))
-                        if matches!(
-                            hailan_proto::topic::parse(&publish.topic),
-                            Some(hailan_proto::topic::Topic::Status { .. })
-                        ) =>
-                    {
-                        // A gateway's online/offline: applied in arrival
-                        // order by the link task, stamped with when it was seen.
-                        let _ = to_link.send(StatusDelivery {
-                            epoch: epoch.load(Ordering::SeqCst),
-                            seen_at: chrono::Utc::now(),
-                            publish,
-                        });
-                    }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        let d = Delivery {
-                            epoch: epoch.load(Ordering::SeqCst),
-                            publish,
-                        };
-                        // After shutdown nobody takes it: unacknowledged, it is
-                        // redelivered to the next session. Keep polling so the
-                        // last acks and the DISCONNECT go out.
-                        let size = d.publish.payload.len();
-                        if tx.send(d).is_ok() {
-                            held.fetch_add(1, Ordering::SeqCst);
-                            held_bytes.fetch_add(size, Ordering::SeqCst);
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
-                    Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => {
-                        let _ = acks_unsent.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                            Some(n.saturating_sub(1))
-                        });
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
-                    Ok(_) => {}
-                    Err(err) => {
-                        status.mqtt_connected.store(false, Ordering::Relaxed);
-                        tracing::warn!(%err, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff) => {}
-                            _ = shutdown.cancelled() => break,
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
-                    }
-                }
-            }
-        })
-    };
-
-    // A batch in hand when shutdown is asked is finished if it can be within
-    // the grace period; after it, whatever is not committed is left to the
-    // broker (a supervisor's stop timeout must never be what ends us).
-    let finish_by = CancellationToken::new();
-    {
-        let (shutdown, finish_by) = (shutdown.clone(), finish_by.clone());
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-            finish_by.cancel();
-        });
-    }
-
-    // The writer: commits planned batches in order, then acknowledges their
-    // messages. One batch can wait planned while another is written, so
-    // verification overlaps the previous batch's transaction.
-    let (to_writer, mut planned_batches) = mpsc::channel::<Planned>(1);
-    let writer = {
-        let (pool, verifier, metrics, status) = (
-            pool.clone(),
-            Arc::clone(&verifier),
-            Arc::clone(&metrics),
-            Arc::clone(&status),
-        );
-        let (client, epoch, acks_unsent) =
-            (client.clone(), Arc::clone(&epoch), Arc::clone(&acks_unsent));
-        let (name, shutdown, finish_by) = (name.clone(), shutdown.clone(), finish_by.clone());
-        tokio::spawn(async move {
-            let committer = Committer {
-                pool: &pool,
-                verifier: &verifier,
-                name: &name,
-                metrics: &metrics,
-                status: &status,
-            };
-            while let Some(mut p) = planned_batches.recv().await {
-                // Not committed by the deadline after shutdown: left
-                // unacknowledged, for the broker to redeliver.
-                let Some(registered) = write_planned(&committer, &mut p, &finish_by).await else {
-                    break;
-                };
-                let current = epoch.load(Ordering::SeqCst);
-                for d in &p.batch {
-                    if d.epoch == current {
-                        if d.publish.qos != QoS::AtMostOnce {
-                            acks_unsent.fetch_add(1, Ordering::SeqCst);
-                        }
-                        client.ack(&d.publish).await.context("acknowledging")?;
-                    } else {
-                        metrics.stale_acks_skipped.inc();
-                    }
-                }
-                if !registered.is_empty()
-                    && let Err(e) = replay_registered(&committer, &registered, &shutdown).await
-                {
-                    tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
-                }
-                if let Some(committed) = p.committed {
-                    let _ = committed.send(());
-                }
-            }
-            anyhow::Ok(())
-        })
-    };
+    let loop_handle = tokio::spawn(event_loop(
+        eventloop,
+        Broker {
+            client: client.clone(),
+            epoch: Arc::clone(&epoch),
+            flow: flow.clone(),
+        },
+        Arc::clone(&status),
+        subscriptions(&cfg.mqtt),
+        to_link.clone(),
+        tx,
+        loop_stop.clone(),
+    ));
+    let finish_by = grace_after(&shutdown);
+    let (to_writer, planned_batches) = mpsc::channel::<Planned>(1);
+    let writer = tokio::spawn(write_batches(
+        Writer {
+            pool: pool.clone(),
+            verifier: Arc::clone(&verifier),
+            name: name.clone(),
+            metrics: Arc::clone(&metrics),
+            status: Arc::clone(&status),
+        },
+        planned_batches,
+        Broker {
+            client: client.clone(),
+            epoch: Arc::clone(&epoch),
+            flow: flow.clone(),
+        },
+        shutdown.clone(),
+        finish_by,
+    ));
 
     let max_wait = Duration::from_millis(cfg.batch.max_wait_ms);
     let mut fair = FairShare::new(cfg.fair_share.clone());
@@ -599,57 +438,11 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
         };
         metrics.delivery_backlog.set(rx.len() as i64 + 1);
-        let mut bytes = first.publish.payload.len();
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + max_wait;
-        while batch.len() < cfg.batch.max_messages && bytes < cfg.batch.max_bytes {
-            tokio::select! {
-                d = rx.recv() => match d {
-                    Some(d) => {
-                        bytes += d.publish.payload.len();
-                        batch.push(d);
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        // Fair share: a message over its gateway's message limit is marked
-        // (and quarantined undecoded); the proof budget of the batch's
-        // gateways is fixed once here, so a retried batch is not charged twice.
+        let (batch, bytes) = gather(&mut rx, first, &cfg.batch, max_wait).await;
+        flow.handed_over(batch.len(), bytes);
         let now = Instant::now();
-        let mut gateways: Vec<String> = Vec::new();
-        held.fetch_sub(batch.len(), Ordering::SeqCst);
-        held_bytes.fetch_sub(bytes, Ordering::SeqCst);
-        drained.notify_one();
-        let messages: Vec<Message> = batch
-            .iter()
-            .map(|d| {
-                let topic = d.publish.topic.clone();
-                let gateway = match hailan_proto::topic::parse(&topic) {
-                    Some(hailan_proto::topic::Topic::Up { gateway_id }) => {
-                        Some(gateway_id.to_owned())
-                    }
-                    _ => None,
-                };
-                let rate_limited = gateway.and_then(|g| {
-                    let r = fair.admit(&g, now).err();
-                    if r.is_some() {
-                        metrics.gateway_rate_limited(&fair.label(&g), "messages");
-                    } else {
-                        gateways.push(g);
-                    }
-                    r
-                });
-                Message {
-                    topic,
-                    payload: d.publish.payload.clone(),
-                    from_quarantine: None,
-                    rate_limited,
-                }
-            })
-            .collect();
-        let allowance = fair.allowance(gateways.iter().map(String::as_str), now);
+        let (messages, admitted) = admit(&batch, &mut fair, &metrics, now);
+        let allowance = fair.allowance(admitted.iter().map(String::as_str), now);
         // Plan (decode, resolve, verify) here while the writer commits the
         // batch before; a plan that fails is planned again by the writer.
         let started = Instant::now();
@@ -720,4 +513,344 @@ pub async fn run(
         let _ = loop_handle.await;
     }
     Ok(())
+}
+
+/// The MQTT session: persistent (clean session off), manual acks, room for
+/// the largest envelope, TLS when a CA is configured.
+fn mqtt_options(cfg: &crate::config::MqttConfig) -> Result<MqttOptions> {
+    let mut opts = MqttOptions::new(&cfg.client_id, &cfg.host, cfg.port);
+    opts.set_clean_session(false);
+    opts.set_manual_acks(true);
+    opts.set_keep_alive(Duration::from_secs(cfg.keep_alive_s.max(5)));
+    opts.set_max_packet_size(hailan_proto::envelope::MAX_ENVELOPE_BYTES + 4096, 4096);
+    if let Some(pw) = &cfg.password {
+        opts.set_credentials(&cfg.username, pw);
+    }
+    if let Some(ca) = &cfg.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("mqtt.ca_file = {}", ca.display()))?;
+        opts.set_transport(rumqttc::Transport::tls(pem, None, None));
+    }
+    Ok(opts)
+}
+
+/// The readings subscriptions plus the gateway-status one.
+fn subscriptions(cfg: &crate::config::MqttConfig) -> Vec<String> {
+    let mut subscriptions = cfg.subscriptions.clone();
+    if !cfg.status_subscription.is_empty() && !subscriptions.contains(&cfg.status_subscription) {
+        subscriptions.push(cfg.status_subscription.clone());
+    }
+    subscriptions
+}
+
+/// A token cancelled [`SHUTDOWN_GRACE`] after `shutdown`: a batch in hand
+/// when shutdown is asked is finished if it can be by then; after it,
+/// whatever is not committed is left to the broker (a supervisor's stop
+/// timeout must never be what ends us).
+fn grace_after(shutdown: &CancellationToken) -> CancellationToken {
+    let finish_by = CancellationToken::new();
+    let (shutdown, done) = (shutdown.clone(), finish_by.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        done.cancel();
+    });
+    finish_by
+}
+
+/// How much the event loop holds for the batch loop, and the acks it still
+/// has to send.
+///
+/// The event loop must never wait for the batch loop while acks are queued:
+/// rumqttc sends them from the same loop (one queued request per poll), and
+/// an event loop parked on a full delivery channel while the batch loop
+/// waits on a full request queue is a deadlock — seen under a 20,000-message
+/// flood (ingest/tests/fair_share.rs). So the delivery channel is unbounded,
+/// and the event loop pauses (stops reading the broker) only while more
+/// than `high_water` messages (or bytes) are held *and* no ack is waiting to
+/// go out. (Mosquitto 2.0.11 was measured sending well past
+/// `max_inflight_messages` to this client, so the broker's window alone does
+/// not bound what is held.)
+#[derive(Clone)]
+struct Flow {
+    held: Arc<AtomicUsize>,
+    held_bytes: Arc<AtomicUsize>,
+    acks_unsent: Arc<AtomicUsize>,
+    drained: Arc<tokio::sync::Notify>,
+    high_water: usize,
+    high_water_bytes: usize,
+}
+
+impl Flow {
+    fn new(batch: &crate::config::BatchConfig) -> Flow {
+        Flow {
+            held: Arc::default(),
+            held_bytes: Arc::default(),
+            acks_unsent: Arc::default(),
+            drained: Arc::default(),
+            high_water: batch.max_messages.max(1) * 4,
+            high_water_bytes: batch.max_bytes.max(1).saturating_mul(4),
+        }
+    }
+
+    /// Wait while too much is held and no ack is queued (or until `stop`).
+    async fn wait_for_room(&self, stop: &CancellationToken) {
+        while (self.held.load(Ordering::SeqCst) >= self.high_water
+            || self.held_bytes.load(Ordering::SeqCst) >= self.high_water_bytes)
+            && self.acks_unsent.load(Ordering::SeqCst) == 0
+            && !stop.is_cancelled()
+        {
+            tokio::select! {
+                _ = self.drained.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = stop.cancelled() => {}
+            }
+        }
+    }
+
+    /// The event loop handed a message of `bytes` to the batch loop.
+    fn took(&self, bytes: usize) {
+        self.held.fetch_add(1, Ordering::SeqCst);
+        self.held_bytes.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    /// The batch loop took `n` messages of `bytes` into a batch.
+    fn handed_over(&self, n: usize, bytes: usize) {
+        self.held.fetch_sub(n, Ordering::SeqCst);
+        self.held_bytes.fetch_sub(bytes, Ordering::SeqCst);
+        self.drained.notify_one();
+    }
+
+    /// An ack was queued for the event loop to send.
+    fn ack_queued(&self) {
+        self.acks_unsent.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The event loop sent an ack.
+    fn ack_sent(&self) {
+        let _ = self
+            .acks_unsent
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+}
+
+/// What the event loop and the writer share of the broker connection: the
+/// client (for subscriptions and acks), the connection's epoch (a message
+/// is acked only on the connection it came on), and the flow counters.
+struct Broker {
+    client: AsyncClient,
+    epoch: Arc<AtomicU64>,
+    flow: Flow,
+}
+
+/// The broker's event loop: connection, subscription, incoming messages
+/// (readings to `deliveries`, gateway statuses to `statuses`), and the
+/// outgoing acks; reconnects with capped backoff until `stop`.
+async fn event_loop(
+    mut eventloop: rumqttc::EventLoop,
+    broker: Broker,
+    status: Arc<Status>,
+    subscriptions: Vec<String>,
+    statuses: mpsc::UnboundedSender<StatusDelivery>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
+    stop: CancellationToken,
+) {
+    let Broker {
+        client,
+        epoch,
+        flow,
+    } = broker;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        flow.wait_for_room(&stop).await;
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = stop.cancelled() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                let e = epoch.fetch_add(1, Ordering::SeqCst) + 1;
+                status.mqtt_connected.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(200);
+                tracing::info!(
+                    session_present = ack.session_present,
+                    epoch = e,
+                    "connected to the broker"
+                );
+                for filter in &subscriptions {
+                    // Never wait on the request queue here: only this
+                    // loop empties it.
+                    if let Err(err) = client.try_subscribe(filter, QoS::AtLeastOnce) {
+                        tracing::error!(%err, filter, "cannot subscribe");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish)))
+                if matches!(
+                    hailan_proto::topic::parse(&publish.topic),
+                    Some(hailan_proto::topic::Topic::Status { .. })
+                ) =>
+            {
+                // A gateway's online/offline: applied in arrival order by
+                // the link task, stamped with when it was seen.
+                let _ = statuses.send(StatusDelivery {
+                    epoch: epoch.load(Ordering::SeqCst),
+                    seen_at: chrono::Utc::now(),
+                    publish,
+                });
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let size = publish.payload.len();
+                let d = Delivery {
+                    epoch: epoch.load(Ordering::SeqCst),
+                    publish,
+                };
+                // After shutdown nobody takes it: unacknowledged, it is
+                // redelivered to the next session. Keep polling so the last
+                // acks and the DISCONNECT go out.
+                if deliveries.send(d).is_ok() {
+                    flow.took(size);
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => tracing::info!("subscribed"),
+            Ok(Event::Outgoing(rumqttc::Outgoing::PubAck(_))) => flow.ack_sent(),
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(err) => {
+                status.mqtt_connected.store(false, Ordering::Relaxed);
+                tracing::warn!(%err, retry_in_ms = backoff.as_millis() as u64, "broker connection lost");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// What the writer owns to build its [`Committer`].
+struct Writer {
+    pool: PgPool,
+    verifier: Arc<Verifier>,
+    name: String,
+    metrics: Arc<Metrics>,
+    status: Arc<Status>,
+}
+
+/// The writer: commits planned batches in order, then acknowledges their
+/// messages (on the connection they came on) and replays the quarantined
+/// readings of devices a batch registered. One batch can wait planned while
+/// another is written, so verification overlaps the previous batch's
+/// transaction. A batch not committed by `finish_by` is left
+/// unacknowledged, for the broker to redeliver.
+async fn write_batches(
+    w: Writer,
+    mut planned_batches: mpsc::Receiver<Planned>,
+    broker: Broker,
+    shutdown: CancellationToken,
+    finish_by: CancellationToken,
+) -> Result<()> {
+    let committer = Committer {
+        pool: &w.pool,
+        verifier: &w.verifier,
+        name: &w.name,
+        metrics: &w.metrics,
+        status: &w.status,
+    };
+    while let Some(mut p) = planned_batches.recv().await {
+        let Some(registered) = write_planned(&committer, &mut p, &finish_by).await else {
+            break;
+        };
+        let current = broker.epoch.load(Ordering::SeqCst);
+        for d in &p.batch {
+            if d.epoch == current {
+                if d.publish.qos != QoS::AtMostOnce {
+                    broker.flow.ack_queued();
+                }
+                broker
+                    .client
+                    .ack(&d.publish)
+                    .await
+                    .context("acknowledging")?;
+            } else {
+                w.metrics.stale_acks_skipped.inc();
+            }
+        }
+        if !registered.is_empty()
+            && let Err(e) = replay_registered(&committer, &registered, &shutdown).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "replaying quarantine failed; `hailan-ingest quarantine replay` retries");
+        }
+        if let Some(committed) = p.committed {
+            let _ = committed.send(());
+        }
+    }
+    Ok(())
+}
+
+/// Gather a batch starting with `first`: more deliveries until the batch is
+/// full (messages or bytes) or `max_wait` has passed. Returns it and its bytes.
+async fn gather(
+    rx: &mut mpsc::UnboundedReceiver<Delivery>,
+    first: Delivery,
+    limits: &crate::config::BatchConfig,
+    max_wait: Duration,
+) -> (Vec<Delivery>, usize) {
+    let mut bytes = first.publish.payload.len();
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + max_wait;
+    while batch.len() < limits.max_messages && bytes < limits.max_bytes {
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => {
+                    bytes += d.publish.payload.len();
+                    batch.push(d);
+                }
+                None => break,
+            },
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    (batch, bytes)
+}
+
+/// Fair share at the door: a message over its gateway's message limit is
+/// marked (and quarantined undecoded by planning). Returns the messages and
+/// the gateways of those admitted, whose proof budget is then fixed once for
+/// the batch (so a retried batch is not charged twice).
+fn admit(
+    batch: &[Delivery],
+    fair: &mut FairShare,
+    metrics: &Metrics,
+    now: Instant,
+) -> (Vec<Message>, Vec<String>) {
+    let mut admitted: Vec<String> = Vec::new();
+    let messages = batch
+        .iter()
+        .map(|d| {
+            let topic = d.publish.topic.clone();
+            let gateway = match hailan_proto::topic::parse(&topic) {
+                Some(hailan_proto::topic::Topic::Up { gateway_id }) => Some(gateway_id.to_owned()),
+                _ => None,
+            };
+            let rate_limited = gateway.and_then(|g| {
+                let r = fair.admit(&g, now).err();
+                if r.is_some() {
+                    metrics.gateway_rate_limited(&fair.label(&g), "messages");
+                } else {
+                    admitted.push(g);
+                }
+                r
+            });
+            Message {
+                topic,
+                payload: d.publish.payload.clone(),
+                from_quarantine: None,
+                rate_limited,
+            }
+        })
+        .collect();
+    (messages, admitted)
 }

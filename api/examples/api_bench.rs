@@ -257,20 +257,19 @@ async fn main() -> Result<()> {
             .bind(dr.to_string())
             .execute(&mut *tx)
             .await?;
-        let range = api::routes::Range {
+        let range = api::store::Range {
             from: chrono::DateTime::from_timestamp_millis(DAY_START_MS).context("t")?,
             to: chrono::DateTime::from_timestamp_millis(DAY_START_MS + DAY_S * 1000 - 1)
                 .context("t")?,
             after: None,
             // What the API's series reads: every reading, up to the default cap.
-            take: api::routes::Take::All {
+            take: api::store::Take::All {
                 cap: hailan_api::config::ApiConfig::default().max_rows_per_request,
             },
         };
         let t = Instant::now();
         let (rows, _) =
-            api::routes::read_readings(&mut tx, patient, &["HEART_RATE".to_owned()], &range)
-                .await?;
+            api::store::read_readings(&mut tx, patient, &["HEART_RATE".to_owned()], &range).await?;
         let read = t.elapsed();
         // PostgreSQL's own share: the scan's execution time, without sending rows.
         let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(

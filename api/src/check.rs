@@ -16,34 +16,10 @@ use hailan_proto::seal::{SealedValue, open_parts};
 use hailan_proto::zk::fr_from_bytes;
 use hailan_proto::zk::prove::{reading_commitment, window_commitment};
 use hailan_proto::{DataType, ReadingHeader, WindowHeader};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 use std::sync::Arc;
 use uuid::Uuid;
 
-macro_rules! reading_select {
-    ($cid:literal) => {
-        concat!(
-            "SELECT h.id, h.device_id, h.data_type, h.recorded_at, h.seq, h.gateway_id,
-                    h.verified, h.zk_proof_hash, h.reading_commitment, ",
-            $cid,
-            ", h.value->>'kid' AS kid, h.value->>'nonce' AS nonce,
-                    h.value->>'ciphertext' AS ciphertext
-               FROM health_data h"
-        )
-    };
-}
-
-/// The columns of a `health_data` row the API reads, in the order
-/// [`StoredReading`]'s decoder takes them (by position: looking 13 columns up
-/// by name for each of a day's 86,400 rows was a tenth of a day view).
-pub const READING_SELECT: &str = reading_select!("h.ipfs_data_cid");
-
-/// [`READING_SELECT`] for charts, which show no CIDs (59 bytes less per row
-/// for PostgreSQL to send and the API to copy).
-pub const READING_SELECT_NO_CID: &str = reading_select!("NULL::text AS ipfs_data_cid");
-
-/// One `health_data` row as the API reads it ([`READING_SELECT`]), completed
+/// One `health_data` row as the API reads it ([`crate::store::READING_SELECT`]), completed
 /// with its device and its proof's statement and public inputs (read
 /// separately, shared by all the readings they cover). The columns most rows
 /// share with their neighbours (data type, gateway, proof hash, key id) are
@@ -73,89 +49,6 @@ pub struct StoredReading {
 }
 
 pub use hailan_proto::stored::SealedBytes;
-
-/// The bytes in column `i` of `row` (`None` for NULL).
-fn raw_bytes(row: &PgRow, i: usize) -> Result<Option<&[u8]>, sqlx::Error> {
-    let raw = row.try_get_raw(i)?;
-    if sqlx::ValueRef::is_null(&raw) {
-        return Ok(None);
-    }
-    raw.as_bytes()
-        .map(Some)
-        .map_err(|e| sqlx::Error::ColumnDecode {
-            index: i.to_string(),
-            source: e,
-        })
-}
-
-/// Decodes [`READING_SELECT`] rows, sharing a string with the previous row
-/// when the stored bytes are the same.
-#[derive(Default)]
-pub struct RowDecoder {
-    data_type: Option<Arc<str>>,
-    gateway_id: Option<Arc<str>>,
-    zk_proof_hash: Option<Arc<str>>,
-    kid: Option<Arc<str>>,
-}
-
-/// The text in column `i` of `row`, the previous row's `last` again when the
-/// bytes are equal.
-fn shared_text(
-    row: &PgRow,
-    i: usize,
-    last: &mut Option<Arc<str>>,
-) -> Result<Option<Arc<str>>, sqlx::Error> {
-    let Some(bytes) = raw_bytes(row, i)? else {
-        return Ok(None);
-    };
-    if let Some(l) = last.as_ref().filter(|l| l.as_bytes() == bytes) {
-        return Ok(Some(Arc::clone(l)));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| sqlx::Error::ColumnDecode {
-        index: i.to_string(),
-        source: Box::new(e),
-    })?;
-    let text: Arc<str> = Arc::from(text);
-    *last = Some(Arc::clone(&text));
-    Ok(Some(text))
-}
-
-impl RowDecoder {
-    /// One row. Unchecked: the columns are [`READING_SELECT`]'s, whose types
-    /// are known; sqlx's per-value type-compatibility check (cloning and
-    /// comparing type descriptions) was a sixth of decoding a day.
-    pub fn decode(&mut self, row: &PgRow) -> Result<StoredReading, sqlx::Error> {
-        let not_null = |v: Option<Arc<str>>, i: usize| {
-            v.ok_or_else(|| sqlx::Error::ColumnDecode {
-                index: i.to_string(),
-                source: "unexpected NULL".into(),
-            })
-        };
-        let commitment: Option<Vec<u8>> = row.try_get_unchecked(8)?;
-        Ok(StoredReading {
-            id: row.try_get_unchecked(0)?,
-            device_id: row.try_get_unchecked(1)?,
-            data_type: not_null(shared_text(row, 2, &mut self.data_type)?, 2)?,
-            recorded_at: row.try_get_unchecked(3)?,
-            seq: row.try_get_unchecked(4)?,
-            gateway_id: not_null(shared_text(row, 5, &mut self.gateway_id)?, 5)?,
-            verified: row.try_get_unchecked(6)?,
-            zk_proof_hash: shared_text(row, 7, &mut self.zk_proof_hash)?,
-            reading_commitment: commitment.and_then(|c| c.try_into().ok()),
-            ipfs_data_cid: row.try_get_unchecked(9)?,
-            kid: shared_text(row, 10, &mut self.kid)?,
-            sealed: SealedBytes::from_hex(raw_bytes(row, 11)?, raw_bytes(row, 12)?),
-            device: None,
-            proof: None,
-        })
-    }
-}
-
-/// Decode [`READING_SELECT`] rows.
-pub fn decode_rows(rows: &[PgRow]) -> Result<Vec<StoredReading>, sqlx::Error> {
-    let mut decoder = RowDecoder::default();
-    rows.iter().map(|r| decoder.decode(r)).collect()
-}
 
 /// A reading's device: its own id (`iot_devices.device_id`, part of the
 /// header) and name.
@@ -709,19 +602,6 @@ mod tests {
                 }
             })
             .collect()
-    }
-
-    #[test]
-    fn the_select_reads_the_fields_proto_stores() {
-        use hailan_proto::stored::{CIPHERTEXT, KID, NONCE};
-        for select in [READING_SELECT, READING_SELECT_NO_CID] {
-            for field in [KID, NONCE, CIPHERTEXT] {
-                assert!(
-                    select.contains(&format!("h.value->>'{field}' AS {field}")),
-                    "{field}: {select}"
-                );
-            }
-        }
     }
 
     fn values(opened: &[Opened]) -> Vec<Option<Vec<u32>>> {

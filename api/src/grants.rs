@@ -12,6 +12,7 @@
 use super::params::ApiPath;
 use super::session::{Kind, Session};
 use super::{ApiError, ApiState};
+use crate::store::{self, GrantRow};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,32 +21,10 @@ use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-/// A grant as the API shows it.
-#[derive(Debug, sqlx::FromRow)]
-struct GrantRow {
-    id: Uuid,
-    patient_id: Uuid,
-    patient_did: String,
-    patient_name: Option<String>,
-    clinician_id: Uuid,
-    clinician_did: String,
-    clinician_name: Option<String>,
-    data_types: Option<Vec<String>>,
-    granted_at: DateTime<Utc>,
-    expires_at: Option<DateTime<Utc>>,
-    revoked_at: Option<DateTime<Utc>>,
-}
-
-const GRANT_SELECT: &str =
-    "SELECT g.id, g.patient_id, p.did AS patient_did, p.display_name AS patient_name,
-        g.clinician_id, c.did AS clinician_did, c.display_name AS clinician_name,
-        g.data_types, g.granted_at, g.expires_at, g.revoked_at
-   FROM care_grants g JOIN users p ON p.id = g.patient_id JOIN users c ON c.id = g.clinician_id";
-
 impl GrantRow {
+    /// The grant as the API shows it, `active` as of `now`.
     fn json(&self, now: DateTime<Utc>) -> Value {
         let active = self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now);
         json!({
@@ -123,12 +102,7 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
-    let rows: Vec<GrantRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "{GRANT_SELECT} WHERE g.patient_id = hailan_current_user() OR g.clinician_id = hailan_current_user()
-          ORDER BY g.granted_at DESC, g.id"
-    )))
-    .fetch_all(s.writer())
-    .await?;
+    let rows = store::grants_of_caller(s.writer()).await?;
     let n = rows.len();
     s.finish("read_grants", "/api/v1/grants", None, n, json!({}))
         .await?;
@@ -148,11 +122,7 @@ pub async fn create(
     let new = NewGrant::parse(&body, now)?;
     let mut s = Session::begin(&state, &headers).await?;
     patients_only(&s, "gives access")?;
-    let clinician: Option<(Uuid, String)> =
-        sqlx::query_as("SELECT id, user_kind FROM users WHERE did = $1")
-            .bind(new.clinician.trim())
-            .fetch_optional(s.writer())
-            .await?;
+    let clinician = store::user_by_did(s.writer(), new.clinician.trim()).await?;
     let clinician = match clinician {
         Some((id, kind)) if kind == "CLINICIAN" => id,
         Some(_) => {
@@ -168,19 +138,8 @@ pub async fn create(
             )));
         }
     };
-    let id: Uuid = sqlx::query_scalar(
-        "INSERT INTO care_grants (patient_id, clinician_id, data_types, expires_at)
-         VALUES (hailan_current_user(), $1, $2, $3) RETURNING id",
-    )
-    .bind(clinician)
-    .bind(&new.data_types)
-    .bind(new.expires_at)
-    .fetch_one(s.writer())
-    .await?;
-    let row: GrantRow = sqlx::query_as(AssertSqlSafe(format!("{GRANT_SELECT} WHERE g.id = $1")))
-        .bind(id)
-        .fetch_one(s.writer())
-        .await?;
+    let row = store::give_grant(s.writer(), clinician, &new.data_types, new.expires_at).await?;
+    let id = row.id;
     let patient = s.user_id;
     s.finish(
         "grant_access",
@@ -202,19 +161,7 @@ pub async fn revoke(
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     patients_only(&s, "revokes access")?;
-    sqlx::query(
-        "UPDATE care_grants SET revoked_at = now()
-          WHERE id = $1 AND patient_id = hailan_current_user() AND revoked_at IS NULL",
-    )
-    .bind(id)
-    .execute(s.writer())
-    .await?;
-    let row: Option<GrantRow> = sqlx::query_as(AssertSqlSafe(format!(
-        "{GRANT_SELECT} WHERE g.id = $1 AND g.patient_id = hailan_current_user()"
-    )))
-    .bind(id)
-    .fetch_optional(s.writer())
-    .await?;
+    let row = store::revoke_grant(s.writer(), id).await?;
     let Some(row) = row else {
         return Err(ApiError::NotFound);
     };

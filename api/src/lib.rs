@@ -48,6 +48,7 @@ pub mod opened_cache;
 pub mod params;
 pub mod routes;
 pub mod session;
+pub mod store;
 
 use crate::config::Config;
 use anyhow::Context;

@@ -1,9 +1,10 @@
 //! The JSON endpoints, and the reads they share with FHIR.
 
-use super::check::{self, Check, StoredReading, decode_rows};
+use super::check::{self, Check, StoredReading};
 use super::params::{ApiPath, ApiQuery, ObservationParams, ObservationQuery};
 use super::params::{SeriesParams, SeriesQuery};
 use super::session::{Kind, Session};
+use super::store::decode_rows;
 use super::{ApiError, ApiState};
 use axum::Json;
 use axum::Router;
@@ -15,9 +16,9 @@ use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
 use serde_json::{Value, json};
+use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, PgConnection, Row};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -91,263 +92,10 @@ async fn index() -> impl IntoResponse {
 
 // ------------------------------------------------------------------ reads
 
-use check::READING_SELECT;
-
-/// A time range and a page position.
-pub struct Range {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    /// Keyset cursor: readings after (recorded_at, id) — before it for
-    /// [`Take::NewestFirst`].
-    pub after: Option<(DateTime<Utc>, Uuid)>,
-    /// A page, or every reading up to a cap.
-    pub take: Take,
-}
-
-/// How many readings of a range are read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
-    /// At most this many, in time order, with their CIDs (a page).
-    Page(i64),
-    /// At most this many, newest first, with their CIDs (a page read
-    /// backwards: the latest value of a vital is one row of an index scan).
-    NewestFirst(i64),
-    /// All of them, in no particular order and without their CIDs (a chart
-    /// aggregates them: PostgreSQL streams the scan without sorting it) —
-    /// but more than `cap` is refused ([`ApiError::TooManyRows`]): the read
-    /// stops at `cap + 1` rows.
-    All { cap: i64 },
-}
-
-impl Range {
-    /// The readings query (parameters: patient, types, from, to, after
-    /// time, after id, page size). The cap of [`Take::All`] is written into
-    /// the statement, not bound: the planner then knows it (with a bound
-    /// `LIMIT $n` PostgreSQL's generic plan guesses a tenth of the rows and
-    /// may pick another scan), and a cap above the range's rows leaves the
-    /// plan as it was without one.
-    pub fn sql(&self) -> String {
-        match self.take {
-            Take::Page(_) => format!("{READING_SELECT} {RANGE_WHERE}"),
-            Take::NewestFirst(_) => format!("{READING_SELECT} {RANGE_WHERE_NEWEST_FIRST}"),
-            Take::All { cap } => format!(
-                "{} {RANGE_WHERE_ALL} LIMIT {}",
-                check::READING_SELECT_NO_CID,
-                cap.saturating_add(1)
-            ),
-        }
-    }
-
-    /// The page size bound as `$7` (NULL for [`Take::All`]).
-    pub fn page(&self) -> Option<i64> {
-        match self.take {
-            Take::Page(n) | Take::NewestFirst(n) => Some(n),
-            Take::All { .. } => None,
-        }
-    }
-
-    /// `Err(TooManyRows)` when `read` rows are more than [`Take::All`]'s cap.
-    fn check_cap(&self, read: usize) -> Result<(), ApiError> {
-        match self.take {
-            Take::All { cap } if read as u64 > cap.max(0) as u64 => {
-                Err(ApiError::TooManyRows { cap })
-            }
-            _ => Ok(()),
-        }
-    }
-}
-
-const RANGE_WHERE: &str =
-    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
-            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
-          ORDER BY h.recorded_at, h.id
-          LIMIT $7";
-const RANGE_WHERE_NEWEST_FIRST: &str =
-    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
-            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) < ($5, $6))
-          ORDER BY h.recorded_at DESC, h.id DESC
-          LIMIT $7";
-const RANGE_WHERE_ALL: &str =
-    "WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4
-            AND ($5::timestamptz IS NULL OR (h.recorded_at, h.id) > ($5, $6))
-            AND $7::int8 IS NULL";
-
-/// The readings query of `patient`, `types` and `range`, bound (one for the
-/// streaming and the collecting reader). Rows come raw: the streaming reader
-/// decodes them on the blocking pool.
-fn readings_query<'a>(
-    range: &Range,
-    patient: Uuid,
-    types: &'a [String],
-) -> sqlx::query::Query<'a, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let (after_at, after_id) = match range.after {
-        Some((t, id)) => (Some(t), Some(id)),
-        None => (None, None),
-    };
-    sqlx::query(AssertSqlSafe(range.sql()))
-        .bind(patient)
-        .bind(types)
-        .bind(range.from)
-        .bind(range.to)
-        .bind(after_at)
-        .bind(after_id)
-        .bind(range.page())
-}
-
-/// Readings of `patient` of `types` in `range` (as RLS lets the caller see
-/// them), in time order, plus the hidden rest of every window cut by the range
-/// (needed to re-open its commitment), with device ids and proofs filled in.
-/// Returns (rows, how many are in range). (What [`read_checked`] does, without
-/// streaming: for benchmarks and tools.)
-pub async fn read_readings(
-    conn: &mut PgConnection,
-    patient: Uuid,
-    types: &[String],
-    range: &Range,
-) -> Result<(Vec<StoredReading>, usize), ApiError> {
-    let devices = read_devices(conn, patient).await?;
-    let raw = readings_query(range, patient, types)
-        .fetch_all(&mut *conn)
-        .await?;
-    range.check_cap(raw.len())?;
-    let mut rows = decode_rows(&raw)?;
-    drop(raw);
-    let n = rows.len();
-    complete_proofs(conn, patient, &mut rows).await?;
-    let cut = check::incomplete_windows(&rows, &check::groups(&rows));
-    if !cut.is_empty() {
-        let mut more = decode_rows(&read_siblings(conn, patient, &cut, &rows).await?)?;
-        complete_proofs(conn, patient, &mut more).await?;
-        rows.extend(more);
-    }
-    for r in &mut rows {
-        fill_device(r, &devices);
-    }
-    Ok((rows, n))
-}
-
-/// The readings of windows `cut` that are not among `have` (raw rows),
-/// found by device and seq range through the readings' unique key.
-async fn read_siblings(
-    conn: &mut PgConnection,
-    patient: Uuid,
-    cut: &[check::CutWindow],
-    have: &[StoredReading],
-) -> Result<Vec<PgRow>, ApiError> {
-    let have: HashSet<Uuid> = have.iter().map(|r| r.id).collect();
-    let devices: Vec<Uuid> = cut.iter().map(|w| w.device).collect();
-    let types: Vec<&str> = cut.iter().map(|w| &*w.data_type).collect();
-    let first: Vec<i64> = cut.iter().map(|w| w.first_seq).collect();
-    let last: Vec<i64> = cut.iter().map(|w| w.last_seq).collect();
-    let hashes: Vec<&str> = cut.iter().map(|w| &*w.proof_hash).collect();
-    let mut more: Vec<PgRow> = sqlx::query(AssertSqlSafe(format!(
-        "{READING_SELECT}
-           JOIN UNNEST($2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[])
-                AS w(device, data_type, first_seq, last_seq, proof_hash)
-             ON h.device_id = w.device AND h.data_type = w.data_type
-            AND h.seq BETWEEN w.first_seq AND w.last_seq AND h.zk_proof_hash = w.proof_hash
-          WHERE h.user_id = $1"
-    )))
-    .bind(patient)
-    .bind(&devices)
-    .bind(&types)
-    .bind(&first)
-    .bind(&last)
-    .bind(&hashes)
-    .fetch_all(&mut *conn)
-    .await?;
-    more.retain(|r| r.try_get::<Uuid, _>(0).is_ok_and(|id| !have.contains(&id)));
-    Ok(more)
-}
-
-/// The patient's devices the caller may see: id → (own device id, name).
-type Devices = check::Map<Uuid, Arc<check::DeviceInfo>>;
-
-async fn read_devices(conn: &mut PgConnection, patient: Uuid) -> Result<Devices, ApiError> {
-    let devices: Vec<(Uuid, String, Option<String>)> =
-        sqlx::query_as("SELECT id, device_id, device_name FROM iot_devices WHERE user_id = $1")
-            .bind(patient)
-            .fetch_all(&mut *conn)
-            .await?;
-    Ok(devices
-        .into_iter()
-        .map(|(id, ext, name)| (id, Arc::new(check::DeviceInfo { ext, name })))
-        .collect())
-}
-
-fn fill_device(r: &mut StoredReading, devices: &Devices) {
-    r.device = r.device_id.and_then(|d| devices.get(&d)).cloned();
-}
-
-/// Fill in each reading's proof statement, size, key and public inputs C
-/// and x. Read apart from the readings (one row per proof, joined here),
-/// which keeps the readings' query a plain range scan. The hashes are
-/// compared as `bpchar`, the column's type, so that the unique index serves
-/// them: with `proof_hash::text = ANY($2)` PostgreSQL's generic plan (chosen
-/// after a prepared statement's fifth run) scanned every proof of the patient
-/// against all 5,400 hashes of a day, 250–450 ms instead of 35.
-async fn complete_proofs(
-    conn: &mut PgConnection,
-    patient: Uuid,
-    rows: &mut [StoredReading],
-) -> Result<(), ApiError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let hashes: Vec<&str> = rows
-        .iter()
-        .filter_map(|r| r.zk_proof_hash.as_deref())
-        .collect::<HashSet<_, foldhash::fast::RandomState>>()
-        .into_iter()
-        .collect();
-    let proofs: Vec<ProofColumns> = sqlx::query_as(PROOF_INPUTS_SELECT)
-        .bind(patient)
-        .bind(&hashes)
-        .fetch_all(&mut *conn)
-        .await?;
-    let proofs: check::Map<String, Arc<check::ProofInfo>> = proofs
-        .into_iter()
-        .map(
-            |(hash, statement, first_seq, reading_count, key_id, c, x)| {
-                let info = check::ProofInfo {
-                    statement,
-                    first_seq,
-                    reading_count,
-                    key_id,
-                    c,
-                    x,
-                };
-                (hash, Arc::new(info))
-            },
-        )
-        .collect();
-    for r in rows.iter_mut() {
-        r.proof = r
-            .zk_proof_hash
-            .as_ref()
-            .and_then(|h| proofs.get(&**h))
-            .cloned();
-    }
-    Ok(())
-}
-
-/// The proofs of patient `$1` with hashes `$2` (text[]): hash, statement,
-/// first seq, count, key id, public inputs C and x ([`ProofColumns`]).
-pub const PROOF_INPUTS_SELECT: &str =
-    "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
-            public_inputs->>1, public_inputs->>2
-       FROM zk_proofs WHERE user_id = $1 AND proof_hash = ANY($2::bpchar[])";
-
-/// hash, statement, first seq, count, key id, public inputs C and x.
-type ProofColumns = (
-    String,
-    String,
-    i64,
-    i32,
-    String,
-    Option<String>,
-    Option<String>,
-);
+use crate::store::{
+    self, Devices, Range, Take, complete_proofs, fill_device, read_devices, read_siblings,
+    readings_query,
+};
 
 /// Rows decrypted per blocking task while the rest still stream in.
 const OPEN_CHUNK: usize = 4096;
@@ -536,40 +284,10 @@ pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
 
 // ------------------------------------------------------------------ handlers
 
-/// id, did, display name, granted data types (NULL: all), active, grant expiry.
-type PatientRow = (
-    Uuid,
-    String,
-    Option<String>,
-    Option<Vec<String>>,
-    bool,
-    Option<DateTime<Utc>>,
-);
-/// device, first and last missing seq, time before and after the gap.
-type GapRow = (Uuid, i64, i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
-/// data type, seq, statement, key id, proof, public inputs, first seq, count, proof hash,
-/// the reading's sealed-value CID.
-type ProofRow = (
-    String,
-    i64,
-    String,
-    String,
-    Vec<u8>,
-    Value,
-    i64,
-    i32,
-    String,
-    Option<String>,
-);
-
 async fn me(State(state): State<ApiState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
     let user = s.user_id;
-    let (did, name): (String, Option<String>) =
-        sqlx::query_as("SELECT did, display_name FROM users WHERE id = $1")
-            .bind(user)
-            .fetch_one(s.reader())
-            .await?;
+    let (did, name) = store::identity(s.reader(), user).await?;
     let kind = s.kind;
     s.finish("me", "/api/v1/me", None, 1, json!({})).await?;
     Ok(Json(
@@ -584,32 +302,9 @@ async fn patients(
     let mut s = Session::begin(&state, &headers).await?;
     // care_grants' own policy admits only the caller's grants; the filter
     // below picks the active ones where the caller is the clinician.
-    let rows: Vec<PatientRow> = match s.kind {
-        Kind::Clinician => {
-            sqlx::query_as(
-                "SELECT u.id, u.did, u.display_name,
-                            CASE WHEN bool_or(g.data_types IS NULL) THEN NULL
-                                 ELSE array_agg(DISTINCT t) FILTER (WHERE t IS NOT NULL) END,
-                            true, max(g.expires_at)
-                       FROM care_grants g
-                       JOIN users u ON u.id = g.patient_id
-                       LEFT JOIN LATERAL unnest(g.data_types) t ON true
-                      WHERE g.clinician_id = hailan_current_user() AND g.revoked_at IS NULL
-                        AND (g.expires_at IS NULL OR g.expires_at > now())
-                      GROUP BY u.id, u.did, u.display_name
-                      ORDER BY u.display_name NULLS LAST, u.did",
-            )
-            .fetch_all(s.reader())
-            .await?
-        }
-        Kind::Patient => {
-            sqlx::query_as(
-                "SELECT id, did, display_name, NULL::text[], true, NULL::timestamptz
-                       FROM users WHERE id = hailan_current_user()",
-            )
-            .fetch_all(s.reader())
-            .await?
-        }
+    let rows = match s.kind {
+        Kind::Clinician => store::clinicians_patients(s.reader()).await?,
+        Kind::Patient => store::the_patient(s.reader()).await?,
     };
     let n = rows.len();
     s.finish("list_patients", "/api/v1/patients", None, n, json!({}))
@@ -809,32 +504,6 @@ async fn series(
     })))
 }
 
-#[derive(sqlx::FromRow)]
-struct DeviceRow {
-    id: Uuid,
-    device_id: String,
-    device_name: Option<String>,
-    device_type: String,
-    manufacturer: Option<String>,
-    model: Option<String>,
-    firmware_version: Option<String>,
-    gateway_id: String,
-    battery_level: Option<i32>,
-    last_sync: Option<DateTime<Utc>>,
-    sync_status: String,
-    connection_state: String,
-    rssi: Option<i16>,
-    state_observed_at: Option<DateTime<Utc>>,
-    last_seq: Option<i64>,
-    missing_seqs: i64,
-    data_types: Vec<String>,
-    is_active: Option<bool>,
-    gateway_offline_since: Option<DateTime<Utc>>,
-    needs_repair: Option<bool>,
-    bluetooth_address: Option<String>,
-    created_at: Option<DateTime<Utc>>,
-}
-
 /// What the page and the API may say about a device's link, `now`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LinkView {
@@ -875,38 +544,9 @@ async fn devices(
     ApiPath(patient): ApiPath<Uuid>,
 ) -> Result<Json<Value>, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
-    let devs: Vec<DeviceRow> = sqlx::query_as(
-        "SELECT id, device_id, device_name, device_type, manufacturer, model, firmware_version, gateway_id,
-                battery_level, last_sync, sync_status, connection_state, rssi, state_observed_at, last_seq,
-                missing_seqs, data_types, is_active, gateway_offline_since, needs_repair,
-                bluetooth_address, created_at
-           FROM iot_devices WHERE user_id = $1 ORDER BY device_id",
-    )
-    .bind(patient)
-    .fetch_all(s.reader())
-    .await?;
+    let devs = store::devices(s.reader(), patient).await?;
     let ids: Vec<Uuid> = devs.iter().map(|d| d.id).collect();
-    // Holes between received ranges, newest 100 per device; with the times
-    // of the readings on either side where the caller may see them.
-    let gaps: Vec<GapRow> = sqlx::query_as(
-        "WITH holes AS (
-            SELECT device_id, hi + 1 AS first_missing, lead(lo) OVER w - 1 AS last_missing
-              FROM device_seq_ranges WHERE device_id = ANY($1)
-            WINDOW w AS (PARTITION BY device_id ORDER BY lo)),
-         ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY device_id ORDER BY first_missing DESC) AS k
-              FROM holes WHERE last_missing IS NOT NULL)
-         SELECT r.device_id, r.first_missing, r.last_missing,
-                (SELECT max(h.recorded_at) FROM health_data h
-                  WHERE h.user_id = $2 AND h.device_id = r.device_id AND h.seq = r.first_missing - 1),
-                (SELECT min(h.recorded_at) FROM health_data h
-                  WHERE h.user_id = $2 AND h.device_id = r.device_id AND h.seq = r.last_missing + 1)
-           FROM ranked r WHERE k <= 100 ORDER BY r.device_id, r.first_missing",
-    )
-    .bind(&ids)
-    .bind(patient)
-    .fetch_all(s.reader())
-    .await?;
+    let gaps = store::gaps(s.reader(), &ids, patient).await?;
     let n = devs.len();
     s.finish(
         "read_devices",
@@ -962,18 +602,7 @@ async fn proof(
     // partition, never have a proof: ingest quarantines unknown types, so
     // they were not found here before either.)
     let types = parse_types(None)?;
-    let row: Option<ProofRow> = sqlx::query_as(
-        "SELECT h.data_type, h.seq, p.statement::text, p.key_id::text, p.proof, p.public_inputs,
-                    p.first_seq, p.reading_count, p.proof_hash::text, h.ipfs_data_cid::text
-               FROM health_data h
-               JOIN zk_proofs p ON p.user_id = h.user_id AND p.proof_hash = h.zk_proof_hash::bpchar
-              WHERE h.user_id = $1 AND h.data_type = ANY($3) AND h.id = $2",
-    )
-    .bind(patient)
-    .bind(reading)
-    .bind(&types)
-    .fetch_optional(s.reader())
-    .await?;
+    let row = store::proof_of_reading(s.reader(), patient, reading, &types).await?;
     let Some((data_type, seq, statement, key_id, proof, inputs, first_seq, count, hash, cid)) = row
     else {
         s.finish(
@@ -1013,17 +642,15 @@ async fn proof(
         ),
     };
     if let Some((ok, reason)) = &reverified {
-        sqlx::query(
-            "INSERT INTO zk_verifications (user_id, data_id, proof_hash, key_id, verifier_id, verifier_name, verified, reason)
-             VALUES ($1, $2, $3, $4, hailan_current_user(), 'hailan-ingest api', $5, $6)",
+        store::record_reverification(
+            s.writer(),
+            patient,
+            reading,
+            &hash,
+            &key_id,
+            *ok,
+            reason.as_deref(),
         )
-        .bind(patient)
-        .bind(reading)
-        .bind(&hash)
-        .bind(&key_id)
-        .bind(ok)
-        .bind(reason)
-        .execute(s.writer())
         .await?;
     }
     s.finish(

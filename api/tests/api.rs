@@ -1915,7 +1915,7 @@ async fn proofs_are_looked_up_by_hash_through_their_key_in_the_generic_plan() ->
         .await?;
     let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "EXPLAIN {}",
-        hailan_api::routes::PROOF_INPUTS_SELECT
+        hailan_api::store::PROOF_INPUTS_SELECT
     )))
     .bind(uuid::Uuid::new_v4())
     .bind(vec!["ab".repeat(32)])

@@ -20,54 +20,18 @@
 use super::trace::{self, ProofRow, Refs, SensorRow};
 use super::{Check, StoredReading, bundle, fhir_json, observation, unproven_components};
 use crate::params::{ApiPath, all_type_names, parse_cursor};
-use crate::routes::{EARLIEST, LATEST, Range, Take, read_capped, read_checked};
+use crate::routes::{EARLIEST, LATEST, read_capped, read_checked};
 use crate::session::Session;
+use crate::store::{self, Range, Take, read_proofs, read_sensors};
 use crate::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::PgConnection;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
-
-const SENSOR_SELECT: &str =
-    "SELECT id, user_id, device_id, device_name, device_type, manufacturer, model,
-        serial_number, firmware_version, hardware_version, bluetooth_address, gateway_id, is_active
-   FROM iot_devices";
-
-/// The sensors `ids` of `patient` the caller may see (RLS decides).
-pub async fn read_sensors(
-    conn: &mut PgConnection,
-    patient: Uuid,
-    ids: &[Uuid],
-) -> Result<Vec<SensorRow>, ApiError> {
-    Ok(sqlx::query_as(AssertSqlSafe(format!(
-        "{SENSOR_SELECT} WHERE user_id = $1 AND id = ANY($2) ORDER BY id"
-    )))
-    .bind(patient)
-    .bind(ids)
-    .fetch_all(conn)
-    .await?)
-}
-
-/// The proofs of `patient` with hashes `hashes` (compared as `bpchar`, the
-/// column's type, so that the unique index serves them).
-pub async fn read_proofs(
-    conn: &mut PgConnection,
-    patient: Uuid,
-    hashes: &[&str],
-) -> Result<Vec<ProofRow>, ApiError> {
-    Ok(sqlx::query_as(
-        "SELECT id, proof_hash::text AS proof_hash, key_id::text AS key_id, statement::text AS statement, created_at
-           FROM zk_proofs WHERE user_id = $1 AND proof_hash = ANY($2::bpchar[]) ORDER BY id",
-    )
-    .bind(patient)
-    .bind(hashes)
-    .fetch_all(conn)
-    .await?)
-}
 
 /// What a Bundle holds besides the Observations.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -409,19 +373,12 @@ pub async fn device(
     ApiPath(id): ApiPath<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut s = Session::begin(&state, &headers).await?;
-    let sensor: Option<SensorRow> =
-        sqlx::query_as(AssertSqlSafe(format!("{SENSOR_SELECT} WHERE id = $1")))
-            .bind(id)
-            .fetch_optional(s.reader())
-            .await?;
+    let sensor = store::sensor(s.reader(), id).await?;
     let body = match sensor {
         Some(d) => Some((d.user_id, trace::sensor_device(&d, Refs::Server))),
         None => {
             // Gateways of the devices the caller may see.
-            let gateways: Vec<(String, Uuid)> =
-                sqlx::query_as("SELECT DISTINCT gateway_id, user_id FROM iot_devices")
-                    .fetch_all(s.reader())
-                    .await?;
+            let gateways = store::visible_gateways(s.reader()).await?;
             gateways
                 .into_iter()
                 .find(|(g, _)| trace::gateway_device_id(g) == id)

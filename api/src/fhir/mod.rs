@@ -31,8 +31,9 @@ pub mod trace;
 
 use super::check::{Check, StoredReading, open_row};
 use super::keyring::KeyRing;
-use super::routes::{Range, Take, read_checked};
+use super::routes::read_checked;
 use super::session::Session;
+use super::store::{Range, Take};
 use super::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};

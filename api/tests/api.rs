@@ -2379,3 +2379,72 @@ async fn malformed_parameters_are_a_400_naming_them() -> Result<()> {
     drop(b.api);
     b.db.drop().await
 }
+
+/// One proven reading of every data type through FHIR: each Observation —
+/// with the search's sensors, gateway and provenance — passes the outside
+/// validator (HL7's R4 definitions and the vital-signs profiles), and each
+/// carries its data type's code.
+#[tokio::test]
+async fn an_observation_of_every_data_type_passes_the_outside_validator() -> Result<()> {
+    let mut r = rig("gw-api-10").await?;
+    let topic = topic::up(r.gw);
+    let mut devices: Vec<TestDevice> = DataType::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TestDevice::new(r.gw, &format!("all-{i}"), *t, 40 + i as u64))
+        .collect();
+    let registrations = devices.iter().map(|d| enc(&d.registration())).collect();
+    r.publisher.publish_all(&topic, registrations).await?;
+    let pool = r.db.pool.clone();
+    let n = DataType::ALL.len() as i64;
+    eventually(WAIT, "registrations", || {
+        let pool = pool.clone();
+        async move {
+            let got: i64 = sqlx::query_scalar("SELECT count(*) FROM iot_devices")
+                .fetch_one(&pool)
+                .await?;
+            Ok((got == n).then_some(()))
+        }
+    })
+    .await?;
+    let mut readings = Vec::new();
+    for d in &mut devices {
+        let slots = plausible_slots(d.data_type);
+        readings.push(enc(&d.proven_reading(&r.zk.reading, &slots)?));
+    }
+    r.publisher.publish_all(&topic, readings).await?;
+    wait_rows(&pool, n).await?;
+    let p = r.patient.id;
+    let (code, body) = r
+        .api
+        .get(
+            &r.patient.token,
+            &format!(
+                "/fhir/Observation?patient={p}&_include=Observation:device&_revinclude=Provenance:target"
+            ),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let none: Vec<String> = Vec::new();
+    assert_eq!(fhir_profile_errors(&body, r.logs.path())?, none);
+    let b: Value = serde_json::from_str(&body)?;
+    let codes: std::collections::BTreeSet<String> = b["entry"]
+        .as_array()
+        .context("entries")?
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "Observation")
+        .filter_map(|e| {
+            e["resource"]["code"]["coding"][0]["code"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    for t in DataType::ALL {
+        let loinc = t.spec().loinc.to_owned();
+        assert!(
+            codes.contains(&loinc),
+            "{t}: no Observation coded {loinc} in {codes:?}"
+        );
+    }
+    Ok(())
+}

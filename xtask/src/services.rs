@@ -126,7 +126,7 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-hostile-5",
     "gw-hostile-6",
     "gw-hostile-7",
-    // clinician API tests (ingest/tests/api.rs)
+    // clinician API tests (api/tests/api.rs)
     "gw-api-1",
     "gw-api-2",
     "gw-api-3",
@@ -136,6 +136,7 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-api-7",
     "gw-api-8",
     "gw-api-9",
+    "gw-api-10",
     // body composition end to end (tests/tests/body_composition.rs)
     "gw-body-1",
     // truthful link state (ingest/tests/link.rs, tests/tests/link.rs)

@@ -5,6 +5,8 @@
 //! looking a user up by DID. Both services depend on this crate; neither
 //! depends on the other.
 
+#![deny(missing_docs)]
+
 use anyhow::{Context, Result};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Row};
@@ -400,6 +402,8 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 /// One partition of `health_data`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
+    /// The partition's table name, e.g. `health_data_heart_rate` or
+    /// `health_data_default`.
     pub name: String,
     /// The partition bound, e.g. `FOR VALUES IN ('HEART_RATE')` or `DEFAULT`.
     pub bound: String,
@@ -410,12 +414,25 @@ pub struct Partition {
 /// What `hailan-ingest schema` prints.
 #[derive(Debug, Clone)]
 pub struct SchemaSummary {
+    /// `health_data`'s partition key as `pg_get_partkeydef` writes it,
+    /// e.g. `LIST (data_type)`.
     pub partition_strategy: String,
+    /// The partitions of `health_data`, ordered by name.
     pub partitions: Vec<Partition>,
+    /// Whether row level security is enabled on `health_data`
+    /// (`pg_class.relrowsecurity`).
     pub rls_enabled: bool,
+    /// Whether row level security also applies to the table's owner
+    /// (`FORCE ROW LEVEL SECURITY`, `pg_class.relforcerowsecurity`).
     pub rls_forced: bool,
+    /// The RLS policies on `health_data`, as (policy name, command it
+    /// applies to: `ALL`, `SELECT`, `INSERT`, …), ordered by name.
     pub policies: Vec<(String, String)>,
+    /// The tables of the `public` schema (partitioned parents and plain
+    /// tables, not partitions nor `_sqlx_migrations`), ordered by name.
     pub tables: Vec<String>,
+    /// The migrations applied successfully, as (version, description),
+    /// oldest first.
     pub migrations: Vec<(i64, String)>,
 }
 

@@ -64,15 +64,22 @@ impl SqlType {
 /// One column of the schema (`migrations/`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Column {
+    /// The table the column belongs to, e.g. `iot_devices`.
     pub table: &'static str,
+    /// The column's name in that table, e.g. `serial_number`.
     pub name: &'static str,
+    /// The column's SQL type, which sets what values it can hold.
     pub ty: SqlType,
 }
 
 /// An envelope field (named as WIRE.md names it) and every column it lands in.
 #[derive(Clone, Copy, Debug)]
 pub struct Field {
+    /// The field's name in WIRE.md, qualified by the map that holds it
+    /// (e.g. `registration.serial`); error messages name the field by it.
     pub path: &'static str,
+    /// Every column the field is written to; empty for a field that is
+    /// checked (for NUL, or as a time) but not stored in a column of its own.
     pub columns: &'static [Column],
 }
 
@@ -163,6 +170,8 @@ const fn col(table: &'static str, name: &'static str, ty: SqlType) -> Column {
 
 use SqlType::*;
 
+/// The publishing gateway's id (top-level `gateway_id`): `gateways.id` and
+/// the `gateway_id` of `iot_devices`, `health_data` and `rejected_readings`.
 pub const GATEWAY_ID: Field = Field {
     path: "gateway_id",
     columns: &[
@@ -172,6 +181,8 @@ pub const GATEWAY_ID: Field = Field {
         col("rejected_readings", "gateway_id", Varchar(64)),
     ],
 };
+/// A device's id (the `device_id` of a registration, batch or device
+/// state): `iot_devices.device_id` and `rejected_readings.device_id`.
 pub const DEVICE_ID: Field = Field {
     path: "device_id",
     columns: &[
@@ -179,42 +190,60 @@ pub const DEVICE_ID: Field = Field {
         col("rejected_readings", "device_id", Varchar(255)),
     ],
 };
+/// A registration's primary data type: `iot_devices.device_type`.
 pub const DEVICE_TYPE: Field = Field {
     path: "registration.device_type",
     columns: &[col("iot_devices", "device_type", Varchar(50))],
 };
+/// The data types a registered device produces: `iot_devices.data_types`
+/// (`text[]`).
 pub const DATA_TYPES: Field = Field {
     path: "registration.data_types",
     columns: &[col("iot_devices", "data_types", TextArray)],
 };
+/// A registered device's Bluetooth address: `iot_devices.bluetooth_address`.
 pub const BLUETOOTH_ADDRESS: Field = Field {
     path: "registration.bluetooth_address",
     columns: &[col("iot_devices", "bluetooth_address", Varchar(50))],
 };
+/// A registered device's name (GATT Device Information or advertised):
+/// `iot_devices.device_name`.
 pub const NAME: Field = Field {
     path: "registration.name",
     columns: &[col("iot_devices", "device_name", Varchar(100))],
 };
+/// A registered device's Manufacturer Name String (GATT Device Information):
+/// `iot_devices.manufacturer`.
 pub const MANUFACTURER: Field = Field {
     path: "registration.manufacturer",
     columns: &[col("iot_devices", "manufacturer", Varchar(100))],
 };
+/// A registered device's Model Number String (GATT Device Information):
+/// `iot_devices.model`.
 pub const MODEL: Field = Field {
     path: "registration.model",
     columns: &[col("iot_devices", "model", Varchar(100))],
 };
+/// A registered device's Serial Number String (GATT Device Information):
+/// `iot_devices.serial_number`.
 pub const SERIAL: Field = Field {
     path: "registration.serial",
     columns: &[col("iot_devices", "serial_number", Varchar(100))],
 };
+/// The firmware revision of a registration or a device state:
+/// `iot_devices.firmware_version`.
 pub const FIRMWARE_VERSION: Field = Field {
     path: "firmware_version",
     columns: &[col("iot_devices", "firmware_version", Varchar(50))],
 };
+/// A registered device's Hardware Revision String (GATT Device Information):
+/// `iot_devices.hardware_version`.
 pub const HARDWARE_VERSION: Field = Field {
     path: "registration.hardware_version",
     columns: &[col("iot_devices", "hardware_version", Varchar(50))],
 };
+/// A reading's data-type name: `health_data.data_type` (the partition key)
+/// and `rejected_readings.data_type`.
 pub const DATA_TYPE: Field = Field {
     path: "reading.data_type",
     columns: &[
@@ -222,6 +251,9 @@ pub const DATA_TYPE: Field = Field {
         col("rejected_readings", "data_type", Varchar(50)),
     ],
 };
+/// A reading's per-device sequence number: `health_data.seq`,
+/// `rejected_readings.seq`, `zk_proofs.first_seq` and `iot_devices.last_seq`,
+/// all `bigint`, so a group's last seq must be at most 2⁶³ − 1.
 pub const SEQ: Field = Field {
     path: "reading.seq",
     columns: &[
@@ -231,22 +263,30 @@ pub const SEQ: Field = Field {
         col("iot_devices", "last_seq", BigInt),
     ],
 };
+/// When the device measured a reading (milliseconds since the Unix epoch):
+/// `health_data.recorded_at`.
 pub const RECORDED_AT: Field = Field {
     path: "reading.recorded_at_ms",
     columns: &[col("health_data", "recorded_at", TimestampTz)],
 };
+/// The number of readings in a group: `zk_proofs.reading_count`.
 pub const GROUP_READINGS: Field = Field {
     path: "group.readings",
     columns: &[col("zk_proofs", "reading_count", Integer)],
 };
+/// A device state's battery level (percent, 0–100): `iot_devices.battery_level`.
 pub const BATTERY_LEVEL: Field = Field {
     path: "device_state.battery_level",
     columns: &[col("iot_devices", "battery_level", Integer)],
 };
+/// A device state's received signal strength (dBm): `iot_devices.rssi`
+/// (`smallint`).
 pub const RSSI: Field = Field {
     path: "device_state.rssi",
     columns: &[col("iot_devices", "rssi", SmallInt)],
 };
+/// When the gateway saw a device state (milliseconds since the Unix epoch):
+/// `iot_devices.state_observed_at`.
 pub const OBSERVED_AT: Field = Field {
     path: "device_state.observed_at_ms",
     columns: &[col("iot_devices", "state_observed_at", TimestampTz)],

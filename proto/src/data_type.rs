@@ -14,12 +14,26 @@ pub const MAX_SLOTS: usize = 4;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DataType {
+    /// `HEART_RATE`: heart rate in bpm, from Heart Rate Measurement 0x2A37 (service
+    /// 0x180D); proven in windows.
     HeartRate,
+    /// `BLOOD_PRESSURE`: systolic, diastolic and mean arterial pressure (mmHg × 10) and
+    /// pulse (bpm), from Blood Pressure Measurement 0x2A35 (service 0x1810).
     BloodPressure,
+    /// `SPO2`: oxygen saturation (% × 10) and pulse (bpm), from PLX Spot-Check 0x2A5E or
+    /// Continuous 0x2A5F Measurement (service 0x1822).
     Spo2,
+    /// `BODY_TEMPERATURE`: body temperature in °C × 100, from Temperature Measurement
+    /// 0x2A1C (service 0x1809).
     BodyTemperature,
+    /// `GLUCOSE`: blood glucose in mg/dL × 10, from Glucose Measurement 0x2A18 (service
+    /// 0x1808), records fetched through RACP.
     Glucose,
+    /// `BODY_WEIGHT`: body weight in kg × 1000 (grams), from Weight Measurement 0x2A9D
+    /// (service 0x181D).
     BodyWeight,
+    /// `BODY_COMPOSITION`: body fat and muscle (% × 10), muscle and body water mass (kg ×
+    /// 1000), from Body Composition Measurement 0x2A9C (service 0x181B).
     BodyComposition,
 }
 
@@ -57,6 +71,7 @@ impl SlotSpec {
 /// Everything the system knows about one data type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataTypeSpec {
+    /// The data type this row describes.
     pub data_type: DataType,
     /// Wire and database name (`HEART_RATE` …); also the partition value.
     pub name: &'static str,

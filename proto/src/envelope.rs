@@ -38,6 +38,7 @@ pub struct Envelope {
     pub gateway_id: String,
     /// When the gateway built this envelope (ms since the Unix epoch, UTC).
     pub sent_at_ms: i64,
+    /// What the envelope carries: a registration, a reading batch or a device state.
     pub body: Body,
 }
 
@@ -45,14 +46,18 @@ pub struct Envelope {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body {
+    /// A device paired on the gateway (`registration`, WIRE.md §2.2).
     Registration(Box<Registration>),
+    /// Sealed readings of one device, in proof groups (`readings`, WIRE.md §2.3).
     Readings(ReadingBatch),
+    /// A device's battery, signal and link state (`device_state`, WIRE.md §2.4).
     DeviceState(DeviceState),
 }
 
 /// A device paired on a gateway: pins its device commitment `D` at ingest.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Registration {
+    /// The device's id, unique across all gateways (an identifier, see [`is_valid_id`]).
     pub device_id: String,
     /// Device type: the name of its primary data type (`BLOOD_PRESSURE` …).
     pub device_type: String,
@@ -60,28 +65,38 @@ pub struct Registration {
     pub data_types: Vec<String>,
     /// Bluetooth address, `AA:BB:CC:DD:EE:FF`.
     pub bluetooth_address: String,
+    /// The device's name, from GATT Device Information or its advertisement; at most 100
+    /// characters.
     #[serde(default)]
     pub name: Option<String>,
+    /// Manufacturer Name String (GATT Device Information); at most 100 characters.
     #[serde(default)]
     pub manufacturer: Option<String>,
+    /// Model Number String (GATT Device Information); at most 100 characters.
     #[serde(default)]
     pub model: Option<String>,
+    /// Serial Number String (GATT Device Information); at most 100 characters.
     #[serde(default)]
     pub serial: Option<String>,
+    /// Firmware Revision String (GATT Device Information); at most 50 characters.
     #[serde(default)]
     pub firmware_version: Option<String>,
+    /// Hardware Revision String (GATT Device Information); at most 50 characters.
     #[serde(default)]
     pub hardware_version: Option<String>,
     /// `D = Poseidon(tag_dev, s)`, 32 bytes (DESIGN §5.1).
     #[serde(with = "serde_bytes")]
     pub device_commitment: [u8; 32],
+    /// When the owner paired the device (ms since the Unix epoch, UTC).
     pub paired_at_ms: i64,
 }
 
 /// Readings of one device, in proven groups.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReadingBatch {
+    /// The device all of these readings come from.
     pub device_id: String,
+    /// 1..=256 groups, each covered by one proof (or by none, with a reason).
     pub groups: Vec<ProvenGroup>,
 }
 
@@ -98,6 +113,7 @@ pub enum ProofKind {
 /// Readings covered by one proof (or by none, with a reason).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProvenGroup {
+    /// Whether the proof covers one reading or a window of readings.
     pub kind: ProofKind,
     /// Id of the verifying key the proof was made for (SHA-256 of the key).
     #[serde(with = "serde_bytes")]
@@ -120,8 +136,12 @@ pub struct ProvenGroup {
 pub struct Reading {
     /// Per-device sequence number, strictly increasing, survives restarts.
     pub seq: u64,
+    /// The data-type name (`HEART_RATE` …); an unknown name is valid and is stored
+    /// unverified.
     pub data_type: String,
+    /// When the device measured it (ms since the Unix epoch, UTC).
     pub recorded_at_ms: i64,
+    /// The value, sealed with the reading header as associated data.
     pub sealed: Sealed,
 }
 
@@ -130,6 +150,7 @@ pub struct Reading {
 pub struct Sealed {
     /// Id of the owner's data key that sealed it.
     pub kid: String,
+    /// The random 96-bit AES-GCM nonce.
     #[serde(with = "serde_bytes")]
     pub nonce: [u8; NONCE_LEN],
     /// Ciphertext followed by the 16-byte GCM tag.
@@ -140,14 +161,21 @@ pub struct Sealed {
 /// The state of a device as its gateway sees it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeviceState {
+    /// The device this state is about.
     pub device_id: String,
+    /// Battery level in percent, 0–100 (GATT Battery Level); `None` when unknown.
     #[serde(default)]
     pub battery_level: Option<u8>,
+    /// Received signal strength in dBm; `None` when unknown.
     #[serde(default)]
     pub rssi: Option<i16>,
+    /// Whether the gateway holds a connection to the device.
     pub connected: bool,
+    /// The device's firmware revision, at most 50 characters; `None` when unknown.
     #[serde(default)]
     pub firmware_version: Option<String>,
+    /// When the gateway saw this state (ms since the Unix epoch, UTC); ingest keeps the
+    /// latest per device.
     pub observed_at_ms: i64,
     /// The device refused its bond and gets no link until the owner pairs
     /// it again (`hailan-gateway pair`). `None`: the gateway did not say
@@ -159,12 +187,18 @@ pub struct DeviceState {
 /// Why bytes are not a valid envelope.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    /// The input is larger than [`MAX_ENVELOPE_BYTES`]; holds its length in bytes.
     #[error("envelope is {0} bytes, more than the {MAX_ENVELOPE_BYTES}-byte limit")]
     TooLarge(usize),
+    /// The envelope's `v` is not [`WIRE_VERSION`]; holds the version read.
     #[error("envelope version {0} is not supported (this build reads version {WIRE_VERSION})")]
     UnsupportedVersion(u64),
+    /// The bytes are not CBOR of the envelope's shape; holds the decoder's error, prefixed
+    /// with the field's path when known.
     #[error("not a valid CBOR envelope: {0}")]
     Malformed(String),
+    /// Well-formed CBOR that breaks a rule of WIRE.md §6 (ids, counts, sizes, windows,
+    /// column limits); holds the reason.
     #[error("invalid envelope: {0}")]
     Invalid(String),
 }

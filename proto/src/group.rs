@@ -58,10 +58,16 @@ impl Taken {
 pub struct Prover<'a> {
     /// Proving key of the statement the group uses (reading or window).
     pub pk: &'a ProvingKey,
+    /// The device secret `s` behind the device's commitment `D` (held by the gateway only).
     pub secret: &'a DeviceSecret,
+    /// The owner's data key every reading of the group is sealed under.
     pub data_key: &'a DataKey,
+    /// The gateway that publishes the group (bound into every header).
     pub gateway_id: &'a str,
+    /// The device the readings come from.
     pub device_id: &'a str,
+    /// The data type of every reading of the group; its table bounds are what the proof
+    /// asserts.
     pub data_type: DataType,
 }
 

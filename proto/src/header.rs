@@ -20,9 +20,13 @@ pub const WINDOW_TAG: &[u8] = b"hailan/v1/window\0";
 /// The header fields of one reading.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadingHeader<'a> {
+    /// The gateway that published the reading (the envelope's `gateway_id`).
     pub gateway_id: &'a str,
+    /// The device that measured it.
     pub device_id: &'a str,
+    /// The reading's data-type name, e.g. `HEART_RATE`.
     pub data_type: &'a str,
+    /// The reading's per-device sequence number.
     pub seq: u64,
     /// Milliseconds since the Unix epoch (UTC).
     pub recorded_at_ms: i64,
@@ -33,11 +37,18 @@ pub struct ReadingHeader<'a> {
 /// `first_seq + i` and was recorded at `start_ms + offsets_ms[i]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowHeader<'a> {
+    /// The gateway that published the window.
     pub gateway_id: &'a str,
+    /// The device that measured every reading of the window.
     pub device_id: &'a str,
+    /// The data-type name all readings of the window share.
     pub data_type: &'a str,
+    /// Sequence number of the window's first reading.
     pub first_seq: u64,
+    /// When the first reading was recorded (ms since the Unix epoch, UTC).
     pub start_ms: i64,
+    /// For each reading, in order, its `recorded_at_ms` minus `start_ms` (so the first is
+    /// 0); the count W is this length.
     pub offsets_ms: Vec<u32>,
 }
 

@@ -15,6 +15,8 @@
 //! - [`gatt`]: Bluetooth SIG measurement codecs.
 //! - [`zk`]: the Groth16 statement, prover and batch verifier (§5).
 
+#![deny(missing_docs)]
+
 pub mod cid;
 pub mod columns;
 pub mod data_type;

@@ -104,12 +104,22 @@ impl SealedValue {
 /// Why a sealed value did not open.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
+    /// The value was sealed under another key id than the key given.
     #[error("sealed with key {found:?}, but the key given is {expected:?}")]
-    WrongKeyId { expected: String, found: String },
+    WrongKeyId {
+        /// The id of the key given to open it.
+        expected: String,
+        /// The key id the sealed value names.
+        found: String,
+    },
+    /// AES-GCM refused the ciphertext: wrong key bytes, or the header, key id, nonce or
+    /// ciphertext differ from what was sealed.
     #[error(
         "ciphertext does not authenticate: wrong key, or the reading's header or ciphertext was changed"
     )]
     Authentication,
+    /// The ciphertext opened but its plaintext is not a CBOR [`SealedValue`]; holds the
+    /// decoder's error.
     #[error("decrypted plaintext is not a sealed value: {0}")]
     BadPlaintext(String),
 }

@@ -27,8 +27,16 @@ pub fn status(gateway_id: &str) -> String {
 /// What a hailan topic names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Topic<'a> {
-    Up { gateway_id: &'a str },
-    Status { gateway_id: &'a str },
+    /// `hailan/v1/{gateway_id}/up`: the gateway's envelopes.
+    Up {
+        /// The gateway the topic belongs to (a valid identifier).
+        gateway_id: &'a str,
+    },
+    /// `hailan/v1/{gateway_id}/status`: the gateway's retained `online` / `offline`.
+    Status {
+        /// The gateway the topic belongs to (a valid identifier).
+        gateway_id: &'a str,
+    },
 }
 
 /// Parse a topic name; `None` if it is not a hailan v1 topic with a valid gateway id.

@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 /// Unit of the pressures (flag bit 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PressureUnit {
+    /// Millimetres of mercury (flag bit 0 clear).
     MmHg,
+    /// Kilopascals (flag bit 0 set); the gateway converts to mmHg.
     KPa,
 }
 
@@ -48,10 +50,15 @@ impl PressureUnit {
 /// Blood Pressure Measurement 0x2A35.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BloodPressureMeasurement {
+    /// Unit of the three pressures (flag bit 0); the pulse rate is always in bpm.
     pub unit: PressureUnit,
+    /// Blood Pressure Measurement Compound Value – Systolic, in `unit`.
     pub systolic: SFloat,
+    /// Blood Pressure Measurement Compound Value – Diastolic, in `unit`.
     pub diastolic: SFloat,
+    /// Blood Pressure Measurement Compound Value – Mean Arterial Pressure, in `unit`.
     pub mean_arterial_pressure: SFloat,
+    /// Time Stamp (flag bit 1): the device's clock when it measured.
     pub timestamp: Option<DateTime>,
     /// Beats per minute (never in kPa).
     pub pulse_rate: Option<SFloat>,
@@ -66,12 +73,15 @@ pub struct BloodPressureMeasurement {
 pub struct BpStatus(pub u16);
 
 impl BpStatus {
+    /// Bit 0: body movement was detected during the measurement.
     pub fn body_movement(self) -> bool {
         self.0 & 0x01 != 0
     }
+    /// Bit 1: the cuff fitted too loosely.
     pub fn cuff_too_loose(self) -> bool {
         self.0 & 0x02 != 0
     }
+    /// Bit 2: an irregular pulse was detected.
     pub fn irregular_pulse(self) -> bool {
         self.0 & 0x04 != 0
     }
@@ -79,6 +89,7 @@ impl BpStatus {
     pub fn pulse_rate_range(self) -> u8 {
         ((self.0 >> 3) & 0x03) as u8
     }
+    /// Bit 5: the measurement position was improper.
     pub fn improper_measurement_position(self) -> bool {
         self.0 & 0x20 != 0
     }

@@ -39,9 +39,12 @@ pub const MULTIPLE_PACKET: u16 = 1 << 12;
 /// its flag bit is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BodyCompositionMeasurement {
+    /// Measurement Units (flag bit 0): SI (kg, m) or imperial (lb, in), for the masses and
+    /// the height.
     pub unit: WeightUnit,
     /// × 0.1 %; [`BODY_FAT_UNSUCCESSFUL`] = failed.
     pub body_fat_raw: u16,
+    /// Time Stamp (flag bit 1): the scale's clock when it measured.
     pub timestamp: Option<DateTime>,
     /// 0xFF = unknown user.
     pub user_id: Option<u8>,
@@ -51,11 +54,15 @@ pub struct BodyCompositionMeasurement {
     pub muscle_pct_raw: Option<u16>,
     /// Masses: SI × 0.005 kg, imperial × 0.01 lb.
     pub muscle_mass_raw: Option<u16>,
+    /// Fat Free Mass (flag bit 6): SI × 0.005 kg, imperial × 0.01 lb.
     pub fat_free_mass_raw: Option<u16>,
+    /// Soft Lean Mass (flag bit 7): SI × 0.005 kg, imperial × 0.01 lb.
     pub soft_lean_mass_raw: Option<u16>,
+    /// Body Water Mass (flag bit 8): SI × 0.005 kg, imperial × 0.01 lb.
     pub body_water_mass_raw: Option<u16>,
     /// × 0.1 Ω.
     pub impedance_raw: Option<u16>,
+    /// Weight (flag bit 10): SI × 0.005 kg, imperial × 0.01 lb.
     pub weight_raw: Option<u16>,
     /// SI × 0.001 m, imperial × 0.1 in.
     pub height_raw: Option<u16>,

@@ -207,6 +207,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 /// Current Time 0x2A2B (exactly 10 bytes; 7 bytes alone is a Date Time).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CurrentTime {
+    /// The Date Time part (the first 7 bytes): the device's local wall-clock time, no zone.
     pub date_time: DateTime,
     /// 0 = unknown, 1 = Monday … 7 = Sunday.
     pub day_of_week: u8,

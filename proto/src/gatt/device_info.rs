@@ -83,8 +83,11 @@ impl DeviceInfoString {
 pub struct PnpId {
     /// 1 = Bluetooth SIG company identifier, 2 = USB Implementer's Forum vendor ID.
     pub vendor_id_source: u8,
+    /// Vendor ID: the maker's company identifier, from the list `vendor_id_source` names.
     pub vendor_id: u16,
+    /// Product ID: the product's identifier, managed by the vendor.
     pub product_id: u16,
+    /// Product Version: the product's version, managed by the vendor.
     pub product_version: u16,
 }
 

@@ -47,7 +47,9 @@ pub enum Delivery {
 pub struct CharacteristicUse {
     /// Service it lives in.
     pub service: u16,
+    /// Which characteristic of `service` (its UUID is [`Characteristic::uuid16`]).
     pub characteristic: Characteristic,
+    /// How the gateway takes its values: notify, indicate, read, or indicate and write.
     pub delivery: Delivery,
     /// Mandatory for this kind (a device without it cannot be paired as this kind).
     pub required: bool,
@@ -74,12 +76,19 @@ const fn use_(
 /// A kind of health device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeviceKind {
+    /// Heart Rate service 0x180D; makes `HEART_RATE` readings.
     HeartRateMonitor,
+    /// Blood Pressure service 0x1810; makes `BLOOD_PRESSURE` readings.
     BloodPressureMonitor,
+    /// Health Thermometer service 0x1809; makes `BODY_TEMPERATURE` readings.
     Thermometer,
+    /// Glucose service 0x1808 (records fetched with RACP); makes `GLUCOSE` readings.
     GlucoseMeter,
+    /// Pulse Oximeter service 0x1822; makes `SPO2` readings.
     PulseOximeter,
+    /// Weight Scale service 0x181D; makes `BODY_WEIGHT` readings.
     WeightScale,
+    /// Body Composition service 0x181B; makes `BODY_COMPOSITION` readings.
     BodyCompositionScale,
 }
 

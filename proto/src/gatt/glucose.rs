@@ -60,7 +60,9 @@ impl GlucoseUnit {
 /// The concentration field group of a Glucose Measurement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GlucoseConcentration {
+    /// Unit of `value` (flag bit 2): kg/L or mol/L; the gateway converts to mg/dL.
     pub unit: GlucoseUnit,
+    /// Glucose Concentration, in `unit`.
     pub value: SFloat,
     /// Sample type, 4 bits (see [`sample_type_name`]). Only the low nibble is encoded.
     pub sample_type: u8,
@@ -138,11 +140,16 @@ pub fn sensor_status_bits(status: u16) -> Vec<String> {
 /// Glucose Measurement 0x2A18.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct GlucoseMeasurement {
+    /// Sequence Number of the record on the meter (what RACP requests filter on).
     pub sequence_number: u16,
+    /// Base Time: the meter's clock when it measured, before `time_offset_min`.
     pub base_time: DateTime,
     /// Minutes to add to `base_time` for the user-facing time.
     pub time_offset_min: Option<i16>,
+    /// Glucose Concentration with its Type and Sample Location (flag bit 1); `None` when
+    /// the record holds no value.
     pub concentration: Option<GlucoseConcentration>,
+    /// Sensor Status Annunciation bits (flag bit 3); see [`sensor_status_names`].
     pub sensor_status: Option<u16>,
     /// A Glucose Measurement Context with the same sequence number follows.
     pub context_follows: bool,
@@ -291,7 +298,9 @@ pub struct Exercise {
 /// Medication unit (context flag bit 5).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum MedicationUnit {
+    /// Medication in kilograms (flag bit 5 clear).
     Kilograms,
+    /// Medication in litres (flag bit 5 set).
     Litres,
 }
 
@@ -300,7 +309,9 @@ pub enum MedicationUnit {
 pub struct Medication {
     /// 1 rapid-acting, 2 short-acting, 3 intermediate-acting, 4 long-acting, 5 pre-mixed insulin.
     pub id: u8,
+    /// Unit of `amount` (context flag bit 5).
     pub unit: MedicationUnit,
+    /// Medication amount, in `unit`.
     pub amount: SFloat,
 }
 
@@ -309,12 +320,17 @@ pub struct Medication {
 pub struct GlucoseMeasurementContext {
     /// Matches the Glucose Measurement record.
     pub sequence_number: u16,
+    /// Extended Flags (flag bit 7); reserved for future use by the SIG.
     pub extended_flags: Option<u8>,
+    /// Carbohydrate ID and amount (flag bit 0).
     pub carbohydrate: Option<Carbohydrate>,
     /// 1 preprandial, 2 postprandial, 3 fasting, 4 casual, 5 bedtime.
     pub meal: Option<u8>,
+    /// Tester and Health (flag bit 2).
     pub tester_health: Option<TesterHealth>,
+    /// Exercise Duration and Intensity (flag bit 3).
     pub exercise: Option<Exercise>,
+    /// Medication ID and amount (flag bit 4).
     pub medication: Option<Medication>,
     /// Percent.
     pub hba1c: Option<SFloat>,

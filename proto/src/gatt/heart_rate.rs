@@ -59,7 +59,9 @@ pub enum SensorContact {
 /// Heart Rate Measurement 0x2A37.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct HeartRateMeasurement {
+    /// Heart Rate Measurement Value, in bpm, in the width the device sent (flag bit 0).
     pub heart_rate: HeartRate,
+    /// Sensor Contact Status (flag bits 1 and 2).
     pub sensor_contact: SensorContact,
     /// Energy expended since the last reset, kJ (0xFFFF = saturated).
     pub energy_expended_kj: Option<u16>,

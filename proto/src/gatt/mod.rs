@@ -81,27 +81,49 @@ pub enum GattError {
     /// The value ends before a field the flags announce.
     #[error("truncated: {field} missing (needs {needed} bytes, {available} left)")]
     Truncated {
+        /// The name of the field being read, e.g. `timestamp`.
         field: &'static str,
+        /// Bytes the field takes.
         needed: usize,
+        /// Bytes left in the value.
         available: usize,
     },
     /// Shorter than the characteristic's fixed minimum length.
     #[error("too short: {len} bytes, the minimum is {min}")]
-    TooShort { len: usize, min: usize },
+    TooShort {
+        /// Length of the value, in bytes.
+        len: usize,
+        /// The characteristic's minimum length, in bytes.
+        min: usize,
+    },
     /// Bytes after the last field the flags announce.
     #[error("{extra} unexpected trailing byte(s) after the last field")]
-    TrailingBytes { extra: usize },
+    TrailingBytes {
+        /// How many bytes were left over.
+        extra: usize,
+    },
     /// Longer than an ATT attribute value can be.
     #[error("value is {len} bytes, longer than the ATT maximum of 512")]
-    TooLong { len: usize },
+    TooLong {
+        /// Length of the value, in bytes (more than [`ATT_MAX_VALUE_LEN`]).
+        len: usize,
+    },
     /// A field with a value the characteristic forbids.
     #[error("invalid {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid {
+        /// The name of the field.
+        field: &'static str,
+        /// What is wrong with its value.
+        reason: String,
+    },
     /// A number outside its allowed range.
     #[error("{field} {value} out of range {range}")]
     OutOfRange {
+        /// The name of the field.
         field: &'static str,
+        /// The value read.
         value: i64,
+        /// The allowed range, as text (e.g. `0..=100`).
         range: &'static str,
     },
     /// A value that cannot be put on the wire.
@@ -250,25 +272,44 @@ impl Characteristic {
 /// A decoded value of any supported characteristic.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
+    /// Heart Rate Measurement 0x2A37.
     HeartRateMeasurement(HeartRateMeasurement),
+    /// Body Sensor Location 0x2A38.
     BodySensorLocation(BodySensorLocation),
+    /// Blood Pressure Measurement 0x2A35.
     BloodPressureMeasurement(BloodPressureMeasurement),
+    /// Intermediate Cuff Pressure 0x2A36 (the cuff pressure while it inflates or deflates).
     IntermediateCuffPressure(IntermediateCuffPressure),
+    /// Temperature Measurement 0x2A1C.
     TemperatureMeasurement(TemperatureMeasurement),
+    /// Temperature Type 0x2A1D (the body site, when sent apart from the measurement).
     TemperatureType(TemperatureType),
+    /// Intermediate Temperature 0x2A1E (a value while the measurement is in progress).
     IntermediateTemperature(IntermediateTemperature),
+    /// Glucose Measurement 0x2A18.
     GlucoseMeasurement(GlucoseMeasurement),
+    /// Glucose Measurement Context 0x2A34: carbohydrate, meal, tester and health,
+    /// exercise, medication and HbA1c of the record with the same sequence number.
     GlucoseMeasurementContext(GlucoseMeasurementContext),
+    /// Record Access Control Point 0x2A52: a request or a response.
     RecordAccessControlPoint(Racp),
+    /// PLX Spot-Check Measurement 0x2A5E.
     PlxSpotCheck(PlxSpotCheck),
+    /// PLX Continuous Measurement 0x2A5F.
     PlxContinuous(PlxContinuous),
+    /// Weight Measurement 0x2A9D.
     WeightMeasurement(WeightMeasurement),
+    /// Body Composition Measurement 0x2A9C.
     BodyCompositionMeasurement(BodyCompositionMeasurement),
+    /// Battery Level 0x2A19 (percent).
     BatteryLevel(BatteryLevel),
     /// One of the six Device Information strings.
     DeviceInfoString(Characteristic, DeviceInfoString),
+    /// PnP ID 0x2A50.
     PnpId(PnpId),
+    /// Date Time 0x2A08.
     DateTime(DateTime),
+    /// Current Time 0x2A2B.
     CurrentTime(CurrentTime),
 }
 

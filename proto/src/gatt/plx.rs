@@ -119,9 +119,13 @@ pub struct SpO2Pr {
 /// PLX Spot-Check Measurement 0x2A5E.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PlxSpotCheck {
+    /// SpO2PR-Spot-Check – SpO2, in percent.
     pub spo2: SFloat,
+    /// SpO2PR-Spot-Check – PR, the pulse rate in bpm.
     pub pulse_rate: SFloat,
+    /// Timestamp (flag bit 0): the oximeter's clock when it measured.
     pub timestamp: Option<DateTime>,
+    /// Measurement Status bits (flag bit 1); see [`measurement_status_names`].
     pub measurement_status: Option<u16>,
     /// 24 bits; only the low 24 bits are encoded.
     pub device_and_sensor_status: Option<u32>,
@@ -254,9 +258,13 @@ impl PlxSpotCheck {
 /// PLX Continuous Measurement 0x2A5F.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PlxContinuous {
+    /// SpO2PR-Normal: SpO2 (%) and pulse rate (bpm) at the normal averaging time.
     pub normal: SpO2Pr,
+    /// SpO2PR-Fast (flag bit 0): the same at a fast averaging time.
     pub fast: Option<SpO2Pr>,
+    /// SpO2PR-Slow (flag bit 1): the same at a slow averaging time.
     pub slow: Option<SpO2Pr>,
+    /// Measurement Status bits (flag bit 2); see [`measurement_status_names`].
     pub measurement_status: Option<u16>,
     /// 24 bits; only the low 24 bits are encoded.
     pub device_and_sensor_status: Option<u32>,

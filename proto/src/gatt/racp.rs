@@ -89,7 +89,13 @@ pub enum Racp {
     /// Op code 5, operator Null, uint16 count.
     NumberOfStoredRecords(u16),
     /// Op code 6, operator Null.
-    ResponseCode { request_op_code: u8, response: u8 },
+    ResponseCode {
+        /// The op code of the request this answers.
+        request_op_code: u8,
+        /// Response Code Value: 1 success, 6 no records found, … (see
+        /// [`response_code_name`]).
+        response: u8,
+    },
 }
 
 /// Response value 1.

@@ -64,7 +64,12 @@ impl fmt::Display for Special {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Ieee11073 {
     /// `mantissa × 10^exponent`, exactly.
-    Number { mantissa: i32, exponent: i8 },
+    Number {
+        /// The signed mantissa (12 bits for SFLOAT, 24 bits for FLOAT).
+        mantissa: i32,
+        /// The signed base-10 exponent (4 bits for SFLOAT, 8 bits for FLOAT).
+        exponent: i8,
+    },
     /// A special value: never a number.
     Special(Special),
 }

@@ -66,6 +66,7 @@ use std::collections::BTreeMap;
 /// The slots and sealed-payload fields of one reading.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReadingSlots {
+    /// The data type of the reading, which fixes the number and order of its slots.
     pub data_type: DataType,
     /// Fixed point, in `data_type.spec().slots` order.
     pub slots: Vec<u32>,
@@ -85,15 +86,25 @@ pub enum NoReading {
     /// A proven field holds an IEEE 11073 special value.
     #[error("{field} is {special} (IEEE 11073 special value), not a number")]
     SpecialValue {
+        /// The measurement field, e.g. `systolic`.
         field: &'static str,
+        /// The special value it holds.
         special: Special,
     },
     /// A proven field is absent.
     #[error("{field} is missing")]
-    Missing { field: &'static str },
+    Missing {
+        /// The measurement field, e.g. `pulse rate`.
+        field: &'static str,
+    },
     /// The value does not fit the slot (negative, too large, or absurd exponent).
     #[error("{field} cannot be a slot value: {reason}")]
-    NotRepresentable { field: &'static str, reason: String },
+    NotRepresentable {
+        /// The measurement field.
+        field: &'static str,
+        /// Why its value cannot be a slot.
+        reason: String,
+    },
     /// The scale reported 0xFFFF (weight, or body fat percentage).
     #[error("measurement unsuccessful (0xFFFF)")]
     MeasurementUnsuccessful,

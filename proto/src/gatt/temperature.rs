@@ -20,7 +20,9 @@ use serde_json::{Value, json};
 /// Temperature unit (flag bit 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TemperatureUnit {
+    /// Degrees Celsius (flag bit 0 clear).
     Celsius,
+    /// Degrees Fahrenheit (flag bit 0 set); the gateway converts to °C.
     Fahrenheit,
 }
 
@@ -77,9 +79,13 @@ impl TemperatureType {
 /// Temperature Measurement 0x2A1C (and Intermediate Temperature 0x2A1E).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TemperatureMeasurement {
+    /// Unit of `temperature` (flag bit 0).
     pub unit: TemperatureUnit,
+    /// Temperature Measurement Value (IEEE 11073 FLOAT), in `unit`.
     pub temperature: Float,
+    /// Time Stamp (flag bit 1): the thermometer's clock when it measured.
     pub timestamp: Option<DateTime>,
+    /// Temperature Type (flag bit 2): where on the body it was measured.
     pub temperature_type: Option<TemperatureType>,
 }
 

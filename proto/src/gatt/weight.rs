@@ -41,12 +41,16 @@ pub struct BmiHeight {
 /// Weight Measurement 0x2A9D.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WeightMeasurement {
+    /// Measurement Units (flag bit 0): SI (kg, m) or imperial (lb, in), for the weight and
+    /// the height.
     pub unit: WeightUnit,
     /// SI: × 0.005 kg; imperial: × 0.01 lb; [`WEIGHT_UNSUCCESSFUL`] = failed.
     pub weight_raw: u16,
+    /// Time Stamp (flag bit 1): the scale's clock when it measured.
     pub timestamp: Option<DateTime>,
     /// 0xFF = unknown user.
     pub user_id: Option<u8>,
+    /// BMI and Height (flag bit 3).
     pub bmi_height: Option<BmiHeight>,
 }
 

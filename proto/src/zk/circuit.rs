@@ -61,13 +61,22 @@ fn alloc_bits(
 /// setup (any values), proving and the tests' forced proofs.
 #[derive(Clone, Debug)]
 pub struct ReadingCircuit {
+    /// Public `D = H(tag_dev, s)`: the device commitment pinned at registration.
     pub device_commitment: Fr,
+    /// Public `C = H(tag_rd, pack32(values), r, x)`: the reading commitment.
     pub commitment: Fr,
+    /// Public `x`: the reading header's context
+    /// ([`crate::header::ReadingHeader::context`]).
     pub context: Fr,
+    /// Public lower bounds `lo_i`, inclusive, fixed point (`0` for an unused slot).
     pub lo: [u32; MAX_SLOTS],
+    /// Public upper bounds `hi_i`, inclusive, fixed point (`0` for an unused slot).
     pub hi: [u32; MAX_SLOTS],
+    /// Private device secret `s`.
     pub secret: Fr,
+    /// Private slot values `v_i`, fixed point, unused slots zero.
     pub values: [u32; MAX_SLOTS],
+    /// Private commitment blinding `r`.
     pub blinding: Fr,
 }
 
@@ -162,14 +171,25 @@ impl ConstraintSynthesizer<Fr> for ReadingCircuit {
 /// readings, the rest are padding that must be zero.
 #[derive(Clone, Debug)]
 pub struct WindowCircuit {
+    /// Public `D = H(tag_dev, s)`: the device commitment pinned at registration.
     pub device_commitment: Fr,
+    /// Public `C = H(tag_win, pack15(values), r, x)`: the window commitment.
     pub commitment: Fr,
+    /// Public `x`: the window header's context ([`crate::header::WindowHeader::context`]).
     pub context: Fr,
+    /// Public `n`: how many positions hold readings, 1..=[`WINDOW_LEN`].
     pub count: u32,
+    /// Public lower bound, inclusive, fixed point, for every reading.
     pub lo: u32,
+    /// Public upper bound, inclusive, fixed point, for every reading; must be below
+    /// 2^[`WINDOW_VALUE_BITS`].
     pub hi: u32,
+    /// Private device secret `s`.
     pub secret: Fr,
+    /// Private values, one slot per reading in position order; positions `count..` are
+    /// zero.
     pub values: [u32; WINDOW_LEN],
+    /// Private commitment blinding `r`, shared by every reading of the window.
     pub blinding: Fr,
 }
 

@@ -48,7 +48,10 @@ pub enum KeyOrigin {
     /// A setup from a CSPRNG whose toxic waste was dropped (or, later, a ceremony).
     Setup,
     /// A reproducible development setup from a public seed: never for production.
-    Dev { seed: u64 },
+    Dev {
+        /// The seed the setup's ChaCha20 RNG was derived from (`zk setup --dev-seed N`).
+        seed: u64,
+    },
 }
 
 const PK_MAGIC: &[u8; 8] = b"HLZKPK1\0";
@@ -265,9 +268,11 @@ impl ProvingKey {
         })
     }
 
+    /// The statement this key proves: reading or window.
     pub fn kind(&self) -> ProofKind {
         self.kind
     }
+    /// Whether the key came from a real setup or from a public development seed.
     pub fn origin(&self) -> KeyOrigin {
         self.origin
     }
@@ -336,12 +341,17 @@ impl VerifyingKey {
         }
     }
 
+    /// The statement this key verifies: reading or window.
     pub fn kind(&self) -> ProofKind {
         self.kind
     }
+    /// Whether the key came from a real setup or from a public development seed (which a
+    /// production [`super::Verifier`] refuses).
     pub fn origin(&self) -> KeyOrigin {
         self.origin
     }
+    /// The key id ([`KeyId`]: SHA-256 of this key's compressed serialisation) that proofs
+    /// made for it name.
     pub fn id(&self) -> KeyId {
         self.id
     }

@@ -52,47 +52,87 @@ use ark_serialize::{CanonicalDeserialize, CanonicalSerialize};
 /// answers with a [`Reject`] per group instead).
 #[derive(Debug, thiserror::Error)]
 pub enum ZkError {
+    /// The proving key is for a different statement (reading or window) from the one
+    /// asked for.
     #[error("this is a {key:?} key; the statement needs a {needed:?} key")]
     WrongKey {
+        /// The statement the key proves.
         key: crate::envelope::ProofKind,
+        /// The statement asked for.
         needed: crate::envelope::ProofKind,
     },
+    /// The number of slot values does not match the data type (or a window reading has more
+    /// than one slot).
     #[error("{data_type} readings carry {expected} slot(s), got {got}")]
     SlotCount {
+        /// The data type's wire name, e.g. `BLOOD_PRESSURE`.
         data_type: &'static str,
+        /// Slots a reading of it carries (1 for a window reading).
         expected: usize,
+        /// Slots given.
         got: usize,
     },
+    /// A value lies outside the bounds the proof would assert: the reading cannot be
+    /// proven.
     #[error("slot {slot} value {value} is outside the bounds {lo}..={hi}")]
     OutOfBounds {
+        /// Index of the slot (0 for a window value).
         slot: usize,
+        /// The value, fixed point.
         value: u32,
+        /// Lower bound, inclusive, fixed point.
         lo: u32,
+        /// Upper bound, inclusive, fixed point.
         hi: u32,
     },
+    /// The header names another data type than the values are for.
     #[error("the header is for data type {header:?}, the values for {values}")]
     HeaderMismatch {
+        /// The data type the header names.
         header: String,
+        /// The data type the values were given for.
         values: &'static str,
     },
+    /// A window with no readings or more than it may hold, or whose values and header
+    /// differ in count.
     #[error("a window holds 1..={max} readings, got {got}")]
-    WindowSize { got: usize, max: usize },
+    WindowSize {
+        /// Readings (values) given.
+        got: usize,
+        /// The most allowed ([`WINDOW_LEN`]), or the header's reading count
+        /// when values and header disagree.
+        max: usize,
+    },
+    /// The data type cannot be proven in a window (several slots, or a bound of 2^15 or
+    /// more); holds its name.
     #[error(
         "{0} cannot be proven in a window: it needs one slot with bounds below 2^{WINDOW_VALUE_BITS}"
     )]
     NotWindowable(&'static str),
+    /// A bounds policy was refused (wrong slot count, or a lower bound above the upper);
+    /// holds why.
     #[error("bounds policy: {0}")]
     Policy(String),
+    /// Key-file bytes that are not a key of this build's statements (magic, kind, origin,
+    /// encoding, curve or subgroup, shape); holds why.
     #[error("malformed key: {0}")]
     MalformedKey(String),
+    /// A proof bundle that does not match its verifying key or does not verify; holds why.
     #[error("proof bundle: {0}")]
     Bundle(String),
+    /// 32 bytes that are not a canonical BN254 scalar; holds what they were meant to be
+    /// (`device secret`, `blinding`, …).
     #[error("{0} is not a canonical BN254 scalar (32 bytes, little-endian, below the group order)")]
     MalformedScalar(&'static str),
+    /// A development key given to a verifier built with [`DevKeys::Refuse`]; holds its
+    /// seed.
     #[error("development keys (dev seed {0}) are refused by this configuration")]
     DevKeyRefused(u64),
+    /// Two verifying keys given to one verifier have the same id.
     #[error("two verifying keys share the id {0}")]
     DuplicateKey(KeyId),
+    /// Building the constraint system, the keys or the proof failed in arkworks, or a
+    /// witness did not fit the key's statement; holds the error.
     #[error("constraint synthesis failed: {0}")]
     Synthesis(String),
 }

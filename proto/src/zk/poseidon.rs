@@ -29,10 +29,16 @@ use ark_relations::gr1cs::{ConstraintSystemRef, SynthesisError};
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
+/// Full rounds of the permutation (S-box on every state element), split half before and
+/// half after the partial rounds.
 pub const FULL_ROUNDS: usize = 8;
+/// Partial rounds of the permutation (S-box on the first state element only).
 pub const PARTIAL_ROUNDS: usize = 57;
+/// The S-box exponent α: each S-box computes `x^5`.
 pub const ALPHA: u64 = 5;
+/// Field elements absorbed per permutation; with [`CAPACITY`] the state width is 3.
 pub const RATE: usize = 2;
+/// State elements kept as capacity: input is never absorbed into them.
 pub const CAPACITY: usize = 1;
 
 /// The Poseidon parameters (computed once per process).

@@ -73,8 +73,13 @@ fn device_commitment_fr(secret: &DeviceSecret) -> Fr {
 /// proof) and into the sealed value (blinding).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadingProof {
+    /// The commitment `C` (32 bytes, a little-endian BN254 scalar) that goes into the
+    /// group.
     pub commitment: [u8; 32],
+    /// The blinding `r` (32 bytes, a little-endian BN254 scalar) that goes into each
+    /// reading's sealed value.
     pub blinding: [u8; 32],
+    /// The compressed Groth16 proof (128 bytes).
     pub proof: [u8; PROOF_LEN],
 }
 

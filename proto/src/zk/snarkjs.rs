@@ -32,6 +32,8 @@ pub struct ProofBundle {
 }
 
 impl ProofBundle {
+    /// A bundle of a `kind` proof made for key `key_id`: the compressed proof bytes as hex
+    /// and its public inputs, in statement order, as decimals.
     pub fn new(kind: ProofKind, key_id: KeyId, proof: &[u8], inputs: &[Fr]) -> Self {
         ProofBundle {
             statement: kind_name(kind).to_owned(),
@@ -73,14 +75,23 @@ impl ProofBundle {
 /// snarkjs `vk.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnarkjsVk {
+    /// Always `groth16`.
     pub protocol: String,
+    /// Always `bn128` (snarkjs's name for BN254).
     pub curve: String,
+    /// Number of public inputs of the statement (11 for reading, 6 for window).
     #[serde(rename = "nPublic")]
     pub n_public: usize,
+    /// The key's α, a G1 point.
     pub vk_alpha_1: [String; 3],
+    /// The key's β, a G2 point.
     pub vk_beta_2: [[String; 2]; 3],
+    /// The key's γ, a G2 point.
     pub vk_gamma_2: [[String; 2]; 3],
+    /// The key's δ, a G2 point.
     pub vk_delta_2: [[String; 2]; 3],
+    /// The input commitments (arkworks' `gamma_abc_g1`): G1 points, one for the constant 1
+    /// and then one per public input.
     #[serde(rename = "IC")]
     pub ic: Vec<[String; 3]>,
 }
@@ -88,17 +99,24 @@ pub struct SnarkjsVk {
 /// snarkjs `proof.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SnarkjsProof {
+    /// The proof's A, a G1 point.
     pub pi_a: [String; 3],
+    /// The proof's B, a G2 point.
     pub pi_b: [[String; 2]; 3],
+    /// The proof's C, a G1 point.
     pub pi_c: [String; 3],
+    /// Always `groth16`.
     pub protocol: String,
+    /// Always `bn128` (snarkjs's name for BN254).
     pub curve: String,
 }
 
 /// The three snarkjs files of one proof.
 #[derive(Clone, Debug)]
 pub struct SnarkjsExport {
+    /// `vk.json`: the verifying key.
     pub vk: SnarkjsVk,
+    /// `proof.json`: the proof.
     pub proof: SnarkjsProof,
     /// `public.json`: decimal strings.
     pub public: Vec<String>,

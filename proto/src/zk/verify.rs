@@ -97,37 +97,58 @@ pub enum BatchWeights {
 pub struct GroupClaim<'a> {
     /// The publishing gateway (the MQTT user, from the topic).
     pub gateway_id: &'a str,
+    /// The device the group's readings come from.
     pub device_id: &'a str,
     /// `D` pinned for this device at registration.
     pub device_commitment: &'a [u8; 32],
+    /// The group itself: key id, commitment, proof and readings.
     pub group: &'a ProvenGroup,
 }
 
 /// Why a group is not accepted. [`Reject::code`] is a stable short name.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Reject {
+    /// The group carries no proof; holds the gateway's `no_proof_reason`. Code `no_proof`.
     #[error("the gateway sent no proof: {0}")]
     NoProof(String),
+    /// The group names a key id this verifier does not hold. Code `unknown_key`.
     #[error("unknown verifying key {0}")]
     UnknownKey(KeyId),
+    /// The key proves a different statement (reading or window) from the group's kind.
+    /// Code `key_kind_mismatch`.
     #[error("key {key} proves {key_kind} statements, the group is a {group_kind} group")]
     KindMismatch {
+        /// The key the group names.
         key: KeyId,
+        /// The statement that key proves (`reading` or `window`).
         key_kind: &'static str,
+        /// The group's `kind` (`reading` or `window`).
         group_kind: &'static str,
     },
+    /// The group's data type has no bounds in the policy (an unknown name); holds the name.
+    /// Code `unknown_data_type`.
     #[error("data type {0:?} has no bounds policy, so its proof cannot be checked")]
     UnknownDataType(String),
+    /// The group cannot be a statement (no readings, too many for a window, mixed data
+    /// types, non-consecutive seqs, a bound too wide for the window statement…); holds the
+    /// reason. Code `bad_group_shape`.
     #[error("group cannot be a statement: {0}")]
     Shape(String),
+    /// The proof is not [`PROOF_LEN`] bytes; holds its length. Code `bad_proof_length`.
     #[error("proof is {0} bytes, not {PROOF_LEN}")]
     ProofLength(usize),
+    /// The proof bytes are not a valid compressed proof (encoding, curve or subgroup
+    /// check failed). Code `malformed_proof`.
     #[error(
         "proof bytes are not a compressed Groth16 proof on BN254 (encoding, curve or subgroup check)"
     )]
     MalformedProof,
+    /// The pinned device commitment or the group's commitment is not a canonical scalar;
+    /// holds which. Code `malformed_commitment`.
     #[error("the {0} is not a canonical BN254 scalar")]
     MalformedScalar(&'static str),
+    /// The pairing check failed: the proof does not hold for this device, header,
+    /// commitment and policy bounds. Code `invalid_proof`.
     #[error("the proof does not verify for this device, header, commitment and bounds policy")]
     InvalidProof,
 }
@@ -193,6 +214,7 @@ impl Verifier {
         self
     }
 
+    /// The bounds policy the public inputs are built with.
     pub fn policy(&self) -> &Policy {
         &self.policy
     }

@@ -27,24 +27,39 @@ use uuid::Uuid;
 /// each one's copies was a fifth of reading it.
 #[derive(Debug, Clone)]
 pub struct StoredReading {
+    /// Row id (`health_data.id`).
     pub id: Uuid,
+    /// The device's row id (`health_data.device_id` → `iot_devices.id`); `None`
+    /// once the device row was deleted.
     pub device_id: Option<Uuid>,
+    /// Data type name (`health_data.data_type`), e.g. `HEART_RATE`.
     pub data_type: Arc<str>,
+    /// When the device took the reading (`health_data.recorded_at`), part of the header.
     pub recorded_at: DateTime<Utc>,
+    /// The device's sequence number of the reading (`health_data.seq`), part of the header.
     pub seq: i64,
+    /// The gateway that sent it (`health_data.gateway_id`), part of the header.
     pub gateway_id: Arc<str>,
+    /// Whether ingest verified its proof (`health_data.verified`); an unverified
+    /// reading's value is never shown.
     pub verified: bool,
+    /// Hex SHA-256 of the proof covering it (`health_data.zk_proof_hash`), shared
+    /// by a window's readings.
     pub zk_proof_hash: Option<Arc<str>>,
     /// `None` also for a stored value that is not 32 bytes (the column's
     /// check forbids it): it matches no recomputed commitment either way.
     pub reading_commitment: Option<[u8; 32]>,
     /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext (`hailan_proto::cid`).
     pub ipfs_data_cid: Option<String>,
+    /// Id of the data key that sealed the value (the stored value's `kid`).
     pub kid: Option<Arc<str>>,
     /// The stored nonce and ciphertext, hex-decoded as the row is read, or
     /// why they could not be.
     pub sealed: Result<SealedBytes, &'static str>,
+    /// The device's own id and name, filled in from `iot_devices` after the read.
     pub device: Option<Arc<DeviceInfo>>,
+    /// The covering proof's statement, seq range, key id and public inputs C and
+    /// x, filled in from `zk_proofs` after the read.
     pub proof: Option<Arc<ProofInfo>>,
 }
 
@@ -54,7 +69,9 @@ pub use hailan_proto::stored::SealedBytes;
 /// header) and name.
 #[derive(Debug)]
 pub struct DeviceInfo {
+    /// The device's own id as its gateway registered it (`iot_devices.device_id`).
     pub ext: String,
+    /// Its name (`iot_devices.device_name`), if it has one.
     pub name: Option<String>,
 }
 
@@ -63,11 +80,18 @@ pub struct DeviceInfo {
 pub struct ProofInfo {
     /// `reading` or `window`.
     pub statement: String,
+    /// Seq of the first reading the proof covers (`zk_proofs.first_seq`).
     pub first_seq: i64,
+    /// How many readings it covers (`zk_proofs.reading_count`): 1 for a reading
+    /// proof, up to 16 for a window.
     pub reading_count: i32,
+    /// Hex id of the verifying key (`zk_proofs.key_id`).
     pub key_id: String,
-    /// Public inputs 1 and 2: C and x, decimal.
+    /// Public input 1 (0-based), the reading commitment C, in decimal;
+    /// `None` if the stored inputs are too few.
     pub c: Option<String>,
+    /// Public input 2 (0-based), the context x — the hash of the reading's or
+    /// window's header — in decimal; `None` if the stored inputs are too few.
     pub x: Option<String>,
 }
 
@@ -97,6 +121,7 @@ pub enum Check {
 }
 
 impl Check {
+    /// The proven fixed-point slots of a verified reading; `None` when unverifiable.
     pub fn slots(&self) -> Option<&[u32]> {
         match self {
             Check::Verified(s) => Some(s),
@@ -133,10 +158,15 @@ pub fn groups(rows: &[StoredReading]) -> Vec<Vec<usize>> {
 /// (its device's seqs `first_seq..=last_seq` under its proof).
 #[derive(Debug, Clone)]
 pub struct CutWindow {
+    /// The device's row id (`iot_devices.id`).
     pub device: Uuid,
+    /// The window's data type.
     pub data_type: Arc<str>,
+    /// Seq of the window's first reading.
     pub first_seq: i64,
+    /// Seq of its last reading (`first_seq + reading_count - 1`).
     pub last_seq: i64,
+    /// Hex SHA-256 of the window's proof, which all its readings name.
     pub proof_hash: Arc<str>,
 }
 

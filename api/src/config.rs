@@ -18,8 +18,10 @@ pub struct Config {
     /// form, and the API follows the read-write one (OPERATIONS.md §3).
     #[serde(default)]
     pub database_url: Option<String>,
+    /// `[api]`: listener, replica, key ring and per-request limits.
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[zk]`: where the verifying keys are.
     #[serde(default)]
     pub zk: ZkConfig,
 }

@@ -79,6 +79,10 @@ pub fn line(spec: &DataTypeSpec, r: &StoredReading, c: &Check) -> String {
         .join(",")
 }
 
+/// `GET /api/v1/patients/{id}/export.csv?type=…&from=…&to=…`: exactly one
+/// data type (`type`), `from`/`to` RFC 3339 and optional. The audit row
+/// (`export_csv`) commits before the body is built; answered as an attachment
+/// named `hailan-{patient}-{type, lower case}.csv`.
 pub async fn export_csv(
     State(state): State<ApiState>,
     headers: HeaderMap,

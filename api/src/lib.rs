@@ -35,6 +35,8 @@
 //! security headers of [`headers`]; query strings are parsed by [`params`]
 //! and the FHIR search, never trusted to be well formed.
 
+#![deny(missing_docs)]
+
 pub mod check;
 pub mod config;
 pub mod export_csv;
@@ -66,14 +68,24 @@ use tokio_util::sync::CancellationToken;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {
+    /// The primary database (the multi-host URL's read-write server): log-in,
+    /// audit rows and grant changes, and every read when there is no replica
+    /// or it lags.
     pub primary: PgPool,
+    /// A streaming standby for reads (`api.read_database_url`), used once it
+    /// has replayed the primary's WAL position taken at log-in; `None`: reads
+    /// go to the primary.
     pub replica: Option<PgPool>,
+    /// The owners' data keys by key id (`api.key_ring`), which open the sealed values.
     pub keys: Arc<KeyRing>,
     /// Windows already opened with `keys` (replace both together).
     pub opened: Arc<opened_cache::OpenedCache>,
     /// Verifying keys by hex key id, for the snarkjs `vk.json` of a proof bundle.
     pub vks: Arc<HashMap<String, VerifyingKey>>,
+    /// Longest a request waits for the replica to catch up before reading
+    /// from the primary instead (`api.replica_wait_ms`).
     pub replica_wait: Duration,
+    /// Largest page of observations one request returns (`api.max_page`, at least 1).
     pub max_page: i64,
     /// A device state older than this is stale (`api.stale_after_s`).
     pub stale_after: Duration,
@@ -88,17 +100,25 @@ pub enum ApiError {
     /// address, never the token) and counted by [`login_limiter`].
     #[error("a valid bearer token is required")]
     Unauthorized(&'static str),
+    /// Authenticated, but not allowed (403): an account that is neither a
+    /// patient nor a clinician, or a clinician changing grants.
     #[error("{0}")]
     Forbidden(String),
+    /// A malformed or unsupported parameter or body (400); the message names it.
     #[error("{0}")]
     BadRequest(String),
+    /// Nothing the caller may see at that address (404): a reading without a
+    /// stored proof, a device or grant that RLS hides or that does not exist.
     #[error("not found")]
     NotFound,
     /// A range holds more readings than one request may read.
     #[error(
         "the range holds more than {cap} readings (api.max_rows_per_request); ask for a shorter range"
     )]
-    TooManyRows { cap: i64 },
+    TooManyRows {
+        /// The row cap, `api.max_rows_per_request` (readings).
+        cap: i64,
+    },
     /// PostgreSQL cancelled a statement at the transaction's `statement_timeout`.
     #[error(
         "a database query took longer than api.statement_timeout_ms allows; ask for a shorter range or try again later"
@@ -106,7 +126,10 @@ pub enum ApiError {
     StatementTimeout,
     /// The whole request took longer than `api.request_timeout_ms`.
     #[error("the request took longer than api.request_timeout_ms ({ms} ms); try again later")]
-    RequestTimeout { ms: u64 },
+    RequestTimeout {
+        /// The limit that was hit, `api.request_timeout_ms` (milliseconds).
+        ms: u64,
+    },
     /// No database connection came free in time.
     #[error("the database is busy; try again later")]
     PoolBusy,
@@ -115,9 +138,16 @@ pub enum ApiError {
         "too many failed log-ins from this address (api.login_failures_per_minute); retry after {} s",
         retry_after.as_secs()
     )]
-    TooManyFailedLogins { retry_after: Duration },
+    TooManyFailedLogins {
+        /// How long until the client's minute is over (sent as `Retry-After`,
+        /// in whole seconds, at least 1).
+        retry_after: Duration,
+    },
+    /// Any other database error (500); logged, and answered without its text.
     #[error("database: {0}")]
     Db(sqlx::Error),
+    /// A bug or a failed task (500, e.g. a handler that panicked); logged,
+    /// and answered without its text.
     #[error("internal: {0}")]
     Internal(String),
 }

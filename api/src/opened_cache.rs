@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 /// recomputed commitment.
 #[derive(Debug)]
 pub struct OpenedWindow {
+    /// The decrypted sealed values of the window's readings, in seq order.
     pub values: Vec<SealedValue>,
+    /// The recomputed commitment (bytes and decimal), context x and slot values.
     pub calc: Calc,
 }
 
@@ -57,11 +59,14 @@ impl OpenedCache {
         }
     }
 
+    /// The window opened under `digest`, if kept (marks it recently used).
     pub fn get(&self, digest: &WindowDigest) -> Option<Arc<OpenedWindow>> {
         let mut windows = self.windows.as_ref()?.lock().ok()?;
         windows.get(digest).cloned()
     }
 
+    /// Keep `window` under `digest`, dropping the least recently used one when
+    /// full; nothing when disabled.
     pub fn insert(&self, digest: WindowDigest, window: OpenedWindow) {
         if let Some(Ok(mut windows)) = self.windows.as_ref().map(Mutex::lock) {
             windows.put(digest, Arc::new(window));
@@ -81,6 +86,7 @@ impl OpenedCache {
             .unwrap_or(0)
     }
 
+    /// Whether no window is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

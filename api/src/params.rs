@@ -16,8 +16,11 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-/// Open ends of a time range (inside PostgreSQL's timestamptz range).
+/// Open ends of a time range (inside PostgreSQL's timestamptz range): the
+/// start when none is given, the Unix epoch.
 pub const EARLIEST: DateTime<Utc> = DateTime::UNIX_EPOCH;
+/// The end when none is given: 9999-12-31T23:59:59Z, the last second of the
+/// last year the time parameters accept.
 pub const LATEST: DateTime<Utc> = match DateTime::from_timestamp(253_402_300_799, 0) {
     Some(t) => t,
     None => DateTime::UNIX_EPOCH,
@@ -119,11 +122,16 @@ pub fn bucket_ms(name: &str) -> Option<i64> {
 /// `/observations`' query string, as sent.
 #[derive(Debug, Default, Deserialize)]
 pub struct ObservationQuery {
+    /// `type`: comma-separated data type names; empty or absent: all.
     #[serde(rename = "type")]
     pub data_type: Option<String>,
+    /// `from`: RFC 3339 time, inclusive; absent: [`EARLIEST`].
     pub from: Option<String>,
+    /// `to`: RFC 3339 time, inclusive; absent: [`LATEST`].
     pub to: Option<String>,
+    /// `limit`: page size, a whole number (clamped to 1..=`max_page`); absent: 500.
     pub limit: Option<String>,
+    /// `cursor`: the `next_cursor` of the previous page, as it was given.
     pub cursor: Option<String>,
     /// `asc` (oldest first, the default) or `desc` (newest first).
     pub order: Option<String>,
@@ -132,17 +140,24 @@ pub struct ObservationQuery {
 /// `/observations`' parameters, parsed.
 #[derive(Debug)]
 pub struct ObservationParams {
+    /// Data type names to read.
     pub types: Vec<String>,
+    /// Earliest `recorded_at` (inclusive).
     pub from: DateTime<Utc>,
+    /// Latest `recorded_at` (inclusive).
     pub to: DateTime<Utc>,
     /// Page size, 1 to `max_page` (500 unless asked).
     pub limit: i64,
+    /// Keyset position (`recorded_at`, reading id) the page continues after (or
+    /// before, newest first); `None`: the first page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
     /// `order=desc`: newest first, the cursor pages backwards.
     pub newest_first: bool,
 }
 
 impl ObservationParams {
+    /// Parse `q`; page size clamped to 1..=`max_page`. A malformed parameter is
+    /// a 400 naming it.
     pub fn parse(q: &ObservationQuery, max_page: i64) -> Result<Self, ApiError> {
         let limit = match q.limit.as_deref() {
             None => 500,
@@ -172,19 +187,28 @@ impl ObservationParams {
 /// `/series`' query string, as sent.
 #[derive(Debug, Default, Deserialize)]
 pub struct SeriesQuery {
+    /// `type`: one data type name; required.
     #[serde(rename = "type")]
     pub data_type: String,
+    /// `from`: RFC 3339 time; required.
     pub from: String,
+    /// `to`: RFC 3339 time; required.
     pub to: String,
+    /// `bucket`: `minute` (the default), `hour` or `day`.
     pub bucket: Option<String>,
 }
 
 /// `/series`' parameters, parsed.
 #[derive(Debug)]
 pub struct SeriesParams {
+    /// The data type charted.
     pub data_type: DataType,
+    /// Start of the range (inclusive).
     pub from: DateTime<Utc>,
+    /// End of the range (inclusive); less than 7, 92 or 366 days after `from`
+    /// for minute, hour and day buckets.
     pub to: DateTime<Utc>,
+    /// `minute`, `hour` or `day`.
     pub bucket: &'static str,
     /// Bucket length in milliseconds.
     pub step: i64,

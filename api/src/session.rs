@@ -28,7 +28,11 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Kind {
+    /// A `CLINICIAN` account: the transactions run as `hailan_clinician`, and
+    /// RLS shows it verified readings of the data types its active grants cover.
     Clinician,
+    /// A `PATIENT` account: the transactions run as `hailan_patient`, and RLS
+    /// shows the patient their own rows.
     Patient,
 }
 
@@ -44,7 +48,9 @@ impl Kind {
 
 /// An authenticated request's transactions.
 pub struct Session {
+    /// The caller's user id (`users.id`), as `hailan_api_login` found it for the token.
     pub user_id: Uuid,
+    /// Whether the caller is a clinician or a patient (the role the transactions take).
     pub kind: Kind,
     primary: Transaction<'static, Postgres>,
     replica: Option<Transaction<'static, Postgres>>,

@@ -39,7 +39,9 @@ pub const READING_SELECT_NO_CID: &str = reading_select!("NULL::text AS ipfs_data
 
 /// A time range and a page position.
 pub struct Range {
+    /// Earliest `recorded_at` read (inclusive).
     pub from: DateTime<Utc>,
+    /// Latest `recorded_at` read (inclusive).
     pub to: DateTime<Utc>,
     /// Keyset cursor: readings after (recorded_at, id) — before it for
     /// [`Take::NewestFirst`].
@@ -60,7 +62,10 @@ pub enum Take {
     /// aggregates them: PostgreSQL streams the scan without sorting it) —
     /// but more than `cap` is refused ([`ApiError::TooManyRows`]): the read
     /// stops at `cap + 1` rows.
-    All { cap: i64 },
+    All {
+        /// Most readings one request may read (`api.max_rows_per_request`).
+        cap: i64,
+    },
 }
 
 impl Range {
@@ -454,27 +459,59 @@ pub async fn the_patient(conn: &mut PgConnection) -> Result<Vec<PatientRow>, Api
 /// One `iot_devices` row as `/devices` shows it.
 #[derive(sqlx::FromRow)]
 pub struct DeviceRow {
+    /// Row id (`iot_devices.id`), what readings reference.
     pub id: Uuid,
+    /// The device's own id as its gateway registered it (`iot_devices.device_id`).
     pub device_id: String,
+    /// Its name (`iot_devices.device_name`), if it has one.
     pub device_name: Option<String>,
+    /// What it measures (`iot_devices.device_type`): the data type name of its
+    /// primary measurement, e.g. `BLOOD_PRESSURE`.
     pub device_type: String,
+    /// Manufacturer from its Device Information service (`iot_devices.manufacturer`).
     pub manufacturer: Option<String>,
+    /// Model number from Device Information (`iot_devices.model`).
     pub model: Option<String>,
+    /// Firmware revision (`iot_devices.firmware_version`), from registration or
+    /// the latest device state.
     pub firmware_version: Option<String>,
+    /// The gateway it is paired with (`iot_devices.gateway_id`).
     pub gateway_id: String,
+    /// Battery level in percent, 0–100 (`iot_devices.battery_level`).
     pub battery_level: Option<i32>,
+    /// When ingest last wrote readings or a state of it (`iot_devices.last_sync`).
     pub last_sync: Option<DateTime<Utc>>,
+    /// `PENDING`, `SYNCED`, `GAPS` or `STALE` (`iot_devices.sync_status`).
     pub sync_status: String,
+    /// The link as last reported (`iot_devices.connection_state`): `CONNECTED`,
+    /// `DISCONNECTED`, or `UNKNOWN` (also set when its gateway went offline);
+    /// shown as `reported_connection_state`.
     pub connection_state: String,
+    /// Received signal strength at the gateway in dBm (`iot_devices.rssi`).
     pub rssi: Option<i16>,
+    /// When the gateway observed the state (`iot_devices.state_observed_at`):
+    /// what staleness (`api.stale_after_s`) is measured from.
     pub state_observed_at: Option<DateTime<Utc>>,
+    /// Highest seq received (`iot_devices.last_seq`); `None` before the first reading.
     pub last_seq: Option<i64>,
+    /// How many seqs are missing between the lowest and the highest received
+    /// (`iot_devices.missing_seqs`).
     pub missing_seqs: i64,
+    /// Data types it registered (`iot_devices.data_types`).
     pub data_types: Vec<String>,
+    /// Whether it is still paired (`iot_devices.is_active`): false once the
+    /// device at its address on its gateway was paired again under another id.
     pub is_active: Option<bool>,
+    /// Since when its gateway is offline (`iot_devices.gateway_offline_since`);
+    /// `None` while online.
     pub gateway_offline_since: Option<DateTime<Utc>>,
+    /// The device refused its bond and must be paired again
+    /// (`iot_devices.needs_repair`); `None`: the gateway did not say.
     pub needs_repair: Option<bool>,
+    /// Its Bluetooth address (`iot_devices.bluetooth_address`); `None` once given
+    /// up to a re-pairing.
     pub bluetooth_address: Option<String>,
+    /// When it was registered (`iot_devices.created_at`), shown as `registered_at`.
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -576,16 +613,27 @@ pub async fn record_reverification(
 /// A grant as the API shows it.
 #[derive(Debug, sqlx::FromRow)]
 pub struct GrantRow {
+    /// The grant's id (`care_grants.id`).
     pub id: Uuid,
+    /// The patient who gives access (`care_grants.patient_id`).
     pub patient_id: Uuid,
+    /// The patient's DID (`users.did`).
     pub patient_did: String,
+    /// The patient's display name (`users.display_name`).
     pub patient_name: Option<String>,
+    /// The clinician given access (`care_grants.clinician_id`).
     pub clinician_id: Uuid,
+    /// The clinician's DID (`users.did`).
     pub clinician_did: String,
+    /// The clinician's display name (`users.display_name`).
     pub clinician_name: Option<String>,
+    /// Data types granted (`care_grants.data_types`); `None`: all of them.
     pub data_types: Option<Vec<String>>,
+    /// When it was given (`care_grants.granted_at`).
     pub granted_at: DateTime<Utc>,
+    /// When it ends by itself (`care_grants.expires_at`); `None`: only when revoked.
     pub expires_at: Option<DateTime<Utc>>,
+    /// When the patient revoked it (`care_grants.revoked_at`); `None`: not revoked.
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

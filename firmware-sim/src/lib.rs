@@ -11,6 +11,8 @@
 //! - [`truth`]: the ground-truth log.
 //! - [`harness`]: private `dbus-daemon`, simulator child process, per-test bus isolation.
 
+#![deny(missing_docs)]
+
 pub mod bluez;
 pub mod device;
 pub mod encode;

@@ -11,8 +11,13 @@ use tokio::time::Instant;
 /// What is due now.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Due {
+    /// The device's regular measurement (a heart-rate or continuous SpO2
+    /// value, a cuff's or scale's reading …) is due.
     pub measure: bool,
+    /// An oximeter's SpO2 spot check is due (never for other devices).
     pub spot: bool,
+    /// A battery tick is due: the level drains a little (more while
+    /// connected); a change of a whole percent is notified on 0x2A19.
     pub battery: bool,
 }
 

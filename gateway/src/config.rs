@@ -22,22 +22,33 @@ pub struct GatewayConfig {
     /// Where the database (devices, secrets, outbox) lives.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// `[mqtt]`: how the gateway reaches the broker.
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// `[ble]`: the adapter, links held at once, timeouts and reconnect backoff.
     #[serde(default)]
     pub ble: BleSection,
+    /// `[keys]`: where the owner's data key and the zk proving keys are.
     #[serde(default)]
     pub keys: KeysConfig,
+    /// `[pipeline]`: which data types are proven in windows, window limits,
+    /// prover threads and how often device states are sent again.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// `[outbox]`: the disk quota of the outbox.
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// `[metrics]`: the Prometheus `/metrics` listener (off by default).
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[home_assistant]`: MQTT discovery of each device's battery and link
+    /// (off by default).
     #[serde(default)]
     pub home_assistant: HomeAssistantConfig,
 }
 
+/// The `[home_assistant]` section: Home Assistant MQTT discovery, which
+/// shows each paired device's battery and connectivity (never a health value).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HomeAssistantConfig {
@@ -45,6 +56,8 @@ pub struct HomeAssistantConfig {
     /// (never a health value). The broker ACL must let the gateway write
     /// `homeassistant/+/{gateway_id}/#` and `hailan/v1/{gateway_id}/ha/#`.
     pub enabled: bool,
+    /// The topic prefix Home Assistant reads discovery configs under
+    /// (default `homeassistant`, Home Assistant's own default).
     pub discovery_prefix: String,
 }
 
@@ -57,6 +70,7 @@ impl Default for HomeAssistantConfig {
     }
 }
 
+/// The `[metrics]` section: the daemon's Prometheus endpoint.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
@@ -68,15 +82,20 @@ fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/hailan-gateway")
 }
 
+/// The `[mqtt]` section: the broker connection the publisher makes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
+    /// Broker host name or IP address (default `127.0.0.1`).
     pub host: String,
+    /// Broker TCP port (default 1883; 8883 is the usual TLS port).
     pub port: u16,
     /// Default: the gateway id. Fixed, so the broker keeps the session.
     pub client_id: Option<String>,
     /// Default: the gateway id (the broker ACL lets user `u` write only `hailan/v1/u/#`).
     pub username: Option<String>,
+    /// The broker password, inline; used before `password_file` when both
+    /// are set. With neither, the gateway connects without credentials.
     pub password: Option<String>,
     /// A file holding the password (refused if group/world-readable).
     pub password_file: Option<PathBuf>,
@@ -84,7 +103,10 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     /// Client certificate and key (PEM) for TLS client authentication.
     pub client_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `client_cert_file` (refused if group/world-readable);
+    /// the two are set together or not at all.
     pub client_key_file: Option<PathBuf>,
+    /// MQTT keep-alive interval in seconds (default 30; values below 5 count as 5).
     pub keep_alive_s: u64,
     /// Most unacknowledged publishes in flight.
     pub max_inflight: u16,
@@ -108,6 +130,9 @@ impl Default for MqttConfig {
     }
 }
 
+/// The `[ble]` section as written in the file (seconds and milliseconds);
+/// [`GatewayConfig::ble_config`] turns it into the BLE layer's
+/// [`BleConfig`](crate::ble::BleConfig).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BleSection {
@@ -117,11 +142,19 @@ pub struct BleSection {
     pub max_connections: usize,
     /// Close a hand-over device's link after this many seconds without a value.
     pub idle_disconnect_s: u64,
+    /// Seconds between battery reads of each connected device (a glucose
+    /// meter is also asked for new records then); default 300.
     pub battery_interval_s: u64,
     /// No discovery event for this long while scanning = a stalled scanner.
     pub scan_stall_s: u64,
+    /// First delay before a device's next connection attempt, in
+    /// milliseconds (default 1000); it doubles, jittered, after each failure.
     pub reconnect_min_ms: u64,
+    /// Cap of that delay in milliseconds (default 60 000); a link that lasted
+    /// at least this long starts the delay from `reconnect_min_ms` again.
     pub reconnect_max_ms: u64,
+    /// Seconds `hailan-gateway pair` may take, finding the device included
+    /// (default 30).
     pub pair_timeout_s: u64,
 }
 
@@ -140,6 +173,8 @@ impl Default for BleSection {
     }
 }
 
+/// The `[keys]` section: the key material the gateway seals and proves with
+/// (DESIGN §5.2), loaded by [`Keys::load`](crate::keys::Keys::load).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeysConfig {
@@ -164,6 +199,8 @@ impl Default for KeysConfig {
     }
 }
 
+/// The `[pipeline]` section: how readings are grouped into proofs, how many
+/// proofs run at once, and how often device states are sent again.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
@@ -203,19 +240,24 @@ impl PipelineConfig {
         self.windowed.iter().any(|w| w == t.as_str())
     }
 
+    /// `window_max_ms` as a duration: how long a window stays open after
+    /// its first reading before it is proven, full or not.
     pub fn window_max(&self) -> Duration {
         Duration::from_millis(self.window_max_ms)
     }
 
+    /// `state_refresh_s` as a duration: the period at which every paired
+    /// device's state is sent again while the broker is connected.
     pub fn state_refresh(&self) -> Duration {
         Duration::from_secs(self.state_refresh_s)
     }
 }
 
+/// The `[outbox]` section: the limit of the durable outbox.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
-    /// Disk the outbox may use. When full, the newest readings are refused
+    /// Disk the outbox may use, in MiB (default 256). When full, the newest readings are refused
     /// (counted and logged); glucose records stay on the meter and are
     /// fetched later. Registrations are always kept.
     pub quota_mb: u64,
@@ -336,10 +378,14 @@ impl GatewayConfig {
         Ok(())
     }
 
+    /// The MQTT client id: `mqtt.client_id`, else the gateway id. It stays
+    /// the same across restarts so the broker keeps the persistent session.
     pub fn client_id(&self) -> &str {
         self.mqtt.client_id.as_deref().unwrap_or(&self.gateway_id)
     }
 
+    /// The MQTT user name: `mqtt.username`, else the gateway id (the broker
+    /// ACL lets user `u` write only under `hailan/v1/u/`).
     pub fn username(&self) -> &str {
         self.mqtt.username.as_deref().unwrap_or(&self.gateway_id)
     }
@@ -362,6 +408,9 @@ impl GatewayConfig {
         self.outbox.quota_mb.saturating_mul(1 << 20)
     }
 
+    /// The `[ble]` section as the BLE layer takes it: durations instead of
+    /// numbers, an empty adapter name as "the first adapter", and a battery
+    /// interval, scan stall time or pairing timeout of 0 s raised to 1 s.
     pub fn ble_config(&self) -> crate::ble::BleConfig {
         crate::ble::BleConfig {
             adapter: Some(self.ble.adapter.clone()).filter(|a| !a.is_empty()),

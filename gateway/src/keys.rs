@@ -13,8 +13,13 @@ use std::path::Path;
 
 /// Everything needed to seal and prove.
 pub struct Keys {
+    /// The owner's AES-256 data key (`keys.data_key_file`, named by
+    /// `keys.data_key_id`): every reading's value is sealed with it.
     pub data_key: DataKey,
+    /// The proving key for one reading per proof (`reading.pk` in `keys.zk_dir`).
     pub reading: ProvingKey,
+    /// The proving key for a window of readings under one proof
+    /// (`window.pk` in `keys.zk_dir`).
     pub window: ProvingKey,
 }
 

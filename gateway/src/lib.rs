@@ -11,6 +11,8 @@
 //!   Prometheus metrics, watchdog beats; [`home_assistant`]: optional MQTT discovery;
 //!   [`selftest`]: prove one window with the installed keys (`hailan-gateway selftest`).
 
+#![deny(missing_docs)]
+
 pub mod ble;
 pub mod config;
 pub mod daemon;

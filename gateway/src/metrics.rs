@@ -10,18 +10,36 @@ use std::sync::Arc;
 
 /// Every metric the gateway reports.
 pub struct Metrics {
+    /// The registry every metric below is registered in, under the
+    /// `hailan_gateway_` prefix; [`Metrics::encode`] renders it.
     pub registry: Registry,
+    /// Measurements decoded into readings (before proving).
     pub readings_taken: Counter,
+    /// Readings proven (or marked unproven), sealed and committed to the outbox.
     pub readings_queued: Counter,
+    /// Readings not taken: the outbox was full or its write failed.
     pub readings_refused: Counter,
+    /// Characteristic values that did not decode (or Body Composition
+    /// halves that do not make one measurement).
     pub malformed: Counter,
+    /// Measurements that make no reading (an IEEE 11073 special value or a
+    /// missing field where a slot needs a number, a scale's "unsuccessful",
+    /// a Body Composition half whose other half never came).
     pub no_reading: Counter,
+    /// Proof groups committed without a proof (a value outside the proof
+    /// bounds); ingest quarantines them.
     pub unproven: Counter,
+    /// Device-state envelopes not queued because the outbox was full.
     pub states_refused: Counter,
+    /// Outbox envelopes handed to the MQTT client (republished ones counted again).
     pub published: Counter,
+    /// Outbox envelopes acknowledged by the broker (PUBACK) and removed.
     pub acked: Counter,
+    /// Connections the broker accepted (CONNACK), reconnections included.
     pub broker_connects: Counter,
+    /// 1 while connected to the broker, else 0.
     pub broker_connected: Gauge,
+    /// Envelopes in the outbox (registrations, reading batches, device states).
     pub outbox_entries: Gauge,
     /// Paired devices that refused their bond (`needs_repair`).
     pub devices_needing_repair: Gauge,
@@ -29,14 +47,23 @@ pub struct Metrics {
     pub ble_slots_held: Gauge,
     /// Devices waiting for a link.
     pub ble_slots_waiting: Gauge,
+    /// Readings in the outbox, not yet acknowledged by the broker.
     pub outbox_readings: Gauge,
+    /// Bytes of envelope payload in the outbox.
     pub outbox_bytes: Gauge,
+    /// Seconds since the oldest outbox envelope was written.
     pub outbox_oldest_age_seconds: Gauge,
+    /// Seconds to prove, seal and commit one envelope of readings
+    /// (buckets 1 ms … about 8 s).
     pub prove_seconds: Histogram,
+    /// Seconds from handing a publish to the MQTT client to its PUBACK
+    /// (buckets 0.5 ms … about 16 s).
     pub publish_to_ack_seconds: Histogram,
 }
 
 impl Metrics {
+    /// Every metric at zero, registered under the `hailan_gateway_` prefix
+    /// with its help text; shared by the daemon's tasks.
     pub fn new() -> Arc<Metrics> {
         let mut m = Metrics {
             registry: Registry::with_prefix("hailan_gateway"),

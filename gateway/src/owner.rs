@@ -364,14 +364,24 @@ pub async fn forget(cfg: &GatewayConfig, who: &str) -> Result<()> {
 /// The daemon's state as `status` reports it.
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
+    /// The daemon is up: the pid it recorded is alive and its heartbeat in
+    /// the store is less than 15 s old.
     pub daemon_running: bool,
+    /// The daemon's process id, when it is running.
     pub daemon_pid: Option<u32>,
+    /// The daemon's last word on the broker link (`connected`,
+    /// `down since <ms>: <error>`, `stopped`); `None` when it is not running.
     pub broker: Option<String>,
+    /// Paired devices, `needs_repair` ones included.
     pub devices: usize,
+    /// Paired devices the daemon holds a BLE link to (0 when it is not running).
     pub devices_connected: usize,
     /// Devices that refused their bond: `hailan-gateway pair` them again.
     pub devices_needing_repair: Vec<String>,
+    /// Envelopes, readings and bytes waiting in the outbox for a PUBACK.
     pub outbox: crate::store::OutboxStats,
+    /// Seconds since the oldest unsent reading was recorded (measured on
+    /// the device, not queued); `None` when no reading waits.
     pub oldest_unsent_age_s: Option<i64>,
 }
 

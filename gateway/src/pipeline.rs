@@ -42,13 +42,24 @@ pub fn now_ms() -> i64 {
 
 /// What the pipeline shares with its device workers.
 pub struct Pipeline {
+    /// The `[pipeline]` section: windowed data types, window limits, prover
+    /// threads, state refresh period.
     pub cfg: PipelineConfig,
+    /// This gateway's id, put in every envelope and reading header (and so
+    /// bound into every proof's context).
     pub gateway_id: String,
+    /// The owner's data key that seals each value, and the reading and
+    /// window proving keys.
     pub keys: Arc<Keys>,
+    /// The durable store: each device's secret and next seq, and the outbox
+    /// that proven readings and device states are committed to.
     pub store: Arc<Store>,
     /// Woken after every outbox commit (the publisher waits on it).
     pub outbox_changed: Arc<Notify>,
+    /// The daemon's metrics (readings taken, queued, refused, unproven …).
     pub metrics: Arc<Metrics>,
+    /// Each glucose meter's cursor, shared with its BLE session; advanced
+    /// after each commit so the next RACP request starts after it.
     pub cursors: Cursors,
     /// The broker link (from the publisher): on every (re)connection, and
     /// every `state_refresh_s` while connected, every paired device's state

@@ -28,21 +28,41 @@ use tokio_util::sync::CancellationToken;
 /// Whether the broker link is up (for READY=1, `status` and STATUS=).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Link {
+    /// A connection attempt is under way (also the state before the first one).
     Connecting,
+    /// The broker accepted the connection (CONNACK); the outbox is being published.
     Connected,
+    /// The connection failed or was lost, with the error; another attempt
+    /// follows after a backoff.
     Down(String),
 }
 
-/// Payloads of the status topic.
+/// Retained payload of the status topic (`hailan/v1/{gateway_id}/status`)
+/// while the gateway is connected.
 pub const ONLINE: &str = "online";
+/// Retained payload of the status topic once the gateway is gone: published
+/// on a clean shutdown and left by the broker as the MQTT last will.
 pub const OFFLINE: &str = "offline";
 
+/// The publisher task: keeps the broker connection, publishes unsent outbox
+/// rows in order at QoS 1, and removes each row on its PUBACK.
 pub struct Publisher {
+    /// The gateway configuration: `[mqtt]` for the connection, the gateway
+    /// id for the topics, `[home_assistant]` for discovery.
     pub cfg: Arc<GatewayConfig>,
+    /// The store whose outbox is published; its `broker` status value is
+    /// kept up to date for `hailan-gateway status`.
     pub store: Arc<Store>,
+    /// Woken by the pipeline after each outbox commit, so new rows go out at once.
     pub outbox_changed: Arc<Notify>,
+    /// Beaten by the publisher's loop; the daemon stops pinging the systemd
+    /// watchdog when it goes quiet.
     pub beat: Arc<Beat>,
+    /// Counters of published and acknowledged envelopes, broker connections
+    /// and publish-to-PUBACK times.
     pub metrics: Arc<Metrics>,
+    /// Where the state of the broker link is announced (to the daemon for
+    /// READY=1 and STATUS=, to the pipeline to send device states again).
     pub link: watch::Sender<Link>,
 }
 

@@ -23,10 +23,16 @@ use std::time::{Duration, Instant};
 
 /// What one self-test made.
 pub struct Selftest {
+    /// The window's proof with its public inputs and key id, in the bundle
+    /// format `hailan-ingest zk verify` reads; already verified here.
     pub bundle: ProofBundle,
     /// Readings under the window proof.
     pub readings: usize,
+    /// Wall time proving (and sealing) the window took; the verification
+    /// after it is not included.
     pub prove_time: Duration,
+    /// Where the window key came from: a real setup, or a development
+    /// (seeded) one that must never serve in production.
     pub origin: KeyOrigin,
 }
 

@@ -56,26 +56,48 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_bytes', '0');
 /// A paired device as stored.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct DeviceRow {
+    /// The gateway's id for the device, made at pairing (e.g.
+    /// `hrm-c0ffee000001-3f2a`): the `device_id` of its registration and readings.
     pub device_id: String,
+    /// Bluetooth address, `AA:BB:CC:DD:EE:FF`; one paired device per address.
     pub address: String,
+    /// Advertised name at pairing, if any.
     pub name: Option<String>,
     /// `DeviceKind::as_str()`.
     pub kind: String,
     /// Wiped when dropped, never printed (`DeviceSecret`'s own Drop and Debug).
     #[serde(skip)]
+    /// The device secret `s` made at pairing (DESIGN §5.2): its proofs
+    /// show knowledge of it; it never leaves the gateway.
     pub secret: DeviceSecret,
+    /// Manufacturer name (Device Information 0x2A29) read at pairing.
     pub manufacturer: Option<String>,
+    /// Model number (0x2A24) read at pairing.
     pub model: Option<String>,
+    /// Serial number (0x2A25) read at pairing.
     pub serial: Option<String>,
+    /// Firmware revision (0x2A26) read at pairing.
     pub firmware: Option<String>,
+    /// Hardware revision (0x2A27) read at pairing.
     pub hardware: Option<String>,
+    /// When it was paired, ms since the Unix epoch.
     pub paired_at_ms: i64,
+    /// The seq its next reading gets (from 1; strictly increasing, survives
+    /// restarts).
     pub next_seq: u64,
+    /// Glucose meters: sequence number of the last record committed to the
+    /// outbox, -1 = none yet.
     pub glucose_cursor: i32,
+    /// Last battery level seen, percent.
     pub battery: Option<u8>,
+    /// Last signal strength recorded, dBm.
     pub rssi: Option<i16>,
+    /// Whether the daemon holds a BLE link to it (as last recorded).
     pub connected: bool,
+    /// When its state was last recorded, ms since the Unix epoch.
     pub state_at_ms: Option<i64>,
+    /// The newest `recorded_at` of its readings committed to the outbox, ms
+    /// since the Unix epoch.
     pub last_reading_at_ms: Option<i64>,
     /// The device refused its bond (a battery change, a reset, another
     /// host): no session runs until the owner pairs it again.
@@ -90,8 +112,11 @@ pub struct DeviceRow {
 /// What an outbox row carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A device registration, queued at pairing (never refused for quota).
     Registration,
+    /// A reading batch: one device's readings in one or more proof groups.
     Readings,
+    /// A device state (battery, RSSI, link, firmware, `needs_repair`).
     State,
 }
 
@@ -108,15 +133,20 @@ impl EntryKind {
 /// One unsent envelope.
 #[derive(Clone, Debug)]
 pub struct OutboxEntry {
+    /// The row id: the outbox's order, and what [`Store::remove`] takes on PUBACK.
     pub id: i64,
+    /// The encoded envelope, published as it is on `hailan/v1/{gateway_id}/up`.
     pub payload: Vec<u8>,
 }
 
 /// Outbox depth and age, for `status` and metrics.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct OutboxStats {
+    /// Unsent envelopes (registrations, reading batches, device states).
     pub entries: u64,
+    /// Readings in those envelopes.
     pub readings: u64,
+    /// Bytes of envelope payload, what `outbox.quota_mb` limits.
     pub bytes: u64,
     /// Creation time of the oldest unsent row.
     pub oldest_created_at_ms: Option<i64>,
@@ -127,31 +157,49 @@ pub struct OutboxStats {
 /// Readings about to be committed to the outbox.
 #[derive(Clone, Debug)]
 pub struct NewReadings<'a> {
+    /// The device they were taken from.
     pub device_id: &'a str,
+    /// Seq of the first reading; must be the device's next seq.
     pub first_seq: u64,
+    /// Readings in the envelope, with seqs `first_seq .. first_seq + count`.
     pub count: u64,
+    /// Earliest `recorded_at` among them, ms since the Unix epoch.
     pub oldest_recorded_at_ms: i64,
+    /// Latest `recorded_at` among them, ms since the Unix epoch.
     pub newest_recorded_at_ms: i64,
     /// Glucose: the highest record sequence number among them.
     pub glucose_record: Option<u16>,
+    /// The encoded reading-batch envelope.
     pub payload: &'a [u8],
 }
 
 /// Why the outbox refused an entry.
 #[derive(Debug, thiserror::Error)]
 pub enum Refused {
+    /// The entry would take the outbox over its quota.
     #[error(
         "outbox full: {bytes} bytes queued, quota {quota} bytes (outbox.quota_mb); the newest readings are refused until the broker takes some"
     )]
-    Full { bytes: u64, quota: u64 },
+    Full {
+        /// Payload bytes in the outbox now.
+        bytes: u64,
+        /// The quota in bytes (`outbox.quota_mb`).
+        quota: u64,
+    },
+    /// The readings do not start at the device's next seq.
     #[error("seq {got} for device {device} but its next seq is {expected}")]
     SeqOutOfOrder {
+        /// The device.
         device: String,
+        /// Its next seq in the store.
         expected: u64,
+        /// The first seq of the refused readings.
         got: u64,
     },
+    /// No paired device has this id (it was forgotten).
     #[error("device {0} is not paired (forgotten?)")]
     UnknownDevice(String),
+    /// SQLite failed.
     #[error(transparent)]
     Db(#[from] anyhow::Error),
 }

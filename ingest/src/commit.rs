@@ -86,7 +86,12 @@ pub fn classify(e: &anyhow::Error) -> Failure {
 /// What a committed batch (or the parts it was split into) wrote.
 #[derive(Debug, Default)]
 pub struct Committed {
+    /// The batch's plan; for a bisected batch, the first part's with the later
+    /// parts' readings, registrations, quarantine rows and proof usage added
+    /// ([`Plan::absorb`]): what fair share is charged and registered devices'
+    /// quarantine replayed from.
     pub plan: Plan,
+    /// What the transactions wrote, summed over those parts.
     pub written: Written,
 }
 
@@ -104,11 +109,15 @@ const ERROR_TEXT_CAP: usize = 1024;
 
 /// What planning and writing a batch needs.
 pub struct Committer<'a> {
+    /// The pool batches are planned against and written to (as the `hailan_ingest` role).
     pub pool: &'a PgPool,
+    /// The proof verifier, shared with the blocking tasks that verify batches.
     pub verifier: &'a Arc<Verifier>,
     /// Recorded in `zk_verifications.verifier_name`.
     pub name: &'a str,
+    /// Where batch failures and committed batches are counted.
     pub metrics: &'a Metrics,
+    /// `db_ok` is set here: false on a connection-class failure, true after a write.
     pub status: &'a Status,
 }
 

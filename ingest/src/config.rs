@@ -17,16 +17,22 @@ pub struct IngestConfig {
     /// follows a promotion (OPERATIONS.md, "Failover").
     #[serde(default)]
     pub database_url: Option<String>,
+    /// The broker connection and subscriptions (`[mqtt]`).
     #[serde(default)]
     pub mqtt: MqttConfig,
+    /// How messages are gathered into batches (`[batch]`).
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Where the verifying keys are and how proofs are batch-verified (`[zk]`).
     #[serde(default)]
     pub zk: ZkConfig,
+    /// The `/metrics`, `/healthz`, `/readyz` listener (`[http]`).
     #[serde(default)]
     pub http: HttpConfig,
+    /// Per-gateway message and proof limits (`[fair_share]`).
     #[serde(default)]
     pub fair_share: FairShareConfig,
+    /// Quarantine retention (`[quarantine]`).
     #[serde(default)]
     pub quarantine: QuarantineConfig,
 }
@@ -84,6 +90,9 @@ pub struct FairShareConfig {
     /// proofs are verified in a batch of their own (their bisection no
     /// longer slows anybody else's batch) until the window passes without.
     pub suspect_after_bad_proofs: u64,
+    /// The window of `suspect_after_bad_proofs`, in seconds (default 60):
+    /// bad proofs are counted per window, and a suspect stays one until this
+    /// long after its last bad proof.
     pub suspect_window_s: u64,
     /// Gateways named in metric labels; the rest are counted as `_other`
     /// (bounded cardinality).
@@ -113,15 +122,23 @@ impl Default for FairShareConfig {
     }
 }
 
+/// The consumer's MQTT session (`[mqtt]`): the broker's service listener,
+/// the account, and what to subscribe to. The session is persistent and
+/// acknowledged by hand ([`crate::run`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
+    /// Broker host name or address (default `127.0.0.1`).
     pub host: String,
+    /// Broker port (default 1884, the broker's listener for ingest accounts;
+    /// gateways log in on 1883/8883).
     pub port: u16,
     /// Fixed client id: the broker keeps this session (and its queue) while
     /// the process is away. Two processes must not share one.
     pub client_id: String,
+    /// MQTT user name (default `hailan-ingest`); sent only when `password` is set.
     pub username: String,
+    /// MQTT password (default none: connect without credentials).
     pub password: Option<String>,
     /// Keep-alive in seconds.
     pub keep_alive_s: u64,
@@ -154,6 +171,8 @@ impl Default for MqttConfig {
     }
 }
 
+/// How the consumer gathers received messages into batches (`[batch]`): each
+/// batch is planned, verified and written in one transaction.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
@@ -178,6 +197,7 @@ impl Default for BatchConfig {
     }
 }
 
+/// The verifier's keys and batch verification (`[zk]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZkConfig {
@@ -201,6 +221,7 @@ impl Default for ZkConfig {
     }
 }
 
+/// The operations endpoint of [`crate::http`] (`[http]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {

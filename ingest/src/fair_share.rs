@@ -107,6 +107,7 @@ pub struct FairShare {
 const PRUNE_ABOVE: usize = 10_000;
 
 impl FairShare {
+    /// A limiter with `cfg`'s limits; every gateway starts with full buckets.
     pub fn new(cfg: FairShareConfig) -> FairShare {
         FairShare {
             cfg,
@@ -115,6 +116,7 @@ impl FairShare {
         }
     }
 
+    /// Whether limits apply (`fair_share.enabled`).
     pub fn enabled(&self) -> bool {
         self.cfg.enabled
     }

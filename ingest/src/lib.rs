@@ -15,6 +15,8 @@
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`zk_cli`]: `hailan-ingest zk setup / export`.
 
+#![deny(missing_docs)]
+
 pub mod admin;
 pub mod commit;
 pub mod config;

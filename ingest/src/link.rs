@@ -24,7 +24,13 @@ use sqlx::PgPool;
 /// What a gateway's status topic says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GatewayStatus {
+    /// `online`: the gateway is connected to the broker; `gateways.status`
+    /// becomes `ONLINE` and its `offline_since` and its devices'
+    /// `gateway_offline_since` are cleared.
     Online,
+    /// `offline` (the gateway's last will, or what it says on a clean stop):
+    /// `gateways.status` becomes `OFFLINE` and its devices'
+    /// `connection_state` `UNKNOWN` as of when it was first seen.
     Offline,
 }
 
@@ -38,6 +44,7 @@ impl GatewayStatus {
         }
     }
 
+    /// The payload text of the status (`online` / `offline`), also the metric label.
     pub fn as_str(self) -> &'static str {
         match self {
             GatewayStatus::Online => "online",

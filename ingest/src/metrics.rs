@@ -10,13 +10,18 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
+/// Label set of `quarantined`: the quarantine reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
+    /// A [`crate::quarantine::Reason`] code, e.g. `bad_proof`.
     pub reason: String,
 }
 
+/// Label set of `readings` and `gateway_status`: an outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
+    /// `stored`, `duplicate` or `unverified` for readings; `online`, `offline`,
+    /// `unknown_gateway` or `invalid` for gateway statuses.
     pub outcome: String,
 }
 
@@ -24,38 +29,75 @@ pub struct OutcomeLabel {
 /// which of its limits (`messages`, `proofs`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GatewayLimitLabel {
+    /// The gateway id, or `_other` past `fair_share.max_gateway_labels`.
     pub gateway: String,
+    /// Which limit it hit: `messages` or `proofs`.
     pub limit: String,
 }
 
+/// Label set of `gateway_bad_proofs`: a gateway (bounded:
+/// `fair_share.max_gateway_labels`, then `_other`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GatewayLabel {
+    /// The gateway id, or `_other`.
     pub gateway: String,
 }
 
+/// Label set of `pairing_checks`: which verification batch.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BatchLabel {
+    /// `shared` (the batch of every gateway that is not a suspect) or
+    /// `isolated` (suspect gateways' batches of their own).
     pub batch: String,
 }
 
 /// Every metric the consumer reports.
 pub struct Metrics {
+    /// The registry every metric is registered in, under the `hailan_ingest_` prefix.
     pub registry: Registry,
+    /// Batches committed (`hailan_ingest_batches_total`).
     pub batches: Counter,
+    /// Batch attempts that failed and were retried or split
+    /// (`hailan_ingest_batch_failures_total`).
     pub batch_failures: Counter,
+    /// MQTT messages committed, and then acknowledged (`hailan_ingest_messages_total`).
     pub messages: Counter,
+    /// Readings by outcome (`hailan_ingest_readings_total`): `stored` (new rows),
+    /// `duplicate` (already stored), and `unverified` (stored without a verified
+    /// proof; also counted in one of the other two).
     pub readings: Family<OutcomeLabel, Counter>,
+    /// Quarantine rows planned, by reason (`hailan_ingest_quarantined_total`);
+    /// a message already held counts again here though it is not stored twice.
     pub quarantined: Family<ReasonLabel, Counter>,
+    /// Proven groups whose proofs were checked (`hailan_ingest_groups_verified_total`).
     pub groups_verified: Counter,
+    /// Acks not sent because the message's broker connection was replaced; the
+    /// broker redelivers it (`hailan_ingest_stale_acks_skipped_total`).
     pub stale_acks_skipped: Counter,
+    /// Times the writer pool moved to another server of a multi-host database
+    /// URL, i.e. a failover (`hailan_ingest_db_primary_switches_total`).
     pub db_primary_switches: Counter,
+    /// Messages per batch (histogram `hailan_ingest_batch_messages`).
     pub batch_size: Histogram,
+    /// Planning time per batch in seconds — decode, resolve and batch-verify
+    /// (histogram `hailan_ingest_plan_seconds`).
     pub verify_seconds: Histogram,
+    /// Transaction time per batch in seconds (histogram `hailan_ingest_commit_seconds`).
     pub commit_seconds: Histogram,
+    /// Messages of a gateway quarantined as `rate_limited`, by the limit they hit
+    /// (`hailan_ingest_gateway_rate_limited_total`).
     pub gateway_rate_limited_total: Family<GatewayLimitLabel, Counter>,
+    /// Proven groups of a gateway whose proofs failed verification
+    /// (`hailan_ingest_gateway_bad_proofs_total`).
     pub gateway_bad_proofs_total: Family<GatewayLabel, Counter>,
+    /// Pairing checks spent by batch verification, shared batch vs suspects'
+    /// own batches (`hailan_ingest_pairing_checks_total`).
     pub pairing_checks: Family<BatchLabel, Counter>,
+    /// Messages received from the broker and waiting for a batch, sampled when a
+    /// batch starts (`hailan_ingest_delivery_backlog`).
     pub delivery_backlog: Gauge,
+    /// `rate_limited` quarantine rows replayed automatically every
+    /// `fair_share.replay_interval_ms` (`hailan_ingest_rate_limited_replayed_total`).
     pub rate_limited_replayed: Counter,
     /// Quarantine rows dropped by retention (`[quarantine]`), by cause (`age`, `quota`).
     pub quarantine_dropped: Family<CauseLabel, Counter>,
@@ -64,8 +106,10 @@ pub struct Metrics {
     pub gateway_status: Family<OutcomeLabel, Counter>,
 }
 
+/// Label set of `quarantine_dropped`: why retention dropped rows.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CauseLabel {
+    /// `age` (`quarantine.max_age_days`) or `quota` (`quarantine.max_bytes`).
     pub cause: String,
 }
 
@@ -85,6 +129,7 @@ impl Metrics {
             .inc();
     }
 
+    /// Every metric at zero, registered under the `hailan_ingest_` prefix.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("hailan_ingest");
         let m = Metrics {
@@ -193,6 +238,9 @@ impl Metrics {
         Metrics { registry, ..m }
     }
 
+    /// Count one committed batch (or part of one): its messages, readings by
+    /// outcome, quarantine rows by reason, proven groups and pairing checks, and
+    /// observe its planning and commit times.
     pub fn record_batch(
         &self,
         plan: &Plan,

@@ -26,6 +26,7 @@ use uuid::Uuid;
 /// One MQTT message as received.
 #[derive(Debug, Clone)]
 pub struct Message {
+    /// The MQTT topic it arrived on (`hailan/v1/{gateway_id}/up` when well formed).
     pub topic: String,
     /// Shared, not copied: every quarantine row of the message points at it.
     pub payload: Bytes,
@@ -37,78 +38,150 @@ pub struct Message {
     pub rate_limited: Option<String>,
 }
 
+/// An enrolled gateway, as planning needs it (from `gateways`).
 #[derive(Debug, Clone)]
 pub struct GatewayRow {
+    /// The user who owns the gateway (`gateways.owner_id`): devices it registers belong to them.
     pub owner_id: Uuid,
+    /// Whether `gateways.revoked_at` is set: a revoked gateway's messages are
+    /// quarantined as `unknown_gateway`.
     pub revoked: bool,
 }
 
+/// A registered device, as planning needs it (from `iot_devices`).
 #[derive(Debug, Clone)]
 pub struct DeviceRow {
+    /// Row id (`iot_devices.id`), what readings and proofs reference.
     pub id: Uuid,
+    /// The owner (`iot_devices.user_id`), whose rows its readings become.
     pub user_id: Uuid,
+    /// The gateway it is registered to (`iot_devices.gateway_id`); another
+    /// gateway's messages about it are quarantined as `device_gateway_mismatch`.
     pub gateway_id: String,
+    /// The device commitment D pinned at registration
+    /// (`iot_devices.zk_device_commitment`), the public input every proof of the
+    /// device is checked against.
     pub commitment: [u8; 32],
 }
 
 /// A device registration to insert or refresh.
 #[derive(Debug, Clone)]
 pub struct DeviceUpsert {
+    /// True for a first registration (a row inserted under a fresh `id`, and an
+    /// older device at the same Bluetooth address on the gateway gives the address
+    /// up); false to refresh an existing row's descriptive columns.
     pub new: bool,
+    /// The device's row id (`iot_devices.id`): fresh when `new`, else the stored one.
     pub id: Uuid,
+    /// The owner (`iot_devices.user_id`): the gateway's owner for a new device.
     pub user_id: Uuid,
+    /// The registering gateway (`iot_devices.gateway_id`).
     pub gateway_id: String,
+    /// The registration as the gateway sent it (name, type, address, Device
+    /// Information, data types, device commitment).
     pub registration: envelope::Registration,
 }
 
+/// A device state (battery, RSSI, link, firmware) to write onto a device's
+/// `iot_devices` row; an older observation never overwrites a newer one.
 #[derive(Debug, Clone)]
 pub struct StateUpdate {
+    /// The device's row id (`iot_devices.id`).
     pub device: Uuid,
+    /// The state as the gateway sent it, with when it observed it.
     pub state: envelope::DeviceState,
 }
 
+/// One reading to insert into `health_data` (idempotent on the reading key
+/// `(user_id, device_id, data_type, seq)`).
 #[derive(Debug, Clone)]
 pub struct ReadingRow {
+    /// The device owner (`health_data.user_id`).
     pub user_id: Uuid,
+    /// The device's row id (`health_data.device_id` → `iot_devices.id`).
     pub device: Uuid,
+    /// Data type name (`health_data.data_type`, the partition column), e.g.
+    /// `HEART_RATE`; an unknown name lands in the DEFAULT partition.
     pub data_type: String,
+    /// The sealed value (`kid`, nonce, ciphertext) as JSON (`health_data.value`);
+    /// never plaintext.
     pub value: serde_json::Value,
+    /// UCUM unit of the data type's first slot (`health_data.unit`); `None` for a
+    /// data type this build does not know.
     pub unit: Option<String>,
+    /// When the device took the reading (`health_data.recorded_at`).
     pub recorded_at: DateTime<Utc>,
+    /// Hex SHA-256 of the proof covering the reading (`health_data.zk_proof_hash`),
+    /// shared by a window's readings; `None` when the gateway sent no proof.
     pub proof_hash: Option<String>,
+    /// Whether its proof verified (`health_data.verified`; `verified_at` is set
+    /// with it). False when there was no proof or its data type has no policy.
     pub verified: bool,
+    /// The device's sequence number of the reading (`health_data.seq`).
     pub seq: i64,
+    /// The gateway that sent it (`health_data.gateway_id`).
     pub gateway_id: String,
+    /// The group's 32-byte reading commitment C (`health_data.reading_commitment`),
+    /// which the API re-opens with the decrypted value.
     pub commitment: Vec<u8>,
     /// CIDv1 (raw, sha2-256) of the sealed value's ciphertext bytes
     /// (`hailan_proto::cid`), stored in `ipfs_data_cid`.
     pub data_cid: String,
 }
 
+/// One proof to store in `zk_proofs` (once per proof: a window's readings
+/// share it), with its `zk_verifications` row.
 #[derive(Debug, Clone)]
 pub struct ProofRow {
+    /// The device owner (`zk_proofs.user_id`).
     pub user_id: Uuid,
+    /// Hex SHA-256 of the proof bytes (`zk_proofs.proof_hash`).
     pub proof_hash: String,
+    /// Hex id of the verifying key the proof names (`zk_proofs.key_id`).
     pub key_id: String,
+    /// `reading` or `window` (`zk_proofs.statement`).
     pub statement: &'static str,
+    /// The device's row id (`zk_proofs.device_id`).
     pub device: Uuid,
+    /// Seq of the first reading the proof covers (`zk_proofs.first_seq`).
     pub first_seq: i64,
+    /// How many readings the proof covers (`zk_proofs.reading_count`): 1 for a
+    /// reading proof, up to 16 for a window.
     pub reading_count: i32,
+    /// The compressed Groth16 proof, 128 bytes (`zk_proofs.proof`).
     pub proof: Vec<u8>,
+    /// The statement's public inputs as decimal field elements in circuit order
+    /// (`zk_proofs.public_inputs`); empty when they could not be rebuilt.
     pub public_inputs: serde_json::Value,
+    /// The verdict recorded in `zk_verifications.verified`: false when the proof
+    /// was not checked (its data type has no bounds policy); a proof that fails
+    /// is quarantined instead.
     pub verified: bool,
+    /// Why it is not verified (`zk_verifications.reason`); `None` when verified.
     pub reason: Option<String>,
 }
 
+/// One row to insert into `rejected_readings`: the message's raw payload with
+/// a reason. At most one per message (topic and payload).
 #[derive(Debug, Clone)]
 pub struct QuarantineRow {
+    /// The MQTT topic the message came on (`rejected_readings.topic`).
     pub topic: String,
+    /// The gateway its topic names, when it names one (`rejected_readings.gateway_id`).
     pub gateway_id: Option<String>,
+    /// The device the message is about, when known (`rejected_readings.device_id`):
+    /// what replay after a registration selects on.
     pub device_id: Option<String>,
+    /// Data type of the first reading concerned, when known (`rejected_readings.data_type`).
     pub data_type: Option<String>,
+    /// Seq of the first reading concerned, when known (`rejected_readings.seq`).
     pub seq: Option<i64>,
+    /// Why it is held (`rejected_readings.reason`, by its code).
     pub reason: Reason,
+    /// Human-readable detail (`rejected_readings.detail`), NULs replaced when written.
     pub detail: String,
+    /// The raw MQTT payload (`rejected_readings.payload`), cut to
+    /// [`UNKNOWN_SENDER_PAYLOAD`] bytes for a sender that is not an enrolled gateway.
     pub payload: Bytes,
 }
 
@@ -174,10 +247,15 @@ fn one_row_per_message(rows: Vec<QuarantineRow>) -> Vec<QuarantineRow> {
 /// Everything one batch writes.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// Registrations to insert or refresh in `iot_devices`, in arrival order.
     pub devices: Vec<DeviceUpsert>,
+    /// Device states to write onto `iot_devices`.
     pub states: Vec<StateUpdate>,
+    /// Readings to insert into `health_data`, verified or not.
     pub readings: Vec<ReadingRow>,
+    /// Proofs to insert into `zk_proofs`, each with a `zk_verifications` row.
     pub proofs: Vec<ProofRow>,
+    /// Rows for `rejected_readings`, one per message at most.
     pub quarantine: Vec<QuarantineRow>,
     /// Quarantine rows this batch replayed (deleted on commit).
     pub replayed: Vec<Uuid>,
@@ -191,8 +269,9 @@ pub struct Plan {
     pub proof_usage: BTreeMap<String, ProofUsage>,
     /// Gateways of messages quarantined for their proof budget, one entry per message.
     pub proof_limited: Vec<String>,
-    /// Pairing checks of the shared batch and of the suspects' own batches.
+    /// Pairing checks spent on the shared batch.
     pub pairing_checks_shared: usize,
+    /// Pairing checks spent on suspect gateways' own batches.
     pub pairing_checks_isolated: usize,
 }
 

@@ -10,19 +10,40 @@ use uuid::Uuid;
 /// A stable reason code (stored in `rejected_readings.reason`, used in metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Reason {
+    /// The topic is not `hailan/v1/{gateway}/up`.
     BadTopic,
+    /// The payload is larger than the envelope limit (`MAX_ENVELOPE_BYTES`).
     Oversize,
+    /// The payload is not a valid envelope (CBOR or structural validation
+    /// failed), or a reading's seq or time is out of range for its column.
     Undecodable,
+    /// An envelope of a version this build does not read.
     UnsupportedVersion,
+    /// The envelope names another gateway than the topic it was published on.
     GatewayMismatch,
+    /// The sending gateway is not enrolled, or is revoked.
     UnknownGateway,
+    /// Readings or a device state of a device not registered yet; replayed
+    /// automatically when its registration arrives.
     UnknownDevice,
+    /// The device is registered to another gateway than the sender.
     DeviceGatewayMismatch,
+    /// A re-registration with another device commitment than the one pinned.
     DeviceKeyMismatch,
+    /// The proof names a verifying key ingest does not have.
     UnknownKey,
+    /// The proof's key is for the other statement: a reading key on a window
+    /// group, or the reverse.
     KeyKindMismatch,
+    /// The group cannot be a statement (wrong reading count, seqs or times, a
+    /// data type a window cannot prove), or the proof is not 128 bytes.
     BadGroupShape,
+    /// The proof bytes are not a valid compressed Groth16 proof on BN254, or a
+    /// commitment is not a canonical scalar.
     MalformedProof,
+    /// The proof does not verify for this device, header, commitment and
+    /// ingest's bounds policy (also a proof made for other bounds or another
+    /// reading's context).
     BadProof,
     /// Processing failed for a reason that is not the input's fault (a bug);
     /// kept so the rest flows on, and replayable once fixed.
@@ -37,6 +58,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (for listings and for [`Reason::from_code`]).
     pub const ALL: [Reason; 17] = [
         Reason::BadTopic,
         Reason::Oversize,
@@ -57,6 +79,8 @@ impl Reason {
         Reason::RateLimited,
     ];
 
+    /// The stable code stored in `rejected_readings.reason` and used as the
+    /// `reason` metric label, e.g. `bad_proof`.
     pub fn code(self) -> &'static str {
         match self {
             Reason::BadTopic => "bad_topic",
@@ -79,6 +103,7 @@ impl Reason {
         }
     }
 
+    /// The reason whose [`Reason::code`] is `code`; `None` for an unknown code.
     pub fn from_code(code: &str) -> Option<Reason> {
         Reason::ALL.into_iter().find(|r| r.code() == code)
     }
@@ -103,13 +128,22 @@ impl Reason {
 /// One quarantine row, as listed.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Rejected {
+    /// Row id (`rejected_readings.id`); a replay deletes the row by it, in the
+    /// transaction that stores the message's new outcome.
     pub id: Uuid,
+    /// When the row was written (`rejected_readings.received_at`).
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// The MQTT topic the message came on.
     pub topic: String,
+    /// The gateway the topic names, if any.
     pub gateway_id: Option<String>,
+    /// The device the message is about, when it was known.
     pub device_id: Option<String>,
+    /// The reason's code (see [`Reason::code`]).
     pub reason: String,
+    /// Human-readable detail of the reason.
     pub detail: String,
+    /// The raw MQTT payload (cut for senders that are not enrolled gateways).
     pub payload: Vec<u8>,
 }
 
@@ -129,7 +163,9 @@ impl Rejected {
 /// Rows dropped by one [`prune`], by cause.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
+    /// Rows dropped for being older than `quarantine.max_age_days`.
     pub by_age: u64,
+    /// Oldest rows dropped to fit `quarantine.max_bytes`.
     pub by_quota: u64,
 }
 

@@ -137,7 +137,12 @@ async fn follow_gateway_status(
 /// Shared state for health checks.
 #[derive(Default)]
 pub struct Status {
+    /// Whether the broker connection is up (set on CONNACK, cleared on a
+    /// connection error); `/readyz` needs it.
     pub mqtt_connected: AtomicBool,
+    /// Whether the database answered the last write (cleared by a
+    /// connection-class failure, set again by the next successful write);
+    /// `/readyz` needs it.
     pub db_ok: AtomicBool,
 }
 

@@ -22,8 +22,12 @@ use uuid::Uuid;
 /// What a committed batch did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
+    /// Readings inserted into `health_data` (rows).
     pub readings_new: u64,
+    /// Readings of the plan that were already stored (redelivery), so not inserted again.
     pub readings_duplicate: u64,
+    /// Rows inserted into `rejected_readings`; a message already held (same
+    /// topic and payload) is not counted again.
     pub quarantined: u64,
 }
 

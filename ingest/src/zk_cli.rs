@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 /// The two statement shapes, in file-name order.
 pub const KINDS: [ProofKind; 2] = [ProofKind::Reading, ProofKind::Window];
 
+/// The `hailan-ingest zk …` subcommands: trusted setup, snarkjs export of a
+/// proof bundle, and native verification of one.
 #[derive(Debug, clap::Subcommand)]
 pub enum ZkCommand {
     /// Generate the proving and verifying keys of both statements.
@@ -41,6 +43,7 @@ pub enum ZkCommand {
     /// Write a stored proof as snarkjs groth16 JSON (vk.json, proof.json,
     /// public.json) for `snarkjs groth16 verify vk.json public.json proof.json`.
     Export {
+        /// The proof bundle to export and where its verifying key is.
         #[command(flatten)]
         bundle: BundleArgs,
         /// Directory to write vk.json, proof.json and public.json into.
@@ -50,6 +53,7 @@ pub enum ZkCommand {
     /// Verify a proof bundle natively (e.g. one made by `hailan-gateway
     /// selftest` on another machine). Exits 1 when it does not verify.
     Verify {
+        /// The proof bundle to verify and where its verifying key is.
         #[command(flatten)]
         bundle: BundleArgs,
     },
@@ -90,6 +94,9 @@ fn vk_path(dir: &Path, kind: ProofKind) -> PathBuf {
     dir.join(format!("{}.vk", kind_name(kind)))
 }
 
+/// `zk setup`: write `reading.{pk,vk}`, `window.{pk,vk}` and `keys.json` into
+/// `out` — from OS randomness, or reproducible development keys from
+/// `dev_seed`. Refuses to replace existing key files unless `force`.
 pub fn setup(out: &Path, dev_seed: Option<u64>, force: bool) -> anyhow::Result<()> {
     fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let manifest_path = out.join("keys.json");

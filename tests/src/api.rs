@@ -2,7 +2,8 @@
 //! (connected as a login that is only a member of `hailan_api`), key rings,
 //! users with tokens, and HTTP with a bearer token.
 
-use crate::{HasUrl, free_port, log_note};
+use crate::settings::log_note;
+use crate::{HasUrl, free_port};
 use anyhow::{Context, Result};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Executor};
@@ -57,8 +58,11 @@ pub fn write_key_ring(dir: &Path) -> Result<PathBuf> {
 
 /// A user with an API token.
 pub struct User {
+    /// `users.id`: the id the RLS policies and care grants name.
     pub id: uuid::Uuid,
+    /// The user's DID (`did:hailan:test:<random>`), unique per test user.
     pub did: String,
+    /// A bearer token (`hl_<64 hex>`) the API accepts for one day.
     pub token: String,
 }
 
@@ -79,8 +83,12 @@ enum Ready {
 
 /// A running `hailan-api`; killed on drop.
 pub struct ApiProcess {
+    /// The `hailan-api` child process.
     pub child: std::process::Child,
+    /// The port it listens on, on 127.0.0.1.
     pub port: u16,
+    /// Its stdout and stderr (`api-<port>.log` in the log directory); the
+    /// last lines are printed on drop.
     pub log: PathBuf,
 }
 
@@ -168,6 +176,7 @@ impl ApiProcess {
         }
     }
 
+    /// Everything the API has logged so far (empty if the log is unreadable).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -219,8 +228,11 @@ pub async fn http_get_auth(port: u16, path: &str, token: Option<&str>) -> Result
 /// An HTTP answer: status, headers (names in lower case), body.
 #[derive(Debug)]
 pub struct Answer {
+    /// The HTTP status code.
     pub code: u16,
+    /// Header (name in lower case, value trimmed) pairs, in the order received.
     pub headers: Vec<(String, String)>,
+    /// The body, as text.
     pub body: String,
 }
 
@@ -294,8 +306,13 @@ pub async fn http_request(
 /// A hot standby of a [`crate::PrivatePostgres`] (`pg_basebackup -R`, its own
 /// port), streaming from it. Stopped on drop.
 pub struct Standby {
+    /// The temporary directory holding the standby's data directory
+    /// (`data`) and its sockets; deleted on drop.
     pub dir: tempfile::TempDir,
+    /// Its TCP port on 127.0.0.1.
     pub port: u16,
+    /// `postgres://hailan:hailan@127.0.0.1:<port>/hailan`: the primary's
+    /// database, read-only until [`Standby::promote`].
     pub url: String,
 }
 
@@ -327,7 +344,7 @@ impl Standby {
             .arg(dir.path())
             .status()?;
         let data = dir.path().join("data");
-        let mut backup = crate::as_postgres("pg_basebackup");
+        let mut backup = crate::postgres::as_postgres("pg_basebackup");
         backup
             .args([
                 "-h",
@@ -340,7 +357,7 @@ impl Standby {
             .arg("-D")
             .arg(&data)
             .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
-        crate::checked(backup, "pg_basebackup")?;
+        crate::process::checked(backup, "pg_basebackup")?;
         if let Some(name) = name {
             // After the primary_conninfo `-R` wrote there: the last one wins.
             crate::append_to(
@@ -360,7 +377,7 @@ impl Standby {
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<()> {
-        crate::pg_ctl(self.dir.path(), self.port, args)
+        crate::postgres::pg_ctl(self.dir.path(), self.port, args)
     }
 
     /// Promote it to a read-write primary (`pg_ctl promote`, waiting until done).

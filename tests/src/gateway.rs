@@ -37,11 +37,14 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
 
 /// The owner data key every gateway test uses (and the API test key ring).
 pub const TEST_DATA_KEY: [u8; 32] = [0x42; 32];
+/// The key id of [`TEST_DATA_KEY`]: the rigs' `keys.data_key_id`, and the
+/// key's name in the API test key ring.
 pub const TEST_DATA_KEY_ID: &str = "owner-key-test";
 
 /// Where a gateway under test connects, and where ingest does.
 #[derive(Clone, Debug)]
 pub struct Broker {
+    /// Host name or address of both listeners (`127.0.0.1` for a private broker).
     pub host: String,
     /// The gateway listener: gateway and Home Assistant accounts, the
     /// client id forced to the user name.
@@ -86,11 +89,21 @@ fn merged_toml(base: &str, extra: &str) -> Result<String> {
 
 /// A gateway's state directory, config and keys, on one simulator bus.
 pub struct GatewayRig {
+    /// The rig's temporary directory: `gateway.toml`, `owner.key`,
+    /// `mqtt.password`, the state directory `state/` and the daemon's
+    /// `gateway.log`; deleted on drop.
     pub dir: tempfile::TempDir,
+    /// `gateway.toml` in `dir`, given as `--config` to every command.
     pub config: PathBuf,
+    /// The gateway's id, also its broker account (made by the set-up).
     pub gateway_id: String,
+    /// The D-Bus address of the simulator's private bus: commands run with
+    /// it as `DBUS_SYSTEM_BUS_ADDRESS`, so the BlueZ they talk to is the simulator.
     pub bus: String,
+    /// The `hailan-gateway` binary of this build ([`workspace_binary`]).
     pub bin: PathBuf,
+    /// The owner data key the rig's gateway seals with ([`TEST_DATA_KEY`]),
+    /// to open its readings.
     pub data_key: DataKey,
 }
 
@@ -226,11 +239,15 @@ allow_dev_keys = true
 /// A running `hailan-gateway run`. Killed on drop; its log tail is printed
 /// (shown when the test fails).
 pub struct GatewayProcess {
+    /// The `hailan-gateway run` child process.
     pub child: Child,
+    /// Its stdout and stderr, `gateway.log` in the rig's directory (appended
+    /// to across starts); the last 60 lines are printed on drop.
     pub log: PathBuf,
 }
 
 impl GatewayProcess {
+    /// Everything the daemon has logged so far (empty if the log is unreadable).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -253,6 +270,8 @@ impl GatewayProcess {
         Ok(())
     }
 
+    /// kill -9 the daemon and reap it: a crash, not a shutdown (no window is
+    /// flushed, no `offline` sent; the broker publishes the last will).
     pub fn kill9(&mut self) -> Result<()> {
         self.child.kill()?;
         self.child.wait()?;
@@ -292,8 +311,12 @@ pub fn now_ms() -> i64 {
 /// One message the collector received.
 #[derive(Clone, Debug)]
 pub struct Received {
+    /// The topic it came on (`hailan/v1/{gateway_id}/up`, `…/status` …).
     pub topic: String,
+    /// The payload as received (an encoded envelope on `up`).
     pub payload: Vec<u8>,
+    /// The retain flag as delivered: set for a retained message the broker
+    /// sent on subscribing.
     pub retain: bool,
     /// Wall clock at receipt, ms since the Unix epoch.
     pub at_ms: i64,
@@ -313,6 +336,8 @@ impl Received {
 /// A QoS 1 subscriber to one gateway's `up` and `status` topics, with a
 /// persistent session, so nothing published while it reconnects is lost.
 pub struct Collector {
+    /// Every message received so far, in arrival order (appended to by the
+    /// collector's task).
     pub received: Arc<Mutex<Vec<Received>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -405,6 +430,7 @@ impl Collector {
         Ok(Collector { received, task })
     }
 
+    /// A copy of every message received so far, in arrival order.
     pub fn snapshot(&self) -> Vec<Received> {
         self.received.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -444,7 +470,7 @@ impl Drop for Collector {
     }
 }
 
-/// Readings of one device in an envelope list: (seq, group index, reading).
+/// Readings of one device in an envelope list, in order: (its group, the reading).
 pub fn readings_of<'a>(
     envelopes: &'a [Envelope],
     device_id: &str,
@@ -570,6 +596,10 @@ fn broker_dir() -> Result<tempfile::TempDir> {
 }
 
 impl PrivateMosquitto {
+    /// Start a broker from the development configuration
+    /// (`deploy/mosquitto/dev.conf.in`) on two free ports, with the set-up's
+    /// accounts and the shipped ACLs; returns once both listeners accept
+    /// connections.
     pub fn start() -> Result<PrivateMosquitto> {
         Self::start_with(|_| Ok(String::new()))
     }
@@ -718,6 +748,7 @@ impl PrivateMosquitto {
         Ok(m)
     }
 
+    /// Where a gateway and ingest reach it: 127.0.0.1 and its two listeners.
     pub fn broker(&self) -> Broker {
         Broker {
             host: "127.0.0.1".into(),
@@ -773,6 +804,7 @@ impl PrivateMosquitto {
         Ok(())
     }
 
+    /// The broker's log file, `mosquitto.log` in its directory.
     pub fn log_path(&self) -> PathBuf {
         self.dir.path().join("mosquitto.log")
     }
@@ -803,14 +835,23 @@ fn is_root() -> bool {
 /// One line of the simulator's ground-truth file.
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Truth {
+    /// The simulator's name of the device (`hr0`, `bp0` …).
     pub device: String,
+    /// The device's Bluetooth address (`F0:4A:1A:01:00:00`).
     pub address: String,
+    /// What happened to the value: `notify`, `indicate`, or `stored` (a
+    /// glucose record kept on the meter, sent later through RACP).
     pub event: String,
+    /// The characteristic, 16-bit UUID in lower-case hex (`2a37`).
     pub characteristic: String,
+    /// The value's fixed-point slots (DESIGN §3): what the gateway's reading
+    /// should open to.
     pub slots: Vec<u64>,
+    /// The bytes were deliberately malformed (fault injection).
     pub malformed: bool,
 }
 
+/// The records of the simulator's ground-truth file (JSON lines; blank lines skipped).
 pub fn read_truth(path: &std::path::Path) -> Result<Vec<Truth>> {
     let text = std::fs::read_to_string(path)?;
     text.lines()
@@ -853,6 +894,8 @@ impl Truth {
                 .is_some_and(|t| t.slot_count() == self.slots.len())
     }
 
+    /// Whether `slots` (opened from a reading) are this value's slots, each
+    /// within the [`tolerance`] of the characteristic's converted units.
     pub fn matches(&self, slots: &[u32]) -> bool {
         let tol = tolerance(&self.characteristic);
         slots.len() == self.slots.len()
@@ -863,6 +906,8 @@ impl Truth {
     }
 }
 
+/// A verifier of the development keys in `zk` (`reading.vk`, `window.vk`),
+/// with the bounds policy of the data-type spec and development keys allowed.
 pub fn verifier(zk: &DevZk) -> Result<Verifier> {
     let keys = ["reading.vk", "window.vk"]
         .iter()
@@ -1005,6 +1050,8 @@ pub fn check_against_truth(
     Ok(checked)
 }
 
+/// Lines in the file at `path`, 0 if it cannot be read (e.g. ground-truth
+/// records written so far).
 pub fn line_count(path: &std::path::Path) -> usize {
     std::fs::read_to_string(path)
         .map(|t| t.lines().count())

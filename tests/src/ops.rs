@@ -62,7 +62,7 @@ pub fn restore_steps(backup: &Path, data: &Path) -> Result<()> {
         let (program, rest) = args.split_first().context("empty step")?;
         let mut c = std::process::Command::new(program);
         c.args(rest);
-        crate::checked(c, &step)?;
+        crate::process::checked(c, &step)?;
     }
     Ok(())
 }
@@ -147,7 +147,7 @@ pub fn base_backup_args(port: u16, backup: &Path) -> Result<Vec<String>> {
 pub fn base_backup(port: u16, backup: &Path) -> Result<()> {
     let args = base_backup_args(port, backup)?;
     let (program, rest) = args.split_first().context("empty backup command")?;
-    let mut c = crate::as_postgres(program);
+    let mut c = crate::postgres::as_postgres(program);
     c.args(rest);
-    crate::checked(c, "pg_basebackup")
+    crate::process::checked(c, "pg_basebackup")
 }

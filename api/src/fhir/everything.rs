@@ -45,11 +45,15 @@ pub struct Include {
 /// The resources the checked readings reference, read in the session.
 #[derive(Debug, Default)]
 pub struct Referenced {
+    /// The sensors (`iot_devices` rows) the readings name, when Devices are included.
     pub sensors: Vec<SensorRow>,
+    /// The proofs (`zk_proofs` rows) covering the readings, when Provenance is included.
     pub proofs: Vec<ProofRow>,
 }
 
 impl Referenced {
+    /// Read, in the caller's session (RLS decides), the sensors and proofs that
+    /// `checked` references, as far as `include` asks for them.
     pub async fn read(
         conn: &mut PgConnection,
         patient: Uuid,
@@ -88,8 +92,12 @@ pub fn reading_identifier(r: &StoredReading) -> String {
 /// One resource and what it is in the Bundle.
 #[derive(Debug)]
 pub struct Resource {
+    /// The FHIR resource type: `Observation`, `Device` or `Provenance`.
     pub kind: &'static str,
+    /// Its id: the reading's, the sensor's row id, the gateway's derived id
+    /// ([`trace::gateway_device_id`]), or the proof's row id.
     pub id: Uuid,
+    /// The resource's JSON.
     pub body: Value,
     /// `match` for an Observation, `include` for what it references.
     pub matched: bool,

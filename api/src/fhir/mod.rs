@@ -118,10 +118,15 @@ fn date_bound(v: &str) -> Result<Bounds, ApiError> {
 /// A FHIR Observation search, parsed from its query string.
 #[derive(Debug)]
 pub struct SearchParams {
+    /// The patient searched (`patient` or `subject`, a bare id or `Patient/{id}`); required.
     pub patient: Uuid,
     /// Data type names.
     pub types: Vec<String>,
+    /// Earliest `recorded_at`, from the `date` parameters (`ge`, `gt`, `eq`);
+    /// `None`: no lower bound.
     pub from: Option<DateTime<Utc>>,
+    /// Latest `recorded_at`, from the `date` parameters (`le`, `lt`, `eq`);
+    /// `None`: no upper bound.
     pub to: Option<DateTime<Utc>>,
     /// `_count`, 1 to `max_page` (500 unless asked).
     pub count: i64,
@@ -347,6 +352,10 @@ pub fn observation(
     o
 }
 
+/// `GET /fhir/Observation?patient=…&code=…&date=…&_count=…`: a `searchset`
+/// Bundle of the patient's Observations in time order, with the included
+/// Devices and Provenance when asked; audited as `fhir_search_observation`.
+/// `total` is given only when the page is not full.
 pub async fn observations(
     State(state): State<ApiState>,
     headers: HeaderMap,

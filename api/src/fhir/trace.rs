@@ -42,28 +42,47 @@ const GATEWAY_NAMESPACE: Uuid = Uuid::from_u128(0x6861_696c_616e_2d67_6174_6577_
 /// A sensor as `iot_devices` holds it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SensorRow {
+    /// Row id (`iot_devices.id`), the Device's id.
     pub id: Uuid,
+    /// The owner (`iot_devices.user_id`), the Device's patient.
     pub user_id: Uuid,
+    /// The device's own id (`iot_devices.device_id`), an identifier in [`DEVICE_ID_SYSTEM`].
     pub device_id: String,
+    /// Its name (`iot_devices.device_name`), a user-friendly `deviceName`.
     pub device_name: Option<String>,
+    /// Data type name of its primary measurement (`iot_devices.device_type`):
+    /// the Device's type and 11073 specialisation.
     pub device_type: String,
+    /// `iot_devices.manufacturer` (Device Information).
     pub manufacturer: Option<String>,
+    /// `iot_devices.model`, the Device's `modelNumber`.
     pub model: Option<String>,
+    /// `iot_devices.serial_number`, the Device's `serialNumber`.
     pub serial_number: Option<String>,
+    /// `iot_devices.firmware_version`, a `version` of type firmware revision.
     pub firmware_version: Option<String>,
+    /// `iot_devices.hardware_version`, a `version` of type hardware revision.
     pub hardware_version: Option<String>,
+    /// `iot_devices.bluetooth_address`, a BTMAC identifier.
     pub bluetooth_address: Option<String>,
+    /// The gateway it is paired with (`iot_devices.gateway_id`).
     pub gateway_id: String,
+    /// `iot_devices.is_active`: the Device's status is `inactive` only when false.
     pub is_active: Option<bool>,
 }
 
 /// A proof as `zk_proofs` holds it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ProofRow {
+    /// Row id (`zk_proofs.id`), the Provenance's id.
     pub id: Uuid,
+    /// Hex SHA-256 of the proof bytes (`zk_proofs.proof_hash`).
     pub proof_hash: String,
+    /// Hex id of the verifying key (`zk_proofs.key_id`).
     pub key_id: String,
+    /// `reading` or `window` (`zk_proofs.statement`).
     pub statement: String,
+    /// When ingest stored it (`zk_proofs.created_at`), the Provenance's `recorded`.
     pub created_at: Option<DateTime<Utc>>,
 }
 
@@ -73,7 +92,9 @@ pub struct ProofRow {
 /// them; the patient is found by identifier).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refs {
+    /// `Type/id`: resources as this server serves them (searches, reads).
     Server,
+    /// `urn:uuid:{id}` of the entry in a transaction Bundle; the patient by identifier.
     Transaction,
 }
 

@@ -158,8 +158,13 @@ pub enum BleEvent {
     /// session handles them) and battery 0x2A19 (a [`BleEvent::State`]).
     /// Undecodable bytes are forwarded too: the pipeline decides.
     Measurement {
+        /// The gateway's id of the device ([`KnownDevice::device_id`]).
         device_id: String,
+        /// The 16-bit UUID of the characteristic the value came on (e.g.
+        /// 0x2A37 heart rate measurement).
         characteristic: u16,
+        /// The characteristic value exactly as the device sent it, not yet
+        /// decoded.
         bytes: Vec<u8>,
         /// Wall clock, ms since the Unix epoch, at receipt.
         received_at_ms: i64,
@@ -169,15 +174,27 @@ pub enum BleEvent {
     /// [`RSSI_DEAD_BAND`] dB since the last State (advertising RSSI jitters
     /// every second).
     State {
+        /// The gateway's id of the device ([`KnownDevice::device_id`]).
         device_id: String,
+        /// Whether the gateway holds a link to the device now.
         connected: bool,
+        /// Battery level (0x2A19), percent; `None` until one was read.
         battery: Option<u8>,
+        /// Signal strength, dBm; `None` until one was seen.
         rssi: Option<i16>,
+        /// Firmware revision (0x2A26) read on connection; `None` if the
+        /// device does not report it.
         firmware: Option<String>,
     },
     /// The device refused its bond: nothing more is taken from it until the
     /// owner pairs it again (`needs_repair`).
-    NeedsRepair { device_id: String, reason: String },
+    NeedsRepair {
+        /// The gateway's id of the device ([`KnownDevice::device_id`]).
+        device_id: String,
+        /// Why the bond was refused, as the BLE layer saw it; the pipeline
+        /// logs it when it marks the device.
+        reason: String,
+    },
 }
 
 /// RSSI changes smaller than this (dB) do not cause a [`BleEvent::State`] by themselves.

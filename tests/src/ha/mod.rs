@@ -49,8 +49,13 @@ pub const DOC_VALUES: &[(&str, &str)] = &[
 /// Patroni's timing (seconds): leader lease, loop period, retry limit.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
+    /// The leader lease in etcd: a leader that cannot renew its key for
+    /// this long loses it and demotes itself.
     pub ttl: u32,
+    /// The period of Patroni's main loop.
     pub loop_wait: u32,
+    /// How long an etcd or PostgreSQL call is retried before it counts as
+    /// failed (`loop_wait + 2 × retry_timeout ≤ ttl`).
     pub retry_timeout: u32,
 }
 
@@ -68,8 +73,12 @@ const APP_ROLE: &str = "hailan";
 
 /// One etcd member (a child process), restartable.
 pub struct EtcdMember {
+    /// The member name, `etcd1` … `etcd3`.
     pub name: String,
+    /// Port of its client URL on 127.0.0.1 (patronictl's, and through the
+    /// relays the Patroni nodes').
     pub client_port: u16,
+    /// Port of its peer URL on 127.0.0.1 (traffic between members).
     pub peer_port: u16,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -128,10 +137,17 @@ pub const INSTALL_HINT: &str = "`cargo xtask services` installs them (as root: a
 
 /// One Patroni node: its process, its PostgreSQL, and its relays to etcd.
 pub struct PatroniNode {
+    /// The Patroni member name, `pg1`, `pg2` …
     pub name: String,
+    /// The port its PostgreSQL listens on, on 127.0.0.1.
     pub pg_port: u16,
+    /// The port of its Patroni REST API, on 127.0.0.1.
     pub rest_port: u16,
+    /// The node's directory: its PostgreSQL cluster (`data`), `patroni.yml`,
+    /// `patroni.log`, `pgpass` and PostgreSQL's socket.
     pub dir: PathBuf,
+    /// Its Patroni configuration, `patroni.yml` in `dir`, rendered from the
+    /// shipped template.
     pub config: PathBuf,
     /// One per etcd member, in member order.
     pub relays: Vec<Relay>,
@@ -140,6 +156,7 @@ pub struct PatroniNode {
 }
 
 impl PatroniNode {
+    /// The PostgreSQL data directory Patroni manages (`dir/data`).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -268,11 +285,14 @@ fn as_postgres_user(c: &mut Command) -> Result<()> {
 /// A member of the cluster as `patronictl list` reports it.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// The Patroni member name (`pg1` …).
     pub name: String,
     /// `leader`, `sync_standby`, `replica`, …
     pub role: String,
     /// `running`, `streaming`, `starting`, `stopped`, …
     pub state: String,
+    /// The PostgreSQL timeline it is on (a promotion starts a new one);
+    /// `None` when patronictl shows none.
     pub timeline: Option<i64>,
 }
 
@@ -284,8 +304,11 @@ impl Member {
 
 /// Three etcd members and `n` Patroni nodes on loopback.
 pub struct HaCluster {
+    /// The three etcd members, `etcd1` … `etcd3`.
     pub etcd: Vec<EtcdMember>,
+    /// The Patroni nodes, `pg1` … in order.
     pub nodes: Vec<PatroniNode>,
+    /// The Patroni timing the nodes were configured with.
     pub timing: Timing,
     root: PathBuf,
     _dir: Option<tempfile::TempDir>,
@@ -747,7 +770,10 @@ pub struct WritableWatch {
 /// What a [`WritableWatch`] saw.
 #[derive(Debug, Clone, Default)]
 pub struct WatchReport {
+    /// Polling rounds done (one about every 20 ms, plus the queries' time).
     pub rounds: u64,
+    /// The most nodes writable (not in recovery) in one round: 1 is normal,
+    /// 2 or more a split brain.
     pub max_writable: usize,
     /// Rounds with no writable node.
     pub rounds_without_writer: u64,

@@ -11,6 +11,8 @@ use tokio::sync::watch;
 
 /// One relay: `127.0.0.1:port` → `target`.
 pub struct Relay {
+    /// The relay's port on 127.0.0.1: the address its Patroni node is given
+    /// for the etcd member.
     pub port: u16,
     cut: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,

@@ -579,9 +579,9 @@ mod tests {
     #[test]
     fn packaged_units_run_the_packaged_binary_and_name_the_package_docs() {
         let unit = fs::read_to_string(repo_root().join("deploy/hailan-api.service")).unwrap();
-        assert!(unit.contains("ExecStart=/usr/local/bin/hailan-ingest "));
+        assert!(unit.contains("ExecStart=/usr/local/bin/hailan-api "));
         let packaged = packaged_unit(&unit, "hailan-server");
-        assert!(packaged.contains("ExecStart=/usr/bin/hailan-ingest "));
+        assert!(packaged.contains("ExecStart=/usr/bin/hailan-api "));
         assert!(!packaged.contains("/usr/local/"));
         assert!(packaged.contains("file:///usr/share/doc/hailan-server/README.md"));
     }

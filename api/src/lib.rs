@@ -15,8 +15,8 @@
 //! - `GET /api/v1/patients/{id}/observations?type=&from=&to=&limit=&cursor=&order=asc|desc`
 //! - `GET /api/v1/patients/{id}/series?type=&from=&to=&bucket=minute|hour|day`
 //! - `GET /api/v1/patients/{id}/devices` — battery, last sync, sync status, gaps, and the
-//!   link: `connection_state` (`CONNECTED` only for a fresh state from an online
-//!   gateway, else the last reported state or `UNKNOWN`), `reported_connection_state`,
+//!   link: `connection_state` (the reported state only when fresh and from an
+//!   online gateway, else `UNKNOWN`), `reported_connection_state`,
 //!   `state_observed_at`, `state_stale` (older than `api.stale_after_s`),
 //!   `gateway_offline_since`, `needs_repair`; `bluetooth_address` and `registered_at`
 //!   (the page folds re-registrations of one physical device)

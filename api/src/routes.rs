@@ -507,9 +507,9 @@ async fn series(
 /// What the page and the API may say about a device's link, `now`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct LinkView {
-    /// `CONNECTED` only for a fresh state from an online gateway; a stale
-    /// state, or any state while the gateway is offline, is `UNKNOWN`
-    /// unless it is `DISCONNECTED`.
+    /// The reported `CONNECTED` or `DISCONNECTED` only when the state is
+    /// fresh and its gateway online; a stale state, or any state while the
+    /// gateway is offline, is `UNKNOWN`.
     pub connection_state: &'static str,
     /// The state was observed more than `stale_after` before `now` (or never).
     pub stale: bool,

@@ -1,6 +1,6 @@
 //! The clinician API end to end: readings are proven by test devices, go
 //! through Mosquitto and the real `hailan-ingest run` into PostgreSQL, and
-//! are read back through `hailan-ingest api` (connected as a login that is
+//! are read back through `hailan-api` (connected as a login that is
 //! only a member of `hailan_api`). Tamper tests change stored rows afterwards.
 
 use anyhow::{Context, Result};
@@ -1932,7 +1932,7 @@ async fn proofs_are_looked_up_by_hash_through_their_key_in_the_generic_plan() ->
 
 // ------------------------------------------------------------------ limits (issue 16)
 
-/// A database, a clinician, and `hailan-ingest api` with `env` — no broker
+/// A database, a clinician, and `hailan-api` with `env` — no broker
 /// and no ingest: for what does not need readings.
 struct BareApi {
     db: TestDb,

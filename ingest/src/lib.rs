@@ -10,6 +10,7 @@
 //! - [`commit`]: committing a batch whatever it holds — retry connection loss, isolate what cannot be stored.
 //! - [`run`]: the consumer loop — ack after commit.
 //! - [`fair_share`]: per-gateway limits on messages and verification work.
+//! - [`link`]: gateways' online/offline status → their devices' link state.
 //! - [`quarantine`]: reasons, listing and replay.
 //! - [`admin`]: users, gateways, grants and tokens.
 //! - [`metrics`], [`http`]: `/metrics`, `/healthz`, `/readyz`.

@@ -2,7 +2,7 @@
 //! gateways' retained status topics on the development Mosquitto and marks a
 //! gateway's devices `UNKNOWN` when it goes `offline` — said on a clean stop
 //! or published by the broker as its last will — and the clinician API
-//! (`hailan-ingest api`) shows it. Order is by observed time: a device state
+//! (`hailan-api`) shows it. Order is by observed time: a device state
 //! observed before the gateway went offline never overwrites the UNKNOWN.
 //! The broker's ACL decides whose status a message is.
 

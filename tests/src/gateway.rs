@@ -2,7 +2,7 @@
 //! `hailan-sim` (fake BlueZ on a private D-Bus) and a real Mosquitto — the
 //! set-up's shared broker or a private one that a test may stop and start.
 
-use crate::{DevZk, mqtt_host_port, mqtt_ingest_host_port, mqtt_password, repo_root};
+use crate::{DevZk, is_root, mqtt_host_port, mqtt_ingest_host_port, mqtt_password, repo_root};
 use anyhow::{Context, Result, bail, ensure};
 use hailan_firmware_sim::harness::SimHarness;
 use hailan_proto::envelope::{Body, Envelope};
@@ -817,17 +817,6 @@ impl Drop for PrivateMosquitto {
             let _ = c.wait();
         }
     }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
 }
 
 // ------------------------------------------------------------ ground truth

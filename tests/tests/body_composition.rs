@@ -2,7 +2,7 @@
 //! BlueZ, every field of 0x2A9C, each measurement in the two packets of a
 //! multiple-packet value) → hailan-gateway (production BLE code, joins the
 //! packets, proves, seals) → Mosquitto → hailan-ingest → PostgreSQL
-//! (BODY_COMPOSITION partition) → `hailan-ingest api` FHIR. Every field the
+//! (BODY_COMPOSITION partition) → `hailan-api` FHIR. Every field the
 //! simulator sent is compared with what FHIR shows (and the user id, which
 //! FHIR does not show, with the sealed value).
 

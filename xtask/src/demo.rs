@@ -442,7 +442,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
         ("hailan-sim".into(), vec![sim.child.id()]),
         ("hailan-gateway".into(), vec![gw_proc.child.id()]),
         ("hailan-ingest run".into(), vec![ingest_proc.child.id()]),
-        ("hailan-ingest api".into(), vec![api_proc.child.id()]),
+        ("hailan-api".into(), vec![api_proc.child.id()]),
         ("mosquitto".into(), mosquitto_pid.into_iter().collect()),
         ("postgres (all)".into(), pids_named("postgres")),
         ("dbus-daemon (all)".into(), pids_named("dbus-daemon")),

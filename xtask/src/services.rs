@@ -158,7 +158,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("/usr/include/dbus-1.0/dbus/dbus.h", "libdbus-1-dev"),
     ("/usr/bin/pkg-config", "pkg-config"),
     ("/usr/bin/npm", "npm"),
-    // headless browser for the clinician web page test (ingest/tests/api.rs)
+    // headless browser for the clinician web page test (api/tests/api.rs)
     ("/usr/bin/chromium", "chromium"),
     // an independent CID implementation for the content-addressing test
     // (ingest/tests/content_cid.rs; it prints dag-pb UnixFS CIDs only)
@@ -673,7 +673,7 @@ fn write_config(dir: &Path) -> Result<bool> {
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("cbor2", "cbor2==5.6.5"),
     ("cryptography", "cryptography==44.0.2"),
-    // FHIR R4(B) models: validates the API's FHIR output (ingest/tests/api.rs)
+    // FHIR R4(B) models: validates the API's FHIR output (api/tests/api.rs)
     ("fhir.resources", "fhir.resources==8.3.0"),
 ];
 

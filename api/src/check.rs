@@ -176,19 +176,29 @@ pub fn incomplete_windows(rows: &[StoredReading], groups: &[Vec<usize>]) -> Vec<
     groups
         .iter()
         .filter_map(|g| {
-            let r = &rows[g[0]];
-            let proof = r.proof.as_ref()?;
-            let want = usize::try_from(proof.reading_count).ok()?;
-            (r.is_window() && g.len() < want).then_some(())?;
-            Some(CutWindow {
-                device: r.device_id?,
-                data_type: Arc::clone(&r.data_type),
-                first_seq: proof.first_seq,
-                last_seq: proof.first_seq + i64::from(proof.reading_count) - 1,
-                proof_hash: Arc::clone(r.zk_proof_hash.as_ref()?),
-            })
+            let w = CutWindow::of(&rows[g[0]])?;
+            let want = usize::try_from(w.last_seq - w.first_seq + 1).ok()?;
+            (g.len() < want).then_some(w)
         })
         .collect()
+}
+
+impl CutWindow {
+    /// The window `r` belongs to, from its proof's public inputs; `None`
+    /// for a reading proven alone, unproven, or whose proof is not read.
+    pub fn of(r: &StoredReading) -> Option<CutWindow> {
+        let proof = r.proof.as_ref()?;
+        if !r.is_window() {
+            return None;
+        }
+        Some(CutWindow {
+            device: r.device_id?,
+            data_type: Arc::clone(&r.data_type),
+            first_seq: proof.first_seq,
+            last_seq: proof.first_seq + i64::from(proof.reading_count) - 1,
+            proof_hash: Arc::clone(r.zk_proof_hash.as_ref()?),
+        })
+    }
 }
 
 /// Decrypt one stored reading (no commitment check).

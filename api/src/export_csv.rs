@@ -6,13 +6,13 @@
 //! verification state (and the reason when unverifiable), then one column
 //! per proven value of the data type, headed `name (unit)`, empty where the
 //! reading is unverifiable (its value is never shown), then the proof hash
-//! and the sealed value's CID. Up to `api.max_rows_per_request` readings;
-//! more is a 400 asking for a shorter range.
+//! and the sealed value's CID. Any number of readings: the body streams,
+//! a page at a time ([`crate::export`]).
 
 use super::check::{Check, StoredReading};
+use super::export::{self, Audit, Export, Render, Scope};
 use super::params::ApiPath;
-use super::routes::{EARLIEST, LATEST, read_capped};
-use super::session::Session;
+use super::routes::{EARLIEST, LATEST};
 use super::{ApiError, ApiState};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, header};
@@ -79,10 +79,41 @@ pub fn line(spec: &DataTypeSpec, r: &StoredReading, c: &Check) -> String {
         .join(",")
 }
 
+/// CSV lines of one data type.
+struct Csv {
+    spec: &'static DataTypeSpec,
+}
+
+impl Render for Csv {
+    fn head(&mut self) -> String {
+        let mut head = header_line(self.spec);
+        head.push_str("\r\n");
+        head
+    }
+
+    async fn page(
+        &mut self,
+        _export: &mut Export,
+        page: Vec<(StoredReading, Check)>,
+    ) -> Result<String, ApiError> {
+        let mut text = String::new();
+        for (r, c) in &page {
+            text.push_str(&line(self.spec, r, c));
+            text.push_str("\r\n");
+        }
+        Ok(text)
+    }
+
+    fn tail(&mut self) -> String {
+        String::new()
+    }
+}
+
 /// `GET /api/v1/patients/{id}/export.csv?type=…&from=…&to=…`: exactly one
 /// data type (`type`), `from`/`to` RFC 3339 and optional. The audit row
-/// (`export_csv`) commits before the body is built; answered as an attachment
-/// named `hailan-{patient}-{type, lower case}.csv`.
+/// (`export_csv`, with the count of readings exported) commits before the
+/// body starts; the body streams ([`crate::export`]). Answered as an
+/// attachment named `hailan-{patient}-{type, lower case}.csv`.
 pub async fn export_csv(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -109,24 +140,19 @@ pub async fn export_csv(
     }
     let data_type =
         data_type.ok_or_else(|| ApiError::BadRequest("type: one data type is required".into()))?;
-    let mut s = Session::begin(&state, &headers).await?;
-    let types = [data_type.as_str().to_owned()];
-    let checked = read_capped(&state, s.reader(), patient, &types, from, to).await?;
-    s.finish(
-        "export_csv",
-        &format!("/api/v1/patients/{patient}/export.csv"),
-        Some(patient),
-        checked.len(),
-        json!({ "query": raw }),
-    )
-    .await?;
-    let spec = data_type.spec();
-    let mut body = header_line(spec);
-    body.push_str("\r\n");
-    for (r, c) in &checked {
-        body.push_str(&line(spec, r, c));
-        body.push_str("\r\n");
-    }
+    let scope = Scope {
+        patient,
+        types: vec![data_type.as_str().to_owned()],
+        from,
+        to,
+    };
+    let resource = format!("/api/v1/patients/{patient}/export.csv");
+    let audit = Audit {
+        action: "export_csv",
+        resource: &resource,
+        detail: json!({ "query": raw }),
+    };
+    let (export, _) = Export::begin(&state, &headers, scope, audit).await?;
     let name = format!(
         "attachment; filename=\"hailan-{patient}-{}.csv\"",
         data_type.as_str().to_ascii_lowercase()
@@ -136,7 +162,12 @@ pub async fn export_csv(
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
             (header::CONTENT_DISPOSITION, name),
         ],
-        body,
+        export::body(
+            export,
+            Csv {
+                spec: data_type.spec(),
+            },
+        ),
     ))
 }
 

@@ -22,7 +22,8 @@
 //!   (the page folds re-registrations of one physical device)
 //! - `GET /api/v1/patients/{id}/readings/{reading}/proof` — proof bundle + snarkjs JSON
 //! - `GET /api/v1/patients/{id}/export.csv?type=&from=&to=` ([`export_csv`]),
-//!   `GET /api/v1/patients/{id}/export.fhir.json?from=&to=` (a FHIR `transaction`)
+//!   `GET /api/v1/patients/{id}/export.fhir.json?from=&to=` (a FHIR `transaction`);
+//!   both streamed, any length, from one snapshot ([`export`])
 //! - `GET|POST /api/v1/grants`, `DELETE /api/v1/grants/{id}` — a patient's grants ([`grants`])
 //! - `GET /fhir/Observation?patient=&code=&date=ge…&date=le…` — FHIR R4 searchset ([`fhir`]),
 //!   `GET /fhir/Patient/{id}/$everything`, `GET /fhir/Device/{id}`
@@ -30,7 +31,7 @@
 //!
 //! What one request or one client may cost is bounded ([`limits`]): a
 //! statement timeout in every transaction, a cap on the readings one request
-//! reads, a request timeout, a number of requests served at once, and failed
+//! reads (exports stream instead), a request timeout, a number of requests served at once, and failed
 //! log-ins per client address ([`login_limiter`]). Every answer carries the
 //! security headers of [`headers`]; query strings are parsed by [`params`]
 //! and the FHIR search, never trusted to be well formed.
@@ -39,10 +40,12 @@
 
 pub mod check;
 pub mod config;
+pub mod export;
 pub mod export_csv;
 pub mod fhir;
 pub mod grants;
 pub mod headers;
+pub mod json;
 pub mod keyring;
 pub mod limits;
 pub mod login_limiter;

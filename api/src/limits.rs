@@ -11,19 +11,24 @@
 //! - in **rows**: a chart reads at most `max_rows_per_request + 1` readings
 //!   (a `LIMIT` on the read itself, no separate count) and answers 400 past
 //!   the cap ([`ApiError::TooManyRows`]); pages are bounded by `max_page`;
+//!   exports are not capped: they stream `max_page` readings at a time
+//!   from one snapshot ([`crate::export`]), so their memory is bounded
+//!   instead, and [`bound_request`] keeps their slot until the body ends;
 //! - in **time overall** and in **requests at once** ([`bound_request`]).
 
 use super::ApiError;
 use super::login_limiter::LoginLimiter;
 use crate::config::ApiConfig;
+use axum::body::{Body, HttpBody};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
+use futures::StreamExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 /// The limits of [`ApiConfig`], and the request slots they share.
@@ -66,6 +71,19 @@ impl Limits {
         )
     }
 
+    /// The statement that begins an export's snapshot
+    /// ([`crate::session::Session::snapshot_reader`]): read only, one
+    /// snapshot for all its pages, each statement bounded as any other, and
+    /// the pause between pages bounded by the request timeout.
+    pub fn begin_snapshot_sql(&self) -> String {
+        format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {}; \
+             SET LOCAL idle_in_transaction_session_timeout = {}",
+            self.statement_timeout_ms,
+            self.request_timeout.as_millis()
+        )
+    }
+
     /// The same for the read-only transaction on a replica.
     pub fn begin_read_only_sql(&self) -> String {
         format!(
@@ -90,13 +108,14 @@ pub async fn bound_request(State(limits): State<Limits>, req: Request, next: Nex
     let span = tracing::info_span!("request", method = %req.method(), path = %req.uri().path());
     let ms = limits.request_timeout.as_millis() as u64;
     let work = async {
-        let _slot = acquire_slot(&limits).await?;
-        AssertUnwindSafe(next.run(req))
+        let slot = acquire_slot(&limits).await?;
+        let resp = AssertUnwindSafe(next.run(req))
             .catch_unwind()
             .await
             .map_err(|panic| {
                 ApiError::Internal(format!("handler panicked: {}", panic_text(&panic)))
-            })
+            })?;
+        Ok::<_, ApiError>(hold_while_streaming(resp, slot))
     };
     match tokio::time::timeout(limits.request_timeout, work)
         .instrument(span.clone())
@@ -108,18 +127,32 @@ pub async fn bound_request(State(limits): State<Limits>, req: Request, next: Nex
     }
 }
 
+/// A streamed answer (an export: no length known) keeps its request slot
+/// until its body ends, as it keeps a database connection until then; any
+/// other answer gives it back once the handler returns.
+fn hold_while_streaming(resp: Response, slot: OwnedSemaphorePermit) -> Response {
+    if resp.body().size_hint().exact().is_some() {
+        return resp;
+    }
+    resp.map(|body| {
+        Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _held = &slot;
+            chunk
+        }))
+    })
+}
+
 /// A request slot; waits (logged at debug) when all are taken.
-async fn acquire_slot(limits: &Limits) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-    if let Ok(p) = limits.slots.try_acquire() {
+async fn acquire_slot(limits: &Limits) -> Result<OwnedSemaphorePermit, ApiError> {
+    if let Ok(p) = Arc::clone(&limits.slots).try_acquire_owned() {
         return Ok(p);
     }
     tracing::debug!(
         slots = limits.slot_count,
         "every request slot is taken (api.max_concurrent_requests): waiting for one"
     );
-    limits
-        .slots
-        .acquire()
+    Arc::clone(&limits.slots)
+        .acquire_owned()
         .await
         .map_err(|e| ApiError::Internal(format!("request slots closed: {e}")))
 }

@@ -1,6 +1,7 @@
 //! The JSON endpoints, and the reads they share with FHIR.
 
 use super::check::{self, Check, StoredReading};
+use super::json::{link_view, observation_json};
 use super::params::{ApiPath, ApiQuery, ObservationParams, ObservationQuery};
 use super::params::{SeriesParams, SeriesQuery};
 use super::session::{Kind, Session};
@@ -14,7 +15,6 @@ use axum::middleware;
 use axum::response::{Html, IntoResponse};
 use axum::routing::{delete, get};
 use chrono::{DateTime, Utc};
-use hailan_proto::DataType;
 use serde_json::{Value, json};
 use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
@@ -221,65 +221,6 @@ pub async fn read_checked(
     );
     let rows = Arc::try_unwrap(rows).unwrap_or_else(|a| (*a).clone());
     Ok(rows.into_iter().zip(checks).take(n).collect())
-}
-
-/// Every reading of `from..=to` in time order, checked, for an export: at
-/// most `api.max_rows_per_request` of them, more is
-/// [`ApiError::TooManyRows`] (ask for a shorter range).
-pub async fn read_capped(
-    state: &ApiState,
-    conn: &mut PgConnection,
-    patient: Uuid,
-    types: &[String],
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<(StoredReading, Check)>, ApiError> {
-    let cap = state.limits.max_rows;
-    let range = Range {
-        from,
-        to,
-        after: None,
-        take: Take::Page(cap.saturating_add(1)),
-    };
-    let checked = read_checked(state, conn, patient, types, &range).await?;
-    if checked.len() as i64 > cap {
-        return Err(ApiError::TooManyRows { cap });
-    }
-    Ok(checked)
-}
-
-/// The JSON of one checked reading.
-pub fn observation_json(r: &StoredReading, c: &Check) -> Value {
-    let spec = DataType::from_name(&r.data_type).map(|t| t.spec());
-    let (status, values, reason) = match c {
-        Check::Verified(slots) => {
-            let mut values = serde_json::Map::new();
-            if let Some(spec) = spec {
-                for (s, v) in spec.slots.iter().zip(slots) {
-                    values.insert(
-                        s.name.into(),
-                        json!({ "value": s.to_decimal(*v), "unit": s.unit }),
-                    );
-                }
-            }
-            ("verified", Value::Object(values), Value::Null)
-        }
-        Check::Unverifiable(why) => ("unverifiable", Value::Null, Value::String(why.clone())),
-    };
-    json!({
-        "id": r.id,
-        "data_type": r.data_type,
-        "recorded_at": r.recorded_at,
-        "seq": r.seq,
-        "device": { "id": r.device_id, "device_id": r.device_ext(),
-                    "name": r.device.as_ref().and_then(|d| d.name.as_deref()) },
-        "status": status,
-        "values": values,
-        "reason": reason,
-        "proof": { "hash": r.zk_proof_hash, "statement": r.statement(),
-                   "key_id": r.proof.as_ref().map(|p| &p.key_id) },
-        "ipfs_data_cid": r.ipfs_data_cid,
-    })
 }
 
 // ------------------------------------------------------------------ handlers
@@ -504,40 +445,6 @@ async fn series(
     })))
 }
 
-/// What the page and the API may say about a device's link, `now`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct LinkView {
-    /// The reported `CONNECTED` or `DISCONNECTED` only when the state is
-    /// fresh and its gateway online; a stale state, or any state while the
-    /// gateway is offline, is `UNKNOWN`.
-    pub connection_state: &'static str,
-    /// The state was observed more than `stale_after` before `now` (or never).
-    pub stale: bool,
-}
-
-/// The link of a device whose last state is `reported`, observed at
-/// `observed_at`, its gateway offline since `gateway_offline_since`.
-pub fn link_view(
-    reported: &str,
-    observed_at: Option<DateTime<Utc>>,
-    gateway_offline_since: Option<DateTime<Utc>>,
-    stale_after: std::time::Duration,
-    now: DateTime<Utc>,
-) -> LinkView {
-    let stale = observed_at.is_none_or(|t| {
-        chrono::Duration::from_std(stale_after).is_ok_and(|d| now.signed_duration_since(t) > d)
-    });
-    let connection_state = match reported {
-        "CONNECTED" if !stale && gateway_offline_since.is_none() => "CONNECTED",
-        "DISCONNECTED" if !stale && gateway_offline_since.is_none() => "DISCONNECTED",
-        _ => "UNKNOWN",
-    };
-    LinkView {
-        connection_state,
-        stale,
-    }
-}
-
 async fn devices(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -672,49 +579,4 @@ async fn proof(
         "reverified": reverified.map(|r| json!({ "valid": r.0, "reason": r.1 })),
         "snarkjs": snarkjs,
     })))
-}
-
-#[cfg(test)]
-mod link_tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn connected_only_when_fresh_and_the_gateway_is_online() {
-        let now = Utc::now();
-        let fresh = Some(now - chrono::Duration::seconds(10));
-        let old = Some(now - chrono::Duration::seconds(901));
-        let after = Duration::from_secs(900);
-        let v = |r, at, off| link_view(r, at, off, after, now);
-        assert_eq!(
-            v("CONNECTED", fresh, None),
-            LinkView {
-                connection_state: "CONNECTED",
-                stale: false
-            }
-        );
-        assert_eq!(
-            v("CONNECTED", old, None),
-            LinkView {
-                connection_state: "UNKNOWN",
-                stale: true
-            }
-        );
-        assert_eq!(v("CONNECTED", None, None).connection_state, "UNKNOWN");
-        assert!(v("CONNECTED", None, None).stale);
-        assert_eq!(
-            v("CONNECTED", fresh, Some(now)).connection_state,
-            "UNKNOWN",
-            "the gateway is offline"
-        );
-        assert_eq!(
-            v("DISCONNECTED", fresh, None).connection_state,
-            "DISCONNECTED"
-        );
-        assert_eq!(v("DISCONNECTED", old, None).connection_state, "UNKNOWN");
-        assert_eq!(v("UNKNOWN", fresh, None).connection_state, "UNKNOWN");
-        // A clock ahead of ours is not stale.
-        let ahead = Some(now + chrono::Duration::seconds(60));
-        assert!(!v("CONNECTED", ahead, None).stale);
-    }
 }

@@ -149,6 +149,33 @@ impl Session {
         self.replica.is_some()
     }
 
+    /// A read-only `REPEATABLE READ` transaction under the caller's role and
+    /// identity, for a read that outlives the request's own transactions (an
+    /// export streamed after its audit row commits): every page it reads sees
+    /// one snapshot, taken by its first statement. On the replica when this
+    /// request reads from it (it has already caught up), else on the primary.
+    /// It also bounds the pause between two statements
+    /// (`idle_in_transaction_session_timeout` = `api.request_timeout_ms`): a
+    /// client that stops reading does not hold the connection for longer.
+    pub async fn snapshot_reader(
+        &self,
+        state: &ApiState,
+    ) -> Result<Transaction<'static, Postgres>, ApiError> {
+        let pool = match (&self.replica, &state.replica) {
+            (Some(_), Some(replica)) => replica,
+            _ => &state.primary,
+        };
+        let mut tx = pool
+            .begin_with(AssertSqlSafe(state.limits.begin_snapshot_sql()))
+            .await?;
+        sqlx::raw_sql(self.kind.role()).execute(&mut *tx).await?;
+        sqlx::query("SELECT set_config('hailan.user_id', $1, true)")
+            .bind(self.user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+
     /// Write the audit row and commit. Call before the response is built.
     pub async fn finish(
         mut self,

@@ -146,7 +146,7 @@ pub(crate) fn readings_query<'a>(
 /// Readings of `patient` of `types` in `range` (as RLS lets the caller see
 /// them), in time order, plus the hidden rest of every window cut by the range
 /// (needed to re-open its commitment), with device ids and proofs filled in.
-/// Returns (rows, how many are in range). (What [`read_checked`] does, without
+/// Returns (rows, how many are in range). (What [`crate::routes::read_checked`] does, without
 /// streaming: for benchmarks and tools.)
 pub async fn read_readings(
     conn: &mut PgConnection,
@@ -175,6 +175,35 @@ pub async fn read_readings(
     Ok((rows, n))
 }
 
+/// Joins `health_data h` to windows given as parameters `$2..=$6`
+/// ([`WindowKeys`]): each reading of a window, by device, type, seq range
+/// and proof, through the readings' unique key.
+const WINDOWS_JOIN: &str = "JOIN UNNEST($2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[])
+       AS w(device, data_type, first_seq, last_seq, proof_hash)
+    ON h.device_id = w.device AND h.data_type = w.data_type
+   AND h.seq BETWEEN w.first_seq AND w.last_seq AND h.zk_proof_hash = w.proof_hash";
+
+/// Windows as the column arrays bound to [`WINDOWS_JOIN`]'s `$2..=$6`.
+struct WindowKeys<'a> {
+    devices: Vec<Uuid>,
+    types: Vec<&'a str>,
+    first: Vec<i64>,
+    last: Vec<i64>,
+    hashes: Vec<&'a str>,
+}
+
+impl<'a> WindowKeys<'a> {
+    fn of(windows: &'a [check::CutWindow]) -> Self {
+        WindowKeys {
+            devices: windows.iter().map(|w| w.device).collect(),
+            types: windows.iter().map(|w| &*w.data_type).collect(),
+            first: windows.iter().map(|w| w.first_seq).collect(),
+            last: windows.iter().map(|w| w.last_seq).collect(),
+            hashes: windows.iter().map(|w| &*w.proof_hash).collect(),
+        }
+    }
+}
+
 /// The readings of windows `cut` that are not among `have` (raw rows),
 /// found by device and seq range through the readings' unique key.
 pub(crate) async fn read_siblings(
@@ -184,25 +213,16 @@ pub(crate) async fn read_siblings(
     have: &[StoredReading],
 ) -> Result<Vec<PgRow>, ApiError> {
     let have: HashSet<Uuid> = have.iter().map(|r| r.id).collect();
-    let devices: Vec<Uuid> = cut.iter().map(|w| w.device).collect();
-    let types: Vec<&str> = cut.iter().map(|w| &*w.data_type).collect();
-    let first: Vec<i64> = cut.iter().map(|w| w.first_seq).collect();
-    let last: Vec<i64> = cut.iter().map(|w| w.last_seq).collect();
-    let hashes: Vec<&str> = cut.iter().map(|w| &*w.proof_hash).collect();
+    let w = WindowKeys::of(cut);
     let mut more: Vec<PgRow> = sqlx::query(AssertSqlSafe(format!(
-        "{READING_SELECT}
-           JOIN UNNEST($2::uuid[], $3::text[], $4::int8[], $5::int8[], $6::text[])
-                AS w(device, data_type, first_seq, last_seq, proof_hash)
-             ON h.device_id = w.device AND h.data_type = w.data_type
-            AND h.seq BETWEEN w.first_seq AND w.last_seq AND h.zk_proof_hash = w.proof_hash
-          WHERE h.user_id = $1"
+        "{READING_SELECT} {WINDOWS_JOIN} WHERE h.user_id = $1"
     )))
     .bind(patient)
-    .bind(&devices)
-    .bind(&types)
-    .bind(&first)
-    .bind(&last)
-    .bind(&hashes)
+    .bind(&w.devices)
+    .bind(&w.types)
+    .bind(&w.first)
+    .bind(&w.last)
+    .bind(&w.hashes)
     .fetch_all(&mut *conn)
     .await?;
     more.retain(|r| r.try_get::<Uuid, _>(0).is_ok_and(|id| !have.contains(&id)));
@@ -284,7 +304,7 @@ pub(crate) async fn complete_proofs(
 }
 
 /// The proofs of patient `$1` with hashes `$2` (text[]): hash, statement,
-/// first seq, count, key id, public inputs C and x ([`ProofColumns`]).
+/// first seq, count, key id, public inputs C and x (`ProofColumns`).
 pub const PROOF_INPUTS_SELECT: &str =
     "SELECT proof_hash::text, statement::text, first_seq, reading_count, key_id::text,
             public_inputs->>1, public_inputs->>2
@@ -745,6 +765,57 @@ pub async fn read_proofs(
     .bind(patient)
     .bind(hashes)
     .fetch_all(conn)
+    .await?)
+}
+
+/// The readings of `patient` in `from..=to` (as RLS lets the caller see
+/// them) that the windows `windows` cover, as (proof hash, reading id) in
+/// time order: a window proof's Provenance targets over a whole export.
+/// Found by device and seq range through the readings' unique key, as
+/// `read_siblings` finds a cut window's readings.
+pub async fn window_members(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    windows: &[check::CutWindow],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(String, Uuid)>, ApiError> {
+    let w = WindowKeys::of(windows);
+    Ok(sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT h.zk_proof_hash::text, h.id FROM health_data h {WINDOWS_JOIN}
+          WHERE h.user_id = $1 AND h.recorded_at >= $7 AND h.recorded_at <= $8
+          ORDER BY h.recorded_at, h.id"
+    )))
+    .bind(patient)
+    .bind(&w.devices)
+    .bind(&w.types)
+    .bind(&w.first)
+    .bind(&w.last)
+    .bind(&w.hashes)
+    .bind(from)
+    .bind(to)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// How many readings of `patient` of `types` in `from..=to` the caller may
+/// see (RLS decides): an export's size, counted in its snapshot.
+pub async fn count_readings(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    types: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<i64, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM health_data h
+          WHERE h.user_id = $1 AND h.data_type = ANY($2) AND h.recorded_at >= $3 AND h.recorded_at <= $4",
+    )
+    .bind(patient)
+    .bind(types)
+    .bind(from)
+    .bind(to)
+    .fetch_one(conn)
     .await?)
 }
 

@@ -2078,6 +2078,102 @@ async fn check_the_row_cap(r: &Rig, doc: &User) -> Result<()> {
         )
         .await?;
     assert_eq!(f["entry"].as_array().map(Vec::len), Some(10), "{f}");
+    check_exports_stream_past_the_cap(&api, r, doc).await
+}
+
+/// Exports are not capped: they stream a page (`api.max_page`, here 10) at
+/// a time, past `api.max_rows_per_request` (here 20). The pages cut the
+/// heart-rate windows (16 and 8 readings), yet every reading is checked
+/// whole, every Device and Provenance is written once, and each window
+/// proof's Provenance targets all of its Observations. The audit row counts
+/// what the export holds.
+async fn check_exports_stream_past_the_cap(api: &ApiProcess, r: &Rig, doc: &User) -> Result<()> {
+    let p = r.patient.id;
+    let (code, csv) = api
+        .get(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/export.csv?type=HEART_RATE"),
+        )
+        .await?;
+    assert_eq!(code, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(lines.len(), 24, "{csv}");
+    assert!(lines.iter().all(|l| l.contains(",verified,")), "{csv}");
+    let seqs: std::collections::BTreeSet<&str> =
+        lines.iter().filter_map(|l| l.split(',').nth(2)).collect();
+    assert_eq!(seqs.len(), 24, "each reading once: {csv}");
+
+    let (code, body) = api
+        .get(
+            &doc.token,
+            &format!("/api/v1/patients/{p}/export.fhir.json"),
+        )
+        .await?;
+    assert_eq!(code, 200, "{body}");
+    let t: Value = serde_json::from_str(&body).context("the streamed Bundle is one JSON value")?;
+    assert_eq!(t["type"], "transaction");
+    let kinds = |kind: &str| -> Vec<&Value> {
+        t["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["resource"]["resourceType"] == kind)
+            .collect()
+    };
+    let obs: std::collections::HashSet<&str> = kinds("Observation")
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str())
+        .collect();
+    assert_eq!(obs.len(), 25, "24 heart rates and a blood pressure");
+    let devices: std::collections::HashSet<&str> = kinds("Device")
+        .iter()
+        .filter_map(|e| e["fullUrl"].as_str())
+        .collect();
+    assert_eq!(
+        (devices.len(), kinds("Device").len()),
+        (3, 3),
+        "two sensors, one gateway, once each"
+    );
+    let provenance = kinds("Provenance");
+    let mut targeted: Vec<&str> = Vec::new();
+    let mut sizes: Vec<usize> = Vec::new();
+    for e in &provenance {
+        let targets: Vec<&str> = e["resource"]["target"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["reference"].as_str())
+            .collect();
+        sizes.push(targets.len());
+        targeted.extend(targets);
+    }
+    sizes.sort_unstable();
+    assert_eq!(
+        sizes,
+        vec![1, 8, 16],
+        "one Provenance per proof, each with all its Observations"
+    );
+    let unique: std::collections::HashSet<&str> = targeted.iter().copied().collect();
+    assert_eq!(
+        (targeted.len(), unique),
+        (25, obs.clone()),
+        "every Observation traced once"
+    );
+
+    let counted: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT action, row_count FROM audit_logs
+          WHERE actor_id = $1 AND action IN ('export_csv', 'export_fhir') ORDER BY at",
+    )
+    .bind(doc.id)
+    .fetch_all(&r.db.pool)
+    .await?;
+    assert_eq!(
+        counted,
+        vec![
+            ("export_csv".to_owned(), 24),
+            ("export_fhir".to_owned(), 25)
+        ]
+    );
     Ok(())
 }
 

@@ -10,8 +10,10 @@
 //!   their identifiers: posting the export twice creates nothing the second
 //!   time), each Provenance an update at its proof's id (Provenance has no
 //!   identifier to create on), references between entries by `urn:uuid:`
-//!   and to the patient by identifier. Up to `api.max_rows_per_request`
-//!   readings; more is a 400 asking for a shorter range.
+//!   and to the patient by identifier. Any number of readings: the Bundle
+//!   streams a page at a time ([`crate::export`]), each Device and
+//!   Provenance written once, a window proof's Provenance targeting all its
+//!   Observations in the range.
 //! - `GET /fhir/Device/{id}` — one sensor's or gateway's Device.
 //!
 //! Every read is audited as any other (`fhir_everything`, `export_fhir`,
@@ -19,8 +21,10 @@
 
 use super::trace::{self, ProofRow, Refs, SensorRow};
 use super::{Check, StoredReading, bundle, fhir_json, observation, unproven_components};
+use crate::check::CutWindow;
+use crate::export::{self, Audit, Export, Render, Scope};
 use crate::params::{ApiPath, all_type_names, parse_cursor};
-use crate::routes::{EARLIEST, LATEST, read_capped, read_checked};
+use crate::routes::{EARLIEST, LATEST, read_checked};
 use crate::session::Session;
 use crate::store::{self, Range, Take, read_proofs, read_sensors};
 use crate::{ApiError, ApiState};
@@ -30,7 +34,7 @@ use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgConnection;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use uuid::Uuid;
 
 /// What a Bundle holds besides the Observations.
@@ -47,8 +51,33 @@ pub struct Include {
 pub struct Referenced {
     /// The sensors (`iot_devices` rows) the readings name, when Devices are included.
     pub sensors: Vec<SensorRow>,
+    /// The gateways the readings came through, when Devices are included.
+    pub gateways: Vec<String>,
     /// The proofs (`zk_proofs` rows) covering the readings, when Provenance is included.
     pub proofs: Vec<ProofRow>,
+    /// Each proof's Observations over a whole export's range, by proof
+    /// hash, when its Bundle is written page by page ([`Written`]); `None`:
+    /// a proof's targets are the Observations of this Bundle.
+    pub targets: Option<BTreeMap<String, Vec<Uuid>>>,
+}
+
+/// What a Bundle written page by page (a streamed export) already holds,
+/// so that each Device and each Provenance is written once.
+#[derive(Debug, Default)]
+pub struct Written {
+    sensors: HashSet<Uuid>,
+    gateways: HashSet<String>,
+    proofs: HashSet<String>,
+}
+
+/// The range a streamed export reads: a window proof's Provenance targets
+/// every Observation of the window within it, not only those of one page.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportRange {
+    /// Earliest `recorded_at` (inclusive).
+    pub from: DateTime<Utc>,
+    /// Latest `recorded_at` (inclusive).
+    pub to: DateTime<Utc>,
 }
 
 impl Referenced {
@@ -60,22 +89,96 @@ impl Referenced {
         checked: &[(StoredReading, Check)],
         include: Include,
     ) -> Result<Referenced, ApiError> {
+        Self::read_new(
+            conn,
+            patient,
+            checked,
+            include,
+            &mut Written::default(),
+            None,
+        )
+        .await
+    }
+
+    /// [`Referenced::read`] for one page of a Bundle written page by page:
+    /// only what `written` does not hold yet (then added to it), and with
+    /// `range`, each new proof's targets over the whole range.
+    pub async fn read_new(
+        conn: &mut PgConnection,
+        patient: Uuid,
+        checked: &[(StoredReading, Check)],
+        include: Include,
+        written: &mut Written,
+        range: Option<ExportRange>,
+    ) -> Result<Referenced, ApiError> {
         let mut out = Referenced::default();
         if include.devices {
-            let ids: BTreeSet<Uuid> = checked.iter().filter_map(|(r, _)| r.device_id).collect();
+            let ids: BTreeSet<Uuid> = checked
+                .iter()
+                .filter_map(|(r, _)| r.device_id)
+                .filter(|id| written.sensors.insert(*id))
+                .collect();
             let ids: Vec<Uuid> = ids.into_iter().collect();
-            out.sensors = read_sensors(conn, patient, &ids).await?;
+            if !ids.is_empty() {
+                out.sensors = read_sensors(conn, patient, &ids).await?;
+            }
+            let gateways: BTreeSet<&str> = checked.iter().map(|(r, _)| &*r.gateway_id).collect();
+            out.gateways = gateways
+                .into_iter()
+                .filter(|g| written.gateways.insert((*g).to_owned()))
+                .map(str::to_owned)
+                .collect();
         }
         if include.provenance {
             let hashes: BTreeSet<&str> = checked
                 .iter()
                 .filter_map(|(r, _)| r.zk_proof_hash.as_deref())
+                .filter(|h| written.proofs.insert((*h).to_owned()))
                 .collect();
             let hashes: Vec<&str> = hashes.into_iter().collect();
-            out.proofs = read_proofs(conn, patient, &hashes).await?;
+            if !hashes.is_empty() {
+                out.proofs = read_proofs(conn, patient, &hashes).await?;
+                if let Some(range) = range {
+                    out.targets = Some(targets_in(conn, patient, checked, &hashes, range).await?);
+                }
+            }
         }
         Ok(out)
     }
+}
+
+/// The Observations each proof of `hashes` covers within `range`: a
+/// window's readings in range (read by device and seq), or the one reading
+/// a reading proof covers.
+async fn targets_in(
+    conn: &mut PgConnection,
+    patient: Uuid,
+    checked: &[(StoredReading, Check)],
+    hashes: &[&str],
+    range: ExportRange,
+) -> Result<BTreeMap<String, Vec<Uuid>>, ApiError> {
+    let mut targets: BTreeMap<String, Vec<Uuid>> = BTreeMap::new();
+    let mut windows = Vec::new();
+    for h in hashes {
+        let Some((r, _)) = checked
+            .iter()
+            .find(|(r, _)| r.zk_proof_hash.as_deref() == Some(*h))
+        else {
+            continue;
+        };
+        match CutWindow::of(r) {
+            Some(w) => windows.push(w),
+            None => targets.entry((*h).to_owned()).or_default().push(r.id),
+        }
+    }
+    if !windows.is_empty() {
+        for (hash, id) in
+            store::window_members(conn, patient, &windows, range.from, range.to).await?
+        {
+            targets.entry(hash).or_default().push(id);
+        }
+    }
+    Ok(targets)
 }
 
 /// The identifier a reading's Observation is created on (the device, the
@@ -142,8 +245,7 @@ pub fn resources(
                 d.device_id
             )),
         }));
-        let gateways: BTreeSet<&str> = checked.iter().map(|(r, _)| &*r.gateway_id).collect();
-        out.extend(gateways.into_iter().map(|g| Resource {
+        out.extend(referenced.gateways.iter().map(|g| Resource {
             kind: "Device",
             id: trace::gateway_device_id(g),
             body: trace::gateway_device(g),
@@ -165,7 +267,12 @@ pub fn resources(
             }
         }
         out.extend(referenced.proofs.iter().filter_map(|p| {
-            let (targets, first) = covered.get(p.proof_hash.as_str())?;
+            let (in_bundle, first) = covered.get(p.proof_hash.as_str())?;
+            let targets = referenced
+                .targets
+                .as_ref()
+                .and_then(|t| t.get(p.proof_hash.as_str()))
+                .unwrap_or(in_bundle);
             let url = format!("/api/v1/patients/{patient}/readings/{}/proof", first.id);
             Some(Resource {
                 kind: "Provenance",
@@ -312,7 +419,73 @@ pub async fn everything(
     Ok(fhir_json(bundle("searchset", links, entries)))
 }
 
-/// `GET /api/v1/patients/{id}/export.fhir.json`.
+/// A `transaction` Bundle written page by page: each page's Observations,
+/// then the Devices and Provenance it is the first to reference.
+struct Transaction {
+    written: Written,
+    entries: u64,
+}
+
+impl Render for Transaction {
+    fn head(&mut self) -> String {
+        // The Bundle's own elements, then its entries as they come.
+        let mut b = bundle("transaction", Vec::new(), Vec::new());
+        if let Some(o) = b.as_object_mut() {
+            o.remove("entry");
+        }
+        let mut head = b.to_string();
+        head.pop();
+        head.push_str(",\"entry\":[");
+        head
+    }
+
+    async fn page(
+        &mut self,
+        export: &mut Export,
+        page: Vec<(StoredReading, Check)>,
+    ) -> Result<String, ApiError> {
+        let scope = export.scope().clone();
+        let range = ExportRange {
+            from: scope.from,
+            to: scope.to,
+        };
+        let referenced = Referenced::read_new(
+            export.conn(),
+            scope.patient,
+            &page,
+            ALL,
+            &mut self.written,
+            Some(range),
+        )
+        .await?;
+        let keys = &export.state().keys;
+        let unproven = |r: &StoredReading, c: &Check| unproven_components(r, c, keys);
+        let mut text = String::new();
+        for r in resources(
+            scope.patient,
+            &page,
+            &unproven,
+            &referenced,
+            ALL,
+            Refs::Transaction,
+        ) {
+            if self.entries > 0 {
+                text.push(',');
+            }
+            self.entries += 1;
+            text.push_str(&transaction_entry(r).to_string());
+        }
+        Ok(text)
+    }
+
+    fn tail(&mut self) -> String {
+        "]}".to_owned()
+    }
+}
+
+/// `GET /api/v1/patients/{id}/export.fhir.json`: the audit row
+/// (`export_fhir`, with the count of readings) commits, then the Bundle
+/// streams ([`crate::export`]).
 pub async fn export_transaction(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -321,38 +494,32 @@ pub async fn export_transaction(
 ) -> Result<impl IntoResponse, ApiError> {
     let raw = raw.unwrap_or_default();
     let (from, to) = export_range(&raw)?;
-    let mut s = Session::begin(&state, &headers).await?;
-    let (from, to) = (from.unwrap_or(EARLIEST), to.unwrap_or(LATEST));
-    let checked = read_capped(&state, s.reader(), patient, &all_type_names(), from, to).await?;
-    let referenced = Referenced::read(s.reader(), patient, &checked, ALL).await?;
-    s.finish(
-        "export_fhir",
-        &format!("/api/v1/patients/{patient}/export.fhir.json"),
-        Some(patient),
-        checked.len(),
-        json!({ "query": raw, "devices": referenced.sensors.len(), "proofs": referenced.proofs.len() }),
-    )
-    .await?;
-    let unproven = |r: &StoredReading, c: &Check| unproven_components(r, c, &state.keys);
-    let entries: Vec<Value> = resources(
+    let scope = Scope {
         patient,
-        &checked,
-        &unproven,
-        &referenced,
-        ALL,
-        Refs::Transaction,
-    )
-    .into_iter()
-    .map(transaction_entry)
-    .collect();
-    let body = bundle("transaction", Vec::new(), entries);
+        types: all_type_names(),
+        from: from.unwrap_or(EARLIEST),
+        to: to.unwrap_or(LATEST),
+    };
+    let resource = format!("/api/v1/patients/{patient}/export.fhir.json");
+    let audit = Audit {
+        action: "export_fhir",
+        resource: &resource,
+        detail: json!({ "query": raw }),
+    };
+    let (export, _) = Export::begin(&state, &headers, scope, audit).await?;
     let name = format!("attachment; filename=\"hailan-{patient}.fhir.json\"");
     Ok((
         [
             (header::CONTENT_TYPE, "application/fhir+json".to_owned()),
             (header::CONTENT_DISPOSITION, name),
         ],
-        body.to_string(),
+        export::body(
+            export,
+            Transaction {
+                written: Written::default(),
+                entries: 0,
+            },
+        ),
     ))
 }
 

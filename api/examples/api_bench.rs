@@ -130,6 +130,51 @@ fn day(key: &DataKey) -> Result<(Rows, Vec<ProofRow>)> {
     Ok((rows, proofs))
 }
 
+/// A field of `/proc/self/status` in KiB (`VmRSS`, `VmHWM`).
+fn proc_status_kib(field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .with_context(|| format!("no {field} in /proc/self/status"))
+}
+
+/// GET `path` over HTTP/1.1 and count the answer's bytes without keeping
+/// them; the last few bytes are returned to show the download ended whole.
+async fn download_counting(port: u16, path: &str, token: &str) -> Result<(u64, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut total, mut first, mut last) = (0u64, Vec::new(), Vec::new());
+    loop {
+        let n = s.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        if first.len() < 64 {
+            first.extend_from_slice(&buf[..n.min(64)]);
+        }
+        last.extend_from_slice(&buf[..n]);
+        let keep = last.len().saturating_sub(32);
+        last.drain(..keep);
+        total += n as u64;
+    }
+    anyhow::ensure!(
+        first.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    Ok((total, String::from_utf8_lossy(&last).into_owned()))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -425,6 +470,41 @@ async fn main() -> Result<()> {
             percentile(&times, 0.99).as_secs_f64() * 1e3,
             times.last().map_or(0.0, |t| t.as_secs_f64() * 1e3),
             readings / mean
+        );
+    }
+    // Exports of the whole day: streamed a page at a time, so what the API
+    // holds is a page, not the day (the client here counts bytes and
+    // keeps none of them).
+    for (name, path) in [
+        (
+            "CSV export of the day",
+            format!(
+                "/api/v1/patients/{patient}/export.csv?type=HEART_RATE&from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ),
+        ),
+        (
+            "FHIR transaction export of the day",
+            format!(
+                "/api/v1/patients/{patient}/export.fhir.json?from={}&to={}",
+                fmt(from),
+                fmt(to)
+            ),
+        ),
+    ] {
+        let rss_before = proc_status_kib("VmRSS")?;
+        std::fs::write("/proc/self/clear_refs", "5").context("reset VmHWM")?;
+        let t = Instant::now();
+        let (bytes, tail) = download_counting(ports[0], &path, &token).await?;
+        let took = t.elapsed().as_secs_f64();
+        let peak = proc_status_kib("VmHWM")?;
+        println!(
+            "{name}: {:.1} MB in {took:.1} s ({:.0} readings/s); the process's peak RSS {:.0} MB over its {:.0} MB before; ends {tail:?}",
+            bytes as f64 / 1e6,
+            86_400.0 / took,
+            peak.saturating_sub(rss_before) as f64 / 1024.0,
+            rss_before as f64 / 1024.0,
         );
     }
     stop.cancel();

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod cid;
+pub mod clock;
 pub mod columns;
 pub mod data_type;
 pub mod envelope;

@@ -13,12 +13,16 @@
 //! - pulse oximetry (0x2A5E/0x2A5F): every set Measurement Status and Device
 //!   and Sensor Status bit;
 //! - glucose (0x2A18): every set Sensor Status Annunciation bit, and a
-//!   control-solution sample (type 10 or location 4): not a patient's blood.
+//!   control-solution sample (type 10 or location 4): not a patient's blood;
+//! - every type with a device time stamp: the gateway's `clock` flag
+//!   ([`crate::clock`]): the device's clock had been reset, or its stamp was
+//!   implausible and the time is the gateway's estimate.
 //!
 //! A flag's code is `<field>.<bit>` (the Bluetooth SIG bit number) or
 //! `<field>.<name>`, stable across releases; its display is the SIG's words.
 
 use crate::DataType;
+use crate::clock::ClockFlag;
 use crate::gatt::{glucose, plx};
 use ciborium::Value as Cbor;
 use std::collections::BTreeMap;
@@ -46,7 +50,13 @@ impl QualityFlag {
 pub fn has_flags(t: DataType) -> bool {
     matches!(
         t,
-        DataType::HeartRate | DataType::BloodPressure | DataType::Spo2 | DataType::Glucose
+        DataType::HeartRate
+            | DataType::BloodPressure
+            | DataType::Spo2
+            | DataType::Glucose
+            | DataType::BodyTemperature
+            | DataType::BodyWeight
+            | DataType::BodyComposition
     )
 }
 
@@ -112,6 +122,21 @@ pub fn flags(t: DataType, extras: &BTreeMap<String, Cbor>) -> Vec<QualityFlag> {
         }
         _ => {}
     }
+    match extras
+        .get("clock")
+        .and_then(Cbor::as_text)
+        .and_then(ClockFlag::from_name)
+    {
+        Some(ClockFlag::Reset) => out.push(QualityFlag::new(
+            "clock.reset",
+            "device clock had been reset; time corrected from the device's current time",
+        )),
+        Some(ClockFlag::Estimated) => out.push(QualityFlag::new(
+            "clock.estimated",
+            "device time stamp implausible; time estimated as when the gateway received it",
+        )),
+        None => {}
+    }
     out
 }
 
@@ -161,6 +186,17 @@ mod tests {
 
     fn codes(f: &[QualityFlag]) -> Vec<&str> {
         f.iter().map(|f| f.code.as_str()).collect()
+    }
+
+    #[test]
+    fn the_gateways_clock_flag_is_named_for_every_type() {
+        let reset = extras(&[("clock", Cbor::Text("reset".into()))]);
+        assert_eq!(codes(&flags(DataType::BodyWeight, &reset)), ["clock.reset"]);
+        let est = extras(&[("clock", Cbor::Text("estimated".into()))]);
+        assert_eq!(codes(&flags(DataType::Glucose, &est)), ["clock.estimated"]);
+        let odd = extras(&[("clock", Cbor::from(3u64))]);
+        assert!(flags(DataType::BodyTemperature, &odd).is_empty());
+        assert!(has_flags(DataType::BodyComposition));
     }
 
     #[test]

@@ -127,6 +127,13 @@ impl DateTime {
         let t = self
             .unix_seconds_naive()?
             .checked_add(minutes.checked_mul(60)?)?;
+        DateTime::from_unix_seconds_naive(t)
+    }
+
+    /// The wall-clock time `t` seconds after 1970-01-01T00:00:00 (the
+    /// inverse of [`Self::unix_seconds_naive`]). `None` outside years
+    /// 1582–9999.
+    pub fn from_unix_seconds_naive(t: i64) -> Option<DateTime> {
         let days = t.div_euclid(86_400);
         let secs = t.rem_euclid(86_400);
         let (y, m, d) = civil_from_days(days);
@@ -237,6 +244,31 @@ impl CurrentTime {
         })
     }
 
+    /// The Current Time of the wall-clock instant `unix_ms` (milliseconds
+    /// after 1970-01-01T00:00:00, read as wall-clock time), as a client
+    /// writes it to set a device's clock: day of week from the date,
+    /// adjust reason "manual time update" (bit 0). `None` outside years
+    /// 1582–9999.
+    pub fn at(unix_ms: i64) -> Option<CurrentTime> {
+        let secs = unix_ms.div_euclid(1000);
+        let date_time = DateTime::from_unix_seconds_naive(secs)?;
+        // 1970-01-01 was a Thursday (4).
+        let day_of_week = (secs.div_euclid(86_400) + 3).rem_euclid(7) as u8 + 1;
+        Some(CurrentTime {
+            date_time,
+            day_of_week,
+            fractions256: (unix_ms.rem_euclid(1000) * 256 / 1000) as u8,
+            adjust_reason: 0b1,
+        })
+    }
+
+    /// Milliseconds after 1970-01-01T00:00:00 of this wall-clock time
+    /// (fractions included); `None` unless the date is a valid instant.
+    pub fn unix_ms_naive(&self) -> Option<i64> {
+        let s = self.date_time.unix_seconds_naive()?;
+        Some(s * 1000 + i64::from(self.fractions256) * 1000 / 256)
+    }
+
     /// The 10 wire bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
@@ -289,6 +321,22 @@ impl CurrentTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn current_time_at_an_instant_round_trips() {
+        // 2026-12-06T02:30:15.500 was a Sunday (7).
+        let ms = 1_796_524_215_500;
+        let ct = CurrentTime::at(ms).expect("in range");
+        assert_eq!(ct.date_time, DateTime::new(2026, 12, 6, 2, 30, 15));
+        assert_eq!(ct.day_of_week, 7);
+        assert_eq!(ct.fractions256, 128);
+        let back = CurrentTime::decode(&ct.encode()).expect("decodes");
+        assert_eq!(back.unix_ms_naive(), Some(ms));
+        // 1970-01-01 was a Thursday.
+        assert_eq!(CurrentTime::at(0).map(|c| c.day_of_week), Some(4));
+        assert_eq!(CurrentTime::at(i64::MAX), None);
+        assert_eq!(CurrentTime::at(i64::MIN), None);
+    }
 
     #[test]
     fn glucose_offset_example() {

@@ -156,6 +156,9 @@ pub struct BleSection {
     /// Seconds `hailan-gateway pair` may take, finding the device included
     /// (default 30).
     pub pair_timeout_s: u64,
+    /// Set the clock of a device that lets its Current Time (0x2A2B) be
+    /// written, when it is found off by more than 2 s (default true).
+    pub set_device_clock: bool,
 }
 
 impl Default for BleSection {
@@ -169,6 +172,7 @@ impl Default for BleSection {
             reconnect_min_ms: 1000,
             reconnect_max_ms: 60_000,
             pair_timeout_s: 30,
+            set_device_clock: true,
         }
     }
 }
@@ -421,6 +425,7 @@ impl GatewayConfig {
             reconnect_min: Duration::from_millis(self.ble.reconnect_min_ms),
             reconnect_max: Duration::from_millis(self.ble.reconnect_max_ms),
             pair_timeout: Duration::from_secs(self.ble.pair_timeout_s.max(1)),
+            set_device_clock: self.ble.set_device_clock,
         }
     }
 }

@@ -222,6 +222,7 @@ fn known_devices(store: &Store, cursors: &Cursors) -> Result<Vec<KnownDevice>> {
                 kind,
                 glucose_cursor: cursor,
                 bonded_at_ms: r.bonded_at_ms,
+                paired_at_ms: r.paired_at_ms,
             })
         })
         .collect())

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub readings_taken: Counter,
     /// Readings proven (or marked unproven), sealed and committed to the outbox.
     pub readings_queued: Counter,
+    /// Readings whose device time stamp was flagged: the device's clock had
+    /// been reset, or the stamp was implausible and replaced by an estimate.
+    pub clock_flagged: Counter,
     /// Readings not taken: the outbox was full or its write failed.
     pub readings_refused: Counter,
     /// Characteristic values that did not decode (or Body Composition
@@ -68,6 +71,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::with_prefix("hailan_gateway"),
             readings_taken: Counter::default(),
+            clock_flagged: Counter::default(),
             readings_queued: Counter::default(),
             readings_refused: Counter::default(),
             malformed: Counter::default(),
@@ -93,6 +97,11 @@ impl Metrics {
             "readings_taken",
             "Measurements decoded into readings",
             m.readings_taken.clone(),
+        );
+        r.register(
+            "clock_flagged",
+            "Readings whose device time stamp was flagged (clock reset, or implausible and estimated)",
+            m.clock_flagged.clone(),
         );
         r.register(
             "readings_queued",

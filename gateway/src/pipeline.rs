@@ -148,12 +148,19 @@ impl Pipeline {
                     characteristic,
                     bytes,
                     received_at_ms,
+                    clock,
+                    paired_at_ms,
                 } => {
+                    let received = Received {
+                        at_ms: received_at_ms,
+                        clock,
+                        paired_at_ms,
+                    };
                     let Some(item) = shared.measurement(
                         &device_id,
                         characteristic,
                         &bytes,
-                        received_at_ms,
+                        &received,
                         &mut halves,
                     ) else {
                         continue;
@@ -352,9 +359,10 @@ impl Pipeline {
         device_id: &str,
         characteristic: u16,
         bytes: &[u8],
-        received_at_ms: i64,
+        received: &Received,
         halves: &mut Halves,
     ) -> Option<Item> {
+        let received_at_ms = received.at_ms;
         let Some(c) = Characteristic::from_uuid16(characteristic) else {
             tracing::debug!(device = %device_id, "value on {characteristic:04x} ignored");
             return None;
@@ -406,18 +414,20 @@ impl Pipeline {
                 return None;
             }
         };
-        let recorded_at_ms = slots
-            .recorded_at
-            .as_ref()
-            .and_then(|t| t.unix_seconds_naive())
-            .map_or(received_at_ms, |s| s.saturating_mul(1000));
+        let placed = received.place(slots.recorded_at.as_ref());
+        if let Some(flag) = placed.flag {
+            self.metrics.clock_flagged.inc();
+            tracing::warn!(device = %device_id, device_time_ms = ?placed.device_time_ms, recorded_at_ms = placed.recorded_at_ms, "time stamp flagged: {}", flag.as_str());
+        }
+        let mut extras = slots.extras;
+        extras.extend(placed.extras());
         self.metrics.readings_taken.inc();
         Some(Item {
             taken: Taken {
-                recorded_at_ms,
+                recorded_at_ms: placed.recorded_at_ms,
                 slots: slots.slots,
                 original_unit: slots.original_unit,
-                extras: slots.extras,
+                extras,
             },
             glucose_record,
         })
@@ -459,6 +469,25 @@ impl Pipeline {
         let (tx, rx) = mpsc::channel(256);
         tasks.spawn(worker.run(rx));
         Ok(Some(tx))
+    }
+}
+
+/// How a value reached the gateway: when, over a link whose device clock
+/// read how ([`hailan_proto::clock`]).
+struct Received {
+    at_ms: i64,
+    clock: Option<hailan_proto::clock::DeviceClock>,
+    paired_at_ms: i64,
+}
+
+impl Received {
+    /// The reading's time from the device's stamp, if it sent one.
+    fn place(&self, stamp: Option<&hailan_proto::gatt::DateTime>) -> hailan_proto::clock::Placed {
+        // A stamp that is no valid date counts as none.
+        let device_ms = stamp
+            .and_then(|t| t.unix_seconds_naive())
+            .map(|s| s.saturating_mul(1000));
+        hailan_proto::clock::place(device_ms, self.clock, self.at_ms, self.paired_at_ms)
     }
 }
 

@@ -20,6 +20,10 @@ pub(crate) const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
 pub(crate) const PLX_CONTINUOUS: u16 = 0x2A5F;
 /// Firmware Revision String.
 pub(crate) const FIRMWARE_REVISION: u16 = 0x2A26;
+/// Current Time Service.
+pub(crate) const CURRENT_TIME_SERVICE: u16 = 0x1805;
+/// Current Time.
+pub(crate) const CURRENT_TIME: u16 = 0x2A2B;
 
 /// The 16-bit SIG UUID of a UUID (given as `Uuid::as_u128`), if it is on the SIG base.
 pub(crate) fn uuid16(u: u128) -> Option<u16> {

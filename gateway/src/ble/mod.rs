@@ -27,6 +27,7 @@
 mod adapter;
 pub mod agent;
 mod backoff;
+mod clock;
 mod gatt;
 mod glucose;
 mod hub;
@@ -66,6 +67,9 @@ pub struct BleConfig {
     pub reconnect_max: Duration,
     /// Pairing (finding the device included).
     pub pair_timeout: Duration,
+    /// Set a device's clock (Current Time 0x2A2B, where writable) when it
+    /// is off; read it on every connection either way.
+    pub set_device_clock: bool,
 }
 
 impl Default for BleConfig {
@@ -79,6 +83,7 @@ impl Default for BleConfig {
             reconnect_min: Duration::from_secs(1),
             reconnect_max: Duration::from_secs(60),
             pair_timeout: Duration::from_secs(30),
+            set_device_clock: true,
         }
     }
 }
@@ -145,6 +150,9 @@ pub struct KnownDevice {
     /// When its bond was made: a new bond (pairing again after
     /// `needs_repair`) restarts its session.
     pub bonded_at_ms: i64,
+    /// When the gateway first paired it (a device clock reading earlier was
+    /// reset; [`hailan_proto::clock`]).
+    pub paired_at_ms: i64,
 }
 
 /// What the BLE layer tells the pipeline.
@@ -168,6 +176,11 @@ pub enum BleEvent {
         bytes: Vec<u8>,
         /// Wall clock, ms since the Unix epoch, at receipt.
         received_at_ms: i64,
+        /// The device's clock as read on this link (its Current Time), if
+        /// it has one: what its time stamps are corrected by.
+        clock: Option<hailan_proto::clock::DeviceClock>,
+        /// When the gateway paired the device ([`KnownDevice::paired_at_ms`]).
+        paired_at_ms: i64,
     },
     /// Connection, battery, RSSI or firmware changed; carries all current
     /// values. RSSI alone triggers one only when it moved by at least

@@ -23,6 +23,7 @@
 
 use super::adapter::{CALL_TIMEOUT, Radio, error_name, needs_pairing};
 use super::backoff::Backoff;
+use super::clock;
 use super::gatt::{
     self, BATTERY_LEVEL, FIRMWARE_REVISION, GLUCOSE_MEASUREMENT, PLX_CONTINUOUS, RACP,
 };
@@ -141,6 +142,10 @@ struct Session {
     streaming: bool,
     /// Heard advertising since its last link ended.
     heard: bool,
+    /// When the gateway paired it.
+    paired_at_ms: i64,
+    /// Its Current Time characteristic and its clock as read on this link.
+    clock: Option<(Characteristic, Option<hailan_proto::clock::DeviceClock>)>,
 }
 
 /// Run the session of one known device until `cancel`.
@@ -172,6 +177,8 @@ pub(crate) async fn run(
         cancel,
         streaming: slots::streams(d.kind),
         heard: false,
+        paired_at_ms: d.paired_at_ms,
+        clock: None,
     };
     s.run().await;
 }
@@ -240,6 +247,7 @@ impl Session {
                     match end {
                         Ended::Cancelled => break,
                         Ended::Idle => {
+                            self.set_clock(&p).await;
                             tracing::info!(device = %self.label, "idle: link closed until it advertises again");
                             self.disconnect(&p).await;
                             backoff.reset();
@@ -450,6 +458,14 @@ impl Session {
                 kind.as_str()
             );
         }
+        // The clock before any value: stored ones arrive on subscription.
+        self.clock = match clock::find(p) {
+            Some(c) => {
+                let read = clock::read(p, &c, &label, self.paired_at_ms).await;
+                Some((c, read))
+            }
+            None => None,
+        };
         for (u, required) in gatt::subscribed(kind) {
             let Some(c) = gatt::find(p, kind.service(), u) else {
                 if required {
@@ -516,6 +532,21 @@ impl Session {
             self.ask_for_records(p, &mut link).await?;
         }
         Ok(link)
+    }
+
+    /// Set the device's clock if it is off and `ble.set_device_clock`.
+    async fn set_clock(&mut self, p: &Peripheral) {
+        if !self.ctx.cfg.set_device_clock {
+            return;
+        }
+        let Some((c, Some(was))) = self.clock.clone() else {
+            return;
+        };
+        if clock::needs_setting(was)
+            && let Some(now) = clock::set(p, &c, &self.label, was).await
+        {
+            self.clock = Some((c, Some(now)));
+        }
     }
 
     fn cursor(&self) -> i32 {
@@ -673,6 +704,8 @@ impl Session {
             characteristic: u,
             bytes: n.value,
             received_at_ms: wall_ms(),
+            clock: self.clock.as_ref().and_then(|(_, c)| *c),
+            paired_at_ms: self.paired_at_ms,
         })
         .await
     }

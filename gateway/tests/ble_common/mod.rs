@@ -53,6 +53,7 @@ pub fn fast() -> BleConfig {
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
         pair_timeout: Duration::from_secs(10),
+        set_device_clock: true,
     }
 }
 
@@ -87,6 +88,7 @@ pub fn known(sim: &Simulator, name: &str, cursor: i32) -> anyhow::Result<KnownDe
         kind: kind_of(&d)?,
         glucose_cursor: Arc::new(AtomicI32::new(cursor)),
         bonded_at_ms: 0,
+        paired_at_ms: 0,
     })
 }
 
@@ -159,6 +161,7 @@ impl Running {
                 characteristic: c,
                 bytes,
                 received_at_ms,
+                ..
             } if device_id == device && *c == characteristic => {
                 assert!(*received_at_ms > 1_600_000_000_000, "wall-clock ms");
                 Some(bytes.clone())

@@ -72,6 +72,46 @@ pub struct Service {
     pub chars: Vec<std::sync::Arc<Char>>,
 }
 
+/// A device's wall clock: how far it is from the true time (UTC), and how
+/// fast it drifts. Measurements are stamped by it; Current Time (0x2A2B)
+/// reads and sets it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceClock {
+    /// Device time − true time when `since`, in milliseconds.
+    pub offset_ms: i64,
+    /// Drift in parts per million (positive: the clock runs fast).
+    pub drift_ppm: f64,
+    /// When `offset_ms` was true.
+    pub since: Instant,
+}
+
+impl DeviceClock {
+    /// A clock showing the true time, not drifting.
+    pub fn correct() -> DeviceClock {
+        DeviceClock {
+            offset_ms: 0,
+            drift_ppm: 0.0,
+            since: Instant::now(),
+        }
+    }
+
+    /// Device time − true time now, in milliseconds.
+    pub fn offset_ms_now(&self) -> i64 {
+        let drifted = self.since.elapsed().as_secs_f64() * 1000.0 * self.drift_ppm / 1e6;
+        self.offset_ms + drifted as i64
+    }
+
+    /// The clock shows true time + `offset_ms` from now on (drift kept).
+    pub fn set_offset(&mut self, offset_ms: i64) {
+        self.offset_ms = offset_ms;
+        self.since = Instant::now();
+    }
+}
+
+/// The date a device's clock goes back to when it is reset (battery
+/// change, factory reset): 2000-01-01T00:00:00.
+pub const CLOCK_RESET_UNIX: i64 = 946_684_800;
+
 /// Connection and radio state.
 #[derive(Debug)]
 pub struct DevState {
@@ -110,6 +150,10 @@ pub struct DevState {
     /// The device forgot its bond (battery change, reset): BlueZ still
     /// says `Paired`, but the link's encryption fails (fault).
     pub bond_lost: bool,
+    /// Its wall clock.
+    pub clock: DeviceClock,
+    /// How many times a client set its clock (Current Time written).
+    pub clock_sets: u32,
 }
 
 /// Model state (values waiting for delivery, stored records).
@@ -117,10 +161,11 @@ pub struct DevState {
 pub struct ModelState {
     /// The seeded patient.
     pub phys: Physiology,
-    /// Indicated measurements waiting for a subscriber (cuff, thermometer, scale, spot-check).
-    pub pending: VecDeque<Measurement>,
-    /// Stored glucose records.
-    pub glucose: Vec<Measurement>,
+    /// Indicated measurements waiting for a subscriber (cuff, thermometer,
+    /// scale, spot-check), each with its clock's offset (s) when taken.
+    pub pending: VecDeque<(Measurement, i64)>,
+    /// Stored glucose records, each with its clock's offset (s) when taken.
+    pub glucose: Vec<(Measurement, i64)>,
     /// Next glucose sequence number.
     pub next_seq: u16,
 }
@@ -243,6 +288,13 @@ impl Device {
             ],
         };
         layout.push((kind.service_uuid16(), profile));
+        if kind.stamps_time() {
+            // Current Time Service: readable, settable, notified on change.
+            layout.push((
+                0x1805,
+                vec![(0x2A2B, vec!["read", "write", "notify"], false, vec![])],
+            ));
+        }
 
         let mut handle: u16 = 0x000A;
         let services = layout
@@ -291,7 +343,7 @@ impl Device {
             let n = 8;
             for i in 0..n {
                 let t = crate::model::DateTime::from_unix(now - (n - i) * 6 * 3600);
-                glucose.push(phys.glucose(next_seq, t));
+                glucose.push((phys.glucose(next_seq, t), 0));
                 next_seq += 1;
             }
         }
@@ -316,6 +368,8 @@ impl Device {
                 pairing: false,
                 pairing_mode_timeout: false,
                 bond_lost: false,
+                clock: DeviceClock::correct(),
+                clock_sets: 0,
             }),
             services,
             model: Mutex::new(ModelState {
@@ -343,7 +397,7 @@ mod tests {
     fn values(d: &Device) -> Vec<u64> {
         d.model
             .lock()
-            .map(|m| m.glucose.iter().flat_map(|g| g.slots()).collect())
+            .map(|m| m.glucose.iter().flat_map(|(g, _)| g.slots()).collect())
             .unwrap_or_default()
     }
 

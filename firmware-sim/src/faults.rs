@@ -105,6 +105,22 @@ pub enum Fault {
     },
     /// Power the adapter on.
     PowerOn,
+    /// Set a device's clock `offset_s` seconds ahead of the true time
+    /// (negative: behind), drifting `drift_ppm` parts per million.
+    Clock {
+        /// device name, address or `*`.
+        device: String,
+        /// seconds ahead of the true time.
+        offset_s: i64,
+        /// drift, parts per million (positive: runs fast).
+        drift_ppm: f64,
+    },
+    /// The device's clock goes back to its default date
+    /// (2000-01-01T00:00:00), as after a battery change.
+    ClockReset {
+        /// device name, address or `*`.
+        device: String,
+    },
 }
 
 /// A fault on a schedule (from the command line).
@@ -223,6 +239,30 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
         }
         "power-off" => Fault::PowerOff { duration },
         "power-on" => Fault::PowerOn,
+        "clock" => {
+            let a = need("DEVICE:SECONDS[:PPM]")?;
+            let mut parts = a.split(':');
+            let device = parts.next().unwrap_or_default().to_string();
+            let offset_s = parts.next().and_then(|s| s.parse().ok()).ok_or(format!(
+                "{item}: clock needs =DEVICE:SECONDS[:PPM] (signed seconds)"
+            ))?;
+            let drift_ppm = match parts.next() {
+                None => 0.0,
+                Some(p) => p
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|p| p.is_finite() && p.abs() <= 1e5)
+                    .ok_or(format!("{item}: bad drift {p:?} (parts per million)"))?,
+            };
+            Fault::Clock {
+                device,
+                offset_s,
+                drift_ppm,
+            }
+        }
+        "clock-reset" => Fault::ClockReset {
+            device: need("DEVICE")?,
+        },
         other => return Err(format!("{item}: unknown fault {other:?}")),
     };
     Ok(ScheduledFault { fault, at, every })
@@ -231,6 +271,31 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_clock_faults() {
+        let f = parse_faults("clock=bp0:180,clock=scale0:-60:25.5,clock-reset=temp0@2s")
+            .expect("parse");
+        assert_eq!(
+            f[0].fault,
+            Fault::Clock {
+                device: "bp0".into(),
+                offset_s: 180,
+                drift_ppm: 0.0
+            }
+        );
+        assert_eq!(
+            f[1].fault,
+            Fault::Clock {
+                device: "scale0".into(),
+                offset_s: -60,
+                drift_ppm: 25.5
+            }
+        );
+        assert_eq!(f[2].at, Duration::from_secs(2));
+        assert!(parse_faults("clock=bp0").is_err());
+        assert!(parse_faults("clock=bp0:10:fast").is_err());
+    }
 
     #[test]
     fn parses_specs() {

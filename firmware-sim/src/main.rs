@@ -40,7 +40,9 @@ enum Cmd {
         speed: f64,
         /// Faults: KIND[=ARG][@AT][+FOR][%EVERY],… (drop, refuse, stall,
         /// malformed, out-of-range, rssi, power-off, power-on,
-        /// pairing-mode-timeout).
+        /// pairing-mode-timeout, bond-lost, clock=DEVICE:SECONDS[:PPM]
+        /// (its clock that far ahead, drifting), clock-reset=DEVICE (its
+        /// clock back to 2000-01-01)).
         #[arg(long)]
         faults: Option<String>,
         /// Pairing methods other than each model's own (glucose meters show a

@@ -98,6 +98,12 @@ impl DeviceKind {
         }
     }
 
+    /// Whether its measurements carry a time stamp from its own clock (and
+    /// it has a Current Time Service to read and set that clock).
+    pub fn stamps_time(self) -> bool {
+        self != DeviceKind::Hr
+    }
+
     /// Whether the measurement characteristics need pairing (encryption).
     pub fn requires_pairing(self) -> bool {
         matches!(self, DeviceKind::Bp | DeviceKind::Glucose)
@@ -200,10 +206,37 @@ impl DateTime {
         }
     }
 
+    /// Seconds since the Unix epoch (the inverse of [`DateTime::from_unix`]).
+    pub fn to_unix(&self) -> i64 {
+        let (y, m, d) = (
+            i64::from(self.year),
+            i64::from(self.month),
+            i64::from(self.day),
+        );
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        days * 86_400
+            + i64::from(self.hour) * 3600
+            + i64::from(self.minute) * 60
+            + i64::from(self.second)
+    }
+
     /// Now (UTC), from the system clock.
     pub fn now() -> DateTime {
         DateTime::from_unix(unix_now())
     }
+}
+
+/// Milliseconds since the Unix epoch from the system clock.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch from the system clock.
@@ -335,6 +368,27 @@ pub enum Measurement {
 }
 
 impl Measurement {
+    /// The same measurement stamped `secs` later (as a clock that far
+    /// ahead of the true time stamps it).
+    pub fn shifted(&self, secs: i64) -> Measurement {
+        let mut m = self.clone();
+        match &mut m {
+            Measurement::BloodPressure { time, .. }
+            | Measurement::SpO2Spot { time, .. }
+            | Measurement::Temperature { time, .. }
+            | Measurement::Glucose { time, .. }
+            | Measurement::Weight { time, .. }
+            | Measurement::BodyComposition { time, .. } => {
+                *time = DateTime::from_unix(time.to_unix() + secs);
+            }
+            Measurement::HeartRate { .. }
+            | Measurement::CuffPressure { .. }
+            | Measurement::SpO2Continuous { .. }
+            | Measurement::Battery { .. } => {}
+        }
+        m
+    }
+
     /// The characteristic (16-bit UUID) that carries this measurement.
     pub fn characteristic(&self) -> u16 {
         match self {

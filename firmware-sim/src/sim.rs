@@ -622,6 +622,9 @@ impl Inner {
             return Err(BluezError::NotPermitted("Read not permitted".into()));
         }
         self.check_access(dev, ch)?;
+        if ch.uuid16 == 0x2A2B {
+            *lock(&ch.value) = current_time(dev);
+        }
         let v = lock(&ch.value);
         if offset > v.len() {
             return Err(BluezError::InvalidArguments("Invalid offset".into()));
@@ -642,6 +645,9 @@ impl Inner {
             return Err(BluezError::NotPermitted("Write not permitted".into()));
         }
         self.check_access(dev, ch)?;
+        if ch.uuid16 == 0x2A2B {
+            return self.set_clock(dev, ch, &value).await;
+        }
         if ch.uuid16 == 0x2A52 {
             if !ch.notifying() {
                 // ATT 0xFD: Client Characteristic Configuration Descriptor Improperly Configured
@@ -652,6 +658,34 @@ impl Inner {
             let this = self.clone();
             let dev = dev.clone();
             tokio::spawn(async move { this.racp(&dev, value).await });
+        }
+        Ok(())
+    }
+
+    /// A client wrote Current Time: the clock shows it from now on (CTS
+    /// §3.1: a value that is not a valid time is refused, ATT error 0x80
+    /// "Data field ignored", as BlueZ reports it).
+    async fn set_clock(&self, dev: &Device, ch: &Char, value: &[u8]) -> Result<(), BluezError> {
+        let written = hailan_proto::gatt::CurrentTime::decode(value)
+            .ok()
+            .and_then(|t| t.unix_ms_naive())
+            .ok_or_else(|| BluezError::Failed("Operation failed with ATT error: 0x80".into()))?;
+        let true_ms = crate::model::unix_now_ms();
+        {
+            let mut st = lock(&dev.st);
+            st.clock.set_offset(written - true_ms);
+            st.clock_sets += 1;
+        }
+        tracing::info!(device = %dev.info.name, offset_ms = written - true_ms, "clock set by a client");
+        let now = current_time(dev);
+        *lock(&ch.value) = now.clone();
+        if ch.notifying() {
+            self.emit(
+                &ch.path,
+                "org.bluez.GattCharacteristic1",
+                vec![("Value", Value::from(now))],
+            )
+            .await;
         }
         Ok(())
     }
@@ -730,7 +764,9 @@ impl Inner {
 
     /// Put a value on the air: set `Value`, emit `PropertiesChanged`, log it.
     /// Applies pending malformed/out-of-range faults to measurement values.
-    async fn send(&self, dev: &Device, m: Measurement, clinical: bool) -> bool {
+    /// `clock_s` is how far ahead of the true time the device's clock was
+    /// when it took `m`: what its time stamp says (the truth keeps both).
+    async fn send(&self, dev: &Device, m: Measurement, clock_s: i64, clinical: bool) -> bool {
         let uuid16 = m.characteristic();
         if !self.deliverable(dev, uuid16) {
             return false;
@@ -753,7 +789,7 @@ impl Inner {
             (m, false, false)
         };
         // One value, or the packets of a multiple-packet body composition.
-        let mut packets = encode::packets(&m);
+        let mut packets = encode::packets(&m.shifted(clock_s));
         if malformed && let Some(first) = packets.first_mut() {
             *first = encode::malform(first);
         }
@@ -763,7 +799,7 @@ impl Inner {
             TruthEvent::Notify
         };
         // Truth first: a client may see the value before `emit` returns.
-        self.record(dev, event, uuid16, &packets, m, malformed, oor);
+        self.record(dev, event, uuid16, &packets, m, clock_s, malformed, oor);
         for bytes in packets {
             *lock(&ch.value) = bytes.clone();
             self.emit(
@@ -786,6 +822,7 @@ impl Inner {
         uuid16: u16,
         packets: &[Vec<u8>],
         m: Measurement,
+        clock_s: i64,
         malformed: bool,
         out_of_range: bool,
     ) {
@@ -802,6 +839,7 @@ impl Inner {
             bytes,
             slots: m.slots(),
             measurement: m,
+            device_clock_offset_s: clock_s,
             malformed,
             out_of_range,
             sent_at: Some(std::time::Instant::now()),
@@ -866,13 +904,14 @@ impl Inner {
                 return;
             }
         };
-        let records: Vec<Measurement> = lock(&dev.model).glucose.clone();
-        let key = |m: &Measurement| match m {
-            Measurement::Glucose { seq, time, .. } => (*seq, encode::gatt_time(time)),
+        let records: Vec<(Measurement, i64)> = lock(&dev.model).glucose.clone();
+        // A record's time is the one its clock stamped it with.
+        let key = |(m, clock_s): &(Measurement, i64)| match m.shifted(*clock_s) {
+            Measurement::Glucose { seq, time, .. } => (seq, encode::gatt_time(&time)),
             _ => (0, encode::gatt_time(&crate::model::DateTime::from_unix(0))),
         };
-        let keep = |m: &Measurement| {
-            let (seq, t) = key(m);
+        let keep = |r: &(Measurement, i64)| {
+            let (seq, t) = key(r);
             match &filter {
                 RacpFilter::All | RacpFilter::First | RacpFilter::Last => true,
                 RacpFilter::LessOrEqual(RacpOperand::SequenceNumber(n)) => seq <= *n,
@@ -889,7 +928,7 @@ impl Inner {
             self.send_raw(dev, 0x2A52, respond(0x05)).await;
             return;
         }
-        let mut selected: Vec<Measurement> = records.into_iter().filter(keep).collect();
+        let mut selected: Vec<(Measurement, i64)> = records.into_iter().filter(keep).collect();
         match filter {
             RacpFilter::First => selected.truncate(1),
             RacpFilter::Last => selected = selected.pop().into_iter().collect(),
@@ -905,8 +944,8 @@ impl Inner {
             self.send_raw(dev, 0x2A52, respond(0x06)).await; // no records found
             return;
         }
-        for m in selected {
-            if !self.send(dev, m, true).await {
+        for (m, clock_s) in selected {
+            if !self.send(dev, m, clock_s, true).await {
                 self.send_raw(dev, 0x2A52, respond(0x08)).await; // procedure not completed
                 return;
             }
@@ -1013,6 +1052,25 @@ impl Inner {
                     });
                 }
             }
+            Fault::Clock {
+                device,
+                offset_s,
+                drift_ppm,
+            } => {
+                for d in find(&device)? {
+                    let mut st = lock(&d.st);
+                    st.clock.set_offset(offset_s.saturating_mul(1000));
+                    st.clock.drift_ppm = drift_ppm;
+                }
+            }
+            Fault::ClockReset { device } => {
+                for d in find(&device)? {
+                    let to = crate::device::CLOCK_RESET_UNIX * 1000;
+                    lock(&d.st)
+                        .clock
+                        .set_offset(to - crate::model::unix_now_ms());
+                }
+            }
             Fault::PowerOn => {
                 lock(&self.adapter).rfkill_until = None;
                 let _ = self.set_powered(true).await;
@@ -1032,10 +1090,21 @@ impl Inner {
             } else {
                 m
             };
-            model.glucose.push(m.clone());
-            m
+            let clock_s = lock(&dev.st).clock.offset_ms_now().div_euclid(1000);
+            model.glucose.push((m.clone(), clock_s));
+            (m, clock_s)
         };
-        self.record(dev, TruthEvent::Stored, 0x2A18, &[], m, false, out_of_range);
+        let (m, clock_s) = m;
+        self.record(
+            dev,
+            TruthEvent::Stored,
+            0x2A18,
+            &[],
+            m,
+            clock_s,
+            false,
+            out_of_range,
+        );
     }
 
     /// Discovery: export devices as they "advertise", jitter RSSI; stalls when told.
@@ -1151,20 +1220,20 @@ impl Inner {
             DeviceKind::Hr => {
                 if self.deliverable(dev, 0x2A37) {
                     let m = lock(&dev.model).phys.heart_rate();
-                    self.send(dev, m, true).await;
+                    self.send(dev, m, 0, true).await;
                 }
             }
             DeviceKind::Spo2 => {
                 if self.deliverable(dev, 0x2A5F) {
                     let m = lock(&dev.model).phys.spo2_continuous();
-                    self.send(dev, m, true).await;
+                    self.send(dev, m, 0, true).await;
                 }
             }
             DeviceKind::Bp => {
                 let (icp, result) = lock(&dev.model).phys.blood_pressure();
                 if self.deliverable(dev, 0x2A36) {
                     for m in icp {
-                        self.send(dev, m, false).await;
+                        self.send(dev, m, 0, false).await;
                         tokio::time::sleep(Duration::from_secs_f64(0.3 / speed)).await;
                     }
                 }
@@ -1188,10 +1257,10 @@ impl Inner {
 
     async fn deliver_pending(&self, dev: &Device) {
         loop {
-            let Some(m) = lock(&dev.model).pending.front().cloned() else {
+            let Some((m, clock_s)) = lock(&dev.model).pending.front().cloned() else {
                 return;
             };
-            if !self.send(dev, m, true).await {
+            if !self.send(dev, m, clock_s, true).await {
                 return;
             }
             lock(&dev.model).pending.pop_front();
@@ -1221,18 +1290,28 @@ impl Inner {
             if let Some(ch) = dev.char(0x2A19) {
                 *lock(&ch.value) = vec![after];
             }
-            self.send(dev, Measurement::Battery { percent: after }, false)
+            self.send(dev, Measurement::Battery { percent: after }, 0, false)
                 .await;
         }
     }
 }
 
+/// The device's Current Time (0x2A2B) now, by its own clock.
+fn current_time(dev: &Device) -> Vec<u8> {
+    let device_ms = crate::model::unix_now_ms() + lock(&dev.st).clock.offset_ms_now();
+    hailan_proto::gatt::CurrentTime::at(device_ms)
+        .map(|t| t.encode())
+        .unwrap_or_default()
+}
+
 fn queue(dev: &Device, m: Measurement) {
+    // Stamped by the device's clock as it stands now.
+    let clock_s = lock(&dev.st).clock.offset_ms_now().div_euclid(1000);
     let mut model = lock(&dev.model);
     if model.pending.len() >= 50 {
         model.pending.pop_front(); // memory full: the oldest goes, as on real cuffs
     }
-    model.pending.push_back(m);
+    model.pending.push_back((m, clock_s));
 }
 
 /// A running simulator (in this process). Dropping it stops the devices and
@@ -1322,8 +1401,8 @@ impl Simulator {
         // Records already on the meters are part of the truth.
         for d in &inner.devices {
             let stored = lock(&d.model).glucose.clone();
-            for m in stored {
-                inner.record(d, TruthEvent::Stored, 0x2A18, &[], m, false, false);
+            for (m, clock_s) in stored {
+                inner.record(d, TruthEvent::Stored, 0x2A18, &[], m, clock_s, false, false);
             }
         }
         // Own the name last: once a client sees org.bluez, everything is there.
@@ -1389,8 +1468,29 @@ impl Simulator {
     pub fn glucose_records(&self, name: &str) -> Vec<Measurement> {
         self.inner
             .dev_by_ref(name)
-            .map(|d| lock(&d.model).glucose.clone())
+            .map(|d| {
+                lock(&d.model)
+                    .glucose
+                    .iter()
+                    .map(|(m, _)| m.clone())
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// How far the device's clock is ahead of the true time now, in
+    /// milliseconds (`None`: no such device).
+    pub fn clock_offset_ms(&self, name: &str) -> Option<i64> {
+        self.inner
+            .dev_by_ref(name)
+            .map(|d| lock(&d.st).clock.offset_ms_now())
+    }
+
+    /// How many times a client set the device's clock.
+    pub fn clock_sets(&self, name: &str) -> u32 {
+        self.inner
+            .dev_by_ref(name)
+            .map_or(0, |d| lock(&d.st).clock_sets)
     }
 
     /// Is the device connected (simulator's view)?

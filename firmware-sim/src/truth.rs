@@ -41,6 +41,11 @@ pub struct TruthRecord {
     pub bytes: String,
     /// The typed value (the truth).
     pub measurement: Measurement,
+    /// How far ahead of the true time the device's clock was when it took
+    /// the value, in seconds: its time stamp on the air is `measurement`'s
+    /// time plus this (which stays the true time).
+    #[serde(default)]
+    pub device_clock_offset_s: i64,
     /// DESIGN §3 fixed-point slots of the value.
     pub slots: Vec<u64>,
     /// The bytes were deliberately malformed (fault injection).

@@ -260,15 +260,14 @@ impl SimProcess {
     /// `links`: links up now, and the most ever up at once.
     pub fn links(&mut self) -> anyhow::Result<(usize, usize)> {
         let answer = self.ask("links")?;
-        let field = |name: &str| -> anyhow::Result<usize> {
-            answer
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(name))
-                .with_context(|| format!("no {name} in {answer:?}"))?
-                .parse()
-                .with_context(|| format!("{name} in {answer:?}"))
-        };
-        Ok((field("now=")?, field("peak=")?))
+        Ok((field(&answer, "now=")?, field(&answer, "peak=")?))
+    }
+
+    /// `clock NAME`: how far the device's clock is ahead of the true time
+    /// (ms), and how many times a client set it.
+    pub fn clock(&mut self, name: &str) -> anyhow::Result<(i64, u32)> {
+        let answer = self.ask(&format!("clock {name}"))?;
+        Ok((field(&answer, "offset_ms=")?, field(&answer, "sets=")?))
     }
 
     /// The child's process id.
@@ -360,4 +359,14 @@ where
         bail!("{test_name}: child run failed ({status})");
     }
     Ok(())
+}
+
+/// The value of `name=` in a one-line answer.
+fn field<T: std::str::FromStr>(answer: &str, name: &str) -> anyhow::Result<T> {
+    answer
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(name))
+        .with_context(|| format!("no {name} in {answer:?}"))?
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name} in {answer:?} is not a number"))
 }

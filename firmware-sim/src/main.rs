@@ -184,6 +184,19 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             println!("OK links now={now} peak={peak}");
             return true;
         }
+        "clock" => {
+            let name = arg.trim();
+            match sim.clock_offset_ms(name) {
+                Some(offset) => {
+                    println!(
+                        "OK clock {name} offset_ms={offset} sets={}",
+                        sim.clock_sets(name)
+                    );
+                    return true;
+                }
+                None => Err(anyhow::anyhow!("no simulated device {name:?}")),
+            }
+        }
         "fault" => match faults::parse_faults(arg) {
             Ok(fs) => {
                 let mut r = Ok(());
@@ -197,7 +210,7 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             Err(e) => Err(anyhow::Error::msg(e)),
         },
         other => Err(anyhow::anyhow!(
-            "unknown command {other:?} (fault SPEC | measure NAME | links | quit)"
+            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | quit)"
         )),
     };
     match result {

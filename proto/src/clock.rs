@@ -50,9 +50,18 @@ impl DeviceClock {
     /// The clock of a device whose Current Time read `device_ms` (wall
     /// clock as UTC) when the gateway's clock read `gateway_ms`; `paired_at_ms`
     /// is when the gateway paired it.
+    ///
+    /// The offset is rounded to whole seconds: time stamps have a resolution
+    /// of one second, and the read itself takes some milliseconds, so a
+    /// finer offset would only move whole-second stamps off their seconds.
     pub fn read(device_ms: i64, gateway_ms: i64, paired_at_ms: i64) -> DeviceClock {
+        let raw = gateway_ms.saturating_sub(device_ms);
+        let offset_ms = raw
+            .saturating_add(500)
+            .div_euclid(1000)
+            .saturating_mul(1000);
         DeviceClock {
-            offset_ms: gateway_ms.saturating_sub(device_ms),
+            offset_ms,
             was_reset: device_ms < paired_at_ms,
         }
     }
@@ -199,6 +208,21 @@ mod tests {
         assert_eq!(p.source, TimeSource::DeviceCorrected);
         assert_eq!(p.flag, None);
         assert_eq!(p.device_time_ms, Some(NOW - 7 * MIN));
+    }
+
+    #[test]
+    fn the_offset_is_whole_seconds() {
+        // Read 40 ms after the device answered, its clock 3 s fast.
+        assert_eq!(
+            DeviceClock::read(NOW + 3_000, NOW + 40, PAIRED).offset_ms,
+            -3_000
+        );
+        assert_eq!(DeviceClock::read(NOW, NOW + 499, PAIRED).offset_ms, 0);
+        assert_eq!(DeviceClock::read(NOW, NOW + 501, PAIRED).offset_ms, 1_000);
+        assert_eq!(
+            DeviceClock::read(NOW + 1_600, NOW, PAIRED).offset_ms,
+            -2_000
+        );
     }
 
     #[test]

@@ -122,8 +122,15 @@ pub async fn count_readings(pool: &PgPool, extra_where: &str) -> Result<i64> {
 
 /// Enrol `gateway` for a fresh patient; returns the patient's id.
 pub async fn enrol(pool: &PgPool, gateway: &str) -> Result<uuid::Uuid> {
+    Ok(enrol_with_token(pool, gateway).await?.0)
+}
+
+/// Enrol `gateway` for a fresh patient who also gets an API token (for a
+/// year); returns the patient's id and the token.
+pub async fn enrol_with_token(pool: &PgPool, gateway: &str) -> Result<(uuid::Uuid, String)> {
     let did = format!("did:hailan:test:{}", uuid::Uuid::new_v4().simple());
     let id = hailan_ingest::admin::add_user(pool, &did, "PATIENT", None).await?;
     hailan_ingest::admin::enrol_gateway(pool, gateway, &did, None).await?;
-    Ok(id)
+    let token = hailan_ingest::admin::issue_token(pool, &did, 365, Some("test")).await?;
+    Ok((id, token))
 }

@@ -1095,6 +1095,20 @@ pub fn sim_and_pair(
         "--ground-truth",
         &truth_arg,
     ])?;
+    pair_all(sim, gateway_id, broker, zk, extra, skip)
+}
+
+/// Pair every device of a running simulator (but `skip`) through the CLI
+/// of a new gateway rig (`extra`: [`GatewayRig::new`]); the device ids by
+/// address.
+pub fn pair_all(
+    sim: SimHarness,
+    gateway_id: &str,
+    broker: &Broker,
+    zk: &DevZk,
+    extra: &str,
+    skip: &[&str],
+) -> Result<(SimHarness, GatewayRig, HashMap<String, String>)> {
     let rig = GatewayRig::new(gateway_id, sim.bus_address(), broker, zk, extra)?;
     let mut paired = HashMap::new();
     for d in sim

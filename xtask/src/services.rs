@@ -139,6 +139,8 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-api-10",
     // body composition end to end (tests/tests/body_composition.rs)
     "gw-body-1",
+    // device clocks (tests/tests/device_clock.rs)
+    "gw-clock-1",
     // truthful link state (ingest/tests/link.rs, tests/tests/link.rs)
     "gw-link-1",
     "gw-link-2",

@@ -249,7 +249,30 @@ pub fn unproven_components(r: &StoredReading, c: &Check, keys: &KeyRing) -> Vec<
             "valueBoolean": true,
         })
     });
-    values.chain(flags).collect()
+    let device_time = opened
+        .extras
+        .get("device_time_ms")
+        .and_then(|v| v.as_integer())
+        .and_then(|i| i64::try_from(i128::from(i)).ok())
+        .and_then(device_time);
+    values.chain(flags).chain(device_time).collect()
+}
+
+/// The device's own time stamp, kept beside the corrected time the
+/// Observation is effective at (the PHD guide's coincident time stamp, as a
+/// component): the wall clock the device showed, which has no time zone,
+/// so a string, not a FHIR dateTime.
+fn device_time(ms: i64) -> Option<Value> {
+    let t = chrono::DateTime::from_timestamp_millis(ms)?.naive_utc();
+    let display = "time stamp by the device's own clock (its wall clock, no time zone)";
+    Some(json!({
+        "extension": [{ "url": UNPROVEN_EXTENSION, "valueBoolean": true }],
+        "code": {
+            "coding": [{ "system": HAILAN_CODES, "code": "device-time", "display": display }],
+            "text": display,
+        },
+        "valueString": t.format("%Y-%m-%dT%H:%M:%S").to_string(),
+    }))
 }
 
 /// One reading as a vital-signs Observation; `unproven` are its

@@ -371,3 +371,56 @@ async fn only_a_gateway_itself_can_say_it_is_offline() -> Result<()> {
     wait_gateway_online(&db.pool, gw).await?;
     db.drop().await
 }
+
+/// Ingest down while its gateway goes offline: the `offline` the broker
+/// retained is what a starting ingest reads first, and the devices left
+/// `CONNECTED` by the last run turn `UNKNOWN` as of then — a restart or an
+/// upgrade of ingest never leaves a dead gateway's devices shown connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_started_after_its_gateway_went_offline_marks_its_devices() -> Result<()> {
+    let gw = "gw-link-4";
+    let status = topic::status(gw);
+    let db = TestDb::create().await?;
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    hailan_tests::enrol(&db.pool, gw).await?;
+    let mut ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let mut p = Publisher::connect(gw).await?;
+    p.publish_retained(&status, b"online").await?;
+    wait_gateway_online(&db.pool, gw).await?;
+    let hr = TestDevice::new(gw, "link-hr-4", DataType::HeartRate, 1);
+    p.register(&db.pool, &[&hr]).await?;
+    publish(&mut p, gw, &[hr.link_state(true, now_ms())]).await?;
+    wait_link(&db.pool, "link-hr-4", "connected", |l| {
+        l.connection_state == "CONNECTED"
+    })
+    .await?;
+
+    // Ingest stops; then the gateway goes offline (its retained status).
+    let exit = ingest.terminate()?;
+    anyhow::ensure!(exit.success(), "ingest exit {exit}");
+    let before = Utc::now();
+    p.publish_retained(&status, b"offline").await?;
+    assert_eq!(
+        link(&db.pool, "link-hr-4").await?.connection_state,
+        "CONNECTED",
+        "nobody has told the database yet"
+    );
+
+    let _ingest = IngestProcess::start(Path::new(BIN), &db, &zk, &[gw], logs.path())?;
+    let h = wait_link(&db.pool, "link-hr-4", "unknown after a restart", |l| {
+        l.connection_state == "UNKNOWN"
+    })
+    .await?;
+    let since = h.gateway_offline_since.context("gateway_offline_since")?;
+    assert!(
+        since >= before - chrono::Duration::seconds(1),
+        "offline as of when the new ingest saw it ({since}), not before the status was said ({before})"
+    );
+    assert_eq!(
+        gateway(&db.pool, gw).await?,
+        ("OFFLINE".to_owned(), Some(since))
+    );
+    p.publish_retained(&status, b"online").await?;
+    db.drop().await
+}

@@ -145,6 +145,7 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-link-1",
     "gw-link-2",
     "gw-link-3",
+    "gw-link-4",
     // connection slots (tests/tests/slots.rs)
     "gw-slots-1",
 ];

@@ -453,7 +453,8 @@ pub async fn clinicians_patients(conn: &mut PgConnection) -> Result<Vec<PatientR
         "SELECT u.id, u.did, u.display_name,
                 CASE WHEN bool_or(g.data_types IS NULL) THEN NULL
                      ELSE array_agg(DISTINCT t) FILTER (WHERE t IS NOT NULL) END,
-                true, max(g.expires_at)
+                true,
+                CASE WHEN bool_or(g.expires_at IS NULL) THEN NULL ELSE max(g.expires_at) END
            FROM care_grants g
            JOIN users u ON u.id = g.patient_id
            LEFT JOIN LATERAL unnest(g.data_types) t ON true

@@ -1188,6 +1188,47 @@ async fn a_patient_gives_and_revokes_grants_and_a_clinician_cannot() -> Result<(
     let l = r.api.json(&other.token, "/api/v1/grants").await?;
     assert_eq!(l["grants"].as_array().map(Vec::len), Some(0), "{l}");
 
+    // The clinician's patient list says when access ends; with a second
+    // grant that never expires, it never ends (not the later expiry).
+    let expiry_listed = |l: &Value| -> Result<Value> {
+        let me = l["patients"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|x| x["id"] == p.to_string()))
+            .with_context(|| format!("the patient in {l}"))?;
+        Ok(me["grant_expires_at"].clone())
+    };
+    let l = r.api.json(&doc.token, "/api/v1/patients").await?;
+    let listed: chrono::DateTime<chrono::Utc> = serde_json::from_value(expiry_listed(&l)?)?;
+    assert_eq!(
+        listed.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        expires
+    );
+    let forever = format!(
+        r#"{{"clinician":"{}","data_types":["HEART_RATE"]}}"#,
+        doc.did
+    );
+    let (code, made2) = r
+        .api
+        .send("POST", &r.patient.token, "/api/v1/grants", Some(&forever))
+        .await?;
+    assert_eq!(code, 201, "{made2}");
+    let l = r.api.json(&doc.token, "/api/v1/patients").await?;
+    assert_eq!(expiry_listed(&l)?, Value::Null, "{l}");
+    let id2 = serde_json::from_str::<Value>(&made2)?["id"]
+        .as_str()
+        .context("grant id")?
+        .to_owned();
+    let (code, msg) = r
+        .api
+        .send(
+            "DELETE",
+            &r.patient.token,
+            &format!("/api/v1/grants/{id2}"),
+            None,
+        )
+        .await?;
+    assert_eq!(code, 200, "{msg}");
+
     // A clinician can neither give nor revoke; nor can another patient revoke.
     let self_grant = format!(r#"{{"clinician":"{}"}}"#, doc.did);
     let (code, msg) = r

@@ -838,6 +838,14 @@ pub struct Truth {
     pub slots: Vec<u64>,
     /// The bytes were deliberately malformed (fault injection).
     pub malformed: bool,
+    /// The typed value as the simulator took it (its `time`, where it has
+    /// one, is the true time).
+    #[serde(default)]
+    pub measurement: serde_json::Value,
+    /// How far ahead of the true time the device's clock was when it took
+    /// the value (its stamp on the air is the true time plus this).
+    #[serde(default)]
+    pub device_clock_offset_s: i64,
 }
 
 /// The records of the simulator's ground-truth file (JSON lines; blank lines skipped).
@@ -875,6 +883,23 @@ pub fn tolerance(characteristic: &str) -> u64 {
 }
 
 impl Truth {
+    /// When the value was truly taken (ms since the epoch), if it carries a
+    /// time stamp.
+    pub fn true_time_ms(&self) -> Option<i64> {
+        let t = &self.measurement["time"];
+        let n = |k: &str| t[k].as_u64().and_then(|v| u32::try_from(v).ok());
+        let date = chrono::NaiveDate::from_ymd_opt(
+            i32::try_from(n("year")?).ok()?,
+            n("month")?,
+            n("day")?,
+        )?;
+        Some(
+            date.and_hms_opt(n("hour")?, n("minute")?, n("second")?)?
+                .and_utc()
+                .timestamp_millis(),
+        )
+    }
+
     /// Whether this value, as sent, makes a reading.
     pub fn makes_reading(&self) -> bool {
         matches!(self.event.as_str(), "notify" | "indicate")

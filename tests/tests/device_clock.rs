@@ -23,54 +23,6 @@ const GW: &str = "gw-clock-1";
 /// How far the cuff's clock is ahead.
 const CUFF_AHEAD_S: i64 = 180;
 
-/// A value the simulator put on the air that makes a reading: its slots,
-/// its true time and how far its device's clock was ahead when it took it.
-struct Sent {
-    slots: Vec<u64>,
-    true_ms: i64,
-    clock_ahead_s: i64,
-}
-
-fn sent_by(truth_path: &std::path::Path, device: &str) -> Result<Vec<Sent>> {
-    let text = std::fs::read_to_string(truth_path)?;
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value = serde_json::from_str(line).with_context(|| format!("truth line {line}"))?;
-        let makes_reading = matches!(v["characteristic"].as_str(), Some("2a35" | "2a9d" | "2a1c"));
-        if v["device"] != device || !makes_reading || v["malformed"] == true {
-            continue;
-        }
-        let t = &v["measurement"]["time"];
-        let n = |k: &str| t[k].as_i64().with_context(|| format!("time.{k} in {t}"));
-        let true_s = chrono::NaiveDate::from_ymd_opt(
-            i32::try_from(n("year")?)?,
-            u32::try_from(n("month")?)?,
-            u32::try_from(n("day")?)?,
-        )
-        .and_then(|d| {
-            d.and_hms_opt(
-                u32::try_from(n("hour").ok()?).ok()?,
-                u32::try_from(n("minute").ok()?).ok()?,
-                u32::try_from(n("second").ok()?).ok()?,
-            )
-        })
-        .context("a truth time")?
-        .and_utc()
-        .timestamp();
-        out.push(Sent {
-            slots: v["slots"]
-                .as_array()
-                .context("slots")?
-                .iter()
-                .filter_map(Value::as_u64)
-                .collect(),
-            true_ms: true_s * 1000,
-            clock_ahead_s: v["device_clock_offset_s"].as_i64().unwrap_or(0),
-        });
-    }
-    Ok(out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Result<()> {
     let db = TestDb::create().await?;
@@ -149,29 +101,26 @@ async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Re
     let mut published: HashMap<(String, i64), i64> = HashMap::new();
     let mut scale_flags: HashMap<i64, bool> = HashMap::new();
     let mut reset_flags = 0;
+    let truth = read_truth(&truth_path)?;
     for (name, id) in [("bp0", &cuff), ("scale0", &scale), ("temp0", &thermometer)] {
-        let sent = sent_by(&truth_path, name)?;
+        let sent: Vec<&Truth> = truth
+            .iter()
+            .filter(|t| t.device == name && t.makes_reading())
+            .collect();
         let mut next = 0;
         for (seq, (_, r)) in by_seq(&envelopes, id)? {
             let slots = open(&rig, id, r)?;
-            let tol = if name == "bp0" { 4 } else { 5 };
-            let found = sent[next..].iter().position(|s| {
-                s.slots.len() == slots.len()
-                    && s.slots
-                        .iter()
-                        .zip(&slots)
-                        .all(|(a, b)| a.abs_diff(u64::from(*b)) <= tol)
-            });
+            let found = sent[next..].iter().position(|s| s.matches(&slots));
             let i =
                 next + found.with_context(|| format!("{name} seq {seq}: {slots:?} not sent"))?;
             next = i + 1;
-            let s = &sent[i];
+            let s = sent[i];
+            let true_ms = s.true_time_ms().context("a time stamp")?;
             ensure!(
-                (r.recorded_at_ms - s.true_ms).abs() <= 2_000,
-                "{name} seq {seq}: recorded at {} ms, taken at {} ms (its clock {} s ahead)",
+                (r.recorded_at_ms - true_ms).abs() <= 2_000,
+                "{name} seq {seq}: recorded at {} ms, taken at {true_ms} ms (its clock {} s ahead)",
                 r.recorded_at_ms,
-                s.true_ms,
-                s.clock_ahead_s
+                s.device_clock_offset_s
             );
             let header = ReadingHeader {
                 gateway_id: &rig.gateway_id,
@@ -186,7 +135,7 @@ async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Re
                 .get("clock")
                 .and_then(|c| c.as_text())
                 .map(str::to_owned);
-            let stamped_by_reset_clock = s.clock_ahead_s < -10 * 365 * 86_400;
+            let stamped_by_reset_clock = s.device_clock_offset_s < -10 * 365 * 86_400;
             ensure!(
                 flag.as_deref() == stamped_by_reset_clock.then_some("reset"),
                 "{name} seq {seq}: clock flag {flag:?}, stamped by a reset clock: {stamped_by_reset_clock}"
@@ -203,7 +152,7 @@ async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Re
                 .map(i128::from)
                 .with_context(|| format!("{name} seq {seq}: no device time"))?;
             ensure!(
-                (device_time - i128::from(s.true_ms + s.clock_ahead_s * 1000)).abs() < 1000,
+                (device_time - i128::from(true_ms + s.device_clock_offset_s * 1000)).abs() < 1000,
                 "{name} seq {seq}: device time {device_time} is not the stamp it sent"
             );
             published.insert((id.clone(), r.seq as i64), r.recorded_at_ms);

@@ -1,0 +1,130 @@
+//! Stored records (issue 19): while the gateway is stopped, a cuff, a scale
+//! and a thermometer keep their measurements queued and a glucose meter
+//! stores its records; when the gateway runs again every one of them is
+//! delivered (indications oldest first, glucose through RACP after the
+//! gateway's cursor), published exactly once, in the order taken, each with
+//! the time it was taken — not the time it was handed over.
+
+use anyhow::{Context, Result, ensure};
+use hailan_firmware_sim::harness::SimHarness;
+use hailan_tests::DevZk;
+use hailan_tests::gateway::*;
+use std::time::Duration;
+
+/// A gateway account of the development broker (xtask/src/services.rs).
+const GW: &str = "gw-stored-1";
+const DEVICES: [&str; 4] = ["bp0", "scale0", "temp0", "glucose0"];
+
+/// What a device's readings must be, in order: a cuff's, scale's or
+/// thermometer's indicated values; a meter's stored records (each once,
+/// however often RACP sent it).
+fn taken(truth: &[Truth], device: &str) -> Vec<Truth> {
+    truth
+        .iter()
+        .filter(|t| t.device == device)
+        .filter(|t| {
+            if device.starts_with("glucose") {
+                t.event == "stored"
+            } else {
+                t.makes_reading()
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_taken_while_the_gateway_was_stopped_arrive_once_in_order_with_their_time()
+-> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let truth_path = tmp.path().join("truth.jsonl");
+    let broker = Broker::shared();
+    // Device schedules slowed down a hundredfold: the only measurements are
+    // the ones this test asks for (and the meter's stored history).
+    let sim = SimHarness::start(&[
+        "--devices",
+        "bp=1,scale=1,temp=1,glucose=1",
+        "--seed",
+        "13",
+        "--speed",
+        "0.01",
+        "--ground-truth",
+        &truth_path.display().to_string(),
+    ])?;
+    let (mut sim, rig, devices) = pair_all(sim, GW, &broker, &zk, "", &[])?;
+    let (collector, mut gw) =
+        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
+    let exit = gw.terminate()?;
+    ensure!(exit.success(), "gateway exit {exit}");
+
+    // The gateway is down: three measurements each, a second apart (device
+    // time stamps have whole seconds).
+    for _ in 0..3 {
+        for name in DEVICES {
+            sim.sim.command(&format!("measure {name}"))?;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+
+    let mut gw = rig.start(&[])?;
+    let ids: Vec<(&str, String)> = DEVICES
+        .iter()
+        .map(|name| Ok((*name, id_of_kind(&devices, name.trim_end_matches('0'))?)))
+        .collect::<Result<_>>()?;
+    collector
+        .wait_for(Duration::from_secs(90), "every stored record", |e| {
+            let Ok(truth) = read_truth(&truth_path) else {
+                return false;
+            };
+            ids.iter().all(|(name, id)| {
+                let want = taken(&truth, name).len();
+                want >= 3 && readings_of(e, id).len() >= want
+            })
+        })
+        .await?;
+    let exit = gw.terminate()?;
+    ensure!(exit.success(), "gateway exit {exit}");
+    let (envelopes, next) = after_stop(&rig, &collector).await?;
+    let truth = read_truth(&truth_path)?;
+    // Every value the devices put on the air was published (the glucose
+    // records through RACP, each once).
+    check_against_truth(&rig, &envelopes, &devices, &truth, 0..truth.len())?;
+
+    for (name, id) in &ids {
+        let readings = by_seq(&envelopes, id)?;
+        // Exactly once: one reading per seq, none skipped.
+        let n = next.get(id).copied().context("next seq")?;
+        ensure!(
+            readings.len() as u64 == n - 1,
+            "{name}: {} readings for seqs 1..{n}",
+            readings.len()
+        );
+        let values = taken(&truth, name);
+        ensure!(
+            readings.len() == values.len(),
+            "{name}: {} readings for {} values sent",
+            readings.len(),
+            values.len()
+        );
+        // In the order taken, each with its own time.
+        let mut last = i64::MIN;
+        for ((seq, (_, r)), t) in readings.iter().zip(&values) {
+            let slots = open(&rig, id, r)?;
+            ensure!(
+                t.matches(&slots),
+                "{name} seq {seq}: {slots:?} is not {:?}",
+                t.slots
+            );
+            let taken = t.true_time_ms().context("a time stamp")?;
+            ensure!(
+                (r.recorded_at_ms - taken).abs() <= 2_000,
+                "{name} seq {seq}: recorded at {} ms, taken at {taken} ms",
+                r.recorded_at_ms
+            );
+            ensure!(r.recorded_at_ms >= last, "{name} seq {seq}: out of order");
+            last = r.recorded_at_ms;
+        }
+    }
+    Ok(())
+}

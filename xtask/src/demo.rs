@@ -24,7 +24,7 @@ const OWNER: &str = "did:hailan:demo:owner";
 const CLINICIAN: &str = "did:hailan:demo:clinician";
 const API_LISTEN: &str = "127.0.0.1:8443";
 /// The simulated devices by default.
-pub const DEVICES: &str = "hr=3,bp=1,spo2=1,temp=1,glucose=1,scale=1";
+pub const DEVICES: &str = "hr=3,bp=1,spo2=1,temp=1,glucose=1,scale=1,bodycomp=1";
 /// Device schedules run this much faster than real time by default (a cuff
 /// every 45 s instead of 3 min), so a one-minute demo shows every kind.
 pub const SPEED: u32 = 4;
@@ -287,7 +287,7 @@ pub fn run(e: &Endpoints, opts: &Options) -> Result<()> {
     std::fs::write(
         &config,
         format!(
-            "gateway_id = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[mqtt]\nhost = \"{host}\"\nport = {port}\npassword_file = \"{}\"\n\n[keys]\ndata_key_file = \"{}\"\ndata_key_id = \"owner-key-demo\"\nzk_dir = \"{}\"\nallow_dev_keys = true\n\n[pipeline]\nwindow_size = 16\nwindow_max_ms = 5000\n\n[ble]\nbattery_interval_s = 10\n# the demo's eight devices each on a link of their own\nmax_connections = 10\n",
+            "gateway_id = \"{GATEWAY}\"\nstate_dir = \"{}\"\n\n[mqtt]\nhost = \"{host}\"\nport = {port}\npassword_file = \"{}\"\n\n[keys]\ndata_key_file = \"{}\"\ndata_key_id = \"owner-key-demo\"\nzk_dir = \"{}\"\nallow_dev_keys = true\n\n[pipeline]\nwindow_size = 16\nwindow_max_ms = 5000\n\n[ble]\nbattery_interval_s = 10\n# the demo's nine devices each on a link of their own\nmax_connections = 10\n",
             gw_state.display(),
             pw_file.display(),
             key_file.display(),

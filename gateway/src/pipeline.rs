@@ -320,29 +320,23 @@ impl Pipeline {
         needs_repair: bool,
     ) -> Result<()> {
         let at = now_ms();
+        let state = DeviceState {
+            device_id: device_id.to_owned(),
+            battery_level: s.battery,
+            rssi: s.rssi,
+            connected: s.connected,
+            firmware_version: s.firmware.clone(),
+            observed_at_ms: at,
+            needs_repair: Some(needs_repair),
+        };
         let envelope = Envelope {
             v: 1,
             gateway_id: self.gateway_id.clone(),
             sent_at_ms: at,
-            body: Body::DeviceState(DeviceState {
-                device_id: device_id.to_owned(),
-                battery_level: s.battery,
-                rssi: s.rssi,
-                connected: s.connected,
-                firmware_version: s.firmware.clone(),
-                observed_at_ms: at,
-                needs_repair: Some(needs_repair),
-            }),
+            body: Body::DeviceState(state.clone()),
         };
         let payload = hailan_proto::envelope::encode(&envelope);
-        let queued = self.store.record_state(
-            device_id,
-            s.battery,
-            s.rssi,
-            s.connected,
-            at,
-            Some(&payload),
-        )?;
+        let queued = self.store.record_state(&state, Some(&payload))?;
         if queued {
             self.outbox_changed.notify_one();
         } else {

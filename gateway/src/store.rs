@@ -439,19 +439,27 @@ impl Store {
     /// nothing is recorded nor queued for a device that is not paired (forgotten).
     pub fn record_state(
         &self,
-        device_id: &str,
-        battery: Option<u8>,
-        rssi: Option<i16>,
-        connected: bool,
-        at_ms: i64,
+        state: &hailan_proto::envelope::DeviceState,
         payload: Option<&[u8]>,
     ) -> Result<bool> {
+        let device_id = state.device_id.as_str();
+        let at_ms = state.observed_at_ms;
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        // The firmware read on this connection replaces the one read at
+        // pairing (devices get firmware updates).
         let known = tx
             .execute(
-                "UPDATE devices SET battery = COALESCE(?2, battery), rssi = COALESCE(?3, rssi), connected = ?4, state_at_ms = ?5 WHERE device_id = ?1",
-                params![device_id, battery, rssi, connected, at_ms],
+                "UPDATE devices SET battery = COALESCE(?2, battery), rssi = COALESCE(?3, rssi), connected = ?4, state_at_ms = ?5,
+                        firmware = COALESCE(?6, firmware) WHERE device_id = ?1",
+                params![
+                    device_id,
+                    state.battery_level,
+                    state.rssi,
+                    state.connected,
+                    at_ms,
+                    state.firmware_version
+                ],
             )
             .map_err(|e| db_err(e, "updating device state"))?;
         let mut queued = false;
@@ -703,6 +711,23 @@ fn insert_entry(
 mod tests {
     use super::*;
 
+    fn state(
+        id: &str,
+        battery: Option<u8>,
+        firmware: Option<&str>,
+        at_ms: i64,
+    ) -> hailan_proto::envelope::DeviceState {
+        hailan_proto::envelope::DeviceState {
+            device_id: id.into(),
+            battery_level: battery,
+            rssi: None,
+            connected: true,
+            firmware_version: firmware.map(str::to_owned),
+            observed_at_ms: at_ms,
+            needs_repair: None,
+        }
+    }
+
     fn device(id: &str, address: &str) -> DeviceRow {
         DeviceRow {
             device_id: id.into(),
@@ -814,7 +839,7 @@ mod tests {
             ),
             "{e:?}"
         );
-        assert!(!store.record_state("d1", Some(5), None, true, 3, Some(b"state"))?);
+        assert!(!store.record_state(&state("d1", Some(5), None, 3), Some(b"state"))?);
         let first = store.pending(0, 1)?;
         store.remove(&[first[0].id])?;
         store.commit_readings(&readings("d1", 2, 1, b"123"), 4)?;
@@ -834,11 +859,20 @@ mod tests {
         assert!(store.find_device("d1")?.is_none());
         assert_eq!(store.outbox_stats()?.bytes, 4);
         assert!(
-            !store.record_state("d1", None, None, true, 5, Some(b"state"))?,
+            !store.record_state(&state("d1", None, None, 5), Some(b"state"))?,
             "nothing is queued for a forgotten device"
         );
         assert_eq!(store.outbox_stats()?.bytes, 4);
-        assert!(store.record_state("d2", None, None, true, 5, None).is_ok());
+        assert!(
+            store
+                .record_state(&state("d2", None, Some("fw-2.0"), 5), None)
+                .is_ok()
+        );
+        assert_eq!(
+            store.find_device("d2")?.and_then(|d| d.firmware).as_deref(),
+            Some("fw-2.0"),
+            "the firmware read on a connection is kept"
+        );
         store.reset_links()?;
         assert!(store.devices()?.iter().all(|d| !d.connected));
         assert!(matches!(

@@ -29,8 +29,8 @@ pub struct Metrics {
     /// missing field where a slot needs a number, a scale's "unsuccessful",
     /// a Body Composition half whose other half never came).
     pub no_reading: Counter,
-    /// Proof groups committed without a proof (a value outside the proof
-    /// bounds); ingest quarantines them.
+    /// Readings committed without a proof (their group holds a value
+    /// outside the proof bounds); ingest quarantines them.
     pub unproven: Counter,
     /// Device-state envelopes not queued because the outbox was full.
     pub states_refused: Counter,

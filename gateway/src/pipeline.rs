@@ -620,7 +620,12 @@ impl Worker {
                 }),
             };
             let unproven = match &envelope.body {
-                Body::Readings(b) => b.groups.iter().filter(|g| g.proof.is_none()).count(),
+                Body::Readings(b) => b
+                    .groups
+                    .iter()
+                    .filter(|g| g.proof.is_none())
+                    .map(|g| g.readings.len())
+                    .sum(),
                 _ => 0,
             };
             let payload = hailan_proto::envelope::encode(&envelope);

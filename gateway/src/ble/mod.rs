@@ -18,6 +18,7 @@
 //! | [`pair`] | find, connect, bond, check the GATT table, read DIS ([`Ble::pair`]) |
 //! | [`session`] | one known device: connect, subscribe, forward, reconnect |
 //! | [`glucose`] | RACP: fetch the records after the cursor |
+//! | [`clock`] | read a device's clock before its values; set it when its link idles |
 //! | [`hub`] | the one btleplug event stream, fanned out to everyone |
 //! | [`watchdog`] | keep discovery running and reporting |
 //! | [`slots`] | how many links are held at once, and who waits for one |

@@ -114,7 +114,10 @@ async fn every_reading_arrives_sealed_proven_in_order_and_systemd_is_told() -> R
     assert_eq!(counter("hailan_gateway_broker_connected"), 1.0, "{text}");
     // Right clocks, plausible values: nothing flagged, nothing unproven.
     assert_eq!(counter("hailan_gateway_clock_flagged_total"), 0.0, "{text}");
-    assert!(text.contains("hailan_gateway_clock_flagged_total"), "{text}");
+    assert!(
+        text.contains("hailan_gateway_clock_flagged_total"),
+        "{text}"
+    );
     assert_eq!(counter("hailan_gateway_unproven_total"), 0.0, "{text}");
     let status = rig.status()?;
     assert_eq!(status["daemon_running"], true, "{status}");

@@ -37,10 +37,21 @@ async fn every_emitted_value_is_stored_verified_once_with_device_state() -> Resu
         sim.sim.command(&format!("measure {name}"))?;
     }
     let hr: Vec<String> = ids_of_kind(&devices, "hr");
+    // Every measurement asked for, not only the straps' stream (which may
+    // have its 8 readings before the cuff has finished inflating).
+    let asked: Vec<(String, usize)> = [("bp", 1), ("temp", 2), ("scale", 1), ("spo2", 1)]
+        .into_iter()
+        .map(|(kind, n)| Ok((id_of_kind(&devices, kind)?, n)))
+        .collect::<Result<_>>()?;
     collector
-        .wait_for(Duration::from_secs(60), "heart-rate readings", |e| {
-            hr.iter().all(|id| readings_of(e, id).len() >= 8)
-        })
+        .wait_for(
+            Duration::from_secs(60),
+            "every measurement asked for",
+            |e| {
+                hr.iter().all(|id| readings_of(e, id).len() >= 8)
+                    && asked.iter().all(|(id, n)| readings_of(e, id).len() >= *n)
+            },
+        )
         .await?;
     let exit = gw.terminate()?;
     assert!(exit.success());

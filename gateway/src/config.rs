@@ -475,6 +475,21 @@ mod tests {
     }
 
     #[test]
+    fn setting_device_clocks_is_on_by_default_and_can_be_turned_off() -> Result<()> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/gateway.example.toml");
+        assert!(
+            GatewayConfig::load(Some(&path))?
+                .ble_config()
+                .set_device_clock
+        );
+        let base = std::fs::read_to_string(&path)?;
+        let off = base.replace("set_device_clock = true", "set_device_clock = false");
+        assert_ne!(off, base, "the example names the key");
+        assert!(!load(&off)?.ble_config().set_device_clock);
+        Ok(())
+    }
+
+    #[test]
     fn a_bad_value_names_its_key() {
         let err = |t: &str| format!("{:#}", load(t).expect_err("must fail"));
         assert!(err("").contains("gateway_id"));

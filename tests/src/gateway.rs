@@ -979,6 +979,16 @@ pub fn verify_all(zk: &DevZk, gateway_id: &str, envelopes: &[Envelope]) -> Resul
 
 /// Open a reading with the owner key: its slots.
 pub fn open(rig: &GatewayRig, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
+    Ok(open_sealed(rig, device_id, r)?.slots)
+}
+
+/// Open a reading with the owner key: the whole sealed value (slots and
+/// the extras the gateway sealed beside them).
+pub fn open_sealed(
+    rig: &GatewayRig,
+    device_id: &str,
+    r: &Reading,
+) -> Result<hailan_proto::seal::SealedValue> {
     let header = ReadingHeader {
         gateway_id: &rig.gateway_id,
         device_id,
@@ -986,9 +996,8 @@ pub fn open(rig: &GatewayRig, device_id: &str, r: &Reading) -> Result<Vec<u32>> 
         seq: r.seq,
         recorded_at_ms: r.recorded_at_ms,
     };
-    let v = hailan_proto::seal::open(&rig.data_key, &header, &r.sealed)
-        .with_context(|| format!("opening {device_id} seq {}", r.seq))?;
-    Ok(v.slots)
+    hailan_proto::seal::open(&rig.data_key, &header, &r.sealed)
+        .with_context(|| format!("opening {device_id} seq {}", r.seq))
 }
 
 /// Per device: seq → (group, reading); fails on a gap or a changed duplicate.

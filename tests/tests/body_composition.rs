@@ -8,7 +8,6 @@
 
 use anyhow::{Context, Result, bail, ensure};
 use hailan_proto::DataType;
-use hailan_proto::header::ReadingHeader;
 use hailan_tests::api::{ApiProcess, ensure_api_login, validate_fhir, write_key_ring};
 use hailan_tests::gateway::*;
 use hailan_tests::{DevZk, IngestProcess, TestDb, count_readings, enrol_with_token, eventually};
@@ -133,14 +132,7 @@ async fn every_body_composition_field_arrives_through_fhir() -> Result<()> {
     for (address, id) in &devices {
         for (_, (_, r)) in by_seq(&envelopes, id)? {
             ensure!(r.data_type == DataType::BodyComposition.as_str());
-            let header = ReadingHeader {
-                gateway_id: &rig.gateway_id,
-                device_id: id,
-                data_type: &r.data_type,
-                seq: r.seq,
-                recorded_at_ms: r.recorded_at_ms,
-            };
-            let v = hailan_proto::seal::open(&rig.data_key, &header, &r.sealed)?;
+            let v = open_sealed(&rig, id, r)?;
             let user = v
                 .extras
                 .get("user_id")

@@ -10,7 +10,6 @@
 
 use anyhow::{Context, Result, ensure};
 use hailan_firmware_sim::harness::SimHarness;
-use hailan_proto::header::ReadingHeader;
 use hailan_tests::api::{ApiProcess, ensure_api_login, validate_fhir, write_key_ring};
 use hailan_tests::gateway::*;
 use hailan_tests::{DevZk, IngestProcess, TestDb, enrol_with_token, eventually};
@@ -122,14 +121,7 @@ async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Re
                 r.recorded_at_ms,
                 s.device_clock_offset_s
             );
-            let header = ReadingHeader {
-                gateway_id: &rig.gateway_id,
-                device_id: id,
-                data_type: &r.data_type,
-                seq: r.seq,
-                recorded_at_ms: r.recorded_at_ms,
-            };
-            let v = hailan_proto::seal::open(&rig.data_key, &header, &r.sealed)?;
+            let v = open_sealed(&rig, id, r)?;
             let flag = v
                 .extras
                 .get("clock")

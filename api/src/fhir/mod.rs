@@ -20,7 +20,12 @@
 //!   position; heart-rate sensor contact; pulse-oximetry measurement and
 //!   device/sensor status; glucose sensor status and control solution) are
 //!   components coded in [`QUALITY_CODES`] with `valueBoolean` true, also
-//!   marked unproven: the device said so, sealed, but no proof covers it.
+//!   marked unproven: the device said so, sealed, but no proof covers it;
+//!   so is the gateway's `clock` flag (a reset device clock, an estimated
+//!   time) on every type with a time stamp.
+//! - The device's own time stamp (`device_time_ms`, [`hailan_proto::clock`])
+//!   is a `device-time` component beside `effectiveDateTime` (the corrected
+//!   time): a `valueString`, since a device's wall clock has no zone.
 //! - Verification travels in the extension [`ZK_EXTENSION`]: `state`
 //!   (`verified` / `unverifiable`), `proofHash`, `statement`, `keyId`, and for
 //!   an unverifiable reading its `reason`. An unverifiable reading has no

@@ -15,7 +15,8 @@ pub struct DeviceInfo {
     pub kind: DeviceKind,
     /// Bluetooth address, upper case (`F0:4A:1A:01:00:00`).
     pub address: String,
-    /// BlueZ object path (`/org/bluez/hci0/dev_F0_4A_1A_01_00_00`).
+    /// BlueZ object path under the first adapter
+    /// (`/org/bluez/hci0/dev_F0_4A_1A_01_00_00`); [`on_adapter`] gives it under another.
     pub path: String,
     /// Advertised local name.
     pub local_name: String,
@@ -112,19 +113,66 @@ impl DeviceClock {
 /// change, factory reset): 2000-01-01T00:00:00.
 pub const CLOCK_RESET_UNIX: i64 = 946_684_800;
 
+/// A set of adapters by index (bit k = `hci{k}`; at most 32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adapters(u32);
+
+impl Adapters {
+    /// No adapter.
+    pub const NONE: Adapters = Adapters(0);
+    /// Is adapter `k` in the set?
+    pub fn has(self, k: usize) -> bool {
+        k < 32 && self.0 & (1 << k) != 0
+    }
+    /// Add adapter `k`.
+    pub fn add(&mut self, k: usize) {
+        if k < 32 {
+            self.0 |= 1 << k;
+        }
+    }
+    /// Remove adapter `k`.
+    pub fn remove(&mut self, k: usize) {
+        if k < 32 {
+            self.0 &= !(1 << k);
+        }
+    }
+    /// Is the set empty?
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// The object path of adapter `k` (`/org/bluez/hci1`).
+pub fn adapter_path(k: usize) -> String {
+    format!("/org/bluez/hci{k}")
+}
+
+/// `path` (an object under `/org/bluez/hci0`) as seen under adapter `k`.
+pub fn on_adapter(path: &str, k: usize) -> String {
+    match path.strip_prefix("/org/bluez/hci0") {
+        Some(rest) if k > 0 => format!("{}{rest}", adapter_path(k)),
+        _ => path.to_string(),
+    }
+}
+
 /// Connection and radio state.
 #[derive(Debug)]
 pub struct DevState {
-    /// Exported on D-Bus (discovered).
-    pub exported: bool,
-    /// GATT objects exported.
-    pub gatt_exported: bool,
-    /// Connected.
+    /// The adapters (bit k = `hci{k}`) that discovered it: its `Device1`
+    /// object exists under each of them.
+    pub exported: Adapters,
+    /// The adapters under which its GATT objects exist.
+    pub gatt_exported: Adapters,
+    /// Connected (through adapter `link_on`).
     pub connected: bool,
+    /// The adapter holding the link while `connected` (a peripheral takes
+    /// one central at a time).
+    pub link_on: usize,
     /// Services resolved.
     pub services_resolved: bool,
-    /// Paired (and bonded).
-    pub paired: bool,
+    /// The adapters it is paired (bonded) with: BlueZ keeps link keys per
+    /// adapter, so a bond made through `hci0` is not one through `hci1`.
+    pub paired: Adapters,
     /// Trusted.
     pub trusted: bool,
     /// RSSI, dBm.
@@ -149,11 +197,22 @@ pub struct DevState {
     pub pairing_mode_timeout: bool,
     /// The device forgot its bond (battery change, reset): BlueZ still
     /// says `Paired`, but the link's encryption fails (fault).
-    pub bond_lost: bool,
+    pub bond_lost: Adapters,
     /// Its wall clock.
     pub clock: DeviceClock,
     /// How many times a client set its clock (Current Time written).
     pub clock_sets: u32,
+}
+
+impl DevState {
+    /// Is the link up through adapter `k`?
+    pub fn linked_on(&self, k: usize) -> bool {
+        self.connected && self.link_on == k
+    }
+    /// Is the link up and encrypted with a bond both sides still hold?
+    pub fn bonded_link(&self) -> bool {
+        self.connected && self.paired.has(self.link_on) && !self.bond_lost.has(self.link_on)
+    }
 }
 
 /// Model state (values waiting for delivery, stored records).
@@ -351,11 +410,12 @@ impl Device {
             info,
             index,
             st: Mutex::new(DevState {
-                exported: false,
-                gatt_exported: false,
+                exported: Adapters::NONE,
+                gatt_exported: Adapters::NONE,
                 connected: false,
+                link_on: 0,
                 services_resolved: false,
-                paired: false,
+                paired: Adapters::NONE,
                 trusted: false,
                 rssi: -50 - (index % 40) as i16,
                 rssi_pinned: false,
@@ -367,7 +427,7 @@ impl Device {
                 measure_now: false,
                 pairing: false,
                 pairing_mode_timeout: false,
-                bond_lost: false,
+                bond_lost: Adapters::NONE,
                 clock: DeviceClock::correct(),
                 clock_sets: 0,
             }),

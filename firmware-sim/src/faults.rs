@@ -16,6 +16,7 @@
 //! | `battery=hr0:15` | hr0's battery drops to 15 % (read and notified on 0x2A19) |
 //! | `power-off+2s` | adapter powers off (rfkill-style: cannot be powered on) for 2 s, then on |
 //! | `power-off` / `power-on` | adapter off (a client may power it on again) / on |
+//! | `power-off=hci1+60s` | the same for adapter `hci1` (with `--adapters 2` or more; default `hci0`) |
 //!
 //! `DEVICE` is a name (`hr0`), an address, or `*` (every device): a
 //! disconnect storm is `drop=*@5s%2s`.
@@ -100,11 +101,16 @@ pub enum Fault {
     /// Power the adapter off; with a duration it stays blocked (as rfkill)
     /// and comes back on by itself afterwards.
     PowerOff {
+        /// which adapter (`hci1`); `None` = `hci0`.
+        adapter: Option<String>,
         /// how long it stays blocked.
         duration: Option<Duration>,
     },
     /// Power the adapter on.
-    PowerOn,
+    PowerOn {
+        /// which adapter (`hci1`); `None` = `hci0`.
+        adapter: Option<String>,
+    },
     /// Set a device's clock `offset_s` seconds ahead of the true time
     /// (negative: behind), drifting `drift_ppm` parts per million.
     Clock {
@@ -237,8 +243,13 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
                     .ok_or(format!("{item}: bad percent {p:?}"))?,
             }
         }
-        "power-off" => Fault::PowerOff { duration },
-        "power-on" => Fault::PowerOn,
+        "power-off" => Fault::PowerOff {
+            adapter: arg.clone(),
+            duration,
+        },
+        "power-on" => Fault::PowerOn {
+            adapter: arg.clone(),
+        },
         "clock" => {
             let a = need("DEVICE:SECONDS[:PPM]")?;
             let mut parts = a.split(':');
@@ -328,7 +339,15 @@ mod tests {
         assert_eq!(
             f[3].fault,
             Fault::PowerOff {
+                adapter: None,
                 duration: Some(Duration::from_millis(500))
+            }
+        );
+        assert_eq!(
+            parse_faults("power-off=hci1+60s").expect("adapter")[0].fault,
+            Fault::PowerOff {
+                adapter: Some("hci1".into()),
+                duration: Some(Duration::from_secs(60))
             }
         );
         let storm = parse_faults("drop=*@5s%2s").expect("storm");

@@ -263,6 +263,17 @@ impl SimProcess {
         Ok((field(&answer, "now=")?, field(&answer, "peak=")?))
     }
 
+    /// `linked NAME`: the adapter (`hci1`) holding the device's link, if
+    /// it is connected.
+    pub fn linked(&mut self, name: &str) -> anyhow::Result<Option<String>> {
+        let answer = self.ask(&format!("linked {name}"))?;
+        let adapter = answer
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("adapter="))
+            .with_context(|| format!("no adapter= in {answer:?}"))?;
+        Ok((adapter != "none").then(|| adapter.to_string()))
+    }
+
     /// `clock NAME`: how far the device's clock is ahead of the true time
     /// (ms), and how many times a client set it.
     pub fn clock(&mut self, name: &str) -> anyhow::Result<(i64, u32)> {

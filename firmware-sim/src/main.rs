@@ -3,11 +3,12 @@
 //! ```text
 //! hailan-sim run --devices hr=5,bp=1,spo2=1,temp=1,glucose=1,scale=1 \
 //!     [--seed N] [--speed X] [--faults SPEC] [--ground-truth FILE] \
-//!     [--bus ADDRESS | --private-bus]
+//!     [--adapters N] [--bus ADDRESS | --private-bus]
 //! ```
 //! Prints `DEVICE name kind address path` per device, `BUS address`, then
 //! `READY` (stdout); logs go to stderr. Reads commands on stdin:
-//! `fault SPEC` (see `faults`), `measure NAME`, `quit`.
+//! `fault SPEC` (see `faults`), `measure NAME`, `clock NAME`, `links`,
+//! `linked NAME` (the adapter holding its link), `quit`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -51,6 +52,10 @@ enum Cmd {
         /// Each device's method and secret is printed: `PAIRING glucose0 passkey 123456`.
         #[arg(long)]
         pairing: Option<String>,
+        /// Adapters to serve (`hci0` … `hci{N-1}`, 1 to 32): every device is
+        /// in range of each, and takes one link at a time.
+        #[arg(long, default_value_t = 1)]
+        adapters: usize,
         /// Write every value sent (and every stored glucose record) as JSON lines.
         #[arg(long)]
         ground_truth: Option<PathBuf>,
@@ -79,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             speed,
             faults,
             pairing,
+            adapters,
             ground_truth,
             bus,
             private_bus,
@@ -98,6 +104,7 @@ fn main() -> anyhow::Result<()> {
                         .context("--pairing")?,
                     None => vec![],
                 },
+                adapters,
             };
             let private = if private_bus {
                 Some(PrivateBus::start()?)
@@ -184,6 +191,18 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             println!("OK links now={now} peak={peak}");
             return true;
         }
+        "linked" => {
+            let name = arg.trim();
+            if sim.device(name).is_none() {
+                Err(anyhow::anyhow!("no simulated device {name:?}"))
+            } else {
+                match sim.linked_through(name) {
+                    Some(k) => println!("OK linked {name} adapter=hci{k}"),
+                    None => println!("OK linked {name} adapter=none"),
+                }
+                return true;
+            }
+        }
         "clock" => {
             let name = arg.trim();
             match sim.clock_offset_ms(name) {
@@ -210,7 +229,7 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             Err(e) => Err(anyhow::Error::msg(e)),
         },
         other => Err(anyhow::anyhow!(
-            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | quit)"
+            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | linked NAME | quit)"
         )),
     };
     match result {

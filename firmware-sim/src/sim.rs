@@ -2,10 +2,9 @@
 //! faults, records the ground truth.
 
 use crate::bluez::{
-    ADAPTER_PATH, Adapter, AgentManager, Agents, BluezError, CharIface, DescIface, DeviceIface,
-    ServiceIface,
+    Adapter, AgentManager, Agents, BluezError, CharIface, DescIface, DeviceIface, ServiceIface,
 };
-use crate::device::{Char, Device, DeviceInfo};
+use crate::device::{Char, Device, DeviceInfo, on_adapter};
 use crate::encode;
 use crate::faults::{Fault, ScheduledFault};
 use crate::model::{DeviceKind, Measurement, Physiology};
@@ -45,6 +44,9 @@ pub struct SimConfig {
     /// Pairing methods other than the models' own: (device name, method
     /// as [`Pairing::parse`] reads it).
     pub pairing: Vec<(String, String)>,
+    /// How many adapters (`hci0` … `hci{n-1}`, 1 to 32). Every device is
+    /// in range of all of them; it takes one link at a time.
+    pub adapters: usize,
 }
 
 impl Default for SimConfig {
@@ -56,6 +58,7 @@ impl Default for SimConfig {
             ground_truth: None,
             faults: vec![],
             pairing: vec![],
+            adapters: 1,
         }
     }
 }
@@ -83,16 +86,33 @@ pub(crate) struct AdapterState {
     discovery_clients: BTreeSet<String>,
     discovery_started: Option<Instant>,
     stalled_until: Option<Option<Instant>>,
-    /// Links up now, and the most ever up at once (`links` command).
-    links: usize,
-    links_peak: usize,
+}
+
+impl AdapterState {
+    fn new() -> AdapterState {
+        AdapterState {
+            powered: true,
+            rfkill_until: None,
+            discovery_clients: BTreeSet::new(),
+            discovery_started: None,
+            stalled_until: None,
+        }
+    }
+}
+
+/// Links up now on all adapters, and the most ever up at once (`links` command).
+#[derive(Debug, Default)]
+struct Links {
+    now: usize,
+    peak: usize,
 }
 
 /// Shared engine state (D-Bus interfaces hold an `Arc` of it).
 pub struct Inner {
     conn: Connection,
     cfg: SimConfig,
-    adapter: Mutex<AdapterState>,
+    adapters: Vec<Mutex<AdapterState>>,
+    links: Mutex<Links>,
     pub(crate) devices: Vec<Arc<Device>>,
     /// Pairing agents registered through `AgentManager1`.
     agents: Arc<Mutex<Agents>>,
@@ -132,17 +152,38 @@ impl Inner {
         }
     }
 
-    pub(crate) fn powered(&self) -> bool {
-        lock(&self.adapter).powered
+    /// Adapter `k`'s state (`k` is always one of ours: interfaces are made
+    /// per adapter, fault arguments are checked by [`Inner::adapter_index`]).
+    fn adapter(&self, k: usize) -> std::sync::MutexGuard<'_, AdapterState> {
+        lock(&self.adapters[k.min(self.adapters.len() - 1)])
     }
 
-    pub(crate) fn discovering(&self) -> bool {
-        !lock(&self.adapter).discovery_clients.is_empty()
+    /// `hci1` → 1, if that adapter exists; `None` means `hci0`.
+    fn adapter_index(&self, name: Option<&str>) -> anyhow::Result<usize> {
+        let Some(name) = name else { return Ok(0) };
+        name.strip_prefix("hci")
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|k| *k < self.adapters.len())
+            .with_context(|| {
+                format!(
+                    "no simulated adapter {name:?} (hci0 … hci{})",
+                    self.adapters.len() - 1
+                )
+            })
     }
 
-    pub(crate) async fn set_powered(&self, on: bool) -> Result<(), BluezError> {
+    pub(crate) fn powered(&self, k: usize) -> bool {
+        self.adapter(k).powered
+    }
+
+    pub(crate) fn discovering(&self, k: usize) -> bool {
+        !self.adapter(k).discovery_clients.is_empty()
+    }
+
+    pub(crate) async fn set_powered(&self, k: usize, on: bool) -> Result<(), BluezError> {
+        let path = crate::device::adapter_path(k);
         {
-            let mut a = lock(&self.adapter);
+            let mut a = self.adapter(k);
             if on && let Some(until) = a.rfkill_until {
                 if Instant::now() < until {
                     return Err(BluezError::Failed("Blocked through rfkill".into()));
@@ -154,9 +195,9 @@ impl Inner {
             }
         }
         if on {
-            lock(&self.adapter).powered = true;
+            self.adapter(k).powered = true;
             self.emit(
-                ADAPTER_PATH,
+                &path,
                 "org.bluez.Adapter1",
                 vec![("Powered", Value::from(true))],
             )
@@ -164,7 +205,7 @@ impl Inner {
         } else {
             // As BlueZ: discovery ends, every connection drops, then Powered=false.
             let was_discovering = {
-                let mut a = lock(&self.adapter);
+                let mut a = self.adapter(k);
                 let was = !a.discovery_clients.is_empty();
                 a.discovery_clients.clear();
                 a.discovery_started = None;
@@ -172,18 +213,20 @@ impl Inner {
             };
             if was_discovering {
                 self.emit(
-                    ADAPTER_PATH,
+                    &path,
                     "org.bluez.Adapter1",
                     vec![("Discovering", Value::from(false))],
                 )
                 .await;
             }
             for d in &self.devices {
-                self.drop_link(d).await;
+                if lock(&d.st).linked_on(k) {
+                    self.drop_link(d).await;
+                }
             }
-            lock(&self.adapter).powered = false;
+            self.adapter(k).powered = false;
             self.emit(
-                ADAPTER_PATH,
+                &path,
                 "org.bluez.Adapter1",
                 vec![("Powered", Value::from(false))],
             )
@@ -192,9 +235,9 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) async fn start_discovery(&self, sender: String) -> Result<(), BluezError> {
+    pub(crate) async fn start_discovery(&self, k: usize, sender: String) -> Result<(), BluezError> {
         let first = {
-            let mut a = lock(&self.adapter);
+            let mut a = self.adapter(k);
             if !a.powered {
                 return Err(BluezError::not_ready());
             }
@@ -212,7 +255,7 @@ impl Inner {
         };
         if first {
             self.emit(
-                ADAPTER_PATH,
+                &crate::device::adapter_path(k),
                 "org.bluez.Adapter1",
                 vec![("Discovering", Value::from(true))],
             )
@@ -221,9 +264,9 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) async fn stop_discovery(&self, sender: &str) -> Result<(), BluezError> {
+    pub(crate) async fn stop_discovery(&self, k: usize, sender: &str) -> Result<(), BluezError> {
         let last = {
-            let mut a = lock(&self.adapter);
+            let mut a = self.adapter(k);
             if !a.powered {
                 return Err(BluezError::not_ready());
             }
@@ -238,7 +281,7 @@ impl Inner {
         };
         if last {
             self.emit(
-                ADAPTER_PATH,
+                &crate::device::adapter_path(k),
                 "org.bluez.Adapter1",
                 vec![("Discovering", Value::from(false))],
             )
@@ -247,107 +290,127 @@ impl Inner {
         Ok(())
     }
 
-    pub(crate) async fn remove_device(self: &Arc<Self>, path: &str) -> Result<(), BluezError> {
-        let Some(dev) = self.devices.iter().find(|d| d.info.path == path).cloned() else {
+    pub(crate) async fn remove_device(
+        self: &Arc<Self>,
+        k: usize,
+        path: &str,
+    ) -> Result<(), BluezError> {
+        let Some(dev) = self
+            .devices
+            .iter()
+            .find(|d| on_adapter(&d.info.path, k) == path && lock(&d.st).exported.has(k))
+            .cloned()
+        else {
             return Err(BluezError::Failed("Device does not exist".into()));
         };
-        match self.disconnect(&dev).await {
+        match self.disconnect(&dev, k).await {
             Ok(()) | Err(BluezError::NotConnected(_)) => {}
             Err(e) => return Err(e),
         }
         let server = self.conn.object_server();
         // Children first, so InterfacesRemoved arrive leaf to root.
-        if lock(&dev.st).gatt_exported {
+        if lock(&dev.st).gatt_exported.has(k) {
             for s in &dev.services {
                 for c in &s.chars {
                     if let Some(p) = &c.cccd_path {
-                        let _ = server.remove::<DescIface, _>(p.as_str()).await;
+                        let _ = server.remove::<DescIface, _>(on_adapter(p, k)).await;
                     }
-                    let _ = server.remove::<CharIface, _>(c.path.as_str()).await;
+                    let _ = server.remove::<CharIface, _>(on_adapter(&c.path, k)).await;
                 }
-                let _ = server.remove::<ServiceIface, _>(s.path.as_str()).await;
+                let _ = server
+                    .remove::<ServiceIface, _>(on_adapter(&s.path, k))
+                    .await;
             }
         }
         let _ = server.remove::<DeviceIface, _>(path).await;
         let mut st = lock(&dev.st);
-        st.exported = false;
-        st.gatt_exported = false;
-        st.paired = false;
-        st.bond_lost = false;
+        st.exported.remove(k);
+        st.gatt_exported.remove(k);
+        st.paired.remove(k);
+        st.bond_lost.remove(k);
         Ok(())
     }
 
-    async fn export_device(self: &Arc<Self>, dev: &Arc<Device>) {
-        if lock(&dev.st).exported {
+    async fn export_device(self: &Arc<Self>, dev: &Arc<Device>, k: usize) {
+        if lock(&dev.st).exported.has(k) {
             return;
         }
-        lock(&dev.st).exported = true;
+        lock(&dev.st).exported.add(k);
         let iface = DeviceIface {
             inner: self.clone(),
             dev: dev.clone(),
+            adapter: k,
         };
-        if let Err(e) = self
-            .conn
-            .object_server()
-            .at(dev.info.path.as_str(), iface)
-            .await
-        {
-            tracing::warn!("export {}: {e}", dev.info.path);
+        let path = on_adapter(&dev.info.path, k);
+        if let Err(e) = self.conn.object_server().at(path.as_str(), iface).await {
+            tracing::warn!("export {path}: {e}");
         }
     }
 
-    async fn export_gatt(self: &Arc<Self>, dev: &Arc<Device>) -> Result<(), BluezError> {
-        if lock(&dev.st).gatt_exported {
+    async fn export_gatt(self: &Arc<Self>, dev: &Arc<Device>, k: usize) -> Result<(), BluezError> {
+        if lock(&dev.st).gatt_exported.has(k) {
             return Ok(());
         }
         let server = self.conn.object_server();
         for s in &dev.services {
             server
                 .at(
-                    s.path.as_str(),
+                    on_adapter(&s.path, k),
                     ServiceIface {
                         uuid16: s.uuid16,
-                        device_path: dev.info.path.clone(),
+                        device_path: on_adapter(&dev.info.path, k),
                     },
                 )
                 .await?;
             for c in &s.chars {
                 server
                     .at(
-                        c.path.as_str(),
+                        on_adapter(&c.path, k),
                         CharIface {
                             inner: self.clone(),
                             dev: dev.clone(),
                             ch: c.clone(),
+                            adapter: k,
                         },
                     )
                     .await?;
                 if let Some(p) = &c.cccd_path {
                     server
                         .at(
-                            p.as_str(),
+                            on_adapter(p, k),
                             DescIface {
                                 dev: dev.clone(),
                                 ch: c.clone(),
+                                adapter: k,
                             },
                         )
                         .await?;
                 }
             }
         }
-        lock(&dev.st).gatt_exported = true;
+        lock(&dev.st).gatt_exported.add(k);
         Ok(())
     }
 
-    pub(crate) async fn connect(self: &Arc<Self>, dev: &Arc<Device>) -> Result<(), BluezError> {
+    /// `Device1.Connect` through adapter `k`. A device takes one central
+    /// at a time: while linked through another adapter it does not
+    /// advertise connectably, and the attempt fails as BlueZ reports it.
+    pub(crate) async fn connect(
+        self: &Arc<Self>,
+        dev: &Arc<Device>,
+        k: usize,
+    ) -> Result<(), BluezError> {
         let _op = dev.op.lock().await;
-        if !self.powered() {
+        if !self.powered(k) {
             return Err(BluezError::not_ready());
         }
         {
             let st = lock(&dev.st);
-            if st.connected {
+            if st.linked_on(k) {
                 return Ok(());
+            }
+            if st.connected {
+                return Err(BluezError::Failed("le-connection-abort-by-local".into()));
             }
             if let Some(until) = st.refuse_until
                 && Instant::now() < until
@@ -355,14 +418,19 @@ impl Inner {
                 return Err(BluezError::Failed("le-connection-abort-by-local".into()));
             }
         }
-        lock(&dev.st).connected = true;
         {
-            let mut a = lock(&self.adapter);
-            a.links += 1;
-            a.links_peak = a.links_peak.max(a.links);
+            let mut st = lock(&dev.st);
+            st.connected = true;
+            st.link_on = k;
         }
+        {
+            let mut l = lock(&self.links);
+            l.now += 1;
+            l.peak = l.peak.max(l.now);
+        }
+        let path = on_adapter(&dev.info.path, k);
         self.emit(
-            &dev.info.path,
+            &path,
             "org.bluez.Device1",
             vec![("Connected", Value::from(true))],
         )
@@ -380,32 +448,33 @@ impl Inner {
             return Ok(());
         }
         // The GATT tree must exist before ServicesResolved turns true.
-        self.export_gatt(dev).await?;
+        self.export_gatt(dev, k).await?;
         lock(&dev.st).services_resolved = true;
         self.emit(
-            &dev.info.path,
+            &path,
             "org.bluez.Device1",
             vec![("ServicesResolved", Value::from(true))],
         )
         .await;
-        tracing::info!(device = %dev.info.name, "connected");
+        tracing::info!(device = %dev.info.name, adapter = k, "connected");
         dev.wake.notify_one();
         Ok(())
     }
 
     /// Tear the link down (client disconnect, fault or power-off).
     async fn drop_link(&self, dev: &Arc<Device>) {
-        {
+        let k = {
             let mut st = lock(&dev.st);
             if !st.connected {
                 return;
             }
             st.connected = false;
             st.services_resolved = false;
-        }
+            st.link_on
+        };
         {
-            let mut a = lock(&self.adapter);
-            a.links = a.links.saturating_sub(1);
+            let mut l = lock(&self.links);
+            l.now = l.now.saturating_sub(1);
         }
         for c in dev.services.iter().flat_map(|s| s.chars.iter()) {
             let had = {
@@ -416,31 +485,32 @@ impl Inner {
             };
             if had {
                 self.emit(
-                    &c.path,
+                    &on_adapter(&c.path, k),
                     "org.bluez.GattCharacteristic1",
                     vec![("Notifying", Value::from(false))],
                 )
                 .await;
             }
         }
+        let path = on_adapter(&dev.info.path, k);
         self.emit(
-            &dev.info.path,
+            &path,
             "org.bluez.Device1",
             vec![("ServicesResolved", Value::from(false))],
         )
         .await;
         self.emit(
-            &dev.info.path,
+            &path,
             "org.bluez.Device1",
             vec![("Connected", Value::from(false))],
         )
         .await;
-        tracing::info!(device = %dev.info.name, "disconnected");
+        tracing::info!(device = %dev.info.name, adapter = k, "disconnected");
     }
 
-    pub(crate) async fn disconnect(&self, dev: &Arc<Device>) -> Result<(), BluezError> {
+    pub(crate) async fn disconnect(&self, dev: &Arc<Device>, k: usize) -> Result<(), BluezError> {
         let _op = dev.op.lock().await;
-        if !lock(&dev.st).connected {
+        if !lock(&dev.st).linked_on(k) {
             return Err(BluezError::NotConnected("Not Connected".into()));
         }
         self.drop_link(dev).await;
@@ -454,11 +524,12 @@ impl Inner {
     pub(crate) async fn pair(
         self: &Arc<Self>,
         dev: &Arc<Device>,
+        k: usize,
         caller: &str,
     ) -> Result<(), BluezError> {
         {
             let mut st = lock(&dev.st);
-            if st.paired {
+            if st.paired.has(k) {
                 return Err(BluezError::AlreadyExists("Already Paired".into()));
             }
             if st.pairing {
@@ -467,22 +538,26 @@ impl Inner {
             st.pairing = true;
         }
         let r = async {
-            self.connect(dev).await?;
-            self.authenticate(dev, caller).await
+            self.connect(dev, k).await?;
+            self.authenticate(dev, k, caller).await
         }
         .await;
         lock(&dev.st).pairing = false;
         if let Err(e) = r {
             tracing::info!(device = %dev.info.name, "pairing failed: {e:?}");
             let _op = dev.op.lock().await;
-            if lock(&dev.st).connected {
+            if lock(&dev.st).linked_on(k) {
                 self.drop_link(dev).await;
             }
             return Err(e);
         }
-        lock(&dev.st).paired = true;
+        {
+            let mut st = lock(&dev.st);
+            st.paired.add(k);
+            st.bond_lost.remove(k);
+        }
         self.emit(
-            &dev.info.path,
+            &on_adapter(&dev.info.path, k),
             "org.bluez.Device1",
             vec![("Paired", Value::from(true)), ("Bonded", Value::from(true))],
         )
@@ -496,7 +571,12 @@ impl Inner {
     /// `AuthenticationRejected`, `Canceled` → `AuthenticationCanceled`; a
     /// wrong passkey or PIN → `AuthenticationFailed`; no answer within
     /// [`AGENT_TIMEOUT`] → `Cancel` to the agent and `AuthenticationTimeout`.
-    async fn authenticate(&self, dev: &Arc<Device>, caller: &str) -> Result<(), BluezError> {
+    async fn authenticate(
+        &self,
+        dev: &Arc<Device>,
+        k: usize,
+        caller: &str,
+    ) -> Result<(), BluezError> {
         if std::mem::take(&mut lock(&dev.st).pairing_mode_timeout) {
             return Err(BluezError::AuthenticationTimeout(
                 "Authentication Timeout".into(),
@@ -514,7 +594,7 @@ impl Inner {
                 "Authentication Failed".into(),
             ));
         };
-        let device = zbus::zvariant::ObjectPath::try_from(dev.info.path.as_str())
+        let device = zbus::zvariant::ObjectPath::try_from(on_adapter(&dev.info.path, k))
             .map_err(|e| BluezError::Failed(e.to_string()))?;
         let ask = async {
             let conn = &self.conn;
@@ -591,15 +671,15 @@ impl Inner {
         }
     }
 
-    fn check_access(&self, dev: &Device, ch: &Char) -> Result<(), BluezError> {
+    fn check_access(&self, dev: &Device, k: usize, ch: &Char) -> Result<(), BluezError> {
         let st = lock(&dev.st);
-        if !st.connected {
+        if !st.linked_on(k) {
             return Err(BluezError::not_connected());
         }
-        if ch.secure && !st.paired {
+        if ch.secure && !st.paired.has(k) {
             return Err(BluezError::not_paired());
         }
-        if ch.secure && st.bond_lost {
+        if ch.secure && st.bond_lost.has(k) {
             // The device has no key for this bond: encryption fails
             // ("PIN or Key Missing"), the request is refused.
             return Err(BluezError::NotPermitted(
@@ -612,16 +692,17 @@ impl Inner {
     pub(crate) fn read_char(
         &self,
         dev: &Device,
+        k: usize,
         ch: &Char,
         offset: usize,
     ) -> Result<Vec<u8>, BluezError> {
-        if !lock(&dev.st).connected {
+        if !lock(&dev.st).linked_on(k) {
             return Err(BluezError::not_connected());
         }
         if !ch.has("read") {
             return Err(BluezError::NotPermitted("Read not permitted".into()));
         }
-        self.check_access(dev, ch)?;
+        self.check_access(dev, k, ch)?;
         if ch.uuid16 == 0x2A2B {
             *lock(&ch.value) = current_time(dev);
         }
@@ -635,16 +716,17 @@ impl Inner {
     pub(crate) async fn write_char(
         self: &Arc<Self>,
         dev: &Arc<Device>,
+        k: usize,
         ch: &Arc<Char>,
         value: Vec<u8>,
     ) -> Result<(), BluezError> {
-        if !lock(&dev.st).connected {
+        if !lock(&dev.st).linked_on(k) {
             return Err(BluezError::not_connected());
         }
         if !ch.has("write") {
             return Err(BluezError::NotPermitted("Write not permitted".into()));
         }
-        self.check_access(dev, ch)?;
+        self.check_access(dev, k, ch)?;
         if ch.uuid16 == 0x2A2B {
             return self.set_clock(dev, ch, &value).await;
         }
@@ -681,7 +763,7 @@ impl Inner {
         *lock(&ch.value) = now.clone();
         if ch.notifying() {
             self.emit(
-                &ch.path,
+                &on_link(dev, &ch.path),
                 "org.bluez.GattCharacteristic1",
                 vec![("Value", Value::from(now))],
             )
@@ -693,10 +775,11 @@ impl Inner {
     pub(crate) async fn start_notify(
         &self,
         dev: &Device,
+        k: usize,
         ch: &Char,
         sender: String,
     ) -> Result<(), BluezError> {
-        if !lock(&dev.st).connected {
+        if !lock(&dev.st).linked_on(k) {
             return Err(BluezError::not_connected());
         }
         if !ch.has("notify") && !ch.has("indicate") {
@@ -704,7 +787,7 @@ impl Inner {
                 "Operation is not supported".into(),
             ));
         }
-        self.check_access(dev, ch)?;
+        self.check_access(dev, k, ch)?;
         let first = {
             let mut s = lock(&ch.sessions);
             if s.contains(&sender) {
@@ -716,7 +799,7 @@ impl Inner {
         };
         if first {
             self.emit(
-                &ch.path,
+                &on_adapter(&ch.path, k),
                 "org.bluez.GattCharacteristic1",
                 vec![("Notifying", Value::from(true))],
             )
@@ -729,10 +812,11 @@ impl Inner {
     pub(crate) async fn stop_notify(
         &self,
         dev: &Device,
+        k: usize,
         ch: &Char,
         sender: &str,
     ) -> Result<(), BluezError> {
-        if !lock(&dev.st).connected {
+        if !lock(&dev.st).linked_on(k) {
             return Err(BluezError::not_connected());
         }
         let last = {
@@ -744,7 +828,7 @@ impl Inner {
         };
         if last {
             self.emit(
-                &ch.path,
+                &on_adapter(&ch.path, k),
                 "org.bluez.GattCharacteristic1",
                 vec![("Notifying", Value::from(false))],
             )
@@ -759,7 +843,7 @@ impl Inner {
             return false;
         };
         let st = lock(&dev.st);
-        st.connected && (!ch.secure || (st.paired && !st.bond_lost)) && ch.notifying()
+        st.connected && (!ch.secure || st.bonded_link()) && ch.notifying()
     }
 
     /// Put a value on the air: set `Value`, emit `PropertiesChanged`, log it.
@@ -803,7 +887,7 @@ impl Inner {
         for bytes in packets {
             *lock(&ch.value) = bytes.clone();
             self.emit(
-                &ch.path,
+                &on_link(dev, &ch.path),
                 "org.bluez.GattCharacteristic1",
                 vec![("Value", Value::from(bytes))],
             )
@@ -854,7 +938,7 @@ impl Inner {
         if let Some(ch) = dev.char(uuid16) {
             *lock(&ch.value) = bytes.clone();
             self.emit(
-                &ch.path,
+                &on_link(dev, &ch.path),
                 "org.bluez.GattCharacteristic1",
                 vec![("Value", Value::from(bytes))],
             )
@@ -985,12 +1069,20 @@ impl Inner {
                 }
             }
             Fault::StallDiscovery { duration } => {
-                lock(&self.adapter).stalled_until = Some(duration.map(|d| Instant::now() + d));
+                for a in &self.adapters {
+                    lock(a).stalled_until = Some(duration.map(|d| Instant::now() + d));
+                }
             }
-            Fault::ResumeDiscovery => lock(&self.adapter).stalled_until = None,
+            Fault::ResumeDiscovery => {
+                for a in &self.adapters {
+                    lock(a).stalled_until = None;
+                }
+            }
             Fault::BondLost { device } => {
                 for d in find(&device)? {
-                    lock(&d.st).bond_lost = true;
+                    let mut st = lock(&d.st);
+                    // The device forgets every bond it held.
+                    st.bond_lost = st.paired;
                 }
             }
             Fault::PairingModeTimeout { device } => {
@@ -1023,9 +1115,9 @@ impl Inner {
                         st.rssi_pinned = true;
                         st.exported
                     };
-                    if exported {
+                    for k in (0..self.adapters.len()).filter(|k| exported.has(*k)) {
                         self.emit(
-                            &d.info.path,
+                            &on_adapter(&d.info.path, k),
                             "org.bluez.Device1",
                             vec![("RSSI", Value::from(rssi))],
                         )
@@ -1038,17 +1130,18 @@ impl Inner {
                     self.set_battery(&d, f64::from(percent.min(100))).await;
                 }
             }
-            Fault::PowerOff { duration } => {
+            Fault::PowerOff { adapter, duration } => {
+                let k = self.adapter_index(adapter.as_deref())?;
                 if let Some(d) = duration {
-                    lock(&self.adapter).rfkill_until = Some(Instant::now() + d);
+                    self.adapter(k).rfkill_until = Some(Instant::now() + d);
                 }
-                let _ = self.set_powered(false).await;
+                let _ = self.set_powered(k, false).await;
                 if let Some(d) = duration {
                     let this = self.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(d).await;
-                        lock(&this.adapter).rfkill_until = None;
-                        let _ = this.set_powered(true).await;
+                        this.adapter(k).rfkill_until = None;
+                        let _ = this.set_powered(k, true).await;
                     });
                 }
             }
@@ -1071,9 +1164,10 @@ impl Inner {
                         .set_offset(to - crate::model::unix_now_ms());
                 }
             }
-            Fault::PowerOn => {
-                lock(&self.adapter).rfkill_until = None;
-                let _ = self.set_powered(true).await;
+            Fault::PowerOn { adapter } => {
+                let k = self.adapter_index(adapter.as_deref())?;
+                self.adapter(k).rfkill_until = None;
+                let _ = self.set_powered(k, true).await;
             }
         }
         Ok(())
@@ -1107,7 +1201,8 @@ impl Inner {
         );
     }
 
-    /// Discovery: export devices as they "advertise", jitter RSSI; stalls when told.
+    /// Discovery: on every adapter that discovers, export devices as they
+    /// "advertise" and jitter their RSSI; stalls when told.
     async fn run_discovery(self: Arc<Self>) {
         let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed.wrapping_add(0xD15C));
         let mut tick = tokio::time::interval(Duration::from_millis(25));
@@ -1115,46 +1210,49 @@ impl Inner {
         let mut last_rssi = Instant::now();
         loop {
             tick.tick().await;
-            let started = {
-                let mut a = lock(&self.adapter);
-                if let Some(Some(until)) = a.stalled_until
-                    && Instant::now() >= until
-                {
-                    a.stalled_until = None;
-                }
-                if !a.powered || a.stalled_until.is_some() {
-                    continue;
-                }
-                match a.discovery_started {
-                    Some(t) => t,
-                    None => continue,
-                }
-            };
-            let since = started.elapsed();
-            for d in &self.devices {
-                // each device is heard 10–300 ms into a scan
-                let delay = Duration::from_millis(10 + (d.index as u64 * 37) % 290);
-                if since >= delay && !lock(&d.st).exported {
-                    self.export_device(d).await;
+            let scanning: Vec<(usize, Instant)> = (0..self.adapters.len())
+                .filter_map(|k| {
+                    let mut a = self.adapter(k);
+                    if let Some(Some(until)) = a.stalled_until
+                        && Instant::now() >= until
+                    {
+                        a.stalled_until = None;
+                    }
+                    if !a.powered || a.stalled_until.is_some() {
+                        return None;
+                    }
+                    a.discovery_started.map(|t| (k, t))
+                })
+                .collect();
+            for (k, started) in &scanning {
+                let since = started.elapsed();
+                for d in &self.devices {
+                    // each device is heard 10–300 ms into a scan
+                    let delay = Duration::from_millis(10 + (d.index as u64 * 37) % 290);
+                    if since >= delay && !lock(&d.st).exported.has(*k) {
+                        self.export_device(d, *k).await;
+                    }
                 }
             }
             if last_rssi.elapsed() >= Duration::from_secs(1) {
                 last_rssi = Instant::now();
                 for d in &self.devices {
-                    let rssi = {
+                    let (rssi, exported) = {
                         let mut st = lock(&d.st);
-                        if !st.exported || st.connected || st.rssi_pinned {
+                        if st.exported.is_empty() || st.connected || st.rssi_pinned {
                             continue;
                         }
                         st.rssi = (st.rssi + rng.gen_range(-2i16..=2)).clamp(-100, -30);
-                        st.rssi
+                        (st.rssi, st.exported)
                     };
-                    self.emit(
-                        &d.info.path,
-                        "org.bluez.Device1",
-                        vec![("RSSI", Value::from(rssi))],
-                    )
-                    .await;
+                    for (k, _) in scanning.iter().filter(|(k, _)| exported.has(*k)) {
+                        self.emit(
+                            &on_adapter(&d.info.path, *k),
+                            "org.bluez.Device1",
+                            vec![("RSSI", Value::from(rssi))],
+                        )
+                        .await;
+                    }
                 }
             }
         }
@@ -1304,6 +1402,11 @@ fn current_time(dev: &Device) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// `path` (under `hci0`) under the adapter holding the device's link.
+fn on_link(dev: &Device, path: &str) -> String {
+    on_adapter(path, lock(&dev.st).link_on)
+}
+
 fn queue(dev: &Device, m: Measurement) {
     // Stamped by the device's clock as it stands now.
     let clock_s = lock(&dev.st).clock.offset_ms_now().div_euclid(1000);
@@ -1372,17 +1475,15 @@ impl Simulator {
             .build()
             .await
             .with_context(|| format!("connecting to {bus_address}"))?;
+        if !(1..=32).contains(&cfg.adapters) {
+            anyhow::bail!("{} adapters: the simulator has 1 to 32", cfg.adapters);
+        }
         let inner = Arc::new(Inner {
             conn: conn.clone(),
-            adapter: Mutex::new(AdapterState {
-                powered: true,
-                rfkill_until: None,
-                discovery_clients: BTreeSet::new(),
-                discovery_started: None,
-                stalled_until: None,
-                links: 0,
-                links_peak: 0,
-            }),
+            adapters: (0..cfg.adapters)
+                .map(|_| Mutex::new(AdapterState::new()))
+                .collect(),
+            links: Mutex::new(Links::default()),
             devices,
             agents,
             truth: TruthLog::new(file),
@@ -1390,14 +1491,17 @@ impl Simulator {
             notifications: Default::default(),
             cfg,
         });
-        conn.object_server()
-            .at(
-                ADAPTER_PATH,
-                Adapter {
-                    inner: inner.clone(),
-                },
-            )
-            .await?;
+        for k in 0..inner.adapters.len() {
+            conn.object_server()
+                .at(
+                    crate::device::adapter_path(k),
+                    Adapter {
+                        inner: inner.clone(),
+                        k,
+                    },
+                )
+                .await?;
+        }
         // Records already on the meters are part of the truth.
         for d in &inner.devices {
             let stored = lock(&d.model).glucose.clone();
@@ -1447,10 +1551,26 @@ impl Simulator {
         self.inner.inject(fault).await
     }
 
-    /// Links up now and the most ever up at once.
+    /// Links up now and the most ever up at once (all adapters).
     pub fn links(&self) -> (usize, usize) {
-        let a = lock(&self.inner.adapter);
-        (a.links, a.links_peak)
+        let l = lock(&self.inner.links);
+        (l.now, l.peak)
+    }
+
+    /// Links up now through adapter `hci{k}`.
+    pub fn links_on(&self, k: usize) -> usize {
+        self.inner
+            .devices
+            .iter()
+            .filter(|d| lock(&d.st).linked_on(k))
+            .count()
+    }
+
+    /// The adapter (`hci{k}`) holding the device's link, if it is connected.
+    pub fn linked_through(&self, name: &str) -> Option<usize> {
+        let d = self.inner.dev_by_ref(name)?;
+        let st = lock(&d.st);
+        st.connected.then_some(st.link_on)
     }
 
     /// Take a measurement now (cuff, thermometer, scale, glucose record, …).
@@ -1561,19 +1681,24 @@ async fn watch_clients(inner: Arc<Inner>) {
         if !gone.starts_with(':') {
             continue;
         }
-        let was_discovering = {
-            let mut a = lock(&inner.adapter);
-            a.discovery_clients.remove(&gone) && a.discovery_clients.is_empty()
-        };
-        if was_discovering {
-            lock(&inner.adapter).discovery_started = None;
-            inner
-                .emit(
-                    ADAPTER_PATH,
-                    "org.bluez.Adapter1",
-                    vec![("Discovering", Value::from(false))],
-                )
-                .await;
+        for k in 0..inner.adapters.len() {
+            let was_discovering = {
+                let mut a = inner.adapter(k);
+                let ended = a.discovery_clients.remove(&gone) && a.discovery_clients.is_empty();
+                if ended {
+                    a.discovery_started = None;
+                }
+                ended
+            };
+            if was_discovering {
+                inner
+                    .emit(
+                        &crate::device::adapter_path(k),
+                        "org.bluez.Adapter1",
+                        vec![("Discovering", Value::from(false))],
+                    )
+                    .await;
+            }
         }
         for d in &inner.devices {
             for c in d.services.iter().flat_map(|s| s.chars.iter()) {
@@ -1584,7 +1709,7 @@ async fn watch_clients(inner: Arc<Inner>) {
                 if emptied {
                     inner
                         .emit(
-                            &c.path,
+                            &on_link(d, &c.path),
                             "org.bluez.GattCharacteristic1",
                             vec![("Notifying", Value::from(false))],
                         )

@@ -572,6 +572,7 @@ fn fault_adapter_power_off_and_on() -> anyhow::Result<()> {
         connect(p).await?;
         // rfkill-style: off, and cannot be powered on for a while
         sim.inject(Fault::PowerOff {
+            adapter: None,
             duration: Some(Duration::from_secs(600)),
         })
         .await?;
@@ -603,7 +604,7 @@ fn fault_adapter_power_off_and_on() -> anyhow::Result<()> {
             "{}",
             dbus_error(&e)
         );
-        sim.inject(Fault::PowerOn).await?;
+        sim.inject(Fault::PowerOn { adapter: None }).await?;
         within("PoweredOn", async {
             while let Some(e) = events.next().await {
                 if matches!(e, CentralEvent::StateUpdate(CentralState::PoweredOn)) {

@@ -154,3 +154,125 @@ fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
 fn anyhow_err(e: (String, String)) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", e.0, e.1)
 }
+
+async fn prop_bool(conn: &Connection, path: &str, iface: &str, name: &str) -> anyhow::Result<bool> {
+    let props = zbus::fdo::PropertiesProxy::builder(conn)
+        .destination("org.bluez")?
+        .path(path)?
+        .build()
+        .await?;
+    let iface = zbus::names::InterfaceName::try_from(iface.to_string())?;
+    Ok(bool::try_from(props.get(iface, name).await?)?)
+}
+
+/// With two adapters each one has its own object for a device, its own
+/// bonds and its own power; the device holds one link at a time.
+#[test]
+fn several_adapters_have_their_own_objects_bonds_and_power() -> anyhow::Result<()> {
+    let bus = PrivateBus::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cfg = SimConfig {
+            devices: vec![(DeviceKind::Hr, 1), (DeviceKind::Bp, 1)],
+            adapters: 2,
+            ..SimConfig::default()
+        };
+        let sim = Simulator::start(bus.address(), cfg).await?;
+        let hr = sim.device("hr0").expect("hr0").path;
+        let bp = sim.device("bp0").expect("bp0").path;
+        let on1 = |p: &str| p.replacen("/org/bluez/hci0/", "/org/bluez/hci1/", 1);
+        let c = zbus::connection::Builder::address(bus.address())?
+            .build()
+            .await?;
+        let (a1, d1) = ("org.bluez.Adapter1", "org.bluez.Device1");
+        for adapter in ["/org/bluez/hci0", "/org/bluez/hci1"] {
+            call(&c, adapter, a1, "StartDiscovery")
+                .await
+                .map_err(anyhow_err)?;
+        }
+        // Both adapters discover both devices.
+        let om = zbus::fdo::ObjectManagerProxy::builder(&c)
+            .destination("org.bluez")?
+            .path("/")?
+            .build()
+            .await?;
+        let wanted = [hr.clone(), on1(&hr), bp.clone(), on1(&bp)];
+        tokio::time::timeout(STEP, async {
+            loop {
+                let objects = om.get_managed_objects().await?;
+                if wanted
+                    .iter()
+                    .all(|w| objects.keys().any(|k| k.as_str() == w))
+                {
+                    return anyhow::Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await??;
+
+        // One link at a time: through hci0, then hci1 is refused.
+        call(&c, &hr, d1, "Connect").await.map_err(anyhow_err)?;
+        let e = call(&c, &on1(&hr), d1, "Connect")
+            .await
+            .expect_err("linked through hci0");
+        assert_eq!(
+            e,
+            (
+                "org.bluez.Error.Failed".into(),
+                "le-connection-abort-by-local".into()
+            )
+        );
+        assert!(prop_bool(&c, &hr, d1, "Connected").await?);
+        assert!(!prop_bool(&c, &on1(&hr), d1, "Connected").await?);
+        assert_eq!(sim.linked_through("hr0"), Some(0));
+
+        // A bond made through hci0 is not one through hci1.
+        call(&c, &bp, d1, "Pair").await.map_err(anyhow_err)?;
+        assert!(prop_bool(&c, &bp, d1, "Paired").await?);
+        assert!(!prop_bool(&c, &on1(&bp), d1, "Paired").await?);
+        call(&c, &bp, d1, "Disconnect").await.map_err(anyhow_err)?;
+
+        // Powering hci1 off leaves hci0's link; powering hci0 off drops it.
+        sim.inject(hailan_firmware_sim::Fault::PowerOff {
+            adapter: Some("hci1".into()),
+            duration: None,
+        })
+        .await?;
+        assert_eq!(sim.links_on(0), 1);
+        let e = call(&c, &on1(&bp), d1, "Connect")
+            .await
+            .expect_err("hci1 is off");
+        assert_eq!(e.0, "org.bluez.Error.NotReady");
+        sim.inject(hailan_firmware_sim::Fault::PowerOff {
+            adapter: None,
+            duration: None,
+        })
+        .await?;
+        assert_eq!(sim.links().0, 0);
+        assert!(!prop_bool(&c, &hr, d1, "Connected").await?);
+
+        // Back on, hci1 takes the device's link.
+        sim.inject(hailan_firmware_sim::Fault::PowerOn {
+            adapter: Some("hci1".into()),
+        })
+        .await?;
+        call(&c, &on1(&hr), d1, "Connect")
+            .await
+            .map_err(anyhow_err)?;
+        assert_eq!(sim.linked_through("hr0"), Some(1));
+        assert!(prop_bool(&c, &on1(&hr), d1, "Connected").await?);
+        let e = sim
+            .inject(hailan_firmware_sim::Fault::PowerOff {
+                adapter: Some("hci2".into()),
+                duration: None,
+            })
+            .await
+            .expect_err("there is no hci2");
+        assert!(e.to_string().contains("hci2"), "{e}");
+        anyhow::Ok(())
+    })
+}

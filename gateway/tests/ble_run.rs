@@ -288,6 +288,7 @@ fn ble_run_recovers_from_adapter_power_off() -> anyhow::Result<()> {
             run.state("hr0", true).await?;
             run.measurement("hr0", 0x2A37).await?;
             sim.inject(Fault::PowerOff {
+                adapter: None,
                 duration: Some(Duration::from_secs(2)),
             })
             .await?;

@@ -4,7 +4,7 @@
 
 pub mod error;
 
-use crate::device::{Char, Device, uuid128};
+use crate::device::{Char, Device, adapter_path, on_adapter, uuid128};
 use crate::sim::Inner;
 pub use error::BluezError;
 use std::collections::HashMap;
@@ -12,10 +12,10 @@ use std::sync::Arc;
 use zbus::message::Header;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
-/// Adapter path.
-pub const ADAPTER_PATH: &str = "/org/bluez/hci0";
-/// Adapter address.
-pub const ADAPTER_ADDRESS: &str = "00:1A:7D:DA:71:13";
+/// The address of adapter `k` (`00:1A:7D:DA:71:13` for `hci0`).
+pub fn adapter_address(k: usize) -> String {
+    format!("00:1A:7D:DA:71:{:02X}", 0x13 + (k % 0x20))
+}
 
 type Options = HashMap<String, OwnedValue>;
 
@@ -134,18 +134,20 @@ impl AgentManager {
     }
 }
 
-/// `org.bluez.Adapter1` at `/org/bluez/hci0`.
+/// `org.bluez.Adapter1` at `/org/bluez/hci{k}`.
 pub struct Adapter {
     pub(crate) inner: Arc<Inner>,
+    /// Which adapter (`hci{k}`).
+    pub(crate) k: usize,
 }
 
 #[zbus::interface(name = "org.bluez.Adapter1", introspection_docs = false)]
 impl Adapter {
     async fn start_discovery(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
-        self.inner.start_discovery(sender(&hdr)).await
+        self.inner.start_discovery(self.k, sender(&hdr)).await
     }
     async fn stop_discovery(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
-        self.inner.stop_discovery(&sender(&hdr)).await
+        self.inner.stop_discovery(self.k, &sender(&hdr)).await
     }
     async fn set_discovery_filter(&self, _filter: Options) -> Result<(), BluezError> {
         Ok(())
@@ -164,12 +166,12 @@ impl Adapter {
         .to_vec()
     }
     async fn remove_device(&self, device: ObjectPath<'_>) -> Result<(), BluezError> {
-        self.inner.remove_device(device.as_str()).await
+        self.inner.remove_device(self.k, device.as_str()).await
     }
 
     #[zbus(property(emits_changed_signal = "const"), name = "Address")]
     fn address(&self) -> String {
-        ADAPTER_ADDRESS.into()
+        adapter_address(self.k)
     }
     #[zbus(property(emits_changed_signal = "const"), name = "AddressType")]
     fn address_type(&self) -> String {
@@ -193,15 +195,18 @@ impl Adapter {
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Powered")]
     fn powered(&self) -> bool {
-        self.inner.powered()
+        self.inner.powered(self.k)
     }
     #[zbus(property, name = "Powered")]
     async fn set_powered(&mut self, powered: bool) -> zbus::fdo::Result<()> {
-        self.inner.set_powered(powered).await.map_err(setter_error)
+        self.inner
+            .set_powered(self.k, powered)
+            .await
+            .map_err(setter_error)
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Discovering")]
     fn discovering(&self) -> bool {
-        self.inner.discovering()
+        self.inner.discovering(self.k)
     }
     #[zbus(property(emits_changed_signal = "const"), name = "Discoverable")]
     fn discoverable(&self) -> bool {
@@ -221,10 +226,11 @@ impl Adapter {
     }
 }
 
-/// `org.bluez.Device1`.
+/// `org.bluez.Device1`: one device as adapter `adapter` sees it.
 pub struct DeviceIface {
     pub(crate) inner: Arc<Inner>,
     pub(crate) dev: Arc<Device>,
+    pub(crate) adapter: usize,
 }
 
 impl DeviceIface {
@@ -239,13 +245,15 @@ impl DeviceIface {
 #[zbus::interface(name = "org.bluez.Device1", introspection_docs = false)]
 impl DeviceIface {
     async fn connect(&self) -> Result<(), BluezError> {
-        self.inner.connect(&self.dev).await
+        self.inner.connect(&self.dev, self.adapter).await
     }
     async fn disconnect(&self) -> Result<(), BluezError> {
-        self.inner.disconnect(&self.dev).await
+        self.inner.disconnect(&self.dev, self.adapter).await
     }
     async fn pair(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
-        self.inner.pair(&self.dev, &sender(&hdr)).await
+        self.inner
+            .pair(&self.dev, self.adapter, &sender(&hdr))
+            .await
     }
     async fn cancel_pairing(&self) -> Result<(), BluezError> {
         if !self.st(|s| s.pairing) {
@@ -286,11 +294,11 @@ impl DeviceIface {
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Paired")]
     fn paired(&self) -> bool {
-        self.st(|s| s.paired)
+        self.st(|s| s.paired.has(self.adapter))
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Bonded")]
     fn bonded(&self) -> bool {
-        self.st(|s| s.paired)
+        self.st(|s| s.paired.has(self.adapter))
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Trusted")]
     fn trusted(&self) -> bool {
@@ -312,11 +320,11 @@ impl DeviceIface {
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Connected")]
     fn connected(&self) -> bool {
-        self.st(|s| s.connected)
+        self.st(|s| s.linked_on(self.adapter))
     }
     #[zbus(property(emits_changed_signal = "false"), name = "ServicesResolved")]
     fn services_resolved(&self) -> bool {
-        self.st(|s| s.services_resolved)
+        self.st(|s| s.services_resolved && s.linked_on(self.adapter))
     }
     #[zbus(property(emits_changed_signal = "false"), name = "RSSI")]
     fn rssi(&self) -> i16 {
@@ -350,7 +358,7 @@ impl DeviceIface {
     }
     #[zbus(property(emits_changed_signal = "const"), name = "Adapter")]
     fn adapter(&self) -> OwnedObjectPath {
-        opath(ADAPTER_PATH)
+        opath(&adapter_path(self.adapter))
     }
 }
 
@@ -380,11 +388,12 @@ impl ServiceIface {
     }
 }
 
-/// `org.bluez.GattCharacteristic1`.
+/// `org.bluez.GattCharacteristic1`, under adapter `adapter`.
 pub struct CharIface {
     pub(crate) inner: Arc<Inner>,
     pub(crate) dev: Arc<Device>,
     pub(crate) ch: Arc<Char>,
+    pub(crate) adapter: usize,
 }
 
 fn offset(options: &Options) -> usize {
@@ -398,19 +407,22 @@ fn offset(options: &Options) -> usize {
 #[zbus::interface(name = "org.bluez.GattCharacteristic1", introspection_docs = false)]
 impl CharIface {
     async fn read_value(&self, options: Options) -> Result<Vec<u8>, BluezError> {
-        self.inner.read_char(&self.dev, &self.ch, offset(&options))
+        self.inner
+            .read_char(&self.dev, self.adapter, &self.ch, offset(&options))
     }
     async fn write_value(&self, value: Vec<u8>, _options: Options) -> Result<(), BluezError> {
-        self.inner.write_char(&self.dev, &self.ch, value).await
+        self.inner
+            .write_char(&self.dev, self.adapter, &self.ch, value)
+            .await
     }
     async fn start_notify(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
         self.inner
-            .start_notify(&self.dev, &self.ch, sender(&hdr))
+            .start_notify(&self.dev, self.adapter, &self.ch, sender(&hdr))
             .await
     }
     async fn stop_notify(&self, #[zbus(header)] hdr: Header<'_>) -> Result<(), BluezError> {
         self.inner
-            .stop_notify(&self.dev, &self.ch, &sender(&hdr))
+            .stop_notify(&self.dev, self.adapter, &self.ch, &sender(&hdr))
             .await
     }
 
@@ -420,7 +432,7 @@ impl CharIface {
     }
     #[zbus(property(emits_changed_signal = "const"), name = "Service")]
     fn service(&self) -> OwnedObjectPath {
-        opath(&self.ch.service_path)
+        opath(&on_adapter(&self.ch.service_path, self.adapter))
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Value")]
     fn value(&self) -> Vec<u8> {
@@ -440,16 +452,24 @@ impl CharIface {
     }
 }
 
-/// `org.bluez.GattDescriptor1` (the Client Characteristic Configuration).
+/// `org.bluez.GattDescriptor1` (the Client Characteristic Configuration),
+/// under adapter `adapter`.
 pub struct DescIface {
     pub(crate) dev: Arc<Device>,
     pub(crate) ch: Arc<Char>,
+    pub(crate) adapter: usize,
 }
 
 #[zbus::interface(name = "org.bluez.GattDescriptor1", introspection_docs = false)]
 impl DescIface {
     async fn read_value(&self, _options: Options) -> Result<Vec<u8>, BluezError> {
-        if !self.dev.st.lock().map(|s| s.connected).unwrap_or(false) {
+        if !self
+            .dev
+            .st
+            .lock()
+            .map(|s| s.linked_on(self.adapter))
+            .unwrap_or(false)
+        {
             return Err(BluezError::not_connected());
         }
         let bit = if self.ch.indicates() { 2 } else { 1 };
@@ -466,7 +486,7 @@ impl DescIface {
     }
     #[zbus(property(emits_changed_signal = "const"), name = "Characteristic")]
     fn characteristic(&self) -> OwnedObjectPath {
-        opath(&self.ch.path)
+        opath(&on_adapter(&self.ch.path, self.adapter))
     }
     #[zbus(property(emits_changed_signal = "false"), name = "Value")]
     fn value(&self) -> Vec<u8> {

@@ -130,6 +130,11 @@ impl Default for MqttConfig {
     }
 }
 
+/// The error for a bad value: it names the key.
+fn bad(key: &str, why: String) -> Result<()> {
+    bail!("invalid configuration: {key} {why}")
+}
+
 /// The `[ble]` section as written in the file (seconds and milliseconds);
 /// [`GatewayConfig::ble_config`] turns it into the BLE layer's
 /// [`BleConfig`](crate::ble::BleConfig).
@@ -138,6 +143,11 @@ impl Default for MqttConfig {
 pub struct BleSection {
     /// Adapter name (`hci0`); empty = the first one.
     pub adapter: String,
+    /// Several adapters to spread devices over (`["hci0", "hci1"]`, or
+    /// `["all"]` for every adapter present at start); a device whose
+    /// adapter powers off or vanishes moves to another. Empty = just
+    /// `ble.adapter`; the two do not go together.
+    pub adapters: Vec<String>,
     /// Links held at once (the rest wait in a queue).
     pub max_connections: usize,
     /// Close a hand-over device's link after this many seconds without a value.
@@ -165,6 +175,7 @@ impl Default for BleSection {
     fn default() -> Self {
         BleSection {
             adapter: String::new(),
+            adapters: Vec::new(),
             max_connections: 4,
             idle_disconnect_s: 10,
             battery_interval_s: 300,
@@ -295,6 +306,7 @@ impl GatewayConfig {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("pipeline.windowed")
+                .with_list_parse_key("ble.adapters")
                 .try_parsing(true),
         );
         let raw = builder.build().context("reading the configuration")?;
@@ -310,8 +322,6 @@ impl GatewayConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad =
-            |key: &str, why: String| -> Result<()> { bail!("invalid configuration: {key} {why}") };
         if !hailan_proto::envelope::is_valid_id(&self.gateway_id) {
             bad(
                 "gateway_id",
@@ -355,6 +365,7 @@ impl GatewayConfig {
                 ),
             )?;
         }
+        self.check_adapters()?;
         if self.ble.max_connections == 0 {
             bad("ble.max_connections", "must be at least 1".into())?;
         }
@@ -378,6 +389,51 @@ impl GatewayConfig {
                 "mqtt.client_cert_file",
                 "and mqtt.client_key_file go together".into(),
             )?;
+        }
+        Ok(())
+    }
+
+    /// `ble.adapter` and `ble.adapters`: adapter names (`hci1`), `all`
+    /// alone, no name twice, not both keys.
+    fn check_adapters(&self) -> Result<()> {
+        let named = |a: &str| {
+            a.strip_prefix("hci")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        };
+        if !self.ble.adapter.is_empty() && !named(&self.ble.adapter) {
+            bad(
+                "ble.adapter",
+                format!(
+                    "{:?} is not an adapter name (hci0, hci1, …)",
+                    self.ble.adapter
+                ),
+            )?;
+        }
+        if self.ble.adapters.is_empty() {
+            return Ok(());
+        }
+        if !self.ble.adapter.is_empty() {
+            bad(
+                "ble.adapters",
+                "and ble.adapter do not go together: list every adapter in ble.adapters".into(),
+            )?;
+        }
+        if self.ble.adapters.iter().any(|a| a == "all") {
+            if self.ble.adapters.len() > 1 {
+                bad("ble.adapters", "\"all\" stands alone".into())?;
+            }
+            return Ok(());
+        }
+        for (i, a) in self.ble.adapters.iter().enumerate() {
+            if !named(a) {
+                bad(
+                    "ble.adapters",
+                    format!("{a:?} is not an adapter name (hci0, hci1, …) or \"all\""),
+                )?;
+            }
+            if self.ble.adapters[..i].contains(a) {
+                bad("ble.adapters", format!("{a:?} is listed twice"))?;
+            }
         }
         Ok(())
     }
@@ -412,12 +468,23 @@ impl GatewayConfig {
         self.outbox.quota_mb.saturating_mul(1 << 20)
     }
 
+    /// Which adapters `ble.adapter` / `ble.adapters` name.
+    fn adapter_choice(&self) -> crate::ble::AdapterChoice {
+        use crate::ble::AdapterChoice;
+        match (self.ble.adapters.as_slice(), self.ble.adapter.as_str()) {
+            ([all], _) if all == "all" => AdapterChoice::All,
+            ([], "") => AdapterChoice::First,
+            ([], one) => AdapterChoice::Named(vec![one.to_string()]),
+            (several, _) => AdapterChoice::Named(several.to_vec()),
+        }
+    }
+
     /// The `[ble]` section as the BLE layer takes it: durations instead of
     /// numbers, an empty adapter name as "the first adapter", and a battery
     /// interval, scan stall time or pairing timeout of 0 s raised to 1 s.
     pub fn ble_config(&self) -> crate::ble::BleConfig {
         crate::ble::BleConfig {
-            adapter: Some(self.ble.adapter.clone()).filter(|a| !a.is_empty()),
+            adapters: self.adapter_choice(),
             max_connections: self.ble.max_connections,
             idle_disconnect: Duration::from_secs(self.ble.idle_disconnect_s),
             battery_interval: Duration::from_secs(self.ble.battery_interval_s.max(1)),
@@ -490,6 +557,27 @@ mod tests {
     }
 
     #[test]
+    fn adapters_are_one_named_several_or_all() -> Result<()> {
+        use crate::ble::AdapterChoice;
+        let choice = |ble: &str| -> Result<AdapterChoice> {
+            Ok(load(&format!("gateway_id = \"gw\"\n[ble]\n{ble}\n"))?
+                .ble_config()
+                .adapters)
+        };
+        assert_eq!(choice("")?, AdapterChoice::First);
+        assert_eq!(
+            choice("adapter = \"hci1\"")?,
+            AdapterChoice::Named(vec!["hci1".into()])
+        );
+        assert_eq!(
+            choice("adapters = [\"hci0\", \"hci1\"]")?,
+            AdapterChoice::Named(vec!["hci0".into(), "hci1".into()])
+        );
+        assert_eq!(choice("adapters = [\"all\"]")?, AdapterChoice::All);
+        Ok(())
+    }
+
+    #[test]
     fn a_bad_value_names_its_key() {
         let err = |t: &str| format!("{:#}", load(t).expect_err("must fail"));
         assert!(err("").contains("gateway_id"));
@@ -507,6 +595,20 @@ mod tests {
         }
         let e = err("gateway_id = \"gw\"\n[pipeline]\nstate_refresh_s = -1\n");
         assert!(e.contains("state_refresh_s"), "{e}");
+        for (adapters, why) in [
+            (
+                "adapter = \"hci0\"\nadapters = [\"hci1\"]",
+                "do not go together",
+            ),
+            ("adapters = [\"all\", \"hci0\"]", "stands alone"),
+            ("adapters = [\"hci0\", \"hci0\"]", "twice"),
+            ("adapters = [\"usb0\"]", "not an adapter name"),
+        ] {
+            let e = err(&format!("gateway_id = \"gw\"\n[ble]\n{adapters}\n"));
+            assert!(e.contains("ble.adapters") && e.contains(why), "{e}");
+        }
+        let e = err("gateway_id = \"gw\"\n[ble]\nadapter = \"first\"\n");
+        assert!(e.contains("ble.adapter"), "{e}");
         let e = err("gateway_id = \"gw\"\n[ble]\nmax_conections = 3\n");
         assert!(e.contains("max_conections"), "{e}");
         let e = err("gateway_id = \"no spaces\"\n");

@@ -31,6 +31,9 @@ enum Command {
         /// How long to scan, in seconds.
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Scan with this adapter (`hci1`) instead of the first configured.
+        #[arg(long)]
+        adapter: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -53,6 +56,12 @@ enum Command {
         /// (as safe as Just Works; on a terminal the number is shown and asked).
         #[arg(long)]
         confirm: bool,
+        /// Pair through this adapter (`hci1`) instead of the first
+        /// configured. For a device already paired this adds a bond through
+        /// that adapter, so the device can move there when its own adapter
+        /// is down (BlueZ keeps bonds per adapter).
+        #[arg(long)]
+        adapter: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -179,14 +188,22 @@ fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run => rt.block_on(daemon::run(cfg))?,
         Command::Init => owner::init(&cfg)?,
-        Command::Scan { duration, json } => {
-            rt.block_on(owner::scan(&cfg, Duration::from_secs(duration), json))?
-        }
+        Command::Scan {
+            duration,
+            adapter,
+            json,
+        } => rt.block_on(owner::scan(
+            &cfg,
+            Duration::from_secs(duration),
+            adapter.as_deref(),
+            json,
+        ))?,
         Command::Pair {
             device,
             passkey,
             pin,
             confirm,
+            adapter,
             json,
         } => {
             let answers = PairingAnswers {
@@ -195,7 +212,13 @@ fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
                 confirm,
                 ..PairingAnswers::from_terminal()
             };
-            let paired = rt.block_on(owner::pair(&cfg, &device, &answers, json));
+            let paired = rt.block_on(owner::pair(
+                &cfg,
+                &device,
+                &answers,
+                adapter.as_deref(),
+                json,
+            ));
             // A prompt BlueZ gave up on still reads the terminal on a
             // blocking thread: do not wait for it.
             rt.shutdown_background();

@@ -40,13 +40,18 @@ pub fn init(cfg: &GatewayConfig) -> Result<()> {
 }
 
 /// `scan`: nearby health devices, with live progress on a terminal.
-pub async fn scan(cfg: &GatewayConfig, duration: Duration, json: bool) -> Result<()> {
+pub async fn scan(
+    cfg: &GatewayConfig,
+    duration: Duration,
+    through: Option<&str>,
+    json: bool,
+) -> Result<()> {
     let paired: Vec<String> = open_store(cfg)?
         .devices()?
         .into_iter()
         .map(|d| d.address)
         .collect();
-    let ble = Ble::open(cfg.ble_config()).await?;
+    let ble = Ble::open(ble_config_through(cfg, through)).await?;
     let bar = (!json && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
         b.enable_steady_tick(Duration::from_millis(120));
@@ -131,13 +136,19 @@ pub async fn pair(
     cfg: &GatewayConfig,
     who: &str,
     answers: &PairingAnswers,
+    through: Option<&str>,
     json: bool,
 ) -> Result<()> {
     let store = open_store(cfg)?;
     if let Some(d) = store.find_device(who)?
         && d.needs_repair
     {
-        return repair(cfg, &store, &d, answers).await;
+        return repair(cfg, &store, &d, answers, through).await;
+    }
+    if let Some(d) = store.find_device(who)?
+        && let Some(adapter) = through
+    {
+        return bond_through(cfg, &d, answers, adapter).await;
     }
     if let Some(d) = store.find_device(who)? {
         bail!(
@@ -147,7 +158,7 @@ pub async fn pair(
             d.device_id
         );
     }
-    let ble = Ble::open(cfg.ble_config()).await?;
+    let ble = Ble::open(ble_config_through(cfg, through)).await?;
     // Pairing errors name the device, the cause and the command to run.
     let info = ble.pair(who, answers).await?;
     let secret = DeviceSecret::generate(&mut rand_core::OsRng);
@@ -230,6 +241,45 @@ pub async fn pair(
     Ok(())
 }
 
+/// The BLE settings with `through` (`hci1`), if given, as the only adapter.
+fn ble_config_through(cfg: &GatewayConfig, through: Option<&str>) -> crate::ble::BleConfig {
+    let mut ble = cfg.ble_config();
+    if let Some(a) = through {
+        ble.adapters = crate::ble::AdapterChoice::Named(vec![a.to_string()]);
+    }
+    ble
+}
+
+/// `pair --adapter NAME` of a device already paired: bond it through that
+/// adapter as well, so it can move there (BlueZ keeps bonds per adapter).
+/// Same device id, secret and seq line; nothing is registered anew.
+async fn bond_through(
+    cfg: &GatewayConfig,
+    d: &DeviceRow,
+    answers: &PairingAnswers,
+    adapter: &str,
+) -> Result<()> {
+    let ble = Ble::open(ble_config_through(cfg, Some(adapter))).await?;
+    let info = ble.pair(&d.address, answers).await?;
+    if let Some(differs) = not_the_same_device(d, &info) {
+        if let Err(e) = ble.remove_device(&d.address).await {
+            tracing::warn!("removing the new bond again: {e:#}");
+        }
+        bail!(
+            "{} answers through {adapter} with {differs}: not the device {} was; nothing changed",
+            d.address,
+            d.device_id
+        );
+    }
+    println!(
+        "paired {} ({}) through {adapter} as well: {} can move there when its adapter is down",
+        info.name.as_deref().unwrap_or("device"),
+        d.address,
+        d.device_id
+    );
+    Ok(())
+}
+
 /// What tells the device that answered at `d`'s address from `d`: another
 /// kind, or another serial, model or manufacturer where both sides read one
 /// (Device Information).
@@ -260,9 +310,14 @@ async fn repair(
     store: &Store,
     d: &DeviceRow,
     answers: &PairingAnswers,
+    through: Option<&str>,
 ) -> Result<()> {
-    let ble = Ble::open(cfg.ble_config()).await?;
-    ble.remove_device(&d.address).await?;
+    // The device forgot every bond: the stale ones go from every adapter.
+    Ble::open(cfg.ble_config())
+        .await?
+        .remove_device(&d.address)
+        .await?;
+    let ble = Ble::open(ble_config_through(cfg, through)).await?;
     let info = ble.pair(&d.address, answers).await?;
     if let Some(differs) = not_the_same_device(d, &info) {
         // Leave no bond to a device that is not this one.

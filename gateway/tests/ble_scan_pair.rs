@@ -145,7 +145,7 @@ fn ble_open_unknown_adapter_lists_adapters() -> anyhow::Result<()> {
             )
             .await?;
             let e = Ble::open(hailan_gateway::ble::BleConfig {
-                adapter: Some("hci7".into()),
+                adapters: hailan_gateway::ble::AdapterChoice::Named(vec!["hci7".into()]),
                 ..fast()
             })
             .await

@@ -150,6 +150,8 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-link-4",
     // connection slots (tests/tests/slots.rs)
     "gw-slots-1",
+    // several adapters (tests/tests/adapters.rs)
+    "gw-adapters-1",
 ];
 
 /// (command or file that must exist, Debian package that provides it)

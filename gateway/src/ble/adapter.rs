@@ -6,6 +6,7 @@
 //! power reset), `Device1.Pair`, and device lists in one call. Also here: the
 //! BlueZ error names the rest of the module reacts to.
 
+use super::AdapterChoice;
 use anyhow::{Context, bail};
 use bluez_async::{AdapterId, AdapterInfo, BluetoothError, BluetoothSession, DeviceId};
 use btleplug::api::{Central as _, Manager as _};
@@ -18,7 +19,8 @@ use std::time::Duration;
 /// How long one BlueZ housekeeping call (properties, power, discovery) may take.
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The opened adapter, shared by scans, pairing, the scanner and the sessions.
+/// One opened adapter, shared by scans, pairing, its scanner and the
+/// sessions placed on it.
 #[derive(Clone, Debug)]
 pub(crate) struct Radio {
     /// btleplug's view (scan, connect, GATT).
@@ -34,8 +36,10 @@ pub(crate) struct Radio {
 }
 
 impl Radio {
-    /// Connect to BlueZ and pick the adapter called `wanted` (or the first).
-    pub(crate) async fn open(wanted: Option<&str>) -> anyhow::Result<Radio> {
+    /// Connect to BlueZ and open the adapters `choice` names, in the order
+    /// named (`First`/`All`: by name, `hci0` first). The error names a
+    /// missing adapter and lists those present.
+    pub(crate) async fn open(choice: &AdapterChoice) -> anyhow::Result<Vec<Radio>> {
         let manager = Manager::new()
             .await
             .context("connecting to BlueZ (org.bluez) on the D-Bus system bus")?;
@@ -49,49 +53,73 @@ impl Radio {
             alive.store(false, Ordering::Relaxed);
             tracing::error!("D-Bus connection to BlueZ lost: {e:?}");
         });
-        let infos = bluez
+        let mut infos = bluez
             .get_adapters()
             .await
             .context("listing Bluetooth adapters (org.bluez ObjectManager)")?;
+        infos.sort_by_key(|a| adapter_order(&a.id.to_string()));
         let names: Vec<String> = infos.iter().map(|a| a.id.to_string()).collect();
-        let info = match wanted {
-            Some(w) => infos.iter().find(|a| a.id.to_string() == w).with_context(|| {
-                format!(
-                    "Bluetooth adapter {w:?} not found; adapters present: {}",
-                    list_or_none(&names)
-                )
-            })?,
-            None => infos
-                .first()
-                .context("no Bluetooth adapter present (is bluetoothd running, the adapter plugged in and not rfkill-blocked?)")?,
+        let chosen: Vec<&AdapterInfo> = match choice {
+            AdapterChoice::First | AdapterChoice::All => {
+                let n = if *choice == AdapterChoice::First {
+                    1
+                } else {
+                    infos.len()
+                };
+                let chosen: Vec<&AdapterInfo> = infos.iter().take(n).collect();
+                if chosen.is_empty() {
+                    bail!(
+                        "no Bluetooth adapter present (is bluetoothd running, the adapter plugged in and not rfkill-blocked?)"
+                    );
+                }
+                chosen
+            }
+            AdapterChoice::Named(wanted) => wanted
+                .iter()
+                .map(|w| {
+                    infos
+                        .iter()
+                        .find(|a| a.id.to_string() == *w)
+                        .with_context(|| {
+                            format!(
+                                "Bluetooth adapter {w:?} not found; adapters present: {}",
+                                list_or_none(&names)
+                            )
+                        })
+                })
+                .collect::<anyhow::Result<_>>()?,
         };
-        let name = info.id.to_string();
-        let mut central = None;
-        for a in manager
+        let centrals = manager
             .adapters()
             .await
-            .context("listing adapters through btleplug")?
-        {
-            let described = a.adapter_info().await.unwrap_or_default();
-            if described == name || described.starts_with(&format!("{name} ")) {
-                central = Some(a);
-                break;
-            }
+            .context("listing adapters through btleplug")?;
+        let mut described = Vec::new();
+        for a in centrals {
+            let d = a.adapter_info().await.unwrap_or_default();
+            described.push((d, a));
         }
-        let Some(central) = central else {
-            bail!(
-                "adapter {name} vanished while opening it; adapters present: {}",
-                list_or_none(&names)
-            );
-        };
-        tracing::info!(adapter = %name, powered = info.powered, "Bluetooth adapter opened");
-        Ok(Radio {
-            central,
-            bluez,
-            id: info.id.clone(),
-            name,
-            dbus_alive,
-        })
+        let mut radios = Vec::new();
+        for info in chosen {
+            let name = info.id.to_string();
+            let Some((_, central)) = described
+                .iter()
+                .find(|(d, _)| *d == name || d.starts_with(&format!("{name} ")))
+            else {
+                bail!(
+                    "adapter {name} vanished while opening it; adapters present: {}",
+                    list_or_none(&names)
+                );
+            };
+            tracing::info!(adapter = %name, powered = info.powered, "Bluetooth adapter opened");
+            radios.push(Radio {
+                central: central.clone(),
+                bluez: bluez.clone(),
+                id: info.id.clone(),
+                name,
+                dbus_alive: dbus_alive.clone(),
+            });
+        }
+        Ok(radios)
     }
 
     /// The adapter's properties, if it answers within [`CALL_TIMEOUT`].
@@ -161,6 +189,15 @@ impl Radio {
             Err(_) => tracing::debug!(adapter = %self.name, "stopping discovery: no answer"),
         }
     }
+}
+
+/// `hci10` after `hci9`: adapters sort by number.
+fn adapter_order(name: &str) -> (u64, String) {
+    let n = name
+        .strip_prefix("hci")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    (n, name.to_string())
 }
 
 fn list_or_none(names: &[String]) -> String {

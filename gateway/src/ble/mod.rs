@@ -21,7 +21,8 @@
 //! | [`clock`] | read a device's clock before its values; set it when its link idles |
 //! | [`hub`] | the one btleplug event stream, fanned out to everyone |
 //! | [`watchdog`] | keep discovery running and reporting |
-//! | [`slots`] | how many links are held at once, and who waits for one |
+//! | [`slots`] | how many links an adapter holds at once, and who waits for one |
+//! | [`placement`] | which adapter a device's link goes through; moving off a lost one |
 //! | [`supervisor`] | [`Ble::run`]: start/stop sessions, scanner, heartbeat |
 //! | [`backoff`] | jittered exponential backoff |
 
@@ -33,6 +34,7 @@ mod gatt;
 mod glucose;
 mod hub;
 mod pair;
+mod placement;
 mod scan;
 mod session;
 mod slots;
@@ -45,12 +47,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Which Bluetooth adapters the gateway uses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum AdapterChoice {
+    /// The first adapter present (by number: `hci0` before `hci1`).
+    #[default]
+    First,
+    /// These, by name (`hci0`): devices spread over them.
+    Named(Vec<String>),
+    /// Every adapter present when the gateway starts.
+    All,
+}
+
 /// BLE settings.
 #[derive(Clone, Debug)]
 pub struct BleConfig {
-    /// Adapter name, e.g. `hci0`; `None` = the first adapter.
-    pub adapter: Option<String>,
-    /// Links held at once: streaming devices keep theirs,
+    /// The adapters to use ([`AdapterChoice`]). With several, each device
+    /// is placed on one (the least loaded; a bonded device only where
+    /// BlueZ holds its bond) and moves when its adapter powers off or
+    /// stops answering. Scans and pairing use the first.
+    pub adapters: AdapterChoice,
+    /// Links held at once, per adapter: streaming devices keep theirs,
     /// devices that hand over measurements give theirs back when idle.
     pub max_connections: usize,
     /// A hand-over device's link is closed after this long without a value
@@ -76,7 +93,7 @@ pub struct BleConfig {
 impl Default for BleConfig {
     fn default() -> Self {
         BleConfig {
-            adapter: None,
+            adapters: AdapterChoice::First,
             max_connections: 4,
             idle_disconnect: Duration::from_secs(10),
             battery_interval: Duration::from_secs(5 * 60),
@@ -283,29 +300,35 @@ impl BleStats {
     }
 }
 
-/// The BLE layer on one adapter.
+/// The BLE layer on one or several adapters.
 #[derive(Debug)]
 pub struct Ble {
     cfg: BleConfig,
-    radio: adapter::Radio,
+    /// At least one; the first does scans and pairing.
+    radios: Vec<adapter::Radio>,
     stats: Arc<BleStats>,
 }
 
 impl Ble {
-    /// Connect to BlueZ and open the configured adapter (the error names the
-    /// adapter and lists those present).
+    /// Connect to BlueZ and open the configured adapters (the error names
+    /// a missing adapter and lists those present).
     pub async fn open(cfg: BleConfig) -> anyhow::Result<Ble> {
-        let radio = adapter::Radio::open(cfg.adapter.as_deref()).await?;
+        let radios = adapter::Radio::open(&cfg.adapters).await?;
         Ok(Ble {
             cfg,
-            radio,
+            radios,
             stats: Arc::default(),
         })
     }
 
-    /// The adapter in use (`hci0`).
-    pub fn adapter_name(&self) -> &str {
-        &self.radio.name
+    /// The adapters in use (`hci0`, …), the first doing scans and pairing.
+    pub fn adapter_names(&self) -> Vec<String> {
+        self.radios.iter().map(|r| r.name.clone()).collect()
+    }
+
+    /// The adapter scans and pairing use.
+    fn first(&self) -> &adapter::Radio {
+        &self.radios[0]
     }
 
     /// Counters, live (take them before [`Ble::run`] consumes `self`).
@@ -320,7 +343,7 @@ impl Ble {
         duration: Duration,
         progress: impl FnMut(&Nearby),
     ) -> anyhow::Result<Vec<Nearby>> {
-        scan::scan(&self.radio, duration, progress).await
+        scan::scan(self.first(), duration, progress).await
     }
 
     /// Find `who` (address or advertised name; scanning up to the pair
@@ -335,42 +358,22 @@ impl Ble {
         who: &str,
         answers: &agent::PairingAnswers,
     ) -> anyhow::Result<PairedInfo> {
-        pair::pair(&self.radio, &self.cfg, who, answers).await
+        pair::pair(self.first(), &self.cfg, who, answers).await
     }
 
-    /// Remove `address` from BlueZ (`Adapter1.RemoveDevice`): its bond and
-    /// its cached services go, so pairing it again asks for its passkey
-    /// again. A device BlueZ does not know is not an error.
+    /// Remove `address` from BlueZ on every adapter in use
+    /// (`Adapter1.RemoveDevice`): its bonds and its cached services go, so
+    /// pairing it again asks for its passkey again. A device BlueZ does not
+    /// know is not an error.
     pub async fn remove_device(&self, address: &str) -> anyhow::Result<()> {
         use anyhow::Context;
-        let id = self.radio.device_id(address)?;
         let conn = zbus::Connection::system()
             .await
             .context("connecting to the system D-Bus (BlueZ)")?;
-        let device = zbus::zvariant::ObjectPath::try_from(format!("/org/bluez/{id}"))
-            .context("device path")?;
-        let adapter = format!("/org/bluez/{}", self.radio.name);
-        match conn
-            .call_method(
-                Some("org.bluez"),
-                adapter.as_str(),
-                Some("org.bluez.Adapter1"),
-                "RemoveDevice",
-                &(device,),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(zbus::Error::MethodError(name, msg, _))
-                if name.as_str() == "org.bluez.Error.DoesNotExist"
-                    || msg.as_deref().is_some_and(|m| m.contains("does not exist")) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(anyhow::Error::new(e).context(format!(
-                "removing {address} from BlueZ (Adapter1.RemoveDevice on {adapter})"
-            ))),
+        for radio in &self.radios {
+            remove_from(&conn, radio, address).await?;
         }
+        Ok(())
     }
 
     /// Run until `shutdown` is cancelled: keep scanning (with the stall
@@ -385,6 +388,40 @@ impl Ble {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> anyhow::Result<()> {
         supervisor::run(self, devices, events, beat, shutdown).await
+    }
+}
+
+/// `Adapter1.RemoveDevice` of `address` on one adapter; "does not exist" is fine.
+async fn remove_from(
+    conn: &zbus::Connection,
+    radio: &adapter::Radio,
+    address: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let id = radio.device_id(address)?;
+    let device =
+        zbus::zvariant::ObjectPath::try_from(format!("/org/bluez/{id}")).context("device path")?;
+    let adapter = format!("/org/bluez/{}", radio.name);
+    match conn
+        .call_method(
+            Some("org.bluez"),
+            adapter.as_str(),
+            Some("org.bluez.Adapter1"),
+            "RemoveDevice",
+            &(device,),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(zbus::Error::MethodError(name, msg, _))
+            if name.as_str() == "org.bluez.Error.DoesNotExist"
+                || msg.as_deref().is_some_and(|m| m.contains("does not exist")) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!(
+            "removing {address} from BlueZ (Adapter1.RemoveDevice on {adapter})"
+        ))),
     }
 }
 

@@ -28,8 +28,8 @@ use super::gatt::{
     self, BATTERY_LEVEL, FIRMWARE_REVISION, GLUCOSE_MEASUREMENT, PLX_CONTINUOUS, RACP,
 };
 use super::glucose;
-use super::hub::Hub;
-use super::slots::{self, Slot, Slots};
+use super::placement::{AdapterCtx, Adapters};
+use super::slots::{self, Slot};
 use super::{BleConfig, BleEvent, BleStats, KnownDevice, RSSI_DEAD_BAND, wall_ms};
 use anyhow::{Context, bail};
 use btleplug::api::{
@@ -55,10 +55,9 @@ const LOOK_AGAIN: Duration = Duration::from_secs(2);
 
 /// What every session shares.
 pub(crate) struct SessionCtx {
-    pub(crate) radio: Radio,
+    /// The adapters, each with its hub and slots ([`placement`](super::placement)).
+    pub(crate) adapters: Adapters,
     pub(crate) cfg: BleConfig,
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) slots: Arc<Slots>,
     pub(crate) stats: Arc<BleStats>,
     pub(crate) events: mpsc::Sender<BleEvent>,
 }
@@ -133,8 +132,17 @@ struct Session {
     kind: DeviceKind,
     /// `device_id (address)`, for logs and errors.
     label: String,
+    address: String,
+    /// The adapter its links go through (`None` until placed).
+    at: Option<usize>,
+    /// Its id on that adapter.
     pid: PeripheralId,
+    /// That adapter's events.
     central: broadcast::Receiver<CentralEvent>,
+    /// Wakes when an adapter goes up or down.
+    adapter_changes: watch::Receiver<u64>,
+    /// Told the owner it waits for the one adapter holding its bond.
+    told_bond_bound: bool,
     status: Status,
     sent: Option<Status>,
     cancel: CancellationToken,
@@ -156,22 +164,30 @@ pub(crate) async fn run(
 ) {
     let d = device.borrow().clone();
     let label = format!("{} ({})", d.device_id, d.address);
-    let pid = match ctx.radio.peripheral_id(&d.address) {
+    let Some(first) = ctx.adapters.all.first() else {
+        return;
+    };
+    let pid = match first.radio.peripheral_id(&d.address) {
         Ok(pid) => pid,
         Err(e) => {
             tracing::error!(device = %label, "cannot keep this device connected: {e:#}");
             return;
         }
     };
-    let central = ctx.hub.subscribe();
+    let central = first.hub.subscribe();
+    let adapter_changes = ctx.adapters.watch();
     let mut s = Session {
-        ctx,
+        ctx: ctx.clone(),
         device,
         device_id: d.device_id,
         kind: d.kind,
         label,
+        address: d.address,
+        at: None,
         pid,
         central,
+        adapter_changes,
+        told_bond_bound: false,
         status: Status::default(),
         sent: None,
         cancel,
@@ -181,14 +197,13 @@ pub(crate) async fn run(
         clock: None,
     };
     s.run().await;
+    ctx.adapters.place(s.at, None);
 }
 
 impl Session {
     async fn run(&mut self) {
         let mut backoff = Backoff::new(self.ctx.cfg.reconnect_min, self.ctx.cfg.reconnect_max);
-        let Some(p) = self.wait_for_peripheral().await else {
-            return;
-        };
+        let mut found: Option<Peripheral> = None;
         let mut notes: Option<Notes> = None;
         // Given back only once the link is down (a slot is a link).
         let mut slot: Option<Slot> = None;
@@ -196,12 +211,30 @@ impl Session {
             if self.cancel.is_cancelled() {
                 break;
             }
-            // Gone from BlueZ (adapter reset, cache expiry)? Wait for it again.
-            if self.ctx.radio.central.peripheral(&self.pid).await.is_err()
-                && self.wait_for_peripheral().await.is_none()
-            {
-                break;
+            if self.place().await {
+                // Another adapter: another object, another notification stream.
+                if let Some(mut old) = notes.take()
+                    && !self.forward_left_over(&mut old).await
+                {
+                    break;
+                }
+                found = None;
             }
+            // Not yet known, or gone from BlueZ (adapter reset, cache
+            // expiry)? Wait for it (again).
+            let known = match &found {
+                Some(_) => self.radio().central.peripheral(&self.pid).await.is_ok(),
+                None => false,
+            };
+            if !known {
+                match self.wait_for_peripheral().await {
+                    Some(p) => found = Some(p),
+                    None if self.cancel.is_cancelled() => break,
+                    // Its adapter went down: place it again.
+                    None => continue,
+                }
+            }
+            let Some(p) = found.clone() else { continue };
             if notes.is_none() {
                 match p.notifications().await {
                     Ok(n) => notes = Some(n),
@@ -211,20 +244,26 @@ impl Session {
                 }
             }
             // A hand-over device is connected when it advertises.
-            if !self.streaming && !self.wait_until_heard(self.ctx.cfg.reconnect_max).await {
-                break;
+            if !self.streaming {
+                if !self.wait_until_heard(self.ctx.cfg.reconnect_max).await {
+                    break;
+                }
+                if self.adapter_went_down() {
+                    continue;
+                }
             }
+            let slots = self.adapter().slots.clone();
             slot = Some(tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => break,
-                slot = self.ctx.slots.take(self.streaming) => slot,
+                slot = slots.take(self.streaming) => slot,
             });
             self.heard = false;
             // Events from before this attempt are about an older link.
             self.central = self.central.resubscribe();
             let started = Instant::now();
             let cancel = self.cancel.clone();
-            let mut during = self.ctx.hub.subscribe();
+            let mut during = self.adapter().hub.subscribe();
             let pid = self.pid.clone();
             let attempt = tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -306,8 +345,10 @@ impl Session {
             }
         }
         // Leaving (forgotten or shutting down): free the device, then its slot.
-        if p.is_connected().await.unwrap_or(false) {
-            self.disconnect(&p).await;
+        if let Some(p) = &found
+            && p.is_connected().await.unwrap_or(false)
+        {
+            self.disconnect(p).await;
         }
         drop(slot);
         if self.status.connected {
@@ -385,12 +426,19 @@ impl Session {
 
     /// Note hub events for up to `d`, or until the device is heard if
     /// `until_heard`. False if cancelled.
+    /// Also ends (true) when its adapter went down and another may take it.
     async fn listen(&mut self, d: Duration, until_heard: bool) -> bool {
         let until = Instant::now() + d;
         while !(until_heard && self.heard) {
             let heard = tokio::select! {
                 _ = self.cancel.cancelled() => return false,
                 _ = tokio::time::sleep_until(until) => return true,
+                () = adapter_change(&mut self.adapter_changes) => {
+                    if self.adapter_went_down() {
+                        return true;
+                    }
+                    continue;
+                }
                 h = hear(&mut self.central) => h,
             };
             if !self.note(&heard).await {
@@ -400,12 +448,97 @@ impl Session {
         true
     }
 
+    /// The adapter the session is placed on.
+    fn adapter(&self) -> &AdapterCtx {
+        let i = self.at.unwrap_or(0);
+        &self.ctx.adapters.all[i.min(self.ctx.adapters.all.len() - 1)]
+    }
+
+    fn radio(&self) -> &Radio {
+        &self.adapter().radio
+    }
+
+    /// Its adapter is down while another could take its links.
+    fn adapter_went_down(&self) -> bool {
+        let all = &self.ctx.adapters.all;
+        all.len() > 1 && !self.adapter().up() && all.iter().any(AdapterCtx::up)
+    }
+
+    /// Place the session on the adapter for its next link
+    /// ([`placement::choose`](super::placement::choose)). True if that is
+    /// another adapter than before (or the first placement).
+    async fn place(&mut self) -> bool {
+        let adapters = &self.ctx.adapters;
+        let bonds = if adapters.all.len() > 1 && gatt::needs_bond(self.kind) {
+            Some(adapters.bonds(&self.address).await)
+        } else {
+            None
+        };
+        let to = adapters.choose(self.at, bonds.as_deref());
+        let bond_bound = bonds.as_ref().is_some_and(|b| b.iter().any(|x| *x));
+        if bond_bound
+            && !adapters.all[to].up()
+            && adapters.all.iter().any(AdapterCtx::up)
+            && !std::mem::replace(&mut self.told_bond_bound, true)
+        {
+            tracing::warn!(
+                device = %self.label,
+                "bonded only through adapters that are down: it waits for them; pair it through another adapter too (`hailan-gateway pair {} --adapter NAME`) to let it move",
+                self.address
+            );
+        }
+        if Some(to) == self.at {
+            return false;
+        }
+        let pid = match adapters.all[to].radio.peripheral_id(&self.address) {
+            Ok(pid) => pid,
+            Err(e) => {
+                tracing::error!(device = %self.label, "{e:#}");
+                return false;
+            }
+        };
+        let from = self.at.replace(to);
+        adapters.place(from, Some(to));
+        self.told_bond_bound = false;
+        self.pid = pid;
+        self.central = adapters.all[to].hub.subscribe();
+        self.heard = false;
+        if let Some(from) = from {
+            tracing::info!(
+                device = %self.label,
+                from = %adapters.all[from].radio.name,
+                to = %adapters.all[to].radio.name,
+                "moves to another adapter"
+            );
+        }
+        true
+    }
+
+    /// Values that reached the old adapter's notification stream before the
+    /// link dropped, forwarded before that stream goes. False if the event
+    /// receiver is gone.
+    async fn forward_left_over(&mut self, notes: &mut Notes) -> bool {
+        use futures::FutureExt;
+        while let Some(Some(n)) = notes.next().now_or_never() {
+            let Some(u) = gatt::uuid16(n.uuid.as_u128()) else {
+                continue;
+            };
+            if u == BATTERY_LEVEL || u == RACP || !gatt::forwarded(self.kind, u) {
+                continue;
+            }
+            if !self.send(self.measurement(u, n.value)).await {
+                return false;
+            }
+        }
+        true
+    }
+
     /// The peripheral, once BlueZ knows the device (discovered by the
-    /// scanner). None if cancelled.
+    /// scanner). None if cancelled, or if its adapter went down meanwhile.
     async fn wait_for_peripheral(&mut self) -> Option<Peripheral> {
         let mut told = false;
         loop {
-            if let Ok(p) = self.ctx.radio.central.peripheral(&self.pid).await {
+            if let Ok(p) = self.radio().central.peripheral(&self.pid).await {
                 if let Ok(Some(props)) = p.properties().await
                     && props.rssi.is_some()
                 {
@@ -424,6 +557,12 @@ impl Session {
                 let heard = tokio::select! {
                     _ = self.cancel.cancelled() => return None,
                     _ = tokio::time::sleep_until(until) => break,
+                    () = adapter_change(&mut self.adapter_changes) => {
+                        if self.adapter_went_down() {
+                            return None;
+                        }
+                        continue;
+                    }
                     h = hear(&mut self.central) => h,
                 };
                 if let Heard::Event(CentralEvent::DeviceDiscovered(id)) = &heard
@@ -699,15 +838,19 @@ impl Session {
                 link.racp_pending = Some(Instant::now() + glucose::RESPONSE_TIMEOUT);
             }
         }
-        self.send(BleEvent::Measurement {
+        self.send(self.measurement(u, n.value)).await
+    }
+
+    /// The event for a value on characteristic `u`, received now.
+    fn measurement(&self, u: u16, bytes: Vec<u8>) -> BleEvent {
+        BleEvent::Measurement {
             device_id: self.device_id.clone(),
             characteristic: u,
-            bytes: n.value,
+            bytes,
             received_at_ms: wall_ms(),
             clock: self.clock.as_ref().and_then(|(_, c)| *c),
             paired_at_ms: self.paired_at_ms,
-        })
-        .await
+        }
     }
 }
 
@@ -725,6 +868,13 @@ async fn dropped_while_connecting(rx: &mut broadcast::Receiver<CentralEvent>, pi
             Heard::Event(CentralEvent::DeviceDisconnected(id)) if id == *pid && up => return,
             _ => {}
         }
+    }
+}
+
+/// The next adapter up/down change (never, once nobody sends them).
+async fn adapter_change(rx: &mut watch::Receiver<u64>) {
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

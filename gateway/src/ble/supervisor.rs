@@ -1,9 +1,11 @@
-//! `Ble::run`: the supervisor. It owns the hub (BlueZ events), the scanner
-//! and one session task per known device; follows the device list; and
-//! beats the systemd watchdog only while its loop turns *and* the adapter
-//! answers *and* BlueZ events still flow.
+//! `Ble::run`: the supervisor. It owns, per adapter, a hub (BlueZ events)
+//! and a scanner, and one session task per known device; follows the
+//! device list; keeps each adapter's up/down state for
+//! [`placement`](super::placement); and beats the systemd watchdog only while
+//! its loop turns *and* an adapter answers *and* BlueZ events still flow.
 
 use super::hub::Hub;
+use super::placement::{AdapterCtx, Adapters};
 use super::session::{self, SessionCtx};
 use super::slots::{self, Slots};
 use super::watchdog::Scanner;
@@ -39,38 +41,55 @@ pub(crate) async fn run(
     beat: Arc<Beat>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Ble { cfg, radio, stats } = ble;
-    let hub = Arc::new(Hub::new());
-    let stream = radio
-        .central
-        .events()
-        .await
-        .with_context(|| format!("subscribing to events of adapter {}", radio.name))?;
-    let mut central = hub.subscribe();
+    let Ble { cfg, radios, stats } = ble;
     let pump_cancel = CancellationToken::new();
-    let pump = {
-        let hub = hub.clone();
-        let cancel = pump_cancel.clone();
-        tokio::spawn(async move { hub.pump(stream, cancel).await })
-    };
+    let mut pumps = Vec::new();
+    let mut placed = Vec::new();
+    // Power events of every adapter, by adapter index.
+    let (power_tx, mut power) = mpsc::unbounded_channel::<(usize, bool)>();
+    for (i, radio) in radios.into_iter().enumerate() {
+        let hub = Arc::new(Hub::new());
+        let stream = radio
+            .central
+            .events()
+            .await
+            .with_context(|| format!("subscribing to events of adapter {}", radio.name))?;
+        pumps.push({
+            let hub = hub.clone();
+            let cancel = pump_cancel.clone();
+            tokio::spawn(async move { hub.pump(stream, cancel).await })
+        });
+        pumps.push(tokio::spawn(forward_power(
+            i,
+            hub.subscribe(),
+            power_tx.clone(),
+            pump_cancel.clone(),
+        )));
+        let slots = Slots::new(cfg.max_connections, stats.clone());
+        placed.push(AdapterCtx::new(radio, hub, slots));
+    }
+    drop(power_tx);
     let ctx = Arc::new(SessionCtx {
-        radio: radio.clone(),
+        adapters: Adapters::new(placed),
         cfg: cfg.clone(),
-        hub: hub.clone(),
-        slots: Slots::new(cfg.max_connections, stats.clone()),
         stats: stats.clone(),
         events: events.clone(),
     });
     let mut sessions: HashMap<String, Running> = HashMap::new();
     let list = devices.borrow_and_update().clone();
     reconcile(&ctx, &mut sessions, &list);
-    let mut scanner = Scanner::new(cfg.scan_stall_after, cfg.reconnect_min, cfg.reconnect_max);
+    let mut scanners: Vec<Scanner> = ctx
+        .adapters
+        .all
+        .iter()
+        .map(|_| Scanner::new(cfg.scan_stall_after, cfg.reconnect_min, cfg.reconnect_max))
+        .collect();
+    let mut answering = vec![true; scanners.len()];
     let every =
         (cfg.scan_stall_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut devices_open, mut hub_open) = (true, true);
-    let mut adapter_ok = true;
+    let mut devices_open = true;
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
@@ -84,21 +103,26 @@ pub(crate) async fn run(
                     tracing::warn!("the device list has no sender any more: keeping the current sessions");
                 }
             },
-            ev = central.recv(), if hub_open => match ev {
-                Ok(CentralEvent::StateUpdate(CentralState::PoweredOff)) => scanner.on_powered(&radio, false),
-                Ok(CentralEvent::StateUpdate(CentralState::PoweredOn)) => scanner.on_powered(&radio, true),
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => hub_open = false,
+            Some((i, on)) = power.recv() => {
+                if let (Some(a), Some(scanner)) = (ctx.adapters.all.get(i), scanners.get_mut(i)) {
+                    scanner.on_powered(&a.radio, on);
+                    ctx.adapters.set_up(i, on);
+                }
             },
             _ = tick.tick() => {
-                let info = radio.info().await;
-                match (&info, adapter_ok) {
-                    (Err(e), true) => tracing::warn!("{e:#}"),
-                    (Ok(_), false) => tracing::info!(adapter = %radio.name, "adapter answers again"),
-                    _ => {}
+                let mut any_answering = false;
+                for (i, (a, scanner)) in ctx.adapters.all.iter().zip(scanners.iter_mut()).enumerate() {
+                    let info = a.radio.info().await;
+                    match (&info, answering[i]) {
+                        (Err(e), true) => tracing::warn!("{e:#}"),
+                        (Ok(_), false) => tracing::info!(adapter = %a.radio.name, "adapter answers again"),
+                        _ => {}
+                    }
+                    answering[i] = info.is_ok();
+                    any_answering |= info.is_ok();
+                    ctx.adapters.set_up(i, info.as_ref().is_ok_and(|i| i.powered));
+                    scanner.step(&a.radio, &a.hub, &stats, info.as_ref().ok()).await;
                 }
-                adapter_ok = info.is_ok();
-                scanner.step(&radio, &hub, &stats, info.as_ref().ok()).await;
                 sessions.retain(|id, r| {
                     let ended = r.task.is_finished() && !r.cancel.is_cancelled();
                     if ended {
@@ -109,10 +133,11 @@ pub(crate) async fn run(
                 if events.is_closed() {
                     break Err(anyhow::anyhow!("the BLE event receiver is gone"));
                 }
-                if !hub.alive() {
+                if ctx.adapters.all.iter().any(|a| !a.hub.alive()) {
                     break Err(anyhow::anyhow!("the BlueZ event stream ended (D-Bus connection lost?)"));
                 }
-                if adapter_ok && radio.dbus_alive.load(Ordering::Relaxed) {
+                let dbus_alive = ctx.adapters.all.iter().all(|a| a.radio.dbus_alive.load(Ordering::Relaxed));
+                if any_answering && dbus_alive {
                     beat.beat();
                 }
             }
@@ -130,12 +155,40 @@ pub(crate) async fn run(
     {
         tracing::warn!("sessions did not end within {SHUTDOWN_GRACE:?}");
     }
-    if scanner.scanning() {
-        radio.stop_scan().await;
+    for (a, scanner) in ctx.adapters.all.iter().zip(&scanners) {
+        if scanner.scanning() {
+            a.radio.stop_scan().await;
+        }
     }
     pump_cancel.cancel();
-    let _ = pump.await;
+    for p in pumps {
+        let _ = p.await;
+    }
     result
+}
+
+/// Pass adapter `i`'s power events on, tagged with `i`.
+async fn forward_power(
+    i: usize,
+    mut central: broadcast::Receiver<CentralEvent>,
+    to: mpsc::UnboundedSender<(usize, bool)>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let ev = tokio::select! {
+            _ = cancel.cancelled() => return,
+            ev = central.recv() => ev,
+        };
+        let on = match ev {
+            Ok(CentralEvent::StateUpdate(CentralState::PoweredOff)) => false,
+            Ok(CentralEvent::StateUpdate(CentralState::PoweredOn)) => true,
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if to.send((i, on)).is_err() {
+            return;
+        }
+    }
 }
 
 /// Start, stop or update sessions to match `list`.
@@ -216,9 +269,16 @@ fn share_slots(ctx: &SessionCtx, kinds: impl Iterator<Item = DeviceKind>) {
             (s, h + 1)
         }
     });
-    ctx.slots
-        .keep_one_for_handovers(streaming > 0 && handing_over > 0);
-    let cap = ctx.slots.streaming_cap();
+    for a in &ctx.adapters.all {
+        a.slots
+            .keep_one_for_handovers(streaming > 0 && handing_over > 0);
+    }
+    let cap: usize = ctx
+        .adapters
+        .all
+        .iter()
+        .map(|a| a.slots.streaming_cap())
+        .sum();
     if streaming > cap {
         tracing::warn!(
             streaming,

@@ -44,7 +44,7 @@ pub fn sim_config(devices: &[(hailan_firmware_sim::DeviceKind, usize)]) -> SimCo
 /// Short timings for tests.
 pub fn fast() -> BleConfig {
     BleConfig {
-        adapter: None,
+        adapters: hailan_gateway::ble::AdapterChoice::First,
         // Every device holds its link (slots are tested in tests/tests/slots.rs).
         max_connections: 16,
         idle_disconnect: Duration::from_secs(3600),

@@ -167,6 +167,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
         metrics
             .ble_slots_waiting
             .set(ble_stats.slots_waiting() as i64);
+        metrics.ble_adapters_up.set(ble_stats.adapters_up() as i64);
         let status = status_line(&store, &metrics, &link_rx.borrow());
         if status != last_status {
             notify(&[NotifyState::Status(&status)]);

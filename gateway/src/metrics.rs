@@ -50,6 +50,8 @@ pub struct Metrics {
     pub ble_slots_held: Gauge,
     /// Devices waiting for a link.
     pub ble_slots_waiting: Gauge,
+    /// Adapters powered and answering (of those in `ble.adapters`).
+    pub ble_adapters_up: Gauge,
     /// Readings in the outbox, not yet acknowledged by the broker.
     pub outbox_readings: Gauge,
     /// Bytes of envelope payload in the outbox.
@@ -86,6 +88,7 @@ impl Metrics {
             devices_needing_repair: Gauge::default(),
             ble_slots_held: Gauge::default(),
             ble_slots_waiting: Gauge::default(),
+            ble_adapters_up: Gauge::default(),
             outbox_readings: Gauge::default(),
             outbox_bytes: Gauge::default(),
             outbox_oldest_age_seconds: Gauge::default(),
@@ -167,6 +170,11 @@ impl Metrics {
             "ble_slots_waiting",
             "Devices waiting for a free Bluetooth link",
             m.ble_slots_waiting.clone(),
+        );
+        r.register(
+            "ble_adapters_up",
+            "Bluetooth adapters powered and answering (devices of one that is down move to the others)",
+            m.ble_adapters_up.clone(),
         );
         r.register(
             "outbox_entries",

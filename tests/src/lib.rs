@@ -32,7 +32,7 @@ pub use db::{HasUrl, TestDb, count_readings, enrol, enrol_with_token};
 pub use device::{T0_MS, TestDevice, plausible_slots};
 pub use ingest::{IngestOptions, IngestProcess};
 pub use mqtt::{Publisher, mqtt_host_port, mqtt_ingest_host_port, mqtt_password};
-pub use net::{free_port, http_get};
+pub use net::{free_port, http_get, metric};
 pub use postgres::{PrivatePostgres, append_conf, append_to, kill9_postmaster};
 pub use process::is_root;
 pub use settings::{database_url, repo_root, setting};

@@ -8,9 +8,8 @@
 
 use anyhow::{Context, Result};
 use hailan_firmware_sim::harness::SimHarness;
-use hailan_tests::DevZk;
-use hailan_tests::eventually;
 use hailan_tests::gateway::*;
+use hailan_tests::{DevZk, eventually, free_port, http_get, metric};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ async fn a_gateway_on_two_adapters_loses_nothing_when_one_powers_off() -> Result
     let truth_path = tmp.path().join("truth.jsonl");
     let truth_arg = truth_path.display().to_string();
     let broker = Broker::shared();
+    let metrics_port = free_port()?;
     let sim = SimHarness::start(&[
         "--devices",
         "hr=2,temp=1,bp=1",
@@ -38,8 +38,11 @@ async fn a_gateway_on_two_adapters_loses_nothing_when_one_powers_off() -> Result
         "gw-adapters-1",
         &broker,
         &zk,
-        "[ble]\nadapters = [\"hci0\", \"hci1\"]\n\
-         [pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n",
+        &format!(
+            "[ble]\nadapters = [\"hci0\", \"hci1\"]\n\
+             [pipeline]\nwindow_size = 4\nwindow_max_ms = 1000\n\
+             [metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
         &[],
     )?;
     let names: Vec<(String, String)> = sim
@@ -81,6 +84,16 @@ async fn a_gateway_on_two_adapters_loses_nothing_when_one_powers_off() -> Result
         "devices spread over both adapters: {placed:?}"
     );
 
+    let adapters_up = || async move {
+        let (code, text) = http_get(metrics_port, "/metrics").await?;
+        anyhow::ensure!(code == 200, "{text}");
+        metric(&text, "hailan_gateway_ble_adapters_up").context("adapters_up gauge")
+    };
+    eventually(Duration::from_secs(10), "2 adapters up", || async move {
+        Ok((adapters_up().await? == 2).then_some(()))
+    })
+    .await?;
+
     // hci0 powers off mid-stream and stays off.
     let before: HashMap<String, usize> = devices
         .values()
@@ -112,6 +125,11 @@ async fn a_gateway_on_two_adapters_loses_nothing_when_one_powers_off() -> Result
             },
         )
         .await?;
+
+    eventually(Duration::from_secs(10), "1 adapter up", || async move {
+        Ok((adapters_up().await? == 1).then_some(()))
+    })
+    .await?;
 
     // Nothing lost: everything the devices sent until now reaches the broker.
     let until = line_count(&truth_path);

@@ -11,18 +11,12 @@
 
 use anyhow::{Context, Result};
 use hailan_tests::gateway::*;
-use hailan_tests::{DevZk, http_get};
+use hailan_tests::{DevZk, http_get, metric as gauge};
 use std::time::Duration;
 
 const HANDING_OVER: [&str; 8] = [
     "bp0", "bp1", "temp0", "temp1", "scale0", "scale1", "glucose0", "glucose1",
 ];
-
-/// The value of an unlabelled gauge in a Prometheus text exposition.
-fn gauge(text: &str, name: &str) -> Option<i64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twelve_devices_share_four_links_and_every_value_arrives() -> Result<()> {

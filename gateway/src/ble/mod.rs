@@ -242,6 +242,8 @@ pub struct BleStats {
     pub(crate) slots_held: AtomicU64,
     /// Devices waiting for a link now.
     pub(crate) slots_waiting: AtomicU64,
+    /// Adapters powered and answering now.
+    pub(crate) adapters_up: AtomicU64,
     /// Bumped with every counter, so one can await a change.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -255,6 +257,7 @@ impl Default for BleStats {
             disconnections: AtomicU64::new(0),
             slots_held: AtomicU64::new(0),
             slots_waiting: AtomicU64::new(0),
+            adapters_up: AtomicU64::new(0),
             changes: tokio::sync::watch::channel(0).0,
         }
     }
@@ -284,6 +287,10 @@ impl BleStats {
     /// Devices waiting for a free link now.
     pub fn slots_waiting(&self) -> u64 {
         self.slots_waiting.load(Ordering::Relaxed)
+    }
+    /// Adapters powered and answering now (of those in use).
+    pub fn adapters_up(&self) -> u64 {
+        self.adapters_up.load(Ordering::Relaxed)
     }
     /// Wait until `pred` holds (checked now and after every counter change).
     pub async fn wait_for(&self, pred: impl Fn(&BleStats) -> bool) {

@@ -136,6 +136,8 @@ pub(crate) async fn run(
                 if ctx.adapters.all.iter().any(|a| !a.hub.alive()) {
                     break Err(anyhow::anyhow!("the BlueZ event stream ended (D-Bus connection lost?)"));
                 }
+                let up = ctx.adapters.all.iter().filter(|a| a.up()).count();
+                stats.adapters_up.store(up as u64, Ordering::Relaxed);
                 let dbus_alive = ctx.adapters.all.iter().all(|a| a.radio.dbus_alive.load(Ordering::Relaxed));
                 if any_answering && dbus_alive {
                     beat.beat();

@@ -17,6 +17,7 @@
 //! | `power-off+2s` | adapter powers off (rfkill-style: cannot be powered on) for 2 s, then on |
 //! | `power-off` / `power-on` | adapter off (a client may power it on again) / on |
 //! | `power-off=hci1+60s` | the same for adapter `hci1` (with `--adapters 2` or more; default `hci0`) |
+//! | `unplug=hci1` / `plug=hci1` | the adapter is pulled out (its objects vanish) / put back (bonded devices reappear) |
 //!
 //! `DEVICE` is a name (`hr0`), an address, or `*` (every device): a
 //! disconnect storm is `drop=*@5s%2s`.
@@ -110,6 +111,18 @@ pub enum Fault {
     PowerOn {
         /// which adapter (`hci1`); `None` = `hci0`.
         adapter: Option<String>,
+    },
+    /// The adapter is pulled out: its links drop and its objects (the
+    /// adapter and every device under it) vanish from the bus.
+    Unplug {
+        /// which adapter (`hci1`).
+        adapter: String,
+    },
+    /// The adapter is put back: powered, not discovering, and the devices
+    /// bonded through it back (BlueZ loads bonds from its storage).
+    Plug {
+        /// which adapter (`hci1`).
+        adapter: String,
     },
     /// Set a device's clock `offset_s` seconds ahead of the true time
     /// (negative: behind), drifting `drift_ppm` parts per million.
@@ -271,6 +284,12 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
                 drift_ppm,
             }
         }
+        "unplug" => Fault::Unplug {
+            adapter: need("ADAPTER")?,
+        },
+        "plug" => Fault::Plug {
+            adapter: need("ADAPTER")?,
+        },
         "clock-reset" => Fault::ClockReset {
             device: need("DEVICE")?,
         },

@@ -86,6 +86,8 @@ pub(crate) struct AdapterState {
     discovery_clients: BTreeSet<String>,
     discovery_started: Option<Instant>,
     stalled_until: Option<Option<Instant>>,
+    /// Its objects are on the bus (false after [`Fault::Unplug`]).
+    plugged: bool,
 }
 
 impl AdapterState {
@@ -96,6 +98,7 @@ impl AdapterState {
             discovery_clients: BTreeSet::new(),
             discovery_started: None,
             stalled_until: None,
+            plugged: true,
         }
     }
 }
@@ -307,6 +310,15 @@ impl Inner {
             Ok(()) | Err(BluezError::NotConnected(_)) => {}
             Err(e) => return Err(e),
         }
+        self.unexport(&dev, k).await;
+        let mut st = lock(&dev.st);
+        st.paired.remove(k);
+        st.bond_lost.remove(k);
+        Ok(())
+    }
+
+    /// Take a device's objects under adapter `k` off the bus.
+    async fn unexport(&self, dev: &Device, k: usize) {
         let server = self.conn.object_server();
         // Children first, so InterfacesRemoved arrive leaf to root.
         if lock(&dev.st).gatt_exported.has(k) {
@@ -322,12 +334,59 @@ impl Inner {
                     .await;
             }
         }
-        let _ = server.remove::<DeviceIface, _>(path).await;
+        let _ = server
+            .remove::<DeviceIface, _>(on_adapter(&dev.info.path, k))
+            .await;
         let mut st = lock(&dev.st);
         st.exported.remove(k);
         st.gatt_exported.remove(k);
-        st.paired.remove(k);
-        st.bond_lost.remove(k);
+    }
+
+    /// Adapter `k` pulled out: links drop, then its devices' objects and
+    /// its own go. Bonds stay (BlueZ stores them per adapter address).
+    async fn unplug(&self, k: usize) {
+        if !self.adapter(k).plugged {
+            return;
+        }
+        self.adapter(k).rfkill_until = None;
+        let _ = self.set_powered(k, false).await;
+        for d in &self.devices {
+            if lock(&d.st).exported.has(k) {
+                self.unexport(d, k).await;
+            }
+        }
+        let _ = self
+            .conn
+            .object_server()
+            .remove::<Adapter, _>(crate::device::adapter_path(k))
+            .await;
+        self.adapter(k).plugged = false;
+        tracing::info!(adapter = k, "adapter unplugged");
+    }
+
+    /// Adapter `k` put back: powered, and the devices bonded through it
+    /// known again.
+    async fn plug(self: &Arc<Self>, k: usize) -> anyhow::Result<()> {
+        if self.adapter(k).plugged {
+            return Ok(());
+        }
+        *self.adapter(k) = AdapterState::new();
+        self.conn
+            .object_server()
+            .at(
+                crate::device::adapter_path(k),
+                Adapter {
+                    inner: self.clone(),
+                    k,
+                },
+            )
+            .await?;
+        for d in &self.devices {
+            if lock(&d.st).paired.has(k) {
+                self.export_device(d, k).await;
+            }
+        }
+        tracing::info!(adapter = k, "adapter plugged in");
         Ok(())
     }
 
@@ -1168,6 +1227,14 @@ impl Inner {
                 let k = self.adapter_index(adapter.as_deref())?;
                 self.adapter(k).rfkill_until = None;
                 let _ = self.set_powered(k, true).await;
+            }
+            Fault::Unplug { adapter } => {
+                let k = self.adapter_index(Some(&adapter))?;
+                self.unplug(k).await;
+            }
+            Fault::Plug { adapter } => {
+                let k = self.adapter_index(Some(&adapter))?;
+                self.plug(k).await?;
             }
         }
         Ok(())

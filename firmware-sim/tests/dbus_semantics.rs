@@ -273,6 +273,30 @@ fn several_adapters_have_their_own_objects_bonds_and_power() -> anyhow::Result<(
             .await
             .expect_err("there is no hci2");
         assert!(e.to_string().contains("hci2"), "{e}");
+
+        // Unplugged, hci1 and everything under it leave the bus; plugged
+        // back, it is powered again.
+        sim.inject(hailan_firmware_sim::Fault::Unplug {
+            adapter: "hci1".into(),
+        })
+        .await?;
+        assert_eq!(sim.links().0, 0);
+        let objects = om.get_managed_objects().await?;
+        assert!(
+            !objects
+                .keys()
+                .any(|k| k.as_str().starts_with("/org/bluez/hci1")),
+            "nothing of hci1 is left"
+        );
+        assert!(
+            objects.keys().any(|k| k.as_str() == hr),
+            "hci0's objects stay"
+        );
+        sim.inject(hailan_firmware_sim::Fault::Plug {
+            adapter: "hci1".into(),
+        })
+        .await?;
+        assert!(prop_bool(&c, "/org/bluez/hci1", a1, "Powered").await?);
         anyhow::Ok(())
     })
 }

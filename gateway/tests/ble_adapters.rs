@@ -188,3 +188,67 @@ fn devices_spread_over_two_adapters_and_move_off_one_powered_off() -> anyhow::Re
         },
     )
 }
+
+/// An adapter pulled out (its objects vanish from the bus): the devices it
+/// served move to the other one and keep delivering; put back, it counts as
+/// up again.
+#[test]
+fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
+    isolated(
+        "devices_of_an_unplugged_adapter_move_to_the_other",
+        LIMIT,
+        |bus| async move {
+            init_tracing();
+            let sim = Simulator::start(
+                &bus,
+                SimConfig {
+                    adapters: 2,
+                    ..sim_config(&[(Sim::Hr, 2), (Sim::Temp, 1)])
+                },
+            )
+            .await?;
+            let ble = Ble::open(two_adapters()).await?;
+            let names = ["hr0", "hr1", "temp0"];
+            let devices = names
+                .iter()
+                .map(|n| known(&sim, n, -1))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let mut run = Running::start(ble, devices);
+            for n in names {
+                run.connected_now(n).await?;
+            }
+            let stats = run.stats.clone();
+            tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 2)).await?;
+            let on_hci1: Vec<&str> = names
+                .into_iter()
+                .filter(|n| sim.linked_through(n) == Some(1))
+                .collect();
+            assert!(!on_hci1.is_empty(), "hci1 serves some device");
+
+            sim.inject(Fault::Unplug {
+                adapter: "hci1".into(),
+            })
+            .await?;
+            sim.measure_now("temp0")?;
+            for n in ["hr0", "hr1"] {
+                // A value after the unplug, through hci0.
+                loop {
+                    run.measurement(n, 0x2A37).await?;
+                    if sim.linked_through(n) == Some(0) {
+                        break;
+                    }
+                }
+            }
+            run.measurement("temp0", 0x2A1C).await?;
+            assert_eq!(sim.linked_through("temp0"), Some(0));
+            tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 1)).await?;
+
+            sim.inject(Fault::Plug {
+                adapter: "hci1".into(),
+            })
+            .await?;
+            tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 2)).await?;
+            run.stop().await
+        },
+    )
+}

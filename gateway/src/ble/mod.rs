@@ -301,6 +301,12 @@ impl BleStats {
             }
         }
     }
+    /// Record the adapters up now (wakes [`BleStats::wait_for`] on a change).
+    pub(crate) fn set_adapters_up(&self, n: u64) {
+        if self.adapters_up.swap(n, Ordering::Relaxed) != n {
+            self.changes.send_modify(|c| *c = c.wrapping_add(1));
+        }
+    }
     fn bump(&self, counter: fn(&BleStats) -> &AtomicU64) {
         counter(self).fetch_add(1, Ordering::Relaxed);
         self.changes.send_modify(|n| *n = n.wrapping_add(1));

@@ -137,7 +137,7 @@ pub(crate) async fn run(
                     break Err(anyhow::anyhow!("the BlueZ event stream ended (D-Bus connection lost?)"));
                 }
                 let up = ctx.adapters.all.iter().filter(|a| a.up()).count();
-                stats.adapters_up.store(up as u64, Ordering::Relaxed);
+                stats.set_adapters_up(up as u64);
                 let dbus_alive = ctx.adapters.all.iter().all(|a| a.radio.dbus_alive.load(Ordering::Relaxed));
                 if any_answering && dbus_alive {
                     beat.beat();

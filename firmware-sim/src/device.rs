@@ -225,6 +225,9 @@ pub struct ModelState {
     pub pending: VecDeque<(Measurement, i64)>,
     /// Stored glucose records, each with its clock's offset (s) when taken.
     pub glucose: Vec<(Measurement, i64)>,
+    /// Spot-checks an oximeter took while no client listened, each with
+    /// its clock's offset (s): fetched and deleted through RACP.
+    pub spot_checks: Vec<(Measurement, i64)>,
     /// Next glucose sequence number.
     pub next_seq: u16,
 }
@@ -323,7 +326,10 @@ impl Device {
             DeviceKind::Spo2 => vec![
                 (0x2A5E, vec!["indicate"], false, vec![]),
                 (0x2A5F, vec!["notify"], false, vec![]),
-                (0x2A60, vec!["read"], false, vec![0x00, 0x00]),
+                // features: measurement storage for spot-check measurements (bit 2)
+                (0x2A60, vec!["read"], false, vec![0x04, 0x00]),
+                // RACP: stored spot-checks ("all records" only, PLXS §3.5)
+                (0x2A52, vec!["write", "indicate"], false, vec![]),
             ],
             DeviceKind::Temp => vec![
                 (0x2A1C, vec!["indicate"], false, vec![]),
@@ -436,6 +442,7 @@ impl Device {
                 phys,
                 pending: VecDeque::new(),
                 glucose,
+                spot_checks: Vec::new(),
                 next_seq,
             }),
             wake: tokio::sync::Notify::new(),

@@ -274,6 +274,13 @@ impl SimProcess {
         Ok((adapter != "none").then(|| adapter.to_string()))
     }
 
+    /// `stored NAME`: the records the device holds for RACP (a meter's
+    /// glucose records, an oximeter's stored spot-checks).
+    pub fn stored(&mut self, name: &str) -> anyhow::Result<usize> {
+        let answer = self.ask(&format!("stored {name}"))?;
+        field(&answer, "records=")
+    }
+
     /// `clock NAME`: how far the device's clock is ahead of the true time
     /// (ms), and how many times a client set it.
     pub fn clock(&mut self, name: &str) -> anyhow::Result<(i64, u32)> {

@@ -8,7 +8,8 @@
 //! Prints `DEVICE name kind address path` per device, `BUS address`, then
 //! `READY` (stdout); logs go to stderr. Reads commands on stdin:
 //! `fault SPEC` (see `faults`), `measure NAME`, `clock NAME`, `links`,
-//! `linked NAME` (the adapter holding its link), `quit`.
+//! `linked NAME` (the adapter holding its link), `stored NAME` (records it
+//! holds for RACP), `quit`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -191,6 +192,15 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             println!("OK links now={now} peak={peak}");
             return true;
         }
+        "stored" => {
+            let name = arg.trim();
+            if sim.device(name).is_none() {
+                Err(anyhow::anyhow!("no simulated device {name:?}"))
+            } else {
+                println!("OK stored {name} records={}", sim.stored_records(name));
+                return true;
+            }
+        }
         "linked" => {
             let name = arg.trim();
             if sim.device(name).is_none() {
@@ -229,7 +239,7 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             Err(e) => Err(anyhow::Error::msg(e)),
         },
         other => Err(anyhow::anyhow!(
-            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | linked NAME | quit)"
+            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | linked NAME | stored NAME | quit)"
         )),
     };
     match result {

@@ -1011,14 +1011,11 @@ impl Inner {
     /// time; delete is answered "op code not supported".
     async fn racp(&self, dev: &Device, req: Vec<u8>) {
         use hailan_proto::gatt::{Racp, RacpFilter, RacpOperand};
+        if dev.info.kind == DeviceKind::Spo2 {
+            return self.plx_racp(dev, req).await;
+        }
         let op = req.first().copied().unwrap_or(0);
-        let respond = |code: u8| {
-            Racp::ResponseCode {
-                request_op_code: op,
-                response: code,
-            }
-            .encode()
-        };
+        let respond = |code: u8| racp_answer(op, code);
         let request = match Racp::decode(&req) {
             Ok(r) => r,
             Err(e) => {
@@ -1094,6 +1091,53 @@ impl Inner {
             }
         }
         self.send_raw(dev, 0x2A52, respond(0x01)).await;
+    }
+
+    /// The pulse oximeter's RACP (PLXS §3.5): stored spot-checks, with
+    /// "all records" as the only operator — report them (indicated on
+    /// 0x2A5E, oldest first), count them, delete them; abort.
+    async fn plx_racp(&self, dev: &Device, req: Vec<u8>) {
+        use hailan_proto::gatt::{Racp, RacpFilter};
+        let op = req.first().copied().unwrap_or(0);
+        let respond = |code: u8| racp_answer(op, code);
+        let code = match Racp::decode(&req) {
+            Ok(Racp::ReportStoredRecords(RacpFilter::All)) => {
+                let records = lock(&dev.model).spot_checks.clone();
+                if records.is_empty() {
+                    0x06 // no records found
+                } else {
+                    let mut code = 0x01;
+                    for (m, clock_s) in records {
+                        if !self.send(dev, m, clock_s, true).await {
+                            code = 0x08; // procedure not completed
+                            break;
+                        }
+                    }
+                    code
+                }
+            }
+            Ok(Racp::DeleteStoredRecords(RacpFilter::All)) => {
+                lock(&dev.model).spot_checks.clear();
+                0x01
+            }
+            Ok(Racp::ReportNumberOfStoredRecords(RacpFilter::All)) => {
+                let n = lock(&dev.model).spot_checks.len();
+                let n = u16::try_from(n).unwrap_or(u16::MAX);
+                self.send_raw(dev, 0x2A52, Racp::NumberOfStoredRecords(n).encode())
+                    .await;
+                return;
+            }
+            Ok(Racp::Abort) => 0x01,
+            Ok(
+                Racp::ReportStoredRecords(_)
+                | Racp::DeleteStoredRecords(_)
+                | Racp::ReportNumberOfStoredRecords(_),
+            ) => 0x04, // operator not supported
+            Ok(_) => 0x02, // op code not supported
+            Err(_) if (1..=4).contains(&op) => 0x04,
+            Err(_) => 0x02,
+        };
+        self.send_raw(dev, 0x2A52, respond(code)).await;
     }
 
     /// Apply a fault now.
@@ -1363,7 +1407,7 @@ impl Inner {
             if asked && dev.info.kind == DeviceKind::Spo2 {
                 // the oximeter's button: a spot check now
                 let m = lock(&dev.model).phys.spo2_spot();
-                queue(&dev, m);
+                self.spot_check(&dev, m).await;
             }
             let asked = asked && dev.info.kind != DeviceKind::Spo2;
             if asked || due.measure {
@@ -1371,13 +1415,33 @@ impl Inner {
             }
             if due.spot {
                 let m = lock(&dev.model).phys.spo2_spot();
-                queue(&dev, m);
+                self.spot_check(&dev, m).await;
             }
             if due.battery {
                 self.drain(&dev).await;
             }
             self.deliver_pending(&dev).await;
         }
+    }
+
+    /// A spot-check goes out at once to a client that listens; otherwise
+    /// the oximeter stores it for RACP (PLXS: measurement storage).
+    async fn spot_check(&self, dev: &Device, m: Measurement) {
+        let clock_s = lock(&dev.st).clock.offset_ms_now().div_euclid(1000);
+        if self.send(dev, m.clone(), clock_s, true).await {
+            return;
+        }
+        lock(&dev.model).spot_checks.push((m.clone(), clock_s));
+        self.record(
+            dev,
+            TruthEvent::Stored,
+            0x2A5E,
+            &[],
+            m,
+            clock_s,
+            false,
+            false,
+        );
     }
 
     async fn measure(&self, dev: &Arc<Device>, speed: f64) {
@@ -1467,6 +1531,15 @@ fn current_time(dev: &Device) -> Vec<u8> {
     hailan_proto::gatt::CurrentTime::at(device_ms)
         .map(|t| t.encode())
         .unwrap_or_default()
+}
+
+/// The RACP response code `code` to a request with op code `op`.
+fn racp_answer(op: u8, code: u8) -> Vec<u8> {
+    hailan_proto::gatt::Racp::ResponseCode {
+        request_op_code: op,
+        response: code,
+    }
+    .encode()
 }
 
 /// `path` (under `hci0`) under the adapter holding the device's link.
@@ -1671,6 +1744,15 @@ impl Simulator {
         self.inner
             .dev_by_ref(name)
             .map(|d| lock(&d.st).clock.offset_ms_now())
+    }
+
+    /// Records a device holds for RACP: a meter's glucose records, an
+    /// oximeter's stored spot-checks.
+    pub fn stored_records(&self, name: &str) -> usize {
+        self.inner.dev_by_ref(name).map_or(0, |d| {
+            let m = lock(&d.model);
+            m.glucose.len() + m.spot_checks.len()
+        })
     }
 
     /// How many times a client set the device's clock.

@@ -9,7 +9,7 @@
 //! after its first reading, before an unwindowable reading of the same
 //! device, and when the pipeline shuts down.
 
-use crate::ble::BleEvent;
+use crate::ble::{BleEvent, Receipt};
 use crate::config::PipelineConfig;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
@@ -73,6 +73,15 @@ struct Item {
     glucose_record: Option<u16>,
 }
 
+/// What a device's worker is asked to do, in order.
+enum Job {
+    /// Prove, seal and commit a reading (or add it to the open window).
+    Take(Item),
+    /// Close the open window, then settle the receipt: were all readings
+    /// taken since the last flush committed?
+    Flush(Receipt),
+}
+
 /// Last state published per device (to publish only changes).
 #[derive(Clone, Debug, PartialEq)]
 struct LastState {
@@ -107,7 +116,7 @@ impl Pipeline {
     ) -> Result<()> {
         let shared = Arc::new(self);
         let provers = Arc::new(Semaphore::new(shared.cfg.prover_threads));
-        let mut workers: HashMap<String, mpsc::Sender<Item>> = HashMap::new();
+        let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
         let mut tasks = JoinSet::new();
         let mut states: HashMap<String, LastState> = HashMap::new();
         let mut halves = Halves::new();
@@ -181,12 +190,25 @@ impl Pipeline {
                         }
                     }
                     if let Some(tx) = workers.get(&device_id)
-                        && tx.send(item).await.is_err()
+                        && tx.send(Job::Take(item)).await.is_err()
                     {
                         // The worker ended (device forgotten): start afresh next time.
                         workers.remove(&device_id);
                     }
                 }
+                BleEvent::Stored { device_id, receipt } => match workers.get(&device_id) {
+                    // Its worker settles it after what it was sent before.
+                    Some(tx) => {
+                        if let Err(e) = tx.send(Job::Flush(receipt)).await
+                            && let Job::Flush(receipt) = e.0
+                        {
+                            receipt.settle(false);
+                            workers.remove(&device_id);
+                        }
+                    }
+                    // Nothing of the device was taken since the start: nothing pending.
+                    None => receipt.settle(true),
+                },
                 BleEvent::State {
                     device_id,
                     connected,
@@ -432,7 +454,7 @@ impl Pipeline {
         device_id: &str,
         provers: Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
-    ) -> Result<Option<mpsc::Sender<Item>>> {
+    ) -> Result<Option<mpsc::Sender<Job>>> {
         let Some(row) = self.store.find_device(device_id)? else {
             return Ok(None);
         };
@@ -459,6 +481,7 @@ impl Pipeline {
             window_deadline: None,
             provers,
             full_warned_at: None,
+            lost: false,
         };
         let (tx, rx) = mpsc::channel(256);
         tasks.spawn(worker.run(rx));
@@ -505,16 +528,25 @@ struct Worker {
     window_deadline: Option<Instant>,
     provers: Arc<Semaphore>,
     full_warned_at: Option<Instant>,
+    /// Readings taken since the last flush were refused or failed.
+    lost: bool,
 }
 
 impl Worker {
-    async fn run(mut self, mut rx: mpsc::Receiver<Item>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         loop {
             let deadline = self.window_deadline;
             tokio::select! {
-                item = rx.recv() => match item {
-                    Some(item) => {
+                job = rx.recv() => match job {
+                    Some(Job::Take(item)) => {
                         if !self.take(item).await {
+                            return;
+                        }
+                    }
+                    Some(Job::Flush(receipt)) => {
+                        let open = self.close_window().await;
+                        receipt.settle(open && !std::mem::take(&mut self.lost));
+                        if !open {
                             return;
                         }
                     }
@@ -648,6 +680,7 @@ impl Worker {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(device = %self.device_id, "proving task failed: {e}");
+                self.lost = true;
                 return true;
             }
         };
@@ -671,6 +704,7 @@ impl Worker {
                 true
             }
             Err(Refused::Full { bytes, quota }) => {
+                self.lost = true;
                 self.pipeline.metrics.readings_refused.inc_by(count);
                 let now = Instant::now();
                 if self
@@ -688,10 +722,12 @@ impl Worker {
             }
             Err(Refused::SeqOutOfOrder { expected, got, .. }) => {
                 tracing::error!(device = %self.device_id, expected, got, "seq out of step with the database; resynchronised, {count} reading(s) lost");
+                self.lost = true;
                 self.next_seq = expected;
                 true
             }
             Err(Refused::Db(e)) => {
+                self.lost = true;
                 self.pipeline.metrics.readings_refused.inc_by(count);
                 tracing::error!(device = %self.device_id, "outbox write failed, {count} reading(s) not taken: {e:#}");
                 true

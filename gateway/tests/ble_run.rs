@@ -96,6 +96,8 @@ fn ble_run_delivers_measurements_matching_truth() -> anyhow::Result<()> {
                     BleEvent::NeedsRepair { device_id, reason } => {
                         panic!("{device_id} refused its bond: {reason}");
                     }
+                    // No oximeter here: nothing asks whether values are stored.
+                    BleEvent::Stored { receipt, .. } => receipt.settle(true),
                     BleEvent::Measurement {
                         device_id,
                         characteristic,

@@ -1,9 +1,12 @@
 //! Stored records (issue 19): while the gateway is stopped, a cuff, a scale
-//! and a thermometer keep their measurements queued and a glucose meter
-//! stores its records; when the gateway runs again every one of them is
-//! delivered (indications oldest first, glucose through RACP after the
-//! gateway's cursor), published exactly once, in the order taken, each with
-//! the time it was taken — not the time it was handed over.
+//! and a thermometer keep their measurements queued, a glucose meter stores
+//! its records and a pulse oximeter its spot-checks; when the gateway runs
+//! again every one of them is delivered (indications oldest first, glucose
+//! through RACP after the gateway's cursor, spot-checks through PLX RACP
+//! "all records"), published exactly once, in the order taken, each with
+//! the time it was taken — not the time it was handed over. The oximeter's
+//! spot-checks are deleted from it once the gateway stored them, so a
+//! second restart takes nothing twice.
 
 use anyhow::{Context, Result, ensure};
 use hailan_firmware_sim::harness::SimHarness;
@@ -13,17 +16,17 @@ use std::time::Duration;
 
 /// A gateway account of the development broker (xtask/src/services.rs).
 const GW: &str = "gw-stored-1";
-const DEVICES: [&str; 4] = ["bp0", "scale0", "temp0", "glucose0"];
+const DEVICES: [&str; 5] = ["spo20", "bp0", "scale0", "temp0", "glucose0"];
 
 /// What a device's readings must be, in order: a cuff's, scale's or
-/// thermometer's indicated values; a meter's stored records (each once,
-/// however often RACP sent it).
+/// thermometer's indicated values; a meter's stored records and an
+/// oximeter's stored spot-checks (each once, however often RACP sent it).
 fn taken(truth: &[Truth], device: &str) -> Vec<Truth> {
     truth
         .iter()
         .filter(|t| t.device == device)
         .filter(|t| {
-            if device.starts_with("glucose") {
+            if device.starts_with("glucose") || device.starts_with("spo2") {
                 t.event == "stored"
             } else {
                 t.makes_reading()
@@ -41,10 +44,12 @@ async fn records_taken_while_the_gateway_was_stopped_arrive_once_in_order_with_t
     let truth_path = tmp.path().join("truth.jsonl");
     let broker = Broker::shared();
     // Device schedules slowed down a hundredfold: the only measurements are
-    // the ones this test asks for (and the meter's stored history).
+    // the ones this test asks for (and the meter's stored history; the
+    // oximeter, first, streams its first continuous value at the start,
+    // before any gateway listens, and its next 100 s later).
     let sim = SimHarness::start(&[
         "--devices",
-        "bp=1,scale=1,temp=1,glucose=1",
+        "spo2=1,bp=1,scale=1,temp=1,glucose=1",
         "--seed",
         "13",
         "--speed",
@@ -82,6 +87,34 @@ async fn records_taken_while_the_gateway_was_stopped_arrive_once_in_order_with_t
                 want >= 3 && readings_of(e, id).len() >= want
             })
         })
+        .await?;
+    // The oximeter's spot-checks were deleted once stored (the meter keeps
+    // its records: its cursor says which it has given).
+    let deleted = hailan_tests::eventually(Duration::from_secs(30), "spot-checks deleted", || {
+        let left = sim.sim.stored("spo20");
+        async move { Ok((left? == 0).then_some(())) }
+    })
+    .await;
+    deleted?;
+    ensure!(
+        sim.sim.stored("glucose0")? >= 3,
+        "the meter keeps its records"
+    );
+    // A second start takes nothing again.
+    let exit = gw.terminate()?;
+    ensure!(exit.success(), "gateway exit {exit}");
+    let seen = collector.envelopes();
+    let before: Vec<(String, usize)> = devices
+        .values()
+        .map(|id| (id.clone(), states(&seen, id, true)))
+        .collect();
+    let mut gw = rig.start(&[])?;
+    collector
+        .wait_for(
+            Duration::from_secs(60),
+            "every device connected again",
+            |e| before.iter().all(|(id, n)| states(e, id, true) > *n),
+        )
         .await?;
     let exit = gw.terminate()?;
     ensure!(exit.success(), "gateway exit {exit}");

@@ -16,6 +16,8 @@ pub(crate) const BATTERY_LEVEL: u16 = 0x2A19;
 pub(crate) const RACP: u16 = 0x2A52;
 /// Glucose Measurement.
 pub(crate) const GLUCOSE_MEASUREMENT: u16 = 0x2A18;
+/// PLX Spot-check Measurement (live, and stored ones fetched by RACP).
+pub(crate) const PLX_SPOT_CHECK: u16 = 0x2A5E;
 /// PLX Continuous Measurement (a spot-check-only oximeter has none).
 pub(crate) const PLX_CONTINUOUS: u16 = 0x2A5F;
 /// Firmware Revision String.

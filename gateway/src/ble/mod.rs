@@ -18,6 +18,7 @@
 //! | [`pair`] | find, connect, bond, check the GATT table, read DIS ([`Ble::pair`]) |
 //! | [`session`] | one known device: connect, subscribe, forward, reconnect |
 //! | [`glucose`] | RACP: fetch the records after the cursor |
+//! | [`spot_checks`] | PLX RACP: fetch an oximeter's stored spot-checks, delete them once stored |
 //! | [`clock`] | read a device's clock before its values; set it when its link idles |
 //! | [`hub`] | the one btleplug event stream, fanned out to everyone |
 //! | [`watchdog`] | keep discovery running and reporting |
@@ -38,6 +39,7 @@ mod placement;
 mod scan;
 mod session;
 mod slots;
+mod spot_checks;
 mod supervisor;
 mod watchdog;
 
@@ -217,6 +219,15 @@ pub enum BleEvent {
         /// device does not report it.
         firmware: Option<String>,
     },
+    /// Every value of the device forwarded before this one: tell `receipt`
+    /// once they are durably stored (the outbox committed them) or will not
+    /// be. A session sends it before it deletes records from a device.
+    Stored {
+        /// The gateway's id of the device ([`KnownDevice::device_id`]).
+        device_id: String,
+        /// Settled by the pipeline.
+        receipt: Receipt,
+    },
     /// The device refused its bond: nothing more is taken from it until the
     /// owner pairs it again (`needs_repair`).
     NeedsRepair {
@@ -226,6 +237,28 @@ pub enum BleEvent {
         /// logs it when it marks the device.
         reason: String,
     },
+}
+
+/// The answer to [`BleEvent::Stored`], settled once: `true` when every value
+/// forwarded before it is in the outbox, `false` when some were refused or
+/// failed. Dropped unsettled (by a pipeline that stopped), it reads `false`.
+#[derive(Clone, Debug)]
+pub struct Receipt(Arc<std::sync::Mutex<Option<tokio::sync::oneshot::Sender<bool>>>>);
+
+impl Receipt {
+    /// A receipt and where its answer arrives.
+    pub fn new() -> (Receipt, tokio::sync::oneshot::Receiver<bool>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Receipt(Arc::new(std::sync::Mutex::new(Some(tx)))), rx)
+    }
+
+    /// Give the answer (only the first counts).
+    pub fn settle(&self, stored: bool) {
+        let tx = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(tx) = tx {
+            let _ = tx.send(stored);
+        }
+    }
 }
 
 /// RSSI changes smaller than this (dB) do not cause a [`BleEvent::State`] by themselves.

@@ -25,12 +25,14 @@ use super::adapter::{CALL_TIMEOUT, Radio, error_name, needs_pairing};
 use super::backoff::Backoff;
 use super::clock;
 use super::gatt::{
-    self, BATTERY_LEVEL, FIRMWARE_REVISION, GLUCOSE_MEASUREMENT, PLX_CONTINUOUS, RACP,
+    self, BATTERY_LEVEL, FIRMWARE_REVISION, GLUCOSE_MEASUREMENT, PLX_CONTINUOUS, PLX_SPOT_CHECK,
+    RACP,
 };
 use super::glucose;
 use super::placement::{AdapterCtx, Adapters};
 use super::slots::{self, Slot};
-use super::{BleConfig, BleEvent, BleStats, KnownDevice, RSSI_DEAD_BAND, wall_ms};
+use super::spot_checks::{self, Answer};
+use super::{BleConfig, BleEvent, BleStats, KnownDevice, RSSI_DEAD_BAND, Receipt, wall_ms};
 use anyhow::{Context, bail};
 use btleplug::api::{
     Central as _, CentralEvent, CharPropFlags, Characteristic, Peripheral as _, ValueNotification,
@@ -105,6 +107,12 @@ struct Link {
     racp_pending: Option<Instant>,
     /// Highest glucose sequence number forwarded on this link.
     seen: Option<u16>,
+    /// The RACP is a pulse oximeter's: stored spot-checks, "all records".
+    plx: bool,
+    /// Spot-checks forwarded while their report was in flight.
+    fetched: usize,
+    /// The report ended with spot-checks taken: delete them once stored.
+    delete_due: bool,
     /// When the last value came (or the link was set up).
     last_value: Instant,
 }
@@ -663,12 +671,28 @@ impl Session {
             racp: None,
             racp_pending: None,
             seen: None,
+            plx: false,
+            fetched: 0,
+            delete_due: false,
             last_value: Instant::now(),
         };
         if kind == DeviceKind::GlucoseMeter {
             link.racp = gatt::find(p, kind.service(), RACP);
             link.seen = glucose::last_seen(self.cursor());
             self.ask_for_records(p, &mut link).await?;
+        }
+        if kind == DeviceKind::PulseOximeter {
+            link.racp = gatt::find(p, kind.service(), RACP);
+            link.plx = link.racp.is_some();
+            if link.plx {
+                self.write_racp(
+                    p,
+                    &mut link,
+                    spot_checks::report_all(),
+                    "report all stored spot-checks",
+                )
+                .await?;
+            }
         }
         Ok(link)
     }
@@ -704,20 +728,63 @@ impl Session {
         }
     }
 
-    /// RACP: report stored records after what the gateway holds.
-    async fn ask_for_records(&self, p: &Peripheral, link: &mut Link) -> anyhow::Result<()> {
+    /// Write an RACP request; its procedure is in flight until its response
+    /// (or [`glucose::RESPONSE_TIMEOUT`]).
+    async fn write_racp(
+        &self,
+        p: &Peripheral,
+        link: &mut Link,
+        bytes: Vec<u8>,
+        what: &str,
+    ) -> anyhow::Result<()> {
         let Some(c) = link.racp.clone() else {
             return Ok(());
         };
-        let after = glucose::later(glucose::last_seen(self.cursor()), link.seen);
-        let (req, bytes) = glucose::request(after);
         tokio::time::timeout(CALL_TIMEOUT, p.write(&c, &bytes, WriteType::WithResponse))
             .await
             .with_context(|| format!("RACP request to {}: no answer", self.label))?
-            .with_context(|| format!("writing RACP request {req:?} to {}", self.label))?;
-        tracing::debug!(device = %self.label, "RACP {req:?} sent");
+            .with_context(|| format!("writing RACP request ({what}) to {}", self.label))?;
+        tracing::debug!(device = %self.label, "RACP: {what}");
         link.racp_pending = Some(Instant::now() + glucose::RESPONSE_TIMEOUT);
         Ok(())
+    }
+
+    /// The oximeter's spot-checks were all sent: once the pipeline has every
+    /// one in the outbox, delete them from the device; otherwise keep them
+    /// there for the next link.
+    async fn delete_once_stored(&mut self, p: &Peripheral, link: &mut Link) -> anyhow::Result<()> {
+        let (receipt, stored) = Receipt::new();
+        let asked = BleEvent::Stored {
+            device_id: self.device_id.clone(),
+            receipt,
+        };
+        if !self.send(asked).await {
+            return Ok(());
+        }
+        let n = std::mem::take(&mut link.fetched);
+        match tokio::time::timeout(glucose::RESPONSE_TIMEOUT, stored).await {
+            Ok(Ok(true)) => {
+                tracing::info!(device = %self.label, "{n} stored spot-check(s) taken: deleting them from the device");
+                self.write_racp(
+                    p,
+                    link,
+                    spot_checks::delete_all(),
+                    "delete all stored spot-checks",
+                )
+                .await
+            }
+            _ => {
+                tracing::warn!(device = %self.label, "stored spot-checks not all in the outbox: kept on the device for the next link");
+                Ok(())
+            }
+        }
+    }
+
+    /// RACP: report stored records after what the gateway holds.
+    async fn ask_for_records(&self, p: &Peripheral, link: &mut Link) -> anyhow::Result<()> {
+        let after = glucose::later(glucose::last_seen(self.cursor()), link.seen);
+        let (req, bytes) = glucose::request(after);
+        self.write_racp(p, link, bytes, &format!("{req:?}")).await
     }
 
     async fn still_connected(&self, p: &Peripheral) -> bool {
@@ -749,6 +816,14 @@ impl Session {
                     };
                     if !self.on_value(&mut link, n).await {
                         return Ended::Cancelled;
+                    }
+                    if std::mem::take(&mut link.delete_due)
+                        && let Err(e) = self.delete_once_stored(p, &mut link).await
+                    {
+                        if !self.still_connected(p).await {
+                            return Ended::Lost(format!("{e:#}"));
+                        }
+                        tracing::warn!(device = %self.label, "{e:#}");
                     }
                 }
                 heard = hear(&mut self.central) => match heard {
@@ -789,7 +864,7 @@ impl Session {
                     } else if !self.still_connected(p).await {
                         return Ended::Lost("not connected".into());
                     }
-                    if link.racp.is_some() && link.racp_pending.is_none()
+                    if link.racp.is_some() && !link.plx && link.racp_pending.is_none()
                         && let Err(e) = self.ask_for_records(p, &mut link).await
                     {
                         if !self.still_connected(p).await {
@@ -822,10 +897,24 @@ impl Session {
         // battery level does not.
         link.last_value = Instant::now();
         if u == RACP && link.racp.is_some() {
-            if glucose::on_response(&self.label, &n.value) {
+            if link.plx {
+                match spot_checks::answer(&self.label, &n.value) {
+                    Some(Answer::Reported(true)) if link.fetched > 0 => {
+                        link.racp_pending = None;
+                        link.delete_due = true;
+                    }
+                    Some(_) => link.racp_pending = None,
+                    None => {}
+                }
+            } else if glucose::on_response(&self.label, &n.value) {
                 link.racp_pending = None;
             }
             return true;
+        }
+        if u == PLX_SPOT_CHECK && link.plx && link.racp_pending.is_some() {
+            link.fetched += 1;
+            // records keep the procedure alive
+            link.racp_pending = Some(Instant::now() + glucose::RESPONSE_TIMEOUT);
         }
         if !gatt::forwarded(self.kind, u) {
             tracing::debug!(device = %self.label, "ignoring a value on {u:04X}");

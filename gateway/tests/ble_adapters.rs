@@ -190,8 +190,10 @@ fn devices_spread_over_two_adapters_and_move_off_one_powered_off() -> anyhow::Re
 }
 
 /// An adapter pulled out (its objects vanish from the bus): the devices it
-/// served move to the other one and keep delivering; put back, it counts as
-/// up again.
+/// served move to the other one and keep delivering; a cuff bonded only
+/// through it waits (its bond is still on the adapter's disk: never marked
+/// needs_repair, never linked through the other); put back, it counts as up
+/// again and the cuff delivers through it.
 #[test]
 fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
     isolated(
@@ -203,12 +205,20 @@ fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
                 &bus,
                 SimConfig {
                     adapters: 2,
-                    ..sim_config(&[(Sim::Hr, 2), (Sim::Temp, 1)])
+                    ..sim_config(&[(Sim::Hr, 2), (Sim::Temp, 1), (Sim::Bp, 1)])
                 },
             )
             .await?;
+            let bp0 = sim.device("bp0").expect("bp0");
+            Ble::open(BleConfig {
+                adapters: AdapterChoice::Named(vec!["hci1".into()]),
+                ..fast()
+            })
+            .await?
+            .pair(&bp0.address, &answers(&bp0))
+            .await?;
             let ble = Ble::open(two_adapters()).await?;
-            let names = ["hr0", "hr1", "temp0"];
+            let names = ["hr0", "hr1", "temp0", "bp0"];
             let devices = names
                 .iter()
                 .map(|n| known(&sim, n, -1))
@@ -219,35 +229,55 @@ fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
             }
             let stats = run.stats.clone();
             tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 2)).await?;
-            let on_hci1: Vec<&str> = names
-                .into_iter()
-                .filter(|n| sim.linked_through(n) == Some(1))
-                .collect();
-            assert!(!on_hci1.is_empty(), "hci1 serves some device");
+            assert_eq!(sim.linked_through("bp0"), Some(1), "bonded through hci1 only");
 
             sim.inject(Fault::Unplug {
                 adapter: "hci1".into(),
             })
             .await?;
             sim.measure_now("temp0")?;
+            sim.measure_now("bp0")?;
+            let no_repair = |ev: &BleEvent| {
+                if let BleEvent::NeedsRepair { device_id, reason } = ev {
+                    panic!("{device_id} marked needs_repair: {reason}");
+                }
+            };
             for n in ["hr0", "hr1"] {
                 // A value after the unplug, through hci0.
                 loop {
-                    run.measurement(n, 0x2A37).await?;
+                    run.next(n, |ev| {
+                        no_repair(ev);
+                        matches!(ev, BleEvent::Measurement { device_id, .. } if device_id == n)
+                            .then_some(())
+                    })
+                    .await?;
                     if sim.linked_through(n) == Some(0) {
                         break;
                     }
                 }
             }
-            run.measurement("temp0", 0x2A1C).await?;
+            run.next("temp0", |ev| {
+                no_repair(ev);
+                matches!(ev, BleEvent::Measurement { device_id, characteristic: 0x2A1C, .. } if device_id == "temp0")
+                    .then_some(())
+            })
+            .await?;
             assert_eq!(sim.linked_through("temp0"), Some(0));
             tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 1)).await?;
+            assert_eq!(sim.linked_through("bp0"), None, "bp0 waits for hci1");
 
             sim.inject(Fault::Plug {
                 adapter: "hci1".into(),
             })
             .await?;
             tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 2)).await?;
+            run.next("bp0's blood pressure through hci1", |ev| {
+                no_repair(ev);
+                matches!(ev, BleEvent::Measurement { device_id, characteristic: 0x2A35, .. } if device_id == "bp0")
+                    .then_some(())
+            })
+            .await?;
+            assert_eq!(sim.linked_through("bp0"), Some(1));
             run.stop().await
         },
     )

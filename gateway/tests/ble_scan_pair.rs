@@ -152,6 +152,17 @@ fn ble_open_unknown_adapter_lists_adapters() -> anyhow::Result<()> {
             .expect_err("hci7 does not exist");
             let msg = format!("{e:#}");
             assert!(msg.contains("hci7") && msg.contains("hci0"), "{msg}");
+            // Of several named, the ones present are used: one unplugged
+            // does not stop a gateway.
+            let ble = Ble::open(hailan_gateway::ble::BleConfig {
+                adapters: hailan_gateway::ble::AdapterChoice::Named(vec![
+                    "hci7".into(),
+                    "hci0".into(),
+                ]),
+                ..fast()
+            })
+            .await?;
+            assert_eq!(ble.adapter_names(), ["hci0"]);
             Ok(())
         },
     )

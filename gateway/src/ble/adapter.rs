@@ -74,20 +74,31 @@ impl Radio {
                 }
                 chosen
             }
-            AdapterChoice::Named(wanted) => wanted
-                .iter()
-                .map(|w| {
-                    infos
-                        .iter()
-                        .find(|a| a.id.to_string() == *w)
-                        .with_context(|| {
-                            format!(
-                                "Bluetooth adapter {w:?} not found; adapters present: {}",
-                                list_or_none(&names)
-                            )
-                        })
-                })
-                .collect::<anyhow::Result<_>>()?,
+            AdapterChoice::Named(wanted) => {
+                // Several named: run on those present (one unplugged must not
+                // stop the gateway); none present is an error.
+                let (found, missing): (Vec<&String>, Vec<&String>) = wanted
+                    .iter()
+                    .partition(|w| infos.iter().any(|a| a.id.to_string() == **w));
+                if found.is_empty() {
+                    let missing: Vec<String> = missing.iter().map(|w| format!("{w:?}")).collect();
+                    bail!(
+                        "Bluetooth adapter {} not found; adapters present: {}",
+                        missing.join(", "),
+                        list_or_none(&names)
+                    );
+                }
+                for w in &missing {
+                    tracing::warn!(
+                        "Bluetooth adapter {w:?} (ble.adapters) not found: running without it; restart the service once it is plugged in (adapters present: {})",
+                        list_or_none(&names)
+                    );
+                }
+                found
+                    .iter()
+                    .filter_map(|w| infos.iter().find(|a| a.id.to_string() == **w))
+                    .collect()
+            }
         };
         let centrals = manager
             .adapters()

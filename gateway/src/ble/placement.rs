@@ -74,7 +74,14 @@ impl Adapters {
         if let Some(a) = self.all.get(i)
             && a.set_up(up)
         {
-            tracing::info!(adapter = %a.radio.name, up, "adapter {}", if up { "up" } else { "down: its devices move to the others" });
+            if self.all.len() > 1 {
+                let what = if up {
+                    "up"
+                } else {
+                    "down: its devices move to the others"
+                };
+                tracing::info!(adapter = %a.radio.name, up, "adapter {what}");
+            }
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
@@ -94,11 +101,14 @@ impl Adapters {
         }
     }
 
-    /// Which adapters hold a bond of `address` (BlueZ `Paired` on each).
-    pub(crate) async fn bonds(&self, address: &str) -> Vec<bool> {
+    /// Which adapters hold a bond of `address` (BlueZ `Paired` on each),
+    /// as far as they say: `None` for an adapter that is down and could not
+    /// tell (an unplugged adapter's bonds are still on disk).
+    pub(crate) async fn bonds(&self, address: &str) -> Vec<Option<bool>> {
         let mut out = Vec::with_capacity(self.all.len());
         for a in &self.all {
-            out.push(bonded_on(&a.radio, address).await);
+            let paired = bonded_on(&a.radio, address).await;
+            out.push(if paired || a.up() { Some(paired) } else { None });
         }
         out
     }

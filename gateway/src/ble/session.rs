@@ -151,6 +151,9 @@ struct Session {
     adapter_changes: watch::Receiver<u64>,
     /// Told the owner it waits for the one adapter holding its bond.
     told_bond_bound: bool,
+    /// Which adapters hold its bond, as last told by each (an adapter that
+    /// is gone cannot say; what it said before still holds).
+    bonds: Vec<bool>,
     status: Status,
     sent: Option<Status>,
     cancel: CancellationToken,
@@ -196,6 +199,7 @@ pub(crate) async fn run(
         central,
         adapter_changes,
         told_bond_bound: false,
+        bonds: vec![false; ctx.adapters.all.len()],
         status: Status::default(),
         sent: None,
         cancel,
@@ -478,7 +482,13 @@ impl Session {
     async fn place(&mut self) -> bool {
         let adapters = &self.ctx.adapters;
         let bonds = if adapters.all.len() > 1 && gatt::needs_bond(self.kind) {
-            Some(adapters.bonds(&self.address).await)
+            let told = adapters.bonds(&self.address).await;
+            for (known, now) in self.bonds.iter_mut().zip(told) {
+                if let Some(now) = now {
+                    *known = now;
+                }
+            }
+            Some(self.bonds.clone())
         } else {
             None
         };

@@ -229,7 +229,11 @@ fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
             }
             let stats = run.stats.clone();
             tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 2)).await?;
-            assert_eq!(sim.linked_through("bp0"), Some(1), "bonded through hci1 only");
+            assert_eq!(
+                sim.linked_through("bp0"),
+                Some(1),
+                "bonded through hci1 only"
+            );
 
             sim.inject(Fault::Unplug {
                 adapter: "hci1".into(),

@@ -249,6 +249,9 @@ pub struct Device {
     pub wake: tokio::sync::Notify,
     /// Serialises connect/disconnect/pair.
     pub op: tokio::sync::Mutex<()>,
+    /// Serialises what it puts on the air: one radio sends one value at a
+    /// time, so the truth's order is the order clients receive.
+    pub air: tokio::sync::Mutex<()>,
     /// `Device1.CancelPairing` wakes the pairing in progress.
     pub cancel_pairing: tokio::sync::Notify,
 }
@@ -447,6 +450,7 @@ impl Device {
             }),
             wake: tokio::sync::Notify::new(),
             op: tokio::sync::Mutex::new(()),
+            air: tokio::sync::Mutex::new(()),
             cancel_pairing: tokio::sync::Notify::new(),
         }
     }

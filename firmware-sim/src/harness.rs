@@ -274,6 +274,13 @@ impl SimProcess {
         Ok((adapter != "none").then(|| adapter.to_string()))
     }
 
+    /// `now`: the devices' clock (ms since the epoch), and whether it is
+    /// real time (no replay, or the replay caught up).
+    pub fn now(&mut self) -> anyhow::Result<(i64, bool)> {
+        let answer = self.ask("now")?;
+        Ok((field(&answer, "unix_ms=")?, field(&answer, "caught_up=")?))
+    }
+
     /// `stored NAME`: the records the device holds for RACP (a meter's
     /// glucose records, an oximeter's stored spot-checks).
     pub fn stored(&mut self, name: &str) -> anyhow::Result<usize> {

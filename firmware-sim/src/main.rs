@@ -3,13 +3,15 @@
 //! ```text
 //! hailan-sim run --devices hr=5,bp=1,spo2=1,temp=1,glucose=1,scale=1 \
 //!     [--seed N] [--speed X] [--faults SPEC] [--ground-truth FILE] \
-//!     [--adapters N] [--bus ADDRESS | --private-bus]
+//!     [--adapters N] [--rates demo|home] [--replay-days D] \
+//!     [--bus ADDRESS | --private-bus]
 //! ```
 //! Prints `DEVICE name kind address path` per device, `BUS address`, then
 //! `READY` (stdout); logs go to stderr. Reads commands on stdin:
 //! `fault SPEC` (see `faults`), `measure NAME`, `clock NAME`, `links`,
 //! `linked NAME` (the adapter holding its link), `stored NAME` (records it
-//! holds for RACP), `quit`.
+//! holds for RACP), `now` (the devices' clock; `caught_up` after a replay),
+//! `quit`.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -57,6 +59,15 @@ enum Cmd {
         /// in range of each, and takes one link at a time.
         #[arg(long, default_value_t = 1)]
         adapters: usize,
+        /// How often devices measure: `demo` (a cuff every 3 min …) or
+        /// `home` (a cuff twice a day, a scale once, a meter four times …).
+        #[arg(long, default_value = "demo", value_parser = sim::Rates::parse)]
+        rates: sim::Rates,
+        /// Replay the last D days first: the devices' clock starts D days
+        /// back and runs at --speed (schedules too) until it has caught up
+        /// with now, then in real time. `now` on stdin says when.
+        #[arg(long)]
+        replay_days: Option<f64>,
         /// Write every value sent (and every stored glucose record) as JSON lines.
         #[arg(long)]
         ground_truth: Option<PathBuf>,
@@ -86,6 +97,8 @@ fn main() -> anyhow::Result<()> {
             faults,
             pairing,
             adapters,
+            rates,
+            replay_days,
             ground_truth,
             bus,
             private_bus,
@@ -106,6 +119,14 @@ fn main() -> anyhow::Result<()> {
                     None => vec![],
                 },
                 adapters,
+                rates,
+                replay: match replay_days {
+                    Some(d) if d.is_finite() && d > 0.0 && d <= 3650.0 => {
+                        Some(std::time::Duration::from_secs_f64(d * 86_400.0))
+                    }
+                    Some(d) => anyhow::bail!("--replay-days {d}: give 0 < D ≤ 3650"),
+                    None => None,
+                },
             };
             let private = if private_bus {
                 Some(PrivateBus::start()?)
@@ -192,6 +213,14 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             println!("OK links now={now} peak={peak}");
             return true;
         }
+        "now" => {
+            println!(
+                "OK now unix_ms={} caught_up={}",
+                hailan_firmware_sim::model::unix_now_ms(),
+                hailan_firmware_sim::model::caught_up()
+            );
+            return true;
+        }
         "stored" => {
             let name = arg.trim();
             if sim.device(name).is_none() {
@@ -239,7 +268,7 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             Err(e) => Err(anyhow::Error::msg(e)),
         },
         other => Err(anyhow::anyhow!(
-            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | linked NAME | stored NAME | quit)"
+            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | linked NAME | stored NAME | now | quit)"
         )),
     };
     match result {

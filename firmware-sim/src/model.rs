@@ -231,20 +231,63 @@ impl DateTime {
     }
 }
 
-/// Milliseconds since the Unix epoch from the system clock.
-pub fn unix_now_ms() -> i64 {
+fn system_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
-/// Seconds since the Unix epoch from the system clock.
+/// A replayed past (`--replay-days`): the simulated world's clock starts
+/// that far behind the system clock and runs `speed` times faster until it
+/// has caught up, then follows the system clock. One per process.
+#[derive(Debug)]
+struct Replay {
+    started: std::time::Instant,
+    start_ms: i64,
+    speed: f64,
+}
+
+static REPLAY: std::sync::OnceLock<Replay> = std::sync::OnceLock::new();
+
+/// Start replaying the last `behind` at `speed` (from now). False if a
+/// replay was already started in this process (the first one holds).
+pub fn start_replay(behind: std::time::Duration, speed: f64) -> bool {
+    let behind_ms = i64::try_from(behind.as_millis()).unwrap_or(i64::MAX);
+    REPLAY
+        .set(Replay {
+            started: std::time::Instant::now(),
+            start_ms: system_ms().saturating_sub(behind_ms),
+            speed: if speed > 0.0 { speed } else { 1.0 },
+        })
+        .is_ok()
+}
+
+/// Is the simulated clock the system clock (no replay, or caught up)?
+pub fn caught_up() -> bool {
+    REPLAY.get().is_none_or(|r| r.replayed_ms() >= system_ms())
+}
+
+impl Replay {
+    fn replayed_ms(&self) -> i64 {
+        let run = self.started.elapsed().as_secs_f64() * 1000.0 * self.speed;
+        self.start_ms.saturating_add(run as i64)
+    }
+}
+
+/// Milliseconds since the Unix epoch by the simulated world's clock: the
+/// system clock, or a replayed past until it catches up ([`start_replay`]).
+pub fn unix_now_ms() -> i64 {
+    let now = system_ms();
+    match REPLAY.get() {
+        Some(r) => r.replayed_ms().min(now),
+        None => now,
+    }
+}
+
+/// Seconds since the Unix epoch by the simulated world's clock ([`unix_now_ms`]).
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    unix_now_ms().div_euclid(1000)
 }
 
 /// One measurement as the device takes it: typed values in the units of

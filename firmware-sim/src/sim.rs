@@ -47,6 +47,12 @@ pub struct SimConfig {
     /// How many adapters (`hci0` … `hci{n-1}`, 1 to 32). Every device is
     /// in range of all of them; it takes one link at a time.
     pub adapters: usize,
+    /// How often devices measure ([`Rates`]).
+    pub rates: Rates,
+    /// Replay this much of the past first: the devices' clock starts that
+    /// far back and runs at `speed` until it has caught up with now, then in
+    /// real time (schedules too). Per process ([`crate::model::start_replay`]).
+    pub replay: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -59,6 +65,8 @@ impl Default for SimConfig {
             faults: vec![],
             pairing: vec![],
             adapters: 1,
+            rates: Rates::Demo,
+            replay: None,
         }
     }
 }
@@ -942,6 +950,7 @@ impl Inner {
             TruthEvent::Notify
         };
         // Truth first: a client may see the value before `emit` returns.
+        let _air = dev.air.lock().await;
         self.record(dev, event, uuid16, &packets, m, clock_s, malformed, oor);
         for bytes in packets {
             *lock(&ch.value) = bytes.clone();
@@ -995,6 +1004,7 @@ impl Inner {
             return;
         }
         if let Some(ch) = dev.char(uuid16) {
+            let _air = dev.air.lock().await;
             *lock(&ch.value) = bytes.clone();
             self.emit(
                 &on_link(dev, &ch.path),
@@ -1371,36 +1381,24 @@ impl Inner {
 
     /// A device's firmware loop: measure on its schedule, deliver, drain the battery.
     async fn run_device(self: Arc<Self>, dev: Arc<Device>) {
-        let speed = if self.cfg.speed > 0.0 {
+        let mut speed = if self.cfg.speed > 0.0 {
             self.cfg.speed
         } else {
             1.0
         };
-        let period_s = match dev.info.kind {
-            DeviceKind::Hr | DeviceKind::Spo2 => 1.0,
-            DeviceKind::Bp => 180.0,
-            DeviceKind::Temp => 60.0,
-            DeviceKind::Scale | DeviceKind::Bodycomp => 120.0,
-            DeviceKind::Glucose => 300.0,
-        };
-        let period = Duration::from_secs_f64(period_s / speed);
-        let spot_period = Duration::from_secs_f64(60.0 / speed);
-        let battery_period = Duration::from_secs_f64(30.0 / speed);
-        // stagger devices so 50 straps do not fire in the same millisecond
-        let stagger = Duration::from_secs_f64(
-            (period_s.min(1.0) * ((dev.index * 97) % 100) as f64 / 100.0) / speed,
-        );
-        let mut schedule = Schedule::new(
-            Instant::now(),
-            stagger,
-            period,
-            (dev.info.kind == DeviceKind::Spo2).then_some(spot_period),
-            battery_period,
-        );
+        let mut replaying = !crate::model::caught_up();
+        let mut schedule = timetable(&dev, self.cfg.rates, speed);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(schedule.wake_at()) => {}
                 _ = dev.wake.notified() => {}
+            }
+            if replaying && crate::model::caught_up() {
+                // The replayed past has caught up with now: real time from here.
+                replaying = false;
+                speed = 1.0;
+                schedule = timetable(&dev, self.cfg.rates, speed);
+                continue;
             }
             let due = schedule.due(Instant::now());
             let asked = std::mem::take(&mut lock(&dev.st).measure_now);
@@ -1533,6 +1531,72 @@ fn current_time(dev: &Device) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// How often a device does things, in its world's time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rates {
+    /// Busy (the default, for demos and tests): a cuff every 3 min, a
+    /// thermometer every minute, a scale every 2 min, a glucose record every
+    /// 5 min, a spot-check every minute.
+    #[default]
+    Demo,
+    /// A household's day: a cuff twice a day, a thermometer three times, a
+    /// scale once, a glucose record and a spot-check four times.
+    Home,
+}
+
+impl Rates {
+    /// `demo` or `home`.
+    pub fn parse(s: &str) -> Result<Rates, String> {
+        match s {
+            "demo" => Ok(Rates::Demo),
+            "home" => Ok(Rates::Home),
+            other => Err(format!("unknown rates {other:?} (demo, home)")),
+        }
+    }
+
+    /// Seconds between a device's measurements (streaming devices: 1 s).
+    fn period_s(self, kind: DeviceKind) -> f64 {
+        const HOUR: f64 = 3600.0;
+        match (kind, self) {
+            (DeviceKind::Hr | DeviceKind::Spo2, _) => 1.0,
+            (DeviceKind::Bp, Rates::Demo) => 180.0,
+            (DeviceKind::Bp, Rates::Home) => 12.0 * HOUR,
+            (DeviceKind::Temp, Rates::Demo) => 60.0,
+            (DeviceKind::Temp, Rates::Home) => 8.0 * HOUR,
+            (DeviceKind::Scale | DeviceKind::Bodycomp, Rates::Demo) => 120.0,
+            (DeviceKind::Scale | DeviceKind::Bodycomp, Rates::Home) => 24.0 * HOUR,
+            (DeviceKind::Glucose, Rates::Demo) => 300.0,
+            (DeviceKind::Glucose, Rates::Home) => 6.0 * HOUR,
+        }
+    }
+
+    /// Seconds between an oximeter's spot-checks.
+    fn spot_period_s(self) -> f64 {
+        match self {
+            Rates::Demo => 60.0,
+            Rates::Home => 6.0 * 3600.0,
+        }
+    }
+}
+
+/// A device's timetable from now at `speed` (no wake-up closer than 50 ms
+/// of real time: a replayed week does not spin a strap's loop).
+fn timetable(dev: &Device, rates: Rates, speed: f64) -> Schedule {
+    let real = |s: f64| Duration::from_secs_f64(s / speed).max(Duration::from_millis(50));
+    let period_s = rates.period_s(dev.info.kind);
+    // stagger devices so 50 straps do not fire in the same millisecond
+    let stagger = Duration::from_secs_f64(
+        (period_s.min(1.0) * ((dev.index * 97) % 100) as f64 / 100.0) / speed,
+    );
+    Schedule::new(
+        Instant::now(),
+        stagger,
+        real(period_s),
+        (dev.info.kind == DeviceKind::Spo2).then(|| real(rates.spot_period_s())),
+        real(30.0),
+    )
+}
+
 /// The RACP response code `code` to a request with op code `op`.
 fn racp_answer(op: u8, code: u8) -> Vec<u8> {
     hailan_proto::gatt::Racp::ResponseCode {
@@ -1576,6 +1640,13 @@ impl Simulator {
             ),
             None => None,
         };
+        if let Some(behind) = cfg.replay
+            && !crate::model::start_replay(behind, cfg.speed)
+        {
+            anyhow::bail!(
+                "a replay already runs in this process: one simulator per process replays"
+            );
+        }
         let mut devices = Vec::new();
         let mut index = 0;
         for (kind, n) in &cfg.devices {

@@ -124,16 +124,108 @@ async fn records_taken_while_the_gateway_was_stopped_arrive_once_in_order_with_t
     // records through RACP, each once).
     check_against_truth(&rig, &envelopes, &devices, &truth, 0..truth.len())?;
 
-    for (name, id) in &ids {
-        let readings = by_seq(&envelopes, id)?;
+    // No live values: every reading is a record.
+    each_once_in_order(&rig, &envelopes, &next, &truth, &ids, i64::MAX)
+}
+
+/// A week without a gateway: the simulator replays the last 7 days at
+/// 20,160× (30 s) with a household's rates — a cuff twice a day, a
+/// thermometer three times, a scale once, a meter's records and the
+/// oximeter's spot-checks four times — while the gateway is stopped; then
+/// the gateway starts, and every record of the week is published exactly
+/// once, in the order taken, with the time it was taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_week_without_a_gateway_arrives_once_in_order_with_its_times() -> Result<()> {
+    let zk = DevZk::new()?;
+    let tmp = tempfile::tempdir()?;
+    let truth_path = tmp.path().join("truth.jsonl");
+    let broker = Broker::shared();
+    let sim = SimHarness::start(&[
+        "--devices",
+        "spo2=1,bp=1,scale=1,temp=1,glucose=1",
+        "--seed",
+        "17",
+        "--rates",
+        "home",
+        "--speed",
+        "20160",
+        "--replay-days",
+        "7",
+        "--ground-truth",
+        &truth_path.display().to_string(),
+    ])?;
+    // Paired at the start of the replayed week; no gateway runs during it.
+    let (mut sim, rig, devices) = pair_all(sim, "gw-outage-1", &broker, &zk, "", &[])?;
+    hailan_tests::eventually(Duration::from_secs(120), "the replayed week", || {
+        let now = sim.sim.now();
+        async move { Ok(now?.1.then_some(())) }
+    })
+    .await?;
+    let collector = Collector::start(&broker, &rig.gateway_id).await?;
+    let live_from = now_ms();
+    let mut gw = rig.start(&[])?;
+    let ids: Vec<(&str, String)> = DEVICES
+        .iter()
+        .map(|name| Ok((*name, id_of_kind(&devices, name.trim_end_matches('0'))?)))
+        .collect::<Result<_>>()?;
+    // A week at home: at least 6 of each (a scale weighs once a day). The
+    // queued ones enter the truth as they are handed over.
+    collector
+        .wait_for(Duration::from_secs(120), "the week's records", |e| {
+            let Ok(truth) = read_truth(&truth_path) else {
+                return false;
+            };
+            ids.iter().all(|(name, id)| {
+                let want = taken(&truth, name).len();
+                want >= 6 && readings_of(e, id).len() >= want
+            })
+        })
+        .await?;
+    let exit = gw.terminate()?;
+    ensure!(exit.success(), "gateway exit {exit}");
+    let (envelopes, next) = after_stop(&rig, &collector).await?;
+    let truth = read_truth(&truth_path)?;
+    check_against_truth(&rig, &envelopes, &devices, &truth, 0..truth.len())?;
+    let mut oldest = i64::MAX;
+    for (_, id) in &ids {
+        for (_, (_, r)) in by_seq(&envelopes, id)? {
+            oldest = oldest.min(r.recorded_at_ms);
+        }
+    }
+    ensure!(
+        now_ms() - oldest > 6 * 86_400_000,
+        "the oldest record is from the start of the week"
+    );
+    each_once_in_order(&rig, &envelopes, &next, &truth, &ids, live_from)
+}
+
+/// Every device's readings: one per seq, none skipped, one per value it
+/// took (`taken`), in the order taken, each within 2 s of its true time.
+/// Readings recorded from `live_from` on (a streaming oximeter's live
+/// values once the gateway runs) are only counted: `check_against_truth`
+/// has matched them.
+fn each_once_in_order(
+    rig: &GatewayRig,
+    envelopes: &[hailan_proto::envelope::Envelope],
+    next: &std::collections::HashMap<String, u64>,
+    truth: &[Truth],
+    ids: &[(&str, String)],
+    live_from: i64,
+) -> Result<()> {
+    for (name, id) in ids {
+        let all = by_seq(envelopes, id)?;
         // Exactly once: one reading per seq, none skipped.
         let n = next.get(id).copied().context("next seq")?;
         ensure!(
-            readings.len() as u64 == n - 1,
+            all.len() as u64 == n - 1,
             "{name}: {} readings for seqs 1..{n}",
-            readings.len()
+            all.len()
         );
-        let values = taken(&truth, name);
+        let readings: Vec<_> = all
+            .iter()
+            .filter(|(_, (_, r))| r.recorded_at_ms < live_from)
+            .collect();
+        let values = taken(truth, name);
         ensure!(
             readings.len() == values.len(),
             "{name}: {} readings for {} values sent",
@@ -143,7 +235,7 @@ async fn records_taken_while_the_gateway_was_stopped_arrive_once_in_order_with_t
         // In the order taken, each with its own time.
         let mut last = i64::MIN;
         for ((seq, (_, r)), t) in readings.iter().zip(&values) {
-            let slots = open(&rig, id, r)?;
+            let slots = open(rig, id, r)?;
             ensure!(
                 t.matches(&slots),
                 "{name} seq {seq}: {slots:?} is not {:?}",

@@ -143,6 +143,7 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-clock-1",
     // stored records handed over after a stop (tests/tests/stored_records.rs)
     "gw-stored-1",
+    "gw-outage-1",
     // truthful link state (ingest/tests/link.rs, tests/tests/link.rs)
     "gw-link-1",
     "gw-link-2",

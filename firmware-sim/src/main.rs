@@ -13,6 +13,10 @@
 //! holds for RACP), `now` (the devices' clock; `caught_up` after a replay),
 //! `quit`.
 
+// The argument docs are the CLI's help text (clap), not rustdoc: `[=ARG]`
+// and the like are meant literally.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hailan_firmware_sim::harness::PrivateBus;

@@ -364,7 +364,7 @@ impl Plan {
 }
 
 /// What planning needs to know from the database: the gateways and devices
-/// a batch names (by id). [`lookup`] reads it; a test builds it in memory
+/// a batch names (by id). `lookup` reads it; a test builds it in memory
 /// and plans against it with [`plan_against`].
 #[derive(Debug, Clone, Default)]
 pub struct Known {
@@ -419,7 +419,7 @@ pub async fn plan(pool: &PgPool, verifier: Arc<Verifier>, messages: &[Message]) 
 }
 
 /// Build the plan for `messages` within the gateways' proof `allowance`:
-/// decode, look the gateways and devices up, then [`plan_decoded`].
+/// decode, look the gateways and devices up, then `plan_decoded`.
 pub async fn plan_with(
     pool: &PgPool,
     verifier: Arc<Verifier>,

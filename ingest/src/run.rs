@@ -11,7 +11,7 @@
 //! is planned). A batch that cannot be written is handled by [`commit`]:
 //! connection loss is retried with backoff (nothing is acked, nothing is
 //! lost), a message PostgreSQL refuses is isolated to quarantine and the
-//! rest commits. On shutdown the batch in hand gets [`SHUTDOWN_GRACE`] to
+//! rest commits. On shutdown the batch in hand gets `SHUTDOWN_GRACE` to
 //! commit; what has not committed by then is left unacknowledged. A message whose
 //! connection has since been replaced is not acked: the broker redelivers it
 //! on the new connection, and the unique key absorbs the duplicate.
@@ -339,10 +339,10 @@ async fn write_planned(
 /// Run until `shutdown`: then finish the batch in hand, acknowledge it, and
 /// disconnect (the broker keeps the session and queues for our return).
 ///
-/// Four tasks: the broker's event loop ([`event_loop`]), the gateway-status
-/// follower ([`follow_gateway_status`]), the writer ([`write_batches`]) and
+/// Four tasks: the broker's event loop (`event_loop`), the gateway-status
+/// follower (`follow_gateway_status`), the writer (`write_batches`) and
 /// this one, which gathers batches, admits them through fair share and plans
-/// them ([`gather`], [`admit`], then `plan::plan_with`).
+/// them (`gather`, `admit`, then `plan::plan_with`).
 pub async fn run(
     cfg: IngestConfig,
     pool: PgPool,

@@ -7,7 +7,7 @@
 //! Works pairing can succeed, so a glucose meter that shows a passkey could
 //! never be paired.
 //!
-//! [`pair`] serves the agent and calls `Device1.Pair` on **one** D-Bus
+//! `pair` serves the agent and calls `Device1.Pair` on **one** D-Bus
 //! connection: BlueZ uses the agent registered by the caller of `Pair`
 //! (doc/org.bluez.Device.rst), so the owner's answers reach exactly this
 //! pairing even while the daemon's agent is the default one.

@@ -3,29 +3,29 @@
 //! measurement value as a [`BleEvent`].
 //!
 //! It is built for the failures BLE gateways are known for: a scanner that
-//! silently stops reporting ([`watchdog`]: restart discovery, then reset the
+//! silently stops reporting (`watchdog`: restart discovery, then reset the
 //! adapter), connection attempts that exhaust the adapter (a semaphore bounds
-//! attempts in flight, [`backoff`] spreads retries), and bonding that fails on
-//! blood-pressure cuffs and glucose meters ([`pair`], and sessions re-bond
+//! attempts in flight, `backoff` spreads retries), and bonding that fails on
+//! blood-pressure cuffs and glucose meters (`pair`, and sessions re-bond
 //! when BlueZ says "not paired").
 //!
 //! | file | job |
 //! |---|---|
-//! | [`adapter`] | open BlueZ + the adapter; power, discovery, BlueZ error names |
+//! | `adapter` | open BlueZ + the adapter; power, discovery, BlueZ error names |
 //! | [`agent`] | the pairing agent (`org.bluez.Agent1`): passkey, comparison, PIN |
-//! | [`gatt`] | which characteristics a kind uses; DIS/battery reads |
-//! | [`scan`] | one-off scans ([`Ble::scan`]) |
-//! | [`pair`] | find, connect, bond, check the GATT table, read DIS ([`Ble::pair`]) |
-//! | [`session`] | one known device: connect, subscribe, forward, reconnect |
-//! | [`glucose`] | RACP: fetch the records after the cursor |
-//! | [`spot_checks`] | PLX RACP: fetch an oximeter's stored spot-checks, delete them once stored |
-//! | [`clock`] | read a device's clock before its values; set it when its link idles |
-//! | [`hub`] | the one btleplug event stream, fanned out to everyone |
-//! | [`watchdog`] | keep discovery running and reporting |
-//! | [`slots`] | how many links an adapter holds at once, and who waits for one |
-//! | [`placement`] | which adapter a device's link goes through; moving off a lost one |
-//! | [`supervisor`] | [`Ble::run`]: start/stop sessions, scanner, heartbeat |
-//! | [`backoff`] | jittered exponential backoff |
+//! | `gatt` | which characteristics a kind uses; DIS/battery reads |
+//! | `scan` | one-off scans ([`Ble::scan`]) |
+//! | `pair` | find, connect, bond, check the GATT table, read DIS ([`Ble::pair`]) |
+//! | `session` | one known device: connect, subscribe, forward, reconnect |
+//! | `glucose` | RACP: fetch the records after the cursor |
+//! | `spot_checks` | PLX RACP: fetch an oximeter's stored spot-checks, delete them once stored |
+//! | `clock` | read a device's clock before its values; set it when its link idles |
+//! | `hub` | the one btleplug event stream, fanned out to everyone |
+//! | `watchdog` | keep discovery running and reporting |
+//! | `slots` | how many links an adapter holds at once, and who waits for one |
+//! | `placement` | which adapter a device's link goes through; moving off a lost one |
+//! | `supervisor` | [`Ble::run`]: start/stop sessions, scanner, heartbeat |
+//! | `backoff` | jittered exponential backoff |
 
 mod adapter;
 pub mod agent;

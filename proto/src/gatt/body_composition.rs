@@ -12,7 +12,7 @@
 //! 0xFFFF = measurement unsuccessful), [Date Time], [User ID uint8, 0xFF =
 //! unknown], [Basal Metabolism uint16 kJ], [Muscle Percentage uint16 × 0.1 %],
 //! [Muscle Mass], [Fat Free Mass], [Soft Lean Mass], [Body Water Mass],
-//! [Impedance uint16 × 0.1 Ω], [Weight], [Height]. Masses are uint16 in
+//! [Impedance uint16 × 0.1 Ω], \[Weight\], \[Height\]. Masses are uint16 in
 //! 0.005 kg (SI) or 0.01 lb (imperial); height uint16 in 0.001 m (SI) or
 //! 0.1 in (imperial). The Body Composition Feature (0x2A9B) may declare a
 //! coarser resolution; the wire units stay the ones above.

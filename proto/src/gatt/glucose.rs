@@ -24,9 +24,9 @@
 //! (uint16 s, 0xFFFF = overrun) + Intensity (uint8 %), 4 Medication ID +
 //! Medication (SFLOAT), 5 medication unit (0 = kg, 1 = litres), 6 HbA1c
 //! (SFLOAT %), 7 Extended Flags present. Fields: flags, Sequence Number
-//! uint16, [Extended Flags], [Carbohydrate ID, Carbohydrate], [Meal],
+//! uint16, [Extended Flags], [Carbohydrate ID, Carbohydrate], \[Meal\],
 //! [Tester-Health], [Exercise Duration, Intensity], [Medication ID,
-//! Medication], [HbA1c].
+//! Medication], \[HbA1c\].
 //!
 //! Tester-Health nibble order: the decoders disagree. We follow Nordic
 //! (tester = low nibble, health = high nibble, the same convention as

@@ -10,7 +10,7 @@
 //! Continuous flags: bit 0 SpO2PR-Fast, 1 SpO2PR-Slow, 2 Measurement Status,
 //! 3 Device & Sensor Status, 4 PAI present; 5–7 reserved (ignored). Fields:
 //! flags, SpO2PR-Normal (SpO2, PR), [SpO2PR-Fast], [SpO2PR-Slow],
-//! [Measurement Status uint16], [Device & Sensor Status uint24], [PAI].
+//! [Measurement Status uint16], [Device & Sensor Status uint24], \[PAI\].
 //!
 //! Measurement Status bits 5–15: measurement ongoing, early estimated data,
 //! validated data, fully qualified data, data from measurement storage,

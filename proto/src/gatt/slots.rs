@@ -17,11 +17,11 @@
 //!
 //! | from | to | factor |
 //! |---|---|---|
-//! | kPa | mm[Hg] | × 1 / 0.133322387415 (1 mmHg = 133.322387415 Pa, the conventional millimetre of mercury: 13.5951 g/cm³ × 9.80665 m/s² × 1 mm) |
-//! | °F ([degF]) | Cel | (°F − 32) × 5 / 9 |
+//! | kPa | mm\[Hg\] | × 1 / 0.133322387415 (1 mmHg = 133.322387415 Pa, the conventional millimetre of mercury: 13.5951 g/cm³ × 9.80665 m/s² × 1 mm) |
+//! | °F (\[degF\]) | Cel | (°F − 32) × 5 / 9 |
 //! | mol/L | mg/dL | × 18015.6 (glucose molar mass 180.156 g/mol: × 180 156 mg/mol ÷ 10 dL/L) |
 //! | kg/L | mg/dL | × 100 000 (10⁶ mg/kg ÷ 10 dL/L) |
-//! | lb ([lb_av]) | kg | × 0.45359237 (exact, international avoirdupois pound) |
+//! | lb (\[lb_av\]) | kg | × 0.45359237 (exact, international avoirdupois pound) |
 //! | weight SI raw | kg | × 0.005 |
 //! | weight imperial raw | lb | × 0.01 |
 //!
@@ -379,7 +379,7 @@ impl HeartRateMeasurement {
 }
 
 impl BloodPressureMeasurement {
-    /// BLOOD_PRESSURE: systolic, diastolic, MAP (mm[Hg] × 10, converted
+    /// BLOOD_PRESSURE: systolic, diastolic, MAP (mm\[Hg\] × 10, converted
     /// from kPa if needed) and pulse (bpm × 1). All four must be numbers.
     pub fn to_reading(&self) -> Result<ReadingSlots, NoReading> {
         let t = DataType::BloodPressure;

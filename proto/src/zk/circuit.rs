@@ -23,7 +23,7 @@ pub const WINDOW_LEN: usize = 16;
 /// Bits per window value: window bounds must satisfy `hi < 2^15`.
 pub const WINDOW_VALUE_BITS: usize = 15;
 
-/// Number of public inputs of the reading statement: D, C, x, lo[4], hi[4].
+/// Number of public inputs of the reading statement: D, C, x, lo\[4\], hi\[4\].
 pub const READING_PUBLIC_INPUTS: usize = 3 + 2 * MAX_SLOTS;
 /// Number of public inputs of the window statement: D, C, x, n, lo, hi.
 pub const WINDOW_PUBLIC_INPUTS: usize = 6;

@@ -46,6 +46,7 @@ pub mod racp;
 pub mod sfloat;
 pub mod slots;
 pub mod temperature;
+pub mod uds;
 pub mod weight;
 
 #[cfg(test)]
@@ -71,6 +72,7 @@ pub use slots::{NoReading, ReadingSlots};
 pub use temperature::{
     IntermediateTemperature, TemperatureMeasurement, TemperatureType, TemperatureUnit,
 };
+pub use uds::UserControl;
 pub use weight::{BmiHeight, WeightMeasurement, WeightUnit};
 
 use serde_json::Value;

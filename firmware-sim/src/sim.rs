@@ -919,6 +919,8 @@ impl Inner {
     /// when it took `m`: what its time stamp says (the truth keeps both).
     async fn send(&self, dev: &Device, m: Measurement, clock_s: i64, clinical: bool) -> bool {
         let uuid16 = m.characteristic();
+        // The air first: whether it can go out is judged when it goes out.
+        let _air = dev.air.lock().await;
         if !self.deliverable(dev, uuid16) {
             return false;
         }
@@ -950,7 +952,6 @@ impl Inner {
             TruthEvent::Notify
         };
         // Truth first: a client may see the value before `emit` returns.
-        let _air = dev.air.lock().await;
         self.record(dev, event, uuid16, &packets, m, clock_s, malformed, oor);
         for bytes in packets {
             *lock(&ch.value) = bytes.clone();
@@ -1000,11 +1001,11 @@ impl Inner {
 
     /// Raw bytes on a characteristic (RACP responses).
     async fn send_raw(&self, dev: &Device, uuid16: u16, bytes: Vec<u8>) {
+        let _air = dev.air.lock().await;
         if !self.deliverable(dev, uuid16) {
             return;
         }
         if let Some(ch) = dev.char(uuid16) {
-            let _air = dev.air.lock().await;
             *lock(&ch.value) = bytes.clone();
             self.emit(
                 &on_link(dev, &ch.path),
@@ -1398,7 +1399,6 @@ impl Inner {
                 replaying = false;
                 speed = 1.0;
                 schedule = timetable(&dev, self.cfg.rates, speed);
-                continue;
             }
             let due = schedule.due(Instant::now());
             let asked = std::mem::take(&mut lock(&dev.st).measure_now);

@@ -117,6 +117,8 @@ impl Pipeline {
         let shared = Arc::new(self);
         let provers = Arc::new(Semaphore::new(shared.cfg.prover_threads));
         let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
+        // Devices with a reading dropped here since their last `Stored`.
+        let mut dropped: std::collections::HashSet<String> = Default::default();
         let mut tasks = JoinSet::new();
         let mut states: HashMap<String, LastState> = HashMap::new();
         let mut halves = Halves::new();
@@ -181,10 +183,12 @@ impl Pipeline {
                             }
                             Ok(None) => {
                                 tracing::warn!(device = %device_id, "measurement from a device that is not paired (forgotten?); dropped");
+                                dropped.insert(device_id);
                                 continue;
                             }
                             Err(e) => {
                                 tracing::error!(device = %device_id, "cannot start the device's pipeline: {e:#}");
+                                dropped.insert(device_id);
                                 continue;
                             }
                         }
@@ -194,9 +198,11 @@ impl Pipeline {
                     {
                         // The worker ended (device forgotten): start afresh next time.
                         workers.remove(&device_id);
+                        dropped.insert(device_id);
                     }
                 }
                 BleEvent::Stored { device_id, receipt } => match workers.get(&device_id) {
+                    _ if dropped.remove(&device_id) => receipt.settle(false),
                     // Its worker settles it after what it was sent before.
                     Some(tx) => {
                         if let Err(e) = tx.send(Job::Flush(receipt)).await

@@ -286,3 +286,57 @@ fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
         },
     )
 }
+
+/// An adapter named in the settings but missing at start (unplugged): the
+/// gateway runs on the other; a cuff bonded only through the missing one is
+/// refused on the present one, and that is not a lost bond — it is never
+/// marked needs_repair while the strap streams on.
+#[test]
+fn a_cuff_bonded_through_an_adapter_missing_at_start_is_not_marked_for_repair() -> anyhow::Result<()>
+{
+    isolated(
+        "a_cuff_bonded_through_an_adapter_missing_at_start_is_not_marked_for_repair",
+        LIMIT,
+        |bus| async move {
+            init_tracing();
+            let sim = Simulator::start(
+                &bus,
+                SimConfig {
+                    adapters: 2,
+                    ..sim_config(&[(Sim::Hr, 1), (Sim::Bp, 1)])
+                },
+            )
+            .await?;
+            let bp0 = sim.device("bp0").expect("bp0");
+            Ble::open(BleConfig {
+                adapters: AdapterChoice::Named(vec!["hci1".into()]),
+                ..fast()
+            })
+            .await?
+            .pair(&bp0.address, &answers(&bp0))
+            .await?;
+            sim.inject(Fault::Unplug {
+                adapter: "hci1".into(),
+            })
+            .await?;
+            let ble = Ble::open(two_adapters()).await?;
+            assert_eq!(ble.adapter_names(), ["hci0"], "hci1 is missing");
+            let devices = vec![known(&sim, "hr0", -1)?, known(&sim, "bp0", -1)?];
+            let mut run = Running::start(ble, devices);
+            let mut values = 0;
+            while values < 30 {
+                run.next("hr0's values", |ev| match ev {
+                    BleEvent::NeedsRepair { device_id, reason } => {
+                        panic!("{device_id} marked needs_repair: {reason}")
+                    }
+                    BleEvent::Measurement { device_id, .. } if device_id == "hr0" => Some(()),
+                    _ => None,
+                })
+                .await?;
+                values += 1;
+            }
+            assert_ne!(sim.linked_through("bp0"), Some(0));
+            run.stop().await
+        },
+    )
+}

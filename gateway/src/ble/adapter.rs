@@ -39,7 +39,8 @@ impl Radio {
     /// Connect to BlueZ and open the adapters `choice` names, in the order
     /// named (`First`/`All`: by name, `hci0` first). The error names a
     /// missing adapter and lists those present.
-    pub(crate) async fn open(choice: &AdapterChoice) -> anyhow::Result<Vec<Radio>> {
+    /// Also returns the named adapters that are missing (left out).
+    pub(crate) async fn open(choice: &AdapterChoice) -> anyhow::Result<(Vec<Radio>, Vec<String>)> {
         let manager = Manager::new()
             .await
             .context("connecting to BlueZ (org.bluez) on the D-Bus system bus")?;
@@ -59,6 +60,7 @@ impl Radio {
             .context("listing Bluetooth adapters (org.bluez ObjectManager)")?;
         infos.sort_by_key(|a| adapter_order(&a.id.to_string()));
         let names: Vec<String> = infos.iter().map(|a| a.id.to_string()).collect();
+        let mut left_out = Vec::new();
         let chosen: Vec<&AdapterInfo> = match choice {
             AdapterChoice::First | AdapterChoice::All => {
                 let n = if *choice == AdapterChoice::First {
@@ -88,6 +90,7 @@ impl Radio {
                         list_or_none(&names)
                     );
                 }
+                left_out = missing.iter().map(|w| w.to_string()).collect();
                 for w in &missing {
                     tracing::warn!(
                         "Bluetooth adapter {w:?} (ble.adapters) not found: running without it; restart the service once it is plugged in (adapters present: {})",
@@ -130,7 +133,7 @@ impl Radio {
                 dbus_alive: dbus_alive.clone(),
             });
         }
-        Ok(radios)
+        Ok((radios, left_out))
     }
 
     /// The adapter's properties, if it answers within [`CALL_TIMEOUT`].

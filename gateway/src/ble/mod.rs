@@ -352,6 +352,8 @@ pub struct Ble {
     cfg: BleConfig,
     /// At least one; the first does scans and pairing.
     radios: Vec<adapter::Radio>,
+    /// Adapters named in the settings but not present at start.
+    missing: Vec<String>,
     stats: Arc<BleStats>,
 }
 
@@ -359,10 +361,11 @@ impl Ble {
     /// Connect to BlueZ and open the configured adapters (the error names
     /// a missing adapter and lists those present).
     pub async fn open(cfg: BleConfig) -> anyhow::Result<Ble> {
-        let radios = adapter::Radio::open(&cfg.adapters).await?;
+        let (radios, missing) = adapter::Radio::open(&cfg.adapters).await?;
         Ok(Ble {
             cfg,
             radios,
+            missing,
             stats: Arc::default(),
         })
     }

@@ -29,8 +29,8 @@ pub(crate) struct AdapterCtx {
     pub(crate) slots: Arc<Slots>,
     /// Powered and answering (the supervisor keeps it current).
     up: AtomicBool,
-    /// Sessions placed on it.
-    placed: AtomicUsize,
+    /// Sessions placed on it: [hand-over, streaming].
+    placed: [AtomicUsize; 2],
 }
 
 impl AdapterCtx {
@@ -40,7 +40,7 @@ impl AdapterCtx {
             hub,
             slots,
             up: AtomicBool::new(true),
-            placed: AtomicUsize::new(0),
+            placed: [AtomicUsize::new(0), AtomicUsize::new(0)],
         }
     }
 
@@ -59,13 +59,21 @@ impl AdapterCtx {
 pub(crate) struct Adapters {
     pub(crate) all: Vec<AdapterCtx>,
     changed: watch::Sender<u64>,
+    /// Choosing and counting happen as one step (sessions starting together
+    /// must not all read the same loads).
+    placing: std::sync::Mutex<()>,
+    /// An adapter named in the settings was missing at start: a bond may
+    /// be on it.
+    pub(crate) some_missing: bool,
 }
 
 impl Adapters {
-    pub(crate) fn new(all: Vec<AdapterCtx>) -> Adapters {
+    pub(crate) fn new(all: Vec<AdapterCtx>, some_missing: bool) -> Adapters {
         Adapters {
             all,
+            some_missing,
             changed: watch::channel(0).0,
+            placing: std::sync::Mutex::new(()),
         }
     }
 
@@ -91,13 +99,40 @@ impl Adapters {
         self.changed.subscribe()
     }
 
-    /// Move a session's placement from `from` to `to`.
-    pub(crate) fn place(&self, from: Option<usize>, to: Option<usize>) {
-        if let Some(a) = from.and_then(|i| self.all.get(i)) {
-            a.placed.fetch_sub(1, Ordering::Relaxed);
+    /// Place a session now on `current` ([`choose`]) and count it there;
+    /// `streaming`: it holds its link (counted apart, so streams spread).
+    pub(crate) fn place(
+        &self,
+        current: Option<usize>,
+        bonds: Option<&[bool]>,
+        streaming: bool,
+    ) -> usize {
+        let _one_at_a_time = self.placing.lock().unwrap_or_else(|p| p.into_inner());
+        let up: Vec<bool> = self.all.iter().map(AdapterCtx::up).collect();
+        let kind = usize::from(streaming);
+        let load: Vec<(usize, usize)> = self
+            .all
+            .iter()
+            .map(|a| {
+                let same = a.placed[kind].load(Ordering::Relaxed);
+                let other = a.placed[1 - kind].load(Ordering::Relaxed);
+                (same, same + other)
+            })
+            .collect();
+        let to = choose(current, &up, bonds, &load);
+        if Some(to) != current {
+            self.unplace(current, streaming);
+            if let Some(a) = self.all.get(to) {
+                a.placed[kind].fetch_add(1, Ordering::Relaxed);
+            }
         }
-        if let Some(a) = to.and_then(|i| self.all.get(i)) {
-            a.placed.fetch_add(1, Ordering::Relaxed);
+        to
+    }
+
+    /// A session on `at` ends (or moves).
+    pub(crate) fn unplace(&self, at: Option<usize>, streaming: bool) {
+        if let Some(a) = at.and_then(|i| self.all.get(i)) {
+            a.placed[usize::from(streaming)].fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -112,20 +147,10 @@ impl Adapters {
         }
         out
     }
-
-    /// Where a session now on `current` should link ([`choose`]).
-    pub(crate) fn choose(&self, current: Option<usize>, bonds: Option<&[bool]>) -> usize {
-        let up: Vec<bool> = self.all.iter().map(AdapterCtx::up).collect();
-        let load: Vec<usize> = self
-            .all
-            .iter()
-            .map(|a| a.placed.load(Ordering::Relaxed))
-            .collect();
-        choose(current, &up, bonds, &load)
-    }
 }
 
-async fn bonded_on(radio: &Radio, address: &str) -> bool {
+/// Does BlueZ hold a bond of `address` through this adapter (`Paired`)?
+pub(crate) async fn bonded_on(radio: &Radio, address: &str) -> bool {
     let Ok(id) = radio.device_id(address) else {
         return false;
     };
@@ -137,19 +162,20 @@ async fn bonded_on(radio: &Radio, address: &str) -> bool {
 
 /// The adapter for a device now on `current` (`None`: not placed yet).
 /// `up[i]`: adapter `i` is powered and answering; `bonds`: for a device
-/// that needs its bond, which adapters hold it; `load[i]`: devices placed
-/// on `i` (counting this one where it is).
+/// that needs its bond, which adapters hold it; `load[i]`: (devices of its
+/// sort — streaming or handing over — placed on `i`, all devices placed on
+/// `i`).
 ///
 /// - Allowed: with a bond somewhere, only adapters holding it; else all.
 /// - Among allowed adapters that are up: stay on `current`, else the least
-///   loaded (lowest index on a tie).
+///   loaded (fewest of its sort, then fewest in all, then lowest index).
 /// - None up: stay on `current` (if allowed) or the first allowed: the
 ///   session keeps trying there, and the scanner brings its adapter back.
 pub(crate) fn choose(
     current: Option<usize>,
     up: &[bool],
     bonds: Option<&[bool]>,
-    load: &[usize],
+    load: &[(usize, usize)],
 ) -> usize {
     let n = up.len();
     let bonded_somewhere = bonds.is_some_and(|b| b.iter().any(|x| *x));
@@ -158,15 +184,7 @@ pub(crate) fn choose(
     if let Some(c) = current.filter(|c| ready(*c)) {
         return c;
     }
-    let load_of = |i: usize| {
-        let l = load.get(i).copied().unwrap_or(0);
-        // Its own placement does not count against the adapter it is on.
-        if Some(i) == current {
-            l.saturating_sub(1)
-        } else {
-            l
-        }
-    };
+    let load_of = |i: usize| load.get(i).copied().unwrap_or((0, 0));
     if let Some(best) = (0..n)
         .filter(|i| ready(*i))
         .min_by_key(|i| (load_of(*i), *i))
@@ -183,43 +201,63 @@ pub(crate) fn choose(
 mod tests {
     use super::choose;
 
+    /// Loads where every device is of the same sort.
+    fn n(loads: &[usize]) -> Vec<(usize, usize)> {
+        loads.iter().map(|l| (*l, *l)).collect()
+    }
+
     #[test]
     fn new_devices_spread_over_the_adapters_that_are_up() {
-        assert_eq!(choose(None, &[true, true], None, &[0, 0]), 0);
-        assert_eq!(choose(None, &[true, true], None, &[1, 0]), 1);
-        assert_eq!(choose(None, &[true, true, true], None, &[2, 2, 1]), 2);
-        assert_eq!(choose(None, &[false, true], None, &[0, 3]), 1);
+        assert_eq!(choose(None, &[true, true], None, &n(&[0, 0])), 0);
+        assert_eq!(choose(None, &[true, true], None, &n(&[1, 0])), 1);
+        assert_eq!(choose(None, &[true, true, true], None, &n(&[2, 2, 1])), 2);
+        assert_eq!(choose(None, &[false, true], None, &n(&[0, 3])), 1);
+    }
+
+    #[test]
+    fn streams_spread_apart_from_hand_overs() {
+        // Two straps on hci0, three cuffs on hci1: a third strap goes to
+        // hci1, where no link is held for hours yet.
+        assert_eq!(choose(None, &[true, true], None, &[(2, 2), (0, 3)]), 1);
+        // Same count of its sort: the adapter with fewer in all.
+        assert_eq!(choose(None, &[true, true], None, &[(1, 4), (1, 2)]), 1);
     }
 
     #[test]
     fn a_device_stays_while_its_adapter_is_up_and_moves_when_it_is_not() {
-        assert_eq!(choose(Some(0), &[true, true], None, &[5, 0]), 0);
-        assert_eq!(choose(Some(0), &[false, true], None, &[5, 4]), 1);
-        assert_eq!(choose(Some(1), &[true, false, true], None, &[3, 1, 2]), 2);
+        assert_eq!(choose(Some(0), &[true, true], None, &n(&[5, 0])), 0);
+        assert_eq!(choose(Some(0), &[false, true], None, &n(&[5, 4])), 1);
+        assert_eq!(
+            choose(Some(1), &[true, false, true], None, &n(&[3, 1, 2])),
+            2
+        );
     }
 
     #[test]
     fn a_bonded_device_goes_only_where_its_bond_is() {
         let bonds = [true, false];
-        assert_eq!(choose(None, &[true, true], Some(&bonds), &[9, 0]), 0);
+        assert_eq!(choose(None, &[true, true], Some(&bonds), &n(&[9, 0])), 0);
         // Its adapter is down: it stays there rather than meet a stranger.
-        assert_eq!(choose(Some(0), &[false, true], Some(&bonds), &[1, 0]), 0);
+        assert_eq!(
+            choose(Some(0), &[false, true], Some(&bonds), &n(&[1, 0])),
+            0
+        );
         // Bonded on both: it moves.
         assert_eq!(
-            choose(Some(0), &[false, true], Some(&[true, true]), &[1, 0]),
+            choose(Some(0), &[false, true], Some(&[true, true]), &n(&[1, 0])),
             1
         );
         // Bonded nowhere: anywhere (connecting tells whether it needs pairing again).
         assert_eq!(
-            choose(None, &[true, true], Some(&[false, false]), &[1, 0]),
+            choose(None, &[true, true], Some(&[false, false]), &n(&[1, 0])),
             1
         );
     }
 
     #[test]
     fn with_nothing_up_it_keeps_its_place() {
-        assert_eq!(choose(Some(1), &[false, false], None, &[0, 1]), 1);
-        assert_eq!(choose(None, &[false, false], None, &[0, 0]), 0);
+        assert_eq!(choose(Some(1), &[false, false], None, &n(&[0, 1])), 1);
+        assert_eq!(choose(None, &[false, false], None, &n(&[0, 0])), 0);
         assert_eq!(choose(None, &[false], None, &[]), 0);
     }
 }

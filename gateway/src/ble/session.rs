@@ -151,6 +151,9 @@ struct Session {
     adapter_changes: watch::Receiver<u64>,
     /// Told the owner it waits for the one adapter holding its bond.
     told_bond_bound: bool,
+    /// Counted as streaming where it is placed (fixed at the start: a
+    /// spot-check oximeter found out later stays counted as it was).
+    placed_streaming: bool,
     /// Which adapters hold its bond, as last told by each (an adapter that
     /// is gone cannot say; what it said before still holds).
     bonds: Vec<bool>,
@@ -199,6 +202,7 @@ pub(crate) async fn run(
         central,
         adapter_changes,
         told_bond_bound: false,
+        placed_streaming: slots::streams(d.kind),
         bonds: vec![false; ctx.adapters.all.len()],
         status: Status::default(),
         sent: None,
@@ -209,7 +213,7 @@ pub(crate) async fn run(
         clock: None,
     };
     s.run().await;
-    ctx.adapters.place(s.at, None);
+    ctx.adapters.unplace(s.at, s.placed_streaming);
 }
 
 impl Session {
@@ -261,6 +265,9 @@ impl Session {
                     break;
                 }
                 if self.adapter_went_down() {
+                    // Heard before its adapter went: hear it anew (else a
+                    // device that cannot move would spin here).
+                    self.heard = false;
                     continue;
                 }
             }
@@ -321,6 +328,28 @@ impl Session {
                 (Ok(_), None) => {
                     tracing::warn!(device = %self.label, "connected, but no notification stream: retrying");
                     self.disconnect(&p).await;
+                }
+                (Err(e), _)
+                    if e.downcast_ref::<BondRefused>().is_some() && self.bond_elsewhere().await =>
+                {
+                    tracing::warn!(
+                        device = %self.label,
+                        "{e:#}: BlueZ holds no bond of it through {}; it waits for an adapter that does (or pair it through this one: `hailan-gateway pair {} --adapter {}`)",
+                        self.radio().name,
+                        self.address,
+                        self.radio().name
+                    );
+                    if let Some(at) = self.at
+                        && let Some(b) = self.bonds.get_mut(at)
+                    {
+                        *b = false;
+                    }
+                    self.disconnect(&p).await;
+                    drop(slot.take());
+                    if !self.pause(self.ctx.cfg.reconnect_max).await {
+                        break;
+                    }
+                    continue;
                 }
                 (Err(e), _) if e.downcast_ref::<BondRefused>().is_some() => {
                     tracing::error!(
@@ -492,7 +521,7 @@ impl Session {
         } else {
             None
         };
-        let to = adapters.choose(self.at, bonds.as_deref());
+        let to = adapters.place(self.at, bonds.as_deref(), self.placed_streaming);
         let bond_bound = bonds.as_ref().is_some_and(|b| b.iter().any(|x| *x));
         if bond_bound
             && !adapters.all[to].up()
@@ -508,17 +537,13 @@ impl Session {
         if Some(to) == self.at {
             return false;
         }
-        let pid = match adapters.all[to].radio.peripheral_id(&self.address) {
-            Ok(pid) => pid,
-            Err(e) => {
-                tracing::error!(device = %self.label, "{e:#}");
-                return false;
-            }
-        };
         let from = self.at.replace(to);
-        adapters.place(from, Some(to));
+        // The address was checked when the session started.
+        match adapters.all[to].radio.peripheral_id(&self.address) {
+            Ok(pid) => self.pid = pid,
+            Err(e) => tracing::error!(device = %self.label, "{e:#}"),
+        }
         self.told_bond_bound = false;
-        self.pid = pid;
         self.central = adapters.all[to].hub.subscribe();
         self.heard = false;
         if let Some(from) = from {
@@ -530,6 +555,23 @@ impl Session {
             );
         }
         true
+    }
+
+    /// The bond was refused on an adapter where BlueZ holds none for the
+    /// device, while its bond may be on another adapter (one known to hold
+    /// it, one down, or one missing since start): not a lost bond.
+    async fn bond_elsewhere(&self) -> bool {
+        let adapters = &self.ctx.adapters;
+        if adapters.all.len() < 2 && !adapters.some_missing {
+            return false;
+        }
+        if super::placement::bonded_on(self.radio(), &self.address).await {
+            return false;
+        }
+        let here = self.at.unwrap_or(0);
+        adapters.some_missing
+            || self.bonds.iter().enumerate().any(|(i, b)| *b && i != here)
+            || adapters.all.iter().any(|a| !a.up())
     }
 
     /// Values that reached the old adapter's notification stream before the
@@ -772,7 +814,13 @@ impl Session {
             return Ok(());
         }
         let n = std::mem::take(&mut link.fetched);
-        match tokio::time::timeout(glucose::RESPONSE_TIMEOUT, stored).await {
+        // Proving may queue behind other devices' readings: wait long, but
+        // not past a cancel.
+        let answer = tokio::select! {
+            _ = self.cancel.cancelled() => return Ok(()),
+            a = tokio::time::timeout(spot_checks::STORED_WITHIN, stored) => a,
+        };
+        match answer {
             Ok(Ok(true)) => {
                 tracing::info!(device = %self.label, "{n} stored spot-check(s) taken: deleting them from the device");
                 self.write_racp(

@@ -5,12 +5,19 @@
 //! session asks for all of them (they arrive on 0x2A5E, oldest first, then a
 //! response code), waits until the pipeline says every one is in the outbox
 //! ([`super::BleEvent::Stored`]), and only then deletes them from the device.
-//! A record is thus never lost; it is taken twice only if the link drops (or
-//! the gateway dies) between the outbox commit and the delete.
+//! A record is thus never lost. It is taken twice — doubled rather than
+//! lost — when the delete does not happen after the commit: the link drops
+//! or the gateway stops in between, the pipeline does not answer within
+//! [`STORED_WITHIN`], or some of the batch were refused (outbox full), in
+//! which case all stay on the device and those already stored come again.
 //! Bytes come from proto's encoders/decoders, never by hand.
 
 use hailan_proto::gatt::racp::{RESPONSE_NO_RECORDS_FOUND, RESPONSE_SUCCESS, response_code_name};
 use hailan_proto::gatt::{Racp, RacpFilter};
+
+/// How long a session waits for the pipeline to confirm the spot-checks
+/// are in the outbox before it leaves them on the device.
+pub(crate) const STORED_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// "Report stored records: all".
 pub(crate) fn report_all() -> Vec<u8> {

@@ -41,7 +41,12 @@ pub(crate) async fn run(
     beat: Arc<Beat>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Ble { cfg, radios, stats } = ble;
+    let Ble {
+        cfg,
+        radios,
+        missing,
+        stats,
+    } = ble;
     let pump_cancel = CancellationToken::new();
     let mut pumps = Vec::new();
     let mut placed = Vec::new();
@@ -70,7 +75,7 @@ pub(crate) async fn run(
     }
     drop(power_tx);
     let ctx = Arc::new(SessionCtx {
-        adapters: Adapters::new(placed),
+        adapters: Adapters::new(placed, !missing.is_empty()),
         cfg: cfg.clone(),
         stats: stats.clone(),
         events: events.clone(),
@@ -111,8 +116,9 @@ pub(crate) async fn run(
             },
             _ = tick.tick() => {
                 let mut any_answering = false;
-                for (i, (a, scanner)) in ctx.adapters.all.iter().zip(scanners.iter_mut()).enumerate() {
-                    let info = a.radio.info().await;
+                // Asked together: one hung adapter does not hold up the others.
+                let infos = futures::future::join_all(ctx.adapters.all.iter().map(|a| a.radio.info())).await;
+                for (i, ((a, scanner), info)) in ctx.adapters.all.iter().zip(scanners.iter_mut()).zip(infos).enumerate() {
                     match (&info, answering[i]) {
                         (Err(e), true) => tracing::warn!("{e:#}"),
                         (Ok(_), false) => tracing::info!(adapter = %a.radio.name, "adapter answers again"),

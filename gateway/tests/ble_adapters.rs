@@ -21,6 +21,20 @@ fn two_adapters() -> BleConfig {
     }
 }
 
+/// Pair the simulated `name` through `adapter` alone (BlueZ keeps the bond
+/// on that adapter).
+async fn pair_through(sim: &Simulator, name: &str, adapter: &str) -> anyhow::Result<()> {
+    let d = sim.device(name).expect("simulated device");
+    Ble::open(BleConfig {
+        adapters: AdapterChoice::Named(vec![adapter.into()]),
+        ..fast()
+    })
+    .await?
+    .pair(&d.address, &answers(&d))
+    .await?;
+    Ok(())
+}
+
 #[test]
 fn devices_spread_over_two_adapters_and_move_off_one_powered_off() -> anyhow::Result<()> {
     isolated(
@@ -43,14 +57,7 @@ fn devices_spread_over_two_adapters_and_move_off_one_powered_off() -> anyhow::Re
                 let d = sim.device(name).expect("cuff");
                 ble.pair(&d.address, &answers(&d)).await?;
             }
-            let d = sim.device("bp1").expect("bp1");
-            Ble::open(BleConfig {
-                adapters: AdapterChoice::Named(vec!["hci1".into()]),
-                ..fast()
-            })
-            .await?
-            .pair(&d.address, &answers(&d))
-            .await?;
+            pair_through(&sim, "bp1", "hci1").await?;
 
             let names = ["hr0", "hr1", "temp0", "bp0", "bp1"];
             let devices = names
@@ -209,14 +216,7 @@ fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
                 },
             )
             .await?;
-            let bp0 = sim.device("bp0").expect("bp0");
-            Ble::open(BleConfig {
-                adapters: AdapterChoice::Named(vec!["hci1".into()]),
-                ..fast()
-            })
-            .await?
-            .pair(&bp0.address, &answers(&bp0))
-            .await?;
+            pair_through(&sim, "bp0", "hci1").await?;
             let ble = Ble::open(two_adapters()).await?;
             let names = ["hr0", "hr1", "temp0", "bp0"];
             let devices = names
@@ -307,14 +307,7 @@ fn a_cuff_bonded_through_an_adapter_missing_at_start_is_not_marked_for_repair() 
                 },
             )
             .await?;
-            let bp0 = sim.device("bp0").expect("bp0");
-            Ble::open(BleConfig {
-                adapters: AdapterChoice::Named(vec!["hci1".into()]),
-                ..fast()
-            })
-            .await?
-            .pair(&bp0.address, &answers(&bp0))
-            .await?;
+            pair_through(&sim, "bp0", "hci1").await?;
             sim.inject(Fault::Unplug {
                 adapter: "hci1".into(),
             })

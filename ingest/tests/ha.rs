@@ -387,15 +387,22 @@ async fn etcd_losing_one_member_changes_nothing_and_losing_quorum_demotes_the_le
 }
 
 /// Readings on one node (a standby answers too), as the application role.
+/// A leader that has just demoted itself restarts as a standby and refuses
+/// connections for a moment: asked again until it answers.
 async fn count_on(node: &hailan_tests::ha::PatroniNode) -> Result<i64> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&node.app_url())
-        .await
-        .with_context(|| format!("connecting to {}", node.name))?;
-    let n = count_readings(&pool, "").await?;
-    pool.close().await;
-    Ok(n)
+    eventually(WAIT, &format!("connecting to {}", node.name), || async {
+        let Ok(pool) = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&node.app_url())
+            .await
+        else {
+            return Ok(None);
+        };
+        let n = count_readings(&pool, "").await.ok();
+        pool.close().await;
+        Ok(n)
+    })
+    .await
 }
 
 /// The leader cut off etcd (its relays close): it cannot renew its lease

@@ -191,6 +191,10 @@ pub struct DevState {
     pub out_of_range_next: u32,
     /// A measurement was asked for now.
     pub measure_now: bool,
+    /// By this user (a shared device's slot), if asked for one.
+    pub measure_user: Option<u8>,
+    /// The user who consented on this link (User Control Point).
+    pub uds_user: Option<u8>,
     /// A `Device1.Pair` is in progress.
     pub pairing: bool,
     /// The next pairing finds the device out of pairing mode (fault).
@@ -230,6 +234,19 @@ pub struct ModelState {
     pub spot_checks: Vec<(Measurement, i64)>,
     /// Next glucose sequence number.
     pub next_seq: u16,
+    /// A shared device's user slots (User Data Service): index → the slot.
+    /// The first is the seeded patient's (`phys.user`).
+    pub users: std::collections::BTreeMap<u8, UserSlot>,
+}
+
+/// One user slot of a shared device.
+#[derive(Debug)]
+pub struct UserSlot {
+    /// The consent code that lets a collector act for this user (0–9999).
+    pub consent: u16,
+    /// This user's body; `None` for the slot of the device's own patient
+    /// ([`ModelState::phys`]).
+    pub phys: Option<Physiology>,
 }
 
 /// A simulated device.
@@ -356,6 +373,17 @@ impl Device {
             ],
         };
         layout.push((kind.service_uuid16(), profile));
+        if kind.has_users() {
+            // User Data Service: user slots behind consent codes.
+            layout.push((
+                0x181C,
+                vec![
+                    (0x2A99, vec!["read", "notify"], false, vec![0, 0, 0, 0]),
+                    (0x2A9A, vec!["read"], false, vec![0xFF]),
+                    (0x2A9F, vec!["write", "indicate"], false, vec![]),
+                ],
+            ));
+        }
         if kind.stamps_time() {
             // Current Time Service: readable, settable, notified on change.
             layout.push((
@@ -415,6 +443,18 @@ impl Device {
                 next_seq += 1;
             }
         }
+        let mut users = std::collections::BTreeMap::new();
+        if kind.has_users() {
+            // The seeded patient's slot, with a consent code from the seed.
+            let consent = ((seed.wrapping_mul(31) + index as u64 * 97) % 9000 + 1000) as u16;
+            users.insert(
+                phys.user,
+                UserSlot {
+                    consent,
+                    phys: None,
+                },
+            );
+        }
         Device {
             info,
             index,
@@ -434,6 +474,8 @@ impl Device {
                 malformed_next: 0,
                 out_of_range_next: 0,
                 measure_now: false,
+                measure_user: None,
+                uds_user: None,
                 pairing: false,
                 pairing_mode_timeout: false,
                 bond_lost: Adapters::NONE,
@@ -446,6 +488,7 @@ impl Device {
                 pending: VecDeque::new(),
                 glucose,
                 spot_checks: Vec::new(),
+                users,
                 next_seq,
             }),
             wake: tokio::sync::Notify::new(),

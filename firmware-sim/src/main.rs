@@ -211,7 +211,41 @@ async fn command(sim: &Simulator, line: &str) -> bool {
     let result = match cmd {
         "" => Ok(()),
         "quit" => return false,
-        "measure" => sim.measure_now(arg.trim()),
+        "measure" => match arg.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [name] => sim.measure_now(name),
+            [name, user] => match user.parse() {
+                Ok(u) => sim.measure_by(name, u),
+                Err(_) => Err(anyhow::anyhow!("user {user:?} is not a user index (0–254)")),
+            },
+            _ => Err(anyhow::anyhow!("measure NAME [USER]")),
+        },
+        "users" => {
+            let name = arg.trim();
+            if sim.device(name).is_none() {
+                Err(anyhow::anyhow!("no simulated device {name:?}"))
+            } else {
+                let slots: Vec<String> = sim
+                    .users(name)
+                    .iter()
+                    .map(|(i, c)| format!("{i}:{c}"))
+                    .collect();
+                println!("OK users {name} {}", slots.join(" "));
+                return true;
+            }
+        }
+        "user-add" => match arg.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [name, consent] => match consent.parse() {
+                Ok(c) => match sim.add_user(name, c) {
+                    Ok(i) => {
+                        println!("OK user-add {name} index={i} consent={c}");
+                        return true;
+                    }
+                    Err(e) => Err(e),
+                },
+                Err(_) => Err(anyhow::anyhow!("consent {consent:?} is not 0–9999")),
+            },
+            _ => Err(anyhow::anyhow!("user-add NAME CONSENT")),
+        },
         "links" => {
             let (now, peak) = sim.links();
             println!("OK links now={now} peak={peak}");
@@ -272,7 +306,7 @@ async fn command(sim: &Simulator, line: &str) -> bool {
             Err(e) => Err(anyhow::Error::msg(e)),
         },
         other => Err(anyhow::anyhow!(
-            "unknown command {other:?} (fault SPEC | measure NAME | clock NAME | links | linked NAME | stored NAME | now | quit)"
+            "unknown command {other:?} (fault SPEC | measure NAME [USER] | users NAME | user-add NAME CONSENT | clock NAME | links | linked NAME | stored NAME | now | quit)"
         )),
     };
     match result {

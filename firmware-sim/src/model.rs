@@ -104,6 +104,15 @@ impl DeviceKind {
         self != DeviceKind::Hr
     }
 
+    /// Whether it is a shared device with user slots (User Data Service
+    /// 0x181C): a cuff or a scale a household shares.
+    pub fn has_users(self) -> bool {
+        matches!(
+            self,
+            DeviceKind::Bp | DeviceKind::Scale | DeviceKind::Bodycomp
+        )
+    }
+
     /// Whether the measurement characteristics need pairing (encryption).
     pub fn requires_pairing(self) -> bool {
         matches!(self, DeviceKind::Bp | DeviceKind::Glucose)

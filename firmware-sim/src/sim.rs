@@ -537,6 +537,8 @@ impl Inner {
             }
             st.connected = false;
             st.services_resolved = false;
+            // A consent holds for one link (UDS).
+            st.uds_user = None;
             st.link_on
         };
         {
@@ -773,6 +775,10 @@ impl Inner {
         if ch.uuid16 == 0x2A2B {
             *lock(&ch.value) = current_time(dev);
         }
+        if ch.uuid16 == 0x2A9A {
+            // User Index: who consented on this link.
+            *lock(&ch.value) = vec![lock(&dev.st).uds_user.unwrap_or(0xFF)];
+        }
         let v = lock(&ch.value);
         if offset > v.len() {
             return Err(BluezError::InvalidArguments("Invalid offset".into()));
@@ -796,6 +802,18 @@ impl Inner {
         self.check_access(dev, k, ch)?;
         if ch.uuid16 == 0x2A2B {
             return self.set_clock(dev, ch, &value).await;
+        }
+        if ch.uuid16 == 0x2A9F {
+            if !ch.notifying() {
+                // ATT 0xFD: Client Characteristic Configuration Descriptor Improperly Configured
+                return Err(BluezError::Failed(
+                    "Operation failed with ATT error: 0xfd".into(),
+                ));
+            }
+            let this = self.clone();
+            let dev = dev.clone();
+            tokio::spawn(async move { this.user_control(&dev, value).await });
+            return Ok(());
         }
         if ch.uuid16 == 0x2A52 {
             if !ch.notifying() {
@@ -1104,6 +1122,80 @@ impl Inner {
         self.send_raw(dev, 0x2A52, respond(0x01)).await;
     }
 
+    /// The User Control Point (UDS): register a new user slot, consent to
+    /// act for one on this link, delete the consenting user's data. The
+    /// answer is indicated on 0x2A9F (a wrong consent code: "user not
+    /// authorized"; an unknown slot: "invalid parameter").
+    async fn user_control(&self, dev: &Device, req: Vec<u8>) {
+        use hailan_proto::gatt::uds::{UCP_SUCCESS, UCP_USER_NOT_AUTHORIZED, UserControl};
+        let op = req.first().copied().unwrap_or(0);
+        let respond = |value: u8, user_index: Option<u8>| {
+            UserControl::Response {
+                request_op_code: op,
+                value,
+                user_index,
+            }
+            .encode()
+        };
+        let answer = match UserControl::decode(&req) {
+            Ok(UserControl::RegisterNewUser { consent }) => match self.new_user(dev, consent) {
+                Some(i) => {
+                    lock(&dev.st).uds_user = Some(i);
+                    respond(UCP_SUCCESS, Some(i))
+                }
+                None => respond(0x04, None), // operation failed: no free slot
+            },
+            Ok(UserControl::Consent {
+                user_index,
+                consent,
+            }) => {
+                let matches = lock(&dev.model)
+                    .users
+                    .get(&user_index)
+                    .map(|s| s.consent == consent);
+                match matches {
+                    Some(true) => {
+                        lock(&dev.st).uds_user = Some(user_index);
+                        respond(UCP_SUCCESS, None)
+                    }
+                    Some(false) => respond(UCP_USER_NOT_AUTHORIZED, None),
+                    None => respond(0x03, None), // invalid parameter
+                }
+            }
+            Ok(UserControl::DeleteUserData) => {
+                let user = lock(&dev.st).uds_user.take();
+                match user {
+                    Some(u) => {
+                        lock(&dev.model).users.remove(&u);
+                        respond(UCP_SUCCESS, None)
+                    }
+                    None => respond(UCP_USER_NOT_AUTHORIZED, None),
+                }
+            }
+            Ok(UserControl::Response { .. }) => respond(0x02, None),
+            Err(_) if !(1..=3).contains(&op) => respond(0x02, None), // op code not supported
+            Err(_) => respond(0x03, None),
+        };
+        self.send_raw(dev, 0x2A9F, answer).await;
+    }
+
+    /// A new user slot with `consent`: the lowest free index, a body of
+    /// its own. `None` when all 255 are taken.
+    fn new_user(&self, dev: &Device, consent: u16) -> Option<u8> {
+        let mut model = lock(&dev.model);
+        let index = (0..0xFFu8).find(|i| !model.users.contains_key(i))?;
+        let mut phys = Physiology::new(self.cfg.seed, (dev.index as u64) << 8 | u64::from(index));
+        phys.user = index;
+        model.users.insert(
+            index,
+            crate::device::UserSlot {
+                consent,
+                phys: Some(phys),
+            },
+        );
+        Some(index)
+    }
+
     /// The pulse oximeter's RACP (PLXS §3.5): stored spot-checks, with
     /// "all records" as the only operator — report them (indicated on
     /// 0x2A5E, oldest first), count them, delete them; abort.
@@ -1409,7 +1501,8 @@ impl Inner {
             }
             let asked = asked && dev.info.kind != DeviceKind::Spo2;
             if asked || due.measure {
-                self.measure(&dev, speed).await;
+                let by = lock(&dev.st).measure_user.take().filter(|_| asked);
+                self.measure(&dev, speed, by).await;
             }
             if due.spot {
                 let m = lock(&dev.model).phys.spo2_spot();
@@ -1442,7 +1535,9 @@ impl Inner {
         );
     }
 
-    async fn measure(&self, dev: &Arc<Device>, speed: f64) {
+    /// The device's regular measurement; on a shared device, by user `by`
+    /// (one of its slots) or else its own patient.
+    async fn measure(&self, dev: &Arc<Device>, speed: f64, by: Option<u8>) {
         match dev.info.kind {
             DeviceKind::Hr => {
                 if self.deliverable(dev, 0x2A37) {
@@ -1457,7 +1552,7 @@ impl Inner {
                 }
             }
             DeviceKind::Bp => {
-                let (icp, result) = lock(&dev.model).phys.blood_pressure();
+                let (icp, result) = as_user(dev, by, Physiology::blood_pressure);
                 if self.deliverable(dev, 0x2A36) {
                     for m in icp {
                         self.send(dev, m, 0, false).await;
@@ -1471,11 +1566,11 @@ impl Inner {
                 queue(dev, m);
             }
             DeviceKind::Scale => {
-                let m = lock(&dev.model).phys.weight();
+                let m = as_user(dev, by, Physiology::weight);
                 queue(dev, m);
             }
             DeviceKind::Bodycomp => {
-                let m = lock(&dev.model).phys.body_composition();
+                let m = as_user(dev, by, Physiology::body_composition);
                 queue(dev, m);
             }
             DeviceKind::Glucose => self.store_glucose(dev, false),
@@ -1604,6 +1699,20 @@ fn racp_answer(op: u8, code: u8) -> Vec<u8> {
         response: code,
     }
     .encode()
+}
+
+/// `measure` with the body of user `by` (a slot of a shared device with a
+/// body of its own), or else the device's own patient.
+fn as_user<T>(dev: &Device, by: Option<u8>, measure: impl FnOnce(&mut Physiology) -> T) -> T {
+    let mut model = lock(&dev.model);
+    let model = &mut *model;
+    match by
+        .and_then(|u| model.users.get_mut(&u))
+        .and_then(|s| s.phys.as_mut())
+    {
+        Some(phys) => measure(phys),
+        None => measure(&mut model.phys),
+    }
 }
 
 /// `path` (under `hci0`) under the adapter holding the device's link.
@@ -1793,6 +1902,52 @@ impl Simulator {
         lock(&d.st).measure_now = true;
         d.wake.notify_one();
         Ok(())
+    }
+
+    /// Take a measurement now by user `user` of a shared device (one of
+    /// its slots: [`Simulator::users`]).
+    pub fn measure_by(&self, name: &str, user: u8) -> anyhow::Result<()> {
+        let d = self
+            .inner
+            .dev_by_ref(name)
+            .with_context(|| format!("no simulated device {name:?}"))?;
+        anyhow::ensure!(
+            lock(&d.model).users.contains_key(&user),
+            "{name} has no user {user} (users: {:?})",
+            self.users(name)
+        );
+        {
+            let mut st = lock(&d.st);
+            st.measure_user = Some(user);
+            st.measure_now = true;
+        }
+        d.wake.notify_one();
+        Ok(())
+    }
+
+    /// A shared device's user slots: (index, consent code).
+    pub fn users(&self, name: &str) -> Vec<(u8, u16)> {
+        self.inner.dev_by_ref(name).map_or_else(Vec::new, |d| {
+            lock(&d.model)
+                .users
+                .iter()
+                .map(|(i, s)| (*i, s.consent))
+                .collect()
+        })
+    }
+
+    /// A new user slot made on the device itself (its own buttons), with
+    /// `consent`: its index.
+    pub fn add_user(&self, name: &str, consent: u16) -> anyhow::Result<u8> {
+        let d = self
+            .inner
+            .dev_by_ref(name)
+            .with_context(|| format!("no simulated device {name:?}"))?;
+        anyhow::ensure!(d.info.kind.has_users(), "{name} has no user slots");
+        anyhow::ensure!(consent <= 9999, "a consent code is 0–9999");
+        self.inner
+            .new_user(d, consent)
+            .with_context(|| format!("{name} has no free user slot"))
     }
 
     /// The glucose records stored on a meter.

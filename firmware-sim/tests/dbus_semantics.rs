@@ -300,3 +300,188 @@ fn several_adapters_have_their_own_objects_bonds_and_power() -> anyhow::Result<(
         anyhow::Ok(())
     })
 }
+
+/// The next User Control Point indication.
+async fn ucp_answer(
+    changes: &mut (impl futures::Stream<Item = zbus::fdo::PropertiesChanged> + Unpin),
+) -> anyhow::Result<hailan_proto::gatt::uds::UserControl> {
+    tokio::time::timeout(STEP, async {
+        while let Some(sig) = changes.next().await {
+            let args = sig.args()?;
+            if let Some(v) = args.changed_properties().get("Value") {
+                let bytes: Vec<u8> = v.try_clone()?.try_into()?;
+                return Ok(hailan_proto::gatt::uds::UserControl::decode(&bytes)?);
+            }
+        }
+        anyhow::bail!("signal stream ended")
+    })
+    .await?
+}
+
+/// A shared scale's User Data Service: the User Control Point refuses a
+/// client that did not enable its indications, answers a wrong consent code
+/// "user not authorized", a right one success (User Index then names the
+/// user), registers a new user with a body of its own, and a measurement by
+/// that user carries its index.
+#[test]
+fn a_shared_scale_keeps_user_slots_behind_consent_codes() -> anyhow::Result<()> {
+    use hailan_proto::gatt::uds::{UCP_SUCCESS, UCP_USER_NOT_AUTHORIZED, UserControl};
+    let bus = PrivateBus::start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let cfg = SimConfig {
+            devices: vec![(DeviceKind::Scale, 1)],
+            ..SimConfig::default()
+        };
+        let sim = Simulator::start(bus.address(), cfg).await?;
+        let dev = sim.device("scale0").expect("scale0").path;
+        let c = zbus::connection::Builder::address(bus.address())?
+            .build()
+            .await?;
+        call(
+            &c,
+            "/org/bluez/hci0",
+            "org.bluez.Adapter1",
+            "StartDiscovery",
+        )
+        .await
+        .map_err(anyhow_err)?;
+        let om = zbus::fdo::ObjectManagerProxy::builder(&c)
+            .destination("org.bluez")?
+            .path("/")?
+            .build()
+            .await?;
+        tokio::time::timeout(STEP, async {
+            while !om
+                .get_managed_objects()
+                .await?
+                .keys()
+                .any(|k| k.as_str() == dev)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::Ok(())
+        })
+        .await??;
+        call(&c, &dev, "org.bluez.Device1", "Connect")
+            .await
+            .map_err(anyhow_err)?;
+        let c1 = "org.bluez.GattCharacteristic1";
+        let ucp = char_path(&c, &dev, "00002a9f").await?;
+        let index = char_path(&c, &dev, "00002a9a").await?;
+        let weight = char_path(&c, &dev, "00002a9d").await?;
+        let no_options = std::collections::HashMap::<String, OwnedValue>::new();
+        let write = |bytes: Vec<u8>| {
+            let (c, ucp, opts) = (&c, ucp.clone(), no_options.clone());
+            async move {
+                c.call_method(
+                    Some("org.bluez"),
+                    ucp.as_str(),
+                    Some(c1),
+                    "WriteValue",
+                    &(bytes, opts),
+                )
+                .await
+                .map(drop)
+            }
+        };
+        let e = write(UserControl::DeleteUserData.encode())
+            .await
+            .expect_err("indications off");
+        assert!(e.to_string().contains("0xfd"), "{e}");
+
+        let props = zbus::fdo::PropertiesProxy::builder(&c)
+            .destination("org.bluez")?
+            .path(ucp.as_str())?
+            .build()
+            .await?;
+        let mut changes = props.receive_properties_changed().await?;
+        call(&c, &ucp, c1, "StartNotify")
+            .await
+            .map_err(anyhow_err)?;
+        let users = sim.users("scale0");
+        let &[(user, consent)] = users.as_slice() else {
+            anyhow::bail!("one seeded user, not {users:?}");
+        };
+        write(
+            UserControl::Consent {
+                user_index: user,
+                consent: (consent + 1) % 10000,
+            }
+            .encode(),
+        )
+        .await?;
+        assert_eq!(
+            ucp_answer(&mut changes).await?,
+            UserControl::Response {
+                request_op_code: 2,
+                value: UCP_USER_NOT_AUTHORIZED,
+                user_index: None
+            }
+        );
+        write(
+            UserControl::Consent {
+                user_index: user,
+                consent,
+            }
+            .encode(),
+        )
+        .await?;
+        assert_eq!(
+            ucp_answer(&mut changes).await?,
+            UserControl::Response {
+                request_op_code: 2,
+                value: UCP_SUCCESS,
+                user_index: None
+            }
+        );
+        let read = c
+            .call_method(
+                Some("org.bluez"),
+                index.as_str(),
+                Some(c1),
+                "ReadValue",
+                &(no_options.clone(),),
+            )
+            .await?;
+        assert_eq!(read.body().deserialize::<Vec<u8>>()?, vec![user]);
+
+        write(UserControl::RegisterNewUser { consent: 4321 }.encode()).await?;
+        let UserControl::Response {
+            value: UCP_SUCCESS,
+            user_index: Some(new),
+            ..
+        } = ucp_answer(&mut changes).await?
+        else {
+            anyhow::bail!("register new user refused");
+        };
+        assert!(sim.users("scale0").contains(&(new, 4321)));
+
+        // A weighing by the new user names it.
+        call(&c, &weight, c1, "StartNotify")
+            .await
+            .map_err(anyhow_err)?;
+        let mut truth = sim.subscribe_truth();
+        sim.measure_by("scale0", new)?;
+        let sent = tokio::time::timeout(STEP, async {
+            loop {
+                let r = truth.recv().await?;
+                if r.characteristic == "2a9d" {
+                    return anyhow::Ok(r);
+                }
+            }
+        })
+        .await??;
+        let json = serde_json::to_value(&sent.measurement)?;
+        assert_eq!(
+            json.pointer("/user").and_then(|u| u.as_u64()),
+            Some(u64::from(new)),
+            "{json}"
+        );
+        assert!(sim.measure_by("scale0", 200).is_err(), "no such user");
+        anyhow::Ok(())
+    })
+}

@@ -58,22 +58,37 @@ async fn notifying(conn: &Connection, path: &str) -> anyhow::Result<bool> {
     Ok(bool::try_from(props.get(iface, "Notifying").await?)?)
 }
 
-#[test]
-fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
+/// Run `body` against a simulator of `cfg` on a private bus (whose address
+/// it is given), on a two-thread runtime.
+fn with_simulator(
+    cfg: SimConfig,
+    body: impl AsyncFnOnce(Simulator, String) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let bus = PrivateBus::start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let cfg = SimConfig {
-            devices: vec![(DeviceKind::Hr, 1)],
-            ..SimConfig::default()
-        };
         let sim = Simulator::start(bus.address(), cfg).await?;
+        body(sim, bus.address().to_string()).await
+    })
+}
+
+#[test]
+fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
+    let cfg = SimConfig {
+        devices: vec![(DeviceKind::Hr, 1)],
+        ..SimConfig::default()
+    };
+    with_simulator(cfg, async |sim, bus| {
         let dev = sim.device("hr0").expect("hr0").path;
-        let a = zbus::connection::Builder::address(bus.address())?.build().await?;
-        let b = zbus::connection::Builder::address(bus.address())?.build().await?;
+        let a = zbus::connection::Builder::address(bus.as_str())?
+            .build()
+            .await?;
+        let b = zbus::connection::Builder::address(bus.as_str())?
+            .build()
+            .await?;
         let adapter = "/org/bluez/hci0";
         let a1 = "org.bluez.Adapter1";
 
@@ -84,16 +99,32 @@ fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
             .build()
             .await?;
         let mut added = om.receive_interfaces_added().await?;
-        call(&a, adapter, a1, "StartDiscovery").await.map_err(anyhow_err)?;
-        let e = call(&a, adapter, a1, "StartDiscovery").await.expect_err("twice");
+        call(&a, adapter, a1, "StartDiscovery")
+            .await
+            .map_err(anyhow_err)?;
+        let e = call(&a, adapter, a1, "StartDiscovery")
+            .await
+            .expect_err("twice");
         assert_eq!(e.0, "org.bluez.Error.InProgress");
-        let e = call(&b, adapter, a1, "StopDiscovery").await.expect_err("not b's");
-        assert_eq!(e, ("org.bluez.Error.Failed".into(), "No discovery started".into()));
+        let e = call(&b, adapter, a1, "StopDiscovery")
+            .await
+            .expect_err("not b's");
+        assert_eq!(
+            e,
+            (
+                "org.bluez.Error.Failed".into(),
+                "No discovery started".into()
+            )
+        );
         tokio::time::timeout(STEP, async {
             while let Some(sig) = added.next().await {
                 let args = sig.args()?;
                 let p: OwnedObjectPath = args.object_path().clone().into();
-                if p.as_str() == dev && args.interfaces_and_properties().contains_key("org.bluez.Device1") {
+                if p.as_str() == dev
+                    && args
+                        .interfaces_and_properties()
+                        .contains_key("org.bluez.Device1")
+                {
                     return anyhow::Ok(());
                 }
             }
@@ -103,24 +134,45 @@ fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
 
         // GATT on a disconnected device
         let d1 = "org.bluez.Device1";
-        let e = call(&a, &dev, d1, "Disconnect").await.expect_err("not connected");
+        let e = call(&a, &dev, d1, "Disconnect")
+            .await
+            .expect_err("not connected");
         assert_eq!(e.0, "org.bluez.Error.NotConnected");
         call(&a, &dev, d1, "Connect").await.map_err(anyhow_err)?;
         let hrm = char_path(&a, &dev, "00002a37").await?;
         let c1 = "org.bluez.GattCharacteristic1";
         let e = a
-            .call_method(Some("org.bluez"), hrm.as_str(), Some(c1), "ReadValue", &(std::collections::HashMap::<String, OwnedValue>::new(),))
+            .call_method(
+                Some("org.bluez"),
+                hrm.as_str(),
+                Some(c1),
+                "ReadValue",
+                &(std::collections::HashMap::<String, OwnedValue>::new(),),
+            )
             .await
             .expect_err("notify-only");
-        assert!(matches!(&e, zbus::Error::MethodError(n, Some(d), _) if n.as_str() == "org.bluez.Error.NotPermitted" && d == "Read not permitted"), "{e}");
+        assert!(
+            matches!(&e, zbus::Error::MethodError(n, Some(d), _) if n.as_str() == "org.bluez.Error.NotPermitted" && d == "Read not permitted"),
+            "{e}"
+        );
 
         // Notify sessions are per client.
-        call(&a, &hrm, c1, "StartNotify").await.map_err(anyhow_err)?;
+        call(&a, &hrm, c1, "StartNotify")
+            .await
+            .map_err(anyhow_err)?;
         let e = call(&a, &hrm, c1, "StartNotify").await.expect_err("twice");
         assert_eq!(e.0, "org.bluez.Error.InProgress");
         let e = call(&b, &hrm, c1, "StopNotify").await.expect_err("not b's");
-        assert_eq!(e, ("org.bluez.Error.Failed".into(), "No notify session started".into()));
-        call(&b, &hrm, c1, "StartNotify").await.map_err(anyhow_err)?;
+        assert_eq!(
+            e,
+            (
+                "org.bluez.Error.Failed".into(),
+                "No notify session started".into()
+            )
+        );
+        call(&b, &hrm, c1, "StartNotify")
+            .await
+            .map_err(anyhow_err)?;
         call(&b, &hrm, c1, "StopNotify").await.map_err(anyhow_err)?;
         assert!(notifying(&b, &hrm).await?, "a still holds a session");
 
@@ -169,22 +221,16 @@ async fn prop_bool(conn: &Connection, path: &str, iface: &str, name: &str) -> an
 /// bonds and its own power; the device holds one link at a time.
 #[test]
 fn several_adapters_have_their_own_objects_bonds_and_power() -> anyhow::Result<()> {
-    let bus = PrivateBus::start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let cfg = SimConfig {
-            devices: vec![(DeviceKind::Hr, 1), (DeviceKind::Bp, 1)],
-            adapters: 2,
-            ..SimConfig::default()
-        };
-        let sim = Simulator::start(bus.address(), cfg).await?;
+    let cfg = SimConfig {
+        devices: vec![(DeviceKind::Hr, 1), (DeviceKind::Bp, 1)],
+        adapters: 2,
+        ..SimConfig::default()
+    };
+    with_simulator(cfg, async |sim, bus| {
         let hr = sim.device("hr0").expect("hr0").path;
         let bp = sim.device("bp0").expect("bp0").path;
         let on1 = |p: &str| p.replacen("/org/bluez/hci0/", "/org/bluez/hci1/", 1);
-        let c = zbus::connection::Builder::address(bus.address())?
+        let c = zbus::connection::Builder::address(bus.as_str())?
             .build()
             .await?;
         let (a1, d1) = ("org.bluez.Adapter1", "org.bluez.Device1");
@@ -326,19 +372,13 @@ async fn ucp_answer(
 #[test]
 fn a_shared_scale_keeps_user_slots_behind_consent_codes() -> anyhow::Result<()> {
     use hailan_proto::gatt::uds::{UCP_SUCCESS, UCP_USER_NOT_AUTHORIZED, UserControl};
-    let bus = PrivateBus::start()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let cfg = SimConfig {
-            devices: vec![(DeviceKind::Scale, 1)],
-            ..SimConfig::default()
-        };
-        let sim = Simulator::start(bus.address(), cfg).await?;
+    let cfg = SimConfig {
+        devices: vec![(DeviceKind::Scale, 1)],
+        ..SimConfig::default()
+    };
+    with_simulator(cfg, async |sim, bus| {
         let dev = sim.device("scale0").expect("scale0").path;
-        let c = zbus::connection::Builder::address(bus.address())?
+        let c = zbus::connection::Builder::address(bus.as_str())?
             .build()
             .await?;
         call(

@@ -203,6 +203,26 @@ fn sessions_are_per_client_and_errors_have_bluez_names() -> anyhow::Result<()> {
     })
 }
 
+/// Wait (up to [`STEP`]) until every path in `wanted` is on the bus.
+async fn wait_for_objects(
+    om: &zbus::fdo::ObjectManagerProxy<'_>,
+    wanted: &[String],
+) -> anyhow::Result<()> {
+    tokio::time::timeout(STEP, async {
+        loop {
+            let objects = om.get_managed_objects().await?;
+            if wanted
+                .iter()
+                .all(|w| objects.keys().any(|k| k.as_str() == w))
+            {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?
+}
+
 fn anyhow_err(e: (String, String)) -> anyhow::Error {
     anyhow::anyhow!("{}: {}", e.0, e.1)
 }
@@ -246,19 +266,7 @@ fn several_adapters_have_their_own_objects_bonds_and_power() -> anyhow::Result<(
             .build()
             .await?;
         let wanted = [hr.clone(), on1(&hr), bp.clone(), on1(&bp)];
-        tokio::time::timeout(STEP, async {
-            loop {
-                let objects = om.get_managed_objects().await?;
-                if wanted
-                    .iter()
-                    .all(|w| objects.keys().any(|k| k.as_str() == w))
-                {
-                    return anyhow::Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await??;
+        wait_for_objects(&om, &wanted).await?;
 
         // One link at a time: through hci0, then hci1 is refused.
         call(&c, &hr, d1, "Connect").await.map_err(anyhow_err)?;
@@ -394,18 +402,7 @@ fn a_shared_scale_keeps_user_slots_behind_consent_codes() -> anyhow::Result<()> 
             .path("/")?
             .build()
             .await?;
-        tokio::time::timeout(STEP, async {
-            while !om
-                .get_managed_objects()
-                .await?
-                .keys()
-                .any(|k| k.as_str() == dev)
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            anyhow::Ok(())
-        })
-        .await??;
+        wait_for_objects(&om, std::slice::from_ref(&dev)).await?;
         call(&c, &dev, "org.bluez.Device1", "Connect")
             .await
             .map_err(anyhow_err)?;

@@ -288,6 +288,12 @@ impl GatewayConfig {
     /// Load from `file` (which must exist when given; the default file is
     /// used if it exists), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_with(file, None)
+    }
+
+    /// [`GatewayConfig::load`] with `env` standing for the process
+    /// environment when given (tests).
+    fn load_with(file: Option<&Path>, env: Option<config::Map<String, String>>) -> Result<Self> {
         let mut builder = config::Config::builder();
         let file = match file {
             Some(f) => Some(f.to_path_buf()),
@@ -307,7 +313,8 @@ impl GatewayConfig {
                 .list_separator(",")
                 .with_list_parse_key("pipeline.windowed")
                 .with_list_parse_key("ble.adapters")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(env),
         );
         let raw = builder.build().context("reading the configuration")?;
         let cfg: GatewayConfig = raw.try_deserialize().map_err(|e| {
@@ -574,6 +581,17 @@ mod tests {
             AdapterChoice::Named(vec!["hci0".into(), "hci1".into()])
         );
         assert_eq!(choice("adapters = [\"all\"]")?, AdapterChoice::All);
+        // From the environment, comma-separated.
+        let env = [
+            ("HAILAN_GATEWAY__GATEWAY_ID", "gw"),
+            ("HAILAN_GATEWAY__BLE__ADAPTERS", "hci0,hci1"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = GatewayConfig::load_with(None, Some(env.into_iter().collect()))?;
+        assert_eq!(
+            cfg.ble_config().adapters,
+            AdapterChoice::Named(vec!["hci0".into(), "hci1".into()])
+        );
         Ok(())
     }
 

@@ -21,6 +21,31 @@ fn two_adapters() -> BleConfig {
     }
 }
 
+/// The simulator with these devices and two adapters.
+async fn two_adapter_sim(bus: &str, devices: &[(Sim, usize)]) -> anyhow::Result<Simulator> {
+    Simulator::start(
+        bus,
+        SimConfig {
+            adapters: 2,
+            ..sim_config(devices)
+        },
+    )
+    .await
+}
+
+/// `Ble::run` over `names`, once every one of them is connected.
+async fn run_connected(ble: Ble, sim: &Simulator, names: &[&str]) -> anyhow::Result<Running> {
+    let devices = names
+        .iter()
+        .map(|n| known(sim, n, -1))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut run = Running::start(ble, devices);
+    for n in names {
+        run.connected_now(n).await?;
+    }
+    Ok(run)
+}
+
 /// Pair the simulated `name` through `adapter` alone (BlueZ keeps the bond
 /// on that adapter).
 async fn pair_through(sim: &Simulator, name: &str, adapter: &str) -> anyhow::Result<()> {
@@ -42,14 +67,7 @@ fn devices_spread_over_two_adapters_and_move_off_one_powered_off() -> anyhow::Re
         LIMIT,
         |bus| async move {
             init_tracing();
-            let sim = Simulator::start(
-                &bus,
-                SimConfig {
-                    adapters: 2,
-                    ..sim_config(&[(Sim::Hr, 2), (Sim::Temp, 1), (Sim::Bp, 2)])
-                },
-            )
-            .await?;
+            let sim = two_adapter_sim(&bus, &[(Sim::Hr, 2), (Sim::Temp, 1), (Sim::Bp, 2)]).await?;
             let ble = Ble::open(two_adapters()).await?;
             assert_eq!(ble.adapter_names(), ["hci0", "hci1"]);
             // bp0 is bonded through hci0 only; bp1 through both.
@@ -60,14 +78,7 @@ fn devices_spread_over_two_adapters_and_move_off_one_powered_off() -> anyhow::Re
             pair_through(&sim, "bp1", "hci1").await?;
 
             let names = ["hr0", "hr1", "temp0", "bp0", "bp1"];
-            let devices = names
-                .iter()
-                .map(|n| known(&sim, n, -1))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut run = Running::start(ble, devices);
-            for n in names {
-                run.connected_now(n).await?;
-            }
+            let mut run = run_connected(ble, &sim, &names).await?;
             // Spread: both adapters hold links, bp0 only through hci0.
             assert!(
                 sim.links_on(0) > 0 && sim.links_on(1) > 0,
@@ -208,25 +219,11 @@ fn devices_of_an_unplugged_adapter_move_to_the_other() -> anyhow::Result<()> {
         LIMIT,
         |bus| async move {
             init_tracing();
-            let sim = Simulator::start(
-                &bus,
-                SimConfig {
-                    adapters: 2,
-                    ..sim_config(&[(Sim::Hr, 2), (Sim::Temp, 1), (Sim::Bp, 1)])
-                },
-            )
-            .await?;
+            let sim = two_adapter_sim(&bus, &[(Sim::Hr, 2), (Sim::Temp, 1), (Sim::Bp, 1)]).await?;
             pair_through(&sim, "bp0", "hci1").await?;
             let ble = Ble::open(two_adapters()).await?;
             let names = ["hr0", "hr1", "temp0", "bp0"];
-            let devices = names
-                .iter()
-                .map(|n| known(&sim, n, -1))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let mut run = Running::start(ble, devices);
-            for n in names {
-                run.connected_now(n).await?;
-            }
+            let mut run = run_connected(ble, &sim, &names).await?;
             let stats = run.stats.clone();
             tokio::time::timeout(STEP, stats.wait_for(|s| s.adapters_up() == 2)).await?;
             assert_eq!(
@@ -299,14 +296,7 @@ fn a_cuff_bonded_through_an_adapter_missing_at_start_is_not_marked_for_repair() 
         LIMIT,
         |bus| async move {
             init_tracing();
-            let sim = Simulator::start(
-                &bus,
-                SimConfig {
-                    adapters: 2,
-                    ..sim_config(&[(Sim::Hr, 1), (Sim::Bp, 1)])
-                },
-            )
-            .await?;
+            let sim = two_adapter_sim(&bus, &[(Sim::Hr, 1), (Sim::Bp, 1)]).await?;
             pair_through(&sim, "bp0", "hci1").await?;
             sim.inject(Fault::Unplug {
                 adapter: "hci1".into(),

@@ -1179,6 +1179,37 @@ pub fn last_connected(envelopes: &[Envelope], id: &str) -> Option<bool> {
     })
 }
 
+/// Everything the devices sent until now (the truth file's lines so far)
+/// reaches the broker within `wait`, proven and exact; then, after a clean
+/// stop of `gw`, still exactly once. Returns the envelopes after the stop.
+pub async fn every_value_sent_arrives(
+    rig: &GatewayRig,
+    collector: &Collector,
+    gw: &mut GatewayProcess,
+    devices: &HashMap<String, String>,
+    truth_path: &std::path::Path,
+    wait: Duration,
+) -> Result<Vec<Envelope>> {
+    let until = line_count(truth_path);
+    let arrived = collector
+        .wait_for(wait, "every value sent", |e| {
+            let truth = read_truth(truth_path).unwrap_or_default();
+            check_against_truth(rig, e, devices, &truth, 0..until).is_ok()
+        })
+        .await;
+    if let Err(e) = arrived {
+        let truth = read_truth(truth_path)?;
+        let why = check_against_truth(rig, &collector.envelopes(), devices, &truth, 0..until);
+        return Err(e.context(format!("{why:?}")));
+    }
+    let exit = gw.terminate()?;
+    anyhow::ensure!(exit.success(), "gateway exit {exit}");
+    let (envelopes, _) = after_stop(rig, collector).await?;
+    let truth = read_truth(truth_path)?;
+    check_against_truth(rig, &envelopes, devices, &truth, 0..until)?;
+    Ok(envelopes)
+}
+
 /// After a clean stop: waits until every seq the gateway assigned (its
 /// `next_seq` per device) reached the collector; returns the envelopes and
 /// the next seqs.

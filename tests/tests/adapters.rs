@@ -132,23 +132,15 @@ async fn a_gateway_on_two_adapters_loses_nothing_when_one_powers_off() -> Result
     .await?;
 
     // Nothing lost: everything the devices sent until now reaches the broker.
-    let until = line_count(&truth_path);
-    let arrived = collector
-        .wait_for(Duration::from_secs(60), "every value sent", |e| {
-            let truth = read_truth(&truth_path).unwrap_or_default();
-            check_against_truth(&rig, e, &devices, &truth, 0..until).is_ok()
-        })
-        .await;
-    if let Err(e) = arrived {
-        let truth = read_truth(&truth_path)?;
-        let why = check_against_truth(&rig, &collector.envelopes(), &devices, &truth, 0..until);
-        return Err(e.context(format!("{why:?}")));
-    }
-    let exit = gw.terminate()?;
-    assert!(exit.success());
-    let (envelopes, _) = after_stop(&rig, &collector).await?;
-    let truth = read_truth(&truth_path)?;
-    check_against_truth(&rig, &envelopes, &devices, &truth, 0..until)?;
+    every_value_sent_arrives(
+        &rig,
+        &collector,
+        &mut gw,
+        &devices,
+        &truth_path,
+        Duration::from_secs(60),
+    )
+    .await?;
     let log = gw.log_text();
     assert!(
         log.contains("moves to another adapter"),

@@ -123,23 +123,15 @@ async fn twelve_devices_share_four_links_and_every_value_arrives() -> Result<()>
         )
         .await?;
     // Everything the devices sent until now reaches the broker.
-    let until = line_count(&truth_path);
-    let arrived = collector
-        .wait_for(Duration::from_secs(120), "every value sent", |e| {
-            let truth = read_truth(&truth_path).unwrap_or_default();
-            check_against_truth(&rig, e, &devices, &truth, 0..until).is_ok()
-        })
-        .await;
-    if let Err(e) = arrived {
-        let truth = read_truth(&truth_path)?;
-        let why = check_against_truth(&rig, &collector.envelopes(), &devices, &truth, 0..until);
-        return Err(e.context(format!("{why:?}")));
-    }
-    let exit = gw.terminate()?;
-    assert!(exit.success());
-    let (envelopes, _) = after_stop(&rig, &collector).await?;
-    let truth = read_truth(&truth_path)?;
-    check_against_truth(&rig, &envelopes, &devices, &truth, 0..until)?;
+    let envelopes = every_value_sent_arrives(
+        &rig,
+        &collector,
+        &mut gw,
+        &devices,
+        &truth_path,
+        Duration::from_secs(120),
+    )
+    .await?;
     assert_eq!(
         streams(&envelopes),
         3,

@@ -73,21 +73,8 @@ async fn records_taken_while_the_gateway_was_stopped_arrive_once_in_order_with_t
     }
 
     let mut gw = rig.start(&[])?;
-    let ids: Vec<(&str, String)> = DEVICES
-        .iter()
-        .map(|name| Ok((*name, id_of_kind(&devices, name.trim_end_matches('0'))?)))
-        .collect::<Result<_>>()?;
-    collector
-        .wait_for(Duration::from_secs(90), "every stored record", |e| {
-            let Ok(truth) = read_truth(&truth_path) else {
-                return false;
-            };
-            ids.iter().all(|(name, id)| {
-                let want = taken(&truth, name).len();
-                want >= 3 && readings_of(e, id).len() >= want
-            })
-        })
-        .await?;
+    let ids = ids_of(&devices)?;
+    wait_for_taken(&collector, &truth_path, &ids, 3, "every stored record").await?;
     // The oximeter's spot-checks were deleted once stored (the meter keeps
     // its records: its cursor says which it has given).
     let deleted = hailan_tests::eventually(Duration::from_secs(30), "spot-checks deleted", || {
@@ -164,23 +151,10 @@ async fn a_week_without_a_gateway_arrives_once_in_order_with_its_times() -> Resu
     let collector = Collector::start(&broker, &rig.gateway_id).await?;
     let live_from = now_ms();
     let mut gw = rig.start(&[])?;
-    let ids: Vec<(&str, String)> = DEVICES
-        .iter()
-        .map(|name| Ok((*name, id_of_kind(&devices, name.trim_end_matches('0'))?)))
-        .collect::<Result<_>>()?;
+    let ids = ids_of(&devices)?;
     // A week at home: at least 6 of each (a scale weighs once a day). The
     // queued ones enter the truth as they are handed over.
-    collector
-        .wait_for(Duration::from_secs(120), "the week's records", |e| {
-            let Ok(truth) = read_truth(&truth_path) else {
-                return false;
-            };
-            ids.iter().all(|(name, id)| {
-                let want = taken(&truth, name).len();
-                want >= 6 && readings_of(e, id).len() >= want
-            })
-        })
-        .await?;
+    wait_for_taken(&collector, &truth_path, &ids, 6, "the week's records").await?;
     let exit = gw.terminate()?;
     ensure!(exit.success(), "gateway exit {exit}");
     let (envelopes, next) = after_stop(&rig, &collector).await?;
@@ -197,6 +171,39 @@ async fn a_week_without_a_gateway_arrives_once_in_order_with_its_times() -> Resu
         "the oldest record is from the start of the week"
     );
     each_once_in_order(&rig, &envelopes, &next, &truth, &ids, live_from)
+}
+
+/// Each of [`DEVICES`] with the id it was paired as.
+fn ids_of(
+    devices: &std::collections::HashMap<String, String>,
+) -> Result<Vec<(&'static str, String)>> {
+    DEVICES
+        .iter()
+        .map(|name| Ok((*name, id_of_kind(devices, name.trim_end_matches('0'))?)))
+        .collect()
+}
+
+/// Wait until each device took at least `min` values (`taken`; queued ones
+/// enter the truth as they are handed over) and has as many readings.
+async fn wait_for_taken(
+    collector: &Collector,
+    truth_path: &std::path::Path,
+    ids: &[(&str, String)],
+    min: usize,
+    what: &str,
+) -> Result<()> {
+    collector
+        .wait_for(Duration::from_secs(120), what, |e| {
+            let Ok(truth) = read_truth(truth_path) else {
+                return false;
+            };
+            ids.iter().all(|(name, id)| {
+                let want = taken(&truth, name).len();
+                want >= min && readings_of(e, id).len() >= want
+            })
+        })
+        .await?;
+    Ok(())
 }
 
 /// Every device's readings: one per seq, none skipped, one per value it

@@ -47,17 +47,19 @@ async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Re
     // Links idle after 2 s: that is when a wrong clock is set.
     let (mut sim, rig, devices) =
         pair_all(sim, GW, &broker, &zk, "[ble]\nidle_disconnect_s = 2\n", &[])?;
-    let (collector, mut gw) =
-        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
-
     // Two measurements each by the clocks as they are (a second apart: the
-    // stamps have whole seconds).
+    // stamps have whole seconds), taken before the gateway runs: they wait
+    // on the devices and are handed over on the first link. (Taken once the
+    // links are up, they raced the 2 s idle that sets the clocks: under load
+    // the scale's clock was set before it measured.)
     for _ in 0..2 {
         for name in ["bp0", "scale0", "temp0"] {
             sim.sim.command(&format!("measure {name}"))?;
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
+    let (collector, mut gw) =
+        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
     // Handed over, the links idle and the gateway sets the wrong clocks.
     for name in ["bp0", "scale0"] {
         let (offset, _) = eventually(

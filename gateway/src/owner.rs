@@ -183,6 +183,7 @@ pub async fn pair(
             hardware_version: info.hardware.clone(),
             device_commitment: device_commitment(&secret),
             paired_at_ms,
+            patient: None,
         })),
     };
     registration.validate().map_err(|e| {

@@ -65,6 +65,22 @@ pub async fn enrol_gateway(
     Ok(())
 }
 
+/// Let gateway `gateway_id` register devices for `patient_did` as well as
+/// for its owner: a shared device's user slot mapped to that patient
+/// (WIRE.md §2.2 `patient`). Adding a patient twice changes nothing.
+pub async fn enrol_patient(pool: &PgPool, gateway_id: &str, patient_did: &str) -> Result<()> {
+    let patient = user_id(pool, patient_did).await?;
+    sqlx::query(
+        "INSERT INTO gateway_patients (gateway_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(gateway_id)
+    .bind(patient)
+    .execute(pool)
+    .await
+    .with_context(|| format!("enrolling gateway {gateway_id} for patient {patient_did}"))?;
+    Ok(())
+}
+
 /// Let `clinician_did` read `patient_did`'s data of `data_types` (all when
 /// `None`) until `expires_at` (for ever when `None`).
 pub async fn grant(

@@ -85,6 +85,10 @@ enum AdminCommand {
         owner: String,
         #[arg(long)]
         name: Option<String>,
+        /// Another patient of the household whose devices (a shared
+        /// device's user slots) the gateway may register; repeatable.
+        #[arg(long = "patient", value_name = "DID")]
+        patients: Vec<String>,
     },
     /// Let a clinician read a patient's data types (all if none given).
     Grant {
@@ -297,9 +301,14 @@ async fn cli_main() -> Result<()> {
                     gateway_id,
                     owner,
                     name,
+                    patients,
                 } => {
                     admin::enrol_gateway(&pool, &gateway_id, &owner, name.as_deref()).await?;
                     println!("gateway {gateway_id} enrolled for {owner}");
+                    for patient in patients {
+                        admin::enrol_patient(&pool, &gateway_id, &patient).await?;
+                        println!("gateway {gateway_id} enrolled for patient {patient}");
+                    }
                 }
                 AdminCommand::Grant {
                     patient,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hailan_proto::DataType;
 use hailan_proto::envelope::{
-    self, Body, DecodeError, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup,
+    self, Body, DecodeError, Envelope, MAX_ENVELOPE_BYTES, ProofKind, ProvenGroup, Registration,
 };
 use hailan_proto::topic::{self, Topic};
 use hailan_proto::zk::{GroupClaim, Reject, Verifier};
@@ -46,6 +46,9 @@ pub struct GatewayRow {
     /// Whether `gateways.revoked_at` is set: a revoked gateway's messages are
     /// quarantined as `unknown_gateway`.
     pub revoked: bool,
+    /// The patients it may register devices for, by DID: its owner and those
+    /// enrolled in `gateway_patients` (a shared device's user slots).
+    pub patients: HashMap<String, Uuid>,
 }
 
 /// A registered device, as planning needs it (from `iot_devices`).
@@ -361,6 +364,21 @@ impl Plan {
             payload: msg.payload.clone(),
         });
     }
+
+    /// [`Self::quarantine`] for a registration: the row names its device.
+    fn quarantine_registration(
+        &mut self,
+        msg: &Message,
+        gateway: &str,
+        registration: &Registration,
+        reason: Reason,
+        detail: String,
+    ) {
+        self.quarantine(msg, Some(gateway), reason, detail);
+        if let Some(row) = self.quarantine.last_mut() {
+            row.device_id = Some(registration.device_id.clone());
+        }
+    }
 }
 
 /// What planning needs to know from the database: the gateways and devices
@@ -389,15 +407,39 @@ async fn lookup(pool: &PgPool, decoded: &[Decoded]) -> Result<Known> {
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let gateways = sqlx::query_as::<_, (String, Uuid, bool)>(
+    let mut gateways = sqlx::query_as::<_, (String, Uuid, bool)>(
         "SELECT id, owner_id, revoked_at IS NOT NULL FROM gateways WHERE id = ANY($1)",
     )
     .bind(&gw_ids)
     .fetch_all(pool)
     .await?
     .into_iter()
-    .map(|(id, owner_id, revoked)| (id, GatewayRow { owner_id, revoked }))
-    .collect();
+    .map(|(id, owner_id, revoked)| {
+        let patients = HashMap::new();
+        (
+            id,
+            GatewayRow {
+                owner_id,
+                revoked,
+                patients,
+            },
+        )
+    })
+    .collect::<HashMap<String, GatewayRow>>();
+    let patients = sqlx::query_as::<_, (String, String, Uuid)>(
+        "SELECT g.id, u.did, u.id FROM gateways g JOIN users u ON u.id = g.owner_id WHERE g.id = ANY($1)
+         UNION ALL
+         SELECT p.gateway_id, u.did, u.id FROM gateway_patients p JOIN users u ON u.id = p.user_id
+         WHERE p.gateway_id = ANY($1)",
+    )
+    .bind(&gw_ids)
+    .fetch_all(pool)
+    .await?;
+    for (gateway, did, user) in patients {
+        if let Some(g) = gateways.get_mut(&gateway) {
+            g.patients.insert(did, user);
+        }
+    }
     let devices = sqlx::query_as::<_, (Uuid, Uuid, String, String, Vec<u8>)>(
         "SELECT id, user_id, device_id, gateway_id, zk_device_commitment FROM iot_devices WHERE device_id = ANY($1)",
     )
@@ -580,20 +622,67 @@ fn register(
             }
         };
         if let Body::Registration(r) = &d.envelope.body {
+            // Whose readings the device's are: the owner's, or the enrolled
+            // patient a shared device's user slot names.
+            let user_id = match &r.patient {
+                None => gw.owner_id,
+                Some(did) => match gw.patients.get(did) {
+                    Some(user) => *user,
+                    None => {
+                        let detail = format!(
+                            "gateway {} is not enrolled for patient {did} (hailan-ingest admin enrol-gateway {} --owner … --patient {did})",
+                            d.gateway, d.gateway
+                        );
+                        plan.quarantine_registration(
+                            msg,
+                            &d.gateway,
+                            r,
+                            Reason::UnknownPatient,
+                            detail,
+                        );
+                        continue;
+                    }
+                },
+            };
             match devices.get(&r.device_id) {
                 Some(existing) if existing.gateway_id != d.gateway => {
                     let detail = format!(
                         "device {} is registered to gateway {}",
                         r.device_id, existing.gateway_id
                     );
-                    plan.quarantine(msg, Some(&d.gateway), Reason::DeviceGatewayMismatch, detail);
+                    plan.quarantine_registration(
+                        msg,
+                        &d.gateway,
+                        r,
+                        Reason::DeviceGatewayMismatch,
+                        detail,
+                    );
                 }
                 Some(existing) if existing.commitment != r.device_commitment => {
                     let detail = format!(
                         "device {} re-registered with another device commitment",
                         r.device_id
                     );
-                    plan.quarantine(msg, Some(&d.gateway), Reason::DeviceKeyMismatch, detail);
+                    plan.quarantine_registration(
+                        msg,
+                        &d.gateway,
+                        r,
+                        Reason::DeviceKeyMismatch,
+                        detail,
+                    );
+                }
+                Some(existing) if existing.user_id != user_id => {
+                    let detail = format!(
+                        "device {} is registered under another patient than the registration names",
+                        r.device_id
+                    );
+                    plan.quarantine_registration(
+                        msg,
+                        &d.gateway,
+                        r,
+                        Reason::UnknownPatient,
+                        detail,
+                    );
                 }
                 Some(existing) => plan.devices.push(DeviceUpsert {
                     new: false,
@@ -605,7 +694,7 @@ fn register(
                 None => {
                     let row = DeviceRow {
                         id: Uuid::new_v4(),
-                        user_id: gw.owner_id,
+                        user_id,
                         gateway_id: d.gateway.clone(),
                         commitment: r.device_commitment,
                     };
@@ -966,6 +1055,7 @@ mod tests {
                         GatewayRow {
                             owner_id: *owner_id,
                             revoked: *revoked,
+                            patients: HashMap::new(),
                         },
                     )
                 })
@@ -1094,6 +1184,63 @@ mod tests {
             plan.quarantine.len(),
             messages.len(),
             "each message ends in exactly one place"
+        );
+    }
+
+    /// A registration for one patient of a shared device (WIRE.md §2.2
+    /// `patient`): its rows belong to that patient only if the gateway is
+    /// enrolled for them.
+    fn for_patient(dev: &TestDevice, did: &str) -> Envelope {
+        let mut e = dev.registration();
+        if let Body::Registration(r) = &mut e.body {
+            r.patient = Some(did.into());
+        }
+        e
+    }
+
+    #[tokio::test]
+    async fn a_user_slot_registers_under_its_patient_only_where_the_gateway_is_enrolled_for_them() {
+        let (owner, spouse) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut k = known(&[(GW, owner, false)]);
+        let gw = k.gateways.get_mut(GW).expect("the gateway");
+        gw.patients.insert("did:example:owner".into(), owner);
+        gw.patients.insert("did:example:spouse".into(), spouse);
+        let slot2 = TestDevice::new(GW, "sc-plan-u2", DataType::BodyWeight, 8);
+        let owners = TestDevice::new(GW, "sc-plan-u1", DataType::BodyWeight, 9);
+        let stranger = TestDevice::new(GW, "sc-plan-u3", DataType::BodyWeight, 10);
+        let moved = TestDevice::new(GW, "sc-plan-u4", DataType::BodyWeight, 11);
+        k.devices.insert(
+            "sc-plan-u4".into(),
+            DeviceRow {
+                id: Uuid::new_v4(),
+                user_id: owner,
+                gateway_id: GW.into(),
+                commitment: match moved.registration().body {
+                    Body::Registration(r) => r.device_commitment,
+                    _ => unreachable!("a registration"),
+                },
+            },
+        );
+        let messages = [
+            up(&for_patient(&slot2, "did:example:spouse")),
+            up(&for_patient(&owners, "did:example:owner")),
+            up(&for_patient(&stranger, "did:example:neighbour")),
+            up(&for_patient(&moved, "did:example:spouse")),
+        ];
+        let plan = plan_of(k, &messages).await;
+        let users: Vec<(&str, Uuid)> = plan
+            .devices
+            .iter()
+            .map(|d| (d.registration.device_id.as_str(), d.user_id))
+            .collect();
+        assert_eq!(users, [("sc-plan-u2", spouse), ("sc-plan-u1", owner)]);
+        assert_eq!(
+            reasons(&plan),
+            [
+                (Some("sc-plan-u3"), Reason::UnknownPatient),
+                (Some("sc-plan-u4"), Reason::UnknownPatient)
+            ],
+            "a patient the gateway is not enrolled for, and a device moved to another patient, are held"
         );
     }
 }

@@ -30,6 +30,10 @@ pub enum Reason {
     DeviceGatewayMismatch,
     /// A re-registration with another device commitment than the one pinned.
     DeviceKeyMismatch,
+    /// A registration for a patient the gateway is not enrolled for
+    /// (`gateway_patients`), or naming another patient than the one the
+    /// device is registered under.
+    UnknownPatient,
     /// The proof names a verifying key ingest does not have.
     UnknownKey,
     /// The proof's key is for the other statement: a reading key on a window
@@ -59,7 +63,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order (for listings and for [`Reason::from_code`]).
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::BadTopic,
         Reason::Oversize,
         Reason::Undecodable,
@@ -69,6 +73,7 @@ impl Reason {
         Reason::UnknownDevice,
         Reason::DeviceGatewayMismatch,
         Reason::DeviceKeyMismatch,
+        Reason::UnknownPatient,
         Reason::UnknownKey,
         Reason::KeyKindMismatch,
         Reason::BadGroupShape,
@@ -92,6 +97,7 @@ impl Reason {
             Reason::UnknownDevice => "unknown_device",
             Reason::DeviceGatewayMismatch => "device_gateway_mismatch",
             Reason::DeviceKeyMismatch => "device_key_mismatch",
+            Reason::UnknownPatient => "unknown_patient",
             Reason::UnknownKey => "unknown_key",
             Reason::KeyKindMismatch => "key_kind_mismatch",
             Reason::BadGroupShape => "bad_group_shape",

@@ -296,6 +296,12 @@ pub const SENT_AT: Field = Field {
     path: "sent_at_ms",
     columns: &[],
 };
+/// The patient a registration names (a user slot of a shared device): looked
+/// up as `users.did`, never stored as text.
+pub const PATIENT: Field = Field {
+    path: "registration.patient",
+    columns: &[col("users", "did", Varchar(255))],
+};
 /// Not stored, but a time all the same: held to the same range.
 pub const PAIRED_AT: Field = Field {
     path: "registration.paired_at_ms",
@@ -326,6 +332,7 @@ pub const STORED: &[Field] = &[
     SERIAL,
     FIRMWARE_VERSION,
     HARDWARE_VERSION,
+    PATIENT,
     DATA_TYPE,
     SEQ,
     RECORDED_AT,

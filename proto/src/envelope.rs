@@ -89,6 +89,12 @@ pub struct Registration {
     pub device_commitment: [u8; 32],
     /// When the owner paired the device (ms since the Unix epoch, UTC).
     pub paired_at_ms: i64,
+    /// Whose readings these are, by DID, when not the gateway's owner's: one
+    /// user slot of a shared device (User Data Service) registers as a device
+    /// of its own for the patient the owner mapped it to. Ingest accepts it
+    /// only from a gateway enrolled for that patient. `None`: the owner.
+    #[serde(default)]
+    pub patient: Option<String>,
 }
 
 /// Readings of one device, in proven groups.
@@ -341,6 +347,12 @@ impl Envelope {
                     (&columns::HARDWARE_VERSION, &r.hardware_version),
                 ] {
                     check_optional(field, s)?;
+                }
+                if let Some(did) = &r.patient {
+                    columns::PATIENT.check_text(did)?;
+                    if did.is_empty() {
+                        return Err(format!("{}: empty", columns::PATIENT.path));
+                    }
                 }
                 columns::PAIRED_AT.check_time(r.paired_at_ms)
             }

@@ -46,6 +46,7 @@ pub fn registration() -> Envelope {
         hardware_version: None,
         device_commitment: [9; 32],
         paired_at_ms: 1_763_900_000_000,
+        patient: None,
     })))
 }
 

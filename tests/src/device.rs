@@ -84,6 +84,7 @@ impl TestDevice {
             hardware_version: None,
             device_commitment: device_commitment(&self.secret),
             paired_at_ms: T0_MS,
+            patient: None,
         })))
     }
 

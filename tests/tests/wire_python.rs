@@ -121,6 +121,7 @@ fn others() -> Vec<Envelope> {
                 hardware_version: None,
                 device_commitment: [3; 32],
                 paired_at_ms: 1_763_800_000_000,
+                patient: Some("did:example:bob".into()),
             })),
         },
         Envelope {

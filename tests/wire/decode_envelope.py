@@ -102,6 +102,8 @@ def decode(data, keys):
         for key, width in [("name", 100), ("manufacturer", 100), ("model", 100), ("serial", 100),
                            ("firmware_version", 50), ("hardware_version", 50)]:
             check_text(key, msg.get(key), width)
+        check_text("patient", msg.get("patient"), 255)
+        need(msg.get("patient") != "", "patient is empty")
         check_time("paired_at_ms", msg["paired_at_ms"])
     elif kind == "device_state":
         check_id("device_id", msg["device_id"])

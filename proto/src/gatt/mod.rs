@@ -362,7 +362,24 @@ pub fn decode(characteristic: Characteristic, bytes: &[u8]) -> Result<Decoded, G
     })
 }
 
+/// The User ID value that means "unknown user" (BLS, WSS, BCS): the device
+/// could not tell who measured.
+pub const UNKNOWN_USER: u8 = 0xFF;
+
 impl Decoded {
+    /// The user slot (User Data Service user index) a measurement names: its
+    /// User ID field, unless absent or [`UNKNOWN_USER`]. Only blood pressure,
+    /// weight and body composition measurements carry one.
+    pub fn user_index(&self) -> Option<u8> {
+        let id = match self {
+            Decoded::BloodPressureMeasurement(m) => m.user_id,
+            Decoded::WeightMeasurement(m) => m.user_id,
+            Decoded::BodyCompositionMeasurement(m) => m.user_id,
+            _ => None,
+        };
+        id.filter(|&u| u != UNKNOWN_USER)
+    }
+
     /// The characteristic this value belongs to.
     pub fn characteristic(&self) -> Characteristic {
         use Characteristic as C;

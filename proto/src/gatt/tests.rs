@@ -754,3 +754,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_measurement_names_its_user_slot_unless_the_user_is_unknown() {
+    let weight = |user_id| {
+        Decoded::WeightMeasurement(WeightMeasurement {
+            unit: WeightUnit::Si,
+            weight_raw: 14_000,
+            timestamp: None,
+            user_id,
+            bmi_height: None,
+        })
+    };
+    assert_eq!(weight(Some(2)).user_index(), Some(2));
+    assert_eq!(weight(Some(UNKNOWN_USER)).user_index(), None);
+    assert_eq!(weight(None).user_index(), None);
+    // From the bytes: flags 0x04 (user id present), 70 kg, user 3.
+    let d = decode(Characteristic::WeightMeasurement, &[0x04, 0xB0, 0x36, 0x03]).expect("valid");
+    assert_eq!(d.user_index(), Some(3));
+}

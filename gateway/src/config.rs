@@ -201,6 +201,23 @@ pub struct KeysConfig {
     pub zk_dir: PathBuf,
     /// Accept development (seeded) proving keys. Never in production.
     pub allow_dev_keys: bool,
+    /// The other patients of the household (`[[keys.patients]]`): a shared
+    /// device's user slot mapped to one of them (`pair --patient DID`) seals
+    /// with their data key, not the owner's.
+    pub patients: Vec<PatientKey>,
+}
+
+/// One `[[keys.patients]]` entry: a patient by DID and their data key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatientKey {
+    /// The patient's DID, as enrolled on the ingest side
+    /// (`hailan-ingest admin enrol-gateway … --patient DID`).
+    pub did: String,
+    /// Their AES-256 data key: 64 hex characters, mode 0600.
+    pub data_key_file: PathBuf,
+    /// The key id their sealed values name (in the clinician API's key ring).
+    pub data_key_id: String,
 }
 
 impl Default for KeysConfig {
@@ -210,6 +227,7 @@ impl Default for KeysConfig {
             data_key_id: "owner-key-1".into(),
             zk_dir: PathBuf::from("/etc/hailan/zk"),
             allow_dev_keys: false,
+            patients: Vec::new(),
         }
     }
 }
@@ -373,6 +391,7 @@ impl GatewayConfig {
             )?;
         }
         self.check_adapters()?;
+        self.check_patients()?;
         if self.ble.max_connections == 0 {
             bad("ble.max_connections", "must be at least 1".into())?;
         }
@@ -396,6 +415,29 @@ impl GatewayConfig {
                 "mqtt.client_cert_file",
                 "and mqtt.client_key_file go together".into(),
             )?;
+        }
+        Ok(())
+    }
+
+    /// `[[keys.patients]]`: a DID that fits `users.did`, each once, and a
+    /// key id of its own (the API's key ring finds keys by id).
+    fn check_patients(&self) -> Result<()> {
+        let mut kids = vec![self.keys.data_key_id.as_str()];
+        for (i, p) in self.keys.patients.iter().enumerate() {
+            let key = |k: &str| format!("keys.patients[{i}].{k}");
+            if p.did.is_empty() || hailan_proto::columns::PATIENT.check_text(&p.did).is_err() {
+                bad(&key("did"), format!("{:?} is not a DID of 1..=255 characters", p.did))?;
+            }
+            if self.keys.patients[..i].iter().any(|q| q.did == p.did) {
+                bad(&key("did"), format!("{:?} is listed twice", p.did))?;
+            }
+            if kids.contains(&p.data_key_id.as_str()) || p.data_key_id.is_empty() {
+                bad(
+                    &key("data_key_id"),
+                    format!("{:?} is empty or already names another key", p.data_key_id),
+                )?;
+            }
+            kids.push(&p.data_key_id);
         }
         Ok(())
     }

@@ -9,6 +9,7 @@ use hailan_proto::envelope::ProofKind;
 use hailan_proto::seal::DataKey;
 use hailan_proto::zk::keys::kind_name;
 use hailan_proto::zk::{KeyOrigin, ProvingKey};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// Everything needed to seal and prove.
@@ -16,6 +17,10 @@ pub struct Keys {
     /// The owner's AES-256 data key (`keys.data_key_file`, named by
     /// `keys.data_key_id`): every reading's value is sealed with it.
     pub data_key: DataKey,
+    /// The data keys of the household's other patients, by DID
+    /// (`[[keys.patients]]`): the readings of a user slot mapped to one of
+    /// them are sealed with theirs.
+    pub patients: HashMap<String, DataKey>,
     /// The proving key for one reading per proof (`reading.pk` in `keys.zk_dir`).
     pub reading: ProvingKey,
     /// The proving key for a window of readings under one proof
@@ -39,11 +44,29 @@ impl Keys {
             }
             Ok(key)
         };
+        let mut patients = HashMap::new();
+        for (i, p) in cfg.keys.patients.iter().enumerate() {
+            let key = load_data_key(&p.data_key_file, &p.data_key_id)
+                .with_context(|| format!("keys.patients[{i}] ({})", p.did))?;
+            patients.insert(p.did.clone(), key);
+        }
         Ok(Keys {
             data_key,
+            patients,
             reading: pk(ProofKind::Reading)?,
             window: pk(ProofKind::Window)?,
         })
+    }
+}
+
+impl Keys {
+    /// The data key that seals readings for `patient` (`None`: the owner);
+    /// `None` when the configuration has no key for them.
+    pub fn data_key_for(&self, patient: Option<&str>) -> Option<&DataKey> {
+        match patient {
+            None => Some(&self.data_key),
+            Some(did) => self.patients.get(did),
+        }
     }
 }
 

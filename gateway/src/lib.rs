@@ -6,7 +6,8 @@
 //! - [`store`]: the durable state (devices, secrets, seq counters, outbox).
 //! - [`publisher`]: outbox → MQTT QoS 1, removed on PUBACK.
 //! - [`daemon`]: `run`, wiring the above with systemd notify and one shutdown signal.
-//! - [`owner`]: the owner's commands (`init`, `scan`, `pair`, `devices`, `forget`, `status`).
+//! - [`owner`]: the owner's commands (`init`, `scan`, `pair`, `devices`, `forget`, `status`);
+//!   [`household`]: shared devices' user slots (`pair --consent`, `unassigned`, `assign`).
 //! - [`config`], [`keys`], [`metrics`], [`health`]: configuration, key material,
 //!   Prometheus metrics, watchdog beats; [`home_assistant`]: optional MQTT discovery;
 //!   [`selftest`]: prove one window with the installed keys (`hailan-gateway selftest`).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod health;
 pub mod home_assistant;
+pub mod household;
 pub mod keys;
 pub mod metrics;
 pub mod owner;

@@ -62,8 +62,35 @@ enum Command {
         /// is down (BlueZ keeps bonds per adapter).
         #[arg(long)]
         adapter: Option<String>,
+        /// Map this user slot of a shared device (a family scale or cuff,
+        /// already paired) to a patient: its consent code is proven to the
+        /// device, its readings go to that patient from then on.
+        #[arg(long, requires = "consent", value_parser = clap::value_parser!(u8).range(0..=254))]
+        user_index: Option<u8>,
+        /// The user slot's consent code (0–9999); without --user-index a new
+        /// slot is registered on the device with it.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=9999))]
+        consent: Option<u16>,
+        /// The patient (DID, with a [[keys.patients]] entry) the user slot
+        /// belongs to [default: the gateway's owner].
+        #[arg(long, requires = "consent", value_name = "DID")]
+        patient: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Readings of shared devices held because they named no mapped user
+    /// slot (or none at all): never guessed, they wait for `assign`.
+    Unassigned {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give a held reading to a user of its device (user index or patient
+    /// DID): it is proven and sent with its original time.
+    Assign {
+        /// The reading's ID from `hailan-gateway unassigned`.
+        reading: i64,
+        /// The user: its index on the device, or the patient's DID.
+        user: String,
     },
     /// Paired devices: battery, connection, last reading, outbox depth.
     Devices {
@@ -200,11 +227,35 @@ fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
         ))?,
         Command::Pair {
             device,
+            adapter,
+            json,
+            user_index,
+            consent: Some(consent),
+            patient,
+            ..
+        } => {
+            // The device is bonded already: no pairing answers are asked.
+            let request = hailan_gateway::household::SlotRequest {
+                user_index,
+                consent,
+                patient,
+            };
+            rt.block_on(hailan_gateway::household::pair_slot(
+                &cfg,
+                &device,
+                &request,
+                adapter.as_deref(),
+                json,
+            ))?
+        }
+        Command::Pair {
+            device,
             passkey,
             pin,
             confirm,
             adapter,
             json,
+            ..
         } => {
             let answers = PairingAnswers {
                 passkey,
@@ -225,6 +276,10 @@ fn run(config: Option<PathBuf>, command: Command) -> anyhow::Result<ExitCode> {
             paired?
         }
         Command::Devices { json } => owner::devices(&cfg, json)?,
+        Command::Unassigned { json } => hailan_gateway::household::unassigned(&cfg, json)?,
+        Command::Assign { reading, user } => {
+            hailan_gateway::household::assign(&cfg, reading, &user)?
+        }
         Command::Forget { device } => rt.block_on(owner::forget(&cfg, &device))?,
         Command::Status { json } => {
             if !owner::status(&cfg, json)? {

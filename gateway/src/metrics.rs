@@ -20,6 +20,9 @@ pub struct Metrics {
     /// Readings whose device time stamp was flagged: the device's clock had
     /// been reset, or the stamp was implausible and replaced by an estimate.
     pub clock_flagged: Counter,
+    /// Readings of a shared device held unassigned: no user index, or one
+    /// no user slot is mapped to (`hailan-gateway unassigned`).
+    pub unassigned: Counter,
     /// Readings not taken: the outbox was full or its write failed.
     pub readings_refused: Counter,
     /// Characteristic values that did not decode (or Body Composition
@@ -74,6 +77,7 @@ impl Metrics {
             registry: Registry::with_prefix("hailan_gateway"),
             readings_taken: Counter::default(),
             clock_flagged: Counter::default(),
+            unassigned: Counter::default(),
             readings_queued: Counter::default(),
             readings_refused: Counter::default(),
             malformed: Counter::default(),
@@ -105,6 +109,11 @@ impl Metrics {
             "clock_flagged",
             "Readings whose device time stamp was flagged (clock reset, or implausible and estimated)",
             m.clock_flagged.clone(),
+        );
+        r.register(
+            "unassigned",
+            "Readings of a shared device held for the owner to assign (no mapped user slot)",
+            m.unassigned.clone(),
         );
         r.register(
             "readings_queued",

@@ -14,7 +14,7 @@ use hailan_proto::zk::{DeviceSecret, device_commitment};
 use std::io::IsTerminal;
 use std::time::Duration;
 
-fn open_store(cfg: &GatewayConfig) -> Result<Store> {
+pub(crate) fn open_store(cfg: &GatewayConfig) -> Result<Store> {
     Store::open(&cfg.state_dir, cfg.quota_bytes())
 }
 

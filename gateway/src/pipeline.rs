@@ -14,7 +14,7 @@ use crate::config::PipelineConfig;
 use crate::keys::Keys;
 use crate::metrics::Metrics;
 use crate::publisher::Link;
-use crate::store::{NewReadings, Refused, Store};
+use crate::store::{NewReadings, Refused, Route, Store};
 use anyhow::{Context, Result};
 use hailan_proto::envelope::{Body, DeviceState, Envelope, ReadingBatch};
 use hailan_proto::gatt::{self, BodyCompositionMeasurement, Characteristic, Decoded, DeviceKind};
@@ -71,7 +71,26 @@ pub struct Pipeline {
 struct Item {
     taken: Taken,
     glucose_record: Option<u16>,
+    /// The user slot (User Data Service user index) the measurement names.
+    user: Option<u8>,
+    /// A held reading the owner assigned ([`crate::store::HeldRow::id`]):
+    /// it leaves the hold in the transaction that commits it.
+    held: Option<i64>,
 }
+
+/// The device workers of a running pipeline, by device or user slot id.
+struct Workers {
+    senders: HashMap<String, mpsc::Sender<Job>>,
+    tasks: JoinSet<()>,
+    provers: Arc<Semaphore>,
+    /// Devices with a reading dropped here since their last `Stored`.
+    dropped: std::collections::HashSet<String>,
+}
+
+/// How often assigned readings are looked for, and how long one handed to
+/// its worker is left alone before it is handed again (its commit failed).
+const ASSIGNED_POLL: Duration = Duration::from_secs(1);
+const ASSIGNED_RETRY: Duration = Duration::from_secs(60);
 
 /// What a device's worker is asked to do, in order.
 enum Job {
@@ -115,11 +134,15 @@ impl Pipeline {
         stop: tokio_util::sync::CancellationToken,
     ) -> Result<()> {
         let shared = Arc::new(self);
-        let provers = Arc::new(Semaphore::new(shared.cfg.prover_threads));
-        let mut workers: HashMap<String, mpsc::Sender<Job>> = HashMap::new();
-        // Devices with a reading dropped here since their last `Stored`.
-        let mut dropped: std::collections::HashSet<String> = Default::default();
-        let mut tasks = JoinSet::new();
+        let mut workers = Workers {
+            senders: HashMap::new(),
+            tasks: JoinSet::new(),
+            provers: Arc::new(Semaphore::new(shared.cfg.prover_threads)),
+            dropped: Default::default(),
+        };
+        let mut handed: HashMap<i64, Instant> = HashMap::new();
+        let mut assigned = tokio::time::interval(ASSIGNED_POLL);
+        assigned.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut states: HashMap<String, LastState> = HashMap::new();
         let mut halves = Halves::new();
         let mut link = shared.link.clone();
@@ -141,6 +164,10 @@ impl Pipeline {
                         }
                         Err(_) => link_open = false,
                     }
+                    continue;
+                }
+                _ = assigned.tick(), if !stop.is_cancelled() => {
+                    shared.hand_assigned(&mut workers, &mut handed).await;
                     continue;
                 }
                 _ = refresh.tick(), if !stop.is_cancelled() => {
@@ -176,40 +203,17 @@ impl Pipeline {
                     ) else {
                         continue;
                     };
-                    if !workers.contains_key(&device_id) {
-                        match shared.start_worker(&device_id, provers.clone(), &mut tasks) {
-                            Ok(Some(tx)) => {
-                                workers.insert(device_id.clone(), tx);
-                            }
-                            Ok(None) => {
-                                tracing::warn!(device = %device_id, "measurement from a device that is not paired (forgotten?); dropped");
-                                dropped.insert(device_id);
-                                continue;
-                            }
-                            Err(e) => {
-                                tracing::error!(device = %device_id, "cannot start the device's pipeline: {e:#}");
-                                dropped.insert(device_id);
-                                continue;
-                            }
-                        }
-                    }
-                    if let Some(tx) = workers.get(&device_id)
-                        && tx.send(Job::Take(item)).await.is_err()
-                    {
-                        // The worker ended (device forgotten): start afresh next time.
-                        workers.remove(&device_id);
-                        dropped.insert(device_id);
-                    }
+                    shared.dispatch(&device_id, item, &mut workers).await;
                 }
-                BleEvent::Stored { device_id, receipt } => match workers.get(&device_id) {
-                    _ if dropped.remove(&device_id) => receipt.settle(false),
+                BleEvent::Stored { device_id, receipt } => match workers.senders.get(&device_id) {
+                    _ if workers.dropped.remove(&device_id) => receipt.settle(false),
                     // Its worker settles it after what it was sent before.
                     Some(tx) => {
                         if let Err(e) = tx.send(Job::Flush(receipt)).await
                             && let Job::Flush(receipt) = e.0
                         {
                             receipt.settle(false);
-                            workers.remove(&device_id);
+                            workers.senders.remove(&device_id);
                         }
                     }
                     // Nothing of the device was taken since the start: nothing pending.
@@ -277,13 +281,143 @@ impl Pipeline {
                 }
             }
         }
-        drop(workers);
+        let Workers {
+            senders, mut tasks, ..
+        } = workers;
+        drop(senders);
         while let Some(r) = tasks.join_next().await {
             if let Err(e) = r {
                 tracing::error!("a device pipeline failed: {e}");
             }
         }
         Ok(())
+    }
+
+    /// Send a measurement of `device_id` where it belongs: the device's own
+    /// worker, the worker of the user slot its user index is mapped to, or
+    /// (a shared device's measurement no slot claims) the hold.
+    async fn dispatch(self: &Arc<Self>, device_id: &str, item: Item, workers: &mut Workers) {
+        let route = match self.store.route(device_id, item.user) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(device = %device_id, "routing a measurement: {e:#}; dropped");
+                workers.dropped.insert(device_id.to_owned());
+                return;
+            }
+        };
+        let id = match route {
+            Route::Device => device_id.to_owned(),
+            Route::Slot(slot) => slot,
+            Route::Unassigned => {
+                self.hold(device_id, item).await;
+                return;
+            }
+        };
+        self.to_worker(&id, item, workers).await;
+    }
+
+    /// Hand `item` to the worker of device or user slot `id`, started if
+    /// it is not running.
+    async fn to_worker(self: &Arc<Self>, id: &str, item: Item, workers: &mut Workers) {
+        if !workers.senders.contains_key(id) {
+            match self.start_worker(id, workers.provers.clone(), &mut workers.tasks) {
+                Ok(Some(tx)) => {
+                    workers.senders.insert(id.to_owned(), tx);
+                }
+                Ok(None) => {
+                    tracing::warn!(device = %id, "measurement from a device that is not paired (forgotten?); dropped");
+                    workers.dropped.insert(id.to_owned());
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(device = %id, "cannot start the device's pipeline: {e:#}");
+                    workers.dropped.insert(id.to_owned());
+                    return;
+                }
+            }
+        }
+        if let Some(tx) = workers.senders.get(id)
+            && tx.send(Job::Take(item)).await.is_err()
+        {
+            // The worker ended (device forgotten): start afresh next time.
+            workers.senders.remove(id);
+            workers.dropped.insert(id.to_owned());
+        }
+    }
+
+    /// Hold a shared device's measurement that names no mapped user slot
+    /// until the owner assigns it (`hailan-gateway unassigned`, `assign`):
+    /// never guessed from its value.
+    async fn hold(self: &Arc<Self>, device_id: &str, item: Item) {
+        let store = self.store.clone();
+        let id = device_id.to_owned();
+        let held = tokio::task::spawn_blocking(move || -> Result<i64> {
+            let kind = store
+                .identity(&id)?
+                .map(|d| d.kind)
+                .with_context(|| format!("device {id} is not paired (forgotten?)"))?;
+            let data_type = DeviceKind::ALL
+                .into_iter()
+                .find(|k| k.as_str() == kind)
+                .with_context(|| format!("stored device kind {kind:?} is unknown"))?
+                .data_type();
+            store.hold(&id, item.user, data_type.as_str(), &item.taken.to_cbor(), now_ms())
+        })
+        .await;
+        match held {
+            Ok(Ok(n)) => {
+                self.metrics.unassigned.inc();
+                tracing::warn!(device = %device_id, user_index = ?item.user, held = n, "reading of a shared device names no mapped user: held unassigned (`hailan-gateway unassigned`, `assign {n} <user>`)");
+            }
+            Ok(Err(e)) => tracing::error!(device = %device_id, "holding an unassigned reading: {e:#}; dropped"),
+            Err(e) => tracing::error!(device = %device_id, "holding an unassigned reading: {e}; dropped"),
+        }
+    }
+
+    /// Hand every reading the owner assigned to its user slot's worker
+    /// (proven with its original time; it leaves the hold when committed).
+    async fn hand_assigned(
+        self: &Arc<Self>,
+        workers: &mut Workers,
+        handed: &mut HashMap<i64, Instant>,
+    ) {
+        let store = self.store.clone();
+        let rows = match tokio::task::spawn_blocking(move || store.held()).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!("reading the held readings: {e:#}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("reading the held readings: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        handed.retain(|id, at| {
+            rows.iter().any(|r| r.id == *id) && now.duration_since(*at) < ASSIGNED_RETRY
+        });
+        for row in rows {
+            let Some(slot) = row.slot_id else { continue };
+            if handed.contains_key(&row.id) {
+                continue;
+            }
+            let taken = match Taken::from_cbor(&row.taken) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(held = row.id, "{e}; left held");
+                    continue;
+                }
+            };
+            handed.insert(row.id, now);
+            let item = Item {
+                taken,
+                glucose_record: None,
+                user: row.user_index,
+                held: Some(row.id),
+            };
+            self.to_worker(&slot, item, workers).await;
+        }
     }
 
     /// Send the state of every paired device again (a forgotten one is
@@ -452,6 +586,8 @@ impl Pipeline {
                 extras,
             },
             glucose_record,
+            user: decoded.user_index(),
+            held: None,
         })
     }
 
@@ -461,9 +597,15 @@ impl Pipeline {
         provers: Arc<Semaphore>,
         tasks: &mut JoinSet<()>,
     ) -> Result<Option<mpsc::Sender<Job>>> {
-        let Some(row) = self.store.find_device(device_id)? else {
+        let Some(row) = self.store.identity(device_id)? else {
             return Ok(None);
         };
+        if self.keys.data_key_for(row.patient.as_deref()).is_none() {
+            anyhow::bail!(
+                "keys.patients has no data key for patient {:?} (add a [[keys.patients]] entry)",
+                row.patient
+            );
+        }
         let kind = DeviceKind::ALL
             .into_iter()
             .find(|k| k.as_str() == row.kind)
@@ -481,6 +623,7 @@ impl Pipeline {
             data_type,
             windowed: self.cfg.is_windowed(data_type),
             secret: row.secret.clone(),
+            patient: row.patient.clone(),
             next_seq: row.next_seq,
             cursor,
             window: Vec::new(),
@@ -528,6 +671,8 @@ struct Worker {
     data_type: DataType,
     windowed: bool,
     secret: DeviceSecret,
+    /// Whose readings these are (`None`: the owner): picks the data key.
+    patient: Option<String>,
     next_seq: u64,
     cursor: Arc<AtomicI32>,
     window: Vec<Taken>,
@@ -578,7 +723,9 @@ impl Worker {
                 return true;
             }
         }
-        if self.windowed && item.taken.in_bounds(self.data_type) {
+        // A held reading is committed on its own: its leaving the hold rides
+        // on that one transaction.
+        if self.windowed && item.held.is_none() && item.taken.in_bounds(self.data_type) {
             if self.window.is_empty() {
                 self.window_deadline = Some(Instant::now() + self.pipeline.cfg.window_max());
             }
@@ -592,7 +739,7 @@ impl Worker {
             return false;
         }
         let taken = vec![item.taken];
-        self.commit(taken, item.glucose_record).await
+        self.commit(taken, item.glucose_record, item.held).await
     }
 
     async fn close_window(&mut self) -> bool {
@@ -601,18 +748,24 @@ impl Worker {
             return true;
         }
         let taken = std::mem::take(&mut self.window);
-        self.commit(taken, None).await
+        self.commit(taken, None, None).await
     }
 
     /// Prove, seal and queue `taken` in one envelope: one window group when
     /// the device is windowed and every value is in bounds, else one group
     /// per reading.
-    async fn commit(&mut self, taken: Vec<Taken>, glucose_record: Option<u16>) -> bool {
+    async fn commit(
+        &mut self,
+        taken: Vec<Taken>,
+        glucose_record: Option<u16>,
+        held: Option<i64>,
+    ) -> bool {
         let first_seq = self.next_seq;
         let count = taken.len() as u64;
         let as_window = self.windowed && taken.iter().all(|t| t.in_bounds(self.data_type));
         let p = self.pipeline.clone();
         let secret = self.secret.clone();
+        let patient = self.patient.clone();
         let device_id = self.device_id.clone();
         let data_type = self.data_type;
         let oldest = taken.iter().map(|t| t.recorded_at_ms).min().unwrap_or(0);
@@ -624,6 +777,13 @@ impl Worker {
         let started = std::time::Instant::now();
         let built = tokio::task::spawn_blocking(move || {
             let keys = &p.keys;
+            let Some(data_key) = keys.data_key_for(patient.as_deref()) else {
+                // Checked when the worker started; the keys do not change.
+                return (
+                    Err(Refused::Db(anyhow::anyhow!("no data key for patient {patient:?}"))),
+                    0,
+                );
+            };
             let prover = Prover {
                 pk: if as_window {
                     &keys.window
@@ -631,7 +791,7 @@ impl Worker {
                     &keys.reading
                 },
                 secret: &secret,
-                data_key: &keys.data_key,
+                data_key,
                 gateway_id: &p.gateway_id,
                 device_id: &device_id,
                 data_type,
@@ -675,6 +835,7 @@ impl Worker {
                     oldest_recorded_at_ms: oldest,
                     newest_recorded_at_ms: newest,
                     glucose_record,
+                    assigned: held.as_slice(),
                     payload: &payload,
                 },
                 now_ms(),
@@ -720,6 +881,10 @@ impl Worker {
                     self.full_warned_at = Some(now);
                     tracing::warn!(device = %self.device_id, bytes, quota, "outbox full: {count} newest reading(s) refused (policy: keep the oldest; raise outbox.quota_mb or bring the broker back)");
                 }
+                true
+            }
+            Err(Refused::NotHeld(id)) => {
+                tracing::debug!(device = %self.device_id, held = id, "held reading committed already; not again");
                 true
             }
             Err(Refused::UnknownDevice(_)) => {

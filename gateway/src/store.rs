@@ -49,6 +49,27 @@ CREATE TABLE IF NOT EXISTS outbox (
     oldest_recorded_at_ms INTEGER,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS user_slots (
+    slot_id TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL,
+    user_index INTEGER NOT NULL,
+    consent INTEGER,
+    patient TEXT,
+    secret BLOB NOT NULL,
+    paired_at_ms INTEGER NOT NULL,
+    next_seq INTEGER NOT NULL DEFAULT 1,
+    last_reading_at_ms INTEGER,
+    UNIQUE (device_id, user_index)
+);
+CREATE TABLE IF NOT EXISTS unassigned (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    device_id TEXT NOT NULL,
+    user_index INTEGER,
+    data_type TEXT NOT NULL,
+    taken BLOB NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    slot_id TEXT
+);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('outbox_bytes', '0');
 "#;
@@ -107,6 +128,80 @@ pub struct DeviceRow {
     pub bonded_at_ms: i64,
     /// Outbox rows of this device not yet acknowledged by the broker.
     pub outbox_depth: u64,
+}
+
+/// One user slot of a shared device (User Data Service), mapped by the
+/// owner to one patient: a device of its own for ingest (its own id,
+/// secret, commitment and seq line), fed by the measurements that name its
+/// user index.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SlotRow {
+    /// Its device id: `{device_id}-u{user_index}`.
+    pub slot_id: String,
+    /// The physical device it is a slot of.
+    pub device_id: String,
+    /// The device's User Index for this user.
+    pub user_index: u8,
+    /// The consent code the owner gave for it (0–9999), if any.
+    pub consent: Option<u16>,
+    /// The patient's DID; `None` is the gateway's owner.
+    pub patient: Option<String>,
+    /// Its own device secret (never printed).
+    #[serde(skip)]
+    pub secret: DeviceSecret,
+    /// When it was mapped, ms since the Unix epoch.
+    pub paired_at_ms: i64,
+    /// The seq its next reading gets.
+    pub next_seq: u64,
+    /// The newest `recorded_at` of its readings committed to the outbox.
+    pub last_reading_at_ms: Option<i64>,
+}
+
+/// Where a measurement of a device goes ([`Store::route`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The device's own line (it has no user slots).
+    Device,
+    /// The user slot its user index is mapped to.
+    Slot(String),
+    /// Held for the owner: a shared device's measurement with no user
+    /// index, or one no slot is mapped to.
+    Unassigned,
+}
+
+/// What proving needs of a device or user slot ([`Store::identity`]).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// `DeviceKind::as_str()` of the physical device.
+    pub kind: String,
+    /// Its device secret.
+    pub secret: DeviceSecret,
+    /// The seq its next reading gets.
+    pub next_seq: u64,
+    /// Glucose meters: the last record committed, -1 = none.
+    pub glucose_cursor: i32,
+    /// Whose readings these are: `None` the owner, else a patient's DID.
+    pub patient: Option<String>,
+}
+
+/// A shared device's reading held for the owner to assign
+/// (`hailan-gateway unassigned`, `assign`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HeldRow {
+    /// Its number, what `assign` takes.
+    pub id: i64,
+    /// The physical device that measured.
+    pub device_id: String,
+    /// The user index the measurement named, if any.
+    pub user_index: Option<u8>,
+    /// Its data type (`BODY_WEIGHT` …).
+    pub data_type: String,
+    /// The reading as taken, with its original time ([`hailan_proto::group::Taken::to_cbor`]).
+    pub taken: Vec<u8>,
+    /// When the gateway received it, ms since the Unix epoch.
+    pub received_at_ms: i64,
+    /// The user slot the owner assigned it to, until it is committed.
+    pub slot_id: Option<String>,
 }
 
 /// What an outbox row carries.
@@ -169,6 +264,9 @@ pub struct NewReadings<'a> {
     pub newest_recorded_at_ms: i64,
     /// Glucose: the highest record sequence number among them.
     pub glucose_record: Option<u16>,
+    /// Held readings ([`HeldRow::id`]) these are: they leave the hold in
+    /// the same transaction.
+    pub assigned: &'a [i64],
     /// The encoded reading-batch envelope.
     pub payload: &'a [u8],
 }
@@ -199,6 +297,9 @@ pub enum Refused {
     /// No paired device has this id (it was forgotten).
     #[error("device {0} is not paired (forgotten?)")]
     UnknownDevice(String),
+    /// A held reading among them was committed already (or forgotten).
+    #[error("held reading {0} is no longer held (committed already?)")]
+    NotHeld(i64),
     /// SQLite failed.
     #[error(transparent)]
     Db(#[from] anyhow::Error),
@@ -314,17 +415,7 @@ impl Store {
             .map_err(|e| db_err(e, "listing devices"))?;
         let rows = st
             .query_map([], |r| {
-                let secret: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(r.get(4)?);
-                let secret = <[u8; 32]>::try_from(secret.as_slice())
-                    .ok()
-                    .and_then(|b| DeviceSecret::from_bytes(b).ok())
-                    .ok_or_else(|| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            4,
-                            rusqlite::types::Type::Blob,
-                            "the stored device secret is not a valid scalar".into(),
-                        )
-                    })?;
+                let secret = secret_column(r, 4)?;
                 Ok(DeviceRow {
                     device_id: r.get(0)?,
                     address: r.get(1)?,
@@ -410,9 +501,24 @@ impl Store {
                 |r| r.get(0),
             )
             .map_err(|e| db_err(e, "sizing the device's outbox"))?;
+        let slots = "SELECT slot_id FROM user_slots WHERE device_id = ?1";
+        let bytes: i64 = bytes
+            + tx.query_row(
+                &format!("SELECT COALESCE(sum(length(payload)), 0) FROM outbox WHERE device_id IN ({slots})"),
+                [device_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| db_err(e, "sizing the slots' outbox"))?;
         let dropped = tx
-            .execute("DELETE FROM outbox WHERE device_id = ?1", [device_id])
+            .execute(
+                &format!("DELETE FROM outbox WHERE device_id = ?1 OR device_id IN ({slots})"),
+                [device_id],
+            )
             .map_err(|e| db_err(e, "dropping the device's outbox"))?;
+        tx.execute("DELETE FROM user_slots WHERE device_id = ?1", [device_id])
+            .map_err(|e| db_err(e, "dropping the device's user slots"))?;
+        tx.execute("DELETE FROM unassigned WHERE device_id = ?1", [device_id])
+            .map_err(|e| db_err(e, "dropping the device's held readings"))?;
         add_bytes(&tx, -bytes)?;
         let n = tx
             .execute("DELETE FROM devices WHERE device_id = ?1", [device_id])
@@ -483,6 +589,201 @@ impl Store {
         Ok(queued)
     }
 
+    // ------------------------------------------------------------ user slots
+
+    /// Map user `slot.user_index` of a paired device to a patient and queue
+    /// the slot's registration, atomically. A user index is mapped once.
+    pub fn add_slot(&self, slot: &SlotRow, registration: &[u8]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        let paired: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM devices WHERE device_id = ?1",
+                [&slot.device_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_err(e, "looking up the device"))?;
+        if paired == 0 {
+            bail!("no paired device {}", slot.device_id);
+        }
+        let taken: Option<String> = tx
+            .query_row(
+                "SELECT slot_id FROM user_slots WHERE device_id = ?1 AND user_index = ?2",
+                params![slot.device_id, slot.user_index],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_err(e, "looking up the user index"))?;
+        if let Some(id) = taken {
+            bail!(
+                "user {} of {} is already mapped as {id}; `hailan-gateway forget {id}` first",
+                slot.user_index,
+                slot.device_id
+            );
+        }
+        tx.execute(
+            "INSERT INTO user_slots (slot_id, device_id, user_index, consent, patient, secret, paired_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                slot.slot_id,
+                slot.device_id,
+                slot.user_index,
+                slot.consent,
+                slot.patient,
+                slot.secret.to_bytes().to_vec(),
+                slot.paired_at_ms
+            ],
+        )
+        .map_err(|e| db_err(e, "inserting the user slot"))?;
+        insert_entry(
+            &tx,
+            Some(&slot.slot_id),
+            EntryKind::Registration,
+            None,
+            0,
+            slot.paired_at_ms,
+            None,
+            registration,
+        )?;
+        tx.commit().map_err(|e| db_err(e, "commit"))?;
+        Ok(())
+    }
+
+    /// Every user slot, by device then user index.
+    pub fn slots(&self) -> Result<Vec<SlotRow>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare(
+                "SELECT slot_id, device_id, user_index, consent, patient, secret, paired_at_ms, next_seq, last_reading_at_ms
+                 FROM user_slots ORDER BY device_id, user_index",
+            )
+            .map_err(|e| db_err(e, "listing user slots"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(SlotRow {
+                    slot_id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    user_index: r.get(2)?,
+                    consent: r.get(3)?,
+                    patient: r.get(4)?,
+                    secret: secret_column(r, 5)?,
+                    paired_at_ms: r.get(6)?,
+                    next_seq: r.get(7)?,
+                    last_reading_at_ms: r.get(8)?,
+                })
+            })
+            .map_err(|e| db_err(e, "listing user slots"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db_err(e, "reading a user slot"))
+    }
+
+    /// Where a measurement of `device_id` naming `user` goes: a device
+    /// without user slots keeps its own line; a shared one sends it to the
+    /// slot mapped to its user index, else holds it.
+    pub fn route(&self, device_id: &str, user: Option<u8>) -> Result<Route> {
+        let conn = self.conn();
+        let (slots, mapped): (i64, Option<String>) = conn
+            .query_row(
+                "SELECT count(*), max(CASE WHEN user_index = ?2 THEN slot_id END)
+                 FROM user_slots WHERE device_id = ?1",
+                params![device_id, user],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| db_err(e, "looking up the device's user slots"))?;
+        Ok(match (slots, mapped) {
+            (0, _) => Route::Device,
+            (_, Some(slot)) => Route::Slot(slot),
+            (_, None) => Route::Unassigned,
+        })
+    }
+
+    /// The device or user slot `id` as proving needs it; `None` when
+    /// neither is paired (forgotten).
+    pub fn identity(&self, id: &str) -> Result<Option<Identity>> {
+        let conn = self.conn();
+        conn.query_row(
+            "SELECT kind, secret, next_seq, glucose_cursor, NULL FROM devices WHERE device_id = ?1
+             UNION ALL
+             SELECT d.kind, s.secret, s.next_seq, -1, s.patient FROM user_slots s
+             JOIN devices d ON d.device_id = s.device_id WHERE s.slot_id = ?1",
+            [id],
+            |r| {
+                Ok(Identity {
+                    kind: r.get(0)?,
+                    secret: secret_column(r, 1)?,
+                    next_seq: r.get(2)?,
+                    glucose_cursor: r.get(3)?,
+                    patient: r.get(4)?,
+                })
+            },
+        )
+        .optional()
+        .map_err(|e| db_err(e, "looking up a device"))
+    }
+
+    // ------------------------------------------------------------ held readings
+
+    /// Hold a shared device's reading for the owner; returns its number.
+    pub fn hold(
+        &self,
+        device_id: &str,
+        user_index: Option<u8>,
+        data_type: &str,
+        taken: &[u8],
+        received_at_ms: i64,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO unassigned (device_id, user_index, data_type, taken, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![device_id, user_index, data_type, taken, received_at_ms],
+        )
+        .map_err(|e| db_err(e, "holding an unassigned reading"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// The held readings, oldest first: unassigned ones, and assigned ones
+    /// not yet committed.
+    pub fn held(&self) -> Result<Vec<HeldRow>> {
+        let conn = self.conn();
+        let mut st = conn
+            .prepare_cached(
+                "SELECT id, device_id, user_index, data_type, taken, received_at_ms, slot_id FROM unassigned ORDER BY id",
+            )
+            .map_err(|e| db_err(e, "listing held readings"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(HeldRow {
+                    id: r.get(0)?,
+                    device_id: r.get(1)?,
+                    user_index: r.get(2)?,
+                    data_type: r.get(3)?,
+                    taken: r.get(4)?,
+                    received_at_ms: r.get(5)?,
+                    slot_id: r.get(6)?,
+                })
+            })
+            .map_err(|e| db_err(e, "listing held readings"))?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .map_err(|e| db_err(e, "reading a held reading"))
+    }
+
+    /// Assign held reading `id` to user slot `slot_id` (of its device): the
+    /// daemon proves it under that slot with its original time.
+    pub fn assign(&self, id: i64, slot_id: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute(
+                "UPDATE unassigned SET slot_id = ?2 WHERE id = ?1 AND slot_id IS NULL
+                 AND device_id = (SELECT device_id FROM user_slots WHERE slot_id = ?2)",
+                params![id, slot_id],
+            )
+            .map_err(|e| db_err(e, "assigning a held reading"))?;
+        if n == 0 {
+            bail!("reading {id} is not an unassigned reading of the device {slot_id} is a slot of");
+        }
+        Ok(())
+    }
+
     // ------------------------------------------------------------ outbox
 
     /// Commit readings to the outbox: the row, the device's next seq and
@@ -495,7 +796,8 @@ impl Store {
             .map_err(|e| Refused::Db(db_err(e, "begin")))?;
         let next: Option<u64> = tx
             .query_row(
-                "SELECT next_seq FROM devices WHERE device_id = ?1",
+                "SELECT next_seq FROM devices WHERE device_id = ?1
+                 UNION ALL SELECT next_seq FROM user_slots WHERE slot_id = ?1",
                 [r.device_id],
                 |row| row.get(0),
             )
@@ -539,6 +841,20 @@ impl Store {
             ],
         )
         .map_err(|e| Refused::Db(db_err(e, "advancing next seq")))?;
+        tx.execute(
+            "UPDATE user_slots SET next_seq = ?2, last_reading_at_ms = max(COALESCE(last_reading_at_ms, 0), ?3)
+             WHERE slot_id = ?1",
+            params![r.device_id, r.first_seq + r.count, r.newest_recorded_at_ms],
+        )
+        .map_err(|e| Refused::Db(db_err(e, "advancing the slot's next seq")))?;
+        for held in r.assigned {
+            let n = tx
+                .execute("DELETE FROM unassigned WHERE id = ?1", [held])
+                .map_err(|e| Refused::Db(db_err(e, "releasing a held reading")))?;
+            if n == 0 {
+                return Err(Refused::NotHeld(*held));
+            }
+        }
         tx.commit().map_err(|e| Refused::Db(db_err(e, "commit")))?;
         Ok(id)
     }
@@ -665,6 +981,21 @@ fn upgrade(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// A device secret stored in column `i`.
+fn secret_column(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<DeviceSecret> {
+    let secret: zeroize::Zeroizing<Vec<u8>> = zeroize::Zeroizing::new(r.get(i)?);
+    <[u8; 32]>::try_from(secret.as_slice())
+        .ok()
+        .and_then(|b| DeviceSecret::from_bytes(b).ok())
+        .ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                i,
+                rusqlite::types::Type::Blob,
+                "the stored device secret is not a valid scalar".into(),
+            )
+        })
+}
+
 fn outbox_bytes(conn: &Connection) -> Result<u64> {
     let v: String = conn
         .query_row(
@@ -762,6 +1093,7 @@ mod tests {
             oldest_recorded_at_ms: 10,
             newest_recorded_at_ms: 20,
             glucose_record: None,
+            assigned: &[],
             payload,
         }
     }

@@ -17,7 +17,7 @@ use rand_core::{CryptoRng, RngCore, SeedableRng};
 use std::collections::BTreeMap;
 
 /// One reading as taken from a device, before it is proven and sealed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Taken {
     /// Milliseconds since the Unix epoch (the device's time when it sent one).
     pub recorded_at_ms: i64,
@@ -38,6 +38,19 @@ impl Taken {
             original_unit: None,
             extras: BTreeMap::new(),
         }
+    }
+
+    /// The reading as the gateway holds it while it waits, not yet proven
+    /// (a shared device's reading waiting for its owner to assign it): CBOR.
+    pub fn to_cbor(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        ciborium::into_writer(self, &mut out).expect("CBOR encoding into a Vec is infallible");
+        out
+    }
+
+    /// The reading [`Taken::to_cbor`] wrote.
+    pub fn from_cbor(bytes: &[u8]) -> Result<Taken, String> {
+        ciborium::from_reader(bytes).map_err(|e| format!("a held reading: {e}"))
     }
 
     /// Whether every slot is inside the table bounds of `data_type` (what
@@ -244,5 +257,20 @@ fn group(
         proof: reason.is_none().then(|| proof.proof.to_vec()),
         no_proof_reason: reason,
         readings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Taken;
+
+    #[test]
+    fn a_held_reading_comes_back_as_it_was_taken() {
+        let mut t = Taken::new(1_700_000_000_123, vec![70_250]);
+        t.original_unit = Some("lb".into());
+        t.extras.insert("user_id".into(), ciborium::Value::Integer(3.into()));
+        t.extras.insert("bytes".into(), ciborium::Value::Bytes(vec![0, 0xff]));
+        assert_eq!(Taken::from_cbor(&t.to_cbor()), Ok(t));
+        assert!(Taken::from_cbor(&[0xff, 0x00]).is_err());
     }
 }

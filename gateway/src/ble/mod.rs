@@ -41,6 +41,8 @@ mod session;
 mod slots;
 mod spot_checks;
 mod supervisor;
+mod users;
+pub use users::UserControlAnswer;
 mod watchdog;
 
 pub use hailan_proto::gatt::DeviceKind;
@@ -408,6 +410,17 @@ impl Ble {
         answers: &agent::PairingAnswers,
     ) -> anyhow::Result<PairedInfo> {
         pair::pair(self.first(), &self.cfg, who, answers).await
+    }
+
+    /// Write `request` to the User Control Point of a paired shared device
+    /// (User Data Service) and wait for its answer: a consent for a user
+    /// slot, or a new slot ([`users`]).
+    pub async fn user_control(
+        &self,
+        who: &str,
+        request: hailan_proto::gatt::uds::UserControl,
+    ) -> anyhow::Result<UserControlAnswer> {
+        users::user_control(self.first(), &self.cfg, who, request).await
     }
 
     /// Remove `address` from BlueZ on every adapter in use

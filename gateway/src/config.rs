@@ -426,7 +426,10 @@ impl GatewayConfig {
         for (i, p) in self.keys.patients.iter().enumerate() {
             let key = |k: &str| format!("keys.patients[{i}].{k}");
             if p.did.is_empty() || hailan_proto::columns::PATIENT.check_text(&p.did).is_err() {
-                bad(&key("did"), format!("{:?} is not a DID of 1..=255 characters", p.did))?;
+                bad(
+                    &key("did"),
+                    format!("{:?} is not a DID of 1..=255 characters", p.did),
+                )?;
             }
             if self.keys.patients[..i].iter().any(|q| q.did == p.did) {
                 bad(&key("did"), format!("{:?} is listed twice", p.did))?;

@@ -185,9 +185,7 @@ pub fn unassigned(cfg: &GatewayConfig, json: bool) -> Result<()> {
             r.id,
             r.device_id,
             r.user_index.map_or("-".into(), |u| u.to_string()),
-            taken
-                .as_ref()
-                .map_or("?".into(), |t| utc(t.recorded_at_ms)),
+            taken.as_ref().map_or("?".into(), |t| utc(t.recorded_at_ms)),
             taken
                 .as_ref()
                 .map_or("?".into(), |t| value_text(&r.data_type, t)),
@@ -212,8 +210,10 @@ fn held_json(r: &HeldRow) -> serde_json::Value {
 }
 
 fn utc(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map_or_else(|| ms.to_string(), |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+        || ms.to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
 }
 
 /// The reading's slots as the owner reads them: `82.35 kg`, `121 mm[Hg] / 79 mm[Hg] …`.
@@ -259,11 +259,18 @@ pub fn assign(cfg: &GatewayConfig, id: i64, user: &str) -> Result<()> {
             held.device_id,
             slots
                 .iter()
-                .map(|s| format!("{} {}", s.user_index, s.patient.as_deref().unwrap_or("owner")))
+                .map(|s| format!(
+                    "{} {}",
+                    s.user_index,
+                    s.patient.as_deref().unwrap_or("owner")
+                ))
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-        _ => bail!("{user:?} names several user slots of {}: give the user index", held.device_id),
+        _ => bail!(
+            "{user:?} names several user slots of {}: give the user index",
+            held.device_id
+        ),
     };
     store.assign(id, &slot.slot_id)?;
     println!(

@@ -361,7 +361,13 @@ impl Pipeline {
                 .find(|k| k.as_str() == kind)
                 .with_context(|| format!("stored device kind {kind:?} is unknown"))?
                 .data_type();
-            store.hold(&id, item.user, data_type.as_str(), &item.taken.to_cbor(), now_ms())
+            store.hold(
+                &id,
+                item.user,
+                data_type.as_str(),
+                &item.taken.to_cbor(),
+                now_ms(),
+            )
         })
         .await;
         match held {
@@ -369,8 +375,12 @@ impl Pipeline {
                 self.metrics.unassigned.inc();
                 tracing::warn!(device = %device_id, user_index = ?item.user, held = n, "reading of a shared device names no mapped user: held unassigned (`hailan-gateway unassigned`, `assign {n} <user>`)");
             }
-            Ok(Err(e)) => tracing::error!(device = %device_id, "holding an unassigned reading: {e:#}; dropped"),
-            Err(e) => tracing::error!(device = %device_id, "holding an unassigned reading: {e}; dropped"),
+            Ok(Err(e)) => {
+                tracing::error!(device = %device_id, "holding an unassigned reading: {e:#}; dropped")
+            }
+            Err(e) => {
+                tracing::error!(device = %device_id, "holding an unassigned reading: {e}; dropped")
+            }
         }
     }
 
@@ -780,7 +790,9 @@ impl Worker {
             let Some(data_key) = keys.data_key_for(patient.as_deref()) else {
                 // Checked when the worker started; the keys do not change.
                 return (
-                    Err(Refused::Db(anyhow::anyhow!("no data key for patient {patient:?}"))),
+                    Err(Refused::Db(anyhow::anyhow!(
+                        "no data key for patient {patient:?}"
+                    ))),
                     0,
                 );
             };

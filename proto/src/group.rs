@@ -268,8 +268,10 @@ mod tests {
     fn a_held_reading_comes_back_as_it_was_taken() {
         let mut t = Taken::new(1_700_000_000_123, vec![70_250]);
         t.original_unit = Some("lb".into());
-        t.extras.insert("user_id".into(), ciborium::Value::Integer(3.into()));
-        t.extras.insert("bytes".into(), ciborium::Value::Bytes(vec![0, 0xff]));
+        t.extras
+            .insert("user_id".into(), ciborium::Value::Integer(3.into()));
+        t.extras
+            .insert("bytes".into(), ciborium::Value::Bytes(vec![0, 0xff]));
         assert_eq!(Taken::from_cbor(&t.to_cbor()), Ok(t));
         assert!(Taken::from_cbor(&[0xff, 0x00]).is_err());
     }

@@ -153,6 +153,8 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-slots-1",
     // several adapters (tests/tests/adapters.rs)
     "gw-adapters-1",
+    // a shared family scale (tests/tests/shared_devices.rs)
+    "gw-shared-1",
 ];
 
 /// (command or file that must exist, Debian package that provides it)

@@ -35,7 +35,11 @@ async fn answers_to(p: &Peripheral, who: &str) -> bool {
 }
 
 /// The peripheral for `who`, scanning until `deadline` if BlueZ does not know it yet.
-pub(super) async fn find(radio: &Radio, who: &str, deadline: Instant) -> anyhow::Result<Peripheral> {
+pub(super) async fn find(
+    radio: &Radio,
+    who: &str,
+    deadline: Instant,
+) -> anyhow::Result<Peripheral> {
     // Subscribe before looking, so a discovery in between is not missed;
     // btleplug replays the known devices at the start of the stream.
     let mut events = radio

@@ -12,9 +12,7 @@ use super::{BleConfig, gatt};
 use anyhow::{Context, bail};
 use btleplug::api::{Peripheral as _, WriteType};
 use futures::StreamExt;
-use hailan_proto::gatt::uds::{
-    USER_CONTROL_POINT, USER_DATA_SERVICE, UserControl, response_name,
-};
+use hailan_proto::gatt::uds::{USER_CONTROL_POINT, USER_DATA_SERVICE, UserControl, response_name};
 use tokio::time::Instant;
 
 /// The device's answer to a User Control Point request.
@@ -50,9 +48,7 @@ pub(crate) async fn user_control(
             .with_context(|| format!("connecting to {who}"))?;
     }
     let r = ask(&p, who, request, deadline).await;
-    if !was_connected
-        && let Err(e) = p.disconnect().await
-    {
+    if !was_connected && let Err(e) = p.disconnect().await {
         tracing::warn!(device = %who, "disconnecting after the user control point: {e}");
     }
     r
@@ -77,10 +73,13 @@ async fn ask(
     p.subscribe(&c)
         .await
         .with_context(|| format!("subscribing to the User Control Point of {who}"))?;
-    tokio::time::timeout_at(deadline, p.write(&c, &request.encode(), WriteType::WithResponse))
-        .await
-        .with_context(|| format!("writing the User Control Point of {who}: pair timeout"))?
-        .with_context(|| format!("writing the User Control Point of {who}"))?;
+    tokio::time::timeout_at(
+        deadline,
+        p.write(&c, &request.encode(), WriteType::WithResponse),
+    )
+    .await
+    .with_context(|| format!("writing the User Control Point of {who}: pair timeout"))?
+    .with_context(|| format!("writing the User Control Point of {who}"))?;
     let answer = async {
         while let Some(n) = notes.next().await {
             if gatt::uuid16(n.uuid.as_u128()) != Some(USER_CONTROL_POINT) {

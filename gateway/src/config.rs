@@ -641,6 +641,34 @@ mod tests {
     }
 
     #[test]
+    fn each_patient_of_the_household_names_a_did_and_a_key_of_their_own() -> Result<()> {
+        let patient = |did: &str, kid: &str| {
+            format!(
+                "[[keys.patients]]\ndid = \"{did}\"\ndata_key_file = \"/k\"\ndata_key_id = \"{kid}\"\n"
+            )
+        };
+        let cfg = |p: &str| load(&format!("gateway_id = \"gw\"\n{p}"));
+        let two = patient("did:example:bob", "bob-1") + &patient("did:example:eve", "eve-1");
+        let dids: Vec<String> = cfg(&two)?
+            .keys
+            .patients
+            .into_iter()
+            .map(|p| p.did)
+            .collect();
+        assert_eq!(dids, ["did:example:bob", "did:example:eve"]);
+        let err = |p: &str| format!("{:#}", cfg(p).expect_err("must fail"));
+        let e = err(&patient("", "bob-1"));
+        assert!(e.contains("keys.patients[0].did"), "{e}");
+        let e = err(&(patient("did:example:bob", "bob-1") + &patient("did:example:bob", "bob-2")));
+        assert!(e.contains("keys.patients[1].did"), "{e}");
+        let e = err(&patient("did:example:bob", "owner-key-1"));
+        assert!(e.contains("keys.patients[0].data_key_id"), "{e}");
+        let e = err("[[keys.patients]]\ndid = \"did:example:bob\"\n");
+        assert!(e.contains("data_key_file"), "{e}");
+        Ok(())
+    }
+
+    #[test]
     fn a_bad_value_names_its_key() {
         let err = |t: &str| format!("{:#}", load(t).expect_err("must fail"));
         assert!(err("").contains("gateway_id"));

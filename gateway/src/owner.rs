@@ -345,9 +345,25 @@ async fn repair(
 
 /// `devices`: paired devices with battery, connection, last reading, outbox depth.
 pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
-    let rows = open_store(cfg)?.devices()?;
+    let store = open_store(cfg)?;
+    let rows = store.devices()?;
+    let slots = store.slots()?;
+    let slots_of = |d: &DeviceRow| -> Vec<&crate::store::SlotRow> {
+        slots
+            .iter()
+            .filter(|s| s.device_id == d.device_id)
+            .collect()
+    };
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let mut out = Vec::new();
+        for d in &rows {
+            let mut v = serde_json::to_value(d)?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("user_slots".into(), serde_json::to_value(slots_of(d))?);
+            }
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     if rows.is_empty() {
@@ -359,7 +375,12 @@ pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
         "DEVICE", "ADDRESS", "TYPE", "BATTERY", "LINK", "NEXT SEQ", "OUTBOX"
     );
     let now = now_ms();
-    for d in rows {
+    let ago = |t: Option<i64>| {
+        t.map_or("never".into(), |t| {
+            format!("{} s ago", (now - t).max(0) / 1000)
+        })
+    };
+    for d in &rows {
         println!(
             "{:<28} {:<19} {:<22} {:>7} {:<12} {:>8} {:>7}  {}",
             d.device_id,
@@ -375,11 +396,19 @@ pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
             },
             d.next_seq,
             d.outbox_depth,
-            d.last_reading_at_ms.map_or("never".into(), |t| format!(
-                "{} s ago",
-                (now - t).max(0) / 1000
-            ))
+            ago(d.last_reading_at_ms)
         );
+        for s in slots_of(d) {
+            println!(
+                "  {:<26} user {:<3} of {:<34} {:>8} {:>7}  {}",
+                s.slot_id,
+                s.user_index,
+                s.patient.as_deref().unwrap_or("the owner"),
+                s.next_seq,
+                "",
+                ago(s.last_reading_at_ms)
+            );
+        }
     }
     Ok(())
 }
@@ -388,6 +417,11 @@ pub fn devices(cfg: &GatewayConfig, json: bool) -> Result<()> {
 /// bond from BlueZ (so pairing it again is a new pairing, passkey and all).
 pub async fn forget(cfg: &GatewayConfig, who: &str) -> Result<()> {
     let store = open_store(cfg)?;
+    if store.slots()?.iter().any(|s| s.slot_id == who) {
+        let dropped = store.forget_slot(who)?;
+        println!("forgot user slot {who}; {dropped} unsent outbox entr(y/ies) dropped");
+        return Ok(());
+    }
     let d = store
         .find_device(who)?
         .with_context(|| format!("no paired device {who:?} (see `hailan-gateway devices`)"))?;

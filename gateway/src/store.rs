@@ -649,6 +649,39 @@ impl Store {
         Ok(())
     }
 
+    /// Forget one user slot: its row and its unsent outbox rows (the device
+    /// stays paired; its user's readings are held from now on). Returns how
+    /// many unsent rows were dropped.
+    pub fn forget_slot(&self, slot_id: &str) -> Result<u64> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| db_err(e, "begin"))?;
+        let bytes: i64 = tx
+            .query_row(
+                "SELECT COALESCE(sum(length(payload)), 0) FROM outbox WHERE device_id = ?1",
+                [slot_id],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_err(e, "sizing the slot's outbox"))?;
+        let dropped = tx
+            .execute("DELETE FROM outbox WHERE device_id = ?1", [slot_id])
+            .map_err(|e| db_err(e, "dropping the slot's outbox"))?;
+        add_bytes(&tx, -bytes)?;
+        tx.execute(
+            "UPDATE unassigned SET slot_id = NULL WHERE slot_id = ?1",
+            [slot_id],
+        )
+        .map_err(|e| db_err(e, "holding the slot's assigned readings again"))?;
+        if tx
+            .execute("DELETE FROM user_slots WHERE slot_id = ?1", [slot_id])
+            .map_err(|e| db_err(e, "deleting the user slot"))?
+            == 0
+        {
+            bail!("no user slot {slot_id}");
+        }
+        tx.commit().map_err(|e| db_err(e, "commit"))?;
+        Ok(dropped as u64)
+    }
+
     /// Every user slot, by device then user index.
     pub fn slots(&self) -> Result<Vec<SlotRow>> {
         let conn = self.conn();
@@ -1176,6 +1209,89 @@ mod tests {
         store.remove(&[first[0].id])?;
         store.commit_readings(&readings("d1", 2, 1, b"123"), 4)?;
         assert_eq!(store.find_device("d1")?.map(|d| d.next_seq), Some(3));
+        Ok(())
+    }
+
+    fn slot(device: &str, user_index: u8, patient: Option<&str>) -> SlotRow {
+        SlotRow {
+            slot_id: format!("{device}-u{user_index}"),
+            device_id: device.into(),
+            user_index,
+            consent: Some(1234),
+            patient: patient.map(str::to_owned),
+            secret: DeviceSecret::from_bytes([5; 32]).expect("a valid scalar"),
+            paired_at_ms: 2,
+            next_seq: 1,
+            last_reading_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_shared_device_routes_by_user_slot_and_holds_the_rest_until_assigned() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), 1 << 20)?;
+        store.add_device(&device("scale", "AA:00:00:00:00:01"), b"reg")?;
+        store.add_device(&device("hr", "AA:00:00:00:00:02"), b"reg")?;
+        assert_eq!(
+            store.route("scale", Some(1))?,
+            Route::Device,
+            "no slots yet"
+        );
+        store.add_slot(&slot("scale", 1, None), b"reg-u1")?;
+        store.add_slot(&slot("scale", 2, Some("did:example:bob")), b"reg-u2")?;
+        let again = store.add_slot(&slot("scale", 2, None), b"again");
+        assert!(
+            format!("{again:#?}").contains("already mapped"),
+            "{again:?}"
+        );
+        assert!(store.add_slot(&slot("nothing", 1, None), b"x").is_err());
+        assert_eq!(
+            store.route("scale", Some(2))?,
+            Route::Slot("scale-u2".into())
+        );
+        assert_eq!(store.route("scale", Some(3))?, Route::Unassigned);
+        assert_eq!(store.route("scale", None)?, Route::Unassigned);
+        assert_eq!(store.route("hr", None)?, Route::Device);
+        let bob = store.identity("scale-u2")?.expect("the slot");
+        assert_eq!(
+            (bob.kind.as_str(), bob.patient.as_deref(), bob.next_seq),
+            ("heart_rate_monitor", Some("did:example:bob"), 1)
+        );
+
+        // A held reading leaves the hold with the commit that sends it, once.
+        let id = store.hold("scale", Some(3), "BODY_WEIGHT", b"taken", 7)?;
+        assert!(store.assign(id, "hr").is_err(), "not a slot of its device");
+        store.assign(id, "scale-u2")?;
+        assert!(store.assign(id, "scale-u1").is_err(), "assigned once");
+        assert_eq!(store.held()?[0].slot_id.as_deref(), Some("scale-u2"));
+        let ids = [id];
+        let mut r = readings("scale-u2", 1, 1, b"sealed");
+        r.assigned = &ids;
+        store.commit_readings(&r, 8)?;
+        assert!(store.held()?.is_empty());
+        let mut twice = readings("scale-u2", 2, 1, b"sealed");
+        twice.assigned = &ids;
+        assert!(matches!(
+            store.commit_readings(&twice, 9),
+            Err(Refused::NotHeld(_))
+        ));
+        assert_eq!(
+            store.identity("scale-u2")?.map(|s| s.next_seq),
+            Some(2),
+            "seq not used"
+        );
+
+        // Forgetting a slot leaves the scale and the other slot.
+        store.forget_slot("scale-u2")?;
+        assert_eq!(store.route("scale", Some(2))?, Route::Unassigned);
+        assert!(store.forget_slot("scale-u2").is_err());
+        // Forgetting the scale forgets its slots, their outbox rows and its held readings.
+        store.hold("scale", None, "BODY_WEIGHT", b"taken", 10)?;
+        let before = store.outbox_stats()?.entries;
+        assert_eq!(store.forget_device("scale")?, 2);
+        assert_eq!(store.outbox_stats()?.entries, before - 2);
+        assert!(store.slots()?.is_empty() && store.held()?.is_empty());
+        assert!(store.identity("scale-u1")?.is_none());
         Ok(())
     }
 

@@ -206,6 +206,7 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
 /// The devices BLE should keep connected, with their shared glucose cursors.
 fn known_devices(store: &Store, cursors: &Cursors) -> Result<Vec<KnownDevice>> {
     let rows = store.devices()?;
+    let slots = store.slots()?;
     let mut map = cursors.lock().unwrap_or_else(|p| p.into_inner());
     Ok(rows
         .into_iter()
@@ -218,12 +219,17 @@ fn known_devices(store: &Store, cursors: &Cursors) -> Result<Vec<KnownDevice>> {
                 .or_insert_with(|| Arc::new(AtomicI32::new(r.glucose_cursor)))
                 .clone();
             Some(KnownDevice {
-                device_id: r.device_id,
                 address: r.address,
                 kind,
                 glucose_cursor: cursor,
                 bonded_at_ms: r.bonded_at_ms,
                 paired_at_ms: r.paired_at_ms,
+                consents: slots
+                    .iter()
+                    .filter(|s| s.device_id == r.device_id)
+                    .filter_map(|s| Some((s.user_index, s.consent?)))
+                    .collect(),
+                device_id: r.device_id,
             })
         })
         .collect())

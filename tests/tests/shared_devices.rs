@@ -233,6 +233,13 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
             readings_of(e, &spouse_slot).len() >= 2
         })
         .await?;
+    // On every link the gateway proves each mapped user's consent code (a
+    // shared device sends a user's data only to a collector that did).
+    let log = gw.log_text();
+    ensure!(
+        log.matches("user consent given").count() >= 2 && !log.contains("user consent refused"),
+        "consent for both mapped users on the link"
+    );
     let left: Vec<Value> = serde_json::from_str(&rig.cli(&["unassigned", "--json"])?)?;
     ensure!(left.is_empty(), "nothing held once sent: {left:?}");
     let exit = gw.terminate()?;

@@ -175,6 +175,10 @@ pub struct KnownDevice {
     /// When the gateway first paired it (a device clock reading earlier was
     /// reset; [`hailan_proto::clock`]).
     pub paired_at_ms: i64,
+    /// A shared device's mapped user slots, (user index, consent code):
+    /// consent is given for each on every link (User Data Service), since a
+    /// device sends a user's data only to a collector that gave it.
+    pub consents: Vec<(u8, u16)>,
 }
 
 /// What the BLE layer tells the pipeline.

@@ -41,6 +41,9 @@ use btleplug::api::{
 use btleplug::platform::{Peripheral, PeripheralId};
 use futures::{Stream, StreamExt};
 use hailan_proto::gatt::DeviceKind;
+use hailan_proto::gatt::uds::{
+    UCP_SUCCESS, USER_CONTROL_POINT, USER_DATA_SERVICE, UserControl, response_name,
+};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -115,6 +118,9 @@ struct Link {
     delete_due: bool,
     /// When the last value came (or the link was set up).
     last_value: Instant,
+    /// User slots whose consent was written on this link, in order, until
+    /// the device answers each on the User Control Point.
+    consenting: std::collections::VecDeque<u8>,
 }
 
 /// A hub event, or "you missed some".
@@ -727,7 +733,12 @@ impl Session {
             fetched: 0,
             delete_due: false,
             last_value: Instant::now(),
+            consenting: Default::default(),
         };
+        let consents = self.device.borrow().consents.clone();
+        if !consents.is_empty() {
+            link.consenting = self.consent(p, &consents).await;
+        }
         if kind == DeviceKind::GlucoseMeter {
             link.racp = gatt::find(p, kind.service(), RACP);
             link.seen = glucose::last_seen(self.cursor());
@@ -747,6 +758,48 @@ impl Session {
             }
         }
         Ok(link)
+    }
+
+    /// Give consent for each mapped user slot on this link (User Data
+    /// Service): a shared device sends a user's measurements, stored ones
+    /// included, only to a collector that proved the user's consent code.
+    /// The answers come on the User Control Point ([`Self::on_value`]).
+    /// Returns the user indexes asked for, in order.
+    async fn consent(
+        &self,
+        p: &Peripheral,
+        consents: &[(u8, u16)],
+    ) -> std::collections::VecDeque<u8> {
+        let mut asked = std::collections::VecDeque::new();
+        let Some(c) = gatt::find(p, USER_DATA_SERVICE, USER_CONTROL_POINT) else {
+            tracing::warn!(device = %self.label, "user slots are mapped but the device has no User Control Point");
+            return asked;
+        };
+        if let Err(e) = self.subscribe(p, &c).await {
+            tracing::warn!(device = %self.label, "user control point: {e:#}");
+            return asked;
+        }
+        for &(user_index, consent) in consents {
+            let request = UserControl::Consent {
+                user_index,
+                consent,
+            };
+            match tokio::time::timeout(
+                CALL_TIMEOUT,
+                p.write(&c, &request.encode(), WriteType::WithResponse),
+            )
+            .await
+            {
+                Ok(Ok(())) => asked.push_back(user_index),
+                Ok(Err(e)) => {
+                    tracing::warn!(device = %self.label, user_index, "writing the consent: {e}")
+                }
+                Err(_) => {
+                    tracing::warn!(device = %self.label, user_index, "writing the consent: no answer")
+                }
+            }
+        }
+        asked
     }
 
     /// Set the device's clock if it is off and `ble.set_device_clock`.
@@ -954,6 +1007,10 @@ impl Session {
         // A measurement or an RACP answer keeps a hand-over link up; a
         // battery level does not.
         link.last_value = Instant::now();
+        if u == USER_CONTROL_POINT {
+            self.consented(link, &n.value);
+            return true;
+        }
         if u == RACP && link.racp.is_some() {
             if link.plx {
                 match spot_checks::answer(&self.label, &n.value) {
@@ -986,6 +1043,28 @@ impl Session {
             }
         }
         self.send(self.measurement(u, n.value)).await
+    }
+
+    /// The device's answer to a consent written on this link.
+    fn consented(&self, link: &mut Link, bytes: &[u8]) {
+        match UserControl::decode(bytes) {
+            Ok(UserControl::Response {
+                request_op_code: 0x02,
+                value,
+                ..
+            }) => {
+                let user_index = link.consenting.pop_front();
+                if value == UCP_SUCCESS {
+                    tracing::info!(device = %self.label, ?user_index, "user consent given");
+                } else {
+                    tracing::warn!(device = %self.label, ?user_index, "user consent refused: {} (the user's readings do not come; map the user again with `hailan-gateway pair <device> --user-index N --consent C`)", response_name(value));
+                }
+            }
+            Ok(other) => tracing::debug!(device = %self.label, "user control point: {other:?}"),
+            Err(e) => {
+                tracing::warn!(device = %self.label, "user control point: undecodable {bytes:02X?}: {e}")
+            }
+        }
     }
 
     /// The event for a value on characteristic `u`, received now.

@@ -89,6 +89,7 @@ pub fn known(sim: &Simulator, name: &str, cursor: i32) -> anyhow::Result<KnownDe
         glucose_cursor: Arc::new(AtomicI32::new(cursor)),
         bonded_at_ms: 0,
         paired_at_ms: 0,
+        consents: Vec::new(),
     })
 }
 

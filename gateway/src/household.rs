@@ -17,11 +17,9 @@ use crate::pipeline::now_ms;
 use crate::store::{DeviceRow, HeldRow, SlotRow, Store};
 use anyhow::{Context, Result, bail};
 use hailan_proto::DataType;
-use hailan_proto::envelope::{Body, Envelope, Registration};
-use hailan_proto::gatt::DeviceKind;
 use hailan_proto::gatt::uds::{UCP_SUCCESS, UserControl};
 use hailan_proto::group::Taken;
-use hailan_proto::zk::{DeviceSecret, device_commitment};
+use hailan_proto::zk::DeviceSecret;
 
 /// Which user slot `pair` maps.
 #[derive(Clone, Debug)]
@@ -118,11 +116,6 @@ fn map_slot(
     user_index: u8,
     request: &SlotRequest,
 ) -> Result<SlotRow> {
-    let kind = DeviceKind::ALL
-        .into_iter()
-        .find(|k| k.as_str() == d.kind)
-        .with_context(|| format!("stored device kind {:?} is unknown", d.kind))?;
-    let data_type = kind.data_type();
     let secret = DeviceSecret::generate(&mut rand_core::OsRng);
     let slot = SlotRow {
         slot_id: format!("{}-u{user_index}", d.device_id),
@@ -135,29 +128,14 @@ fn map_slot(
         next_seq: 1,
         last_reading_at_ms: None,
     };
-    let registration = Envelope {
-        v: 1,
-        gateway_id: cfg.gateway_id.clone(),
-        sent_at_ms: slot.paired_at_ms,
-        body: Body::Registration(Box::new(Registration {
-            device_id: slot.slot_id.clone(),
-            device_type: data_type.as_str().into(),
-            data_types: vec![data_type.as_str().into()],
-            bluetooth_address: d.address.clone(),
-            name: d.name.clone(),
-            manufacturer: d.manufacturer.clone(),
-            model: d.model.clone(),
-            serial: d.serial.clone(),
-            firmware_version: d.firmware.clone(),
-            hardware_version: d.hardware.clone(),
-            device_commitment: device_commitment(&secret),
-            paired_at_ms: slot.paired_at_ms,
-            patient: slot.patient.clone(),
-        })),
-    };
-    registration
-        .validate()
-        .map_err(|e| anyhow::anyhow!("the user slot does not fit a registration: {e}"))?;
+    let registration = crate::owner::registration(
+        cfg,
+        d,
+        &slot.slot_id,
+        &secret,
+        slot.paired_at_ms,
+        slot.patient.clone(),
+    )?;
     store.add_slot(&slot, &hailan_proto::envelope::encode(&registration))?;
     Ok(slot)
 }

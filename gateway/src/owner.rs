@@ -165,30 +165,6 @@ pub async fn pair(
     let kind = info.kind.as_str();
     let device_id = new_device_id(kind, &info.address);
     let paired_at_ms = now_ms();
-    let data_type = info.kind.data_type();
-    let registration = Envelope {
-        v: 1,
-        gateway_id: cfg.gateway_id.clone(),
-        sent_at_ms: paired_at_ms,
-        body: Body::Registration(Box::new(Registration {
-            device_id: device_id.clone(),
-            device_type: data_type.as_str().into(),
-            data_types: vec![data_type.as_str().into()],
-            bluetooth_address: info.address.clone(),
-            name: info.name.clone(),
-            manufacturer: info.manufacturer.clone(),
-            model: info.model.clone(),
-            serial: info.serial.clone(),
-            firmware_version: info.firmware.clone(),
-            hardware_version: info.hardware.clone(),
-            device_commitment: device_commitment(&secret),
-            paired_at_ms,
-            patient: None,
-        })),
-    };
-    registration.validate().map_err(|e| {
-        anyhow::anyhow!("the device's information does not fit a registration: {e}")
-    })?;
     let row = DeviceRow {
         device_id: device_id.clone(),
         address: info.address.clone(),
@@ -212,6 +188,7 @@ pub async fn pair(
         bonded_at_ms: paired_at_ms,
         outbox_depth: 0,
     };
+    let registration = registration(cfg, &row, &row.device_id, &secret, paired_at_ms, None)?;
     store.add_device(&row, &hailan_proto::envelope::encode(&registration))?;
     if json {
         println!(
@@ -240,6 +217,47 @@ pub async fn pair(
         );
     }
     Ok(())
+}
+
+/// The registration of device (or user slot) `device_id`: `d`'s
+/// information, the commitment to `secret`, its patient (`None`: the owner).
+pub(crate) fn registration(
+    cfg: &GatewayConfig,
+    d: &DeviceRow,
+    device_id: &str,
+    secret: &DeviceSecret,
+    paired_at_ms: i64,
+    patient: Option<String>,
+) -> Result<Envelope> {
+    let data_type = hailan_proto::gatt::DeviceKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == d.kind)
+        .with_context(|| format!("device kind {:?} is unknown", d.kind))?
+        .data_type();
+    let registration = Envelope {
+        v: 1,
+        gateway_id: cfg.gateway_id.clone(),
+        sent_at_ms: paired_at_ms,
+        body: Body::Registration(Box::new(Registration {
+            device_id: device_id.to_owned(),
+            device_type: data_type.as_str().into(),
+            data_types: vec![data_type.as_str().into()],
+            bluetooth_address: d.address.clone(),
+            name: d.name.clone(),
+            manufacturer: d.manufacturer.clone(),
+            model: d.model.clone(),
+            serial: d.serial.clone(),
+            firmware_version: d.firmware.clone(),
+            hardware_version: d.hardware.clone(),
+            device_commitment: device_commitment(secret),
+            paired_at_ms,
+            patient,
+        })),
+    };
+    registration.validate().map_err(|e| {
+        anyhow::anyhow!("the device's information does not fit a registration: {e}")
+    })?;
+    Ok(registration)
 }
 
 /// The BLE settings with `through` (`hci1`), if given, as the only adapter.

@@ -384,6 +384,27 @@ impl Pipeline {
         }
     }
 
+    /// `read` on the store, off the async runtime; `None` (logged with
+    /// `what`) when it failed.
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        what: &str,
+        read: fn(&Store) -> Result<T>,
+    ) -> Option<T> {
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || read(&store)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!("{what}: {e:#}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!("{what}: {e}");
+                None
+            }
+        }
+    }
+
     /// Hand every reading the owner assigned to its user slot's worker
     /// (proven with its original time; it leaves the hold when committed).
     async fn hand_assigned(
@@ -391,17 +412,11 @@ impl Pipeline {
         workers: &mut Workers,
         handed: &mut HashMap<i64, Instant>,
     ) {
-        let store = self.store.clone();
-        let rows = match tokio::task::spawn_blocking(move || store.held()).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                tracing::warn!("reading the held readings: {e:#}");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!("reading the held readings: {e}");
-                return;
-            }
+        let Some(rows) = self
+            .off_runtime("reading the held readings", Store::held)
+            .await
+        else {
+            return;
         };
         let now = Instant::now();
         handed.retain(|id, at| {
@@ -435,17 +450,11 @@ impl Pipeline {
     /// or not connected for a device it has no link to yet. Observed now, so
     /// it supersedes the UNKNOWN ingest wrote while this gateway was offline.
     async fn resend_states(self: &Arc<Self>, states: &mut HashMap<String, LastState>) {
-        let store = self.store.clone();
-        let rows = match tokio::task::spawn_blocking(move || store.devices()).await {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(e)) => {
-                tracing::warn!("device states not sent again: {e:#}");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!("device states not sent again: {e}");
-                return;
-            }
+        let Some(rows) = self
+            .off_runtime("device states not sent again", Store::devices)
+            .await
+        else {
+            return;
         };
         states.retain(|id, _| rows.iter().any(|r| &r.device_id == id));
         let n = rows.len();

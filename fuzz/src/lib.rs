@@ -44,3 +44,14 @@ pub fn check_any(data: &[u8]) {
     let all = Characteristic::ALL;
     check(all[usize::from(*first) % all.len()], rest);
 }
+
+/// A User Control Point value (written by the gateway, indicated by a
+/// shared device): decoding never panics, and what decodes re-encodes to
+/// the same bytes (the decoder takes no reserved bits nor trailing bytes).
+pub fn check_user_control(data: &[u8]) {
+    use hailan_proto::gatt::UserControl;
+    let Ok(v) = UserControl::decode(data) else {
+        return;
+    };
+    assert_eq!(v.encode(), data, "{v:?}: does not re-encode");
+}

@@ -28,6 +28,7 @@ const PLAN: &[(&str, Placement)] = &[
     ("zk_verifications", Placement::Distributed),
     ("users", Placement::Reference),
     ("gateways", Placement::Reference),
+    ("gateway_patients", Placement::Reference),
     ("iot_devices", Placement::Reference),
     ("device_seq_ranges", Placement::Reference),
     ("care_grants", Placement::Reference),

@@ -81,6 +81,23 @@ pub async fn enrol_patient(pool: &PgPool, gateway_id: &str, patient_did: &str) -
     Ok(())
 }
 
+/// Stop gateway `gateway_id` serving `patient_did` (undoes
+/// [`enrol_patient`]): their user slots' registrations and readings from it
+/// are quarantined `unknown_patient` from now on; what is stored stays.
+pub async fn withdraw_patient(pool: &PgPool, gateway_id: &str, patient_did: &str) -> Result<()> {
+    let patient = user_id(pool, patient_did).await?;
+    let r = sqlx::query("DELETE FROM gateway_patients WHERE gateway_id = $1 AND user_id = $2")
+        .bind(gateway_id)
+        .bind(patient)
+        .execute(pool)
+        .await
+        .with_context(|| format!("withdrawing patient {patient_did} from gateway {gateway_id}"))?;
+    if r.rows_affected() == 0 {
+        bail!("gateway {gateway_id} is not enrolled for patient {patient_did}");
+    }
+    Ok(())
+}
+
 /// Let `clinician_did` read `patient_did`'s data of `data_types` (all when
 /// `None`) until `expires_at` (for ever when `None`).
 pub async fn grant(

@@ -90,6 +90,14 @@ enum AdminCommand {
         #[arg(long = "patient", value_name = "DID")]
         patients: Vec<String>,
     },
+    /// Stop a gateway serving a patient of the household (enrolled with
+    /// `enrol-gateway --patient`): what their user slots send from now on
+    /// is quarantined `unknown_patient`; what is stored stays.
+    WithdrawPatient {
+        gateway_id: String,
+        #[arg(long, value_name = "DID")]
+        patient: String,
+    },
     /// Let a clinician read a patient's data types (all if none given).
     Grant {
         #[arg(long)]
@@ -309,6 +317,13 @@ async fn cli_main() -> Result<()> {
                         admin::enrol_patient(&pool, &gateway_id, &patient).await?;
                         println!("gateway {gateway_id} enrolled for patient {patient}");
                     }
+                }
+                AdminCommand::WithdrawPatient {
+                    gateway_id,
+                    patient,
+                } => {
+                    admin::withdraw_patient(&pool, &gateway_id, &patient).await?;
+                    println!("gateway {gateway_id} no longer serves patient {patient}");
                 }
                 AdminCommand::Grant {
                     patient,

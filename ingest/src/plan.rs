@@ -497,7 +497,7 @@ async fn plan_decoded(
     allowance: &Allowance,
 ) -> Result<Plan> {
     let accepted = register(&mut plan, messages, decoded, &mut known);
-    let admitted = admit(&mut plan, messages, accepted, &known.devices, allowance);
+    let admitted = admit(&mut plan, messages, accepted, &known, allowance);
     let keep = Arc::new(admitted.keep);
     let verdicts = verify(verifier, Arc::clone(&keep), &admitted.pending, allowance).await?;
     plan.groups_verified = admitted.pending.len();
@@ -736,9 +736,10 @@ fn admit(
     plan: &mut Plan,
     messages: &[Message],
     accepted: Vec<Decoded>,
-    devices: &HashMap<String, DeviceRow>,
+    known: &Known,
     allowance: &Allowance,
 ) -> Admitted {
+    let devices = &known.devices;
     let mut pending: Vec<Pending> = Vec::new();
     let mut proofs_left: HashMap<String, f64> = HashMap::new();
     let mut unverifiable: Vec<(usize, usize, Uuid, Uuid, Reject)> = Vec::new();
@@ -776,6 +777,22 @@ fn admit(
         if dev.gateway_id != d.gateway {
             let detail = format!("device {device_id} belongs to gateway {}", dev.gateway_id);
             plan.quarantine(msg, Some(&d.gateway), Reason::DeviceGatewayMismatch, detail);
+            continue;
+        }
+        // A user slot's patient whom the gateway no longer serves
+        // (`admin withdraw-patient`): nothing more lands under them.
+        if let Some(gw) = known.gateways.get(&d.gateway)
+            && dev.user_id != gw.owner_id
+            && !gw.patients.values().any(|u| *u == dev.user_id)
+        {
+            let detail = format!(
+                "device {device_id} belongs to a patient gateway {} is no longer enrolled for",
+                d.gateway
+            );
+            plan.quarantine(msg, Some(&d.gateway), Reason::UnknownPatient, detail);
+            if let Some(row) = plan.quarantine.last_mut() {
+                row.device_id = Some(device_id.clone());
+            }
             continue;
         }
         match &d.envelope.body {
@@ -1196,6 +1213,38 @@ mod tests {
             r.patient = Some(did.into());
         }
         e
+    }
+
+    #[tokio::test]
+    async fn a_withdrawn_patients_user_slot_lands_nothing_more() {
+        let (owner, spouse) = (Uuid::new_v4(), Uuid::new_v4());
+        let mut slot = TestDevice::new(GW, "sc-plan-w2", DataType::BodyWeight, 12);
+        let row = DeviceRow {
+            id: Uuid::new_v4(),
+            user_id: spouse,
+            gateway_id: GW.into(),
+            commitment: match slot.registration().body {
+                Body::Registration(r) => r.device_commitment,
+                _ => unreachable!("a registration"),
+            },
+        };
+        let messages = [up(&slot.unproven_reading(&[70_000]))];
+        let mut enrolled = known(&[(GW, owner, false)]);
+        enrolled.devices.insert("sc-plan-w2".into(), row.clone());
+        let mut withdrawn = known(&[(GW, owner, false)]);
+        withdrawn.devices.insert("sc-plan-w2".into(), row);
+        if let Some(gw) = enrolled.gateways.get_mut(GW) {
+            gw.patients.insert("did:example:spouse".into(), spouse);
+        }
+        let plan = plan_of(enrolled, &messages).await;
+        assert!(reasons(&plan).is_empty(), "{:?}", reasons(&plan));
+        assert_eq!(plan.readings.len(), 1);
+        let plan = plan_of(withdrawn, &messages).await;
+        assert!(plan.readings.is_empty());
+        assert_eq!(
+            reasons(&plan),
+            [(Some("sc-plan-w2"), Reason::UnknownPatient)]
+        );
     }
 
     #[tokio::test]

@@ -491,6 +491,9 @@ pub struct Status {
     /// Seconds since the oldest unsent reading was recorded (measured on
     /// the device, not queued); `None` when no reading waits.
     pub oldest_unsent_age_s: Option<i64>,
+    /// Shared devices' readings held for the owner to assign
+    /// (`hailan-gateway unassigned`).
+    pub unassigned: usize,
 }
 
 /// Whether process `pid` is alive (signal 0 through /proc).
@@ -529,6 +532,7 @@ pub fn status(cfg: &GatewayConfig, json: bool) -> Result<bool> {
             .oldest_recorded_at_ms
             .map(|t| (now - t).max(0) / 1000),
         outbox,
+        unassigned: store.held()?.iter().filter(|h| h.slot_id.is_none()).count(),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -559,6 +563,12 @@ pub fn status(cfg: &GatewayConfig, json: bool) -> Result<bool> {
                 ", oldest unsent reading {a} s old"
             ))
         );
+        if s.unassigned > 0 {
+            println!(
+                "held:    {} reading(s) of shared devices name no mapped user: `hailan-gateway unassigned`",
+                s.unassigned
+            );
+        }
     }
     Ok(running)
 }

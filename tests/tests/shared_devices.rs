@@ -220,6 +220,10 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     })
     .await?;
     ensure!(held.len() == 1, "one reading held: {held:?}");
+    ensure!(
+        rig.status()?["unassigned"] == 1,
+        "`status` counts the held reading"
+    );
     ensure!(held[0]["user_index"] == guest, "{held:?}");
     let held_at = held[0]["recorded_at_ms"]
         .as_i64()

@@ -10,7 +10,8 @@
 //! - the unmapped user's reading is held on the gateway, never guessed,
 //!   and after `assign` it is stored once, under the patient it was
 //!   assigned to, with its original time;
-//! - a wrong consent code is refused by the device and maps nothing.
+//! - a wrong consent code is refused by the device and maps nothing;
+//! - a bonded cuff's user mapped to the spouse: its reading is theirs.
 
 use anyhow::{Context, Result, bail, ensure};
 use hailan_proto::envelope::{Envelope, Reading};
@@ -31,10 +32,10 @@ const GW: &str = "gw-shared-1";
 const SPOUSE_KEY: [u8; 32] = [0x5A; 32];
 const SPOUSE_KEY_ID: &str = "spouse-key-test";
 
-/// `users scale0` → (user index, consent code) of each slot.
-fn users(sim: &mut hailan_firmware_sim::harness::SimHarness) -> Result<Vec<(u8, u16)>> {
+/// `users NAME` → (user index, consent code) of each slot of a simulated device.
+fn users(sim: &mut hailan_firmware_sim::harness::SimHarness, name: &str) -> Result<Vec<(u8, u16)>> {
     // "users scale0 1:4321 2:2222"
-    let line = sim.sim.ask("users scale0")?;
+    let line = sim.sim.ask(&format!("users {name}"))?;
     line.split_whitespace()
         .skip(2)
         .map(|slot| {
@@ -58,38 +59,33 @@ fn open_with(key: &DataKey, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
         .slots)
 }
 
-/// The scale's weight measurements by user `index`: (true time ms, slots).
-fn weighed_by(truth: &[Truth], index: u8) -> Vec<(i64, Vec<u64>)> {
+/// The measurements of simulated device `device` by its user `index`.
+fn measured_by<'a>(truth: &'a [Truth], device: &str, index: u8) -> Vec<&'a Truth> {
     truth
         .iter()
-        .filter(|t| t.device == "scale0" && t.makes_reading() && t.measurement["user"] == index)
-        .filter_map(|t| Some((t.true_time_ms()?, t.slots.clone())))
+        .filter(|t| t.device == device && t.makes_reading() && t.measurement["user"] == index)
         .collect()
 }
 
-/// Each reading of `slot` opened with `key` is a measurement of user
-/// `index`, recorded at its true time (within 2 s); returns their times.
+/// Each reading of `slot` opened with `key` is a measurement of `device`'s
+/// user `index`, recorded at its true time (within 2 s); returns their times.
 fn check_slot(
     envelopes: &[Envelope],
     slot: &str,
     key: &DataKey,
     truth: &[Truth],
-    index: u8,
+    (device, index): (&str, u8),
 ) -> Result<Vec<i64>> {
-    let sent = weighed_by(truth, index);
+    let sent = measured_by(truth, device, index);
     let mut times = Vec::new();
     for (seq, (_, r)) in by_seq(envelopes, slot)? {
         let slots = open_with(key, slot, r)?;
-        let (at, _) = sent
+        let at = sent
             .iter()
-            .find(|(_, s)| {
-                s.len() == slots.len()
-                    && s.iter()
-                        .zip(&slots)
-                        .all(|(a, b)| a.abs_diff(u64::from(*b)) <= 5)
-            })
+            .find(|t| t.matches(&slots))
+            .and_then(|t| t.true_time_ms())
             .with_context(|| {
-                format!("{slot} seq {seq}: {slots:?} is no measurement of user {index}")
+                format!("{slot} seq {seq}: {slots:?} is no measurement of {device}'s user {index}")
             })?;
         ensure!(
             (r.recorded_at_ms - at).abs() <= 2_000,
@@ -139,13 +135,24 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     let truth_path = logs.path().join("truth.jsonl");
     let broker = Broker::shared();
     let (mut sim, rig, devices) =
-        sim_and_pair("scale=1", &truth_path, GW, &broker, &zk, &extra, &[])?;
-    let (address, scale) = devices.iter().next().context("the scale paired")?;
+        sim_and_pair("scale=1,bp=1", &truth_path, GW, &broker, &zk, &extra, &[])?;
+    let address_of = |id: &str| -> Result<String> {
+        devices
+            .iter()
+            .find_map(|(a, d)| (d == id).then(|| a.clone()))
+            .with_context(|| format!("the address of {id}"))
+    };
+    let scale = id_of_kind(&devices, "scale")?;
+    let cuff = id_of_kind(&devices, "bp")?;
+    let address = &address_of(&scale)?;
 
     // The scale's own user (1), the spouse's made on the scale by the
     // gateway (2), a guest the owner never maps (3).
-    let [(first, first_consent)] = users(&mut sim)?[..] else {
-        bail!("the scale starts with one user: {:?}", users(&mut sim)?);
+    let [(first, first_consent)] = users(&mut sim, "scale0")?[..] else {
+        bail!(
+            "the scale starts with one user: {:?}",
+            users(&mut sim, "scale0")?
+        );
     };
     let wrong = (first_consent + 1) % 10_000;
     let refused = rig.cli(&[
@@ -187,8 +194,36 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
         .parse()?;
     let second = u8::try_from(spouse_slot["user_index"].as_u64().context("user_index")?)?;
     ensure!(
-        users(&mut sim)?.contains(&(second, 2222)),
+        users(&mut sim, "scale0")?.contains(&(second, 2222)),
         "the gateway registered the spouse's user on the scale"
+    );
+    // The cuff (bonded) is the spouse's alone: its own user goes to them.
+    let [(cuff_user, cuff_consent)] = users(&mut sim, "bp0")?[..] else {
+        bail!("the cuff starts with one user");
+    };
+    let cuff_slot: Value = serde_json::from_str(&rig.cli(&[
+        "pair",
+        &address_of(&cuff)?,
+        "--user-index",
+        &cuff_user.to_string(),
+        "--consent",
+        &cuff_consent.to_string(),
+        "--patient",
+        &spouse.did,
+        "--json",
+    ])?)?;
+    let cuff_slot = cuff_slot["slot_id"].as_str().context("slot_id")?.to_owned();
+    let listed: Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
+    let listed = listed
+        .as_array()
+        .context("devices")?
+        .iter()
+        .find(|d| d["device_id"] == scale.as_str())
+        .and_then(|d| d["user_slots"].as_array())
+        .map_or(0, Vec::len);
+    ensure!(
+        listed == 2,
+        "`devices` lists the scale's 2 mapped users, not {listed}"
     );
     let owner_slot = owner_slot["slot_id"]
         .as_str()
@@ -201,6 +236,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
 
     let (collector, mut gw) =
         start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
+    sim.sim.command(&format!("measure bp0 {cuff_user}"))?;
     for by in [first, second, guest] {
         sim.sim.command(&format!("measure scale0 {by}"))?;
         // Time stamps have whole seconds: one measurement per second.
@@ -208,7 +244,9 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     }
     collector
         .wait_for(Duration::from_secs(60), "the mapped users' readings", |e| {
-            !readings_of(e, &owner_slot).is_empty() && !readings_of(e, &spouse_slot).is_empty()
+            !readings_of(e, &owner_slot).is_empty()
+                && !readings_of(e, &spouse_slot).is_empty()
+                && !readings_of(e, &cuff_slot).is_empty()
         })
         .await?;
     let held = eventually(Duration::from_secs(60), "the guest's reading held", || {
@@ -241,7 +279,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     // shared device sends a user's data only to a collector that did).
     let log = gw.log_text();
     ensure!(
-        log.matches("user consent given").count() >= 2 && !log.contains("user consent refused"),
+        log.matches("user consent given").count() >= 3 && !log.contains("user consent refused"),
         "consent for both mapped users on the link"
     );
     let left: Vec<Value> = serde_json::from_str(&rig.cli(&["unassigned", "--json"])?)?;
@@ -255,7 +293,15 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     let truth = read_truth(&truth_path)?;
     let spouse_key = DataKey::new(SPOUSE_KEY_ID, SPOUSE_KEY);
     ensure!(
-        check_slot(&envelopes, &owner_slot, &rig.data_key, &truth, first)?.len() == 1,
+        check_slot(
+            &envelopes,
+            &owner_slot,
+            &rig.data_key,
+            &truth,
+            ("scale0", first)
+        )?
+        .len()
+            == 1,
         "one reading of the owner's user"
     );
     let spouse_times: Vec<i64> = by_seq(&envelopes, &spouse_slot)?
@@ -263,8 +309,20 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
         .map(|(_, (_, r))| r.recorded_at_ms)
         .collect();
     ensure!(spouse_times.len() == 2, "{spouse_times:?}");
-    let sent_by_second = weighed_by(&truth, second);
-    let sent_by_guest = weighed_by(&truth, guest);
+    ensure!(
+        check_slot(
+            &envelopes,
+            &cuff_slot,
+            &spouse_key,
+            &truth,
+            ("bp0", cuff_user)
+        )?
+        .len()
+            == 1,
+        "one reading of the cuff's user"
+    );
+    let sent_by_second = measured_by(&truth, "scale0", second);
+    let sent_by_guest = measured_by(&truth, "scale0", guest);
     ensure!(sent_by_second.len() == 1 && sent_by_guest.len() == 1);
     let mut spouse_truth = truth.clone();
     for t in &mut spouse_truth {
@@ -272,28 +330,36 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
             t.measurement["user"] = second.into();
         }
     }
-    check_slot(&envelopes, &spouse_slot, &spouse_key, &spouse_truth, second)?;
+    check_slot(
+        &envelopes,
+        &spouse_slot,
+        &spouse_key,
+        &spouse_truth,
+        ("scale0", second),
+    )?;
+    let guest_at = sent_by_guest[0].true_time_ms().context("a time stamp")?;
     ensure!(
         spouse_times.contains(&held_at)
-            && (held_at - sent_by_guest[0].0).abs() <= 2_000
+            && (held_at - guest_at).abs() <= 2_000
             && held_at < assigned_at - 2_000,
         "the assigned reading keeps its original time {} (held at {held_at}, assigned at {assigned_at}): {spouse_times:?}",
-        sent_by_guest[0].0
+        guest_at
     );
     ensure!(
-        readings_of(&envelopes, scale).is_empty(),
+        readings_of(&envelopes, &scale).is_empty() && readings_of(&envelopes, &cuff).is_empty(),
         "a shared scale's readings go to its users, never to the scale"
     );
 
     // Stored under exactly one patient each.
     let rows = eventually(Duration::from_secs(60), "three readings stored", || async {
         let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(
-            "SELECT d.device_id, h.user_id FROM health_data_body_weight h
+            "SELECT d.device_id, h.user_id FROM (SELECT * FROM health_data_body_weight
+                     UNION ALL SELECT * FROM health_data_blood_pressure) h
                JOIN iot_devices d ON d.id = h.device_id WHERE h.verified",
         )
         .fetch_all(&db.pool)
         .await?;
-        Ok((rows.len() >= 3).then_some(rows))
+        Ok((rows.len() >= 4).then_some(rows))
     })
     .await?;
     let mut under: HashMap<(String, uuid::Uuid), usize> = HashMap::new();
@@ -305,6 +371,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
             == HashMap::from([
                 ((owner_slot.clone(), owner_id), 1),
                 ((spouse_slot.clone(), spouse.id), 2),
+                ((cuff_slot.clone(), spouse.id), 1),
             ]),
         "{under:?}"
     );
@@ -331,8 +398,8 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     let clinician = user(&db.pool, "CLINICIAN", "the spouse's doctor").await?;
     hailan_ingest::admin::grant(&db.pool, &spouse.did, &clinician.did, None, None).await?;
     ensure!(observations(&api, &owner, owner_id).await? == Some(1));
-    ensure!(observations(&api, &spouse, spouse.id).await? == Some(2));
-    ensure!(observations(&api, &clinician, spouse.id).await? == Some(2));
+    ensure!(observations(&api, &spouse, spouse.id).await? == Some(3));
+    ensure!(observations(&api, &clinician, spouse.id).await? == Some(3));
     for (who, whose) in [
         (&owner, spouse.id),
         (&spouse, owner_id),

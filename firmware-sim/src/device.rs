@@ -195,6 +195,9 @@ pub struct DevState {
     pub measure_user: Option<u8>,
     /// The user who consented on this link (User Control Point).
     pub uds_user: Option<u8>,
+    /// Hands a user's queued measurements only to a link where that user
+    /// consented (fault `consent-gated`), as some shared devices do.
+    pub consent_gated: bool,
     /// A `Device1.Pair` is in progress.
     pub pairing: bool,
     /// The next pairing finds the device out of pairing mode (fault).
@@ -476,6 +479,7 @@ impl Device {
                 measure_now: false,
                 measure_user: None,
                 uds_user: None,
+                consent_gated: false,
                 pairing: false,
                 pairing_mode_timeout: false,
                 bond_lost: Adapters::NONE,

@@ -140,6 +140,12 @@ pub enum Fault {
         /// device name, address or `*`.
         device: String,
     },
+    /// The shared device hands a user's queued measurements only to a link
+    /// where that user consented (User Control Point), one user at a time.
+    ConsentGated {
+        /// device name, address or `*`.
+        device: String,
+    },
 }
 
 /// A fault on a schedule (from the command line).
@@ -291,6 +297,9 @@ fn parse_one(item: &str) -> Result<ScheduledFault, String> {
             adapter: need("ADAPTER")?,
         },
         "clock-reset" => Fault::ClockReset {
+            device: need("DEVICE")?,
+        },
+        "consent-gated" => Fault::ConsentGated {
             device: need("DEVICE")?,
         },
         other => return Err(format!("{item}: unknown fault {other:?}")),

@@ -50,7 +50,8 @@ enum Cmd {
         /// malformed, out-of-range, rssi, power-off, power-on,
         /// pairing-mode-timeout, bond-lost, clock=DEVICE:SECONDS[:PPM]
         /// (its clock that far ahead, drifting), clock-reset=DEVICE (its
-        /// clock back to 2000-01-01)).
+        /// clock back to 2000-01-01), consent-gated=DEVICE (a shared device
+        /// hands a user's queued measurements only where they consented)).
         #[arg(long)]
         faults: Option<String>,
         /// Pairing methods other than each model's own (glucose meters show a

@@ -420,6 +420,17 @@ pub enum Measurement {
 }
 
 impl Measurement {
+    /// The user (a shared device's slot) a measurement names, if its kind
+    /// names one.
+    pub fn user(&self) -> Option<u8> {
+        match self {
+            Measurement::BloodPressure { user, .. }
+            | Measurement::Weight { user, .. }
+            | Measurement::BodyComposition { user, .. } => Some(*user),
+            _ => None,
+        }
+    }
+
     /// The same measurement stamped `secs` later (as a clock that far
     /// ahead of the true time stamps it).
     pub fn shifted(&self, secs: i64) -> Measurement {

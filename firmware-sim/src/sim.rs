@@ -1156,6 +1156,8 @@ impl Inner {
                 match matches {
                     Some(true) => {
                         lock(&dev.st).uds_user = Some(user_index);
+                        // The user's queued measurements may go now.
+                        dev.wake.notify_one();
                         respond(UCP_SUCCESS, None)
                     }
                     Some(false) => respond(UCP_USER_NOT_AUTHORIZED, None),
@@ -1360,6 +1362,11 @@ impl Inner {
                     let mut st = lock(&d.st);
                     st.clock.set_offset(offset_s.saturating_mul(1000));
                     st.clock.drift_ppm = drift_ppm;
+                }
+            }
+            Fault::ConsentGated { device } => {
+                for d in find(&device)? {
+                    lock(&d.st).consent_gated = true;
                 }
             }
             Fault::ClockReset { device } => {
@@ -1577,15 +1584,39 @@ impl Inner {
         }
     }
 
+    /// Hand over the queued measurements, oldest first; a consent-gated
+    /// device only those of the user who consented on this link (others
+    /// wait, in order, for a link where their user consents).
     async fn deliver_pending(&self, dev: &Device) {
         loop {
-            let Some((m, clock_s)) = lock(&dev.model).pending.front().cloned() else {
+            let gate = {
+                let st = lock(&dev.st);
+                st.consent_gated.then_some(st.uds_user)
+            };
+            let next = {
+                let model = lock(&dev.model);
+                model
+                    .pending
+                    .iter()
+                    .position(|(m, _)| match gate {
+                        None => true,
+                        Some(consented) => m.user().is_none_or(|u| Some(u) == consented),
+                    })
+                    .map(|i| (i, model.pending[i].clone()))
+            };
+            let Some((i, (m, clock_s))) = next else {
                 return;
             };
             if !self.send(dev, m, clock_s, true).await {
                 return;
             }
-            lock(&dev.model).pending.pop_front();
+            lock(&dev.model).pending.remove(i);
+            if gate.is_some() {
+                // An indication waits for its confirmation, a connection
+                // event or two: a consent written meanwhile changes the
+                // user before the next goes out.
+                tokio::time::sleep(INDICATION_CONFIRMED).await;
+            }
         }
     }
 
@@ -1617,6 +1648,10 @@ impl Inner {
         }
     }
 }
+
+/// How long a consent-gated device's queued measurement takes to be
+/// confirmed before the next goes out (two 30 ms connection events).
+const INDICATION_CONFIRMED: Duration = Duration::from_millis(60);
 
 /// The device's Current Time (0x2A2B) now, by its own clock.
 fn current_time(dev: &Device) -> Vec<u8> {

@@ -46,9 +46,9 @@ fn users(sim: &mut hailan_firmware_sim::harness::SimHarness, name: &str) -> Resu
 }
 
 /// The slots of a reading sealed with `key`.
-fn open_with(key: &DataKey, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
+fn open_with(key: &DataKey, gateway_id: &str, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
     let header = ReadingHeader {
-        gateway_id: GW,
+        gateway_id,
         device_id,
         data_type: &r.data_type,
         seq: r.seq,
@@ -71,6 +71,7 @@ fn measured_by<'a>(truth: &'a [Truth], device: &str, index: u8) -> Vec<&'a Truth
 /// user `index`, recorded at its true time (within 2 s); returns their times.
 fn check_slot(
     envelopes: &[Envelope],
+    gateway_id: &str,
     slot: &str,
     key: &DataKey,
     truth: &[Truth],
@@ -79,7 +80,7 @@ fn check_slot(
     let sent = measured_by(truth, device, index);
     let mut times = Vec::new();
     for (seq, (_, r)) in by_seq(envelopes, slot)? {
-        let slots = open_with(key, slot, r)?;
+        let slots = open_with(key, gateway_id, slot, r)?;
         let at = sent
             .iter()
             .find(|t| t.matches(&slots))
@@ -295,6 +296,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     ensure!(
         check_slot(
             &envelopes,
+            &rig.gateway_id,
             &owner_slot,
             &rig.data_key,
             &truth,
@@ -312,6 +314,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     ensure!(
         check_slot(
             &envelopes,
+            &rig.gateway_id,
             &cuff_slot,
             &spouse_key,
             &truth,
@@ -332,6 +335,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     }
     check_slot(
         &envelopes,
+        &rig.gateway_id,
         &spouse_slot,
         &spouse_key,
         &spouse_truth,
@@ -412,5 +416,86 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
             who.did
         );
     }
+    Ok(())
+}
+
+/// A gateway account of the development broker (xtask/src/services.rs).
+const GW_GATED: &str = "gw-shared-2";
+
+/// Some shared devices hand a user's queued measurements only to a link
+/// where that user consented, one user at a time: the gateway consents for
+/// the next mapped user only once the last one's measurements have come,
+/// so two users' measurements taken while no gateway listened all arrive
+/// on the next link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_gated_scale_hands_over_every_mapped_users_queued_measurements() -> Result<()> {
+    let zk = DevZk::new()?;
+    let logs = tempfile::tempdir()?;
+    let truth_path = logs.path().join("truth.jsonl");
+    let broker = Broker::shared();
+    let sim = hailan_firmware_sim::harness::SimHarness::start(&[
+        "--devices",
+        "scale=1",
+        "--seed",
+        "9",
+        "--speed",
+        "4",
+        "--ground-truth",
+        &truth_path.display().to_string(),
+        "--faults",
+        "consent-gated=scale0",
+    ])?;
+    let (mut sim, rig, devices) = pair_all(sim, GW_GATED, &broker, &zk, "", &[])?;
+    let (address, _) = devices.iter().next().context("the scale paired")?;
+    let [(first, first_consent)] = users(&mut sim, "scale0")?[..] else {
+        bail!("the scale starts with one user");
+    };
+    let slot = |out: String| -> Result<(String, u8)> {
+        let v: Value = serde_json::from_str(&out)?;
+        Ok((
+            v["slot_id"].as_str().context("slot_id")?.to_owned(),
+            u8::try_from(v["user_index"].as_u64().context("user_index")?)?,
+        ))
+    };
+    let (first_slot, _) = slot(rig.cli(&[
+        "pair",
+        address,
+        "--user-index",
+        &first.to_string(),
+        "--consent",
+        &first_consent.to_string(),
+        "--json",
+    ])?)?;
+    let (second_slot, second) =
+        slot(rig.cli(&["pair", address, "--consent", "2222", "--json"])?)?;
+    // Measured while no gateway listens: they wait on the scale.
+    for by in [first, second, first, second] {
+        sim.sim.command(&format!("measure scale0 {by}"))?;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let (collector, mut gw) =
+        start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
+    collector
+        .wait_for(Duration::from_secs(60), "both users' measurements", |e| {
+            readings_of(e, &first_slot).len() >= 2 && readings_of(e, &second_slot).len() >= 2
+        })
+        .await?;
+    let exit = gw.terminate()?;
+    ensure!(exit.success(), "gateway exit {exit}");
+    let (envelopes, _) = after_stop(&rig, &collector).await?;
+    let truth = read_truth(&truth_path)?;
+    for (slot, user) in [(&first_slot, first), (&second_slot, second)] {
+        let times = check_slot(
+            &envelopes,
+            &rig.gateway_id,
+            slot,
+            &rig.data_key,
+            &truth,
+            ("scale0", user),
+        )?;
+        ensure!(times.len() == 2, "{slot}: {times:?}");
+    }
+    let held: Vec<Value> = serde_json::from_str(&rig.cli(&["unassigned", "--json"])?)?;
+    ensure!(held.is_empty(), "nothing held: {held:?}");
     Ok(())
 }

@@ -155,6 +155,7 @@ const GATEWAY_USERS: &[&str] = &[
     "gw-adapters-1",
     // a shared family scale (tests/tests/shared_devices.rs)
     "gw-shared-1",
+    "gw-shared-2",
 ];
 
 /// (command or file that must exist, Debian package that provides it)

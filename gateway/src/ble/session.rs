@@ -118,10 +118,23 @@ struct Link {
     delete_due: bool,
     /// When the last value came (or the link was set up).
     last_value: Instant,
-    /// User slots whose consent was written on this link, in order, until
-    /// the device answers each on the User Control Point.
-    consenting: std::collections::VecDeque<u8>,
+    /// A shared device's User Control Point, when user slots are mapped.
+    ucp: Option<Characteristic>,
+    /// Mapped users not yet consented for on this link, (index, code).
+    consents_left: std::collections::VecDeque<(u8, u16)>,
+    /// The user whose consent the device has yet to answer.
+    consenting: Option<u8>,
+    /// When to act on consents: give up waiting for an answer (while
+    /// `consenting`), else consent for the next user — once the current
+    /// user's queued measurements have stopped coming.
+    consent_next: Option<Instant>,
 }
+
+/// How long a device has to answer a consent.
+const CONSENT_ANSWER: Duration = Duration::from_secs(5);
+/// A consented user's queued measurements have all come once the link has
+/// been this quiet: then the next user's consent.
+const CONSENT_QUIET: Duration = Duration::from_secs(1);
 
 /// A hub event, or "you missed some".
 enum Heard {
@@ -733,11 +746,18 @@ impl Session {
             fetched: 0,
             delete_due: false,
             last_value: Instant::now(),
-            consenting: Default::default(),
+            ucp: None,
+            consents_left: Default::default(),
+            consenting: None,
+            consent_next: None,
         };
         let consents = self.device.borrow().consents.clone();
         if !consents.is_empty() {
-            link.consenting = self.consent(p, &consents).await;
+            link.ucp = self.user_control_point(p).await;
+            if link.ucp.is_some() {
+                link.consents_left = consents.into();
+                self.consent_next(p, &mut link).await;
+            }
         }
         if kind == DeviceKind::GlucoseMeter {
             link.racp = gatt::find(p, kind.service(), RACP);
@@ -760,26 +780,32 @@ impl Session {
         Ok(link)
     }
 
-    /// Give consent for each mapped user slot on this link (User Data
-    /// Service): a shared device sends a user's measurements, stored ones
-    /// included, only to a collector that proved the user's consent code.
-    /// The answers come on the User Control Point ([`Self::on_value`]).
-    /// Returns the user indexes asked for, in order.
-    async fn consent(
-        &self,
-        p: &Peripheral,
-        consents: &[(u8, u16)],
-    ) -> std::collections::VecDeque<u8> {
-        let mut asked = std::collections::VecDeque::new();
+    /// The User Control Point of a shared device with mapped user slots,
+    /// subscribed (its answers come as indications).
+    async fn user_control_point(&self, p: &Peripheral) -> Option<Characteristic> {
         let Some(c) = gatt::find(p, USER_DATA_SERVICE, USER_CONTROL_POINT) else {
             tracing::warn!(device = %self.label, "user slots are mapped but the device has no User Control Point");
-            return asked;
+            return None;
         };
-        if let Err(e) = self.subscribe(p, &c).await {
-            tracing::warn!(device = %self.label, "user control point: {e:#}");
-            return asked;
+        match self.subscribe(p, &c).await {
+            Ok(()) => Some(c),
+            Err(e) => {
+                tracing::warn!(device = %self.label, "user control point: {e:#}");
+                None
+            }
         }
-        for &(user_index, consent) in consents {
+    }
+
+    /// Give consent for the next mapped user on this link (User Data
+    /// Service): a shared device sends a user's measurements, queued ones
+    /// included, only to a collector that proved the user's consent code —
+    /// some only those of the user who consented last, so users are taken
+    /// one at a time. The answer comes on the User Control Point
+    /// ([`Self::consented`]).
+    async fn consent_next(&self, p: &Peripheral, link: &mut Link) {
+        link.consent_next = None;
+        let Some(c) = link.ucp.clone() else { return };
+        while let Some((user_index, consent)) = link.consents_left.pop_front() {
             let request = UserControl::Consent {
                 user_index,
                 consent,
@@ -790,7 +816,11 @@ impl Session {
             )
             .await
             {
-                Ok(Ok(())) => asked.push_back(user_index),
+                Ok(Ok(())) => {
+                    link.consenting = Some(user_index);
+                    link.consent_next = Some(Instant::now() + CONSENT_ANSWER);
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(device = %self.label, user_index, "writing the consent: {e}")
                 }
@@ -799,7 +829,6 @@ impl Session {
                 }
             }
         }
-        asked
     }
 
     /// Set the device's clock if it is off and `ble.set_device_clock`.
@@ -917,7 +946,8 @@ impl Session {
         let idle_after = self.ctx.cfg.idle_disconnect;
         loop {
             let racp_deadline = link.racp_pending;
-            let idles = !self.streaming && racp_deadline.is_none();
+            let consent_due = link.consent_next;
+            let idles = !self.streaming && racp_deadline.is_none() && consent_due.is_none();
             tokio::select! {
                 _ = self.cancel.cancelled() => return Ended::Cancelled,
                 _ = tokio::time::sleep_until(link.last_value + idle_after), if idles => return Ended::Idle,
@@ -984,6 +1014,12 @@ impl Session {
                         tracing::warn!(device = %self.label, "{e:#}");
                     }
                 }
+                _ = tokio::time::sleep_until(consent_due.unwrap_or_else(Instant::now)), if consent_due.is_some() => {
+                    if let Some(user_index) = link.consenting.take() {
+                        tracing::warn!(device = %self.label, user_index, "no answer to the consent within {CONSENT_ANSWER:?}");
+                    }
+                    self.consent_next(p, &mut link).await;
+                }
                 _ = tokio::time::sleep_until(racp_deadline.unwrap_or_else(Instant::now)), if racp_deadline.is_some() => {
                     tracing::warn!(device = %self.label, "no RACP response within {:?}", glucose::RESPONSE_TIMEOUT);
                     link.racp_pending = None;
@@ -1035,6 +1071,10 @@ impl Session {
             tracing::debug!(device = %self.label, "ignoring a value on {u:04X}");
             return true;
         }
+        if link.consenting.is_none() && link.consent_next.is_some() {
+            // The consented user's measurements are still coming.
+            link.consent_next = Some(Instant::now() + CONSENT_QUIET);
+        }
         if u == GLUCOSE_MEASUREMENT {
             link.seen = glucose::later(link.seen, glucose::sequence_number(&n.value));
             // records keep the procedure alive
@@ -1053,7 +1093,10 @@ impl Session {
                 value,
                 ..
             }) => {
-                let user_index = link.consenting.pop_front();
+                let user_index = link.consenting.take();
+                // The next user once this one's queued measurements are in.
+                link.consent_next =
+                    (!link.consents_left.is_empty()).then(|| Instant::now() + CONSENT_QUIET);
                 if value == UCP_SUCCESS {
                     tracing::info!(device = %self.label, ?user_index, "user consent given");
                 } else {

@@ -45,6 +45,30 @@ fn users(sim: &mut hailan_firmware_sim::harness::SimHarness, name: &str) -> Resu
         .collect()
 }
 
+/// `pair ADDRESS [--user-index N] --consent C [--patient DID] --json`: the
+/// user slot's id and user index.
+fn map_user(
+    rig: &GatewayRig,
+    address: &str,
+    user_index: Option<u8>,
+    consent: u16,
+    patient: Option<&str>,
+) -> Result<(String, u8)> {
+    let (index, consent) = (user_index.map(|i| i.to_string()), consent.to_string());
+    let mut args = vec!["pair", address, "--consent", &consent, "--json"];
+    if let Some(i) = &index {
+        args.extend(["--user-index", i]);
+    }
+    if let Some(p) = patient {
+        args.extend(["--patient", p]);
+    }
+    let v: Value = serde_json::from_str(&rig.cli(&args)?)?;
+    Ok((
+        v["slot_id"].as_str().context("slot_id")?.to_owned(),
+        u8::try_from(v["user_index"].as_u64().context("user_index")?)?,
+    ))
+}
+
 /// The slots of a reading sealed with `key`.
 fn open_with(key: &DataKey, gateway_id: &str, device_id: &str, r: &Reading) -> Result<Vec<u32>> {
     let header = ReadingHeader {
@@ -156,44 +180,20 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
         );
     };
     let wrong = (first_consent + 1) % 10_000;
-    let refused = rig.cli(&[
-        "pair",
-        address,
-        "--user-index",
-        &first.to_string(),
-        "--consent",
-        &wrong.to_string(),
-    ]);
+    let refused = map_user(&rig, address, Some(first), wrong, None);
     let err = format!(
         "{:#}",
         refused.err().context("a wrong consent code is refused")?
     );
     ensure!(err.contains("User Not Authorized"), "{err}");
-    let owner_slot: Value = serde_json::from_str(&rig.cli(&[
-        "pair",
-        address,
-        "--user-index",
-        &first.to_string(),
-        "--consent",
-        &first_consent.to_string(),
-        "--json",
-    ])?)?;
-    let spouse_slot: Value = serde_json::from_str(&rig.cli(&[
-        "pair",
-        address,
-        "--consent",
-        "2222",
-        "--patient",
-        &spouse.did,
-        "--json",
-    ])?)?;
+    let (owner_slot, _) = map_user(&rig, address, Some(first), first_consent, None)?;
+    let (spouse_slot, second) = map_user(&rig, address, None, 2222, Some(&spouse.did))?;
     let guest = sim.sim.ask("user-add scale0 3333")?;
     let guest: u8 = guest
         .split_whitespace()
         .find_map(|w| w.strip_prefix("index="))
         .context("user-add answers index=")?
         .parse()?;
-    let second = u8::try_from(spouse_slot["user_index"].as_u64().context("user_index")?)?;
     ensure!(
         users(&mut sim, "scale0")?.contains(&(second, 2222)),
         "the gateway registered the spouse's user on the scale"
@@ -202,18 +202,13 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     let [(cuff_user, cuff_consent)] = users(&mut sim, "bp0")?[..] else {
         bail!("the cuff starts with one user");
     };
-    let cuff_slot: Value = serde_json::from_str(&rig.cli(&[
-        "pair",
+    let (cuff_slot, _) = map_user(
+        &rig,
         &address_of(&cuff)?,
-        "--user-index",
-        &cuff_user.to_string(),
-        "--consent",
-        &cuff_consent.to_string(),
-        "--patient",
-        &spouse.did,
-        "--json",
-    ])?)?;
-    let cuff_slot = cuff_slot["slot_id"].as_str().context("slot_id")?.to_owned();
+        Some(cuff_user),
+        cuff_consent,
+        Some(&spouse.did),
+    )?;
     let listed: Value = serde_json::from_str(&rig.cli(&["devices", "--json"])?)?;
     let listed = listed
         .as_array()
@@ -226,14 +221,6 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
         listed == 2,
         "`devices` lists the scale's 2 mapped users, not {listed}"
     );
-    let owner_slot = owner_slot["slot_id"]
-        .as_str()
-        .context("slot_id")?
-        .to_owned();
-    let spouse_slot = spouse_slot["slot_id"]
-        .as_str()
-        .context("slot_id")?
-        .to_owned();
 
     let (collector, mut gw) =
         start_all_connected(&rig, &broker, &devices, Duration::from_secs(60)).await?;
@@ -450,24 +437,8 @@ async fn a_consent_gated_scale_hands_over_every_mapped_users_queued_measurements
     let [(first, first_consent)] = users(&mut sim, "scale0")?[..] else {
         bail!("the scale starts with one user");
     };
-    let slot = |out: String| -> Result<(String, u8)> {
-        let v: Value = serde_json::from_str(&out)?;
-        Ok((
-            v["slot_id"].as_str().context("slot_id")?.to_owned(),
-            u8::try_from(v["user_index"].as_u64().context("user_index")?)?,
-        ))
-    };
-    let (first_slot, _) = slot(rig.cli(&[
-        "pair",
-        address,
-        "--user-index",
-        &first.to_string(),
-        "--consent",
-        &first_consent.to_string(),
-        "--json",
-    ])?)?;
-    let (second_slot, second) =
-        slot(rig.cli(&["pair", address, "--consent", "2222", "--json"])?)?;
+    let (first_slot, _) = map_user(&rig, address, Some(first), first_consent, None)?;
+    let (second_slot, second) = map_user(&rig, address, None, 2222, None)?;
     // Measured while no gateway listens: they wait on the scale.
     for by in [first, second, first, second] {
         sim.sim.command(&format!("measure scale0 {by}"))?;

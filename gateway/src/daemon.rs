@@ -152,7 +152,9 @@ pub async fn run(cfg: GatewayConfig) -> Result<()> {
                 devices_tx.send_if_modified(|old| {
                     let same = old.len() == now.len()
                         && old.iter().zip(&now).all(|(a, b)| {
-                            a.device_id == b.device_id && a.bonded_at_ms == b.bonded_at_ms
+                            a.device_id == b.device_id
+                                && a.bonded_at_ms == b.bonded_at_ms
+                                && a.consents == b.consents
                         });
                     if !same {
                         tracing::info!(devices = now.len(), "paired devices changed");

@@ -5,7 +5,7 @@
 //! they named no mapped slot (`unassigned`), and assign one (`assign`).
 //!
 //! A user slot is a device of its own for ingest — its own id
-//! (`{device_id}-u{N}`), secret, commitment and seq line — registered for
+//! (`{device_id}-u{N}-{random}`), secret, commitment and seq line — registered for
 //! its patient (WIRE.md §2.2 `patient`) and sealed with their data key. A
 //! reading is never assigned from its value: only by its user index, or by
 //! the owner.
@@ -118,7 +118,14 @@ fn map_slot(
 ) -> Result<SlotRow> {
     let secret = DeviceSecret::generate(&mut rand_core::OsRng);
     let slot = SlotRow {
-        slot_id: format!("{}-u{user_index}", d.device_id),
+        // Unique per mapping, as a device id is per pairing: a slot
+        // forgotten and mapped again is a new device to ingest (new secret,
+        // new seq line), never a re-registration of the old one.
+        slot_id: format!(
+            "{}-u{user_index}-{:04x}",
+            d.device_id,
+            rand_core::RngCore::next_u32(&mut rand_core::OsRng) & 0xffff
+        ),
         device_id: d.device_id.clone(),
         user_index,
         consent: Some(request.consent),
@@ -128,14 +135,7 @@ fn map_slot(
         next_seq: 1,
         last_reading_at_ms: None,
     };
-    let registration = crate::owner::registration(
-        cfg,
-        d,
-        &slot.slot_id,
-        &secret,
-        slot.paired_at_ms,
-        slot.patient.clone(),
-    )?;
+    let registration = crate::owner::registration(cfg, d, &secret, slot.paired_at_ms, Some(&slot))?;
     store.add_slot(&slot, &hailan_proto::envelope::encode(&registration))?;
     Ok(slot)
 }

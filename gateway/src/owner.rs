@@ -188,7 +188,7 @@ pub async fn pair(
         bonded_at_ms: paired_at_ms,
         outbox_depth: 0,
     };
-    let registration = registration(cfg, &row, &row.device_id, &secret, paired_at_ms, None)?;
+    let registration = registration(cfg, &row, &secret, paired_at_ms, None)?;
     store.add_device(&row, &hailan_proto::envelope::encode(&registration))?;
     if json {
         println!(
@@ -219,15 +219,15 @@ pub async fn pair(
     Ok(())
 }
 
-/// The registration of device (or user slot) `device_id`: `d`'s
-/// information, the commitment to `secret`, its patient (`None`: the owner).
+/// The registration of device `d`, or of its user `slot` (its own id, its
+/// patient, `user_slot_of` naming `d`): `d`'s information and the
+/// commitment to `secret`.
 pub(crate) fn registration(
     cfg: &GatewayConfig,
     d: &DeviceRow,
-    device_id: &str,
     secret: &DeviceSecret,
     paired_at_ms: i64,
-    patient: Option<String>,
+    slot: Option<&crate::store::SlotRow>,
 ) -> Result<Envelope> {
     let data_type = hailan_proto::gatt::DeviceKind::ALL
         .into_iter()
@@ -239,7 +239,7 @@ pub(crate) fn registration(
         gateway_id: cfg.gateway_id.clone(),
         sent_at_ms: paired_at_ms,
         body: Body::Registration(Box::new(Registration {
-            device_id: device_id.to_owned(),
+            device_id: slot.map_or(&d.device_id, |s| &s.slot_id).clone(),
             device_type: data_type.as_str().into(),
             data_types: vec![data_type.as_str().into()],
             bluetooth_address: d.address.clone(),
@@ -251,7 +251,8 @@ pub(crate) fn registration(
             hardware_version: d.hardware.clone(),
             device_commitment: device_commitment(secret),
             paired_at_ms,
-            patient,
+            patient: slot.and_then(|s| s.patient.clone()),
+            user_slot_of: slot.map(|_| d.device_id.clone()),
         })),
     };
     registration.validate().map_err(|e| {

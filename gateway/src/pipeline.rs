@@ -305,20 +305,31 @@ impl Pipeline {
                 return;
             }
         };
-        let id = match route {
-            Route::Device => device_id.to_owned(),
-            Route::Slot(slot) => slot,
-            Route::Unassigned => {
-                self.hold(device_id, item).await;
-                return;
+        match route {
+            Route::Device => {
+                self.to_worker(device_id, item, workers).await;
             }
-        };
-        self.to_worker(&id, item, workers).await;
+            Route::Slot(slot) => {
+                // A slot whose worker cannot start (its patient's data key
+                // came after the daemon did): held for it, not dropped;
+                // taken once the daemon restarts with the key.
+                if let Some(item) = self.to_worker(&slot, item, workers).await {
+                    self.hold(device_id, item, Some(slot)).await;
+                }
+            }
+            Route::Unassigned => self.hold(device_id, item, None).await,
+        }
     }
 
     /// Hand `item` to the worker of device or user slot `id`, started if
-    /// it is not running.
-    async fn to_worker(self: &Arc<Self>, id: &str, item: Item, workers: &mut Workers) {
+    /// it is not running. Gives the item back when the worker cannot start
+    /// (the error is logged); drops it when `id` is not paired.
+    async fn to_worker(
+        self: &Arc<Self>,
+        id: &str,
+        item: Item,
+        workers: &mut Workers,
+    ) -> Option<Item> {
         if !workers.senders.contains_key(id) {
             match self.start_worker(id, workers.provers.clone(), &mut workers.tasks) {
                 Ok(Some(tx)) => {
@@ -327,12 +338,12 @@ impl Pipeline {
                 Ok(None) => {
                     tracing::warn!(device = %id, "measurement from a device that is not paired (forgotten?); dropped");
                     workers.dropped.insert(id.to_owned());
-                    return;
+                    return None;
                 }
                 Err(e) => {
                     tracing::error!(device = %id, "cannot start the device's pipeline: {e:#}");
                     workers.dropped.insert(id.to_owned());
-                    return;
+                    return Some(item);
                 }
             }
         }
@@ -343,14 +354,17 @@ impl Pipeline {
             workers.senders.remove(id);
             workers.dropped.insert(id.to_owned());
         }
+        None
     }
 
     /// Hold a shared device's measurement that names no mapped user slot
     /// until the owner assigns it (`hailan-gateway unassigned`, `assign`):
-    /// never guessed from its value.
-    async fn hold(self: &Arc<Self>, device_id: &str, item: Item) {
+    /// never guessed from its value. One already `assigned` to a slot
+    /// waits for that slot's worker.
+    async fn hold(self: &Arc<Self>, device_id: &str, item: Item, assigned: Option<String>) {
         let store = self.store.clone();
         let id = device_id.to_owned();
+        let for_slot = assigned.is_some();
         let held = tokio::task::spawn_blocking(move || -> Result<i64> {
             let kind = store
                 .identity(&id)?
@@ -367,10 +381,14 @@ impl Pipeline {
                 data_type.as_str(),
                 &item.taken.to_cbor(),
                 now_ms(),
+                assigned.as_deref(),
             )
         })
         .await;
         match held {
+            Ok(Ok(n)) if for_slot => {
+                tracing::warn!(device = %device_id, held = n, "held for its user slot until the daemon can prove for it (restart it once [[keys.patients]] has the patient's key)");
+            }
             Ok(Ok(n)) => {
                 self.metrics.unassigned.inc();
                 tracing::warn!(device = %device_id, user_index = ?item.user, held = n, "reading of a shared device names no mapped user: held unassigned (`hailan-gateway unassigned`, `assign {n} <user>`)");
@@ -441,7 +459,8 @@ impl Pipeline {
                 user: row.user_index,
                 held: Some(row.id),
             };
-            self.to_worker(&slot, item, workers).await;
+            // Not started: it stays held, handed again after ASSIGNED_RETRY.
+            let _ = self.to_worker(&slot, item, workers).await;
         }
     }
 

@@ -136,7 +136,7 @@ pub struct DeviceRow {
 /// user index.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct SlotRow {
-    /// Its device id: `{device_id}-u{user_index}`.
+    /// Its device id: `{device_id}-u{user_index}-{random}`, new at each mapping.
     pub slot_id: String,
     /// The physical device it is a slot of.
     pub device_id: String,
@@ -756,7 +756,8 @@ impl Store {
 
     // ------------------------------------------------------------ held readings
 
-    /// Hold a shared device's reading for the owner; returns its number.
+    /// Hold a shared device's reading for the owner (or, `slot_id` given,
+    /// for a slot that cannot take it yet); returns its number.
     pub fn hold(
         &self,
         device_id: &str,
@@ -764,11 +765,13 @@ impl Store {
         data_type: &str,
         taken: &[u8],
         received_at_ms: i64,
+        slot_id: Option<&str>,
     ) -> Result<i64> {
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO unassigned (device_id, user_index, data_type, taken, received_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![device_id, user_index, data_type, taken, received_at_ms],
+            "INSERT INTO unassigned (device_id, user_index, data_type, taken, received_at_ms, slot_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![device_id, user_index, data_type, taken, received_at_ms, slot_id],
         )
         .map_err(|e| db_err(e, "holding an unassigned reading"))?;
         Ok(conn.last_insert_rowid())
@@ -882,7 +885,10 @@ impl Store {
         .map_err(|e| Refused::Db(db_err(e, "advancing the slot's next seq")))?;
         for held in r.assigned {
             let n = tx
-                .execute("DELETE FROM unassigned WHERE id = ?1", [held])
+                .execute(
+                    "DELETE FROM unassigned WHERE id = ?1 AND slot_id = ?2",
+                    params![held, r.device_id],
+                )
                 .map_err(|e| Refused::Db(db_err(e, "releasing a held reading")))?;
             if n == 0 {
                 return Err(Refused::NotHeld(*held));
@@ -1259,7 +1265,7 @@ mod tests {
         );
 
         // A held reading leaves the hold with the commit that sends it, once.
-        let id = store.hold("scale", Some(3), "BODY_WEIGHT", b"taken", 7)?;
+        let id = store.hold("scale", Some(3), "BODY_WEIGHT", b"taken", 7, None)?;
         assert!(store.assign(id, "hr").is_err(), "not a slot of its device");
         store.assign(id, "scale-u2")?;
         assert!(store.assign(id, "scale-u1").is_err(), "assigned once");
@@ -1286,7 +1292,7 @@ mod tests {
         assert_eq!(store.route("scale", Some(2))?, Route::Unassigned);
         assert!(store.forget_slot("scale-u2").is_err());
         // Forgetting the scale forgets its slots, their outbox rows and its held readings.
-        store.hold("scale", None, "BODY_WEIGHT", b"taken", 10)?;
+        store.hold("scale", None, "BODY_WEIGHT", b"taken", 10, None)?;
         let before = store.outbox_stats()?.entries;
         assert_eq!(store.forget_device("scale")?, 2);
         assert_eq!(store.outbox_stats()?.entries, before - 2);

@@ -70,6 +70,14 @@ pub async fn enrol_gateway(
 /// (WIRE.md §2.2 `patient`). Adding a patient twice changes nothing.
 pub async fn enrol_patient(pool: &PgPool, gateway_id: &str, patient_did: &str) -> Result<()> {
     let patient = user_id(pool, patient_did).await?;
+    let kind: String = sqlx::query_scalar("SELECT user_kind::text FROM users WHERE id = $1")
+        .bind(patient)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("reading the kind of {patient_did}"))?;
+    if kind != "PATIENT" {
+        bail!("{patient_did} is a {kind}, not a PATIENT: a gateway serves patients only");
+    }
     sqlx::query(
         "INSERT INTO gateway_patients (gateway_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
     )

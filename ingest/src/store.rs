@@ -127,10 +127,13 @@ async fn lock_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result
 async fn write_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Result<()> {
     for d in &plan.devices {
         let r = &d.registration;
-        if d.new {
-            // Re-pairing: a device at this address on this gateway under
-            // another id is the same hardware, forgotten and paired again.
-            // The old row keeps its readings but gives up the address.
+        // Re-pairing: a device at this address on this gateway under
+        // another id is the same hardware, forgotten and paired again. The
+        // old row keeps its readings but gives up the address. Not for a
+        // user slot of a shared device: it shares the address with the
+        // device and its other slots (the device's own re-pairing, which
+        // comes first, has let go of the old ones).
+        if d.new && r.user_slot_of.is_none() {
             sqlx::query(
                 "UPDATE iot_devices SET bluetooth_address = NULL, is_active = false
                   WHERE gateway_id = $1 AND bluetooth_address = $2 AND device_id <> $3",
@@ -140,11 +143,13 @@ async fn write_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Resul
             .bind(&r.device_id)
             .execute(&mut **tx)
             .await?;
+        }
+        if d.new {
             sqlx::query(
                 "INSERT INTO iot_devices (id, user_id, device_id, device_name, device_type, bluetooth_address,
                         firmware_version, hardware_version, gateway_id, manufacturer, model, serial_number,
-                        data_types, zk_device_commitment, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now())
+                        data_types, zk_device_commitment, shared_device_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, now())
                  ON CONFLICT DO NOTHING",
             )
             .bind(d.id)
@@ -161,6 +166,7 @@ async fn write_devices(tx: &mut Transaction<'_, Postgres>, plan: &Plan) -> Resul
             .bind(&r.serial)
             .bind(&r.data_types)
             .bind(r.device_commitment.as_slice())
+            .bind(&r.user_slot_of)
             .execute(&mut **tx)
             .await?;
         } else {

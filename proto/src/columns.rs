@@ -302,6 +302,12 @@ pub const PATIENT: Field = Field {
     path: "registration.patient",
     columns: &[col("users", "did", Varchar(255))],
 };
+/// The shared device a user slot's registration belongs to:
+/// `iot_devices.shared_device_id`.
+pub const USER_SLOT_OF: Field = Field {
+    path: "registration.user_slot_of",
+    columns: &[col("iot_devices", "shared_device_id", Varchar(255))],
+};
 /// Not stored, but a time all the same: held to the same range.
 pub const PAIRED_AT: Field = Field {
     path: "registration.paired_at_ms",
@@ -333,6 +339,7 @@ pub const STORED: &[Field] = &[
     FIRMWARE_VERSION,
     HARDWARE_VERSION,
     PATIENT,
+    USER_SLOT_OF,
     DATA_TYPE,
     SEQ,
     RECORDED_AT,

@@ -95,6 +95,11 @@ pub struct Registration {
     /// only from a gateway enrolled for that patient. `None`: the owner.
     #[serde(default)]
     pub patient: Option<String>,
+    /// The device id of the shared device this registration is a user slot
+    /// of (same hardware, same Bluetooth address): not a re-pairing of it.
+    /// `None`: a device of its own.
+    #[serde(default)]
+    pub user_slot_of: Option<String>,
 }
 
 /// Readings of one device, in proven groups.
@@ -347,6 +352,9 @@ impl Envelope {
                     (&columns::HARDWARE_VERSION, &r.hardware_version),
                 ] {
                     check_optional(field, s)?;
+                }
+                if let Some(of) = &r.user_slot_of {
+                    check_id(columns::USER_SLOT_OF.path, of)?;
                 }
                 if let Some(did) = &r.patient {
                     columns::PATIENT.check_text(did)?;

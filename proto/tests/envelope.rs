@@ -47,6 +47,7 @@ pub fn registration() -> Envelope {
         device_commitment: [9; 32],
         paired_at_ms: 1_763_900_000_000,
         patient: None,
+        user_slot_of: None,
     })))
 }
 

@@ -85,6 +85,7 @@ impl TestDevice {
             device_commitment: device_commitment(&self.secret),
             paired_at_ms: T0_MS,
             patient: None,
+            user_slot_of: None,
         })))
     }
 

@@ -342,7 +342,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
     );
 
     // Stored under exactly one patient each.
-    let rows = eventually(Duration::from_secs(60), "three readings stored", || async {
+    let stored = eventually(Duration::from_secs(60), "four readings stored", || async {
         let rows: Vec<(String, uuid::Uuid)> = sqlx::query_as(
             "SELECT d.device_id, h.user_id FROM (SELECT * FROM health_data_body_weight
                      UNION ALL SELECT * FROM health_data_blood_pressure) h
@@ -352,7 +352,18 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
         .await?;
         Ok((rows.len() >= 4).then_some(rows))
     })
-    .await?;
+    .await;
+    let rows = match stored {
+        Ok(rows) => rows,
+        Err(e) => {
+            let rejected: Vec<(Option<String>, Option<i64>, String, String)> = sqlx::query_as(
+                "SELECT device_id, seq, reason, detail FROM rejected_readings ORDER BY received_at",
+            )
+            .fetch_all(&db.pool)
+            .await?;
+            return Err(e.context(format!("quarantined: {rejected:?}")));
+        }
+    };
     let mut under: HashMap<(String, uuid::Uuid), usize> = HashMap::new();
     for r in rows {
         *under.entry(r).or_default() += 1;
@@ -366,6 +377,17 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
             ]),
         "{under:?}"
     );
+
+    // The scale, the cuff and their user slots share one address: none of
+    // them is taken for a re-pairing of another.
+    let inactive: Vec<(String, Option<String>)> = sqlx::query_as(
+        "SELECT device_id, bluetooth_address FROM iot_devices
+          WHERE gateway_id = $1 AND (NOT is_active OR bluetooth_address IS NULL)",
+    )
+    .bind(GW)
+    .fetch_all(&db.pool)
+    .await?;
+    ensure!(inactive.is_empty(), "devices let go of: {inactive:?}");
 
     // Row-level security: each patient reads their own; the spouse's
     // clinician reads the spouse's only.

@@ -122,6 +122,7 @@ fn others() -> Vec<Envelope> {
                 device_commitment: [3; 32],
                 paired_at_ms: 1_763_800_000_000,
                 patient: Some("did:example:bob".into()),
+                user_slot_of: Some("ws-f04a1a060000-3d1d".into()),
             })),
         },
         Envelope {

@@ -104,6 +104,8 @@ def decode(data, keys):
             check_text(key, msg.get(key), width)
         check_text("patient", msg.get("patient"), 255)
         need(msg.get("patient") != "", "patient is empty")
+        if msg.get("user_slot_of") is not None:
+            check_id("user_slot_of", msg["user_slot_of"])
         check_time("paired_at_ms", msg["paired_at_ms"])
     elif kind == "device_state":
         check_id("device_id", msg["device_id"])

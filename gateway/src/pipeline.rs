@@ -394,9 +394,11 @@ impl Pipeline {
                 tracing::warn!(device = %device_id, user_index = ?item.user, held = n, "reading of a shared device names no mapped user: held unassigned (`hailan-gateway unassigned`, `assign {n} <user>`)");
             }
             Ok(Err(e)) => {
+                self.metrics.readings_refused.inc();
                 tracing::error!(device = %device_id, "holding an unassigned reading: {e:#}; dropped")
             }
             Err(e) => {
+                self.metrics.readings_refused.inc();
                 tracing::error!(device = %device_id, "holding an unassigned reading: {e}; dropped")
             }
         }
@@ -431,7 +433,7 @@ impl Pipeline {
         handed: &mut HashMap<i64, Instant>,
     ) {
         let Some(rows) = self
-            .off_runtime("reading the held readings", Store::held)
+            .off_runtime("reading the held readings", Store::assigned)
             .await
         else {
             return;

@@ -311,7 +311,12 @@ pub struct Store {
     conn: Mutex<Connection>,
     path: PathBuf,
     quota_bytes: u64,
+    held_max: i64,
 }
+
+/// How many readings may wait for the owner to assign them; beyond, the
+/// newest is refused (logged, counted), as the outbox refuses when full.
+pub const MAX_HELD: i64 = 10_000;
 
 fn db_err(e: rusqlite::Error, what: &str) -> anyhow::Error {
     anyhow::Error::new(e).context(what.to_owned())
@@ -344,6 +349,7 @@ impl Store {
             conn: Mutex::new(conn),
             path,
             quota_bytes,
+            held_max: MAX_HELD,
         })
     }
 
@@ -768,6 +774,14 @@ impl Store {
         slot_id: Option<&str>,
     ) -> Result<i64> {
         let conn = self.conn();
+        let held: i64 = conn
+            .query_row("SELECT count(*) FROM unassigned", [], |r| r.get(0))
+            .map_err(|e| db_err(e, "counting the held readings"))?;
+        if held >= self.held_max {
+            bail!(
+                "{held} readings are held already (the most kept): assign them (`hailan-gateway unassigned`) or map their users; this one is refused"
+            );
+        }
         conn.execute(
             "INSERT INTO unassigned (device_id, user_index, data_type, taken, received_at_ms, slot_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -780,14 +794,25 @@ impl Store {
     /// The held readings, oldest first: unassigned ones, and assigned ones
     /// not yet committed.
     pub fn held(&self) -> Result<Vec<HeldRow>> {
+        self.held_rows(false)
+    }
+
+    /// The held readings assigned to a slot and not yet committed, oldest
+    /// first (what the daemon hands to the slots' workers).
+    pub fn assigned(&self) -> Result<Vec<HeldRow>> {
+        self.held_rows(true)
+    }
+
+    fn held_rows(&self, assigned_only: bool) -> Result<Vec<HeldRow>> {
         let conn = self.conn();
         let mut st = conn
             .prepare_cached(
-                "SELECT id, device_id, user_index, data_type, taken, received_at_ms, slot_id FROM unassigned ORDER BY id",
+                "SELECT id, device_id, user_index, data_type, taken, received_at_ms, slot_id FROM unassigned
+                 WHERE NOT ?1 OR slot_id IS NOT NULL ORDER BY id",
             )
             .map_err(|e| db_err(e, "listing held readings"))?;
         let rows = st
-            .query_map([], |r| {
+            .query_map([assigned_only], |r| {
                 Ok(HeldRow {
                     id: r.get(0)?,
                     device_id: r.get(1)?,
@@ -1287,6 +1312,19 @@ mod tests {
             "seq not used"
         );
 
+        assert_eq!(store.assigned()?, Vec::new(), "none assigned");
+        // The hold is bounded: the newest is refused.
+        let mut small = Store::open(dir.path(), 1 << 20)?;
+        small.held_max = 1;
+        small.hold("scale", None, "BODY_WEIGHT", b"taken", 11, None)?;
+        let refused = small.hold("scale", None, "BODY_WEIGHT", b"taken", 12, Some("scale-u1"));
+        assert!(
+            format!("{refused:#?}").contains("held already"),
+            "{refused:?}"
+        );
+        small.assign(small.held()?[0].id, "scale-u1")?;
+        assert_eq!(small.assigned()?.len(), 1);
+        drop(small);
         // Forgetting a slot leaves the scale and the other slot.
         store.forget_slot("scale-u2")?;
         assert_eq!(store.route("scale", Some(2))?, Route::Unassigned);

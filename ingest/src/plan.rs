@@ -1215,19 +1215,24 @@ mod tests {
         e
     }
 
+    /// `dev` as registered on gateway `GW` under `user_id`.
+    fn registered(dev: &TestDevice, user_id: Uuid) -> DeviceRow {
+        DeviceRow {
+            id: Uuid::new_v4(),
+            user_id,
+            gateway_id: GW.into(),
+            commitment: match dev.registration().body {
+                Body::Registration(r) => r.device_commitment,
+                _ => unreachable!("a registration"),
+            },
+        }
+    }
+
     #[tokio::test]
     async fn a_withdrawn_patients_user_slot_lands_nothing_more() {
         let (owner, spouse) = (Uuid::new_v4(), Uuid::new_v4());
         let mut slot = TestDevice::new(GW, "sc-plan-w2", DataType::BodyWeight, 12);
-        let row = DeviceRow {
-            id: Uuid::new_v4(),
-            user_id: spouse,
-            gateway_id: GW.into(),
-            commitment: match slot.registration().body {
-                Body::Registration(r) => r.device_commitment,
-                _ => unreachable!("a registration"),
-            },
-        };
+        let row = registered(&slot, spouse);
         let messages = [up(&slot.unproven_reading(&[70_000]))];
         let mut enrolled = known(&[(GW, owner, false)]);
         enrolled.devices.insert("sc-plan-w2".into(), row.clone());
@@ -1258,18 +1263,8 @@ mod tests {
         let owners = TestDevice::new(GW, "sc-plan-u1", DataType::BodyWeight, 9);
         let stranger = TestDevice::new(GW, "sc-plan-u3", DataType::BodyWeight, 10);
         let moved = TestDevice::new(GW, "sc-plan-u4", DataType::BodyWeight, 11);
-        k.devices.insert(
-            "sc-plan-u4".into(),
-            DeviceRow {
-                id: Uuid::new_v4(),
-                user_id: owner,
-                gateway_id: GW.into(),
-                commitment: match moved.registration().body {
-                    Body::Registration(r) => r.device_commitment,
-                    _ => unreachable!("a registration"),
-                },
-            },
-        );
+        k.devices
+            .insert("sc-plan-u4".into(), registered(&moved, owner));
         let messages = [
             up(&for_patient(&slot2, "did:example:spouse")),
             up(&for_patient(&owners, "did:example:owner")),

@@ -134,3 +134,19 @@ pub async fn enrol_with_token(pool: &PgPool, gateway: &str) -> Result<(uuid::Uui
     let token = hailan_ingest::admin::issue_token(pool, &did, 365, Some("test")).await?;
     Ok((id, token))
 }
+
+/// `waited`, or its error with what ingest quarantined meanwhile (where a
+/// reading that never landed most likely went).
+pub async fn or_quarantined<T>(pool: &PgPool, waited: Result<T>) -> Result<T> {
+    match waited {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let rejected: Vec<(Option<String>, Option<i64>, String, String)> = sqlx::query_as(
+                "SELECT device_id, seq, reason, detail FROM rejected_readings ORDER BY received_at",
+            )
+            .fetch_all(pool)
+            .await?;
+            Err(e.context(format!("quarantined: {rejected:?}")))
+        }
+    }
+}

@@ -28,7 +28,7 @@ mod settings;
 mod wait;
 mod zk;
 
-pub use db::{HasUrl, TestDb, count_readings, enrol, enrol_with_token};
+pub use db::{HasUrl, TestDb, count_readings, enrol, enrol_with_token, or_quarantined};
 pub use device::{T0_MS, TestDevice, plausible_slots};
 pub use ingest::{IngestOptions, IngestProcess};
 pub use mqtt::{Publisher, mqtt_host_port, mqtt_ingest_host_port, mqtt_password};

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use hailan_firmware_sim::harness::SimHarness;
 use hailan_tests::api::{ApiProcess, ensure_api_login, validate_fhir, write_key_ring};
 use hailan_tests::gateway::*;
-use hailan_tests::{DevZk, IngestProcess, TestDb, enrol_with_token, eventually};
+use hailan_tests::{DevZk, IngestProcess, TestDb, enrol_with_token, eventually, or_quarantined};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -175,17 +175,7 @@ async fn time_stamps_follow_the_true_time_whatever_the_device_clock_says() -> Re
         Ok((rows.len() >= published.len()).then_some(rows))
     })
     .await;
-    let rows = match stored {
-        Ok(rows) => rows,
-        Err(e) => {
-            let rejected: Vec<(Option<String>, Option<i64>, String, String)> = sqlx::query_as(
-                "SELECT device_id, seq, reason, detail FROM rejected_readings ORDER BY received_at",
-            )
-            .fetch_all(&db.pool)
-            .await?;
-            return Err(e.context(format!("quarantined: {rejected:?}")));
-        }
-    };
+    let rows = or_quarantined(&db.pool, stored).await?;
     ensure!(
         rows.len() == published.len(),
         "{} rows for {} readings",

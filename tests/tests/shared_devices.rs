@@ -19,7 +19,7 @@ use hailan_proto::header::ReadingHeader;
 use hailan_proto::seal::DataKey;
 use hailan_tests::api::{ApiProcess, User, ensure_api_login, user};
 use hailan_tests::gateway::*;
-use hailan_tests::{DevZk, IngestProcess, TestDb, enrol_with_token, eventually};
+use hailan_tests::{DevZk, IngestProcess, TestDb, enrol_with_token, eventually, or_quarantined};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -353,17 +353,7 @@ async fn each_user_of_a_family_scale_reaches_their_patient_only_and_the_unmapped
         Ok((rows.len() >= 4).then_some(rows))
     })
     .await;
-    let rows = match stored {
-        Ok(rows) => rows,
-        Err(e) => {
-            let rejected: Vec<(Option<String>, Option<i64>, String, String)> = sqlx::query_as(
-                "SELECT device_id, seq, reason, detail FROM rejected_readings ORDER BY received_at",
-            )
-            .fetch_all(&db.pool)
-            .await?;
-            return Err(e.context(format!("quarantined: {rejected:?}")));
-        }
-    };
+    let rows = or_quarantined(&db.pool, stored).await?;
     let mut under: HashMap<(String, uuid::Uuid), usize> = HashMap::new();
     for r in rows {
         *under.entry(r).or_default() += 1;
